@@ -1,0 +1,116 @@
+//! The mutation event model: one event is one state change of one secret (or of the control
+//! state), fully decided by the leader writer so that every reader applying it computes the same
+//! state. Events carry results (the version number chosen, the merged value already sealed), not
+//! requests: a reader never re-runs validation, it only applies.
+
+use std::collections::BTreeMap;
+
+/// Largest mount or path, in bytes.
+pub const MAX_PATH_LEN: usize = 1024;
+/// Largest sealed value an event may carry, in bytes (the writer's configurable limit for
+/// plaintext is below this).
+pub const MAX_SEALED_LEN: usize = 4 * 1024 * 1024;
+/// Most versions one delete/undelete/destroy event may name.
+pub const MAX_VERSIONS_PER_EVENT: usize = 1024;
+/// Most custom-metadata entries (Vault allows 64).
+pub const MAX_CUSTOM_METADATA: usize = 64;
+/// Largest custom-metadata key or value, in bytes (Vault: 128 / 512).
+pub const MAX_CUSTOM_METADATA_LEN: usize = 512;
+
+/// One authenticated mutation, as appended to the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Unique id, chosen by the writer; lets consumers recognise a record delivered twice.
+    pub event_id: [u8; 16],
+    /// Commit-time clock of the writer, milliseconds since the Unix epoch. Becomes the
+    /// `created_time` / `deletion_time` readers report, so every reader reports the same time.
+    pub timestamp_ms: i64,
+    /// The leader epoch of the writer that produced it. Readers refuse an epoch older than one
+    /// they already applied: fencing written into the log, not only in the broker.
+    pub writer_epoch: u64,
+    /// KV mount (`secret`), or empty for control events.
+    pub mount: String,
+    /// Secret path inside the mount, or the control object's name.
+    pub path: String,
+    pub op: Operation,
+}
+
+/// What an event does. Tags are part of the wire format and never reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Create version `version` (always current + 1) holding `sealed` (a [`crate::SealedValue`]
+    /// encoding). PATCH is resolved by the writer into a `Put` of the merged value.
+    Put { version: u64, sealed: Vec<u8> },
+    /// Soft-delete these versions (they can be undeleted).
+    DeleteVersions { versions: Vec<u64> },
+    /// Undo a soft delete of these versions.
+    UndeleteVersions { versions: Vec<u64> },
+    /// Permanently remove the data of these versions.
+    DestroyVersions { versions: Vec<u64> },
+    /// Change the settings of a secret; `None` leaves a field as it is.
+    UpdateMetadata(MetadataUpdate),
+    /// Remove the secret: every version and its metadata.
+    DeleteMetadata,
+    /// Control: the keyed hash of the bootstrap root token, so readers can check it locally.
+    SetRootToken { token_hash: [u8; 32] },
+}
+
+/// The fields of `POST /v1/{mount}/metadata/{path}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataUpdate {
+    pub max_versions: Option<u32>,
+    pub cas_required: Option<bool>,
+    /// Seconds after which a version is soft-deleted; 0 disables.
+    pub delete_version_after_secs: Option<u64>,
+    /// Replaces the whole custom metadata map when present.
+    pub custom_metadata: Option<BTreeMap<String, String>>,
+}
+
+impl Operation {
+    /// The wire tag of this operation.
+    pub fn tag(&self) -> u8 {
+        match self {
+            Operation::Put { .. } => 0x01,
+            Operation::DeleteVersions { .. } => 0x02,
+            Operation::UndeleteVersions { .. } => 0x03,
+            Operation::DestroyVersions { .. } => 0x04,
+            Operation::UpdateMetadata(_) => 0x05,
+            Operation::DeleteMetadata => 0x06,
+            Operation::SetRootToken { .. } => 0x40,
+        }
+    }
+
+    /// A short name for logs and metrics (never includes values).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Put { .. } => "put",
+            Operation::DeleteVersions { .. } => "delete_versions",
+            Operation::UndeleteVersions { .. } => "undelete_versions",
+            Operation::DestroyVersions { .. } => "destroy_versions",
+            Operation::UpdateMetadata(_) => "update_metadata",
+            Operation::DeleteMetadata => "delete_metadata",
+            Operation::SetRootToken { .. } => "set_root_token",
+        }
+    }
+
+    /// Control operations live under the control key, not under a secret path.
+    pub fn is_control(&self) -> bool {
+        self.tag() >= 0x40
+    }
+}
+
+/// Tags reserved for control operations that later releases add (policies, tokens, key terms).
+/// A decoder meeting one returns [`crate::DecodeError::UnknownOperation`], so an old reader halts
+/// rather than skipping state it does not understand.
+pub const RESERVED_CONTROL_TAGS: [u8; 6] = [0x41, 0x42, 0x43, 0x44, 0x45, 0x46];
+
+impl Event {
+    /// The Kafka record key of this event: `mount/path`, or the control key.
+    pub fn record_key(&self) -> Vec<u8> {
+        if self.op.is_control() {
+            crate::topic::CONTROL_KEY.to_vec()
+        } else {
+            crate::topic::record_key(&self.mount, &self.path)
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The wire contract of secretlog.
+//!
+//! Everything that crosses a process boundary is defined here, once, so the writer that produces
+//! a record and every reader, replicator and restore tool that consumes it agree byte for byte:
+//!
+//! * [`event`] — the mutation event model (Vault KV v2 operations plus control operations);
+//! * [`envelope`] — its compact, versioned, authenticated binary encoding (golden vectors in
+//!   `schemas/tests/golden/` must decode forever);
+//! * [`sealed`] — the sealed-value (ciphertext) format;
+//! * [`keyring`] — the root key, its terms, and the keys derived from it for sealing, event
+//!   authentication and token hashing;
+//! * [`topic`] — topic, header and record-key rules, and the consistency token;
+//! * [`path`] — which secret paths are valid.
+
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod keyring;
+pub mod path;
+pub mod sealed;
+pub mod topic;
+mod wire;
+
+pub use envelope::{decode_event, encode_event, SCHEMA_VERSION};
+pub use error::{DecodeError, KeyError, SealError};
+pub use event::{Event, MetadataUpdate, Operation};
+pub use keyring::{Keyring, RootKey};
+pub use sealed::SealedValue;
+pub use topic::ConsistencyToken;

@@ -1,0 +1,107 @@
+//! Golden vectors: bytes that this and every later release must decode to the same events.
+//! They were produced once with `SECRETLOG_BLESS=1 cargo test -p secretlog-schemas --test golden`;
+//! once released they never change. A failure here means the wire format changed: add a new
+//! schema version instead of editing these files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use secretlog_schemas::sealed::{SealContext, SealedValue};
+use secretlog_schemas::topic::partition_for;
+use secretlog_schemas::*;
+
+fn golden_ring() -> Keyring {
+    Keyring::from_root(&RootKey::from_bytes([0x42; 32]))
+}
+
+fn golden_events() -> Vec<(&'static str, Event)> {
+    let base = |path: &str, op| Event {
+        event_id: [0x11; 16],
+        timestamp_ms: 1_763_856_000_000,
+        writer_epoch: 7,
+        mount: "secret".into(),
+        path: path.into(),
+        op,
+    };
+    vec![
+        ("put", base("app/db", Operation::Put { version: 1, sealed: vec![0xA5; 45] })),
+        ("delete_versions", base("app/db", Operation::DeleteVersions { versions: vec![1, 2] })),
+        ("undelete_versions", base("app/db", Operation::UndeleteVersions { versions: vec![2] })),
+        ("destroy_versions", base("app/db", Operation::DestroyVersions { versions: vec![1] })),
+        (
+            "update_metadata",
+            base(
+                "app/db",
+                Operation::UpdateMetadata(MetadataUpdate {
+                    max_versions: Some(5),
+                    cas_required: Some(true),
+                    delete_version_after_secs: Some(3600),
+                    custom_metadata: Some(BTreeMap::from([("owner".into(), "payments".into())])),
+                }),
+            ),
+        ),
+        ("update_metadata_partial", base("app/db", Operation::UpdateMetadata(MetadataUpdate {
+            max_versions: Some(2),
+            ..Default::default()
+        }))),
+        ("delete_metadata", base("app/db", Operation::DeleteMetadata)),
+        (
+            "set_root_token",
+            Event { mount: String::new(), path: "root-token".into(), ..base("", Operation::SetRootToken { token_hash: [0x33; 32] }) },
+        ),
+    ]
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn bless() -> bool {
+    std::env::var("SECRETLOG_BLESS").is_ok_and(|v| v == "1")
+}
+
+#[test]
+fn golden_event_vectors_decode_forever() {
+    let ring = golden_ring();
+    for (name, event) in golden_events() {
+        let file = dir().join(format!("event_v1_{name}.bin"));
+        let encoded = encode_event(&ring, &event);
+        if bless() {
+            std::fs::write(&file, &encoded).unwrap();
+        }
+        let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let decoded = decode_event(&ring, Some(&event.record_key()), &golden)
+            .unwrap_or_else(|e| panic!("{name}: golden vector no longer decodes: {e}"));
+        assert_eq!(decoded, event, "{name}: golden vector decodes differently");
+        assert_eq!(encoded, golden, "{name}: encoding changed; that is a new schema version");
+    }
+}
+
+#[test]
+fn golden_sealed_value_opens_forever() {
+    let ring = golden_ring();
+    let ctx = SealContext { mount: "secret", path: "app/db", version: 1 };
+    let file = dir().join("sealed_v1.bin");
+    let plaintext = br#"{"password":"correct horse battery staple"}"#;
+    if bless() {
+        std::fs::write(&file, SealedValue::seal(&ring, &ctx, plaintext).unwrap().encode()).unwrap();
+    }
+    let golden = std::fs::read(&file).unwrap();
+    let opened = SealedValue::decode(&golden).unwrap().open(&ring, &ctx).unwrap();
+    assert_eq!(&opened[..], plaintext);
+    let other = Keyring::from_root(&RootKey::from_bytes([0x43; 32]));
+    assert_eq!(SealedValue::decode(&golden).unwrap().open(&other, &ctx), Err(SealError::Open));
+}
+
+#[test]
+fn golden_partitioning_never_moves_keys() {
+    let file = dir().join("partitions_v1.json");
+    let keys: Vec<String> = (0..32).map(|i| format!("secret/app{i}/key")).collect();
+    let parts: Vec<i32> = keys.iter().map(|k| partition_for(k.as_bytes(), 6)).collect();
+    if bless() {
+        std::fs::write(&file, serde_json::to_string_pretty(&parts).unwrap()).unwrap();
+    }
+    let golden: Vec<i32> = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(parts, golden);
+    assert!(golden.iter().collect::<std::collections::BTreeSet<_>>().len() == 6, "all partitions used");
+}

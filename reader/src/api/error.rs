@@ -1,0 +1,65 @@
+//! Vault-style error answers, decided in one place.
+//!
+//! Every failure becomes an [`ApiError`]: a status and a list of messages, sent as
+//! `{"errors": [...]}` exactly as Vault does. Messages never contain secret values or tokens.
+
+use crate::error::ReaderError;
+
+/// An HTTP error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub errors: Vec<String>,
+    /// Seconds, for 503s a client should retry.
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, msg: impl Into<String>) -> Self {
+        ApiError { status, errors: vec![msg.into()], retry_after: None }
+    }
+    /// 400, the answer to invalid input (and, as in Vault, to a CAS mismatch).
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError::new(400, msg)
+    }
+    /// 403 with Vault's wording, for a missing, wrong or expired token.
+    pub fn permission_denied() -> Self {
+        ApiError::new(403, "permission denied")
+    }
+    /// 404 with an empty error list, as Vault answers a missing secret.
+    pub fn not_found() -> Self {
+        ApiError { status: 404, errors: vec![], retry_after: None }
+    }
+    pub fn unsupported_path() -> Self {
+        ApiError::new(404, "1 error occurred:\n\t* unsupported path\n\n")
+    }
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(405, "1 error occurred:\n\t* unsupported operation\n\n")
+    }
+    pub fn too_large() -> Self {
+        ApiError::new(413, "request body too large")
+    }
+    /// 503 the client should retry after a moment (Kafka unavailable, no leader yet).
+    pub fn unavailable(msg: impl Into<String>) -> Self {
+        ApiError { status: 503, errors: vec![msg.into()], retry_after: Some(1) }
+    }
+    /// 500: a bug or an unexpected internal failure. Details go to the log, not the client.
+    pub fn internal() -> Self {
+        ApiError::new(500, "internal error; see the node's log")
+    }
+}
+
+impl From<ReaderError> for ApiError {
+    fn from(e: ReaderError) -> Self {
+        match &e {
+            ReaderError::Halted { .. } => ApiError::unavailable(e.to_string()),
+            ReaderError::Kafka(_) | ReaderError::Timeout { .. } | ReaderError::NoTopic { .. } => {
+                ApiError::unavailable(e.to_string())
+            }
+            _ => {
+                tracing::error!(error = %e, "internal error");
+                ApiError::internal()
+            }
+        }
+    }
+}

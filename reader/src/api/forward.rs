@@ -1,0 +1,73 @@
+//! Forwarding a request to the leader writer, passing status, body and the consistency token
+//! back unchanged, so a client cannot tell it talked to a reader or a standby.
+
+use std::time::Duration;
+
+use secretlog_schemas::topic::{HEADER_INDEX, HEADER_TOKEN};
+
+use super::{ApiError, ApiRequest, ApiResponse};
+
+/// Response headers passed back from the leader.
+const PASS_BACK: [&str; 3] = ["content-type", "x-secretlog-index", "retry-after"];
+
+/// Sends requests on to one of a list of writer URLs, in order, until one answers.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: reqwest::Client,
+    targets: Vec<String>,
+}
+
+impl Forwarder {
+    pub fn new(targets: Vec<String>, timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_millis(500))
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("an HTTP client with these settings always builds");
+        Forwarder { client, targets: targets.into_iter().map(|t| t.trim_end_matches('/').to_string()).collect() }
+    }
+
+    pub fn targets(&self) -> &[String] {
+        &self.targets
+    }
+
+    /// Forward `req`. A writer that cannot be reached is skipped; if none answers, 503.
+    pub async fn forward(&self, req: &ApiRequest) -> ApiResponse {
+        let mut failures = Vec::new();
+        for target in &self.targets {
+            let mut url = format!("{target}/{}", req.path);
+            if !req.raw_query.is_empty() {
+                url.push('?');
+                url.push_str(&req.raw_query);
+            }
+            let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+            let mut rb = self.client.request(method, &url).body(req.body.clone());
+            if let Some(t) = &req.token {
+                rb = rb.header(HEADER_TOKEN, t);
+            }
+            if let Some(i) = &req.index {
+                rb = rb.header(HEADER_INDEX, i);
+            }
+            if let Some(ct) = &req.content_type {
+                rb = rb.header("content-type", ct);
+            }
+            match rb.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let headers: Vec<(String, String)> = PASS_BACK
+                        .iter()
+                        .filter_map(|h| resp.headers().get(*h).and_then(|v| v.to_str().ok()).map(|v| (h.to_string(), v.to_string())))
+                        .collect();
+                    match resp.bytes().await {
+                        Ok(body) => return ApiResponse { status, headers, body: body.to_vec() },
+                        Err(e) => failures.push(format!("{target}: {e}")),
+                    }
+                }
+                Err(e) => failures.push(format!("{target}: {}", if e.is_timeout() { "timed out".to_string() } else { e.to_string() })),
+            }
+        }
+        metrics::counter!("secretlog_forward_failures_total").increment(1);
+        ApiError::unavailable(format!("no writer reachable to forward to ({})", failures.join("; "))).into()
+    }
+}

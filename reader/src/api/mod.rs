@@ -1,0 +1,179 @@
+//! The HTTP surface shared by readers and writers: Vault-style request parsing, error bodies,
+//! KV v2 read handlers, health, forwarding, and the warp glue.
+//!
+//! Routing is done on a plain [`ApiRequest`] rather than with a tree of warp filters: Vault's API
+//! needs the `LIST` method, catch-all secret paths and one error format for everything, and a
+//! plain function of a plain struct is easy to test.
+
+pub mod error;
+pub mod forward;
+pub mod health;
+pub mod kv;
+pub mod response;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+
+pub use error::ApiError;
+pub use response::ApiResponse;
+
+/// A request as the handlers see it.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    /// Upper-case method; `GET ...?list=true` is rewritten to `LIST`.
+    pub method: String,
+    /// Path without the leading `/`, e.g. `v1/secret/data/app/db`.
+    pub path: String,
+    /// The raw query string (forwarded unchanged).
+    pub raw_query: String,
+    pub query: HashMap<String, String>,
+    pub token: Option<String>,
+    /// `X-Secretlog-Index`, unparsed.
+    pub index: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    /// Id for logs and the response's `request_id`.
+    pub request_id: String,
+}
+
+impl ApiRequest {
+    /// Path segments after `v1/`.
+    pub fn segments(&self) -> Vec<&str> {
+        self.path.strip_prefix("v1/").unwrap_or("").split('/').collect()
+    }
+    /// Whether this request changes state (and must go to the leader writer).
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
+    pub fn query_bool(&self, name: &str) -> Option<bool> {
+        self.query.get(name).map(|v| matches!(v.as_str(), "" | "true" | "1" | "yes"))
+    }
+}
+
+/// Something that answers requests (a reader node, a writer node).
+pub type Handler = Arc<dyn Fn(ApiRequest) -> Pin<Box<dyn Future<Output = ApiResponse> + Send>> + Send + Sync>;
+
+fn parse_query(raw: &str) -> HashMap<String, String> {
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (p.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn build_request(
+    method: &warp::http::Method,
+    path: &str,
+    raw_query: String,
+    headers: &warp::http::HeaderMap,
+    body: Bytes,
+) -> ApiRequest {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let query = parse_query(&raw_query);
+    let mut method = method.as_str().to_ascii_uppercase();
+    if method == "GET" && query.get("list").is_some_and(|v| v == "true") {
+        method = "LIST".into();
+    }
+    let token = header("x-vault-token")
+        .or_else(|| header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_string)));
+    ApiRequest {
+        method,
+        path: path.trim_start_matches('/').to_string(),
+        raw_query,
+        query,
+        token,
+        index: header("x-secretlog-index"),
+        content_type: header("content-type"),
+        body,
+        request_id: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// Run [`serve`] in the background and return a receiver that completes when it has stopped.
+///
+/// warp 0.4's server future cannot be proven `Send` in a generic context (a higher-ranked
+/// lifetime limitation), so it cannot go to `tokio::spawn`. Its accept loop runs on a thread of
+/// its own, driving the *current* runtime's handle; connections are still tasks on the runtime.
+pub fn spawn_server(
+    listener: tokio::net::TcpListener,
+    handler: Handler,
+    max_body: u64,
+    cancel: CancellationToken,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("http-accept".into())
+        .spawn(move || {
+            rt.block_on(serve(listener, handler, max_body, cancel));
+            let _ = done_tx.send(());
+        })
+        .expect("spawning the HTTP accept thread");
+    done_rx
+}
+
+/// Serve `handler` on `listener` until `cancel` fires (in-flight requests are drained).
+/// Bodies larger than `max_body` bytes get 413 without being read.
+pub async fn serve(listener: tokio::net::TcpListener, handler: Handler, max_body: u64, cancel: CancellationToken) {
+    let route = warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .then(move |method: warp::http::Method, path: warp::path::FullPath, raw_query: String, headers: warp::http::HeaderMap, body: Bytes| {
+            let handler = handler.clone();
+            let req = build_request(&method, path.as_str(), raw_query, &headers, body);
+            async move {
+                let started = std::time::Instant::now();
+                let route = route_label(&req);
+                let method = req.method.clone();
+                let resp = handler(req).await;
+                metrics::histogram!("secretlog_http_request_duration_seconds", "route" => route, "method" => method.clone())
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("secretlog_http_requests_total", "route" => route, "method" => method, "code" => resp.status.to_string())
+                    .increment(1);
+                resp.into_warp()
+            }
+        })
+        .recover(|rej: warp::Rejection| async move {
+            let resp = if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
+                ApiError::too_large()
+            } else {
+                ApiError::bad_request("malformed request")
+            };
+            Ok::<_, std::convert::Infallible>(ApiResponse::from(resp).into_warp())
+        });
+    warp::serve(route).incoming(listener).graceful(cancel.cancelled_owned()).run().await;
+}
+
+/// A low-cardinality label for metrics: the API area, never the secret path.
+fn route_label(req: &ApiRequest) -> &'static str {
+    let segs = req.segments();
+    match (segs.first().copied(), segs.get(1).copied()) {
+        (Some("sys"), Some("health")) => "sys/health",
+        (Some("sys"), _) => "sys",
+        (Some(_), Some("data")) => "kv/data",
+        (Some(_), Some("metadata")) => "kv/metadata",
+        (Some(_), Some("delete" | "undelete" | "destroy")) => "kv/versions",
+        _ if req.path == "metrics" => "metrics",
+        _ => "other",
+    }
+}
+
+/// Bind a listener, with an error that names the address.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::error::ReaderError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| crate::error::ReaderError::Config {
+        field: "listen",
+        reason: format!("cannot listen on {addr}: {e}"),
+    })
+}

@@ -1,0 +1,21 @@
+//! secretlog's read side.
+//!
+//! * [`materializer`] consumes the mutation log and applies it to the local [`store`], exactly
+//!   once, with partition offsets committed atomically with the state they produced;
+//! * [`state`] is the KV v2 model and the pure function that applies an event — used by writers
+//!   too, so validation and materialization can never disagree;
+//! * [`api`] is the Vault-compatible HTTP surface (reads, health, forwarding);
+//! * [`node`] puts them together as a read node.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod kafka;
+pub mod materializer;
+pub mod node;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+pub use config::{LogConfig, ReaderConfig};
+pub use error::ReaderError;

@@ -1,0 +1,352 @@
+//! The materializer: consumes every partition of the mutation log, verifies each record, applies
+//! it with [`crate::state::apply`], and stores the result together with the partition positions
+//! in one atomic batch.
+//!
+//! A record that cannot be verified, decoded or applied **halts its partition** at that offset:
+//! the partition is paused, the reason is published in [`Progress::halted`] (health turns 503),
+//! and nothing after it in that partition is applied. It is never skipped — a skipped event is
+//! silent divergence. Other partitions keep going.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use secretlog_schemas::{decode_event, Keyring, Operation};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ReaderError;
+use crate::state::{apply, SecretMeta};
+use crate::store::{keys, ApplyBatch, PartitionState, Store};
+
+/// Most records applied in one atomic batch.
+const MAX_BATCH: usize = 512;
+
+/// Where the materializer is, published after every committed batch.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Next offset to apply, per partition (the consistency-token comparison point).
+    pub applied: BTreeMap<i32, i64>,
+    /// High watermark per partition, refreshed about every second.
+    pub high: BTreeMap<i32, i64>,
+    /// Halted partitions and why.
+    pub halted: BTreeMap<i32, String>,
+    /// Commit timestamp of the newest applied event.
+    pub last_event_ms: i64,
+    /// Last consumer-level error (brokers unreachable, ...), cleared by the next good batch.
+    pub consumer_error: Option<String>,
+    /// Number of partitions of the topic; 0 until known.
+    pub partitions: i32,
+}
+
+impl Progress {
+    /// Records not yet applied. Each committed transaction ends with one control record (the
+    /// commit marker) that is never delivered to read_committed consumers, hence the `- 1`.
+    pub fn lag_records(&self) -> i64 {
+        self.high
+            .iter()
+            .map(|(p, hw)| (hw - self.applied.get(p).copied().unwrap_or(0) - 1).max(0))
+            .sum()
+    }
+
+    /// Seconds behind: 0 when caught up, else the age of the newest applied event.
+    pub fn lag_seconds(&self, now_ms: i64) -> f64 {
+        if self.lag_records() == 0 {
+            0.0
+        } else {
+            ((now_ms - self.last_event_ms).max(0) as f64) / 1000.0
+        }
+    }
+
+    /// Whether every partition has been positioned and none is halted.
+    pub fn is_healthy(&self) -> bool {
+        self.partitions > 0 && self.halted.is_empty()
+    }
+}
+
+/// Settings of a materializer.
+#[derive(Debug, Clone)]
+pub struct MaterializerConfig {
+    pub bootstrap: String,
+    pub topic: String,
+    /// Name used in logs and as the (never committed) consumer group id.
+    pub node_name: String,
+}
+
+/// A running materializer's outputs.
+#[derive(Clone)]
+pub struct MaterializerHandle {
+    pub progress: watch::Receiver<Progress>,
+}
+
+impl MaterializerHandle {
+    /// Wait until `reached(progress)` holds, up to `timeout`. Returns the last progress seen and
+    /// whether the condition held.
+    pub async fn wait_for(&self, timeout: Duration, reached: impl Fn(&Progress) -> bool) -> (bool, Progress) {
+        let mut rx = self.progress.clone();
+        let ok = matches!(tokio::time::timeout(timeout, rx.wait_for(|p| reached(p))).await, Ok(Ok(_)));
+        let p = rx.borrow().clone();
+        (ok, p)
+    }
+}
+
+/// Start materializing `cfg.topic` into `store`. The task stops when `cancel` fires; the returned
+/// join handle ends after the last batch is committed.
+pub async fn spawn(
+    cfg: MaterializerConfig,
+    store: Arc<Store>,
+    keyring: Arc<Keyring>,
+    cancel: CancellationToken,
+) -> Result<(MaterializerHandle, tokio::task::JoinHandle<()>), ReaderError> {
+    let stored = store.partitions().await?;
+    let initial = Progress {
+        applied: stored.iter().map(|(p, s)| (*p, s.next_offset)).collect(),
+        ..Default::default()
+    };
+    let (tx, rx) = watch::channel(initial);
+    let m = Materializer { cfg, store, keyring, tx, stored };
+    let join = tokio::spawn(async move {
+        if let Err(e) = m.run(cancel).await {
+            tracing::error!(error = %e, "materializer stopped");
+        }
+    });
+    Ok((MaterializerHandle { progress: rx }, join))
+}
+
+struct Materializer {
+    cfg: MaterializerConfig,
+    store: Arc<Store>,
+    keyring: Arc<Keyring>,
+    tx: watch::Sender<Progress>,
+    stored: BTreeMap<i32, PartitionState>,
+}
+
+/// The consumer to use for a topic, positioned at the stored offsets.
+fn assign(consumer: &StreamConsumer, topic: &str, partitions: i32, stored: &BTreeMap<i32, PartitionState>) -> Result<(), ReaderError> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions as usize);
+    for p in 0..partitions {
+        let offset = match stored.get(&p) {
+            Some(st) => Offset::Offset(st.next_offset),
+            None => Offset::Beginning,
+        };
+        tpl.add_partition_offset(topic, p, offset)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(())
+}
+
+impl Materializer {
+    async fn run(mut self, cancel: CancellationToken) -> Result<(), ReaderError> {
+        let group = format!("secretlog-materializer-{}", self.cfg.node_name);
+        let consumer: Arc<StreamConsumer> =
+            Arc::new(crate::kafka::consumer_config(&self.cfg.bootstrap, &group).create()?);
+        // Wait for the topic: a reader may start before the cluster or the topic exists.
+        let partitions = loop {
+            let (b, t) = (self.cfg.bootstrap.clone(), self.cfg.topic.clone());
+            match tokio::task::spawn_blocking(move || crate::kafka::partition_count(&b, &t, Duration::from_secs(5)))
+                .await
+                .map_err(|e| ReaderError::Storage(e.to_string()))?
+            {
+                Ok(n) => break n,
+                Err(e) => {
+                    self.tx.send_modify(|p| p.consumer_error = Some(e.to_string()));
+                    tracing::warn!(error = %e, "waiting for the mutation topic");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        };
+        assign(&consumer, &self.cfg.topic, partitions, &self.stored)?;
+        self.tx.send_modify(|p| {
+            p.partitions = partitions;
+            p.consumer_error = None;
+            for part in 0..partitions {
+                p.applied.entry(part).or_insert(0);
+            }
+        });
+        tracing::info!(topic = %self.cfg.topic, partitions, "materializer positioned");
+        let watermarks = tokio::spawn(refresh_watermarks(
+            consumer.clone(),
+            self.cfg.topic.clone(),
+            partitions,
+            self.tx.clone(),
+            cancel.clone(),
+        ));
+
+        let mut states: BTreeMap<i32, PartitionState> =
+            (0..partitions).map(|p| (p, self.stored.get(&p).copied().unwrap_or_default())).collect();
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            let mut batch: Vec<OwnedMessage> = Vec::new();
+            match first {
+                Ok(m) => batch.push(m.detach()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    self.tx.send_modify(|p| p.consumer_error = Some(e.to_string()));
+                    continue;
+                }
+            }
+            // Take whatever else is already fetched, without waiting.
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    _ => break,
+                }
+            }
+            self.apply_batch(&consumer, &mut states, batch).await?;
+        }
+        watermarks.abort();
+        Ok(())
+    }
+
+    async fn apply_batch(
+        &mut self,
+        consumer: &StreamConsumer,
+        states: &mut BTreeMap<i32, PartitionState>,
+        msgs: Vec<OwnedMessage>,
+    ) -> Result<(), ReaderError> {
+        let mut staged = ApplyBatch::default();
+        let mut metas: BTreeMap<Vec<u8>, Option<SecretMeta>> = BTreeMap::new();
+        let mut newly_halted: Vec<(i32, i64, String)> = Vec::new();
+        let halted: BTreeMap<i32, String> = self.tx.borrow().halted.clone();
+        let mut last_event_ms = None;
+        let mut applied_count = 0u64;
+        for msg in msgs {
+            let (p, offset) = (msg.partition(), msg.offset());
+            if halted.contains_key(&p) || newly_halted.iter().any(|(hp, _, _)| *hp == p) {
+                continue;
+            }
+            let st = states.entry(p).or_default();
+            if offset < st.next_offset {
+                continue; // redelivery of something already applied
+            }
+            match self.apply_one(&msg, st, &mut staged, &mut metas).await {
+                Ok(ts) => {
+                    st.next_offset = offset + 1;
+                    staged.partitions.insert(p, *st);
+                    last_event_ms = Some(ts);
+                    applied_count += 1;
+                }
+                Err(e) => newly_halted.push((p, offset, e.to_string())),
+            }
+        }
+        self.store.commit(staged).await?;
+        metrics::counter!("secretlog_reader_events_applied_total").increment(applied_count);
+        for (p, offset, reason) in &newly_halted {
+            tracing::error!(partition = p, offset, %reason, "partition HALTED: record rejected, nothing after it is applied");
+            metrics::counter!("secretlog_reader_partition_halts_total").increment(1);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.cfg.topic, *p);
+            if let Err(e) = consumer.pause(&tpl) {
+                tracing::warn!(partition = p, error = %e, "could not pause halted partition");
+            }
+        }
+        self.tx.send_modify(|prog| {
+            for (p, st) in states.iter() {
+                prog.applied.insert(*p, st.next_offset);
+                metrics::gauge!("secretlog_reader_applied_offset", "partition" => p.to_string()).set(st.next_offset as f64);
+            }
+            for (p, offset, reason) in newly_halted {
+                prog.halted.insert(p, format!("offset {offset}: {reason}"));
+            }
+            if let Some(ts) = last_event_ms {
+                prog.last_event_ms = ts;
+            }
+            prog.consumer_error = None;
+        });
+        Ok(())
+    }
+
+    /// Verify and stage one record; returns the event's timestamp.
+    async fn apply_one(
+        &self,
+        msg: &OwnedMessage,
+        st: &mut PartitionState,
+        staged: &mut ApplyBatch,
+        metas: &mut BTreeMap<Vec<u8>, Option<SecretMeta>>,
+    ) -> Result<i64, ReaderError> {
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let payload = msg.payload().unwrap_or_default();
+        let event = decode_event(&self.keyring, msg.key(), payload)
+            .map_err(|source| ReaderError::Decode { partition, offset, source })?;
+        if event.writer_epoch < st.max_epoch {
+            return Err(ReaderError::StaleEpoch { partition, offset, epoch: event.writer_epoch, max_epoch: st.max_epoch });
+        }
+        match &event.op {
+            Operation::SetRootToken { token_hash } => {
+                staged.writes.insert(keys::ROOT_TOKEN.to_vec(), Some(token_hash.to_vec()));
+            }
+            _ => {
+                let mkey = keys::meta(&event.mount, &event.path);
+                let current = match metas.get(&mkey) {
+                    Some(m) => m.clone(),
+                    None => match self.store.get_raw(&mkey).await? {
+                        Some(b) => Some(serde_json::from_slice::<SecretMeta>(&b).map_err(|e| ReaderError::Corrupt {
+                            key: String::from_utf8_lossy(&mkey).into_owned(),
+                            reason: e.to_string(),
+                        })?),
+                        None => None,
+                    },
+                };
+                let effect = apply(current.as_ref(), &event).map_err(|source| ReaderError::Apply { partition, offset, source })?;
+                for (v, sealed) in effect.put_values {
+                    staged.writes.insert(keys::value(&event.mount, &event.path, v), Some(sealed));
+                }
+                for v in effect.remove_values {
+                    staged.writes.insert(keys::value(&event.mount, &event.path, v), None);
+                }
+                let encoded = match &effect.meta {
+                    Some(m) => Some(serde_json::to_vec(m).map_err(|e| ReaderError::Storage(e.to_string()))?),
+                    None => None,
+                };
+                staged.writes.insert(mkey.clone(), encoded);
+                metas.insert(mkey, effect.meta);
+            }
+        }
+        st.max_epoch = st.max_epoch.max(event.writer_epoch);
+        Ok(event.timestamp_ms)
+    }
+}
+
+async fn refresh_watermarks(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    partitions: i32,
+    tx: watch::Sender<Progress>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let c = consumer.clone();
+        let t = topic.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| c.fetch_watermarks(&t, p, Duration::from_secs(2)).map(|(_, hi)| (p, hi)))
+                .collect::<Result<BTreeMap<i32, i64>, _>>()
+        })
+        .await;
+        if let Ok(Ok(high)) = res {
+            tx.send_modify(|p| p.high = high);
+            let now = now_ms();
+            let prog = tx.borrow();
+            metrics::gauge!("secretlog_reader_lag_records").set(prog.lag_records() as f64);
+            metrics::gauge!("secretlog_reader_lag_seconds").set(prog.lag_seconds(now));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,175 @@
+//! A read node: materializer + store + HTTP, started and stopped as one unit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secretlog_schemas::{Keyring, RootKey};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::health::{health, HealthInput, Role};
+use crate::api::kv::{Freshness, ReadContext};
+use crate::api::{forward::Forwarder, ApiError, ApiRequest, ApiResponse, Handler};
+use crate::config::{LogConfig, OnStale, ReaderConfig};
+use crate::error::ReaderError;
+use crate::materializer::{self, MaterializerConfig};
+use crate::store::{Store, StoreConfig};
+
+/// A started reader.
+pub struct RunningReader {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    pub cancel: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl RunningReader {
+    /// Wait until the node has shut down (after `cancel`).
+    pub async fn wait(self) {
+        let _ = self.join.await;
+    }
+}
+
+/// Load the keyring, or say why the node is sealed.
+pub fn load_keyring(log: &LogConfig) -> Result<Arc<Keyring>, String> {
+    RootKey::load(log.root_key_file.as_deref()).map(|k| Arc::new(Keyring::from_root(&k))).map_err(|e| e.to_string())
+}
+
+/// Open the store and start the materializer for a node.
+pub async fn open_state(
+    log: &LogConfig,
+    data_dir: &std::path::Path,
+    node_name: &str,
+    keyring: Arc<Keyring>,
+    cancel: CancellationToken,
+) -> Result<(ReadContext, tokio::task::JoinHandle<()>), ReaderError> {
+    let store = Store::open(&StoreConfig {
+        dir: data_dir.to_path_buf(),
+        cache_memory_bytes: log.cache_memory_mb * 1024 * 1024,
+        cache_disk_bytes: log.cache_disk_mb * 1024 * 1024,
+    })
+    .await?;
+    let (handle, join) = materializer::spawn(
+        MaterializerConfig { bootstrap: log.bootstrap.clone(), topic: log.topic.clone(), node_name: node_name.to_string() },
+        store.clone(),
+        keyring.clone(),
+        cancel,
+    )
+    .await?;
+    Ok((
+        ReadContext {
+            store,
+            keyring,
+            materializer: handle,
+            mount: log.mount.clone(),
+            consistency_wait: Duration::from_secs(2),
+        },
+        join,
+    ))
+}
+
+/// Answer for every API path of a sealed node.
+pub fn sealed_response() -> ApiResponse {
+    ApiError::new(503, "Vault is sealed").into()
+}
+
+/// Render `/metrics`.
+pub fn metrics_response() -> ApiResponse {
+    let text = crate::telemetry::prometheus().map(|h| h.render()).unwrap_or_default();
+    ApiResponse { status: 200, headers: vec![("content-type".into(), "text/plain; version=0.0.4".into())], body: text.into_bytes() }
+}
+
+/// Start a reader; it runs until `cancel` fires.
+pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<RunningReader, ReaderError> {
+    crate::telemetry::prometheus();
+    let listener = crate::api::bind(cfg.listen).await?;
+    let addr = listener.local_addr().map_err(|e| ReaderError::Config { field: "listen", reason: e.to_string() })?;
+    let forwarder = Forwarder::new(cfg.writer_urls.clone(), Duration::from_secs(30));
+    let region = cfg.region.clone();
+    let (ctx, mat_join, sealed) = match load_keyring(&cfg.log) {
+        Ok(keyring) => {
+            let (mut ctx, join) =
+                open_state(&cfg.log, &cfg.data_dir, &format!("reader-{region}-{}", addr.port()), keyring, cancel.clone()).await?;
+            ctx.consistency_wait = Duration::from_millis(cfg.consistency_wait_ms);
+            (Some(ctx), Some(join), None)
+        }
+        Err(reason) => {
+            tracing::error!(%reason, "no usable root key: this reader is SEALED and serves nothing");
+            (None, None, Some(reason))
+        }
+    };
+    let node = Arc::new(ReaderNode { ctx, sealed, forwarder, region, cfg: cfg.clone() });
+    let handler: Handler = {
+        let node = node.clone();
+        Arc::new(move |req| {
+            let node = node.clone();
+            Box::pin(async move { node.handle(req).await })
+        })
+    };
+    tracing::info!(%addr, region = %node.region, "reader listening");
+    let serve_cancel = cancel.clone();
+    let max_body = cfg.max_request_bytes;
+    let server = crate::api::spawn_server(listener, handler, max_body, serve_cancel);
+    let join = tokio::spawn(async move {
+        let _ = server.await;
+        if let Some(j) = mat_join {
+            let _ = j.await;
+        }
+        let store = node.ctx.as_ref().map(|c| c.store.clone());
+        drop(node);
+        if let Some(store) = store
+            && let Err(e) = store.close().await
+        {
+            tracing::warn!(error = %e, "closing the store");
+        }
+        tracing::info!("reader stopped");
+    });
+    Ok(RunningReader { addr, cancel, join })
+}
+
+struct ReaderNode {
+    ctx: Option<ReadContext>,
+    sealed: Option<String>,
+    forwarder: Forwarder,
+    region: String,
+    cfg: ReaderConfig,
+}
+
+impl ReaderNode {
+    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+        match req.path.as_str() {
+            "v1/sys/health" => {
+                let input = HealthInput {
+                    role: Role::Reader { region: self.region.clone() },
+                    sealed: self.sealed.clone(),
+                    progress: self.ctx.as_ref().map(|c| c.materializer.progress.borrow().clone()),
+                    max_lag_seconds: self.cfg.max_lag_seconds,
+                    unavailable: None,
+                };
+                return health(&input, &req);
+            }
+            "metrics" => return metrics_response(),
+            _ => {}
+        }
+        let Some(ctx) = &self.ctx else { return sealed_response() };
+        if req.is_write() {
+            return self.forwarder.forward(&req).await;
+        }
+        match self.read(ctx, &req).await {
+            Ok(r) => r,
+            Err(e) => ApiResponse::from(e).with_header(secretlog_schemas::topic::HEADER_APPLIED, ctx.applied_token()),
+        }
+    }
+
+    async fn read(&self, ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+        ctx.authorize(req).await?;
+        if ctx.wait_for_index(req).await? == Freshness::Stale {
+            metrics::counter!("secretlog_reader_stale_reads_total").increment(1);
+            return match self.cfg.on_stale {
+                OnStale::Forward => Ok(self.forwarder.forward(req).await),
+                OnStale::Fail => Err(ApiError::new(412, "this reader has not yet applied the requested index")),
+            };
+        }
+        ctx.read(req).await
+    }
+}

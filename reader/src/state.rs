@@ -1,0 +1,278 @@
+//! The KV v2 state model and the one function that applies an event to it.
+//!
+//! This is *the* definition of what the log means. Readers use it to materialize; the writer uses
+//! the same code (through its own materializer) to validate requests, so a CAS or a
+//! `max_versions` check on the writer is decided on exactly the state every reader computes.
+
+use std::collections::BTreeMap;
+
+use secretlog_schemas::{Event, MetadataUpdate, Operation};
+use serde::{Deserialize, Serialize};
+
+/// Versions kept when neither the secret nor the mount sets `max_versions` (Vault's default).
+pub const DEFAULT_MAX_VERSIONS: u32 = 10;
+
+/// Everything about one secret except the values themselves (those are stored sealed, apart).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    pub current_version: u64,
+    /// 0 until pruning removed a version, as Vault reports it.
+    pub oldest_version: u64,
+    /// 0 means "the mount's default".
+    pub max_versions: u32,
+    pub cas_required: bool,
+    pub delete_version_after_secs: u64,
+    pub custom_metadata: Option<BTreeMap<String, String>>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub versions: BTreeMap<u64, VersionMeta>,
+}
+
+/// Per-version metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    pub created_ms: i64,
+    /// When the version is (or will be, for `delete_version_after`) soft-deleted.
+    pub deletion_ms: Option<i64>,
+    pub destroyed: bool,
+}
+
+impl VersionMeta {
+    /// Deleted at `now_ms` (a scheduled deletion counts once its time has passed).
+    pub fn is_deleted(&self, now_ms: i64) -> bool {
+        self.deletion_ms.is_some_and(|d| d <= now_ms)
+    }
+    /// Whether its data can be read at `now_ms`.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        !self.destroyed && !self.is_deleted(now_ms)
+    }
+}
+
+/// What applying one event to one secret changes in storage.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// The new metadata; `None` removes the secret.
+    pub meta: Option<SecretMeta>,
+    /// Sealed values to store, by version.
+    pub put_values: Vec<(u64, Vec<u8>)>,
+    /// Versions whose sealed value must be removed.
+    pub remove_values: Vec<u64>,
+}
+
+/// An event that cannot be applied to the current state. Like a decode error, it halts the
+/// partition: the log and this state disagree, and guessing would diverge silently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("event for {path} writes version {got}, but the current version is {current}")]
+    VersionGap { path: String, current: u64, got: u64 },
+    #[error("control operation {op} applied as a secret mutation")]
+    NotASecretOperation { op: &'static str },
+}
+
+/// Apply a secret event to the secret's current metadata. Pure: same inputs, same effect, on
+/// every node.
+pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, ApplyError> {
+    let ts = event.timestamp_ms;
+    let mut meta = current.cloned();
+    let mut effect = Effect::default();
+    match &event.op {
+        Operation::Put { version, sealed } => {
+            let m = meta.get_or_insert_with(|| SecretMeta { created_ms: ts, ..Default::default() });
+            if *version != m.current_version + 1 {
+                return Err(ApplyError::VersionGap {
+                    path: event.path.clone(),
+                    current: m.current_version,
+                    got: *version,
+                });
+            }
+            let deletion_ms = (m.delete_version_after_secs > 0)
+                .then(|| ts.saturating_add((m.delete_version_after_secs as i64).saturating_mul(1000)));
+            m.versions.insert(*version, VersionMeta { created_ms: ts, deletion_ms, destroyed: false });
+            m.current_version = *version;
+            m.updated_ms = ts;
+            effect.put_values.push((*version, sealed.clone()));
+            let keep = if m.max_versions > 0 { m.max_versions } else { DEFAULT_MAX_VERSIONS } as usize;
+            while m.versions.len() > keep {
+                let (oldest, _) = m.versions.pop_first().expect("len > keep >= 1");
+                effect.remove_values.push(oldest);
+                m.oldest_version = m.versions.keys().next().copied().unwrap_or(0);
+            }
+        }
+        Operation::DeleteVersions { versions } => {
+            if let Some(m) = meta.as_mut() {
+                for v in versions {
+                    if let Some(vm) = m.versions.get_mut(v)
+                        && !vm.destroyed
+                        && !vm.is_deleted(ts)
+                    {
+                        vm.deletion_ms = Some(ts);
+                    }
+                }
+                m.updated_ms = ts;
+            }
+        }
+        Operation::UndeleteVersions { versions } => {
+            if let Some(m) = meta.as_mut() {
+                for v in versions {
+                    if let Some(vm) = m.versions.get_mut(v)
+                        && !vm.destroyed
+                    {
+                        vm.deletion_ms = None;
+                    }
+                }
+                m.updated_ms = ts;
+            }
+        }
+        Operation::DestroyVersions { versions } => {
+            if let Some(m) = meta.as_mut() {
+                for v in versions {
+                    if let Some(vm) = m.versions.get_mut(v)
+                        && !vm.destroyed
+                    {
+                        vm.destroyed = true;
+                        effect.remove_values.push(*v);
+                    }
+                }
+                m.updated_ms = ts;
+            }
+        }
+        Operation::UpdateMetadata(u) => {
+            let m = meta.get_or_insert_with(|| SecretMeta { created_ms: ts, ..Default::default() });
+            update_metadata(m, u);
+            m.updated_ms = ts;
+        }
+        Operation::DeleteMetadata => {
+            if let Some(m) = meta.take() {
+                effect.remove_values.extend(m.versions.keys().copied());
+            }
+        }
+        op @ Operation::SetRootToken { .. } => return Err(ApplyError::NotASecretOperation { op: op.name() }),
+    }
+    effect.meta = meta;
+    Ok(effect)
+}
+
+fn update_metadata(m: &mut SecretMeta, u: &MetadataUpdate) {
+    if let Some(v) = u.max_versions {
+        m.max_versions = v;
+    }
+    if let Some(v) = u.cas_required {
+        m.cas_required = v;
+    }
+    if let Some(v) = u.delete_version_after_secs {
+        m.delete_version_after_secs = v;
+    }
+    if let Some(cm) = &u.custom_metadata {
+        m.custom_metadata = Some(cm.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ts: i64, op: Operation) -> Event {
+        Event { event_id: [0; 16], timestamp_ms: ts, writer_epoch: 1, mount: "secret".into(), path: "p".into(), op }
+    }
+    fn put(v: u64) -> Operation {
+        Operation::Put { version: v, sealed: vec![v as u8] }
+    }
+    fn run(ops: Vec<Operation>) -> (Option<SecretMeta>, Vec<Effect>) {
+        let mut meta = None;
+        let mut effects = vec![];
+        for (i, op) in ops.into_iter().enumerate() {
+            let e = apply(meta.as_ref(), &ev(1000 * (i as i64 + 1), op)).unwrap();
+            meta = e.meta.clone();
+            effects.push(e);
+        }
+        (meta, effects)
+    }
+
+    #[test]
+    fn puts_create_consecutive_versions() {
+        let (m, fx) = run(vec![put(1), put(2)]);
+        let m = m.unwrap();
+        assert_eq!(m.current_version, 2);
+        assert_eq!(m.created_ms, 1000);
+        assert_eq!(m.updated_ms, 2000);
+        assert_eq!(fx[1].put_values, vec![(2, vec![2])]);
+    }
+
+    #[test]
+    fn a_version_gap_is_refused() {
+        let (m, _) = run(vec![put(1)]);
+        let err = apply(m.as_ref(), &ev(5, put(3))).unwrap_err();
+        assert_eq!(err, ApplyError::VersionGap { path: "p".into(), current: 1, got: 3 });
+        assert!(apply(None, &ev(5, put(2))).is_err());
+    }
+
+    #[test]
+    fn max_versions_prunes_oldest() {
+        let update = Operation::UpdateMetadata(MetadataUpdate { max_versions: Some(2), ..Default::default() });
+        let (m, fx) = run(vec![update, put(1), put(2), put(3)]);
+        let m = m.unwrap();
+        assert_eq!(m.versions.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(m.oldest_version, 2);
+        assert_eq!(fx[3].remove_values, vec![1]);
+    }
+
+    #[test]
+    fn default_max_versions_is_ten() {
+        let (m, _) = run((1..=12).map(put).collect());
+        let m = m.unwrap();
+        assert_eq!(m.versions.len(), 10);
+        assert_eq!(m.oldest_version, 3);
+    }
+
+    #[test]
+    fn delete_undelete_destroy() {
+        let (m, fx) = run(vec![
+            put(1),
+            put(2),
+            Operation::DeleteVersions { versions: vec![1, 2, 9] },
+            Operation::UndeleteVersions { versions: vec![2] },
+            Operation::DestroyVersions { versions: vec![1] },
+            Operation::UndeleteVersions { versions: vec![1] },
+        ]);
+        let m = m.unwrap();
+        assert!(m.versions[&1].destroyed);
+        assert_eq!(m.versions[&1].deletion_ms, Some(3000), "destroyed versions cannot be undeleted");
+        assert!(m.versions[&2].is_live(i64::MAX));
+        assert_eq!(fx[4].remove_values, vec![1]);
+    }
+
+    #[test]
+    fn delete_version_after_schedules_deletion() {
+        let update = Operation::UpdateMetadata(MetadataUpdate { delete_version_after_secs: Some(60), ..Default::default() });
+        let (m, _) = run(vec![update, put(1)]);
+        let v = &m.unwrap().versions[&1];
+        assert_eq!(v.deletion_ms, Some(2000 + 60_000));
+        assert!(v.is_live(2000 + 59_999));
+        assert!(!v.is_live(2000 + 60_000));
+    }
+
+    #[test]
+    fn delete_metadata_removes_everything() {
+        let (m, fx) = run(vec![put(1), put(2), Operation::DeleteMetadata]);
+        assert!(m.is_none());
+        assert_eq!(fx[2].remove_values, vec![1, 2]);
+        // And a new write starts again at version 1.
+        assert!(apply(None, &ev(9, put(1))).is_ok());
+    }
+
+    #[test]
+    fn metadata_update_keeps_unset_fields() {
+        let a = Operation::UpdateMetadata(MetadataUpdate {
+            cas_required: Some(true),
+            custom_metadata: Some(BTreeMap::from([("k".into(), "v".into())])),
+            ..Default::default()
+        });
+        let b = Operation::UpdateMetadata(MetadataUpdate { max_versions: Some(3), ..Default::default() });
+        let (m, _) = run(vec![a, b]);
+        let m = m.unwrap();
+        assert!(m.cas_required);
+        assert_eq!(m.max_versions, 3);
+        assert_eq!(m.custom_metadata.unwrap()["k"], "v");
+        assert_eq!(m.current_version, 0);
+    }
+}

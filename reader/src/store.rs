@@ -1,0 +1,307 @@
+//! Reader state on local disk: SlateDB (object_store's local backend) with a foyer hybrid cache
+//! in front.
+//!
+//! Key layout (all keys are bytes; `/` and NUL separate parts — NUL cannot occur in a valid path):
+//!
+//! | key | value |
+//! |---|---|
+//! | `s/{mount}/{path}` | [`SecretMeta`] as JSON (no secret values) |
+//! | `v/{mount}/{path}\0{version u64 BE}` | the sealed value, exactly as it was in the event |
+//! | `o/{partition u32 BE}` | [`PartitionState`]: next offset to apply and highest writer epoch seen |
+//! | `c/root_token` | keyed hash of the bootstrap root token |
+//!
+//! State and the partition offsets that produced it are written in **one** SlateDB batch
+//! ([`Store::commit`]), so a crash at any instant leaves both at the same point and the
+//! materializer resumes exactly there.
+//!
+//! The cache holds the same bytes as SlateDB (metadata JSON and sealed values — never
+//! plaintext). Only committed state enters it: [`Store::commit`] writes through while holding the
+//! fill lock exclusively, and a read miss fills it while holding the lock shared, so a slow read
+//! can never put back a value that an apply has just replaced.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, PsyncIoEngineConfig};
+use sha2::{Digest, Sha256};
+use slatedb::object_store::local::LocalFileSystem;
+use slatedb::{Db, WriteBatch};
+use tokio::sync::RwLock;
+
+use crate::error::ReaderError;
+use crate::state::SecretMeta;
+
+/// Where and how big.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory holding the SlateDB files and the disk cache.
+    pub dir: PathBuf,
+    /// In-memory cache capacity, bytes.
+    pub cache_memory_bytes: usize,
+    /// On-disk cache capacity, bytes; 0 disables the disk tier.
+    pub cache_disk_bytes: usize,
+}
+
+/// Progress of one partition, stored with the state it produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Offset of the next record to apply.
+    pub next_offset: i64,
+    /// Highest writer epoch applied in this partition; older epochs are refused after it.
+    pub max_epoch: u64,
+}
+
+impl PartitionState {
+    fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.next_offset.to_be_bytes());
+        b[8..].copy_from_slice(&self.max_epoch.to_be_bytes());
+        b
+    }
+    fn decode(b: &[u8]) -> Option<Self> {
+        let b: &[u8; 16] = b.try_into().ok()?;
+        Some(PartitionState {
+            next_offset: i64::from_be_bytes(b[..8].try_into().ok()?),
+            max_epoch: u64::from_be_bytes(b[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// The storage keys.
+pub mod keys {
+    pub fn meta(mount: &str, path: &str) -> Vec<u8> {
+        format!("s/{mount}/{path}").into_bytes()
+    }
+    pub fn meta_prefix(mount: &str, folder: &str) -> Vec<u8> {
+        format!("s/{mount}/{folder}").into_bytes()
+    }
+    pub fn value(mount: &str, path: &str, version: u64) -> Vec<u8> {
+        let mut k = format!("v/{mount}/{path}\0").into_bytes();
+        k.extend_from_slice(&version.to_be_bytes());
+        k
+    }
+    pub fn partition(p: i32) -> Vec<u8> {
+        let mut k = b"o/".to_vec();
+        k.extend_from_slice(&(p as u32).to_be_bytes());
+        k
+    }
+    pub const PARTITION_PREFIX: &[u8] = b"o/";
+    pub const ROOT_TOKEN: &[u8] = b"c/root_token";
+}
+
+/// One atomic step of the materializer: state changes plus the partition positions they reach.
+#[derive(Debug, Default)]
+pub struct ApplyBatch {
+    /// Key → new value, or `None` to delete.
+    pub writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pub partitions: BTreeMap<i32, PartitionState>,
+}
+
+impl ApplyBatch {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.partitions.is_empty()
+    }
+}
+
+// Cache values carry a tag byte so that "known absent" can be cached too.
+const ABSENT: u8 = 0;
+const PRESENT: u8 = 1;
+
+/// The local state store.
+pub struct Store {
+    db: Db,
+    cache: HybridCache<Vec<u8>, Vec<u8>>,
+    fill_lock: RwLock<()>,
+}
+
+impl Store {
+    /// Open (or create) the store under `cfg.dir`.
+    pub async fn open(cfg: &StoreConfig) -> Result<Arc<Self>, ReaderError> {
+        let db_dir = cfg.dir.join("slatedb");
+        std::fs::create_dir_all(&db_dir).map_err(|e| ReaderError::io(&db_dir, e))?;
+        let fs = LocalFileSystem::new_with_prefix(&db_dir).map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let db = Db::builder("state", Arc::new(fs)).build().await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let builder = HybridCacheBuilder::new()
+            .with_name("secretlog-reader")
+            .memory(cfg.cache_memory_bytes.max(1024 * 1024))
+            .with_weighter(|k: &Vec<u8>, v: &Vec<u8>| k.len() + v.len() + 64)
+            .storage();
+        let cache = if cfg.cache_disk_bytes > 0 {
+            let cache_dir = cfg.dir.join("cache");
+            std::fs::create_dir_all(&cache_dir).map_err(|e| ReaderError::io(&cache_dir, e))?;
+            let device = FsDeviceBuilder::new(&cache_dir)
+                .with_capacity(cfg.cache_disk_bytes)
+                .build()
+                .map_err(|e| ReaderError::Storage(format!("disk cache: {e}")))?;
+            builder
+                .with_io_engine_config(PsyncIoEngineConfig::new())
+                .with_engine_config(BlockEngineConfig::new(device).with_block_size(1024 * 1024))
+                .build()
+                .await
+        } else {
+            builder.build().await
+        }
+        .map_err(|e| ReaderError::Storage(format!("cache: {e}")))?;
+        Ok(Arc::new(Store { db, cache, fill_lock: RwLock::new(()) }))
+    }
+
+    async fn get_cached(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, ReaderError> {
+        if let Ok(Some(entry)) = self.cache.get(&key).await {
+            let v = entry.value();
+            return Ok(match v.first() {
+                Some(&PRESENT) => Some(v[1..].to_vec()),
+                _ => None,
+            });
+        }
+        metrics::counter!("secretlog_reader_cache_misses_total").increment(1);
+        let _fill = self.fill_lock.read().await;
+        let v = self.db.get(&key).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let cached = match &v {
+            Some(b) => {
+                let mut c = Vec::with_capacity(b.len() + 1);
+                c.push(PRESENT);
+                c.extend_from_slice(b);
+                c
+            }
+            None => vec![ABSENT],
+        };
+        self.cache.insert(key, cached);
+        Ok(v.map(|b| b.to_vec()))
+    }
+
+    /// A secret's metadata.
+    pub async fn meta(&self, mount: &str, path: &str) -> Result<Option<SecretMeta>, ReaderError> {
+        match self.get_cached(keys::meta(mount, path)).await? {
+            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| ReaderError::Corrupt {
+                key: format!("s/{mount}/{path}"),
+                reason: e.to_string(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// The sealed value of one version.
+    pub async fn value(&self, mount: &str, path: &str, version: u64) -> Result<Option<Vec<u8>>, ReaderError> {
+        self.get_cached(keys::value(mount, path, version)).await
+    }
+
+    /// Immediate children of a folder (`""` for the mount root): names of secrets, and sub-folder
+    /// names ending in `/`, sorted — what Vault's LIST returns.
+    pub async fn list(&self, mount: &str, folder: &str) -> Result<Vec<String>, ReaderError> {
+        let prefix = keys::meta_prefix(mount, folder);
+        let mut it = self.db.scan_prefix(&prefix, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let mut out: Vec<String> = Vec::new();
+        while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+            let rest = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+            let child = match rest.find('/') {
+                Some(i) => rest[..=i].to_string(),
+                None => rest,
+            };
+            if out.last() != Some(&child) {
+                out.push(child);
+            }
+        }
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Stored progress of every partition seen so far.
+    pub async fn partitions(&self) -> Result<BTreeMap<i32, PartitionState>, ReaderError> {
+        let mut it =
+            self.db.scan_prefix(keys::PARTITION_PREFIX, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let mut out = BTreeMap::new();
+        while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+            let p = kv.key.get(2..6).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+            let st = PartitionState::decode(&kv.value);
+            match (p, st) {
+                (Some(p), Some(st)) => {
+                    out.insert(p as i32, st);
+                }
+                _ => {
+                    return Err(ReaderError::Corrupt {
+                        key: String::from_utf8_lossy(&kv.key).into_owned(),
+                        reason: "bad partition record".into(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The root token's keyed hash, once the log has published one.
+    pub async fn root_token_hash(&self) -> Result<Option<[u8; 32]>, ReaderError> {
+        Ok(self.get_cached(keys::ROOT_TOKEN.to_vec()).await?.and_then(|b| b.try_into().ok()))
+    }
+
+    /// Raw read of a storage key, bypassing the cache (used to stage an apply batch).
+    pub async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReaderError> {
+        Ok(self.db.get(key).await.map_err(|e| ReaderError::Storage(e.to_string()))?.map(|b| b.to_vec()))
+    }
+
+    /// Write state and partition positions atomically, then bring the cache up to date.
+    pub async fn commit(&self, batch: ApplyBatch) -> Result<(), ReaderError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::new();
+        for (k, v) in &batch.writes {
+            match v {
+                Some(v) => wb.put(k, v),
+                None => wb.delete(k),
+            }
+        }
+        for (p, st) in &batch.partitions {
+            wb.put(keys::partition(*p), st.encode());
+        }
+        let _exclusive = self.fill_lock.write().await;
+        self.db.write(wb).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        for (k, v) in batch.writes {
+            let cached = match v {
+                Some(v) => {
+                    let mut c = Vec::with_capacity(v.len() + 1);
+                    c.push(PRESENT);
+                    c.extend_from_slice(&v);
+                    c
+                }
+                None => vec![ABSENT],
+            };
+            self.cache.insert(k, cached);
+        }
+        Ok(())
+    }
+
+    /// SHA-256 over every secret and value record, in key order: equal on two nodes exactly when
+    /// they hold the same state. Partition positions are left out (they are how, not what).
+    pub async fn digest(&self) -> Result<(String, u64), ReaderError> {
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        for prefix in [&b"c/"[..], b"s/", b"v/"] {
+            let mut it = self.db.scan_prefix(prefix, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+            while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+                h.update((kv.key.len() as u64).to_be_bytes());
+                h.update(&kv.key);
+                h.update((kv.value.len() as u64).to_be_bytes());
+                h.update(&kv.value);
+                n += 1;
+            }
+        }
+        Ok((hex::encode(h.finalize()), n))
+    }
+
+    /// Flush and close SlateDB and the cache.
+    ///
+    /// SlateDB's close future is not `Send` for every lifetime, so it runs on a blocking thread
+    /// of its own; that keeps `close` callable from any spawned task.
+    pub async fn close(self: &Arc<Self>) -> Result<(), ReaderError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(async {
+                let _ = me.cache.close().await;
+                me.db.close().await.map_err(|e| ReaderError::Storage(e.to_string()))
+            })
+        })
+        .await
+        .map_err(|e| ReaderError::Storage(format!("close task: {e}")))?
+    }
+}

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 
 use crate::error::ReaderError;
 
@@ -23,6 +25,7 @@ pub fn consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "error")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "10")
+        .set("enable.partition.eof", "true")
         .set("fetch.error.backoff.ms", "50")
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000")
@@ -46,3 +49,21 @@ pub fn partition_count(bootstrap: &str, topic: &str, timeout: Duration) -> Resul
     }
     Ok(n)
 }
+
+/// Client context of secretlog's consumers: reaching the end of a partition is routine (the
+/// materializer asks for it, to know when it is caught up), so it is not logged as an error;
+/// every other client error is logged with its reason.
+#[derive(Clone, Default)]
+pub struct LogContext;
+
+impl ClientContext for LogContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for LogContext {}

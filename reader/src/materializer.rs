@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ReaderError;
+use crate::kafka::LogContext;
 use crate::state::{apply, SecretMeta};
 use crate::store::{keys, ApplyBatch, PartitionState, Store};
 
@@ -40,15 +41,21 @@ pub struct Progress {
     pub consumer_error: Option<String>,
     /// Number of partitions of the topic; 0 until known.
     pub partitions: i32,
+    /// Set when the log was written under another root key: the node is effectively sealed.
+    pub wrong_key: Option<String>,
+    /// Partitions read to their end since their last applied record.
+    pub at_end: std::collections::BTreeSet<i32>,
 }
 
 impl Progress {
-    /// Records not yet applied. Each committed transaction ends with one control record (the
-    /// commit marker) that is never delivered to read_committed consumers, hence the `- 1`.
+    /// Records between the applied position and the high watermark, counting 0 for partitions
+    /// the consumer has read to their end (the high watermark also counts transaction markers,
+    /// which are never delivered, so it alone would never read 0).
     pub fn lag_records(&self) -> i64 {
         self.high
             .iter()
-            .map(|(p, hw)| (hw - self.applied.get(p).copied().unwrap_or(0) - 1).max(0))
+            .filter(|(p, _)| !self.at_end.contains(p))
+            .map(|(p, hw)| (hw - self.applied.get(p).copied().unwrap_or(0)).max(0))
             .sum()
     }
 
@@ -125,7 +132,7 @@ struct Materializer {
 }
 
 /// The consumer to use for a topic, positioned at the stored offsets.
-fn assign(consumer: &StreamConsumer, topic: &str, partitions: i32, stored: &BTreeMap<i32, PartitionState>) -> Result<(), ReaderError> {
+fn assign(consumer: &StreamConsumer<LogContext>, topic: &str, partitions: i32, stored: &BTreeMap<i32, PartitionState>) -> Result<(), ReaderError> {
     let mut tpl = TopicPartitionList::with_capacity(partitions as usize);
     for p in 0..partitions {
         let offset = match stored.get(&p) {
@@ -141,8 +148,8 @@ fn assign(consumer: &StreamConsumer, topic: &str, partitions: i32, stored: &BTre
 impl Materializer {
     async fn run(mut self, cancel: CancellationToken) -> Result<(), ReaderError> {
         let group = format!("secretlog-materializer-{}", self.cfg.node_name);
-        let consumer: Arc<StreamConsumer> =
-            Arc::new(crate::kafka::consumer_config(&self.cfg.bootstrap, &group).create()?);
+        let consumer: Arc<StreamConsumer<LogContext>> =
+            Arc::new(crate::kafka::consumer_config(&self.cfg.bootstrap, &group).create_with_context(LogContext)?);
         // Wait for the topic: a reader may start before the cluster or the topic exists.
         let partitions = loop {
             let (b, t) = (self.cfg.bootstrap.clone(), self.cfg.topic.clone());
@@ -188,6 +195,10 @@ impl Materializer {
             let mut batch: Vec<OwnedMessage> = Vec::new();
             match first {
                 Ok(m) => batch.push(m.detach()),
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    self.at_end_of_partition(p);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer error");
                     self.tx.send_modify(|p| p.consumer_error = Some(e.to_string()));
@@ -195,21 +206,36 @@ impl Materializer {
                 }
             }
             // Take whatever else is already fetched, without waiting.
+            let mut eofs = Vec::new();
             while batch.len() < MAX_BATCH {
                 match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
                     Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => eofs.push(p),
                     _ => break,
                 }
             }
             self.apply_batch(&consumer, &mut states, batch).await?;
+            for p in eofs {
+                self.at_end_of_partition(p);
+            }
         }
         watermarks.abort();
         Ok(())
     }
 
+    /// The consumer has delivered everything up to the end of partition `p`. That only sets a
+    /// flag for lag reporting: the applied position never moves without a record being applied
+    /// (the consumer's fetch position can run ahead of what it has delivered, so adopting it
+    /// would skip records).
+    fn at_end_of_partition(&mut self, p: i32) {
+        self.tx.send_modify(|prog| {
+            prog.at_end.insert(p);
+        });
+    }
+
     async fn apply_batch(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &StreamConsumer<LogContext>,
         states: &mut BTreeMap<i32, PartitionState>,
         msgs: Vec<OwnedMessage>,
     ) -> Result<(), ReaderError> {
@@ -219,6 +245,7 @@ impl Materializer {
         let halted: BTreeMap<i32, String> = self.tx.borrow().halted.clone();
         let mut last_event_ms = None;
         let mut applied_count = 0u64;
+        let mut wrong_key = None;
         for msg in msgs {
             let (p, offset) = (msg.partition(), msg.offset());
             if halted.contains_key(&p) || newly_halted.iter().any(|(hp, _, _)| *hp == p) {
@@ -235,9 +262,15 @@ impl Materializer {
                     last_event_ms = Some(ts);
                     applied_count += 1;
                 }
-                Err(e) => newly_halted.push((p, offset, e.to_string())),
+                Err(e) => {
+                    if matches!(e, ReaderError::Decode { source: secretlog_schemas::DecodeError::WrongKey { .. }, .. }) {
+                        wrong_key = Some(e.to_string());
+                    }
+                    newly_halted.push((p, offset, e.to_string()));
+                }
             }
         }
+        let staged_partitions: Vec<i32> = staged.partitions.keys().copied().collect();
         self.store.commit(staged).await?;
         metrics::counter!("secretlog_reader_events_applied_total").increment(applied_count);
         for (p, offset, reason) in &newly_halted {
@@ -250,6 +283,9 @@ impl Materializer {
             }
         }
         self.tx.send_modify(|prog| {
+            for p in staged_partitions.iter() {
+                prog.at_end.remove(p);
+            }
             for (p, st) in states.iter() {
                 prog.applied.insert(*p, st.next_offset);
                 metrics::gauge!("secretlog_reader_applied_offset", "partition" => p.to_string()).set(st.next_offset as f64);
@@ -261,6 +297,9 @@ impl Materializer {
                 prog.last_event_ms = ts;
             }
             prog.consumer_error = None;
+            if wrong_key.is_some() {
+                prog.wrong_key = wrong_key;
+            }
         });
         Ok(())
     }
@@ -283,6 +322,12 @@ impl Materializer {
         match &event.op {
             Operation::SetRootToken { token_hash } => {
                 staged.writes.insert(keys::ROOT_TOKEN.to_vec(), Some(token_hash.to_vec()));
+                tracing::info!(partition, offset, "root token hash applied");
+            }
+            Operation::LeaderEpoch => {
+                if event.writer_epoch > st.max_epoch {
+                    tracing::info!(partition, offset, epoch = event.writer_epoch, "new leader epoch");
+                }
             }
             _ => {
                 let mkey = keys::meta(&event.mount, &event.path);
@@ -317,7 +362,7 @@ impl Materializer {
 }
 
 async fn refresh_watermarks(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<LogContext>>,
     topic: String,
     partitions: i32,
     tx: watch::Sender<Progress>,

@@ -136,12 +136,17 @@ struct ReaderNode {
 }
 
 impl ReaderNode {
+    /// Why the node serves nothing: no key, or a key that does not match the log's.
+    fn sealed_reason(&self) -> Option<String> {
+        self.sealed.clone().or_else(|| self.ctx.as_ref().and_then(|c| c.materializer.progress.borrow().wrong_key.clone()))
+    }
+
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
         match req.path.as_str() {
             "v1/sys/health" => {
                 let input = HealthInput {
                     role: Role::Reader { region: self.region.clone() },
-                    sealed: self.sealed.clone(),
+                    sealed: self.sealed_reason(),
                     progress: self.ctx.as_ref().map(|c| c.materializer.progress.borrow().clone()),
                     max_lag_seconds: self.cfg.max_lag_seconds,
                     unavailable: None,
@@ -152,6 +157,9 @@ impl ReaderNode {
             _ => {}
         }
         let Some(ctx) = &self.ctx else { return sealed_response() };
+        if self.sealed_reason().is_some() {
+            return sealed_response();
+        }
         if req.is_write() {
             return self.forwarder.forward(&req).await;
         }
@@ -162,8 +170,12 @@ impl ReaderNode {
     }
 
     async fn read(&self, ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+        // The wait comes first: a client holding a fresh index may be ahead of this node on the
+        // control records too (a new token). The wait is bounded, so it costs an
+        // unauthenticated caller nothing but its own time.
+        let freshness = ctx.wait_for_index(req).await?;
         ctx.authorize(req).await?;
-        if ctx.wait_for_index(req).await? == Freshness::Stale {
+        if freshness == Freshness::Stale {
             metrics::counter!("secretlog_reader_stale_reads_total").increment(1);
             return match self.cfg.on_stale {
                 OnStale::Forward => Ok(self.forwarder.forward(req).await),

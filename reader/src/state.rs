@@ -146,7 +146,9 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
                 effect.remove_values.extend(m.versions.keys().copied());
             }
         }
-        op @ Operation::SetRootToken { .. } => return Err(ApplyError::NotASecretOperation { op: op.name() }),
+        op @ (Operation::SetRootToken { .. } | Operation::LeaderEpoch) => {
+            return Err(ApplyError::NotASecretOperation { op: op.name() });
+        }
     }
     effect.meta = meta;
     Ok(effect)

@@ -53,6 +53,11 @@ pub enum Operation {
     DeleteMetadata,
     /// Control: the keyed hash of the bootstrap root token, so readers can check it locally.
     SetRootToken { token_hash: [u8; 32] },
+    /// Control: a new leader's first record in each partition. It raises the partition's writer
+    /// epoch (so any later record of an older leader is refused: fencing written into the log)
+    /// and marks the point up to which the new leader must have applied the log before it
+    /// decides any write.
+    LeaderEpoch,
 }
 
 /// The fields of `POST /v1/{mount}/metadata/{path}`.
@@ -77,6 +82,7 @@ impl Operation {
             Operation::UpdateMetadata(_) => 0x05,
             Operation::DeleteMetadata => 0x06,
             Operation::SetRootToken { .. } => 0x40,
+            Operation::LeaderEpoch => 0x41,
         }
     }
 
@@ -90,6 +96,7 @@ impl Operation {
             Operation::UpdateMetadata(_) => "update_metadata",
             Operation::DeleteMetadata => "delete_metadata",
             Operation::SetRootToken { .. } => "set_root_token",
+            Operation::LeaderEpoch => "leader_epoch",
         }
     }
 
@@ -102,13 +109,14 @@ impl Operation {
 /// Tags reserved for control operations that later releases add (policies, tokens, key terms).
 /// A decoder meeting one returns [`crate::DecodeError::UnknownOperation`], so an old reader halts
 /// rather than skipping state it does not understand.
-pub const RESERVED_CONTROL_TAGS: [u8; 6] = [0x41, 0x42, 0x43, 0x44, 0x45, 0x46];
+pub const RESERVED_CONTROL_TAGS: [u8; 6] = [0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
 
 impl Event {
-    /// The Kafka record key of this event: `mount/path`, or the control key.
+    /// The Kafka record key of this event: `mount/path`, or for control events a NUL byte and the
+    /// control object's name (see [`crate::topic::control_key`]).
     pub fn record_key(&self) -> Vec<u8> {
         if self.op.is_control() {
-            crate::topic::CONTROL_KEY.to_vec()
+            crate::topic::control_key(&self.path)
         } else {
             crate::topic::record_key(&self.mount, &self.path)
         }

@@ -11,9 +11,20 @@ pub const MUTATIONS_TOPIC: &str = "secretlog.mutations";
 /// Partition count `secretlog up` creates the topic with. Partitions are the unit of parallel
 /// apply and of halting; six gives two-core machines room without making snapshots wide.
 pub const DEFAULT_PARTITIONS: i32 = 6;
-/// Record key of control events (root token, later policies and tokens). Starts with a NUL byte,
-/// which no valid secret path can, so it never collides with a secret.
-pub const CONTROL_KEY: &[u8] = b"\0control";
+/// Record key of a control event (root token, leader epochs, later policies and tokens): a NUL
+/// byte and the control object's name. No valid secret key starts with NUL, so the two never
+/// collide.
+pub fn control_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Control name of the leader-epoch record of `partition`.
+pub fn leader_epoch_name(partition: i32) -> String {
+    format!("leader-epoch/{partition}")
+}
 /// HTTP header carrying a [`ConsistencyToken`] (in write responses and read requests).
 pub const HEADER_INDEX: &str = "X-Secretlog-Index";
 /// HTTP header carrying a node's applied position on every read response.

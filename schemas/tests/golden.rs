@@ -46,6 +46,10 @@ fn golden_events() -> Vec<(&'static str, Event)> {
         }))),
         ("delete_metadata", base("app/db", Operation::DeleteMetadata)),
         (
+            "leader_epoch",
+            Event { mount: String::new(), path: "leader-epoch/2".into(), ..base("", Operation::LeaderEpoch) },
+        ),
+        (
             "set_root_token",
             Event { mount: String::new(), path: "root-token".into(), ..base("", Operation::SetRootToken { token_hash: [0x33; 32] }) },
         ),

@@ -36,7 +36,13 @@ impl Forwarder {
     pub async fn forward(&self, req: &ApiRequest) -> ApiResponse {
         let mut failures = Vec::new();
         for target in &self.targets {
-            let mut url = format!("{target}/{}", req.path);
+            let encoded: String = req
+                .path
+                .split('/')
+                .map(|seg| percent_encoding::utf8_percent_encode(seg, percent_encoding::NON_ALPHANUMERIC).to_string())
+                .collect::<Vec<_>>()
+                .join("/");
+            let mut url = format!("{target}/{encoded}");
             if !req.raw_query.is_empty() {
                 url.push('?');
                 url.push_str(&req.raw_query);

@@ -55,6 +55,9 @@ pub fn health(input: &HealthInput, req: &ApiRequest) -> ApiResponse {
     if problem.is_none() && lag_seconds > input.max_lag_seconds {
         problem = Some(format!("lagging {lag_seconds:.1} s behind the log (threshold {:.1} s)", input.max_lag_seconds));
     }
+    if problem.is_none() && input.progress.as_ref().is_some_and(|p| p.partitions == 0 || p.high.is_empty()) {
+        problem = Some("starting: positioning on the log".into());
+    }
     if problem.is_none() {
         problem = input.unavailable.clone();
     }
@@ -124,7 +127,7 @@ mod tests {
         HealthInput {
             role,
             sealed: None,
-            progress: Some(Progress { partitions: 1, ..Default::default() }),
+            progress: Some(Progress { partitions: 1, high: BTreeMap::from([(0, 0)]), ..Default::default() }),
             max_lag_seconds: 10.0,
             unavailable: None,
         }

@@ -42,7 +42,14 @@ impl ReadContext {
         let token = req.token.as_deref().filter(|t| !t.is_empty()).ok_or_else(ApiError::permission_denied)?;
         match self.store.root_token_hash().await? {
             Some(hash) if self.keyring.token_matches(token, &hash) => Ok(()),
-            _ => Err(ApiError::permission_denied()),
+            Some(_) => {
+                tracing::info!(request_id = %req.request_id, path = %req.path, "permission denied: unknown token");
+                Err(ApiError::permission_denied())
+            }
+            None => {
+                tracing::warn!(request_id = %req.request_id, "permission denied: the log has not delivered a root token yet");
+                Err(ApiError::permission_denied())
+            }
         }
     }
 
@@ -61,6 +68,15 @@ impl ReadContext {
 
     /// Answer a KV read (after authorization and any consistency wait).
     pub async fn read(&self, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+        if req.path == "v1/auth/token/lookup-self" {
+            return Ok(self.lookup_self(req));
+        }
+        if req.path == "v1/sys/secretlog/digest" {
+            let (digest, records) = self.store.digest().await?;
+            let applied = self.materializer.progress.borrow().applied.clone();
+            return Ok(ApiResponse::data(&req.request_id, json!({ "digest": digest, "records": records, "applied": applied }))
+                .with_header(HEADER_APPLIED, self.applied_token()));
+        }
         let segs = req.segments();
         if segs.first() != Some(&self.mount.as_str()) || segs.len() < 2 {
             return Err(ApiError::unsupported_path());
@@ -125,6 +141,33 @@ impl ReadContext {
             return Err(ApiError::not_found());
         }
         Ok(ApiResponse::data(&req.request_id, json!({ "keys": keys })))
+    }
+
+    /// `GET /v1/auth/token/lookup-self` for the (already authorized) root token, shaped as
+    /// Vault's, so clients' `is_authenticated()` checks work.
+    fn lookup_self(&self, req: &ApiRequest) -> ApiResponse {
+        let token = req.token.clone().unwrap_or_default();
+        let hash = self.keyring.token_hash(&token);
+        ApiResponse::data(
+            &req.request_id,
+            json!({
+                "accessor": hex::encode(&hash[..12]),
+                "creation_ttl": 0,
+                "display_name": "root",
+                "entity_id": "",
+                "expire_time": null,
+                "explicit_max_ttl": 0,
+                "id": token,
+                "meta": null,
+                "num_uses": 0,
+                "orphan": true,
+                "path": "auth/token/root",
+                "policies": ["root"],
+                "renewable": false,
+                "ttl": 0,
+                "type": "service",
+            }),
+        )
     }
 
     fn read_config(&self, req: &ApiRequest) -> ApiResponse {

@@ -70,6 +70,31 @@ fn parse_query(raw: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Read a request body, refusing (413) once it grows past `max` bytes — with or without a
+/// `Content-Length`.
+async fn read_body<S, B>(body: S, max: u64) -> Result<Bytes, ApiError>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let mut body = std::pin::pin!(body);
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| ApiError::bad_request("malformed request body"))?;
+        if out.len() as u64 + chunk.remaining() as u64 > max {
+            return Err(ApiError::too_large());
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}
+
 fn build_request(
     method: &warp::http::Method,
     path: &str,
@@ -87,7 +112,9 @@ fn build_request(
         .or_else(|| header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_string)));
     ApiRequest {
         method,
-        path: path.trim_start_matches('/').to_string(),
+        // Decoded as Vault decodes it, so `a%2F..%2Fb` is the path `a/../b` (and refused) and a
+        // secret named `my key` is the same whichever way a client encodes it.
+        path: percent_encoding::percent_decode_str(path.trim_start_matches('/')).decode_utf8_lossy().into_owned(),
         raw_query,
         query,
         token,
@@ -128,12 +155,15 @@ pub async fn serve(listener: tokio::net::TcpListener, handler: Handler, max_body
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
-        .then(move |method: warp::http::Method, path: warp::path::FullPath, raw_query: String, headers: warp::http::HeaderMap, body: Bytes| {
+        .and(warp::body::stream())
+        .then(move |method: warp::http::Method, path: warp::path::FullPath, raw_query: String, headers: warp::http::HeaderMap, body| {
             let handler = handler.clone();
-            let req = build_request(&method, path.as_str(), raw_query, &headers, body);
             async move {
+                let body = match read_body(body, max_body).await {
+                    Ok(b) => b,
+                    Err(e) => return ApiResponse::from(e).into_warp(),
+                };
+                let req = build_request(&method, path.as_str(), raw_query, &headers, body);
                 let started = std::time::Instant::now();
                 let route = route_label(&req);
                 let method = req.method.clone();

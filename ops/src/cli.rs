@@ -1,0 +1,165 @@
+//! The `secretlog` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::{ensure_topic, KafkaConfig, LocalKafka};
+use crate::stack::{self, UpArgs};
+
+#[derive(Parser)]
+#[command(name = "secretlog", version, about = "secretlog: a secret store whose source of truth is a replicated Kafka log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole local stack: Kafka, two writers, readers in two regions.
+    Up(UpArgs),
+    /// Stop a stack started with `up --detach`.
+    Down {
+        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
+        data_dir: PathBuf,
+    },
+    /// Health, role and lag of every node of the local stack.
+    Status {
+        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the local three-broker Kafka cluster.
+    Kafka {
+        #[command(subcommand)]
+        action: KafkaCmd,
+    },
+    /// Run a writer node.
+    Writer(secretlog_writer::WriterConfig),
+    /// Run a reader node.
+    Reader(secretlog_reader::ReaderConfig),
+}
+
+#[derive(Subcommand)]
+enum KafkaCmd {
+    /// Start three brokers on 127.0.0.1:19092-19094 (detached) and create the mutation topic.
+    Up {
+        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
+        data_dir: PathBuf,
+        /// Topic to create.
+        #[arg(long, default_value = secretlog_schemas::topic::MUTATIONS_TOPIC)]
+        topic: String,
+    },
+    /// Stop the brokers started by `kafka up`.
+    Down {
+        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
+        data_dir: PathBuf,
+    },
+    /// Which brokers run.
+    Status {
+        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point of the `secretlog` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    secretlog_reader::telemetry::init_logging();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn until_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Up(args) => stack::up(args).await,
+        Cmd::Down { data_dir } => stack::down(&data_dir),
+        Cmd::Status { data_dir, json } => crate::status::status(&data_dir, json).await,
+        Cmd::Writer(cfg) => {
+            let cancel = CancellationToken::new();
+            let node = secretlog_writer::node::start(cfg, cancel.clone()).await?;
+            until_signal().await;
+            cancel.cancel();
+            node.wait().await;
+            Ok(())
+        }
+        Cmd::Reader(cfg) => {
+            let cancel = CancellationToken::new();
+            let node = secretlog_reader::node::start(cfg, cancel.clone()).await?;
+            until_signal().await;
+            cancel.cancel();
+            node.wait().await;
+            Ok(())
+        }
+        Cmd::Kafka { action } => match action {
+            KafkaCmd::Up { data_dir, topic } => {
+                std::fs::create_dir_all(&data_dir)?;
+                let spinner = crate::output::spinner("starting three Kafka brokers");
+                let k = LocalKafka::start_detached(KafkaConfig::new(&data_dir))?;
+                spinner.set_message("waiting for acks=all produce to succeed");
+                k.wait_ready(Duration::from_secs(240))?;
+                spinner.set_message(format!("creating topic {topic}"));
+                ensure_topic(&k.bootstrap_servers(), &topic, secretlog_schemas::topic::DEFAULT_PARTITIONS).await?;
+                spinner.finish_and_clear();
+                println!("Kafka is up: {}", k.bootstrap_servers());
+                println!("export KAFKA_BOOTSTRAP_SERVERS={}", k.bootstrap_servers());
+                Ok(())
+            }
+            KafkaCmd::Down { data_dir } => {
+                crate::kafka::stop_detached(&KafkaConfig::new(&data_dir))?;
+                println!("Kafka stopped.");
+                Ok(())
+            }
+            KafkaCmd::Status { data_dir, json } => {
+                let cfg = KafkaConfig::new(&data_dir);
+                let st = LocalKafka::status(&cfg);
+                if json {
+                    let v: Vec<_> = st
+                        .iter()
+                        .map(|b| serde_json::json!({"node": b.node, "port": b.port, "pid": b.pid, "running": b.pid.is_some()}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    let mut t = crate::output::table(&["node", "port", "pid", "state"]);
+                    for b in &st {
+                        t.add_row(vec![
+                            b.node.to_string(),
+                            b.port.to_string(),
+                            b.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                            if b.pid.is_some() { "running".into() } else { "stopped".to_string() },
+                        ]);
+                    }
+                    println!("{t}");
+                }
+                Ok(())
+            }
+        },
+    }
+}

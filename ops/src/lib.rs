@@ -1,0 +1,13 @@
+//! The `secretlog` operator CLI as a library, so tests drive exactly what operators run.
+//!
+//! * [`kafka`] — a real three-broker Kafka on loopback, without Docker;
+//! * [`stack`] — `secretlog up`: the whole local stack, supervised;
+//! * [`process`] — child processes that die with us (or outlive us on purpose);
+//! * [`status`], [`output`] — what operators see.
+
+pub mod cli;
+pub mod kafka;
+pub mod output;
+pub mod process;
+pub mod stack;
+pub mod status;

@@ -1,0 +1,57 @@
+//! `secretlog status`: every node of the local stack, its role, health code and lag.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::stack::StackFile;
+
+/// Query each node's `/v1/sys/health` and print a table (or JSON).
+pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
+    let path = data_dir.join("stack.json");
+    let stack: StackFile = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("no running stack described at {} (run `secretlog up`)", path.display()))?,
+    )?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let mut rows = Vec::new();
+    for n in stack.writers.iter().chain(stack.readers.iter()) {
+        let (code, body) = match client.get(format!("{}/v1/sys/health", n.url)).send().await {
+            Ok(r) => {
+                let code = r.status().as_u16();
+                (Some(code), r.json::<Value>().await.unwrap_or_default())
+            }
+            Err(e) => (None, json!({ "error": e.to_string() })),
+        };
+        let s = &body["secretlog"];
+        rows.push(json!({
+            "name": n.name,
+            "url": n.url,
+            "health_code": code,
+            "role": s["role"],
+            "region": n.region,
+            "lag_records": s["lag_records"],
+            "lag_seconds": s["lag_seconds"],
+            "problem": s["problem"].as_str().or(body["error"].as_str()),
+        }));
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "kafka_bootstrap": stack.kafka_bootstrap, "nodes": rows }))?);
+        return Ok(());
+    }
+    let mut t = crate::output::table(&["node", "role", "health", "lag (records)", "lag (s)", "problem"]);
+    for r in &rows {
+        t.add_row(vec![
+            r["name"].as_str().unwrap_or("").to_string(),
+            r["role"].as_str().unwrap_or("-").to_string(),
+            r["health_code"].as_u64().map(|c| c.to_string()).unwrap_or_else(|| "down".into()),
+            r["lag_records"].to_string(),
+            r["lag_seconds"].as_f64().map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into()),
+            r["problem"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    println!("Kafka: {}", stack.kafka_bootstrap);
+    println!("{t}");
+    Ok(())
+}

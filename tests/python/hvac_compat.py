@@ -1,0 +1,95 @@
+"""A stock Vault client (hvac) against secretlog: writes through one reader (forwarded to the
+leader writer), reads back from another reader. Exits non-zero on any difference.
+
+Usage: python3 hvac_compat.py WRITE_URL READ_URL   (token in VAULT_TOKEN)
+"""
+import os
+import sys
+import time
+
+import hvac
+
+
+def eventually(fn, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+            if value is not None:
+                return value
+        except hvac.exceptions.InvalidPath:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def main():
+    write_url, read_url = sys.argv[1], sys.argv[2]
+    token = os.environ["VAULT_TOKEN"]
+    w = hvac.Client(url=write_url, token=token)
+    r = hvac.Client(url=read_url, token=token)
+    assert w.is_authenticated(), "token not accepted"
+
+    kv_w, kv_r = w.secrets.kv.v2, r.secrets.kv.v2
+    out = kv_w.create_or_update_secret(path="hvac/app", secret={"user": "svc", "password": "s3cret"})
+    assert out["data"]["version"] == 1, out
+    kv_w.create_or_update_secret(path="hvac/app", secret={"user": "svc", "password": "rotated"}, cas=1)
+    try:
+        kv_w.create_or_update_secret(path="hvac/app", secret={"x": 1}, cas=1)
+        raise AssertionError("stale CAS accepted")
+    except hvac.exceptions.InvalidRequest:
+        pass
+
+    def read_v2():
+        got = kv_r.read_secret_version(path="hvac/app", raise_on_deleted_version=True)
+        return got if got["data"]["metadata"]["version"] == 2 else None
+
+    got = eventually(read_v2, "version 2 on the other reader")
+    assert got["data"]["data"] == {"user": "svc", "password": "rotated"}, got
+    v1 = kv_r.read_secret_version(path="hvac/app", version=1, raise_on_deleted_version=True)
+    assert v1["data"]["data"]["password"] == "s3cret", v1
+
+    kv_w.patch(path="hvac/app", secret={"extra": "yes"})
+    got = eventually(lambda: (lambda g: g if g["data"]["metadata"]["version"] == 3 else None)(
+        kv_r.read_secret_version(path="hvac/app", raise_on_deleted_version=True)), "patched version")
+    assert got["data"]["data"] == {"user": "svc", "password": "rotated", "extra": "yes"}, got
+
+    listed = eventually(lambda: kv_r.list_secrets(path="hvac"), "list")
+    assert listed["data"]["keys"] == ["app"], listed
+
+    kv_w.update_metadata(path="hvac/app", max_versions=5, custom_metadata={"team": "payments"})
+    meta = eventually(lambda: (lambda m: m if m["data"]["max_versions"] == 5 else None)(
+        kv_r.read_secret_metadata(path="hvac/app")), "metadata")
+    assert meta["data"]["current_version"] == 3 and meta["data"]["custom_metadata"] == {"team": "payments"}, meta
+
+    kv_w.delete_latest_version_of_secret(path="hvac/app")
+    def deleted():
+        try:
+            kv_r.read_secret_version(path="hvac/app", raise_on_deleted_version=True)
+            return None
+        except hvac.exceptions.InvalidPath:
+            return True
+    eventually(deleted, "soft delete visible")
+    kv_w.undelete_secret_versions(path="hvac/app", versions=[3])
+    kv_w.destroy_secret_versions(path="hvac/app", versions=[1])
+    kv_w.delete_metadata_and_all_versions(path="hvac/app")
+    def gone():
+        try:
+            kv_r.read_secret_metadata(path="hvac/app")
+            return None
+        except hvac.exceptions.InvalidPath:
+            return True
+    eventually(gone, "metadata deleted")
+
+    bad = hvac.Client(url=read_url, token="s.not-a-token")
+    try:
+        bad.secrets.kv.v2.read_secret_version(path="hvac/app", raise_on_deleted_version=True)
+        raise AssertionError("wrong token accepted")
+    except hvac.exceptions.Forbidden:
+        pass
+    print("hvac: all checks passed")
+
+
+if __name__ == "__main__":
+    main()

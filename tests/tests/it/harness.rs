@@ -1,0 +1,319 @@
+//! The test harness: one real three-broker Kafka cluster per test run, a fresh topic per test,
+//! and real node processes (the `secretlog-it` binary, built from the operator CLI's main.rs).
+//!
+//! The cluster is `KAFKA_BOOTSTRAP_SERVERS` when set; otherwise the harness starts the local
+//! cluster of `secretlog_ops::kafka` *attached*: its brokers die with this test process however it
+//! ends, so nothing is left running after the test command exits. (A Docker/testcontainers
+//! cluster is not used: the Kafka module gives one broker, and secretlog's durability settings
+//! — RF 3, min.insync.replicas 2 — need three.)
+//!
+//! Tests that kill brokers take the cluster exclusively ([`exclusive`]); all others share it
+//! ([`shared`]), so fault injection never disturbs a test that is not about faults.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use secretlog_ops::kafka::{ensure_topic, KafkaConfig, LocalKafka};
+use secretlog_ops::process;
+use serde_json::Value;
+
+/// The cluster of this test run.
+pub struct Cluster {
+    pub bootstrap: String,
+    /// Present when the harness started the brokers itself (fault tests need it).
+    pub local: Option<LocalKafka>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static FAULTS: RwLock<()> = RwLock::new(());
+
+fn start_cluster() -> Cluster {
+    if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+        && !b.is_empty()
+    {
+        return Cluster { bootstrap: b, local: None };
+    }
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kafka");
+    // Left over from an earlier run (its brokers died with it): start clean.
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("creating the test cluster's directory");
+    let mut cfg = KafkaConfig::new(&root);
+    cfg.base_port = std::env::var("SECRETLOG_IT_KAFKA_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(29092);
+    cfg.heap = "512m".into();
+    let started = Instant::now();
+    let k = LocalKafka::start_attached(cfg).expect("starting the local three-broker Kafka cluster");
+    k.wait_ready(Duration::from_secs(240)).expect("local Kafka cluster ready");
+    eprintln!("[harness] three-broker Kafka ready at {} in {:?}", k.bootstrap_servers(), started.elapsed());
+    Cluster { bootstrap: k.bootstrap_servers(), local: Some(k) }
+}
+
+/// The cluster, started on first use.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(start_cluster)
+}
+
+/// Share the cluster with other non-fault tests.
+pub fn shared() -> (&'static Cluster, RwLockReadGuard<'static, ()>) {
+    let c = cluster();
+    (c, FAULTS.read().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Have the cluster to yourself (to kill brokers). `None` when the cluster is external.
+pub fn exclusive() -> Option<(&'static Cluster, RwLockWriteGuard<'static, ()>)> {
+    let c = cluster();
+    let guard = FAULTS.write().unwrap_or_else(|e| e.into_inner());
+    c.local.as_ref()?;
+    Some((c, guard))
+}
+
+/// A topic of the test's own.
+pub async fn fresh_topic(bootstrap: &str, name: &str, partitions: i32) -> String {
+    let topic = format!("it.{name}.{:08x}", rand::random::<u32>());
+    ensure_topic(bootstrap, &topic, partitions).await.expect("creating the test topic");
+    topic
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Poll `f` until it returns `Some`, or panic after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One node process.
+pub struct Node {
+    pub name: String,
+    pub url: String,
+    pub log: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("node log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_secretlog-it"));
+        cmd.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("SECRETLOG_ROOT_KEY")
+            .env("RUST_LOG", "info,rdkafka=warn,slatedb=warn,foyer=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(process::spawn_attached(cmd).expect("spawning a node"));
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            process::terminate(&mut c, Duration::from_secs(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// The tail of the node's log, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        process::tail_file(&self.log, 30)
+    }
+
+    /// Wait until `/v1/sys/health` answers `code`.
+    pub async fn wait_health(&self, code: u16, timeout: Duration) -> Value {
+        let url = format!("{}/v1/sys/health", self.url);
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            match client().get(&url).send().await {
+                Ok(r) if r.status().as_u16() == code => return r.json().await.unwrap_or_default(),
+                Ok(r) => last = format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() > deadline {
+                panic!("{} not at health {code} after {timeout:?} (last: {last})\n--- log ---\n{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Options of a test stack.
+pub struct StackOpts {
+    pub name: &'static str,
+    pub partitions: i32,
+    pub readers: usize,
+    pub reader_args: Vec<String>,
+}
+
+impl Default for StackOpts {
+    fn default() -> Self {
+        StackOpts { name: "stack", partitions: 3, readers: 2, reader_args: vec![] }
+    }
+}
+
+/// A writer and readers on a topic of their own.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub bootstrap: String,
+    pub topic: String,
+    pub root_key_file: PathBuf,
+    pub writer: Node,
+    pub readers: Vec<Node>,
+    pub token: String,
+}
+
+impl Stack {
+    pub async fn start(cluster: &Cluster, opts: StackOpts) -> Stack {
+        let dir = tempfile::Builder::new().prefix(&format!("it-{}-", opts.name)).tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let topic = fresh_topic(&cluster.bootstrap, opts.name, opts.partitions).await;
+        let root_key_file = dir.path().join("root.key");
+        secretlog_ops::stack::ensure_root_key(&root_key_file).expect("root key");
+        let envs = vec![
+            ("KAFKA_BOOTSTRAP_SERVERS".to_string(), cluster.bootstrap.clone()),
+            ("SECRETLOG_ROOT_KEY_FILE".to_string(), root_key_file.display().to_string()),
+            ("SECRETLOG_TOPIC".to_string(), topic.clone()),
+            ("SECRETLOG_CACHE_DISK_MB".to_string(), "16".to_string()),
+            ("SECRETLOG_CACHE_MEMORY_MB".to_string(), "16".to_string()),
+        ];
+        let wport = free_port();
+        let token_file = dir.path().join("root-token");
+        let mut writer = node(dir.path(), "writer", wport, &envs, vec![
+            "writer".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{wport}"),
+            "--data-dir".into(),
+            dir.path().join("writer").display().to_string(),
+            "--root-token-file".into(),
+            token_file.display().to_string(),
+            "--transactional-id".into(),
+            format!("{topic}-writer"),
+        ]);
+        writer.spawn();
+        writer.wait_health(200, Duration::from_secs(90)).await;
+        let token = std::fs::read_to_string(&token_file).expect("root token file").trim().to_string();
+        let mut readers = Vec::new();
+        for i in 0..opts.readers {
+            let port = free_port();
+            let name = format!("reader-{i}");
+            let mut args = vec![
+                "reader".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--region".into(),
+                format!("region-{i}"),
+                "--data-dir".into(),
+                dir.path().join(&name).display().to_string(),
+                "--writer-url".into(),
+                writer.url.clone(),
+            ];
+            args.extend(opts.reader_args.iter().cloned());
+            let mut r = node(dir.path(), &name, port, &envs, args);
+            r.spawn();
+            readers.push(r);
+        }
+        for r in &readers {
+            r.wait_health(473, Duration::from_secs(60)).await;
+        }
+        Stack { dir, bootstrap: cluster.bootstrap.clone(), topic, root_key_file, writer, readers, token }
+    }
+
+    /// A reader node spec sharing this stack's settings, not yet started (for extra readers).
+    pub fn new_reader(&self, name: &str, extra_env: &[(&str, &str)]) -> Node {
+        let port = free_port();
+        let mut envs = vec![
+            ("KAFKA_BOOTSTRAP_SERVERS".to_string(), self.bootstrap.clone()),
+            ("SECRETLOG_ROOT_KEY_FILE".to_string(), self.root_key_file.display().to_string()),
+            ("SECRETLOG_TOPIC".to_string(), self.topic.clone()),
+        ];
+        envs.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut n = node(self.dir.path(), name, port, &envs, vec![
+            "reader".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            self.dir.path().join(name).display().to_string(),
+            "--writer-url".into(),
+            self.writer.url.clone(),
+        ]);
+        n.spawn();
+        n
+    }
+}
+
+fn node(dir: &Path, name: &str, port: u16, envs: &[(String, String)], args: Vec<String>) -> Node {
+    Node {
+        name: name.to_string(),
+        url: format!("http://127.0.0.1:{port}"),
+        log: dir.join(format!("{name}.log")),
+        args,
+        envs: envs.to_vec(),
+        child: None,
+    }
+}
+
+/// A shared HTTP client.
+pub fn client() -> &'static reqwest::Client {
+    static C: OnceLock<reqwest::Client> = OnceLock::new();
+    C.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"))
+}
+
+/// An answer, with what tests look at.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub index: Option<String>,
+    pub body: Value,
+}
+
+/// Send a request with the token (and optional consistency index).
+pub async fn call(method: &str, url: &str, token: Option<&str>, index: Option<&str>, body: Option<Value>) -> Answer {
+    let mut rb = client().request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), url);
+    if let Some(t) = token {
+        rb = rb.header("X-Vault-Token", t);
+    }
+    if let Some(i) = index {
+        rb = rb.header("X-Secretlog-Index", i);
+    }
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b.to_string());
+    }
+    let r = rb.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = r.status().as_u16();
+    let index = r.headers().get("x-secretlog-index").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let text = r.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer { status, index, body }
+}

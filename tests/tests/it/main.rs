@@ -1,0 +1,9 @@
+//! secretlog's end-to-end tests: real processes, a real three-broker Kafka cluster.
+//! One binary; the cluster is started once per run (see `harness`).
+
+mod harness;
+mod hvac;
+mod integrity;
+mod kafka_faults;
+mod kv_api;
+mod recovery;

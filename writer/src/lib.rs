@@ -1,0 +1,18 @@
+//! secretlog's leader write node.
+//!
+//! A write travels: HTTP → [`request`] (parse, validate input) → [`committer`] (decide against
+//! state with [`plan`], seal, group into one Kafka transaction via [`producer`]) → answer after
+//! commit with the log position. [`node`] puts it together with the reader crate's materializer,
+//! which gives the writer the exact state every reader computes.
+
+pub mod committer;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod plan;
+pub mod producer;
+pub mod request;
+pub mod token;
+
+pub use config::WriterConfig;
+pub use error::WriterError;

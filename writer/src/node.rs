@@ -1,0 +1,280 @@
+//! A writer node: the leader path (fence, catch up, bootstrap the root token, then commit
+//! writes) or, with `--forward-to`, a standby that forwards writes; both serve reads from their
+//! own materialized state.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use secretlog_reader::api::forward::Forwarder;
+use secretlog_reader::api::health::{health, HealthInput, Role};
+use secretlog_reader::api::kv::{Freshness, ReadContext};
+use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, Handler};
+use secretlog_reader::materializer::now_ms;
+use secretlog_reader::node::{load_keyring, metrics_response, open_state, sealed_response};
+use secretlog_schemas::{encode_event, Event, Operation};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::committer::{Committer, CommitterConfig, Pending};
+use crate::config::WriterConfig;
+use crate::error::WriterError;
+use crate::producer::{Record, TxProducer};
+
+/// Where the node stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterState {
+    /// Not yet accepting writes, and why.
+    Starting(String),
+    /// The leader: accepting writes.
+    Active,
+    /// Forwarding writes to these writers.
+    Standby(Vec<String>),
+    /// Fenced by a newer leader.
+    Fenced,
+}
+
+/// A started writer.
+pub struct RunningWriter {
+    pub addr: SocketAddr,
+    pub cancel: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWriter {
+    pub async fn wait(self) {
+        let _ = self.join.await;
+    }
+}
+
+struct WriterNode {
+    cfg: WriterConfig,
+    ctx: Option<ReadContext>,
+    sealed: Option<String>,
+    state: RwLock<WriterState>,
+    fenced: Arc<AtomicBool>,
+    queue: RwLock<Option<mpsc::Sender<Pending>>>,
+    forwarder: Option<Forwarder>,
+}
+
+/// Start a writer; it runs until `cancel` fires.
+pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<RunningWriter, WriterError> {
+    secretlog_reader::telemetry::prometheus();
+    let listener = secretlog_reader::api::bind(cfg.listen).await?;
+    let addr = listener.local_addr().map_err(|e| WriterError::NotReady(e.to_string()))?;
+    let (ctx, mat_join, sealed) = match load_keyring(&cfg.log) {
+        Ok(keyring) => {
+            let (ctx, join) =
+                open_state(&cfg.log, &cfg.data_dir, &format!("writer-{}", addr.port()), keyring, cancel.clone()).await?;
+            (Some(ctx), Some(join), None)
+        }
+        Err(reason) => {
+            tracing::error!(%reason, "no usable root key: this writer is SEALED and serves nothing");
+            (None, None, Some(reason))
+        }
+    };
+    let standby = !cfg.forward_to.is_empty();
+    let state = if standby { WriterState::Standby(cfg.forward_to.clone()) } else { WriterState::Starting("fencing the previous leader".into()) };
+    let forwarder = standby.then(|| Forwarder::new(cfg.forward_to.clone(), Duration::from_millis(cfg.write_timeout_ms + 5000)));
+    let node = Arc::new(WriterNode {
+        cfg: cfg.clone(),
+        ctx,
+        sealed,
+        state: RwLock::new(state),
+        fenced: Arc::new(AtomicBool::new(false)),
+        queue: RwLock::new(None),
+        forwarder,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    if !standby && node.ctx.is_some() {
+        let n = node.clone();
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            loop {
+                match n.become_leader(c.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take leadership yet; retrying");
+                        n.set_state(WriterState::Starting(e.to_string()));
+                        tokio::select! {
+                            _ = c.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let handler: Handler = {
+        let node = node.clone();
+        Arc::new(move |req| {
+            let node = node.clone();
+            Box::pin(async move { node.handle(req).await })
+        })
+    };
+    tracing::info!(%addr, standby, "writer listening");
+    let server = secretlog_reader::api::spawn_server(listener, handler, cfg.log_max_request_bytes(), cancel.clone());
+    let join = tokio::spawn(async move {
+        let _ = server.await;
+        while tasks.join_next().await.is_some() {}
+        if let Some(j) = mat_join {
+            let _ = j.await;
+        }
+        let store = node.ctx.as_ref().map(|c| c.store.clone());
+        drop(node);
+        if let Some(store) = store
+            && let Err(e) = store.close().await
+        {
+            tracing::warn!(error = %e, "closing the store");
+        }
+        tracing::info!("writer stopped");
+    });
+    Ok(RunningWriter { addr, cancel, join })
+}
+
+impl WriterConfig {
+    fn log_max_request_bytes(&self) -> u64 {
+        (self.max_value_bytes as u64) * 2 + 64 * 1024
+    }
+}
+
+impl WriterNode {
+    fn set_state(&self, s: WriterState) {
+        *self.state.write().expect("state lock") = s;
+    }
+    fn state(&self) -> WriterState {
+        self.state.read().expect("state lock").clone()
+    }
+
+    /// Fence the previous leader, read the log to its end, publish the root token if the log has
+    /// none, then start committing.
+    async fn become_leader(self: &Arc<Self>, cancel: CancellationToken) -> Result<(), WriterError> {
+        let ctx = self.ctx.clone().expect("leader path runs only when unsealed");
+        let log = &self.cfg.log;
+        let (b, t) = (log.bootstrap.clone(), log.topic.clone());
+        let partitions = tokio::task::spawn_blocking(move || secretlog_reader::kafka::partition_count(&b, &t, Duration::from_secs(5)))
+            .await
+            .map_err(|e| WriterError::NotReady(e.to_string()))??;
+        self.set_state(WriterState::Starting("fencing the previous leader".into()));
+        let producer = TxProducer::new(&log.bootstrap, &self.cfg.transactional_id, self.cfg.transaction_timeout_ms, &log.topic)?;
+        producer.init(Duration::from_millis(self.cfg.transaction_timeout_ms.max(5000) * 2)).await?;
+        // The epoch only has to exceed every earlier leader's: the larger of what this node has
+        // applied and the clock (a new leader starts after the old one did).
+        let stored = ctx.store.partitions().await?;
+        let epoch = (stored.values().map(|s| s.max_epoch).max().unwrap_or(0) + 1).max(now_ms() as u64);
+        // One leader-epoch record in every partition: it fences older leaders in the log itself,
+        // and once the local materializer has applied these records it has applied everything
+        // that was committed before them — only then are writes decided.
+        self.set_state(WriterState::Starting("writing the leader epoch and reading the log to its end".into()));
+        let records: Vec<Record> = (0..partitions)
+            .map(|p| {
+                let event = self.control_event(&ctx, secretlog_schemas::topic::leader_epoch_name(p), Operation::LeaderEpoch, epoch);
+                Record { key: event.record_key(), payload: encode_event(&ctx.keyring, &event), partition: p }
+            })
+            .collect();
+        let positions = producer.commit(records, Duration::from_millis(self.cfg.write_timeout_ms)).await?;
+        let (caught_up, prog) = ctx
+            .materializer
+            .wait_for(Duration::from_secs(120), |p| positions.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| *a > *off)))
+            .await;
+        if !caught_up {
+            return Err(WriterError::NotReady(format!("still catching up with the log (lag {} records)", prog.lag_records())));
+        }
+        if ctx.store.root_token_hash().await?.is_none() {
+            let token = crate::token::load_or_create(&self.cfg.root_token_path())?;
+            let op = Operation::SetRootToken { token_hash: ctx.keyring.token_hash(&token) };
+            let event = self.control_event(&ctx, "root-token".into(), op, epoch);
+            let key = event.record_key();
+            let partition = secretlog_schemas::topic::partition_for(&key, partitions);
+            let payload = encode_event(&ctx.keyring, &event);
+            producer.commit(vec![Record { key, payload, partition }], Duration::from_millis(self.cfg.write_timeout_ms)).await?;
+            tracing::info!(file = %self.cfg.root_token_path().display(), "root token published (hash only); the token is in the file");
+        }
+        let (tx, rx) = mpsc::channel(4096);
+        let committer = Committer::new(
+            ctx,
+            producer,
+            CommitterConfig { max_batch: self.cfg.max_batch, write_timeout: Duration::from_millis(self.cfg.write_timeout_ms), partitions, epoch },
+            self.fenced.clone(),
+        );
+        *self.queue.write().expect("queue lock") = Some(tx);
+        self.set_state(WriterState::Active);
+        metrics::gauge!("secretlog_writer_epoch").set(epoch as f64);
+        metrics::gauge!("secretlog_writer_is_leader").set(1.0);
+        tracing::info!(epoch, partitions, "leader: accepting writes");
+        committer.run(rx, cancel).await;
+        Ok(())
+    }
+
+    fn control_event(&self, _ctx: &ReadContext, name: String, op: Operation, epoch: u64) -> Event {
+        let mut event_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut event_id);
+        Event { event_id, timestamp_ms: now_ms(), writer_epoch: epoch, mount: String::new(), path: name, op }
+    }
+
+    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+        match req.path.as_str() {
+            "v1/sys/health" => return health(&self.health_input(), &req),
+            "metrics" => return metrics_response(),
+            _ => {}
+        }
+        let Some(ctx) = &self.ctx else { return sealed_response() };
+        let resp = if req.is_write() { self.write(ctx, req).await } else { self.read(ctx, &req).await };
+        resp.unwrap_or_else(ApiResponse::from)
+    }
+
+    fn health_input(&self) -> HealthInput {
+        let state = if self.fenced.load(Ordering::SeqCst) { WriterState::Fenced } else { self.state() };
+        let (role, unavailable) = match state {
+            WriterState::Active => (Role::ActiveWriter, None),
+            WriterState::Standby(targets) => (Role::StandbyWriter { leader: targets.first().cloned() }, None),
+            WriterState::Starting(why) => (Role::ActiveWriter, Some(format!("starting: {why}"))),
+            WriterState::Fenced => (Role::StandbyWriter { leader: None }, Some("fenced by a newer leader".into())),
+        };
+        let wrong_key = self.ctx.as_ref().and_then(|c| c.materializer.progress.borrow().wrong_key.clone());
+        HealthInput {
+            role,
+            sealed: self.sealed.clone().or(wrong_key),
+            progress: self.ctx.as_ref().map(|c| c.materializer.progress.borrow().clone()),
+            max_lag_seconds: 30.0,
+            unavailable,
+        }
+    }
+
+    async fn write(&self, ctx: &ReadContext, req: ApiRequest) -> Result<ApiResponse, ApiError> {
+        if let Some(f) = &self.forwarder {
+            return Ok(f.forward(&req).await);
+        }
+        ctx.authorize(&req).await?;
+        let cmd = crate::request::parse(&req, &ctx.mount, self.cfg.max_value_bytes)?;
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(WriterError::Fenced.into());
+        }
+        let queue = self.queue.read().expect("queue lock").clone();
+        let Some(queue) = queue else {
+            let why = match self.state() {
+                WriterState::Starting(w) => w,
+                other => format!("{other:?}"),
+            };
+            return Err(ApiError::unavailable(format!("writer not ready: {why}")));
+        };
+        let (tx, rx) = oneshot::channel();
+        queue.try_send(Pending { cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
+        let timeout = Duration::from_millis(self.cfg.write_timeout_ms * 2 + 1000);
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(ApiError::unavailable("writer stopped before answering")),
+            Err(_) => Err(ApiError::unavailable("write outcome unknown: timed out waiting for the commit")),
+        }
+    }
+
+    async fn read(&self, ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+        let freshness = ctx.wait_for_index(req).await?;
+        ctx.authorize(req).await?;
+        if freshness == Freshness::Stale {
+            return Err(ApiError::new(412, "this node has not yet applied the requested index"));
+        }
+        ctx.read(req).await
+    }
+}

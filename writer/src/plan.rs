@@ -1,0 +1,184 @@
+//! Deciding a write against the current state: CAS, existence, the next version number — and
+//! turning it into the event that will be appended.
+//!
+//! The state comes from the writer's own materializer, which runs the reader crate's code, so
+//! what is checked here is exactly what every reader will compute.
+
+use secretlog_reader::api::response::vault_time;
+use secretlog_reader::api::ApiError;
+use secretlog_reader::state::SecretMeta;
+use secretlog_schemas::sealed::{SealContext, SealedValue};
+use secretlog_schemas::{Keyring, Operation};
+use serde_json::{json, Map, Value};
+
+use crate::request::{merge_patch, Command};
+
+/// What a command turns into.
+#[derive(Debug)]
+pub enum Planned {
+    /// Append this operation; answer with `reply` once it committed.
+    Append { op: Operation, reply: Reply },
+    /// Nothing to append (e.g. deleting what does not exist); answer now, as Vault does.
+    Done { status: u16 },
+}
+
+/// The answer to send after commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// 200 with the new version's metadata (writes and patches).
+    Version(Value),
+    /// 204.
+    NoContent,
+}
+
+const CAS_MISMATCH: &str = "check-and-set parameter did not match the current version";
+const CAS_REQUIRED: &str = "check-and-set parameter required for this call";
+
+fn check_cas(meta: Option<&SecretMeta>, cas: Option<u64>) -> Result<(), ApiError> {
+    let current = meta.map_or(0, |m| m.current_version);
+    match cas {
+        Some(c) if c != current => Err(ApiError::bad_request(CAS_MISMATCH)),
+        None if meta.is_some_and(|m| m.cas_required) => Err(ApiError::bad_request(CAS_REQUIRED)),
+        _ => Ok(()),
+    }
+}
+
+fn seal_put(
+    keyring: &Keyring,
+    mount: &str,
+    path: &str,
+    meta: Option<&SecretMeta>,
+    data: &Map<String, Value>,
+    ts: i64,
+) -> Result<Planned, ApiError> {
+    let version = meta.map_or(0, |m| m.current_version) + 1;
+    let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(|_| ApiError::internal())?);
+    let sealed = SealedValue::seal(keyring, &SealContext { mount, path, version }, &plaintext).map_err(|e| {
+        tracing::error!(error = %e, "sealing failed");
+        ApiError::internal()
+    })?;
+    let dva = meta.map_or(0, |m| m.delete_version_after_secs);
+    let deletion = (dva > 0).then(|| ts + dva as i64 * 1000);
+    let reply = Reply::Version(json!({
+        "created_time": vault_time(Some(ts)),
+        "custom_metadata": meta.and_then(|m| m.custom_metadata.clone()),
+        "deletion_time": vault_time(deletion),
+        "destroyed": false,
+        "version": version,
+    }));
+    Ok(Planned::Append { op: Operation::Put { version, sealed: sealed.encode() }, reply })
+}
+
+/// Decide `cmd` against `meta`. For a patch, `current` is the opened value of the current
+/// version (`None` if there is no live current version).
+pub fn plan(
+    cmd: &Command,
+    meta: Option<&SecretMeta>,
+    current: Option<Map<String, Value>>,
+    keyring: &Keyring,
+    mount: &str,
+    ts: i64,
+) -> Result<Planned, ApiError> {
+    let exists = meta.is_some_and(|m| m.current_version > 0);
+    match cmd {
+        Command::Put { path, data, cas } => {
+            check_cas(meta, *cas)?;
+            seal_put(keyring, mount, path, meta, data, ts)
+        }
+        Command::Patch { path, patch, cas } => {
+            let Some(mut merged) = current else { return Err(ApiError::not_found()) };
+            check_cas(meta, *cas)?;
+            merge_patch(&mut merged, patch);
+            seal_put(keyring, mount, path, meta, &merged, ts)
+        }
+        Command::DeleteLatest { .. } => match meta {
+            Some(m) if exists => Ok(Planned::Append {
+                op: Operation::DeleteVersions { versions: vec![m.current_version] },
+                reply: Reply::NoContent,
+            }),
+            _ => Ok(Planned::Done { status: 204 }),
+        },
+        Command::DeleteVersions { versions, .. } if exists => {
+            Ok(Planned::Append { op: Operation::DeleteVersions { versions: versions.clone() }, reply: Reply::NoContent })
+        }
+        Command::UndeleteVersions { versions, .. } if exists => {
+            Ok(Planned::Append { op: Operation::UndeleteVersions { versions: versions.clone() }, reply: Reply::NoContent })
+        }
+        Command::DestroyVersions { versions, .. } if exists => {
+            Ok(Planned::Append { op: Operation::DestroyVersions { versions: versions.clone() }, reply: Reply::NoContent })
+        }
+        Command::DeleteVersions { .. } | Command::UndeleteVersions { .. } | Command::DestroyVersions { .. } => {
+            Ok(Planned::Done { status: 204 })
+        }
+        Command::UpdateMetadata { update, .. } => {
+            Ok(Planned::Append { op: Operation::UpdateMetadata(update.clone()), reply: Reply::NoContent })
+        }
+        Command::DeleteMetadata { .. } if meta.is_some() => {
+            Ok(Planned::Append { op: Operation::DeleteMetadata, reply: Reply::NoContent })
+        }
+        Command::DeleteMetadata { .. } => Ok(Planned::Done { status: 204 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secretlog_schemas::RootKey;
+
+    fn ring() -> Keyring {
+        Keyring::from_root(&RootKey::from_bytes([9; 32]))
+    }
+    fn meta(current: u64, cas_required: bool) -> SecretMeta {
+        SecretMeta { current_version: current, cas_required, ..Default::default() }
+    }
+    fn put(cas: Option<u64>) -> Command {
+        Command::Put { path: "p".into(), data: Map::new(), cas }
+    }
+
+    #[test]
+    fn cas_rules() {
+        let r = ring();
+        let status = |c: &Command, m: Option<&SecretMeta>| match plan(c, m, None, &r, "secret", 1) {
+            Ok(_) => 200,
+            Err(e) => e.status,
+        };
+        assert_eq!(status(&put(Some(0)), None), 200, "cas=0 creates");
+        assert_eq!(status(&put(Some(0)), Some(&meta(1, false))), 400, "cas=0 refuses an existing secret");
+        assert_eq!(status(&put(Some(1)), Some(&meta(1, false))), 200);
+        assert_eq!(status(&put(Some(2)), Some(&meta(1, false))), 400);
+        assert_eq!(status(&put(None), Some(&meta(1, true))), 400, "cas_required");
+        assert_eq!(status(&put(Some(1)), Some(&meta(1, true))), 200);
+    }
+
+    #[test]
+    fn put_takes_the_next_version_and_seals() {
+        let r = ring();
+        let data = serde_json::json!({"password":"hunter2"}).as_object().unwrap().clone();
+        let cmd = Command::Put { path: "p".into(), data, cas: None };
+        let Planned::Append { op: Operation::Put { version, sealed }, reply: Reply::Version(v) } =
+            plan(&cmd, Some(&meta(4, false)), None, &r, "secret", 1000).unwrap()
+        else {
+            panic!("expected a put")
+        };
+        assert_eq!(version, 5);
+        assert_eq!(v["version"], 5);
+        assert!(!sealed.windows(7).any(|w| w == b"hunter2"), "value must be sealed");
+    }
+
+    #[test]
+    fn patch_needs_a_live_current_version() {
+        let cmd = Command::Patch { path: "p".into(), patch: Map::new(), cas: None };
+        assert_eq!(plan(&cmd, None, None, &ring(), "secret", 1).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn deletes_of_missing_secrets_append_nothing() {
+        for cmd in [
+            Command::DeleteLatest { path: "p".into() },
+            Command::DestroyVersions { path: "p".into(), versions: vec![1] },
+            Command::DeleteMetadata { path: "p".into() },
+        ] {
+            assert!(matches!(plan(&cmd, None, None, &ring(), "secret", 1).unwrap(), Planned::Done { status: 204 }));
+        }
+    }
+}

@@ -39,6 +39,8 @@ enum Cmd {
         #[command(subcommand)]
         action: KafkaCmd,
     },
+    /// Measure a running stack: acknowledged writes, reads, write-to-visible lag.
+    Bench(crate::bench::BenchArgs),
     /// Run a writer node.
     Writer(secretlog_writer::WriterConfig),
     /// Run a reader node.
@@ -102,6 +104,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Up(args) => stack::up(args).await,
         Cmd::Down { data_dir } => stack::down(&data_dir),
         Cmd::Status { data_dir, json } => crate::status::status(&data_dir, json).await,
+        Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Writer(cfg) => {
             let cancel = CancellationToken::new();
             let node = secretlog_writer::node::start(cfg, cancel.clone()).await?;

@@ -5,6 +5,7 @@
 //! * [`process`] — child processes that die with us (or outlive us on purpose);
 //! * [`status`], [`output`] — what operators see.
 
+pub mod bench;
 pub mod cli;
 pub mod kafka;
 pub mod output;

@@ -8,12 +8,9 @@
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::{KafkaConfig, KafkaError, LOG_TAIL_LINES, NODE_IDS, POLL, STOP_GRACE, config};
@@ -27,77 +24,11 @@ pub(crate) enum Mode {
     Attached,
 }
 
-struct SpawnJob {
-    cmd: Command,
-    reply: mpsc::Sender<io::Result<Child>>,
-}
-
-/// The spawner thread. `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
-/// not the process, so all attached brokers are forked by this one thread, which never exits.
-fn spawner() -> &'static mpsc::Sender<SpawnJob> {
-    static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        let spawned = std::thread::Builder::new()
-            .name("kafka-spawner".into())
-            .spawn(move || {
-                // `rx` lives as long as this thread; the static sender is never dropped, so the loop
-                // (and the thread) lasts for the whole process.
-                while let Ok(mut job) = rx.recv() {
-                    let parent = std::process::id() as libc::pid_t;
-                    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
-                    unsafe {
-                        job.cmd.pre_exec(move || {
-                            if libc::prctl(
-                                libc::PR_SET_PDEATHSIG,
-                                libc::SIGKILL as libc::c_ulong,
-                                0,
-                                0,
-                                0,
-                            ) != 0
-                            {
-                                return Err(io::Error::last_os_error());
-                            }
-                            // We may have died between fork and prctl; then nobody would kill us.
-                            if libc::getppid() != parent {
-                                libc::_exit(1);
-                            }
-                            Ok(())
-                        });
-                    }
-                    let _ = job.reply.send(job.cmd.spawn());
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the kafka spawner thread: {e}");
-        }
-        tx
-    })
-}
-
 /// Spawn `cmd` in the given mode.
-pub(crate) fn spawn(mode: Mode, mut cmd: Command) -> io::Result<Child> {
+pub(crate) fn spawn(mode: Mode, cmd: Command) -> io::Result<Child> {
     match mode {
-        Mode::Detached => {
-            // SAFETY: setsid is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setsid() < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            cmd.spawn()
-        }
-        Mode::Attached => {
-            let (reply, rx) = mpsc::channel();
-            spawner()
-                .send(SpawnJob { cmd, reply })
-                .map_err(|_| io::Error::other("kafka spawner thread is gone"))?;
-            rx.recv()
-                .map_err(|_| io::Error::other("kafka spawner thread did not answer"))?
-        }
+        Mode::Detached => crate::process::spawn_detached(cmd),
+        Mode::Attached => crate::process::spawn_attached(cmd),
     }
 }
 
@@ -124,21 +55,7 @@ pub(crate) fn proc_alive(pid: u32, marker: &Path) -> bool {
     cmdline.split(|b| *b == 0).any(|arg| arg == marker)
 }
 
-/// Send `sig` to `pid`; a process that is already gone is not an error.
-pub(crate) fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    if pid <= 0 {
-        return Err(io::Error::other("refusing to signal a process group"));
-    }
-    // SAFETY: plain syscall on a positive pid.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            return Err(e);
-        }
-    }
-    Ok(())
-}
+pub(crate) use crate::process::signal;
 
 /// The pid recorded in a pid file, if it parses.
 pub(crate) fn read_pid(path: &Path) -> Option<u32> {
@@ -166,20 +83,7 @@ pub(crate) fn port_free(port: u16, wait: Duration) -> bool {
     }
 }
 
-/// The last `n` lines of a (possibly large) log file; empty if unreadable.
-pub(crate) fn tail_file(path: &Path, n: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(64 * 1024);
-    let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
-        return String::new();
-    }
-    super::config::last_lines(&String::from_utf8_lossy(&buf), n)
-}
+pub(crate) use crate::process::tail_file;
 
 /// Our knowledge of one node's JVM.
 #[derive(Default)]

@@ -1,0 +1,289 @@
+//! `secretlog bench`: load against a running stack, measured on the client side.
+//!
+//! Scenarios (each prints a table and, with `--out`, appends JSON):
+//! * `writes` — acknowledged writes/s and latency at N concurrent clients (each client writes its
+//!   own keys, so no CAS conflicts; every write is a Kafka transaction commit before the answer);
+//! * `reads` — reads/s and latency at N keep-alive connections against one reader, over a key
+//!   set preloaded through the writer;
+//! * `lag` — write-to-visible latency at a fixed write rate: from sending the write to the
+//!   writer until a reader answers it (the read carries the write's consistency index, so the
+//!   reader answers the moment it has applied the write).
+//!
+//! Absolute numbers on a shared 2-core machine are noise; compare runs side by side.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// Options shared by every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Writer URL.
+    #[arg(long, default_value = "http://127.0.0.1:8200")]
+    pub writer: String,
+    /// Reader URL.
+    #[arg(long, default_value = "http://127.0.0.1:8300")]
+    pub reader: String,
+    /// File holding the token (never passed on the command line).
+    #[arg(long, default_value = "./.secretlog/root-token")]
+    pub token_file: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Bytes of secret value per write.
+    #[arg(long, default_value_t = 64)]
+    pub value_bytes: usize,
+    /// Append results as JSON lines to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// Acknowledged writes at each concurrency.
+    Writes {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+    },
+    /// Reads at each number of connections, over `keys` preloaded secrets.
+    Reads {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        connections: Vec<usize>,
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Skip preloading (the keys already exist from an earlier run).
+        #[arg(long)]
+        no_preload: bool,
+    },
+    /// Write-to-visible latency at a fixed write rate.
+    Lag {
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+    },
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn summary(name: &str, param: usize, ops: u64, errors: u64, secs: f64, h: &Histogram<u64>) -> Value {
+    json!({
+        "scenario": name,
+        "concurrency": param,
+        "ops": ops,
+        "errors": errors,
+        "seconds": secs,
+        "ops_per_sec": ops as f64 / secs,
+        "p50_ms": h.value_at_quantile(0.50) as f64 / 1000.0,
+        "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "p999_ms": h.value_at_quantile(0.999) as f64 / 1000.0,
+        "max_ms": h.max() as f64 / 1000.0,
+    })
+}
+
+fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(pool).timeout(Duration::from_secs(30)).build()?)
+}
+
+/// Run a closed loop of `conc` workers for `secs`, each calling `op(worker, i)`.
+async fn closed_loop<F, Fut>(conc: usize, secs: u64, op: F) -> (u64, u64, f64, Histogram<u64>)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let (op, stop, errors) = (op.clone(), stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if op(w, i).await {
+                    h.record(t.elapsed().as_micros().max(1) as u64).ok();
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+            h
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut h = hist();
+    for t in tasks {
+        if let Ok(th) = t.await {
+            h.add(th).ok();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    (h.len(), errors.load(Ordering::Relaxed), elapsed, h)
+}
+
+/// Run the chosen scenario.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the token from {}", args.token_file.display()))?
+        .trim()
+        .to_string();
+    let value = "v".repeat(args.value_bytes);
+    let mut results = Vec::new();
+    match &args.scenario {
+        Scenario::Writes { clients } => {
+            for &c in clients {
+                let http = client(c)?;
+                let (w, t, v) = (args.writer.clone(), token.clone(), value.clone());
+                let run = format!("{:08x}", rand::random::<u32>());
+                let (ops, errs, secs, h) = closed_loop(c, args.seconds, move |worker, i| {
+                    let (http, w, t, v, run) = (http.clone(), w.clone(), t.clone(), v.clone(), run.clone());
+                    async move {
+                        let url = format!("{w}/v1/secret/data/bench/{run}/w{worker}/k{}", i % 1000);
+                        matches!(http.post(url).header("X-Vault-Token", t).json(&json!({"data": {"v": v}})).send().await, Ok(r) if r.status().is_success())
+                    }
+                })
+                .await;
+                results.push(summary("writes", c, ops, errs, secs, &h));
+            }
+        }
+        Scenario::Reads { connections, keys, no_preload } => {
+            if !no_preload {
+                preload(&args.writer, &token, *keys, &value).await?;
+            }
+            // Wait until the reader has every key (the last one written is enough: one writer,
+            // per-key order; every key is checked by the reads themselves too).
+            let http = client(4)?;
+            let last = format!("{}/v1/secret/data/bench/keys/k{}", args.reader, keys - 1);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !matches!(http.get(&last).header("X-Vault-Token", &token).send().await, Ok(r) if r.status().is_success()) {
+                if Instant::now() > deadline {
+                    bail!("reader never showed the preloaded keys");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for &c in connections {
+                let http = client(c)?;
+                let (r, t, n) = (args.reader.clone(), token.clone(), *keys as u64);
+                let (ops, errs, secs, h) = closed_loop(c, args.seconds, move |worker, i| {
+                    let (http, r, t) = (http.clone(), r.clone(), t.clone());
+                    async move {
+                        let k = (i.wrapping_mul(2_654_435_761).wrapping_add(worker as u64 * 7919)) % n;
+                        let url = format!("{r}/v1/secret/data/bench/keys/k{k}");
+                        match http.get(url).header("X-Vault-Token", t).send().await {
+                            Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                            _ => false,
+                        }
+                    }
+                })
+                .await;
+                results.push(summary("reads", c, ops, errs, secs, &h));
+            }
+        }
+        Scenario::Lag { rate } => {
+            let http = client(64)?;
+            let mut h = hist();
+            let mut errors = 0u64;
+            let total = rate * args.seconds;
+            let interval = Duration::from_secs_f64(1.0 / *rate as f64);
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            let run = format!("{:08x}", rand::random::<u32>());
+            for i in 0..total {
+                let due = started + interval.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let (http, w, r, t, v, run) = (http.clone(), args.writer.clone(), args.reader.clone(), token.clone(), value.clone(), run.clone());
+                tasks.spawn(async move {
+                    let t0 = Instant::now();
+                    let path = format!("bench/lag/{run}/k{}", i % 5000);
+                    let resp = http.post(format!("{w}/v1/secret/data/{path}")).header("X-Vault-Token", &t).json(&json!({"data": {"v": v}})).send().await.ok()?;
+                    let index = resp.headers().get("x-secretlog-index")?.to_str().ok()?.to_string();
+                    let read = http.get(format!("{r}/v1/secret/data/{path}")).header("X-Vault-Token", &t).header("X-Secretlog-Index", index).send().await.ok()?;
+                    read.status().is_success().then(|| t0.elapsed())
+                });
+            }
+            while let Some(res) = tasks.join_next().await {
+                match res {
+                    Ok(Some(d)) => {
+                        h.record(d.as_micros().max(1) as u64).ok();
+                    }
+                    _ => errors += 1,
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            results.push(summary("write_to_visible", *rate as usize, h.len(), errors, secs, &h));
+        }
+    }
+    let mut t = crate::output::table(&["scenario", "concurrency/rate", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"]);
+    for r in &results {
+        t.add_row(vec![
+            r["scenario"].as_str().unwrap_or("").to_string(),
+            r["concurrency"].to_string(),
+            format!("{:.0}", r["ops_per_sec"].as_f64().unwrap_or(0.0)),
+            format!("{:.2}", r["p50_ms"].as_f64().unwrap_or(0.0)),
+            format!("{:.2}", r["p99_ms"].as_f64().unwrap_or(0.0)),
+            format!("{:.2}", r["p999_ms"].as_f64().unwrap_or(0.0)),
+            r["errors"].to_string(),
+        ]);
+    }
+    println!("{t}");
+    if let Some(out) = &args.out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
+        for r in &results {
+            writeln!(f, "{r}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `keys` secrets through the writer, 64 at a time, with a progress bar.
+async fn preload(writer: &str, token: &str, keys: usize, value: &str) -> anyhow::Result<()> {
+    let http = client(64)?;
+    let pb = indicatif::ProgressBar::new(keys as u64);
+    pb.set_style(indicatif::ProgressStyle::with_template("preloading {pos}/{len} secrets {bar:40} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (http, w, t, v, next, pb) = (http.clone(), writer.to_string(), token.to_string(), value.to_string(), next.clone(), pb.clone());
+        tasks.spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= keys as u64 {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let url = format!("{w}/v1/secret/data/bench/keys/k{k}");
+                let mut tries = 0;
+                loop {
+                    match http.post(&url).header("X-Vault-Token", &t).json(&json!({"data": {"v": v}})).send().await {
+                        Ok(r) if r.status().is_success() => break,
+                        other if tries < 5 => {
+                            tries += 1;
+                            tracing::warn!(key = k, status = ?other.map(|r| r.status()), "preload write failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        other => bail!("preload write k{k} failed: {:?}", other.map(|r| r.status())),
+                    }
+                }
+                pb.inc(1);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    pb.finish();
+    Ok(())
+}

@@ -29,7 +29,7 @@ pub fn table(header: &[&str]) -> Table {
 pub fn print_stack(stack: &StackFile, path: &Path) {
     let mut t = table(&["node", "role", "url", "pid", "log"]);
     for w in &stack.writers {
-        let role = if w.name == "writer-1" { "writer (leader)" } else { "writer (standby)" };
+        let role = if w.name == "writer-1" { "writer (leader at start)" } else { "writer (standby)" };
         t.add_row(vec![w.name.clone(), role.into(), w.url.clone(), w.pid.to_string(), w.log.display().to_string()]);
     }
     for r in &stack.readers {

@@ -168,12 +168,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut nodes: Vec<NodeProc> = Vec::new();
-    let leader_url = format!("http://127.0.0.1:{}", args.writer_port);
     let writer_urls: Vec<String> = (0..2).map(|i| format!("http://127.0.0.1:{}", args.writer_port + i)).collect();
     for i in 0..2u16 {
         let name = format!("writer-{}", i + 1);
         let port = args.writer_port + i;
-        let mut a = vec![
+        let a = vec![
             "writer".to_string(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
@@ -184,9 +183,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "--topic".into(),
             args.topic.clone(),
         ];
-        if i > 0 {
-            a.extend(["--forward-to".into(), leader_url.clone()]);
-        }
         spinner.set_message(format!("starting {name}"));
         let (child, log) = spawn_node(&dir, &name, &a, &root_key, &bootstrap, attached)?;
         let url = format!("http://127.0.0.1:{port}");

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ReaderError;
 use crate::kafka::LogContext;
 use crate::state::{apply, SecretMeta};
-use crate::store::{keys, ApplyBatch, PartitionState, Store};
+use crate::store::{keys, ApplyBatch, LeaderRecord, PartitionState, Store};
 
 /// Most records applied in one atomic batch.
 const MAX_BATCH: usize = 512;
@@ -41,6 +41,8 @@ pub struct Progress {
     pub consumer_error: Option<String>,
     /// Number of partitions of the topic; 0 until known.
     pub partitions: i32,
+    /// The newest leader the log announced (epoch and URL).
+    pub leader: Option<LeaderRecord>,
     /// Set when the log was written under another root key: the node is effectively sealed.
     pub wrong_key: Option<String>,
     /// Partitions read to their end since their last applied record.
@@ -111,6 +113,7 @@ pub async fn spawn(
     let stored = store.partitions().await?;
     let initial = Progress {
         applied: stored.iter().map(|(p, s)| (*p, s.next_offset)).collect(),
+        leader: store.leader().await?,
         ..Default::default()
     };
     let (tx, rx) = watch::channel(initial);
@@ -246,6 +249,7 @@ impl Materializer {
         let mut last_event_ms = None;
         let mut applied_count = 0u64;
         let mut wrong_key = None;
+        let mut staged_leader: Option<LeaderRecord> = None;
         for msg in msgs {
             let (p, offset) = (msg.partition(), msg.offset());
             if halted.contains_key(&p) || newly_halted.iter().any(|(hp, _, _)| *hp == p) {
@@ -255,7 +259,7 @@ impl Materializer {
             if offset < st.next_offset {
                 continue; // redelivery of something already applied
             }
-            match self.apply_one(&msg, st, &mut staged, &mut metas).await {
+            match self.apply_one(&msg, st, &mut staged, &mut metas, &mut staged_leader).await {
                 Ok(ts) => {
                     st.next_offset = offset + 1;
                     staged.partitions.insert(p, *st);
@@ -300,6 +304,9 @@ impl Materializer {
             if wrong_key.is_some() {
                 prog.wrong_key = wrong_key;
             }
+            if staged_leader.is_some() {
+                prog.leader = staged_leader;
+            }
         });
         Ok(())
     }
@@ -311,6 +318,7 @@ impl Materializer {
         st: &mut PartitionState,
         staged: &mut ApplyBatch,
         metas: &mut BTreeMap<Vec<u8>, Option<SecretMeta>>,
+        staged_leader: &mut Option<LeaderRecord>,
     ) -> Result<i64, ReaderError> {
         let (partition, offset) = (msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or_default();
@@ -324,9 +332,14 @@ impl Materializer {
                 staged.writes.insert(keys::ROOT_TOKEN.to_vec(), Some(token_hash.to_vec()));
                 tracing::info!(partition, offset, "root token hash applied");
             }
-            Operation::LeaderEpoch => {
-                if event.writer_epoch > st.max_epoch {
-                    tracing::info!(partition, offset, epoch = event.writer_epoch, "new leader epoch");
+            Operation::LeaderEpoch { leader_url } => {
+                let newer = self.tx.borrow().leader.as_ref().is_none_or(|l| event.writer_epoch > l.epoch)
+                    && staged_leader.as_ref().is_none_or(|l: &LeaderRecord| event.writer_epoch > l.epoch);
+                if newer {
+                    tracing::info!(partition, offset, epoch = event.writer_epoch, leader = %leader_url, "new leader epoch");
+                    let rec = LeaderRecord { epoch: event.writer_epoch, url: leader_url.clone() };
+                    staged.writes.insert(keys::LEADER.to_vec(), serde_json::to_vec(&rec).ok());
+                    *staged_leader = Some(rec);
                 }
             }
             _ => {

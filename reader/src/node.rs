@@ -136,6 +136,10 @@ struct ReaderNode {
 }
 
 impl ReaderNode {
+    fn leader_url(&self, ctx: &ReadContext) -> Option<String> {
+        ctx.materializer.progress.borrow().leader.as_ref().map(|l| l.url.clone())
+    }
+
     /// Why the node serves nothing: no key, or a key that does not match the log's.
     fn sealed_reason(&self) -> Option<String> {
         self.sealed.clone().or_else(|| self.ctx.as_ref().and_then(|c| c.materializer.progress.borrow().wrong_key.clone()))
@@ -161,7 +165,7 @@ impl ReaderNode {
             return sealed_response();
         }
         if req.is_write() {
-            return self.forwarder.forward(&req).await;
+            return self.forwarder.forward(&req, self.leader_url(ctx).as_deref()).await;
         }
         match self.read(ctx, &req).await {
             Ok(r) => r,
@@ -178,7 +182,7 @@ impl ReaderNode {
         if freshness == Freshness::Stale {
             metrics::counter!("secretlog_reader_stale_reads_total").increment(1);
             return match self.cfg.on_stale {
-                OnStale::Forward => Ok(self.forwarder.forward(req).await),
+                OnStale::Forward => Ok(self.forwarder.forward(req, self.leader_url(ctx).as_deref()).await),
                 OnStale::Fail => Err(ApiError::new(412, "this reader has not yet applied the requested index")),
             };
         }

@@ -146,7 +146,7 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
                 effect.remove_values.extend(m.versions.keys().copied());
             }
         }
-        op @ (Operation::SetRootToken { .. } | Operation::LeaderEpoch) => {
+        op @ (Operation::SetRootToken { .. } | Operation::LeaderEpoch { .. }) => {
             return Err(ApplyError::NotASecretOperation { op: op.name() });
         }
     }

@@ -9,6 +9,7 @@
 //! | `v/{mount}/{path}\0{version u64 BE}` | the sealed value, exactly as it was in the event |
 //! | `o/{partition u32 BE}` | [`PartitionState`]: next offset to apply and highest writer epoch seen |
 //! | `c/root_token` | keyed hash of the bootstrap root token |
+//! | `c/leader` | [`LeaderRecord`]: the newest leader epoch seen and its URL |
 //!
 //! State and the partition offsets that produced it are written in **one** SlateDB batch
 //! ([`Store::commit`]), so a crash at any instant leaves both at the same point and the
@@ -68,6 +69,13 @@ impl PartitionState {
     }
 }
 
+/// The newest leader the log announced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaderRecord {
+    pub epoch: u64,
+    pub url: String,
+}
+
 /// The storage keys.
 pub mod keys {
     pub fn meta(mount: &str, path: &str) -> Vec<u8> {
@@ -88,6 +96,7 @@ pub mod keys {
     }
     pub const PARTITION_PREFIX: &[u8] = b"o/";
     pub const ROOT_TOKEN: &[u8] = b"c/root_token";
+    pub const LEADER: &[u8] = b"c/leader";
 }
 
 /// One atomic step of the materializer: state changes plus the partition positions they reach.
@@ -232,6 +241,14 @@ impl Store {
     /// The root token's keyed hash, once the log has published one.
     pub async fn root_token_hash(&self) -> Result<Option<[u8; 32]>, ReaderError> {
         Ok(self.get_cached(keys::ROOT_TOKEN.to_vec()).await?.and_then(|b| b.try_into().ok()))
+    }
+
+    /// The newest leader announced in the log.
+    pub async fn leader(&self) -> Result<Option<LeaderRecord>, ReaderError> {
+        match self.get_raw(keys::LEADER).await? {
+            Some(b) => Ok(serde_json::from_slice(&b).ok()),
+            None => Ok(None),
+        }
     }
 
     /// Raw read of a storage key, bypassing the cache (used to stage an apply batch).

@@ -10,7 +10,7 @@
 //! `Put` = version u64, sealed bytes32; `Delete/Undelete/DestroyVersions` = count u16, u64 each;
 //! `UpdateMetadata` = presence flags u8 (bit0 max_versions u32, bit1 cas_required u8,
 //! bit2 delete_version_after u64 seconds, bit3 custom_metadata count u16 + (str16, str16)...);
-//! `DeleteMetadata` = nothing; `SetRootToken` = hash [32]; `LeaderEpoch` = nothing.
+//! `DeleteMetadata` = nothing; `SetRootToken` = hash [32]; `LeaderEpoch` = leader URL str16.
 //!
 //! The tag is checked before the body is parsed: nothing of a forged record is interpreted.
 //! A version this build does not know is reported as such, so a reader halts instead of guessing.
@@ -141,7 +141,7 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
         }
         Operation::DeleteMetadata => {}
         Operation::SetRootToken { token_hash } => o.raw(token_hash),
-        Operation::LeaderEpoch => {}
+        Operation::LeaderEpoch { leader_url } => o.str16(leader_url),
     }
 }
 
@@ -207,7 +207,7 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
         }
         0x06 => Operation::DeleteMetadata,
         0x40 => Operation::SetRootToken { token_hash: r.array()? },
-        0x41 => Operation::LeaderEpoch,
+        0x41 => Operation::LeaderEpoch { leader_url: r.str16("leader_url", MAX_PATH_LEN)?.to_owned() },
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
@@ -248,7 +248,7 @@ mod tests {
                 }),
             Just(Operation::DeleteMetadata),
             any::<[u8; 32]>().prop_map(|token_hash| Operation::SetRootToken { token_hash }),
-            Just(Operation::LeaderEpoch),
+            "http://[a-z0-9.:]{1,30}".prop_map(|leader_url| Operation::LeaderEpoch { leader_url }),
         ]
     }
 

@@ -56,8 +56,9 @@ pub enum Operation {
     /// Control: a new leader's first record in each partition. It raises the partition's writer
     /// epoch (so any later record of an older leader is refused: fencing written into the log)
     /// and marks the point up to which the new leader must have applied the log before it
-    /// decides any write.
-    LeaderEpoch,
+    /// decides any write. It names the leader's URL, so standbys and readers learn from the log
+    /// itself where to forward writes.
+    LeaderEpoch { leader_url: String },
 }
 
 /// The fields of `POST /v1/{mount}/metadata/{path}`.
@@ -82,7 +83,7 @@ impl Operation {
             Operation::UpdateMetadata(_) => 0x05,
             Operation::DeleteMetadata => 0x06,
             Operation::SetRootToken { .. } => 0x40,
-            Operation::LeaderEpoch => 0x41,
+            Operation::LeaderEpoch { .. } => 0x41,
         }
     }
 
@@ -96,7 +97,7 @@ impl Operation {
             Operation::UpdateMetadata(_) => "update_metadata",
             Operation::DeleteMetadata => "delete_metadata",
             Operation::SetRootToken { .. } => "set_root_token",
-            Operation::LeaderEpoch => "leader_epoch",
+            Operation::LeaderEpoch { .. } => "leader_epoch",
         }
     }
 

@@ -47,7 +47,7 @@ fn golden_events() -> Vec<(&'static str, Event)> {
         ("delete_metadata", base("app/db", Operation::DeleteMetadata)),
         (
             "leader_epoch",
-            Event { mount: String::new(), path: "leader-epoch/2".into(), ..base("", Operation::LeaderEpoch) },
+            Event { mount: String::new(), path: "leader-epoch/2".into(), ..base("", Operation::LeaderEpoch { leader_url: "http://10.0.0.7:8200".into() }) },
         ),
         (
             "set_root_token",

@@ -94,6 +94,10 @@ impl Committer {
             }
             carry = rest;
             self.process(batch).await;
+            if self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::error!("fenced by a newer leader: no longer accepting writes");
+                break;
+            }
         }
         rx.close();
         while let Ok(p) = rx.try_recv() {

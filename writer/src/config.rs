@@ -12,7 +12,8 @@ pub struct WriterConfig {
     /// Address to serve HTTP on.
     #[arg(long, env = "SECRETLOG_WRITER_LISTEN", default_value = "127.0.0.1:8200")]
     pub listen: SocketAddr,
-    /// URL clients and other nodes reach this writer at (reported to standbys and readers).
+    /// URL other nodes reach this writer at; announced in the log when it becomes leader, so
+    /// standbys and readers forward writes there. Default: `http://` + the listen address.
     #[arg(long, env = "SECRETLOG_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// Directory for the writer's own materialized state and the root token file.
@@ -22,10 +23,14 @@ pub struct WriterConfig {
     /// so a new leader fences the previous one.
     #[arg(long, env = "SECRETLOG_TRANSACTIONAL_ID", default_value = "secretlog-writer")]
     pub transactional_id: String,
-    /// Run as a standby that forwards every write to these writer URLs instead of writing
-    /// (until leader election lands, the second writer of `secretlog up` runs this way).
-    #[arg(long = "forward-to", env = "SECRETLOG_FORWARD_TO", value_delimiter = ',')]
-    pub forward_to: Vec<String>,
+    /// Session timeout of the leader election, ms: how long a leader that stopped heartbeating
+    /// (killed, partitioned) keeps leadership before another writer takes over. The brokers'
+    /// `group.min.session.timeout.ms` must be at most this.
+    #[arg(long, env = "SECRETLOG_ELECTION_SESSION_TIMEOUT_MS", default_value_t = 2000)]
+    pub election_session_timeout_ms: u64,
+    /// Heartbeat interval of the leader election, ms.
+    #[arg(long, env = "SECRETLOG_ELECTION_HEARTBEAT_MS", default_value_t = 300)]
+    pub election_heartbeat_ms: u64,
     /// File holding the bootstrap root token; created with mode 0600 on first start if the log
     /// has no root token yet. The token is never logged.
     #[arg(long, env = "SECRETLOG_ROOT_TOKEN_FILE")]

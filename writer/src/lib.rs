@@ -7,6 +7,7 @@
 
 pub mod committer;
 pub mod config;
+pub mod election;
 pub mod error;
 pub mod node;
 pub mod plan;

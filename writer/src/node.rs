@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::committer::{Committer, CommitterConfig, Pending};
+use crate::election::ElectionConfig;
 use crate::config::WriterConfig;
 use crate::error::WriterError;
 use crate::producer::{Record, TxProducer};
@@ -29,8 +30,8 @@ pub enum WriterState {
     Starting(String),
     /// The leader: accepting writes.
     Active,
-    /// Forwarding writes to these writers.
-    Standby(Vec<String>),
+    /// Not the leader: forwarding writes to the leader the log announced.
+    Standby,
     /// Fenced by a newer leader.
     Fenced,
 }
@@ -55,7 +56,9 @@ struct WriterNode {
     state: RwLock<WriterState>,
     fenced: Arc<AtomicBool>,
     queue: RwLock<Option<mpsc::Sender<Pending>>>,
-    forwarder: Option<Forwarder>,
+    forwarder: Forwarder,
+    /// The URL announced in the log when this writer leads.
+    advertise: String,
 }
 
 /// Start a writer; it runs until `cancel` fires.
@@ -74,37 +77,21 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
             (None, None, Some(reason))
         }
     };
-    let standby = !cfg.forward_to.is_empty();
-    let state = if standby { WriterState::Standby(cfg.forward_to.clone()) } else { WriterState::Starting("fencing the previous leader".into()) };
-    let forwarder = standby.then(|| Forwarder::new(cfg.forward_to.clone(), Duration::from_millis(cfg.write_timeout_ms + 5000)));
+    let advertise = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let node = Arc::new(WriterNode {
         cfg: cfg.clone(),
         ctx,
         sealed,
-        state: RwLock::new(state),
+        advertise,
+        state: RwLock::new(WriterState::Standby),
         fenced: Arc::new(AtomicBool::new(false)),
         queue: RwLock::new(None),
-        forwarder,
+        forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000)),
     });
     let mut tasks = tokio::task::JoinSet::new();
-    if !standby && node.ctx.is_some() {
-        let n = node.clone();
-        let c = cancel.clone();
-        tasks.spawn(async move {
-            loop {
-                match n.become_leader(c.clone()).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot take leadership yet; retrying");
-                        n.set_state(WriterState::Starting(e.to_string()));
-                        tokio::select! {
-                            _ = c.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                }
-            }
-        });
+    if node.ctx.is_some() {
+        let (n, c) = (node.clone(), cancel.clone());
+        tasks.spawn(async move { n.campaign(c).await });
     }
     let handler: Handler = {
         let node = node.clone();
@@ -113,7 +100,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
             Box::pin(async move { node.handle(req).await })
         })
     };
-    tracing::info!(%addr, standby, "writer listening");
+    tracing::info!(%addr, advertise = %node.advertise, "writer listening");
     let server = secretlog_reader::api::spawn_server(listener, handler, cfg.log_max_request_bytes(), cancel.clone());
     let join = tokio::spawn(async move {
         let _ = server.await;
@@ -140,6 +127,83 @@ impl WriterConfig {
 }
 
 impl WriterNode {
+    /// Take part in the election for as long as the node runs: lead while elected, step down at
+    /// once when deposed, leave the group on shutdown.
+    async fn campaign(self: Arc<Self>, cancel: CancellationToken) {
+        let log = &self.cfg.log;
+        let election = ElectionConfig {
+            bootstrap: log.bootstrap.clone(),
+            topic: format!("{}.election", log.topic),
+            group_id: format!("{}.election", self.cfg.transactional_id),
+            session_timeout_ms: self.cfg.election_session_timeout_ms,
+            heartbeat_interval_ms: self.cfg.election_heartbeat_ms,
+        };
+        while let Err(e) = crate::election::ensure_election_topic(&election.bootstrap, &election.topic).await {
+            tracing::warn!(error = %e, "cannot create the election topic yet; retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        let (mut elected, join) = match crate::election::spawn(election, cancel.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot join the leader election");
+                self.set_state(WriterState::Starting(e.to_string()));
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = elected.wait_for(|e| *e) => if r.is_err() { break },
+            }
+            let term = cancel.child_token();
+            let leading = {
+                let (n, t) = (self.clone(), term.clone());
+                tokio::spawn(async move { n.lead(t).await })
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = elected.wait_for(|e| !*e) => tracing::warn!("deposed: stepping down"),
+            }
+            term.cancel();
+            let _ = leading.await;
+            *self.queue.write().expect("queue lock") = None;
+            self.fenced.store(false, Ordering::SeqCst);
+            self.set_state(WriterState::Standby);
+            metrics::gauge!("secretlog_writer_is_leader").set(0.0);
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        let _ = join.await;
+    }
+
+    /// Lead until `term` ends, retrying leadership setup while it fails.
+    async fn lead(self: Arc<Self>, term: CancellationToken) {
+        while !term.is_cancelled() {
+            match self.become_leader(term.clone()).await {
+                Ok(()) => break,
+                Err(WriterError::Fenced) => {
+                    // Someone else was elected and fenced us; never fight back with a new
+                    // producer. Wait for the election to depose us.
+                    self.set_state(WriterState::Fenced);
+                    term.cancelled().await;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take leadership yet; retrying");
+                    self.set_state(WriterState::Starting(e.to_string()));
+                    tokio::select! {
+                        _ = term.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        }
+    }
+
     fn set_state(&self, s: WriterState) {
         *self.state.write().expect("state lock") = s;
     }
@@ -169,7 +233,8 @@ impl WriterNode {
         self.set_state(WriterState::Starting("writing the leader epoch and reading the log to its end".into()));
         let records: Vec<Record> = (0..partitions)
             .map(|p| {
-                let event = self.control_event(&ctx, secretlog_schemas::topic::leader_epoch_name(p), Operation::LeaderEpoch, epoch);
+                let op = Operation::LeaderEpoch { leader_url: self.advertise.clone() };
+                let event = self.control_event(&ctx, secretlog_schemas::topic::leader_epoch_name(p), op, epoch);
                 Record { key: event.record_key(), payload: encode_event(&ctx.keyring, &event), partition: p }
             })
             .collect();
@@ -204,6 +269,10 @@ impl WriterNode {
         metrics::gauge!("secretlog_writer_is_leader").set(1.0);
         tracing::info!(epoch, partitions, "leader: accepting writes");
         committer.run(rx, cancel).await;
+        *self.queue.write().expect("queue lock") = None;
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(WriterError::Fenced);
+        }
         Ok(())
     }
 
@@ -228,7 +297,7 @@ impl WriterNode {
         let state = if self.fenced.load(Ordering::SeqCst) { WriterState::Fenced } else { self.state() };
         let (role, unavailable) = match state {
             WriterState::Active => (Role::ActiveWriter, None),
-            WriterState::Standby(targets) => (Role::StandbyWriter { leader: targets.first().cloned() }, None),
+            WriterState::Standby => (Role::StandbyWriter { leader: self.leader_url() }, None),
             WriterState::Starting(why) => (Role::ActiveWriter, Some(format!("starting: {why}"))),
             WriterState::Fenced => (Role::StandbyWriter { leader: None }, Some("fenced by a newer leader".into())),
         };
@@ -242,9 +311,16 @@ impl WriterNode {
         }
     }
 
+    /// The leader the log announced, unless that is this node.
+    fn leader_url(&self) -> Option<String> {
+        let ctx = self.ctx.as_ref()?;
+        let url = ctx.materializer.progress.borrow().leader.as_ref().map(|l| l.url.clone())?;
+        (url != self.advertise).then_some(url)
+    }
+
     async fn write(&self, ctx: &ReadContext, req: ApiRequest) -> Result<ApiResponse, ApiError> {
-        if let Some(f) = &self.forwarder {
-            return Ok(f.forward(&req).await);
+        if self.state() == WriterState::Standby {
+            return Ok(self.forwarder.forward(&req, self.leader_url().as_deref()).await);
         }
         ctx.authorize(&req).await?;
         let cmd = crate::request::parse(&req, &ctx.mount, self.cfg.max_value_bytes)?;

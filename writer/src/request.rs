@@ -239,6 +239,7 @@ mod tests {
             content_type: Some("application/json".into()),
             body: body.as_bytes().to_vec().into(),
             request_id: "r".into(),
+            forwarded: false,
         }
     }
     fn p(method: &str, path: &str, body: &str) -> Result<Command, ApiError> {

@@ -190,6 +190,9 @@ share.coordinator.state.topic.replication.factor=3
 share.coordinator.state.topic.min.isr=2
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
+# Writers elect their leader through a consumer group; let them use short sessions (the
+# default floor is 6 s) so a dead leader is replaced in seconds.
+group.min.session.timeout.ms=1000
 
 # Notice a dead broker within seconds (defaults are 9 s / 2 s / 30 s).
 broker.session.timeout.ms=3000

@@ -32,10 +32,17 @@ impl Forwarder {
         &self.targets
     }
 
-    /// Forward `req`. A writer that cannot be reached is skipped; if none answers, 503.
-    pub async fn forward(&self, req: &ApiRequest) -> ApiResponse {
+    /// Forward `req`, to `leader` first when the log has announced one, then to the configured
+    /// writers. A writer that cannot be reached is skipped; if none answers, 503.
+    pub async fn forward(&self, req: &ApiRequest, leader: Option<&str>) -> ApiResponse {
+        if req.forwarded {
+            return ApiError::unavailable("this node is not the leader and the request was already forwarded once").into();
+        }
         let mut failures = Vec::new();
-        for target in &self.targets {
+        let mut order: Vec<&str> = leader.into_iter().collect();
+        order.extend(self.targets.iter().map(String::as_str).filter(|t| Some(*t) != leader));
+        for target in order {
+            let target = target.trim_end_matches('/');
             let encoded: String = req
                 .path
                 .split('/')
@@ -48,7 +55,7 @@ impl Forwarder {
                 url.push_str(&req.raw_query);
             }
             let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-            let mut rb = self.client.request(method, &url).body(req.body.clone());
+            let mut rb = self.client.request(method, &url).body(req.body.clone()).header(super::FORWARDED_HEADER, "1");
             if let Some(t) = &req.token {
                 rb = rb.header(HEADER_TOKEN, t);
             }
@@ -74,6 +81,9 @@ impl Forwarder {
             }
         }
         metrics::counter!("secretlog_forward_failures_total").increment(1);
+        if failures.is_empty() {
+            return ApiError::unavailable("no leader writer is known yet").into();
+        }
         ApiError::unavailable(format!("no writer reachable to forward to ({})", failures.join("; "))).into()
     }
 }

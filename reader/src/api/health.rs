@@ -121,6 +121,7 @@ mod tests {
             content_type: None,
             body: Default::default(),
             request_id: "r".into(),
+            forwarded: false,
         }
     }
     fn input(role: Role) -> HealthInput {

@@ -41,6 +41,9 @@ pub struct ApiRequest {
     pub body: Bytes,
     /// Id for logs and the response's `request_id`.
     pub request_id: String,
+    /// Set when another secretlog node forwarded this request: it is never forwarded again, so
+    /// two nodes with stale ideas of the leader cannot bounce a write between them.
+    pub forwarded: bool,
 }
 
 impl ApiRequest {
@@ -122,8 +125,12 @@ fn build_request(
         content_type: header("content-type"),
         body,
         request_id: uuid::Uuid::new_v4().to_string(),
+        forwarded: header(FORWARDED_HEADER).is_some(),
     }
 }
+
+/// Header a node adds to a request it forwards.
+pub const FORWARDED_HEADER: &str = "x-secretlog-forwarded";
 
 /// Run [`serve`] in the background and return a receiver that completes when it has stopped.
 ///

@@ -175,12 +175,14 @@ pub struct StackOpts {
     pub name: &'static str,
     pub partitions: i32,
     pub readers: usize,
+    /// Writers besides the first (they join the election and stand by).
+    pub standbys: usize,
     pub reader_args: Vec<String>,
 }
 
 impl Default for StackOpts {
     fn default() -> Self {
-        StackOpts { name: "stack", partitions: 3, readers: 2, reader_args: vec![] }
+        StackOpts { name: "stack", partitions: 3, readers: 2, standbys: 0, reader_args: vec![] }
     }
 }
 
@@ -190,7 +192,10 @@ pub struct Stack {
     pub bootstrap: String,
     pub topic: String,
     pub root_key_file: PathBuf,
+    /// The first writer: the leader once the stack has started.
     pub writer: Node,
+    /// Further writers, standing by.
+    pub standbys: Vec<Node>,
     pub readers: Vec<Node>,
     pub token: String,
 }
@@ -208,22 +213,34 @@ impl Stack {
             ("SECRETLOG_CACHE_DISK_MB".to_string(), "16".to_string()),
             ("SECRETLOG_CACHE_MEMORY_MB".to_string(), "16".to_string()),
         ];
-        let wport = free_port();
         let token_file = dir.path().join("root-token");
-        let mut writer = node(dir.path(), "writer", wport, &envs, vec![
-            "writer".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{wport}"),
-            "--data-dir".into(),
-            dir.path().join("writer").display().to_string(),
-            "--root-token-file".into(),
-            token_file.display().to_string(),
-            "--transactional-id".into(),
-            format!("{topic}-writer"),
-        ]);
+        let writer_node = |i: usize| {
+            let port = free_port();
+            let name = if i == 0 { "writer".to_string() } else { format!("writer-{i}") };
+            node(dir.path(), &name, port, &envs, vec![
+                "writer".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                dir.path().join(&name).display().to_string(),
+                "--root-token-file".into(),
+                token_file.display().to_string(),
+                "--transactional-id".into(),
+                format!("{topic}-writer"),
+            ])
+        };
+        let mut writer = writer_node(0);
         writer.spawn();
         writer.wait_health(200, Duration::from_secs(90)).await;
         let token = std::fs::read_to_string(&token_file).expect("root token file").trim().to_string();
+        let mut standbys = Vec::new();
+        for i in 1..=opts.standbys {
+            let mut w = writer_node(i);
+            w.spawn();
+            w.wait_health(429, Duration::from_secs(60)).await;
+            standbys.push(w);
+        }
+        let writer_urls: Vec<String> = std::iter::once(writer.url.clone()).chain(standbys.iter().map(|w| w.url.clone())).collect();
         let mut readers = Vec::new();
         for i in 0..opts.readers {
             let port = free_port();
@@ -237,7 +254,7 @@ impl Stack {
                 "--data-dir".into(),
                 dir.path().join(&name).display().to_string(),
                 "--writer-url".into(),
-                writer.url.clone(),
+                writer_urls.join(","),
             ];
             args.extend(opts.reader_args.iter().cloned());
             let mut r = node(dir.path(), &name, port, &envs, args);
@@ -247,7 +264,7 @@ impl Stack {
         for r in &readers {
             r.wait_health(473, Duration::from_secs(60)).await;
         }
-        Stack { dir, bootstrap: cluster.bootstrap.clone(), topic, root_key_file, writer, readers, token }
+        Stack { dir, bootstrap: cluster.bootstrap.clone(), topic, root_key_file, writer, standbys, readers, token }
     }
 
     /// A reader node spec sharing this stack's settings, not yet started (for extra readers).

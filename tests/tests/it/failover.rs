@@ -1,0 +1,197 @@
+//! Writer high availability: kill -9 the leader under a steady write load; a standby takes over
+//! within seconds and nothing a client was told is written is lost.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use secretlog_schemas::ConsistencyToken;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::harness::{call, eventually, Cluster, Stack, StackOpts};
+
+/// One client write and its answer.
+#[derive(Debug, Clone)]
+struct Op {
+    key: String,
+    value: u64,
+    started: Instant,
+    done: Instant,
+    status: u16,
+    version: Option<u64>,
+    index: Option<String>,
+}
+
+/// Clients writing through a reader (forwarded to whichever writer leads), recording everything.
+struct Load {
+    ops: Arc<Mutex<Vec<Op>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, token: String, clients: usize) -> Load {
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|c| {
+                let (ops, stop, url, token) = (ops.clone(), stop.clone(), url.clone(), token.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let value = (c as u64) << 32 | i;
+                        let key = format!("ha/c{c}/k{}", i % 40);
+                        let started = Instant::now();
+                        let a = call("POST", &format!("{url}/v1/secret/data/{key}"), Some(&token), None, Some(json!({"data": {"value": value}}))).await;
+                        let op = Op {
+                            key,
+                            value,
+                            started,
+                            done: Instant::now(),
+                            status: a.status,
+                            version: a.body["data"]["version"].as_u64(),
+                            index: a.index,
+                        };
+                        if op.status != 200 {
+                            // Back off briefly while there is no leader; a real client would too.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        ops.lock().await.push(op);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Load { ops, stop, tasks }
+    }
+
+    async fn successes(&self) -> usize {
+        self.ops.lock().await.iter().filter(|o| o.status == 200).count()
+    }
+
+    async fn stop(self) -> Vec<Op> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        Arc::try_unwrap(self.ops).expect("all clients stopped").into_inner()
+    }
+}
+
+/// Every acknowledged write is readable on every reader with its exact value and version, and no
+/// (secret, version) was acknowledged twice.
+async fn check_acknowledged(s: &Stack, ops: &[Op]) {
+    let acked: Vec<&Op> = ops.iter().filter(|o| o.status == 200).collect();
+    let mut seen = HashSet::new();
+    for o in &acked {
+        let v = o.version.expect("a 200 answer names its version");
+        assert!(seen.insert((o.key.clone(), v)), "version {v} of {} acknowledged twice", o.key);
+    }
+    let mut token = ConsistencyToken::default();
+    for o in &acked {
+        token.merge(&o.index.as_deref().expect("index on every acknowledged write").parse().expect("valid index"));
+    }
+    let token = token.to_string();
+    // The newest acknowledged version of each key must be its current version; earlier ones are
+    // checked too while within max_versions (10).
+    let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for o in &acked {
+        by_key.entry(o.key.as_str()).or_default().push(o);
+    }
+    for r in &s.readers {
+        for (key, writes) in &by_key {
+            let newest = writes.iter().max_by_key(|o| o.version).expect("non-empty");
+            for o in writes.iter().filter(|o| o.version.unwrap() + 10 > newest.version.unwrap()) {
+                let a = call("GET", &format!("{}/v1/secret/data/{key}?version={}", r.url, o.version.unwrap()), Some(&s.token), Some(&token), None).await;
+                assert_eq!(a.status, 200, "{}: acknowledged {key} v{} not readable: {:?}", r.name, o.version.unwrap(), a.body);
+                assert_eq!(a.body["data"]["data"]["value"], o.value, "{}: {key} v{} has another value", r.name, o.version.unwrap());
+            }
+            let m = call("GET", &format!("{}/v1/secret/metadata/{key}", r.url), Some(&s.token), Some(&token), None).await;
+            assert_eq!(m.body["data"]["current_version"], newest.version.unwrap(), "{}: {key} current version", r.name);
+        }
+    }
+}
+
+async fn health_code(url: &str) -> u16 {
+    match crate::harness::client().get(format!("{url}/v1/sys/health")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Kill -9 the leader during the load (optionally a broker too); return the failover time.
+pub async fn leader_failover(cluster: &Cluster, name: &'static str, kill_broker: bool) -> Duration {
+    let mut s = Stack::start(cluster, StackOpts { name, standbys: 1, readers: 2, ..Default::default() }).await;
+    let load = Load::start(s.readers[0].url.clone(), s.token.clone(), 6);
+    eventually(Duration::from_secs(30), "steady writes before the kill", || async { (load.successes().await >= 100).then_some(()) }).await;
+    if kill_broker {
+        cluster.local.as_ref().expect("local cluster").kill_broker(2).expect("kill broker 2");
+        let before = load.successes().await;
+        eventually(Duration::from_secs(30), "writes to continue with a broker down", || async { (load.successes().await >= before + 50).then_some(()) }).await;
+    }
+    // Whoever leads now (a broker failure may have moved leadership) is killed.
+    let leader_is_first = eventually(Duration::from_secs(30), "exactly one leader", || async {
+        let a = health_code(&s.writer.url).await;
+        let b = health_code(&s.standbys[0].url).await;
+        match (a, b) {
+            (200, 429) => Some(true),
+            (429, 200) => Some(false),
+            _ => None,
+        }
+    })
+    .await;
+    if !leader_is_first {
+        std::mem::swap(&mut s.writer, &mut s.standbys[0]);
+    }
+    let killed_at = Instant::now();
+    s.writer.kill9();
+    s.standbys[0].wait_health(200, Duration::from_secs(30)).await;
+    let first_after = eventually(Duration::from_secs(30), "a successful write after the kill", || async {
+        load.ops.lock().await.iter().filter(|o| o.status == 200 && o.started > killed_at).map(|o| o.done).min()
+    })
+    .await;
+    let failover = first_after - killed_at;
+    let after = load.successes().await;
+    eventually(Duration::from_secs(30), "steady writes after failover", || async { (load.successes().await >= after + 100).then_some(()) }).await;
+
+    // The old leader comes back: it stands by, nothing breaks.
+    s.writer.restart();
+    s.writer.wait_health(429, Duration::from_secs(60)).await;
+    let after = load.successes().await;
+    eventually(Duration::from_secs(30), "writes with the old leader back", || async { (load.successes().await >= after + 50).then_some(()) }).await;
+    let via_old = call("POST", &format!("{}/v1/secret/data/ha/via-old", s.writer.url), Some(&s.token), None, Some(json!({"data": {"value": 1}}))).await;
+    assert_eq!(via_old.status, 200, "a write through the restarted old leader is forwarded: {:?}", via_old.body);
+
+    let ops = load.stop().await;
+    if kill_broker {
+        let k = cluster.local.as_ref().expect("local cluster");
+        k.restart_broker(2).expect("restart broker 2");
+        k.wait_ready(Duration::from_secs(180)).expect("cluster healthy again");
+    }
+    let failed = ops.iter().filter(|o| o.status != 200).count();
+    eprintln!(
+        "[{name}] failover {failover:?}; {} writes acknowledged, {failed} refused (5xx while no leader)",
+        ops.len() - failed
+    );
+    assert!(ops.iter().all(|o| o.status == 200 || o.status >= 500), "only 200 or 5xx: {:?}", ops.iter().find(|o| o.status != 200 && o.status < 500));
+    check_acknowledged(&s, &ops).await;
+    assert!(failover < Duration::from_secs(15), "failover took {failover:?}");
+    failover
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_standby_takes_over_and_no_acknowledged_write_is_lost() {
+    let (cluster, _g) = crate::harness::shared();
+    leader_failover(cluster, "failover", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_with_a_broker_down_loses_nothing() {
+    let Some((cluster, _g)) = crate::harness::exclusive() else {
+        eprintln!("external cluster: broker faults are not injected");
+        return;
+    };
+    leader_failover(cluster, "failover-broker", true).await;
+}

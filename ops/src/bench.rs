@@ -168,7 +168,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let http = client(4)?;
             let last = format!("{}/v1/secret/data/bench/keys/k{}", args.reader, keys - 1);
             let deadline = Instant::now() + Duration::from_secs(120);
-            while !matches!(http.get(&last).header("X-Vault-Token", &token).send().await, Ok(r) if r.status().is_success()) {
+            while !matches!(http.get(&last).header("X-Vault-Token", &token).send().await, Ok(r) if r.status().is_success())
+            {
                 if Instant::now() > deadline {
                     bail!("reader never showed the preloaded keys");
                 }
@@ -204,13 +205,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             for i in 0..total {
                 let due = started + interval.mul_f64(i as f64);
                 tokio::time::sleep_until(due.into()).await;
-                let (http, w, r, t, v, run) = (http.clone(), args.writer.clone(), args.reader.clone(), token.clone(), value.clone(), run.clone());
+                let (http, w, r, t, v, run) =
+                    (http.clone(), args.writer.clone(), args.reader.clone(), token.clone(), value.clone(), run.clone());
                 tasks.spawn(async move {
                     let t0 = Instant::now();
                     let path = format!("bench/lag/{run}/k{}", i % 5000);
-                    let resp = http.post(format!("{w}/v1/secret/data/{path}")).header("X-Vault-Token", &t).json(&json!({"data": {"v": v}})).send().await.ok()?;
+                    let resp = http
+                        .post(format!("{w}/v1/secret/data/{path}"))
+                        .header("X-Vault-Token", &t)
+                        .json(&json!({"data": {"v": v}}))
+                        .send()
+                        .await
+                        .ok()?;
                     let index = resp.headers().get("x-secretlog-index")?.to_str().ok()?.to_string();
-                    let read = http.get(format!("{r}/v1/secret/data/{path}")).header("X-Vault-Token", &t).header("X-Secretlog-Index", index).send().await.ok()?;
+                    let read = http
+                        .get(format!("{r}/v1/secret/data/{path}"))
+                        .header("X-Vault-Token", &t)
+                        .header("X-Secretlog-Index", index)
+                        .send()
+                        .await
+                        .ok()?;
                     read.status().is_success().then(|| t0.elapsed())
                 });
             }
@@ -226,7 +240,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             results.push(summary("write_to_visible", *rate as usize, h.len(), errors, secs, &h));
         }
     }
-    let mut t = crate::output::table(&["scenario", "concurrency/rate", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"]);
+    let mut t =
+        crate::output::table(&["scenario", "concurrency/rate", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"]);
     for r in &results {
         t.add_row(vec![
             r["scenario"].as_str().unwrap_or("").to_string(),
@@ -253,11 +268,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 async fn preload(writer: &str, token: &str, keys: usize, value: &str) -> anyhow::Result<()> {
     let http = client(64)?;
     let pb = indicatif::ProgressBar::new(keys as u64);
-    pb.set_style(indicatif::ProgressStyle::with_template("preloading {pos}/{len} secrets {bar:40} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("preloading {pos}/{len} secrets {bar:40} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..64 {
-        let (http, w, t, v, next, pb) = (http.clone(), writer.to_string(), token.to_string(), value.to_string(), next.clone(), pb.clone());
+        let (http, w, t, v, next, pb) =
+            (http.clone(), writer.to_string(), token.to_string(), value.to_string(), next.clone(), pb.clone());
         tasks.spawn(async move {
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);

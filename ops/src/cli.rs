@@ -7,14 +7,26 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::{ensure_topic, KafkaConfig, LocalKafka};
+use crate::kafka::{KafkaConfig, LocalKafka, ensure_topic};
 use crate::stack::{self, UpArgs};
 
 #[derive(Parser)]
-#[command(name = "secretlog", version, about = "secretlog: a secret store whose source of truth is a replicated Kafka log")]
+#[command(
+    name = "secretlog",
+    version,
+    about = "secretlog: a secret store whose source of truth is a replicated Kafka log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// Where the local stack keeps its files.
+#[derive(Debug, Clone, clap::Args)]
+struct DataDir {
+    /// Directory of the local stack: Kafka data, node state, logs, keys, `stack.json`.
+    #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
+    data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -23,13 +35,13 @@ enum Cmd {
     Up(UpArgs),
     /// Stop a stack started with `up --detach`.
     Down {
-        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
     },
     /// Health, role and lag of every node of the local stack.
     Status {
-        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -51,21 +63,22 @@ enum Cmd {
 enum KafkaCmd {
     /// Start three brokers on 127.0.0.1:19092-19094 (detached) and create the mutation topic.
     Up {
-        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// Topic to create.
         #[arg(long, default_value = secretlog_schemas::topic::MUTATIONS_TOPIC)]
         topic: String,
     },
     /// Stop the brokers started by `kafka up`.
     Down {
-        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
     },
     /// Which brokers run.
     Status {
-        #[arg(long, env = "SECRETLOG_DATA_DIR", default_value = "./.secretlog")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -102,8 +115,8 @@ async fn until_signal() {
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Up(args) => stack::up(args).await,
-        Cmd::Down { data_dir } => stack::down(&data_dir),
-        Cmd::Status { data_dir, json } => crate::status::status(&data_dir, json).await,
+        Cmd::Down { dir } => stack::down(&dir.data_dir),
+        Cmd::Status { dir, json } => crate::status::status(&dir.data_dir, json).await,
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Writer(cfg) => {
             let cancel = CancellationToken::new();
@@ -122,7 +135,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Kafka { action } => match action {
-            KafkaCmd::Up { data_dir, topic } => {
+            KafkaCmd::Up { dir: DataDir { data_dir }, topic } => {
                 std::fs::create_dir_all(&data_dir)?;
                 let spinner = crate::output::spinner("starting three Kafka brokers");
                 let k = LocalKafka::start_detached(KafkaConfig::new(&data_dir))?;
@@ -135,12 +148,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 println!("export KAFKA_BOOTSTRAP_SERVERS={}", k.bootstrap_servers());
                 Ok(())
             }
-            KafkaCmd::Down { data_dir } => {
+            KafkaCmd::Down { dir: DataDir { data_dir } } => {
                 crate::kafka::stop_detached(&KafkaConfig::new(&data_dir))?;
                 println!("Kafka stopped.");
                 Ok(())
             }
-            KafkaCmd::Status { data_dir, json } => {
+            KafkaCmd::Status { dir: DataDir { data_dir }, json } => {
                 let cfg = KafkaConfig::new(&data_dir);
                 let st = LocalKafka::status(&cfg);
                 if json {

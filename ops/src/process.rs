@@ -11,8 +11,8 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::mpsc;
 use std::sync::OnceLock;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 struct SpawnJob {
@@ -115,9 +115,7 @@ pub fn alive_with(pid: u32, marker: &str) -> bool {
     if matches!(state, None | Some("Z") | Some("X")) {
         return false;
     }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(marker))
-        .unwrap_or(false)
+    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains(marker)).unwrap_or(false)
 }
 
 /// Stop a process we did not spawn in this run (a detached node): SIGTERM, wait, SIGKILL.

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::Args;
-use secretlog_schemas::topic::{DEFAULT_PARTITIONS, MUTATIONS_TOPIC};
 use secretlog_schemas::RootKey;
+use secretlog_schemas::topic::{DEFAULT_PARTITIONS, MUTATIONS_TOPIC};
 use serde::Serialize;
 
-use crate::kafka::{ensure_topic, KafkaConfig, LocalKafka};
+use crate::kafka::{KafkaConfig, LocalKafka, ensure_topic};
 use crate::process;
 
 /// `secretlog up` options.
@@ -90,7 +90,14 @@ pub fn ensure_root_key(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_node(dir: &Path, name: &str, args: &[String], root_key: &Path, bootstrap: &str, attached: bool) -> anyhow::Result<(Child, PathBuf)> {
+fn spawn_node(
+    dir: &Path,
+    name: &str,
+    args: &[String],
+    root_key: &Path,
+    bootstrap: &str,
+    attached: bool,
+) -> anyhow::Result<(Child, PathBuf)> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let log_path = logs.join(format!("{name}.log"));
@@ -213,7 +220,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         spinner.set_message(format!("starting {name}"));
         let (child, log) = spawn_node(&dir, &name, &a, &root_key, &bootstrap, attached)?;
         let mut node = NodeProc {
-            entry: NodeEntry { name, url: format!("http://127.0.0.1:{port}"), pid: child.id(), region: Some(region.clone()), log },
+            entry: NodeEntry {
+                name,
+                url: format!("http://127.0.0.1:{port}"),
+                pid: child.id(),
+                region: Some(region.clone()),
+                log,
+            },
             child,
             expect: 473,
         };

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::stack::StackFile;
 
@@ -12,7 +12,8 @@ use crate::stack::StackFile;
 pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let path = data_dir.join("stack.json");
     let stack: StackFile = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("no running stack described at {} (run `secretlog up`)", path.display()))?,
+        &std::fs::read(&path)
+            .with_context(|| format!("no running stack described at {} (run `secretlog up`)", path.display()))?,
     )?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let mut rows = Vec::new();
@@ -37,7 +38,10 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
         }));
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "kafka_bootstrap": stack.kafka_bootstrap, "nodes": rows }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "kafka_bootstrap": stack.kafka_bootstrap, "nodes": rows }))?
+        );
         return Ok(());
     }
     let mut t = crate::output::table(&["node", "role", "health", "lag (records)", "lag (s)", "problem"]);

@@ -56,7 +56,12 @@ pub struct ReaderConfig {
     #[arg(long, env = "SECRETLOG_READER_DATA_DIR", default_value = "./.secretlog/reader")]
     pub data_dir: PathBuf,
     /// Writer URLs that writes (and stale reads) are forwarded to, tried in order.
-    #[arg(long = "writer-url", env = "SECRETLOG_WRITER_URLS", value_delimiter = ',', default_value = "http://127.0.0.1:8200")]
+    #[arg(
+        long = "writer-url",
+        env = "SECRETLOG_WRITER_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8200"
+    )]
     pub writer_urls: Vec<String>,
     /// How long a read carrying `X-Secretlog-Index` waits for this reader to catch up, ms.
     #[arg(long, env = "SECRETLOG_CONSISTENCY_WAIT_MS", default_value_t = 2000)]

@@ -23,7 +23,9 @@ pub enum ReaderError {
     Decode { partition: i32, offset: i64, source: DecodeError },
     #[error("record at partition {partition} offset {offset} cannot be applied: {source}")]
     Apply { partition: i32, offset: i64, source: ApplyError },
-    #[error("event at partition {partition} offset {offset} comes from writer epoch {epoch}, older than epoch {max_epoch} already applied (a fenced writer's record)")]
+    #[error(
+        "event at partition {partition} offset {offset} comes from writer epoch {epoch}, older than epoch {max_epoch} already applied (a fenced writer's record)"
+    )]
     StaleEpoch { partition: i32, offset: i64, epoch: u64, max_epoch: u64 },
     #[error("sealed value of {path} version {version}: {source}")]
     Seal { path: String, version: u64, source: SealError },

@@ -4,7 +4,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "secretlog-reader", version, about = "secretlog read node: materializes the log, serves Vault KV v2 reads")]
+#[command(
+    name = "secretlog-reader",
+    version,
+    about = "secretlog read node: materializes the log, serves Vault KV v2 reads"
+)]
 struct Cli {
     #[command(flatten)]
     config: secretlog_reader::ReaderConfig,

@@ -14,14 +14,14 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use secretlog_schemas::{decode_event, Keyring, Operation};
+use secretlog_schemas::{Keyring, Operation, decode_event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ReaderError;
 use crate::kafka::LogContext;
-use crate::state::{apply, SecretMeta};
-use crate::store::{keys, ApplyBatch, LeaderRecord, PartitionState, Store};
+use crate::state::{SecretMeta, apply};
+use crate::store::{ApplyBatch, LeaderRecord, PartitionState, Store, keys};
 
 /// Most records applied in one atomic batch.
 const MAX_BATCH: usize = 512;
@@ -63,11 +63,7 @@ impl Progress {
 
     /// Seconds behind: 0 when caught up, else the age of the newest applied event.
     pub fn lag_seconds(&self, now_ms: i64) -> f64 {
-        if self.lag_records() == 0 {
-            0.0
-        } else {
-            ((now_ms - self.last_event_ms).max(0) as f64) / 1000.0
-        }
+        if self.lag_records() == 0 { 0.0 } else { ((now_ms - self.last_event_ms).max(0) as f64) / 1000.0 }
     }
 
     /// Whether every partition has been positioned and none is halted.
@@ -135,7 +131,12 @@ struct Materializer {
 }
 
 /// The consumer to use for a topic, positioned at the stored offsets.
-fn assign(consumer: &StreamConsumer<LogContext>, topic: &str, partitions: i32, stored: &BTreeMap<i32, PartitionState>) -> Result<(), ReaderError> {
+fn assign(
+    consumer: &StreamConsumer<LogContext>,
+    topic: &str,
+    partitions: i32,
+    stored: &BTreeMap<i32, PartitionState>,
+) -> Result<(), ReaderError> {
     let mut tpl = TopicPartitionList::with_capacity(partitions as usize);
     for p in 0..partitions {
         let offset = match stored.get(&p) {
@@ -267,7 +268,8 @@ impl Materializer {
                     applied_count += 1;
                 }
                 Err(e) => {
-                    if matches!(e, ReaderError::Decode { source: secretlog_schemas::DecodeError::WrongKey { .. }, .. }) {
+                    if matches!(e, ReaderError::Decode { source: secretlog_schemas::DecodeError::WrongKey { .. }, .. })
+                    {
                         wrong_key = Some(e.to_string());
                     }
                     newly_halted.push((p, offset, e.to_string()));
@@ -292,7 +294,8 @@ impl Materializer {
             }
             for (p, st) in states.iter() {
                 prog.applied.insert(*p, st.next_offset);
-                metrics::gauge!("secretlog_reader_applied_offset", "partition" => p.to_string()).set(st.next_offset as f64);
+                metrics::gauge!("secretlog_reader_applied_offset", "partition" => p.to_string())
+                    .set(st.next_offset as f64);
             }
             for (p, offset, reason) in newly_halted {
                 prog.halted.insert(p, format!("offset {offset}: {reason}"));
@@ -322,10 +325,18 @@ impl Materializer {
     ) -> Result<i64, ReaderError> {
         let (partition, offset) = (msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or_default();
-        let event = decode_event(&self.keyring, msg.key(), payload)
-            .map_err(|source| ReaderError::Decode { partition, offset, source })?;
+        let event = decode_event(&self.keyring, msg.key(), payload).map_err(|source| ReaderError::Decode {
+            partition,
+            offset,
+            source,
+        })?;
         if event.writer_epoch < st.max_epoch {
-            return Err(ReaderError::StaleEpoch { partition, offset, epoch: event.writer_epoch, max_epoch: st.max_epoch });
+            return Err(ReaderError::StaleEpoch {
+                partition,
+                offset,
+                epoch: event.writer_epoch,
+                max_epoch: st.max_epoch,
+            });
         }
         match &event.op {
             Operation::SetRootToken { token_hash } => {
@@ -347,14 +358,20 @@ impl Materializer {
                 let current = match metas.get(&mkey) {
                     Some(m) => m.clone(),
                     None => match self.store.get_raw(&mkey).await? {
-                        Some(b) => Some(serde_json::from_slice::<SecretMeta>(&b).map_err(|e| ReaderError::Corrupt {
-                            key: String::from_utf8_lossy(&mkey).into_owned(),
-                            reason: e.to_string(),
-                        })?),
+                        Some(b) => {
+                            Some(serde_json::from_slice::<SecretMeta>(&b).map_err(|e| ReaderError::Corrupt {
+                                key: String::from_utf8_lossy(&mkey).into_owned(),
+                                reason: e.to_string(),
+                            })?)
+                        }
                         None => None,
                     },
                 };
-                let effect = apply(current.as_ref(), &event).map_err(|source| ReaderError::Apply { partition, offset, source })?;
+                let effect = apply(current.as_ref(), &event).map_err(|source| ReaderError::Apply {
+                    partition,
+                    offset,
+                    source,
+                })?;
                 for (v, sealed) in effect.put_values {
                     staged.writes.insert(keys::value(&event.mount, &event.path, v), Some(sealed));
                 }

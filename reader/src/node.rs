@@ -7,27 +7,53 @@ use std::time::Duration;
 use secretlog_schemas::{Keyring, RootKey};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::health::{health, HealthInput, Role};
+use crate::api::health::{HealthInput, Role, health};
 use crate::api::kv::{Freshness, ReadContext};
-use crate::api::{forward::Forwarder, ApiError, ApiRequest, ApiResponse, Handler};
+use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, forward::Forwarder};
 use crate::config::{LogConfig, OnStale, ReaderConfig};
 use crate::error::ReaderError;
 use crate::materializer::{self, MaterializerConfig};
 use crate::store::{Store, StoreConfig};
 
-/// A started reader.
-pub struct RunningReader {
+/// A started node (reader or writer).
+pub struct RunningNode {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
     pub cancel: CancellationToken,
     join: tokio::task::JoinHandle<()>,
 }
 
-impl RunningReader {
+impl RunningNode {
     /// Wait until the node has shut down (after `cancel`).
     pub async fn wait(self) {
         let _ = self.join.await;
     }
+}
+
+/// Serve `handler` until `cancel` fires; then let the node's background tasks finish and close
+/// its store, in that order, so the last applied batch is flushed before the process exits.
+pub fn supervise(
+    role: &'static str,
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    handler: Handler,
+    max_body: u64,
+    cancel: CancellationToken,
+    mut background: tokio::task::JoinSet<()>,
+    store: Option<Arc<Store>>,
+) -> RunningNode {
+    let server = crate::api::spawn_server(listener, handler, max_body, cancel.clone());
+    let join = tokio::spawn(async move {
+        let _ = server.await;
+        while background.join_next().await.is_some() {}
+        if let Some(store) = store
+            && let Err(e) = store.close().await
+        {
+            tracing::warn!(error = %e, "closing the store");
+        }
+        tracing::info!(role, "stopped");
+    });
+    RunningNode { addr, cancel, join }
 }
 
 /// Load the keyring, or say why the node is sealed.
@@ -50,7 +76,11 @@ pub async fn open_state(
     })
     .await?;
     let (handle, join) = materializer::spawn(
-        MaterializerConfig { bootstrap: log.bootstrap.clone(), topic: log.topic.clone(), node_name: node_name.to_string() },
+        MaterializerConfig {
+            bootstrap: log.bootstrap.clone(),
+            topic: log.topic.clone(),
+            node_name: node_name.to_string(),
+        },
         store.clone(),
         keyring.clone(),
         cancel,
@@ -76,11 +106,15 @@ pub fn sealed_response() -> ApiResponse {
 /// Render `/metrics`.
 pub fn metrics_response() -> ApiResponse {
     let text = crate::telemetry::prometheus().map(|h| h.render()).unwrap_or_default();
-    ApiResponse { status: 200, headers: vec![("content-type".into(), "text/plain; version=0.0.4".into())], body: text.into_bytes() }
+    ApiResponse {
+        status: 200,
+        headers: vec![("content-type".into(), "text/plain; version=0.0.4".into())],
+        body: text.into_bytes(),
+    }
 }
 
 /// Start a reader; it runs until `cancel` fires.
-pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<RunningReader, ReaderError> {
+pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<RunningNode, ReaderError> {
     crate::telemetry::prometheus();
     let listener = crate::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| ReaderError::Config { field: "listen", reason: e.to_string() })?;
@@ -88,8 +122,14 @@ pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<Runni
     let region = cfg.region.clone();
     let (ctx, mat_join, sealed) = match load_keyring(&cfg.log) {
         Ok(keyring) => {
-            let (mut ctx, join) =
-                open_state(&cfg.log, &cfg.data_dir, &format!("reader-{region}-{}", addr.port()), keyring, cancel.clone()).await?;
+            let (mut ctx, join) = open_state(
+                &cfg.log,
+                &cfg.data_dir,
+                &format!("reader-{region}-{}", addr.port()),
+                keyring,
+                cancel.clone(),
+            )
+            .await?;
             ctx.consistency_wait = Duration::from_millis(cfg.consistency_wait_ms);
             (Some(ctx), Some(join), None)
         }
@@ -107,24 +147,14 @@ pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<Runni
         })
     };
     tracing::info!(%addr, region = %node.region, "reader listening");
-    let serve_cancel = cancel.clone();
-    let max_body = cfg.max_request_bytes;
-    let server = crate::api::spawn_server(listener, handler, max_body, serve_cancel);
-    let join = tokio::spawn(async move {
-        let _ = server.await;
-        if let Some(j) = mat_join {
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(j) = mat_join {
+        background.spawn(async move {
             let _ = j.await;
-        }
-        let store = node.ctx.as_ref().map(|c| c.store.clone());
-        drop(node);
-        if let Some(store) = store
-            && let Err(e) = store.close().await
-        {
-            tracing::warn!(error = %e, "closing the store");
-        }
-        tracing::info!("reader stopped");
-    });
-    Ok(RunningReader { addr, cancel, join })
+        });
+    }
+    let store = node.ctx.as_ref().map(|c| c.store.clone());
+    Ok(supervise("reader", addr, listener, handler, cfg.max_request_bytes, cancel, background, store))
 }
 
 struct ReaderNode {
@@ -142,7 +172,9 @@ impl ReaderNode {
 
     /// Why the node serves nothing: no key, or a key that does not match the log's.
     fn sealed_reason(&self) -> Option<String> {
-        self.sealed.clone().or_else(|| self.ctx.as_ref().and_then(|c| c.materializer.progress.borrow().wrong_key.clone()))
+        self.sealed
+            .clone()
+            .or_else(|| self.ctx.as_ref().and_then(|c| c.materializer.progress.borrow().wrong_key.clone()))
     }
 
     async fn handle(&self, req: ApiRequest) -> ApiResponse {

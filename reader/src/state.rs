@@ -245,7 +245,8 @@ mod tests {
 
     #[test]
     fn delete_version_after_schedules_deletion() {
-        let update = Operation::UpdateMetadata(MetadataUpdate { delete_version_after_secs: Some(60), ..Default::default() });
+        let update =
+            Operation::UpdateMetadata(MetadataUpdate { delete_version_after_secs: Some(60), ..Default::default() });
         let (m, _) = run(vec![update, put(1)]);
         let v = &m.unwrap().versions[&1];
         assert_eq!(v.deletion_ms, Some(2000 + 60_000));

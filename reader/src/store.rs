@@ -182,10 +182,9 @@ impl Store {
     /// A secret's metadata.
     pub async fn meta(&self, mount: &str, path: &str) -> Result<Option<SecretMeta>, ReaderError> {
         match self.get_cached(keys::meta(mount, path)).await? {
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| ReaderError::Corrupt {
-                key: format!("s/{mount}/{path}"),
-                reason: e.to_string(),
-            }),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| ReaderError::Corrupt { key: format!("s/{mount}/{path}"), reason: e.to_string() }),
             None => Ok(None),
         }
     }

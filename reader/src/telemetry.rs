@@ -25,7 +25,8 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
 /// level from `RUST_LOG` (default `info`). Safe to call more than once.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,slatedb=warn,foyer=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,slatedb=warn,foyer=warn"));
     let json = std::env::var("SECRETLOG_LOG_JSON").is_ok_and(|v| v == "1");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };

@@ -75,9 +75,7 @@ pub fn decode_event(keyring: &Keyring, record_key: Option<&[u8]>, bytes: &[u8]) 
     if key_check != keyring.key_check() {
         return Err(DecodeError::WrongKey { found: hex::encode(key_check), ours: hex::encode(keyring.key_check()) });
     }
-    let expected = keyring
-        .mac(term, &[&bytes[..HEADER_LEN + body_len]])
-        .ok_or(DecodeError::UnknownKeyTerm { term })?;
+    let expected = keyring.mac(term, &[&bytes[..HEADER_LEN + body_len]]).ok_or(DecodeError::UnknownKeyTerm { term })?;
     if !bool::from(expected.ct_eq(&tag)) {
         return Err(DecodeError::BadMac);
     }
@@ -321,10 +319,7 @@ mod tests {
             op: Operation::DeleteMetadata,
         };
         let bytes = encode_event(&ring(1), &e);
-        assert!(matches!(
-            decode_event(&ring(1), Some(b"secret/b"), &bytes),
-            Err(DecodeError::KeyMismatch { .. })
-        ));
+        assert!(matches!(decode_event(&ring(1), Some(b"secret/b"), &bytes), Err(DecodeError::KeyMismatch { .. })));
     }
 
     #[test]

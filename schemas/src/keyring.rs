@@ -62,19 +62,16 @@ impl RootKey {
                 .map_err(|_| malformed(format!("{} characters that are neither hex nor base64", t.len())))?
         };
         let bytes = Zeroizing::new(bytes);
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| malformed(format!("{} bytes", bytes.len())))?;
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| malformed(format!("{} bytes", bytes.len())))?;
         Ok(RootKey::from_bytes(arr))
     }
 
     /// Read a key file (hex or base64 text).
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable {
-            path: path.display().to_string(),
-            source,
-        })?);
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|source| KeyError::Unreadable { path: path.display().to_string(), source })?,
+        );
         RootKey::parse(&text, &path.display().to_string())
     }
 

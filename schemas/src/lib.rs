@@ -21,7 +21,7 @@ pub mod sealed;
 pub mod topic;
 mod wire;
 
-pub use envelope::{decode_event, encode_event, SCHEMA_VERSION};
+pub use envelope::{SCHEMA_VERSION, decode_event, encode_event};
 pub use error::{DecodeError, KeyError, SealError};
 pub use event::{Event, MetadataUpdate, Operation};
 pub use keyring::{Keyring, RootKey};

@@ -74,9 +74,6 @@ mod tests {
         assert_eq!(validate_secret_path("./b"), Err(PathError::DotSegment));
         assert_eq!(validate_secret_path("a\0b"), Err(PathError::ControlChar));
         assert_eq!(validate_secret_path("a\nb"), Err(PathError::ControlChar));
-        assert_eq!(
-            validate_secret_path(&"x".repeat(MAX_PATH_LEN + 1)),
-            Err(PathError::TooLong { max: MAX_PATH_LEN })
-        );
+        assert_eq!(validate_secret_path(&"x".repeat(MAX_PATH_LEN + 1)), Err(PathError::TooLong { max: MAX_PATH_LEN }));
     }
 }

@@ -40,18 +40,26 @@ fn golden_events() -> Vec<(&'static str, Event)> {
                 }),
             ),
         ),
-        ("update_metadata_partial", base("app/db", Operation::UpdateMetadata(MetadataUpdate {
-            max_versions: Some(2),
-            ..Default::default()
-        }))),
+        (
+            "update_metadata_partial",
+            base("app/db", Operation::UpdateMetadata(MetadataUpdate { max_versions: Some(2), ..Default::default() })),
+        ),
         ("delete_metadata", base("app/db", Operation::DeleteMetadata)),
         (
             "leader_epoch",
-            Event { mount: String::new(), path: "leader-epoch/2".into(), ..base("", Operation::LeaderEpoch { leader_url: "http://10.0.0.7:8200".into() }) },
+            Event {
+                mount: String::new(),
+                path: "leader-epoch/2".into(),
+                ..base("", Operation::LeaderEpoch { leader_url: "http://10.0.0.7:8200".into() })
+            },
         ),
         (
             "set_root_token",
-            Event { mount: String::new(), path: "root-token".into(), ..base("", Operation::SetRootToken { token_hash: [0x33; 32] }) },
+            Event {
+                mount: String::new(),
+                path: "root-token".into(),
+                ..base("", Operation::SetRootToken { token_hash: [0x33; 32] })
+            },
         ),
     ]
 }

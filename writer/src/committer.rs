@@ -19,14 +19,14 @@ use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::{ApiError, ApiResponse};
 use secretlog_reader::materializer::now_ms;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
-use secretlog_schemas::topic::{partition_for, record_key, HEADER_INDEX};
-use secretlog_schemas::{encode_event, ConsistencyToken, Event, Operation};
+use secretlog_schemas::topic::{HEADER_INDEX, partition_for, record_key};
+use secretlog_schemas::{ConsistencyToken, Event, Operation, encode_event};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::WriterError;
-use crate::plan::{plan, Planned, Reply};
+use crate::plan::{Planned, Reply, plan};
 use crate::producer::{Record, TxProducer};
 use crate::request::Command;
 
@@ -56,7 +56,12 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn new(ctx: ReadContext, producer: TxProducer, cfg: CommitterConfig, fenced: Arc<std::sync::atomic::AtomicBool>) -> Self {
+    pub fn new(
+        ctx: ReadContext,
+        producer: TxProducer,
+        cfg: CommitterConfig,
+        fenced: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         Committer { ctx, producer, cfg, inflight: HashMap::new(), fenced }
     }
 
@@ -114,25 +119,36 @@ impl Committer {
         let (ok, prog) = self
             .ctx
             .materializer
-            .wait_for(self.cfg.write_timeout, |prog| prog.applied.get(&p).is_some_and(|a| *a >= off) || prog.halted.contains_key(&p))
+            .wait_for(self.cfg.write_timeout, |prog| {
+                prog.applied.get(&p).is_some_and(|a| *a >= off) || prog.halted.contains_key(&p)
+            })
             .await;
         if prog.halted.contains_key(&p) {
             return Err(WriterError::PartitionHalted { partition: p });
         }
         if !ok {
-            return Err(WriterError::Timeout { what: "the writer's own state to apply the previous write", ms: self.cfg.write_timeout.as_millis() as u64 });
+            return Err(WriterError::Timeout {
+                what: "the writer's own state to apply the previous write",
+                ms: self.cfg.write_timeout.as_millis() as u64,
+            });
         }
         self.inflight.remove(key);
         Ok(())
     }
 
-    async fn current_value(&self, path: &str, meta: Option<&secretlog_reader::state::SecretMeta>) -> Result<Option<Map<String, Value>>, ApiError> {
+    async fn current_value(
+        &self,
+        path: &str,
+        meta: Option<&secretlog_reader::state::SecretMeta>,
+    ) -> Result<Option<Map<String, Value>>, ApiError> {
         let Some(m) = meta else { return Ok(None) };
         let Some(vm) = m.versions.get(&m.current_version) else { return Ok(None) };
         if !vm.is_live(now_ms()) {
             return Ok(None);
         }
-        let Some(sealed) = self.ctx.store.value(&self.ctx.mount, path, m.current_version).await? else { return Ok(None) };
+        let Some(sealed) = self.ctx.store.value(&self.ctx.mount, path, m.current_version).await? else {
+            return Ok(None);
+        };
         let ctx = SealContext { mount: &self.ctx.mount, path, version: m.current_version };
         let plain = SealedValue::decode(&sealed).and_then(|s| s.open(&self.ctx.keyring, &ctx)).map_err(|e| {
             tracing::error!(path, error = %e, "current value does not open");
@@ -172,7 +188,14 @@ impl Committer {
     fn event(&self, path: &str, op: Operation, ts: i64) -> Event {
         let mut event_id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut event_id);
-        Event { event_id, timestamp_ms: ts, writer_epoch: self.cfg.epoch, mount: self.ctx.mount.clone(), path: path.to_string(), op }
+        Event {
+            event_id,
+            timestamp_ms: ts,
+            writer_epoch: self.cfg.epoch,
+            mount: self.ctx.mount.clone(),
+            path: path.to_string(),
+            op,
+        }
     }
 
     async fn process(&mut self, batch: Vec<Pending>) {

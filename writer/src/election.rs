@@ -11,12 +11,12 @@
 
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +99,10 @@ pub async fn ensure_election_topic(bootstrap: &str, topic: &str) -> Result<(), W
         .set("min.insync.replicas", "2")
         .set("unclean.leader.election.enable", "false");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let res = admin.create_topics([&new], &opts).await.map_err(|e| WriterError::NotReady(format!("creating {topic}: {e}")))?;
+    let res = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| WriterError::NotReady(format!("creating {topic}: {e}")))?;
     for r in res {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -111,7 +114,10 @@ pub async fn ensure_election_topic(bootstrap: &str, topic: &str) -> Result<(), W
 
 /// Join the election. The receiver says whether this writer is the leader right now. The group
 /// is left when `cancel` fires.
-pub fn spawn(cfg: ElectionConfig, cancel: CancellationToken) -> Result<(watch::Receiver<bool>, tokio::task::JoinHandle<()>), WriterError> {
+pub fn spawn(
+    cfg: ElectionConfig,
+    cancel: CancellationToken,
+) -> Result<(watch::Receiver<bool>, tokio::task::JoinHandle<()>), WriterError> {
     let (tx, rx) = watch::channel(false);
     let consumer: StreamConsumer<ElectionContext> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.bootstrap)

@@ -4,7 +4,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "secretlog-writer", version, about = "secretlog write node: seals KV v2 writes and appends them to Kafka in transactions")]
+#[command(
+    name = "secretlog-writer",
+    version,
+    about = "secretlog write node: seals KV v2 writes and appends them to Kafka in transactions"
+)]
 struct Cli {
     #[command(flatten)]
     config: secretlog_writer::WriterConfig,

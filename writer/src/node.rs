@@ -2,24 +2,23 @@
 //! writes) or, with `--forward-to`, a standby that forwards writes; both serve reads from their
 //! own materialized state.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use secretlog_reader::api::forward::Forwarder;
-use secretlog_reader::api::health::{health, HealthInput, Role};
+use secretlog_reader::api::health::{HealthInput, Role, health};
 use secretlog_reader::api::kv::{Freshness, ReadContext};
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, Handler};
 use secretlog_reader::materializer::now_ms;
-use secretlog_reader::node::{load_keyring, metrics_response, open_state, sealed_response};
-use secretlog_schemas::{encode_event, Event, Operation};
+use secretlog_reader::node::{RunningNode, load_keyring, metrics_response, open_state, sealed_response, supervise};
+use secretlog_schemas::{Event, Operation, encode_event};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::committer::{Committer, CommitterConfig, Pending};
-use crate::election::ElectionConfig;
 use crate::config::WriterConfig;
+use crate::election::ElectionConfig;
 use crate::error::WriterError;
 use crate::producer::{Record, TxProducer};
 
@@ -36,19 +35,6 @@ pub enum WriterState {
     Fenced,
 }
 
-/// A started writer.
-pub struct RunningWriter {
-    pub addr: SocketAddr,
-    pub cancel: CancellationToken,
-    join: tokio::task::JoinHandle<()>,
-}
-
-impl RunningWriter {
-    pub async fn wait(self) {
-        let _ = self.join.await;
-    }
-}
-
 struct WriterNode {
     cfg: WriterConfig,
     ctx: Option<ReadContext>,
@@ -62,14 +48,15 @@ struct WriterNode {
 }
 
 /// Start a writer; it runs until `cancel` fires.
-pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<RunningWriter, WriterError> {
+pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<RunningNode, WriterError> {
     secretlog_reader::telemetry::prometheus();
     let listener = secretlog_reader::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| WriterError::NotReady(e.to_string()))?;
     let (ctx, mat_join, sealed) = match load_keyring(&cfg.log) {
         Ok(keyring) => {
             let (ctx, join) =
-                open_state(&cfg.log, &cfg.data_dir, &format!("writer-{}", addr.port()), keyring, cancel.clone()).await?;
+                open_state(&cfg.log, &cfg.data_dir, &format!("writer-{}", addr.port()), keyring, cancel.clone())
+                    .await?;
             (Some(ctx), Some(join), None)
         }
         Err(reason) => {
@@ -101,23 +88,13 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         })
     };
     tracing::info!(%addr, advertise = %node.advertise, "writer listening");
-    let server = secretlog_reader::api::spawn_server(listener, handler, cfg.log_max_request_bytes(), cancel.clone());
-    let join = tokio::spawn(async move {
-        let _ = server.await;
-        while tasks.join_next().await.is_some() {}
-        if let Some(j) = mat_join {
+    if let Some(j) = mat_join {
+        tasks.spawn(async move {
             let _ = j.await;
-        }
-        let store = node.ctx.as_ref().map(|c| c.store.clone());
-        drop(node);
-        if let Some(store) = store
-            && let Err(e) = store.close().await
-        {
-            tracing::warn!(error = %e, "closing the store");
-        }
-        tracing::info!("writer stopped");
-    });
-    Ok(RunningWriter { addr, cancel, join })
+        });
+    }
+    let store = node.ctx.as_ref().map(|c| c.store.clone());
+    Ok(supervise("writer", addr, listener, handler, cfg.log_max_request_bytes(), cancel, tasks, store))
 }
 
 impl WriterConfig {
@@ -217,11 +194,14 @@ impl WriterNode {
         let ctx = self.ctx.clone().expect("leader path runs only when unsealed");
         let log = &self.cfg.log;
         let (b, t) = (log.bootstrap.clone(), log.topic.clone());
-        let partitions = tokio::task::spawn_blocking(move || secretlog_reader::kafka::partition_count(&b, &t, Duration::from_secs(5)))
-            .await
-            .map_err(|e| WriterError::NotReady(e.to_string()))??;
+        let partitions = tokio::task::spawn_blocking(move || {
+            secretlog_reader::kafka::partition_count(&b, &t, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| WriterError::NotReady(e.to_string()))??;
         self.set_state(WriterState::Starting("fencing the previous leader".into()));
-        let producer = TxProducer::new(&log.bootstrap, &self.cfg.transactional_id, self.cfg.transaction_timeout_ms, &log.topic)?;
+        let producer =
+            TxProducer::new(&log.bootstrap, &self.cfg.transactional_id, self.cfg.transaction_timeout_ms, &log.topic)?;
         producer.init(Duration::from_millis(self.cfg.transaction_timeout_ms.max(5000) * 2)).await?;
         // The epoch only has to exceed every earlier leader's: the larger of what this node has
         // applied and the clock (a new leader starts after the old one did).
@@ -241,10 +221,15 @@ impl WriterNode {
         let positions = producer.commit(records, Duration::from_millis(self.cfg.write_timeout_ms)).await?;
         let (caught_up, prog) = ctx
             .materializer
-            .wait_for(Duration::from_secs(120), |p| positions.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| *a > *off)))
+            .wait_for(Duration::from_secs(120), |p| {
+                positions.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| *a > *off))
+            })
             .await;
         if !caught_up {
-            return Err(WriterError::NotReady(format!("still catching up with the log (lag {} records)", prog.lag_records())));
+            return Err(WriterError::NotReady(format!(
+                "still catching up with the log (lag {} records)",
+                prog.lag_records()
+            )));
         }
         if ctx.store.root_token_hash().await?.is_none() {
             let token = crate::token::load_or_create(&self.cfg.root_token_path())?;
@@ -253,14 +238,21 @@ impl WriterNode {
             let key = event.record_key();
             let partition = secretlog_schemas::topic::partition_for(&key, partitions);
             let payload = encode_event(&ctx.keyring, &event);
-            producer.commit(vec![Record { key, payload, partition }], Duration::from_millis(self.cfg.write_timeout_ms)).await?;
+            producer
+                .commit(vec![Record { key, payload, partition }], Duration::from_millis(self.cfg.write_timeout_ms))
+                .await?;
             tracing::info!(file = %self.cfg.root_token_path().display(), "root token published (hash only); the token is in the file");
         }
         let (tx, rx) = mpsc::channel(4096);
         let committer = Committer::new(
             ctx,
             producer,
-            CommitterConfig { max_batch: self.cfg.max_batch, write_timeout: Duration::from_millis(self.cfg.write_timeout_ms), partitions, epoch },
+            CommitterConfig {
+                max_batch: self.cfg.max_batch,
+                write_timeout: Duration::from_millis(self.cfg.write_timeout_ms),
+                partitions,
+                epoch,
+            },
             self.fenced.clone(),
         );
         *self.queue.write().expect("queue lock") = Some(tx);

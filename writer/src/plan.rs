@@ -4,14 +4,14 @@
 //! The state comes from the writer's own materializer, which runs the reader crate's code, so
 //! what is checked here is exactly what every reader will compute.
 
-use secretlog_reader::api::response::vault_time;
 use secretlog_reader::api::ApiError;
+use secretlog_reader::api::response::vault_time;
 use secretlog_reader::state::SecretMeta;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::{Keyring, Operation};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
-use crate::request::{merge_patch, Command};
+use crate::request::{Command, merge_patch};
 
 /// What a command turns into.
 #[derive(Debug)]
@@ -98,15 +98,18 @@ pub fn plan(
             }),
             _ => Ok(Planned::Done { status: 204 }),
         },
-        Command::DeleteVersions { versions, .. } if exists => {
-            Ok(Planned::Append { op: Operation::DeleteVersions { versions: versions.clone() }, reply: Reply::NoContent })
-        }
-        Command::UndeleteVersions { versions, .. } if exists => {
-            Ok(Planned::Append { op: Operation::UndeleteVersions { versions: versions.clone() }, reply: Reply::NoContent })
-        }
-        Command::DestroyVersions { versions, .. } if exists => {
-            Ok(Planned::Append { op: Operation::DestroyVersions { versions: versions.clone() }, reply: Reply::NoContent })
-        }
+        Command::DeleteVersions { versions, .. } if exists => Ok(Planned::Append {
+            op: Operation::DeleteVersions { versions: versions.clone() },
+            reply: Reply::NoContent,
+        }),
+        Command::UndeleteVersions { versions, .. } if exists => Ok(Planned::Append {
+            op: Operation::UndeleteVersions { versions: versions.clone() },
+            reply: Reply::NoContent,
+        }),
+        Command::DestroyVersions { versions, .. } if exists => Ok(Planned::Append {
+            op: Operation::DestroyVersions { versions: versions.clone() },
+            reply: Reply::NoContent,
+        }),
         Command::DeleteVersions { .. } | Command::UndeleteVersions { .. } | Command::DestroyVersions { .. } => {
             Ok(Planned::Done { status: 204 })
         }

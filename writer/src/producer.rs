@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
 
 use crate::error::WriterError;
 

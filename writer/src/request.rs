@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use secretlog_reader::api::{ApiError, ApiRequest};
+use secretlog_schemas::MetadataUpdate;
 use secretlog_schemas::event::{MAX_CUSTOM_METADATA, MAX_CUSTOM_METADATA_LEN, MAX_VERSIONS_PER_EVENT};
 use secretlog_schemas::path::validate_secret_path;
-use secretlog_schemas::MetadataUpdate;
 use serde_json::{Map, Value};
 
 /// A write, parsed and checked for everything that does not depend on state.
@@ -67,14 +67,18 @@ fn parse_cas(body: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
     };
     match opts.get("cas") {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => as_u64(v).map(Some).ok_or_else(|| ApiError::bad_request("error parsing options: cas must be a non-negative integer")),
+        Some(v) => as_u64(v)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("error parsing options: cas must be a non-negative integer")),
     }
 }
 
 /// Vault accepts numbers and numeric strings for integer fields.
 fn as_u64(v: &Value) -> Option<u64> {
     match v {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64)),
+        Value::Number(n) => {
+            n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64))
+        }
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -89,9 +93,15 @@ fn parse_versions(body: &Map<String, Value>) -> Result<Vec<u64>, ApiError> {
             .collect::<Result<Vec<_>, _>>()?,
         Some(Value::String(s)) => s
             .split(',')
-            .map(|v| v.trim().parse::<u64>().map_err(|_| ApiError::bad_request("versions must be a list of non-negative integers")))
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::bad_request("versions must be a list of non-negative integers"))
+            })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(v) => vec![as_u64(v).ok_or_else(|| ApiError::bad_request("versions must be a list of non-negative integers"))?],
+        Some(v) => {
+            vec![as_u64(v).ok_or_else(|| ApiError::bad_request("versions must be a list of non-negative integers"))?]
+        }
     };
     if versions.is_empty() {
         return Err(ApiError::bad_request("no version number provided"));
@@ -104,7 +114,9 @@ fn parse_versions(body: &Map<String, Value>) -> Result<Vec<u64>, ApiError> {
 
 /// `delete_version_after`: a Go-style duration ("3h25m19s", "30m", "0s") or a number of seconds.
 fn parse_duration_secs(v: &Value) -> Result<u64, ApiError> {
-    let bad = || ApiError::bad_request("error parsing delete_version_after: expected a duration such as \"3h25m\" or seconds");
+    let bad = || {
+        ApiError::bad_request("error parsing delete_version_after: expected a duration such as \"3h25m\" or seconds")
+    };
     match v {
         Value::Number(_) => as_u64(v).ok_or_else(bad),
         Value::String(s) if s.trim().chars().all(|c| c.is_ascii_digit()) && !s.trim().is_empty() => {
@@ -118,7 +130,9 @@ fn parse_duration_secs(v: &Value) -> Result<u64, ApiError> {
 fn parse_metadata(body: &Map<String, Value>) -> Result<MetadataUpdate, ApiError> {
     let mut u = MetadataUpdate::default();
     if let Some(v) = body.get("max_versions").filter(|v| !v.is_null()) {
-        let n = as_u64(v).filter(|n| *n <= u32::MAX as u64).ok_or_else(|| ApiError::bad_request("max_versions must be a non-negative integer"))?;
+        let n = as_u64(v)
+            .filter(|n| *n <= u32::MAX as u64)
+            .ok_or_else(|| ApiError::bad_request("max_versions must be a non-negative integer"))?;
         u.max_versions = Some(n as u32);
     }
     if let Some(v) = body.get("cas_required").filter(|v| !v.is_null()) {
@@ -138,7 +152,9 @@ fn parse_metadata(body: &Map<String, Value>) -> Result<MetadataUpdate, ApiError>
         }
         let mut cm = BTreeMap::new();
         for (k, v) in m {
-            let Value::String(s) = v else { return Err(ApiError::bad_request("custom_metadata values must be strings")) };
+            let Value::String(s) = v else {
+                return Err(ApiError::bad_request("custom_metadata values must be strings"));
+            };
             if k.is_empty() || k.len() > 128 || s.len() > MAX_CUSTOM_METADATA_LEN {
                 return Err(ApiError::bad_request("custom_metadata key or value too long"));
             }
@@ -176,7 +192,10 @@ pub fn parse(req: &ApiRequest, mount: &str, max_value_bytes: usize) -> Result<Co
         ("data", "PATCH") => {
             let ct = req.content_type.as_deref().unwrap_or("");
             if !ct.starts_with("application/merge-patch+json") {
-                return Err(ApiError::new(415, format!("Unsupported Media Type: {ct:?}; use application/merge-patch+json")));
+                return Err(ApiError::new(
+                    415,
+                    format!("Unsupported Media Type: {ct:?}; use application/merge-patch+json"),
+                ));
             }
             let body = parse_json(&req.body)?;
             let patch = match body.get("data") {
@@ -187,12 +206,18 @@ pub fn parse(req: &ApiRequest, mount: &str, max_value_bytes: usize) -> Result<Co
             Ok(Command::Patch { path, patch, cas: parse_cas(&body)? })
         }
         ("data", "DELETE") => Ok(Command::DeleteLatest { path }),
-        ("delete", "POST" | "PUT") => Ok(Command::DeleteVersions { path, versions: parse_versions(&parse_json(&req.body)?)? }),
+        ("delete", "POST" | "PUT") => {
+            Ok(Command::DeleteVersions { path, versions: parse_versions(&parse_json(&req.body)?)? })
+        }
         ("undelete", "POST" | "PUT") => {
             Ok(Command::UndeleteVersions { path, versions: parse_versions(&parse_json(&req.body)?)? })
         }
-        ("destroy", "POST" | "PUT") => Ok(Command::DestroyVersions { path, versions: parse_versions(&parse_json(&req.body)?)? }),
-        ("metadata", "POST" | "PUT") => Ok(Command::UpdateMetadata { path, update: parse_metadata(&parse_json(&req.body)?)? }),
+        ("destroy", "POST" | "PUT") => {
+            Ok(Command::DestroyVersions { path, versions: parse_versions(&parse_json(&req.body)?)? })
+        }
+        ("metadata", "POST" | "PUT") => {
+            Ok(Command::UpdateMetadata { path, update: parse_metadata(&parse_json(&req.body)?)? })
+        }
         ("metadata", "DELETE") => Ok(Command::DeleteMetadata { path }),
         ("data" | "delete" | "undelete" | "destroy" | "metadata", _) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::unsupported_path()),
@@ -257,9 +282,12 @@ mod tests {
             Command::DestroyVersions { path: "x".into(), versions: vec![1, 2] }
         );
         assert_eq!(p("DELETE", "v1/secret/metadata/x", "").unwrap(), Command::DeleteMetadata { path: "x".into() });
-        let Command::UpdateMetadata { update, .. } =
-            p("POST", "v1/secret/metadata/x", r#"{"max_versions":3,"delete_version_after":"1h30m","custom_metadata":{"o":"p"}}"#).unwrap()
-        else {
+        let Command::UpdateMetadata { update, .. } = p(
+            "POST",
+            "v1/secret/metadata/x",
+            r#"{"max_versions":3,"delete_version_after":"1h30m","custom_metadata":{"o":"p"}}"#,
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(update.max_versions, Some(3));

@@ -28,10 +28,7 @@ fn admin(bootstrap: &str) -> Result<Admin, KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
-        .map_err(|e| KafkaError::Client {
-            op: format!("admin client for {bootstrap}"),
-            source: e,
-        })
+        .map_err(|e| KafkaError::Client { op: format!("admin client for {bootstrap}"), source: e })
 }
 
 /// Create a topic the way secretlog needs it: RF=3, min.insync.replicas=2,
@@ -48,18 +45,12 @@ pub async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Resu
     let results = admin
         .create_topics([&new], &opts)
         .await
-        .map_err(|e| KafkaError::Client {
-            op: format!("create topic {topic}"),
-            source: e,
-        })?;
+        .map_err(|e| KafkaError::Client { op: format!("create topic {topic}"), source: e })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(KafkaError::Topic {
-                    topic: name,
-                    code: code.to_string(),
-                });
+                return Err(KafkaError::Topic { topic: name, code: code.to_string() });
             }
         }
     }
@@ -100,32 +91,19 @@ pub async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Resu
 async fn fetch_metadata(admin: &Arc<Admin>, topic: Option<&str>) -> Result<Metadata, KafkaError> {
     let admin = Arc::clone(admin);
     let topic = topic.map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
-        admin
-            .inner()
-            .fetch_metadata(topic.as_deref(), Duration::from_secs(5))
-    })
-    .await
-    .map_err(|e| KafkaError::Internal(format!("metadata task failed: {e}")))?
-    .map_err(|e| KafkaError::Client {
-        op: "fetch metadata".into(),
-        source: e,
-    })
+    tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(topic.as_deref(), Duration::from_secs(5)))
+        .await
+        .map_err(|e| KafkaError::Internal(format!("metadata task failed: {e}")))?
+        .map_err(|e| KafkaError::Client { op: "fetch metadata".into(), source: e })
 }
 
 /// One readiness attempt; `Err` says what is not ready yet.
 pub(crate) async fn probe(bootstrap: &str, attempt_timeout: Duration) -> Result<(), String> {
     let admin = Arc::new(admin(bootstrap).map_err(|e| e.to_string())?);
-    let md = fetch_metadata(&admin, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let md = fetch_metadata(&admin, None).await.map_err(|e| e.to_string())?;
     ClusterView::from_metadata(&md).check_brokers()?;
-    ensure_topic(bootstrap, PROBE_TOPIC, PROBE_PARTITIONS)
-        .await
-        .map_err(|e| e.to_string())?;
-    let md = fetch_metadata(&admin, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    ensure_topic(bootstrap, PROBE_TOPIC, PROBE_PARTITIONS).await.map_err(|e| e.to_string())?;
+    let md = fetch_metadata(&admin, None).await.map_err(|e| e.to_string())?;
     let view = ClusterView::from_metadata(&md);
     view.check_brokers()?;
     view.check_topics()?;
@@ -135,18 +113,12 @@ pub(crate) async fn probe(bootstrap: &str, attempt_timeout: Duration) -> Result<
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "0")
-        .set(
-            "message.timeout.ms",
-            attempt_timeout.as_millis().max(1000).to_string(),
-        )
+        .set("message.timeout.ms", attempt_timeout.as_millis().max(1000).to_string())
         .create()
         .map_err(|e| format!("creating probe producer: {e}"))?;
     let mut pending = Vec::new();
     for partition in 0..PROBE_PARTITIONS {
-        let record = FutureRecord::to(PROBE_TOPIC)
-            .partition(partition)
-            .key("probe")
-            .payload("ready?");
+        let record = FutureRecord::to(PROBE_TOPIC).partition(partition).key("probe").payload("ready?");
         match producer.send_result(record) {
             Ok(fut) => pending.push((partition, fut)),
             Err((e, _)) => return Err(format!("probe partition {partition}: {e}")),
@@ -160,11 +132,7 @@ pub(crate) async fn probe(bootstrap: &str, attempt_timeout: Duration) -> Result<
             Err(_) => failures.push(format!("partition {partition}: delivery report lost")),
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("acks=all probe failed: {}", failures.join("; ")))
-    }
+    if failures.is_empty() { Ok(()) } else { Err(format!("acks=all probe failed: {}", failures.join("; "))) }
 }
 
 /// The parts of a metadata response readiness depends on (separate from rdkafka so the checks
@@ -189,14 +157,10 @@ pub(crate) struct PartitionView {
 
 impl ClusterView {
     fn from_metadata(md: &Metadata) -> Self {
-        let mut view = ClusterView {
-            brokers: md.brokers().iter().map(|b| b.id()).collect(),
-            ..Default::default()
-        };
+        let mut view = ClusterView { brokers: md.brokers().iter().map(|b| b.id()).collect(), ..Default::default() };
         for t in md.topics() {
             if let Some(e) = t.error() {
-                view.topic_errors
-                    .push((t.name().to_string(), format!("{e:?}")));
+                view.topic_errors.push((t.name().to_string(), format!("{e:?}")));
             }
             for p in t.partitions() {
                 view.partitions.push(PartitionView {
@@ -216,11 +180,7 @@ impl ClusterView {
     pub(crate) fn check_brokers(&self) -> Result<(), String> {
         let have: BTreeSet<i32> = self.brokers.iter().copied().collect();
         let want: BTreeSet<i32> = NODE_IDS.iter().map(|n| *n as i32).collect();
-        if have == want {
-            Ok(())
-        } else {
-            Err(format!("brokers in metadata {have:?}, want {want:?}"))
-        }
+        if have == want { Ok(()) } else { Err(format!("brokers in metadata {have:?}, want {want:?}")) }
     }
 
     /// Every partition has a leader (enough to produce to it).
@@ -246,10 +206,7 @@ impl ClusterView {
             let replicas: BTreeSet<i32> = p.replicas.iter().copied().collect();
             let isr: BTreeSet<i32> = p.isr.iter().copied().collect();
             if isr != replicas {
-                return Err(format!(
-                    "{}-{} ISR {isr:?} of replicas {replicas:?}",
-                    p.topic, p.id
-                ));
+                return Err(format!("{}-{} ISR {isr:?} of replicas {replicas:?}", p.topic, p.id));
             }
         }
         Ok(())
@@ -261,22 +218,12 @@ mod tests {
     use super::*;
 
     fn part(leader: i32, isr: &[i32]) -> PartitionView {
-        PartitionView {
-            topic: "t".into(),
-            id: 0,
-            leader,
-            replicas: vec![1, 2, 3],
-            isr: isr.to_vec(),
-            error: None,
-        }
+        PartitionView { topic: "t".into(), id: 0, leader, replicas: vec![1, 2, 3], isr: isr.to_vec(), error: None }
     }
 
     #[test]
     fn brokers_must_be_all_three() {
-        let mut v = ClusterView {
-            brokers: vec![3, 1],
-            ..Default::default()
-        };
+        let mut v = ClusterView { brokers: vec![3, 1], ..Default::default() };
         assert!(v.check_brokers().is_err());
         v.brokers = vec![2, 3, 1];
         assert!(v.check_brokers().is_ok());
@@ -284,10 +231,7 @@ mod tests {
 
     #[test]
     fn partitions_need_leader_and_full_isr() {
-        let mut v = ClusterView {
-            brokers: vec![1, 2, 3],
-            ..Default::default()
-        };
+        let mut v = ClusterView { brokers: vec![1, 2, 3], ..Default::default() };
         v.partitions = vec![part(1, &[3, 2, 1])];
         assert!(v.check_topics().is_ok());
         v.partitions = vec![part(1, &[1, 2])];
@@ -295,8 +239,7 @@ mod tests {
         v.partitions = vec![part(-1, &[1, 2, 3])];
         assert!(v.check_topics().unwrap_err().contains("no leader"));
         v.partitions.clear();
-        v.topic_errors
-            .push(("x".into(), "UnknownTopicOrPartition".into()));
+        v.topic_errors.push(("x".into(), "UnknownTopicOrPartition".into()));
         assert!(v.check_topics().is_err());
     }
 }

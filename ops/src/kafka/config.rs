@@ -73,11 +73,7 @@ impl KafkaConfig {
 
     /// `127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>`, the value for `bootstrap.servers`.
     pub fn bootstrap_servers(&self) -> String {
-        NODE_IDS
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", self.client_port(*n)))
-            .collect::<Vec<_>>()
-            .join(",")
+        NODE_IDS.iter().map(|n| format!("127.0.0.1:{}", self.client_port(*n))).collect::<Vec<_>>().join(",")
     }
 
     /// `<data_dir>/kafka`: everything the cluster writes, so one `rm -r` resets it.
@@ -128,10 +124,7 @@ impl KafkaConfig {
         let top = u32::from(self.base_port) + 2 + u32::from(CONTROLLER_PORT_OFFSET);
         if self.base_port == 0 || top > u32::from(u16::MAX) {
             return Err(KafkaError::BadConfig {
-                reason: format!(
-                    "base_port {} leaves no room for ports up to base+12",
-                    self.base_port
-                ),
+                reason: format!("base_port {} leaves no room for ports up to base+12", self.base_port),
             });
         }
         Ok(())
@@ -142,13 +135,8 @@ fn default_cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SECRETLOG_CACHE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    home.join(".cache")
-        .join("secretlog")
-        .join(format!("kafka-{KAFKA_VERSION}"))
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("secretlog").join(format!("kafka-{KAFKA_VERSION}"))
 }
 
 /// Escape a value for a Java `.properties` file (only backslashes are special in a value).
@@ -158,11 +146,8 @@ fn prop_path(p: &Path) -> String {
 
 /// The `server.properties` of one node.
 pub(crate) fn render_server_properties(cfg: &KafkaConfig, node: u32) -> String {
-    let voters = NODE_IDS
-        .iter()
-        .map(|n| format!("{n}@127.0.0.1:{}", cfg.controller_port(*n)))
-        .collect::<Vec<_>>()
-        .join(",");
+    let voters =
+        NODE_IDS.iter().map(|n| format!("{n}@127.0.0.1:{}", cfg.controller_port(*n))).collect::<Vec<_>>().join(",");
     let port = cfg.client_port(node);
     let cport = cfg.controller_port(node);
     let log_dir = prop_path(&cfg.log_dir(node));
@@ -285,10 +270,7 @@ pub(crate) fn encode_cluster_id(bytes: &[u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(22);
     for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
@@ -306,14 +288,11 @@ pub(crate) fn cluster_id(cfg: &KafkaConfig) -> Result<String, KafkaError> {
     }
     let found = NODE_IDS.iter().find_map(|n| {
         let meta = fs::read_to_string(cfg.log_dir(*n).join("meta.properties")).ok()?;
-        meta.lines()
-            .find_map(|l| l.strip_prefix("cluster.id=").map(|v| v.trim().to_string()))
+        meta.lines().find_map(|l| l.strip_prefix("cluster.id=").map(|v| v.trim().to_string()))
     });
     let id = match found {
         Some(id) => id,
-        None => {
-            new_cluster_id().map_err(|e| KafkaError::io("read /dev/urandom", "/dev/urandom", e))?
-        }
+        None => new_cluster_id().map_err(|e| KafkaError::io("read /dev/urandom", "/dev/urandom", e))?,
     };
     write_atomic(&file, id.as_bytes())?;
     Ok(id)
@@ -352,14 +331,11 @@ pub(crate) fn ensure_jars(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     ];
     let command = format!("mvn {}", args.join(" "));
     tracing::info!(%command, "fetching Kafka {KAFKA_VERSION} broker jars");
-    let out = Command::new("mvn")
-        .args(&args)
-        .output()
-        .map_err(|e| KafkaError::Spawn {
-            node: None,
-            command: command.clone(),
-            source: e,
-        })?;
+    let out = Command::new("mvn").args(&args).output().map_err(|e| KafkaError::Spawn {
+        node: None,
+        command: command.clone(),
+        source: e,
+    })?;
     if !out.status.success() || !tmp_libs.join(MARKER_JAR).is_file() {
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -404,15 +380,9 @@ mod tests {
     #[test]
     fn port_layout() {
         let c = cfg();
-        assert_eq!(
-            [c.client_port(1), c.client_port(2), c.client_port(3)],
-            [19092, 19093, 19094]
-        );
+        assert_eq!([c.client_port(1), c.client_port(2), c.client_port(3)], [19092, 19093, 19094]);
         assert_eq!([c.controller_port(1), c.controller_port(3)], [19102, 19104]);
-        assert_eq!(
-            c.bootstrap_servers(),
-            "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
-        );
+        assert_eq!(c.bootstrap_servers(), "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094");
         let mut other = c.clone();
         other.base_port = 29092;
         assert_eq!(other.controller_port(2), 29103);
@@ -424,14 +394,8 @@ mod tests {
     #[test]
     fn node_paths() {
         let c = cfg();
-        assert_eq!(
-            c.log_dir(2),
-            PathBuf::from("/tmp/sl-test/kafka/node-2/data")
-        );
-        assert_eq!(
-            c.pid_file(3),
-            PathBuf::from("/tmp/sl-test/kafka/node-3/broker.pid")
-        );
+        assert_eq!(c.log_dir(2), PathBuf::from("/tmp/sl-test/kafka/node-2/data"));
+        assert_eq!(c.pid_file(3), PathBuf::from("/tmp/sl-test/kafka/node-3/broker.pid"));
         assert_eq!(c.libs_dir(), PathBuf::from("/tmp/sl-cache/libs"));
     }
 
@@ -483,10 +447,7 @@ mod tests {
             let id = new_cluster_id().expect("urandom");
             assert_eq!(id.len(), 22);
             assert!(!id.starts_with('-'));
-            assert!(
-                id.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-            );
+            assert!(id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         }
     }
 

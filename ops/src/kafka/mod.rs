@@ -59,36 +59,18 @@ pub enum KafkaError {
     },
     /// A helper command (jar fetch, storage format) ran and failed.
     #[error("`{command}`{} failed with {status}:\n{output_tail}", for_node(.node))]
-    Command {
-        node: Option<u32>,
-        command: String,
-        status: String,
-        output_tail: String,
-    },
+    Command { node: Option<u32>, command: String, status: String, output_tail: String },
     /// A broker JVM exited while we waited for it.
     #[error("broker {node} exited with {status}; last lines of {}:\n{log_tail}", log.display())]
-    BrokerExited {
-        node: u32,
-        status: String,
-        log: PathBuf,
-        log_tail: String,
-    },
+    BrokerExited { node: u32, status: String, log: PathBuf, log_tail: String },
     /// A broker stayed alive but did not open its client port in time.
     #[error("broker {node} did not open port {port} within {timeout:?}; last lines of {}:\n{log_tail}", log.display())]
-    StartTimeout {
-        node: u32,
-        port: u16,
-        timeout: Duration,
-        log: PathBuf,
-        log_tail: String,
-    },
+    StartTimeout { node: u32, port: u16, timeout: Duration, log: PathBuf, log_tail: String },
     /// Another process holds a port a node needs.
     #[error("port {port} needed by node {node} is already in use by another process")]
     PortInUse { node: u32, port: u16 },
     /// A broker from a pid file is running where an attached cluster should start.
-    #[error(
-        "node {node} is already running as pid {pid} (a detached cluster? run `secretlog kafka down`)"
-    )]
+    #[error("node {node} is already running as pid {pid} (a detached cluster? run `secretlog kafka down`)")]
     AlreadyRunning { node: u32, pid: u32 },
     /// A node id outside 1..=3.
     #[error("no node {node}: nodes are 1, 2 and 3")]
@@ -107,18 +89,10 @@ pub enum KafkaError {
     },
     /// A process survived SIGKILL for longer than `timeout` (stuck in the kernel?).
     #[error("pid {pid} (node {node}) still exists {timeout:?} after SIGKILL")]
-    StillRunning {
-        node: u32,
-        pid: u32,
-        timeout: Duration,
-    },
+    StillRunning { node: u32, pid: u32, timeout: Duration },
     /// A readiness or topic wait ran out of time.
     #[error("{what}: not done after {timeout:?}; last problem: {last_error}")]
-    Timeout {
-        what: String,
-        timeout: Duration,
-        last_error: String,
-    },
+    Timeout { what: String, timeout: Duration, last_error: String },
     /// The Kafka client reported an error.
     #[error("Kafka client error during {op}: {source}")]
     Client {
@@ -136,11 +110,7 @@ pub enum KafkaError {
 
 impl KafkaError {
     pub(crate) fn io(what: &str, path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        KafkaError::Io {
-            what: what.to_string(),
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        KafkaError::Io { what: what.to_string(), path: path.as_ref().to_path_buf(), source }
     }
 }
 
@@ -204,12 +174,7 @@ impl LocalKafka {
                 to_start.push(n);
             }
         }
-        let kafka = LocalKafka {
-            cfg,
-            mode,
-            nodes: Mutex::new(nodes),
-            stopped: false,
-        };
+        let kafka = LocalKafka { cfg, mode, nodes: Mutex::new(nodes), stopped: false };
         if to_start.is_empty() {
             return Ok(kafka);
         }
@@ -239,10 +204,7 @@ impl LocalKafka {
             }
             let dir = cfg.node_dir(n);
             fs::create_dir_all(&dir).map_err(|e| KafkaError::io("create", &dir, e))?;
-            config::write_atomic(
-                &cfg.properties_file(n),
-                config::render_server_properties(cfg, n).as_bytes(),
-            )?;
+            config::write_atomic(&cfg.properties_file(n), config::render_server_properties(cfg, n).as_bytes())?;
         }
         config::write_atomic(&cfg.log4j_file(), config::render_log4j2().as_bytes())?;
         let cluster_id = config::cluster_id(cfg)?;
@@ -262,9 +224,7 @@ impl LocalKafka {
             &mut log,
             format!("==== secretlog: starting node {n} ({:?}) ====\n", self.mode).as_bytes(),
         );
-        let log_err = log
-            .try_clone()
-            .map_err(|e| KafkaError::io("dup", &log_path, e))?;
+        let log_err = log.try_clone().map_err(|e| KafkaError::io("dup", &log_path, e))?;
         let mut cmd = process::java_command(&self.cfg);
         cmd.arg("kafka.Kafka")
             .arg(cfg.properties_file(n))
@@ -273,19 +233,13 @@ impl LocalKafka {
             .stdout(log)
             .stderr(log_err);
         let command = process::describe(&cmd);
-        let child = process::spawn(self.mode, cmd).map_err(|e| KafkaError::Spawn {
-            node: Some(n),
-            command,
-            source: e,
-        })?;
+        let child =
+            process::spawn(self.mode, cmd).map_err(|e| KafkaError::Spawn { node: Some(n), command, source: e })?;
         let pid = child.id();
         tracing::info!(node = n, pid, port = cfg.client_port(n), "started broker");
         {
             let mut nodes = self.lock();
-            nodes[idx(n)] = Node {
-                pid: Some(pid),
-                child: Some(child),
-            };
+            nodes[idx(n)] = Node { pid: Some(pid), child: Some(child) };
         }
         config::write_atomic(&cfg.pid_file(n), format!("{pid}\n").as_bytes())
     }
@@ -377,9 +331,7 @@ impl LocalKafka {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| {
-                        KafkaError::Internal(format!("cannot build tokio runtime: {e}"))
-                    })?;
+                    .map_err(|e| KafkaError::Internal(format!("cannot build tokio runtime: {e}")))?;
                 rt.block_on(async {
                     loop {
                         for &n in &NODE_IDS {
@@ -402,9 +354,7 @@ impl LocalKafka {
                     }
                 })
             });
-            worker
-                .join()
-                .unwrap_or_else(|_| Err(KafkaError::Internal("readiness thread panicked".into())))
+            worker.join().unwrap_or_else(|_| Err(KafkaError::Internal("readiness thread panicked".into())))
         })
     }
 
@@ -428,12 +378,7 @@ impl LocalKafka {
                         source: e,
                     })?;
                 }
-                child.wait().map_err(|e| KafkaError::Signal {
-                    node,
-                    pid,
-                    signal: libc::SIGKILL,
-                    source: e,
-                })?;
+                child.wait().map_err(|e| KafkaError::Signal { node, pid, signal: libc::SIGKILL, source: e })?;
                 Ok(())
             }
             (Some(pid), None) => kill_pid(&self.cfg, node, pid),
@@ -495,13 +440,7 @@ impl Drop for LocalKafka {
 /// `secretlog kafka down` for a detached cluster: stop the brokers named by the pid files under
 /// `data_dir` (SIGTERM, up to 20 s grace, then SIGKILL). Nothing running is not an error.
 pub fn stop_detached(cfg: &KafkaConfig) -> Result<(), KafkaError> {
-    let mut nodes: Vec<Node> = NODE_IDS
-        .iter()
-        .map(|&n| Node {
-            pid: live_pid(cfg, n),
-            child: None,
-        })
-        .collect();
+    let mut nodes: Vec<Node> = NODE_IDS.iter().map(|&n| Node { pid: live_pid(cfg, n), child: None }).collect();
     terminate(cfg, &mut nodes)
 }
 
@@ -511,11 +450,7 @@ fn for_node(node: &Option<u32>) -> String {
 }
 
 fn check_node(node: u32) -> Result<(), KafkaError> {
-    if NODE_IDS.contains(&node) {
-        Ok(())
-    } else {
-        Err(KafkaError::UnknownNode { node })
-    }
+    if NODE_IDS.contains(&node) { Ok(()) } else { Err(KafkaError::UnknownNode { node }) }
 }
 
 fn idx(node: u32) -> usize {

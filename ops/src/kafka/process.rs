@@ -38,9 +38,7 @@ pub(crate) fn proc_alive(pid: u32, marker: &Path) -> bool {
         return false;
     };
     // Field 3 follows the parenthesised command name, which may itself contain spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
     match state {
         None | Some("X") | Some("x") => return false,
         // A SIGKILLed JVM's leader thread turns zombie while its other threads are still exiting
@@ -100,8 +98,7 @@ pub(crate) fn terminate(cfg: &KafkaConfig, nodes: &mut [Node]) -> Result<(), Kaf
         if let Some(child) = node.child.as_mut() {
             return matches!(child.try_wait(), Ok(None));
         }
-        node.pid
-            .is_some_and(|pid| proc_alive(pid, &cfg.properties_file(n)))
+        node.pid.is_some_and(|pid| proc_alive(pid, &cfg.properties_file(n)))
     };
     for (i, node) in nodes.iter_mut().enumerate() {
         let n = NODE_IDS[i];
@@ -115,9 +112,7 @@ pub(crate) fn terminate(cfg: &KafkaConfig, nodes: &mut [Node]) -> Result<(), Kaf
         }
     }
     let started = Instant::now();
-    let mut running: Vec<bool> = (0..nodes.len())
-        .map(|i| alive(NODE_IDS[i], &mut nodes[i]))
-        .collect();
+    let mut running: Vec<bool> = (0..nodes.len()).map(|i| alive(NODE_IDS[i], &mut nodes[i])).collect();
     while running.iter().any(|r| *r) && started.elapsed() < STOP_GRACE {
         std::thread::sleep(POLL);
         for (i, node) in nodes.iter_mut().enumerate() {
@@ -131,10 +126,7 @@ pub(crate) fn terminate(cfg: &KafkaConfig, nodes: &mut [Node]) -> Result<(), Kaf
     for (i, node) in nodes.iter_mut().enumerate() {
         let n = NODE_IDS[i];
         if alive(n, node) {
-            tracing::warn!(
-                node = n,
-                "broker ignored SIGTERM for {STOP_GRACE:?}; sending SIGKILL"
-            );
+            tracing::warn!(node = n, "broker ignored SIGTERM for {STOP_GRACE:?}; sending SIGKILL");
         }
         let r = match (node.pid, node.child.as_mut()) {
             (_, Some(child)) => {
@@ -164,12 +156,7 @@ pub(crate) fn kill_pid(cfg: &KafkaConfig, node: u32, pid: u32) -> Result<(), Kaf
     if !proc_alive(pid, &marker) {
         return Ok(());
     }
-    signal(pid, libc::SIGKILL).map_err(|e| KafkaError::Signal {
-        node,
-        pid,
-        signal: libc::SIGKILL,
-        source: e,
-    })?;
+    signal(pid, libc::SIGKILL).map_err(|e| KafkaError::Signal { node, pid, signal: libc::SIGKILL, source: e })?;
     let timeout = Duration::from_secs(10);
     let deadline = Instant::now() + timeout;
     while proc_alive(pid, &marker) {
@@ -195,36 +182,20 @@ pub(crate) fn java_command(cfg: &KafkaConfig) -> Command {
     let mut cmd = Command::new(java);
     cmd.args(config::heap_args(&cfg.heap))
         .args(["-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"])
-        .arg(format!(
-            "-Dlog4j2.configurationFile={}",
-            cfg.log4j_file().display()
-        ))
+        .arg(format!("-Dlog4j2.configurationFile={}", cfg.log4j_file().display()))
         .arg("-cp")
         .arg(format!("{}/*", cfg.libs_dir().display()));
     cmd
 }
 
 /// Format the KRaft storage of `nodes` with `cluster_id`, in parallel (each is a JVM start).
-pub(crate) fn format_storage(
-    cfg: &KafkaConfig,
-    nodes: &[u32],
-    cluster_id: &str,
-) -> Result<(), KafkaError> {
+pub(crate) fn format_storage(cfg: &KafkaConfig, nodes: &[u32], cluster_id: &str) -> Result<(), KafkaError> {
     // Format the unformatted nodes in parallel (each is a JVM start).
     let mut formats = Vec::new();
-    for &n in nodes
-        .iter()
-        .filter(|n| !cfg.log_dir(**n).join("meta.properties").is_file())
-    {
+    for &n in nodes.iter().filter(|n| !cfg.log_dir(**n).join("meta.properties").is_file()) {
         let mut cmd = java_command(cfg);
-        cmd.args([
-            "kafka.tools.StorageTool",
-            "format",
-            "--cluster-id",
-            cluster_id,
-            "--config",
-        ])
-        .arg(cfg.properties_file(n));
+        cmd.args(["kafka.tools.StorageTool", "format", "--cluster-id", cluster_id, "--config"])
+            .arg(cfg.properties_file(n));
         let command = describe(&cmd);
         tracing::info!(node = n, %command, "formatting KRaft storage");
         let child = cmd
@@ -232,11 +203,7 @@ pub(crate) fn format_storage(
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| KafkaError::Spawn {
-                node: Some(n),
-                command: command.clone(),
-                source: e,
-            })?;
+            .map_err(|e| KafkaError::Spawn { node: Some(n), command: command.clone(), source: e })?;
         formats.push((n, command, child));
     }
     let mut first_err = None;

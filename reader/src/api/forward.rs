@@ -36,7 +36,8 @@ impl Forwarder {
     /// writers. A writer that cannot be reached is skipped; if none answers, 503.
     pub async fn forward(&self, req: &ApiRequest, leader: Option<&str>) -> ApiResponse {
         if req.forwarded {
-            return ApiError::unavailable("this node is not the leader and the request was already forwarded once").into();
+            return ApiError::unavailable("this node is not the leader and the request was already forwarded once")
+                .into();
         }
         let mut failures = Vec::new();
         let mut order: Vec<&str> = leader.into_iter().collect();
@@ -70,14 +71,19 @@ impl Forwarder {
                     let status = resp.status().as_u16();
                     let headers: Vec<(String, String)> = PASS_BACK
                         .iter()
-                        .filter_map(|h| resp.headers().get(*h).and_then(|v| v.to_str().ok()).map(|v| (h.to_string(), v.to_string())))
+                        .filter_map(|h| {
+                            resp.headers().get(*h).and_then(|v| v.to_str().ok()).map(|v| (h.to_string(), v.to_string()))
+                        })
                         .collect();
                     match resp.bytes().await {
                         Ok(body) => return ApiResponse { status, headers, body: body.to_vec() },
                         Err(e) => failures.push(format!("{target}: {e}")),
                     }
                 }
-                Err(e) => failures.push(format!("{target}: {}", if e.is_timeout() { "timed out".to_string() } else { e.to_string() })),
+                Err(e) => failures.push(format!(
+                    "{target}: {}",
+                    if e.is_timeout() { "timed out".to_string() } else { e.to_string() }
+                )),
             }
         }
         metrics::counter!("secretlog_forward_failures_total").increment(1);

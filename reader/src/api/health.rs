@@ -14,7 +14,7 @@
 use serde_json::json;
 
 use super::{ApiRequest, ApiResponse};
-use crate::materializer::{now_ms, Progress};
+use crate::materializer::{Progress, now_ms};
 
 /// What kind of node answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,12 @@ mod tests {
             method: "GET".into(),
             path: "v1/sys/health".into(),
             raw_query: q.into(),
-            query: q.split('&').filter(|s| !s.is_empty()).filter_map(|p| p.split_once('=')).map(|(a, b)| (a.into(), b.into())).collect(),
+            query: q
+                .split('&')
+                .filter(|s| !s.is_empty())
+                .filter_map(|p| p.split_once('='))
+                .map(|(a, b)| (a.into(), b.into()))
+                .collect(),
             token: None,
             index: None,
             content_type: None,

@@ -7,11 +7,11 @@ use std::time::Duration;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::topic::HEADER_APPLIED;
 use secretlog_schemas::{ConsistencyToken, Keyring};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::response::{vault_duration, vault_time};
 use super::{ApiError, ApiRequest, ApiResponse};
-use crate::materializer::{now_ms, MaterializerHandle};
+use crate::materializer::{MaterializerHandle, now_ms};
 use crate::state::SecretMeta;
 use crate::store::Store;
 
@@ -56,7 +56,8 @@ impl ReadContext {
     /// Honour `X-Secretlog-Index`: wait until this node applied that position, up to the bound.
     pub async fn wait_for_index(&self, req: &ApiRequest) -> Result<Freshness, ApiError> {
         let Some(raw) = req.index.as_deref() else { return Ok(Freshness::Fresh) };
-        let token: ConsistencyToken = raw.parse().map_err(|e: secretlog_schemas::topic::BadToken| ApiError::bad_request(e.to_string()))?;
+        let token: ConsistencyToken =
+            raw.parse().map_err(|e: secretlog_schemas::topic::BadToken| ApiError::bad_request(e.to_string()))?;
         let (reached, _) = self.materializer.wait_for(self.consistency_wait, |p| token.is_reached_by(&p.applied)).await;
         Ok(if reached { Freshness::Fresh } else { Freshness::Stale })
     }
@@ -74,8 +75,11 @@ impl ReadContext {
         if req.path == "v1/sys/secretlog/digest" {
             let (digest, records) = self.store.digest().await?;
             let applied = self.materializer.progress.borrow().applied.clone();
-            return Ok(ApiResponse::data(&req.request_id, json!({ "digest": digest, "records": records, "applied": applied }))
-                .with_header(HEADER_APPLIED, self.applied_token()));
+            return Ok(ApiResponse::data(
+                &req.request_id,
+                json!({ "digest": digest, "records": records, "applied": applied }),
+            )
+            .with_header(HEADER_APPLIED, self.applied_token()));
         }
         let segs = req.segments();
         if segs.first() != Some(&self.mount.as_str()) || segs.len() < 2 {

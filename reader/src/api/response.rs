@@ -1,6 +1,6 @@
 //! A response as handlers build it, converted to warp's type at the edge.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use warp::http::header::{HeaderName, HeaderValue};
 
 use super::ApiError;

@@ -10,7 +10,7 @@ use secretlog_schemas::ConsistencyToken;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::harness::{call, eventually, Cluster, Stack, StackOpts};
+use crate::harness::{Cluster, Stack, StackOpts, call, eventually};
 
 /// One client write and its answer.
 #[derive(Debug, Clone)]
@@ -44,7 +44,14 @@ impl Load {
                         let value = (c as u64) << 32 | i;
                         let key = format!("ha/c{c}/k{}", i % 40);
                         let started = Instant::now();
-                        let a = call("POST", &format!("{url}/v1/secret/data/{key}"), Some(&token), None, Some(json!({"data": {"value": value}}))).await;
+                        let a = call(
+                            "POST",
+                            &format!("{url}/v1/secret/data/{key}"),
+                            Some(&token),
+                            None,
+                            Some(json!({"data": {"value": value}})),
+                        )
+                        .await;
                         let op = Op {
                             key,
                             value,
@@ -104,11 +111,32 @@ async fn check_acknowledged(s: &Stack, ops: &[Op]) {
         for (key, writes) in &by_key {
             let newest = writes.iter().max_by_key(|o| o.version).expect("non-empty");
             for o in writes.iter().filter(|o| o.version.unwrap() + 10 > newest.version.unwrap()) {
-                let a = call("GET", &format!("{}/v1/secret/data/{key}?version={}", r.url, o.version.unwrap()), Some(&s.token), Some(&token), None).await;
-                assert_eq!(a.status, 200, "{}: acknowledged {key} v{} not readable: {:?}", r.name, o.version.unwrap(), a.body);
-                assert_eq!(a.body["data"]["data"]["value"], o.value, "{}: {key} v{} has another value", r.name, o.version.unwrap());
+                let a = call(
+                    "GET",
+                    &format!("{}/v1/secret/data/{key}?version={}", r.url, o.version.unwrap()),
+                    Some(&s.token),
+                    Some(&token),
+                    None,
+                )
+                .await;
+                assert_eq!(
+                    a.status,
+                    200,
+                    "{}: acknowledged {key} v{} not readable: {:?}",
+                    r.name,
+                    o.version.unwrap(),
+                    a.body
+                );
+                assert_eq!(
+                    a.body["data"]["data"]["value"],
+                    o.value,
+                    "{}: {key} v{} has another value",
+                    r.name,
+                    o.version.unwrap()
+                );
             }
-            let m = call("GET", &format!("{}/v1/secret/metadata/{key}", r.url), Some(&s.token), Some(&token), None).await;
+            let m =
+                call("GET", &format!("{}/v1/secret/metadata/{key}", r.url), Some(&s.token), Some(&token), None).await;
             assert_eq!(m.body["data"]["current_version"], newest.version.unwrap(), "{}: {key} current version", r.name);
         }
     }
@@ -135,11 +163,17 @@ pub enum Departure {
 pub async fn leader_failover(cluster: &Cluster, name: &'static str, kill_broker: bool, how: Departure) -> Duration {
     let mut s = Stack::start(cluster, StackOpts { name, standbys: 1, readers: 2, ..Default::default() }).await;
     let load = Load::start(s.readers[0].url.clone(), s.token.clone(), 6);
-    eventually(Duration::from_secs(30), "steady writes before the kill", || async { (load.successes().await >= 100).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "steady writes before the kill", || async {
+        (load.successes().await >= 100).then_some(())
+    })
+    .await;
     if kill_broker {
         cluster.local.as_ref().expect("local cluster").kill_broker(2).expect("kill broker 2");
         let before = load.successes().await;
-        eventually(Duration::from_secs(30), "writes to continue with a broker down", || async { (load.successes().await >= before + 50).then_some(()) }).await;
+        eventually(Duration::from_secs(30), "writes to continue with a broker down", || async {
+            (load.successes().await >= before + 50).then_some(())
+        })
+        .await;
     }
     // Whoever leads now (a broker failure may have moved leadership) is killed.
     let leader_is_first = eventually(Duration::from_secs(30), "exactly one leader", || async {
@@ -167,14 +201,27 @@ pub async fn leader_failover(cluster: &Cluster, name: &'static str, kill_broker:
     .await;
     let failover = first_after - killed_at;
     let after = load.successes().await;
-    eventually(Duration::from_secs(30), "steady writes after failover", || async { (load.successes().await >= after + 100).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "steady writes after failover", || async {
+        (load.successes().await >= after + 100).then_some(())
+    })
+    .await;
 
     // The old leader comes back: it stands by, nothing breaks.
     s.writer.restart();
     s.writer.wait_health(429, Duration::from_secs(60)).await;
     let after = load.successes().await;
-    eventually(Duration::from_secs(30), "writes with the old leader back", || async { (load.successes().await >= after + 50).then_some(()) }).await;
-    let via_old = call("POST", &format!("{}/v1/secret/data/ha/via-old", s.writer.url), Some(&s.token), None, Some(json!({"data": {"value": 1}}))).await;
+    eventually(Duration::from_secs(30), "writes with the old leader back", || async {
+        (load.successes().await >= after + 50).then_some(())
+    })
+    .await;
+    let via_old = call(
+        "POST",
+        &format!("{}/v1/secret/data/ha/via-old", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({"data": {"value": 1}})),
+    )
+    .await;
     assert_eq!(via_old.status, 200, "a write through the restarted old leader is forwarded: {:?}", via_old.body);
 
     let ops = load.stop().await;
@@ -188,7 +235,11 @@ pub async fn leader_failover(cluster: &Cluster, name: &'static str, kill_broker:
         "[{name}] failover {failover:?}; {} writes acknowledged, {failed} refused (5xx while no leader)",
         ops.len() - failed
     );
-    assert!(ops.iter().all(|o| o.status == 200 || o.status >= 500), "only 200 or 5xx: {:?}", ops.iter().find(|o| o.status != 200 && o.status < 500));
+    assert!(
+        ops.iter().all(|o| o.status == 200 || o.status >= 500),
+        "only 200 or 5xx: {:?}",
+        ops.iter().find(|o| o.status != 200 && o.status < 500)
+    );
     check_acknowledged(&s, &ops).await;
     assert!(failover < Duration::from_secs(15), "failover took {failover:?}");
     failover

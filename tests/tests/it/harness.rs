@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use secretlog_ops::kafka::{ensure_topic, KafkaConfig, LocalKafka};
+use secretlog_ops::kafka::{KafkaConfig, LocalKafka, ensure_topic};
 use secretlog_ops::process;
 use serde_json::Value;
 
@@ -157,7 +157,11 @@ impl Node {
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() > deadline {
-                panic!("{} not at health {code} after {timeout:?} (last: {last})\n--- log ---\n{}", self.name, self.log_tail());
+                panic!(
+                    "{} not at health {code} after {timeout:?} (last: {last})\n--- log ---\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -202,7 +206,10 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(cluster: &Cluster, opts: StackOpts) -> Stack {
-        let dir = tempfile::Builder::new().prefix(&format!("it-{}-", opts.name)).tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("it-{}-", opts.name))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("tempdir");
         let topic = fresh_topic(&cluster.bootstrap, opts.name, opts.partitions).await;
         let root_key_file = dir.path().join("root.key");
         secretlog_ops::stack::ensure_root_key(&root_key_file).expect("root key");
@@ -217,17 +224,23 @@ impl Stack {
         let writer_node = |i: usize| {
             let port = free_port();
             let name = if i == 0 { "writer".to_string() } else { format!("writer-{i}") };
-            node(dir.path(), &name, port, &envs, vec![
-                "writer".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                dir.path().join(&name).display().to_string(),
-                "--root-token-file".into(),
-                token_file.display().to_string(),
-                "--transactional-id".into(),
-                format!("{topic}-writer"),
-            ])
+            node(
+                dir.path(),
+                &name,
+                port,
+                &envs,
+                vec![
+                    "writer".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--data-dir".into(),
+                    dir.path().join(&name).display().to_string(),
+                    "--root-token-file".into(),
+                    token_file.display().to_string(),
+                    "--transactional-id".into(),
+                    format!("{topic}-writer"),
+                ],
+            )
         };
         let mut writer = writer_node(0);
         writer.spawn();
@@ -240,7 +253,8 @@ impl Stack {
             w.wait_health(429, Duration::from_secs(60)).await;
             standbys.push(w);
         }
-        let writer_urls: Vec<String> = std::iter::once(writer.url.clone()).chain(standbys.iter().map(|w| w.url.clone())).collect();
+        let writer_urls: Vec<String> =
+            std::iter::once(writer.url.clone()).chain(standbys.iter().map(|w| w.url.clone())).collect();
         let mut readers = Vec::new();
         for i in 0..opts.readers {
             let port = free_port();
@@ -276,15 +290,21 @@ impl Stack {
             ("SECRETLOG_TOPIC".to_string(), self.topic.clone()),
         ];
         envs.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut n = node(self.dir.path(), name, port, &envs, vec![
-            "reader".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data-dir".into(),
-            self.dir.path().join(name).display().to_string(),
-            "--writer-url".into(),
-            self.writer.url.clone(),
-        ]);
+        let mut n = node(
+            self.dir.path(),
+            name,
+            port,
+            &envs,
+            vec![
+                "reader".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                self.dir.path().join(name).display().to_string(),
+                "--writer-url".into(),
+                self.writer.url.clone(),
+            ],
+        );
         n.spawn();
         n
     }

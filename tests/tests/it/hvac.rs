@@ -1,6 +1,6 @@
 //! An unmodified Vault client library works against secretlog.
 
-use crate::harness::{shared, Stack, StackOpts};
+use crate::harness::{Stack, StackOpts, shared};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hvac_writes_through_a_reader_and_reads_from_another() {
@@ -17,6 +17,10 @@ async fn hvac_writes_through_a_reader_and_reads_from_another() {
         .expect("running python3 (hvac is installed by .ci/run)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "hvac script failed:\n{stdout}\n{stderr}\n--- reader log ---\n{}", s.readers[0].log_tail());
+    assert!(
+        out.status.success(),
+        "hvac script failed:\n{stdout}\n{stderr}\n--- reader log ---\n{}",
+        s.readers[0].log_tail()
+    );
     assert!(stdout.contains("all checks passed"));
 }

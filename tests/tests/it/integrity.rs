@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-use crate::harness::{call, shared, Stack, StackOpts};
+use crate::harness::{Stack, StackOpts, call, shared};
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
@@ -36,13 +36,27 @@ async fn no_plaintext_in_kafka_slatedb_or_the_disk_cache() {
     let secret = format!("PLAINTEXT-CANARY-{:016x}", rand::random::<u64>());
     let mut last = None;
     for i in 0..20 {
-        let a = call("POST", &format!("{}/v1/secret/data/canary/{i}", s.writer.url), Some(&s.token), None, Some(json!({"data": {"v": secret}}))).await;
+        let a = call(
+            "POST",
+            &format!("{}/v1/secret/data/canary/{i}", s.writer.url),
+            Some(&s.token),
+            None,
+            Some(json!({"data": {"v": secret}})),
+        )
+        .await;
         assert_eq!(a.status, 200);
         last = a.index;
     }
     // Reads fill the cache (memory and disk tiers).
     for i in 0..20 {
-        let a = call("GET", &format!("{}/v1/secret/data/canary/{i}", s.readers[0].url), Some(&s.token), last.as_deref(), None).await;
+        let a = call(
+            "GET",
+            &format!("{}/v1/secret/data/canary/{i}", s.readers[0].url),
+            Some(&s.token),
+            last.as_deref(),
+            None,
+        )
+        .await;
         assert_eq!(a.body["data"]["data"]["v"], secret.as_str(), "the canary reads back");
     }
     // The raw bytes of every record in the topic.
@@ -80,25 +94,43 @@ async fn no_plaintext_in_kafka_slatedb_or_the_disk_cache() {
 }
 
 fn walk_count(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir).map(|es| es.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|es| es.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_record_halts_its_partition_loudly_and_nothing_is_skipped() {
     let (cluster, _g) = shared();
     let s = Stack::start(cluster, StackOpts { name: "forged", readers: 1, partitions: 1, ..Default::default() }).await;
-    let a = call("POST", &format!("{}/v1/secret/data/before", s.writer.url), Some(&s.token), None, Some(json!({"data": {"a": 1}}))).await;
+    let a = call(
+        "POST",
+        &format!("{}/v1/secret/data/before", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({"data": {"a": 1}})),
+    )
+    .await;
     assert_eq!(a.status, 200);
     // Someone with write access to Kafka appends a record the writer never wrote.
     let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", &s.bootstrap).create().unwrap();
     let mut forged = b"SL\x01".to_vec();
     forged.extend_from_slice(&[0u8; 60]);
-    p.send(FutureRecord::to(&s.topic).key("secret/before").payload(&forged).partition(0), Duration::from_secs(10)).await.unwrap();
+    p.send(FutureRecord::to(&s.topic).key("secret/before").payload(&forged).partition(0), Duration::from_secs(10))
+        .await
+        .unwrap();
     let health = s.readers[0].wait_health(503, Duration::from_secs(30)).await;
     let halted = health["secretlog"]["halted"].to_string();
     assert!(halted.contains("offset"), "health names the halted partition and offset: {health}");
     // A later legitimate write is not applied past the forged record: nothing is skipped.
-    let later = call("POST", &format!("{}/v1/secret/data/after", s.writer.url), Some(&s.token), None, Some(json!({"data": {"a": 2}}))).await;
+    let later = call(
+        "POST",
+        &format!("{}/v1/secret/data/after", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({"data": {"a": 2}})),
+    )
+    .await;
     assert!(later.status == 200 || later.status == 503, "{later:?}");
     let r = call("GET", &format!("{}/v1/secret/data/after", s.readers[0].url), Some(&s.token), None, None).await;
     assert_eq!(r.status, 404, "a record after the forged one was applied");
@@ -110,7 +142,14 @@ async fn a_forged_record_halts_its_partition_loudly_and_nothing_is_skipped() {
 async fn a_node_without_the_right_key_is_sealed_and_serves_nothing() {
     let (cluster, _g) = shared();
     let s = Stack::start(cluster, StackOpts { name: "sealed", readers: 1, ..Default::default() }).await;
-    let a = call("POST", &format!("{}/v1/secret/data/x", s.writer.url), Some(&s.token), None, Some(json!({"data": {"a": 1}}))).await;
+    let a = call(
+        "POST",
+        &format!("{}/v1/secret/data/x", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({"data": {"a": 1}})),
+    )
+    .await;
     assert_eq!(a.status, 200);
     // No key at all: sealed.
     let missing = s.dir.path().join("missing.key");

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::harness::{exclusive, fresh_topic};
 
@@ -19,7 +19,10 @@ fn producer(bootstrap: &str) -> FutureProducer {
 
 async fn produce(p: &FutureProducer, topic: &str, i: u32) -> Result<(), String> {
     let payload = format!("probe-{i}");
-    p.send(FutureRecord::to(topic).key("k").payload(&payload), Duration::from_secs(10)).await.map(|_| ()).map_err(|(e, _)| e.to_string())
+    p.send(FutureRecord::to(topic).key("k").payload(&payload), Duration::from_secs(10))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,14 +4,21 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{call, eventually, shared, Stack, StackOpts};
+use crate::harness::{Stack, StackOpts, call, eventually, shared};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_on_leader_is_readable_on_every_reader_with_its_token() {
     let (cluster, _g) = shared();
     let s = Stack::start(cluster, StackOpts { name: "kvbasic", ..Default::default() }).await;
     let t = Some(s.token.as_str());
-    let w = call("POST", &format!("{}/v1/secret/data/app/db", s.writer.url), t, None, Some(json!({"data": {"password": "p1"}}))).await;
+    let w = call(
+        "POST",
+        &format!("{}/v1/secret/data/app/db", s.writer.url),
+        t,
+        None,
+        Some(json!({"data": {"password": "p1"}})),
+    )
+    .await;
     assert_eq!(w.status, 200, "{:?}", w.body);
     assert_eq!(w.body["data"]["version"], 1);
     let index = w.index.expect("write answers carry X-Secretlog-Index");
@@ -23,7 +30,14 @@ async fn write_on_leader_is_readable_on_every_reader_with_its_token() {
         assert_eq!(a.body["data"]["metadata"]["version"], 1);
     }
     // Version 2, then read version 1 explicitly.
-    let w2 = call("POST", &format!("{}/v1/secret/data/app/db", s.writer.url), t, None, Some(json!({"data": {"password": "p2"}}))).await;
+    let w2 = call(
+        "POST",
+        &format!("{}/v1/secret/data/app/db", s.writer.url),
+        t,
+        None,
+        Some(json!({"data": {"password": "p2"}})),
+    )
+    .await;
     assert_eq!(w2.body["data"]["version"], 2);
     let r = &s.readers[1];
     let v1 = call("GET", &format!("{}/v1/secret/data/app/db?version=1", r.url), t, w2.index.as_deref(), None).await;
@@ -72,7 +86,14 @@ async fn delete_undelete_destroy_and_metadata_follow_vault_rules() {
     assert_eq!(still.status, 404, "a destroyed version cannot be undeleted");
 
     // max_versions prunes the oldest on the next write.
-    let m = call("POST", &format!("{w}/v1/secret/metadata/k"), t, None, Some(json!({"max_versions": 2, "custom_metadata": {"owner": "ops"}}))).await;
+    let m = call(
+        "POST",
+        &format!("{w}/v1/secret/metadata/k"),
+        t,
+        None,
+        Some(json!({"max_versions": 2, "custom_metadata": {"owner": "ops"}})),
+    )
+    .await;
     assert_eq!(m.status, 204);
     let a = call("POST", &format!("{w}/v1/secret/data/k"), t, None, Some(json!({"data": {"v": 4}}))).await;
     let meta = call("GET", &format!("{r}/v1/secret/metadata/k"), t, a.index.as_deref(), None).await;
@@ -113,7 +134,13 @@ async fn bad_input_is_refused_with_vault_errors_and_appends_nothing() {
     assert_eq!(ok.status, 200);
     let before = digest(&s.readers[0].url, &s.token, ok.index.as_deref()).await;
 
-    for (body, code) in [("{not json", 400), ("[1,2]", 400), (r#"{"data":"text"}"#, 400), ("{}", 400), (r#"{"data":{},"options":{"cas":"x"}}"#, 400)] {
+    for (body, code) in [
+        ("{not json", 400),
+        ("[1,2]", 400),
+        (r#"{"data":"text"}"#, 400),
+        ("{}", 400),
+        (r#"{"data":{},"options":{"cas":"x"}}"#, 400),
+    ] {
         let r = crate::harness::client()
             .post(format!("{w}/v1/secret/data/x"))
             .header("X-Vault-Token", &s.token)
@@ -136,19 +163,31 @@ async fn bad_input_is_refused_with_vault_errors_and_appends_nothing() {
     let a = call("POST", &format!("{w}/v1/secret/data/nodata"), None, None, Some(json!({"data": {"a": 1}}))).await;
     assert_eq!(a.status, 403, "missing token");
     assert_eq!(a.body["errors"], json!(["permission denied"]));
-    let a = call("POST", &format!("{w}/v1/secret/data/nodata"), Some("s.wrong"), None, Some(json!({"data": {"a": 1}}))).await;
+    let a = call("POST", &format!("{w}/v1/secret/data/nodata"), Some("s.wrong"), None, Some(json!({"data": {"a": 1}})))
+        .await;
     assert_eq!(a.status, 403, "wrong token");
     let a = call("GET", &format!("{}/v1/secret/data/good", s.readers[0].url), Some("s.wrong"), None, None).await;
     assert_eq!(a.status, 403, "wrong token on a reader");
     // CAS mismatch.
-    let a = call("POST", &format!("{w}/v1/secret/data/good"), t, None, Some(json!({"data": {"a": 2}, "options": {"cas": 5}}))).await;
+    let a = call(
+        "POST",
+        &format!("{w}/v1/secret/data/good"),
+        t,
+        None,
+        Some(json!({"data": {"a": 2}, "options": {"cas": 5}})),
+    )
+    .await;
     assert_eq!(a.status, 400);
     assert_eq!(a.body["errors"], json!(["check-and-set parameter did not match the current version"]));
 
     // Nothing was appended: a marker write lands right after "good"'s version 1.
     let marker = call("POST", &format!("{w}/v1/secret/data/marker"), t, None, Some(json!({"data": {"m": 1}}))).await;
     let after = digest(&s.readers[0].url, &s.token, marker.index.as_deref()).await;
-    assert_eq!(after["records"].as_u64().unwrap(), before["records"].as_u64().unwrap() + 2, "only the marker's meta and value were added");
+    assert_eq!(
+        after["records"].as_u64().unwrap(),
+        before["records"].as_u64().unwrap() + 2,
+        "only the marker's meta and value were added"
+    );
     let good = call("GET", &format!("{}/v1/secret/metadata/good", s.readers[0].url), t, None, None).await;
     assert_eq!(good.body["data"]["current_version"], 1);
 }
@@ -163,7 +202,15 @@ async fn concurrent_cas_writers_exactly_one_wins_per_version() {
         for c in 0..8 {
             let (w, tok) = (w.clone(), s.token.clone());
             tasks.push(tokio::spawn(async move {
-                call("POST", &format!("{w}/v1/secret/data/race"), Some(&tok), None, Some(json!({"data": {"client": c}, "options": {"cas": version}}))).await.status
+                call(
+                    "POST",
+                    &format!("{w}/v1/secret/data/race"),
+                    Some(&tok),
+                    None,
+                    Some(json!({"data": {"client": c}, "options": {"cas": version}})),
+                )
+                .await
+                .status
             }));
         }
         let statuses: Vec<u16> = futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{call, eventually, shared, Stack, StackOpts};
+use crate::harness::{Stack, StackOpts, call, eventually, shared};
 use crate::kv_api::digest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,7 +18,14 @@ async fn reader_killed_mid_stream_resumes_exactly_and_matches_its_peer() {
         let mut last = None;
         for i in 0..300 {
             counter.store(i, std::sync::atomic::Ordering::SeqCst);
-            let a = call("POST", &format!("{w}/v1/secret/data/stream/k{}", i % 40), Some(&tok), None, Some(json!({"data": {"i": i}}))).await;
+            let a = call(
+                "POST",
+                &format!("{w}/v1/secret/data/stream/k{}", i % 40),
+                Some(&tok),
+                None,
+                Some(json!({"data": {"i": i}})),
+            )
+            .await;
             assert_eq!(a.status, 200, "write {i}: {:?}", a.body);
             last = a.index;
         }
@@ -26,7 +33,8 @@ async fn reader_killed_mid_stream_resumes_exactly_and_matches_its_peer() {
     });
     // Kill reader 0 while the stream is being applied, then bring it back.
     eventually(Duration::from_secs(30), "reader 0 to apply some of the stream", || async {
-        let a = call("LIST", &format!("{}/v1/secret/metadata/stream/", s.readers[0].url), Some(&s.token), None, None).await;
+        let a =
+            call("LIST", &format!("{}/v1/secret/metadata/stream/", s.readers[0].url), Some(&s.token), None, None).await;
         (a.status == 200).then_some(())
     })
     .await;
@@ -53,7 +61,14 @@ async fn reader_restarted_after_more_writes_catches_up() {
     s.readers[1].stop();
     let mut last = None;
     for i in 0..50 {
-        let a = call("POST", &format!("{}/v1/secret/data/c/{i}", s.writer.url), Some(&s.token), None, Some(json!({"data": {"i": i}}))).await;
+        let a = call(
+            "POST",
+            &format!("{}/v1/secret/data/c/{i}", s.writer.url),
+            Some(&s.token),
+            None,
+            Some(json!({"data": {"i": i}})),
+        )
+        .await;
         assert_eq!(a.status, 200);
         last = a.index;
     }
@@ -72,16 +87,30 @@ async fn a_read_with_an_unreached_index_waits_then_forwards_or_fails() {
     let (cluster, _g) = shared();
     let s = Stack::start(
         cluster,
-        StackOpts { name: "stale", readers: 1, reader_args: vec!["--consistency-wait-ms".into(), "300".into(), "--on-stale".into(), "fail".into()], ..Default::default() },
+        StackOpts {
+            name: "stale",
+            readers: 1,
+            reader_args: vec!["--consistency-wait-ms".into(), "300".into(), "--on-stale".into(), "fail".into()],
+            ..Default::default()
+        },
     )
     .await;
-    let a = call("POST", &format!("{}/v1/secret/data/x", s.writer.url), Some(&s.token), None, Some(json!({"data": {"a": 1}}))).await;
+    let a = call(
+        "POST",
+        &format!("{}/v1/secret/data/x", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({"data": {"a": 1}})),
+    )
+    .await;
     assert_eq!(a.status, 200);
     // A position far in the future is never reached: 412 after the bound.
     let started = std::time::Instant::now();
-    let r = call("GET", &format!("{}/v1/secret/data/x", s.readers[0].url), Some(&s.token), Some("0:999999999"), None).await;
+    let r =
+        call("GET", &format!("{}/v1/secret/data/x", s.readers[0].url), Some(&s.token), Some("0:999999999"), None).await;
     assert_eq!(r.status, 412);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    let bad = call("GET", &format!("{}/v1/secret/data/x", s.readers[0].url), Some(&s.token), Some("garbage"), None).await;
+    let bad =
+        call("GET", &format!("{}/v1/secret/data/x", s.readers[0].url), Some(&s.token), Some("garbage"), None).await;
     assert_eq!(bad.status, 400);
 }

@@ -157,6 +157,7 @@ impl Store {
 
     async fn get_cached(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, ReaderError> {
         if let Ok(Some(entry)) = self.cache.get(&key).await {
+            metrics::counter!("secretlog_reader_cache_hits_total").increment(1);
             let v = entry.value();
             return Ok(match v.first() {
                 Some(&PRESENT) => Some(v[1..].to_vec()),

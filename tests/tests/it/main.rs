@@ -7,4 +7,5 @@ mod hvac;
 mod integrity;
 mod kafka_faults;
 mod kv_api;
+mod metrics;
 mod recovery;

@@ -9,3 +9,4 @@ mod kafka_faults;
 mod kv_api;
 mod metrics;
 mod recovery;
+mod stack_up;

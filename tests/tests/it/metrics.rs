@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{call, client, shared, Stack, StackOpts};
+use crate::harness::{Stack, StackOpts, call, client, shared};
 
 /// The value of the first sample of `name` (with any labels) in a Prometheus text page.
 fn sample(page: &str, name: &str) -> Option<f64> {
@@ -19,15 +19,25 @@ async fn writer_and_reader_export_the_documented_metrics() {
     let s = Stack::start(cluster, StackOpts { name: "metrics", readers: 1, ..Default::default() }).await;
     let mut index = None;
     for i in 0..5 {
-        let a = call("POST", &format!("{}/v1/secret/data/m/{i}", s.writer.url), Some(&s.token), None, Some(json!({"data": {"i": i}}))).await;
+        let a = call(
+            "POST",
+            &format!("{}/v1/secret/data/m/{i}", s.writer.url),
+            Some(&s.token),
+            None,
+            Some(json!({"data": {"i": i}})),
+        )
+        .await;
         assert_eq!(a.status, 200);
         index = a.index;
     }
     for _ in 0..3 {
-        let a = call("GET", &format!("{}/v1/secret/data/m/0", s.readers[0].url), Some(&s.token), index.as_deref(), None).await;
+        let a =
+            call("GET", &format!("{}/v1/secret/data/m/0", s.readers[0].url), Some(&s.token), index.as_deref(), None)
+                .await;
         assert_eq!(a.status, 200);
     }
-    let page = |url: String| async move { client().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap() };
+    let page =
+        |url: String| async move { client().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap() };
     let w = page(s.writer.url.clone()).await;
     assert_eq!(sample(&w, "secretlog_writer_is_leader"), Some(1.0), "{w}");
     assert!(sample(&w, "secretlog_writer_epoch").is_some_and(|e| e >= 1.0));
@@ -38,7 +48,10 @@ async fn writer_and_reader_export_the_documented_metrics() {
     assert!(sample(&r, "secretlog_reader_events_applied_total").is_some_and(|n| n >= 5.0), "{r}");
     assert!(sample(&r, "secretlog_reader_applied_offset").is_some());
     assert!(sample(&r, "secretlog_reader_lag_records").is_some_and(|l| l >= 0.0));
-    assert!(sample(&r, "secretlog_reader_cache_hits_total").is_some_and(|n| n >= 1.0), "repeated reads hit the cache: {r}");
+    assert!(
+        sample(&r, "secretlog_reader_cache_hits_total").is_some_and(|n| n >= 1.0),
+        "repeated reads hit the cache: {r}"
+    );
     assert!(sample(&r, "secretlog_http_requests_total").is_some_and(|n| n >= 3.0));
     assert!(sample(&r, "secretlog_http_request_duration_seconds_bucket").is_some());
     assert!(!r.contains(&s.token) && !w.contains(&s.token), "no token in metrics");

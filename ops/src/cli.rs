@@ -57,6 +57,8 @@ enum Cmd {
     Writer(secretlog_writer::WriterConfig),
     /// Run a reader node.
     Reader(secretlog_reader::ReaderConfig),
+    /// Run the replicator: log archive and snapshots in object storage.
+    Replicator(secretlog_replicator::ReplicatorConfig),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +123,14 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Writer(cfg) => {
             let cancel = CancellationToken::new();
             let node = secretlog_writer::node::start(cfg, cancel.clone()).await?;
+            until_signal().await;
+            cancel.cancel();
+            node.wait().await;
+            Ok(())
+        }
+        Cmd::Replicator(cfg) => {
+            let cancel = CancellationToken::new();
+            let node = secretlog_replicator::node::start(cfg, cancel.clone()).await?;
             until_signal().await;
             cancel.cancel();
             node.wait().await;

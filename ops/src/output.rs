@@ -39,11 +39,23 @@ pub fn print_stack(stack: &StackFile, path: &Path) {
         let role = format!("reader ({})", r.region.as_deref().unwrap_or("-"));
         t.add_row(vec![r.name.clone(), role, r.url.clone(), r.pid.to_string(), r.log.display().to_string()]);
     }
+    if let Some(r) = &stack.replicator {
+        t.add_row(vec![
+            r.name.clone(),
+            "replicator".into(),
+            r.url.clone(),
+            r.pid.to_string(),
+            r.log.display().to_string(),
+        ]);
+    }
     println!("secretlog is up. Kafka: {}  topic: {}", stack.kafka_bootstrap, stack.topic);
     println!("{t}");
     let reader = stack.readers.first().map(|r| r.url.as_str()).unwrap_or("http://127.0.0.1:8300");
     println!("Use it with any Vault client:");
     println!("  export VAULT_ADDR={reader}");
     println!("  export VAULT_TOKEN=\"$(cat {})\"", stack.root_token_file.display());
+    if let Some(o) = &stack.object_store {
+        println!("Restore points (log archive, snapshots): {o}");
+    }
     println!("Stack description: {}", path.display());
 }

@@ -26,6 +26,9 @@ pub struct UpArgs {
     /// Port of the first reader; the others listen on the following ports.
     #[arg(long, default_value_t = 8300)]
     pub reader_port: u16,
+    /// Port of the replicator.
+    #[arg(long, default_value_t = 8400)]
+    pub replicator_port: u16,
     /// Regions to start one reader each in.
     #[arg(long, value_delimiter = ',', default_value = "east,west")]
     pub regions: Vec<String>,
@@ -45,6 +48,7 @@ pub struct StackFile {
     pub topic: String,
     pub writers: Vec<NodeEntry>,
     pub readers: Vec<NodeEntry>,
+    pub replicator: Option<NodeEntry>,
     pub root_token_file: PathBuf,
     pub root_key_file: PathBuf,
     pub object_store: Option<String>,
@@ -171,6 +175,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     ensure_root_key(&root_key)?;
     let token_file = dir.join("root-token");
     let attached = !args.detach;
+    let objects_url = format!("file://{}", dir.join("objects").display());
 
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -233,16 +238,45 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         wait_healthy(&client, &mut node, deadline).await?;
         nodes.push(node);
     }
+    spinner.set_message("starting the replicator");
+    let rport = args.replicator_port;
+    let a = vec![
+        "replicator".to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{rport}"),
+        "--data-dir".into(),
+        dir.join("replicator").display().to_string(),
+        "--object-store".into(),
+        objects_url.clone(),
+        "--topic".into(),
+        args.topic.clone(),
+    ];
+    let (child, log) = spawn_node(&dir, "replicator", &a, &root_key, &bootstrap, attached)?;
+    let mut rep = NodeProc {
+        entry: NodeEntry {
+            name: "replicator".into(),
+            url: format!("http://127.0.0.1:{rport}"),
+            pid: child.id(),
+            region: None,
+            log,
+        },
+        child,
+        expect: 200,
+    };
+    wait_healthy(&client, &mut rep, deadline).await?;
+    let replicator = rep.entry.clone();
+    nodes.push(rep);
     spinner.finish_and_clear();
 
     let stack = StackFile {
         kafka_bootstrap: bootstrap.clone(),
         topic: args.topic.clone(),
-        writers: nodes.iter().filter(|n| n.entry.region.is_none()).map(|n| n.entry.clone()).collect(),
+        writers: nodes.iter().filter(|n| n.entry.name.starts_with("writer")).map(|n| n.entry.clone()).collect(),
         readers: nodes.iter().filter(|n| n.entry.region.is_some()).map(|n| n.entry.clone()).collect(),
         root_token_file: token_file.clone(),
         root_key_file: root_key.clone(),
-        object_store: None,
+        replicator: Some(replicator),
+        object_store: Some(objects_url.clone()),
         kafka_started_by_stack: kafka.as_ref().is_some_and(|(_, started)| *started),
     };
     let stack_path = dir.join("stack.json");
@@ -292,7 +326,7 @@ pub fn down(data_dir: &Path) -> anyhow::Result<()> {
     let stack_path = dir.join("stack.json");
     if let Ok(bytes) = std::fs::read(&stack_path) {
         let stack: StackFile = serde_json::from_slice(&bytes)?;
-        for n in stack.readers.iter().chain(stack.writers.iter()).rev() {
+        for n in stack.replicator.iter().chain(stack.readers.iter()).chain(stack.writers.iter()).rev() {
             process::terminate_pid(n.pid, &n.name, Duration::from_secs(20));
         }
         let _ = std::fs::remove_file(&stack_path);

@@ -17,7 +17,7 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
     )?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let mut rows = Vec::new();
-    for n in stack.writers.iter().chain(stack.readers.iter()) {
+    for n in stack.writers.iter().chain(stack.readers.iter()).chain(stack.replicator.iter()) {
         let (code, body) = match client.get(format!("{}/v1/sys/health", n.url)).send().await {
             Ok(r) => {
                 let code = r.status().as_u16();
@@ -33,7 +33,7 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
             "role": s["role"],
             "region": n.region,
             "lag_records": s["lag_records"],
-            "lag_seconds": s["lag_seconds"],
+            "lag_seconds": s["lag_seconds"].as_f64().or(s["archive_lag_seconds"].as_f64()),
             "problem": s["problem"].as_str().or(body["error"].as_str()),
         }));
     }

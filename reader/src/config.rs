@@ -38,6 +38,11 @@ pub struct LogConfig {
     /// In-memory cache size, MiB.
     #[arg(long, env = "SECRETLOG_CACHE_MEMORY_MB", default_value_t = 64)]
     pub cache_memory_mb: usize,
+    /// Object store holding snapshots (`file:///dir` or `s3://bucket/prefix`, S3 credentials from
+    /// the environment). A node with an empty disk starts from the newest snapshot there and
+    /// consumes only the log after it.
+    #[arg(long, env = "SECRETLOG_OBJECT_STORE")]
+    pub object_store: Option<String>,
     /// On-disk cache size, MiB (0 disables the disk tier).
     #[arg(long, env = "SECRETLOG_CACHE_DISK_MB", default_value_t = 256)]
     pub cache_disk_mb: usize,

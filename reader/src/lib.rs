@@ -8,11 +8,13 @@
 //! * [`node`] puts them together as a read node.
 
 pub mod api;
+pub mod bootstrap;
 pub mod config;
 pub mod error;
 pub mod kafka;
 pub mod materializer;
 pub mod node;
+pub mod objects;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -75,6 +75,10 @@ pub async fn open_state(
         cache_disk_bytes: log.cache_disk_mb * 1024 * 1024,
     })
     .await?;
+    if let Some(url) = &log.object_store {
+        let objects = crate::objects::Objects::open(url)?;
+        crate::bootstrap::bootstrap_if_empty(&store, &objects, &log.topic).await?;
+    }
     let (handle, join) = materializer::spawn(
         MaterializerConfig {
             bootstrap: log.bootstrap.clone(),

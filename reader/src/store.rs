@@ -288,6 +288,59 @@ impl Store {
         Ok(())
     }
 
+    /// The whole state and the partition positions it corresponds to, read from one SlateDB
+    /// snapshot, so the two agree exactly (the materializer commits state and positions in one
+    /// batch).
+    pub async fn export(
+        &self,
+    ) -> Result<(secretlog_schemas::archive::SnapshotData, BTreeMap<i32, PartitionState>), ReaderError> {
+        let snap = self.db.snapshot().map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let mut data = secretlog_schemas::archive::SnapshotData::default();
+        let mut partitions = BTreeMap::new();
+        let mut it = snap.scan_prefix(b"o/", ..).await.map_err(err)?;
+        while let Some(kv) = it.next().await.map_err(err)? {
+            let p = kv.key.get(2..6).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+            if let (Some(p), Some(st)) = (p, PartitionState::decode(&kv.value)) {
+                partitions.insert(p as i32, st);
+            }
+        }
+        let mut it = snap.scan_prefix(b"c/", ..).await.map_err(err)?;
+        while let Some(kv) = it.next().await.map_err(err)? {
+            data.control.push((kv.key.to_vec(), kv.value.to_vec()));
+        }
+        let mut it = snap.scan_prefix(b"s/", ..).await.map_err(err)?;
+        while let Some(kv) = it.next().await.map_err(err)? {
+            let rest = String::from_utf8_lossy(&kv.key[2..]).into_owned();
+            if let Some((mount, path)) = rest.split_once('/') {
+                data.secrets.push((
+                    mount.to_string(),
+                    path.to_string(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                ));
+            }
+        }
+        let mut it = snap.scan_prefix(b"v/", ..).await.map_err(err)?;
+        while let Some(kv) = it.next().await.map_err(err)? {
+            // `v/{mount}/{path}\0{version: 8 bytes BE}`: the version is the last 8 bytes (it may
+            // itself contain zero bytes), preceded by the NUL separator.
+            let k = &kv.key[2..];
+            if k.len() < 9 || k[k.len() - 9] != 0 {
+                return Err(ReaderError::Corrupt {
+                    key: String::from_utf8_lossy(&kv.key).into_owned(),
+                    reason: "bad value key".into(),
+                });
+            }
+            let (name, version) = (&k[..k.len() - 9], &k[k.len() - 8..]);
+            let Ok(version) = <[u8; 8]>::try_from(version) else { continue };
+            let name = String::from_utf8_lossy(name).into_owned();
+            if let Some((mount, path)) = name.split_once('/') {
+                data.values.push((mount.to_string(), path.to_string(), u64::from_be_bytes(version), kv.value.to_vec()));
+            }
+        }
+        Ok((data, partitions))
+    }
+
     /// SHA-256 over every secret and value record, in key order: equal on two nodes exactly when
     /// they hold the same state. Partition positions are left out (they are how, not what).
     pub async fn digest(&self) -> Result<(String, u64), ReaderError> {

@@ -12,6 +12,7 @@
 //! * [`topic`] — topic, header and record-key rules, and the consistency token;
 //! * [`path`] — which secret paths are valid.
 
+pub mod archive;
 pub mod envelope;
 pub mod error;
 pub mod event;

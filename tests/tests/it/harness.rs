@@ -284,11 +284,7 @@ impl Stack {
     /// A reader node spec sharing this stack's settings, not yet started (for extra readers).
     pub fn new_reader(&self, name: &str, extra_env: &[(&str, &str)]) -> Node {
         let port = free_port();
-        let mut envs = vec![
-            ("KAFKA_BOOTSTRAP_SERVERS".to_string(), self.bootstrap.clone()),
-            ("SECRETLOG_ROOT_KEY_FILE".to_string(), self.root_key_file.display().to_string()),
-            ("SECRETLOG_TOPIC".to_string(), self.topic.clone()),
-        ];
+        let mut envs = self.envs();
         envs.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut n = node(
             self.dir.path(),
@@ -307,6 +303,59 @@ impl Stack {
         );
         n.spawn();
         n
+    }
+}
+
+impl Stack {
+    /// The environment every node of this stack shares.
+    fn envs(&self) -> Vec<(String, String)> {
+        vec![
+            ("KAFKA_BOOTSTRAP_SERVERS".to_string(), self.bootstrap.clone()),
+            ("SECRETLOG_ROOT_KEY_FILE".to_string(), self.root_key_file.display().to_string()),
+            ("SECRETLOG_TOPIC".to_string(), self.topic.clone()),
+            ("SECRETLOG_CACHE_DISK_MB".to_string(), "16".to_string()),
+        ]
+    }
+
+    /// A replicator archiving into `objects` (a `file://` or `s3://` URL), started.
+    pub fn new_replicator(&self, objects: &str, extra_env: &[(&str, &str)]) -> Node {
+        let port = free_port();
+        let mut envs = self.envs();
+        envs.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut n = node(
+            self.dir.path(),
+            "replicator",
+            port,
+            &envs,
+            vec![
+                "replicator".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                self.dir.path().join("replicator").display().to_string(),
+                "--object-store".into(),
+                objects.to_string(),
+                "--segment-max-records".into(),
+                "50".into(),
+                "--snapshot-interval-secs".into(),
+                "0".into(),
+            ],
+        );
+        n.spawn();
+        n
+    }
+
+    /// The object store URL of a local directory of this stack.
+    pub fn local_objects(&self) -> (String, PathBuf) {
+        let dir = self.dir.path().join("objects");
+        (format!("file://{}", dir.display()), dir)
+    }
+}
+
+impl Node {
+    /// Whether the process has exited (and its status).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 }
 

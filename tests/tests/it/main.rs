@@ -9,4 +9,5 @@ mod kafka_faults;
 mod kv_api;
 mod metrics;
 mod recovery;
+mod replication;
 mod stack_up;

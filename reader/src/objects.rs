@@ -1,0 +1,53 @@
+//! Object storage by URL: `file:///dir` (the default, a local directory) or `s3://bucket/prefix`
+//! with credentials and endpoint from the environment (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`) — never from a
+//! command line, never logged.
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+
+use crate::error::ReaderError;
+
+/// An object store and the prefix everything of secretlog lives under.
+#[derive(Clone)]
+pub struct Objects {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: Path,
+    /// The URL, for logs and manifests (it holds no credentials).
+    pub url: String,
+}
+
+impl Objects {
+    /// Open the store a URL names.
+    pub fn open(url: &str) -> Result<Self, ReaderError> {
+        let bad = |reason: String| ReaderError::Config { field: "object_store", reason };
+        if let Some(dir) = url.strip_prefix("file://") {
+            std::fs::create_dir_all(dir).map_err(|e| bad(format!("{dir}: {e}")))?;
+            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
+            return Ok(Objects { store: Arc::new(fs), prefix: Path::default(), url: url.to_string() });
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if std::env::var("AWS_ENDPOINT").is_ok_and(|e| e.starts_with("http://")) {
+                b = b.with_allow_http(true);
+            }
+            let s3 = b.build().map_err(|e| bad(e.to_string()))?;
+            return Ok(Objects { store: Arc::new(s3), prefix: Path::from(prefix), url: url.to_string() });
+        }
+        Err(bad(format!("unsupported object store URL {url:?}: use file:///dir or s3://bucket/prefix")))
+    }
+
+    /// The full path of a relative name.
+    pub fn path(&self, rel: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+}

@@ -68,6 +68,47 @@ pub fn exclusive() -> Option<(&'static Cluster, RwLockWriteGuard<'static, ()>)> 
     Some((c, guard))
 }
 
+/// Kills brokers for a fault test and brings them back when dropped — also when the test panics,
+/// so one failing fault test cannot take the shared cluster down for the tests after it.
+pub struct BrokerFaults<'a> {
+    kafka: &'a LocalKafka,
+    down: Vec<u32>,
+}
+
+impl<'a> BrokerFaults<'a> {
+    pub fn new(kafka: &'a LocalKafka) -> Self {
+        BrokerFaults { kafka, down: Vec::new() }
+    }
+
+    pub fn kill(&mut self, node: u32) {
+        self.kafka.kill_broker(node).unwrap_or_else(|e| panic!("killing broker {node}: {e}"));
+        self.down.push(node);
+    }
+
+    /// Restart every killed broker and wait for a healthy cluster.
+    pub fn heal(&mut self) {
+        if self.down.is_empty() {
+            return;
+        }
+        for node in self.down.drain(..) {
+            if let Err(e) = self.kafka.restart_broker(node) {
+                eprintln!("[harness] restarting broker {node}: {e}");
+            }
+        }
+        if let Err(e) = self.kafka.wait_ready(Duration::from_secs(180)) {
+            eprintln!("[harness] cluster not healthy after healing: {e}");
+        }
+    }
+}
+
+impl Drop for BrokerFaults<'_> {
+    fn drop(&mut self) {
+        if !self.down.is_empty() {
+            self.heal();
+        }
+    }
+}
+
 /// A topic of the test's own.
 pub async fn fresh_topic(bootstrap: &str, name: &str, partitions: i32) -> String {
     let topic = format!("it.{name}.{:08x}", rand::random::<u32>());

@@ -312,9 +312,12 @@ mod tests {
 
     #[test]
     fn snapshots_round_trip_and_a_flipped_byte_is_named() {
+        let ring = crate::keyring::Keyring::from_root(&crate::keyring::RootKey::from_bytes([5; 32]));
+        let ctx = crate::sealed::SealContext { mount: "secret", path: "a", version: 1 };
+        let sealed = crate::sealed::SealedValue::seal(&ring, &ctx, b"{}").unwrap().encode();
         let data = SnapshotData {
             secrets: vec![("secret".into(), "a".into(), "{}".into())],
-            values: vec![("secret".into(), "a".into(), 1, vec![1, 0, 0, 0, 1, 9, 9])],
+            values: vec![("secret".into(), "a".into(), 1, sealed)],
             control: vec![(b"c/root_token".to_vec(), vec![7; 32])],
         };
         let (files, entries, terms) = encode_snapshot(&data).unwrap();

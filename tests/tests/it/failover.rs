@@ -230,9 +230,17 @@ pub async fn leader_failover(cluster: &Cluster, name: &'static str, kill_broker:
         f.heal();
     }
     let failed = ops.iter().filter(|o| o.status != 200).count();
+    let span = ops
+        .iter()
+        .map(|o| o.done)
+        .max()
+        .zip(ops.iter().map(|o| o.started).min())
+        .map(|(a, b)| a - b)
+        .unwrap_or_default();
     eprintln!(
-        "[{name}] failover {failover:?}; {} writes acknowledged, {failed} refused (5xx while no leader)",
-        ops.len() - failed
+        "[{name}] failover {failover:?}; {} writes acknowledged ({:.0}/s over {span:?}), {failed} refused (5xx while no leader)",
+        ops.len() - failed,
+        (ops.len() - failed) as f64 / span.as_secs_f64().max(0.001)
     );
     assert!(
         ops.iter().all(|o| o.status == 200 || o.status >= 500),

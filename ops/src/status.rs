@@ -50,7 +50,7 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
             r["name"].as_str().unwrap_or("").to_string(),
             r["role"].as_str().unwrap_or("-").to_string(),
             r["health_code"].as_u64().map(|c| c.to_string()).unwrap_or_else(|| "down".into()),
-            r["lag_records"].to_string(),
+            r["lag_records"].as_i64().map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
             r["lag_seconds"].as_f64().map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into()),
             r["problem"].as_str().unwrap_or("").to_string(),
         ]);

@@ -141,8 +141,14 @@ impl WriterNode {
                 tokio::spawn(async move { n.lead(t).await })
             };
             tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = elected.wait_for(|e| !*e) => tracing::warn!("deposed: stepping down"),
+                _ = cancel.cancelled() => tracing::info!("shutting down: stepping down as leader"),
+                _ = elected.wait_for(|e| !*e) => {
+                    if cancel.is_cancelled() {
+                        tracing::info!("shutting down: stepping down as leader");
+                    } else {
+                        tracing::warn!("deposed: stepping down");
+                    }
+                }
             }
             term.cancel();
             let _ = leading.await;

@@ -114,6 +114,14 @@ async fn until_signal() {
     }
 }
 
+/// Run a started node until SIGTERM or Ctrl-C, then drain it.
+async fn until_stopped(node: secretlog_reader::node::RunningNode, cancel: CancellationToken) -> anyhow::Result<()> {
+    until_signal().await;
+    cancel.cancel();
+    node.wait().await;
+    Ok(())
+}
+
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Up(args) => stack::up(args).await,
@@ -122,27 +130,15 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Writer(cfg) => {
             let cancel = CancellationToken::new();
-            let node = secretlog_writer::node::start(cfg, cancel.clone()).await?;
-            until_signal().await;
-            cancel.cancel();
-            node.wait().await;
-            Ok(())
+            until_stopped(secretlog_writer::node::start(cfg, cancel.clone()).await?, cancel).await
         }
         Cmd::Replicator(cfg) => {
             let cancel = CancellationToken::new();
-            let node = secretlog_replicator::node::start(cfg, cancel.clone()).await?;
-            until_signal().await;
-            cancel.cancel();
-            node.wait().await;
-            Ok(())
+            until_stopped(secretlog_replicator::node::start(cfg, cancel.clone()).await?, cancel).await
         }
         Cmd::Reader(cfg) => {
             let cancel = CancellationToken::new();
-            let node = secretlog_reader::node::start(cfg, cancel.clone()).await?;
-            until_signal().await;
-            cancel.cancel();
-            node.wait().await;
-            Ok(())
+            until_stopped(secretlog_reader::node::start(cfg, cancel.clone()).await?, cancel).await
         }
         Cmd::Kafka { action } => match action {
             KafkaCmd::Up { dir: DataDir { data_dir }, topic } => {

@@ -116,9 +116,16 @@ pub async fn fresh_topic(bootstrap: &str, name: &str, partitions: i32) -> String
     topic
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, chosen below Linux's ephemeral range (32768+) so that an
+/// outgoing connection (Kafka clients open many) cannot take it between now and the node's bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    for _ in 0..1000 {
+        let port = 20000 + rand::random::<u16>() % 9000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-28999")
 }
 
 /// Poll `f` until it returns `Some`, or panic after `timeout` with `what`.

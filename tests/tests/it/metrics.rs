@@ -4,13 +4,16 @@ use serde_json::json;
 
 use crate::harness::{Stack, StackOpts, call, client, shared};
 
-/// The value of the first sample of `name` (with any labels) in a Prometheus text page.
+/// The sum of every sample of `name` (over all label sets) in a Prometheus text page; `None`
+/// when the series is absent.
 fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
+    let values: Vec<f64> = page
+        .lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,13 +19,15 @@ async fn secretlog_up_runs_the_stack_and_stops_it_cleanly() {
     let (cluster, _g) = shared();
     let dir = tempfile::Builder::new().prefix("it-up-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let topic = crate::harness::fresh_topic(&cluster.bootstrap, "up", 6).await;
-    let base = 41000 + (rand::random::<u16>() % 400) * 10;
+    // Below Linux's ephemeral range (32768+), so no outgoing connection can hold these ports.
+    let base = 10000 + (rand::random::<u16>() % 900) * 10;
     let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
     let mut up = secretlog_ops::process::spawn_attached({
         let mut c = Command::new(env!("CARGO_BIN_EXE_secretlog-it"));
         c.args(["up", "--data-dir"])
             .arg(dir.path())
-            .args(["--writer-port", &base.to_string(), "--reader-port", &(base + 5).to_string(), "--topic", &topic])
+            .args(["--writer-port", &base.to_string(), "--reader-port", &(base + 5).to_string()])
+            .args(["--replicator-port", &(base + 9).to_string(), "--topic", &topic])
             .env("KAFKA_BOOTSTRAP_SERVERS", &cluster.bootstrap)
             .env("SECRETLOG_CACHE_DISK_MB", "16")
             .stdin(Stdio::null())
@@ -65,7 +67,13 @@ async fn secretlog_up_runs_the_stack_and_stops_it_cleanly() {
         Some(json!({"data": {"ok": true}})),
     )
     .await;
-    assert_eq!(w.status, 200, "{:?}", w.body);
+    assert_eq!(
+        w.status,
+        200,
+        "{:?}\n--- up.log ---\n{}",
+        w.body,
+        std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default()
+    );
     let r = call("GET", &format!("{west}/v1/secret/data/up/check"), Some(&token), w.index.as_deref(), None).await;
     assert_eq!(r.body["data"]["data"]["ok"], true);
 
@@ -79,7 +87,8 @@ async fn secretlog_up_runs_the_stack_and_stops_it_cleanly() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
     let codes: Vec<u64> =
         status["nodes"].as_array().unwrap().iter().map(|n| n["health_code"].as_u64().unwrap_or(0)).collect();
-    assert_eq!(codes, [200, 429, 473, 473, 200], "{status}");
+    let up_log = || std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
+    assert_eq!(codes, [200, 429, 473, 473, 200], "{status}\n--- up.log ---\n{}", up_log());
 
     // SIGTERM: every node stops, then `up` itself.
     let pids: Vec<u64> =
@@ -90,9 +99,9 @@ async fn secretlog_up_runs_the_stack_and_stops_it_cleanly() {
         async move { exited }
     })
     .await;
-    assert!(status.success(), "up exited with {status}");
+    assert!(status.success(), "up exited with {status}\n--- up.log ---\n{}", up_log());
     for pid in pids {
-        assert!(!alive(pid), "node {pid} still running after up stopped");
+        assert!(!alive(pid), "node {pid} still running after up stopped\n--- up.log ---\n{}", up_log());
     }
     assert!(!stack_file.exists(), "stack.json removed on a clean stop");
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use secretlog_ops::kafka::{KafkaConfig, LocalKafka, ensure_topic};
 use secretlog_ops::process;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The cluster of this test run.
 pub struct Cluster {
@@ -355,6 +355,21 @@ impl Stack {
 }
 
 impl Stack {
+    /// Write `data` to `path` through the leader writer; the write must succeed. Returns its
+    /// consistency index.
+    pub async fn put(&self, path: &str, data: Value) -> String {
+        let a = call(
+            "POST",
+            &format!("{}/v1/secret/data/{path}", self.writer.url),
+            Some(&self.token),
+            None,
+            Some(json!({ "data": data })),
+        )
+        .await;
+        assert_eq!(a.status, 200, "write {path}: {:?}", a.body);
+        a.index.expect("a committed write carries its index")
+    }
+
     /// The environment every node of this stack shares.
     fn envs(&self) -> Vec<(String, String)> {
         vec![

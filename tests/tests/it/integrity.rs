@@ -36,16 +36,7 @@ async fn no_plaintext_in_kafka_slatedb_or_the_disk_cache() {
     let secret = format!("PLAINTEXT-CANARY-{:016x}", rand::random::<u64>());
     let mut last = None;
     for i in 0..20 {
-        let a = call(
-            "POST",
-            &format!("{}/v1/secret/data/canary/{i}", s.writer.url),
-            Some(&s.token),
-            None,
-            Some(json!({"data": {"v": secret}})),
-        )
-        .await;
-        assert_eq!(a.status, 200);
-        last = a.index;
+        last = Some(s.put(&format!("canary/{i}"), json!({"v": secret})).await);
     }
     // Reads fill the cache (memory and disk tiers).
     for i in 0..20 {

@@ -61,16 +61,7 @@ async fn reader_restarted_after_more_writes_catches_up() {
     s.readers[1].stop();
     let mut last = None;
     for i in 0..50 {
-        let a = call(
-            "POST",
-            &format!("{}/v1/secret/data/c/{i}", s.writer.url),
-            Some(&s.token),
-            None,
-            Some(json!({"data": {"i": i}})),
-        )
-        .await;
-        assert_eq!(a.status, 200);
-        last = a.index;
+        last = Some(s.put(&format!("c/{i}"), json!({"i": i})).await);
     }
     s.readers[1].restart();
     s.readers[1].wait_health(473, Duration::from_secs(60)).await;

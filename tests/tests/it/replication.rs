@@ -74,16 +74,7 @@ async fn archive_holds_every_committed_record_once_across_a_replicator_kill() {
     rep.wait_health(200, Duration::from_secs(60)).await;
     let mut last = None;
     for i in 0..300 {
-        let a = call(
-            "POST",
-            &format!("{}/v1/secret/data/a/{}", s.writer.url, i % 37),
-            Some(&s.token),
-            None,
-            Some(json!({"data": {"i": i}})),
-        )
-        .await;
-        assert_eq!(a.status, 200);
-        last = a.index;
+        last = Some(s.put(&format!("a/{}", i % 37), json!({"i": i})).await);
         if i == 150 {
             // kill -9 mid-stream, once some segments are out.
             eventually(Duration::from_secs(30), "first segments", || async {
@@ -125,15 +116,7 @@ async fn a_new_reader_bootstraps_from_a_snapshot_and_matches_its_peer() {
     rep.wait_health(200, Duration::from_secs(60)).await;
     let mut last = None;
     for i in 0..120 {
-        let a = call(
-            "POST",
-            &format!("{}/v1/secret/data/s/{}", s.writer.url, i % 40),
-            Some(&s.token),
-            None,
-            Some(json!({"data": {"i": i}})),
-        )
-        .await;
-        last = a.index;
+        last = Some(s.put(&format!("s/{}", i % 40), json!({"i": i})).await);
     }
     // The replicator has applied everything before the snapshot (its digest endpoint waits).
     let _ = digest(&rep.url, &s.token, last.as_deref()).await;
@@ -158,15 +141,7 @@ async fn a_new_reader_bootstraps_from_a_snapshot_and_matches_its_peer() {
     );
     // More writes after the snapshot: the new reader must take them from the log.
     for i in 0..30 {
-        let a = call(
-            "POST",
-            &format!("{}/v1/secret/data/after/{i}", s.writer.url),
-            Some(&s.token),
-            None,
-            Some(json!({"data": {"i": i}})),
-        )
-        .await;
-        last = a.index;
+        last = Some(s.put(&format!("after/{i}"), json!({"i": i})).await);
     }
     let fresh = s.new_reader("fresh", &[("SECRETLOG_OBJECT_STORE", url.as_str())]);
     fresh.wait_health(473, Duration::from_secs(60)).await;

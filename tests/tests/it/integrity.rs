@@ -94,15 +94,7 @@ fn walk_count(dir: &std::path::Path) -> usize {
 async fn a_forged_record_halts_its_partition_loudly_and_nothing_is_skipped() {
     let (cluster, _g) = shared();
     let s = Stack::start(cluster, StackOpts { name: "forged", readers: 1, partitions: 1, ..Default::default() }).await;
-    let a = call(
-        "POST",
-        &format!("{}/v1/secret/data/before", s.writer.url),
-        Some(&s.token),
-        None,
-        Some(json!({"data": {"a": 1}})),
-    )
-    .await;
-    assert_eq!(a.status, 200);
+    s.put("before", json!({"a": 1})).await;
     // Someone with write access to Kafka appends a record the writer never wrote.
     let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", &s.bootstrap).create().unwrap();
     let mut forged = b"SL\x01".to_vec();
@@ -133,15 +125,7 @@ async fn a_forged_record_halts_its_partition_loudly_and_nothing_is_skipped() {
 async fn a_node_without_the_right_key_is_sealed_and_serves_nothing() {
     let (cluster, _g) = shared();
     let s = Stack::start(cluster, StackOpts { name: "sealed", readers: 1, ..Default::default() }).await;
-    let a = call(
-        "POST",
-        &format!("{}/v1/secret/data/x", s.writer.url),
-        Some(&s.token),
-        None,
-        Some(json!({"data": {"a": 1}})),
-    )
-    .await;
-    assert_eq!(a.status, 200);
+    s.put("x", json!({"a": 1})).await;
     // No key at all: sealed.
     let missing = s.dir.path().join("missing.key");
     let keyless = s.new_reader("keyless", &[("SECRETLOG_ROOT_KEY_FILE", missing.to_str().unwrap())]);

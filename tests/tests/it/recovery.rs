@@ -86,15 +86,7 @@ async fn a_read_with_an_unreached_index_waits_then_forwards_or_fails() {
         },
     )
     .await;
-    let a = call(
-        "POST",
-        &format!("{}/v1/secret/data/x", s.writer.url),
-        Some(&s.token),
-        None,
-        Some(json!({"data": {"a": 1}})),
-    )
-    .await;
-    assert_eq!(a.status, 200);
+    s.put("x", json!({"a": 1})).await;
     // A position far in the future is never reached: 412 after the bound.
     let started = std::time::Instant::now();
     let r =

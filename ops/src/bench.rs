@@ -7,7 +7,9 @@
 //!   set preloaded through the writer;
 //! * `lag` — write-to-visible latency at a fixed write rate: from sending the write to the
 //!   writer until a reader answers it (the read carries the write's consistency index, so the
-//!   reader answers the moment it has applied the write).
+//!   reader answers the moment it has applied the write);
+//! * `snapshot` — snapshot create and reader bootstrap time at N secrets (needs no stack; see
+//!   [`crate::bench_snapshot`]).
 //!
 //! Absolute numbers on a shared 2-core machine are noise; compare runs side by side.
 
@@ -68,6 +70,15 @@ pub enum Scenario {
     Lag {
         #[arg(long, default_value_t = 500)]
         rate: u64,
+    },
+    /// Snapshot create and bootstrap time at each number of secrets (runs in-process; needs no
+    /// running stack).
+    Snapshot {
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        secrets: Vec<usize>,
+        /// Directory for the temporary stores and object store.
+        #[arg(long, default_value = "./.secretlog/bench")]
+        work_dir: PathBuf,
     },
 }
 
@@ -136,6 +147,12 @@ where
 
 /// Run the chosen scenario.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Scenario::Snapshot { secrets, work_dir } = &args.scenario {
+        std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+        let results = crate::bench_snapshot::run(secrets, args.value_bytes, work_dir).await?;
+        println!("{}", crate::bench_snapshot::table(&results));
+        return append_results(args.out.as_deref(), &results);
+    }
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("reading the token from {}", args.token_file.display()))?
         .trim()
@@ -193,6 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 results.push(summary("reads", c, ops, errs, secs, &h));
             }
         }
+        Scenario::Snapshot { .. } => unreachable!("the snapshot scenario returns before the token is read"),
         Scenario::Lag { rate } => {
             let http = client(64)?;
             let mut h = hist();
@@ -254,10 +272,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{t}");
-    if let Some(out) = &args.out {
+    append_results(args.out.as_deref(), &results)
+}
+
+/// Append results as JSON lines to `out`, if given.
+fn append_results(out: Option<&std::path::Path>, results: &[Value]) -> anyhow::Result<()> {
+    if let Some(out) = out {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
-        for r in &results {
+        for r in results {
             writeln!(f, "{r}")?;
         }
     }

@@ -6,6 +6,7 @@
 //! * [`status`], [`output`] — what operators see.
 
 pub mod bench;
+pub mod bench_snapshot;
 pub mod cli;
 pub mod kafka;
 pub mod output;

@@ -141,7 +141,9 @@ fn assign(
     for p in 0..partitions {
         let offset = match stored.get(&p) {
             Some(st) => Offset::Offset(st.next_offset),
-            None => Offset::Beginning,
+            // Not `Beginning`: that is the log start offset, which retention moves — starting
+            // there would silently skip whatever Kafka already deleted.
+            None => Offset::Offset(0),
         };
         tpl.add_partition_offset(topic, p, offset)?;
     }
@@ -403,12 +405,25 @@ async fn refresh_watermarks(
         let t = topic.clone();
         let res = tokio::task::spawn_blocking(move || {
             (0..partitions)
-                .map(|p| c.fetch_watermarks(&t, p, Duration::from_secs(2)).map(|(_, hi)| (p, hi)))
-                .collect::<Result<BTreeMap<i32, i64>, _>>()
+                .map(|p| c.fetch_watermarks(&t, p, Duration::from_secs(2)).map(|w| (p, w)))
+                .collect::<Result<BTreeMap<i32, (i64, i64)>, _>>()
         })
         .await;
-        if let Ok(Ok(high)) = res {
-            tx.send_modify(|p| p.high = high);
+        if let Ok(Ok(marks)) = res {
+            let trimmed = trimmed_away(&tx.borrow(), &marks);
+            for (p, reason) in &trimmed {
+                tracing::error!(partition = p, %reason, "partition HALTED: the log no longer holds records this node has not applied");
+                metrics::counter!("secretlog_reader_partition_halts_total").increment(1);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&topic, *p);
+                if let Err(e) = consumer.pause(&tpl) {
+                    tracing::warn!(partition = p, error = %e, "could not pause halted partition");
+                }
+            }
+            tx.send_modify(|p| {
+                p.high = marks.iter().map(|(part, (_, hi))| (*part, *hi)).collect();
+                p.halted.extend(trimmed);
+            });
             let now = now_ms();
             let prog = tx.borrow();
             metrics::gauge!("secretlog_reader_lag_records").set(prog.lag_records() as f64);
@@ -421,7 +436,59 @@ async fn refresh_watermarks(
     }
 }
 
+/// Partitions whose unapplied records Kafka has already deleted (retention or DeleteRecords):
+/// the log starts after this node's position, so applying on would skip events. They must halt,
+/// with a reason that tells the operator what to do. A partition the consumer has read to its
+/// end is exempt: nothing it has not seen can have been deleted.
+fn trimmed_away(prog: &Progress, marks: &BTreeMap<i32, (i64, i64)>) -> Vec<(i32, String)> {
+    marks
+        .iter()
+        .filter_map(|(p, (low, _))| {
+            let applied = prog.applied.get(p).copied().unwrap_or(0);
+            (applied < *low && !prog.at_end.contains(p) && !prog.halted.contains_key(p)).then(|| {
+                (
+                    *p,
+                    format!(
+                        "records {applied}..{low} were deleted from Kafka before this node applied them; \
+                         start it from a snapshot (--object-store) or restore"
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(applied: &[(i32, i64)]) -> Progress {
+        Progress { applied: applied.iter().copied().collect(), partitions: applied.len() as i32, ..Default::default() }
+    }
+
+    #[test]
+    fn a_log_trimmed_past_the_applied_position_halts_the_partition() {
+        let prog = progress(&[(0, 0), (1, 40), (2, 7)]);
+        let marks = BTreeMap::from([(0, (0, 10)), (1, (40, 90)), (2, (12, 30))]);
+        let halted = trimmed_away(&prog, &marks);
+        assert_eq!(halted.len(), 1, "{halted:?}");
+        assert_eq!(halted[0].0, 2);
+        assert!(halted[0].1.contains("records 7..12 were deleted"), "{}", halted[0].1);
+    }
+
+    #[test]
+    fn an_empty_node_on_a_trimmed_log_halts_but_one_read_to_the_end_does_not() {
+        let mut prog = progress(&[(0, 0), (1, 5)]);
+        prog.at_end.insert(1);
+        let marks = BTreeMap::from([(0, (3, 10)), (1, (6, 6))]);
+        let halted: Vec<i32> = trimmed_away(&prog, &marks).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(halted, vec![0]);
+        prog.halted.insert(0, "already".into());
+        assert!(trimmed_away(&prog, &marks).is_empty(), "a halted partition is reported once");
+    }
 }

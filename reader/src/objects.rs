@@ -5,10 +5,12 @@
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
 use crate::error::ReaderError;
 
@@ -22,8 +24,13 @@ pub struct Objects {
 }
 
 impl Objects {
-    /// Open the store a URL names.
+    /// Open the store a URL names, with S3 settings from this process's environment.
     pub fn open(url: &str) -> Result<Self, ReaderError> {
+        Self::open_with_env(url, std::env::vars())
+    }
+
+    /// Open the store a URL names, with S3 settings (`AWS_*`) taken from `env`.
+    pub fn open_with_env(url: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ReaderError> {
         let bad = |reason: String| ReaderError::Config { field: "object_store", reason };
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).map_err(|e| bad(format!("{dir}: {e}")))?;
@@ -32,8 +39,29 @@ impl Objects {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            if std::env::var("AWS_ENDPOINT").is_ok_and(|e| e.starts_with("http://")) {
+            // Bounded retries: an outage must surface as an error within seconds (the archive
+            // keeps its records and retries, and health reports it), not hang a request for the
+            // client's default three minutes.
+            let mut b = AmazonS3Builder::new();
+            let mut endpoint = None;
+            for (k, v) in env.into_iter().filter(|(k, _)| k.starts_with("AWS_")) {
+                if k == "AWS_ENDPOINT" {
+                    endpoint = Some(v.clone());
+                }
+                if let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                    b = b.with_config(key, v);
+                }
+            }
+            b = b
+                .with_bucket_name(bucket)
+                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "30s")
+                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "3s")
+                .with_retry(RetryConfig {
+                    max_retries: 4,
+                    retry_timeout: Duration::from_secs(10),
+                    ..Default::default()
+                });
+            if endpoint.is_some_and(|e| e.starts_with("http://")) {
                 b = b.with_allow_http(true);
             }
             let s3 = b.build().map_err(|e| bad(e.to_string()))?;

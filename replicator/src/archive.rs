@@ -139,6 +139,9 @@ async fn flush_due(
     status: &watch::Sender<ArchiveStatus>,
     all: bool,
 ) {
+    // Publish what is waiting before uploading: an upload can take seconds to fail when the
+    // store is down, and the lag must grow in health meanwhile, not only after.
+    publish_buffered(buffers, status);
     for (p, buf) in buffers.iter_mut() {
         if buf.records.is_empty() || !(all || buf.records.len() >= max_records || buf.since.elapsed() >= flush_every) {
             continue;
@@ -171,6 +174,10 @@ async fn flush_due(
             }
         }
     }
+    publish_buffered(buffers, status);
+}
+
+fn publish_buffered(buffers: &BTreeMap<i32, Buffer>, status: &watch::Sender<ArchiveStatus>) {
     let buffered = buffers.values().map(|b| b.records.len()).sum();
     let oldest = buffers.values().filter_map(|b| b.records.first().map(|r| r.timestamp_ms)).min();
     status.send_modify(|s| {

@@ -407,12 +407,6 @@ impl Stack {
         n.spawn();
         n
     }
-
-    /// The object store URL of a local directory of this stack.
-    pub fn local_objects(&self) -> (String, PathBuf) {
-        let dir = self.dir.path().join("objects");
-        (format!("file://{}", dir.display()), dir)
-    }
 }
 
 impl Node {

@@ -10,4 +10,5 @@ mod kv_api;
 mod metrics;
 mod recovery;
 mod replication;
+mod s3;
 mod stack_up;

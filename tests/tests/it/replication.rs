@@ -3,13 +3,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use object_store::{ObjectStoreExt, PutPayload};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use secretlog_reader::objects::Objects;
 use secretlog_schemas::archive::{decode_segment, parse_segment_name};
 use serde_json::{Value, json};
 
-use crate::harness::{Stack, StackOpts, call, eventually, shared};
+use crate::harness::{Node, Stack, StackOpts, call, eventually, shared};
 use crate::kv_api::digest;
+use crate::s3::{Proxy, S3Server, read_all};
 
 /// Every committed record offset of the topic, per partition, read raw (read_committed).
 fn committed_offsets(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, BTreeSet<i64>> {
@@ -42,35 +47,73 @@ fn committed_offsets(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<
     out
 }
 
-/// Every archived record offset, per partition, checking segments do not overlap.
-fn archived_offsets(objects: &std::path::Path) -> BTreeMap<i32, Vec<i64>> {
+/// Every archived record offset, per partition, checking that each segment's name matches its
+/// contents.
+async fn archived_offsets(objects: &Objects) -> BTreeMap<i32, Vec<i64>> {
     let mut out: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-    let Ok(parts) = std::fs::read_dir(objects.join("archive")) else { return out };
-    for part in parts.flatten() {
-        let p: i32 = part.file_name().to_string_lossy().trim_start_matches('p').parse().unwrap();
-        let mut names: Vec<String> = std::fs::read_dir(part.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        for n in names.iter().filter(|n| n.ends_with(".arrow")) {
-            let (first, last) = parse_segment_name(n).unwrap();
-            let recs = decode_segment(n, &std::fs::read(part.path().join(n)).unwrap()).unwrap();
-            assert_eq!(recs.first().map(|r| r.offset), Some(first), "{n}");
-            assert_eq!(recs.last().map(|r| r.offset), Some(last), "{n}");
-            out.entry(p).or_default().extend(recs.iter().map(|r| r.offset));
+    for (path, bytes) in read_all(objects, "archive").await {
+        let mut parts = path.rsplit('/');
+        let (name, part) = (parts.next().unwrap(), parts.next().unwrap());
+        if !name.ends_with(".arrow") {
+            continue;
         }
+        let p: i32 = part.trim_start_matches('p').parse().unwrap();
+        let (first, last) = parse_segment_name(name).unwrap();
+        let recs = decode_segment(name, &bytes).unwrap();
+        assert_eq!(recs.first().map(|r| r.offset), Some(first), "{path}");
+        assert_eq!(recs.last().map(|r| r.offset), Some(last), "{path}");
+        out.entry(p).or_default().extend(recs.iter().map(|r| r.offset));
     }
     out
 }
 
+/// Wait until the archive holds every committed record of the topic, then check it holds each
+/// exactly once and in order, per partition.
+async fn assert_archive_complete(s: &Stack, objects: &Objects, last: &str) {
+    let token: secretlog_schemas::ConsistencyToken = last.parse().unwrap();
+    let committed = committed_offsets(&s.bootstrap, &s.topic, 3);
+    let expected: usize = committed.values().map(|v| v.len()).sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let archived = loop {
+        let a = archived_offsets(objects).await;
+        let n: usize = a.values().map(|v| v.len()).sum();
+        if n >= expected
+            && token.0.iter().all(|(p, off)| a.get(p).and_then(|v| v.last()).is_some_and(|l| *l + 1 >= *off))
+        {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "the archive did not catch up: {n} of {expected} records");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (p, offsets) in &archived {
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p}: offsets out of order or duplicated");
+        let got: BTreeSet<i64> = offsets.iter().copied().collect();
+        assert_eq!(&got, committed.get(p).unwrap(), "partition {p}: archive differs from the committed log");
+    }
+}
+
+/// A replicator of `s` archiving into the S3 server (through `endpoint`).
+fn s3_replicator(s: &Stack, s3: &S3Server, endpoint: &str, prefix: &str) -> Node {
+    let env = s3.env(endpoint);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.new_replicator(&s3.url(prefix), &env)
+}
+
+/// A node's health code and body; `(0, null)` while it does not answer yet.
+async fn health(node: &Node) -> (u16, Value) {
+    match crate::harness::client().get(format!("{}/v1/sys/health", node.url)).send().await {
+        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or_default()),
+        Err(_) => (0, Value::Null),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn archive_holds_every_committed_record_once_across_a_replicator_kill() {
+async fn archive_on_s3_holds_every_committed_record_once_across_a_replicator_kill() {
     let (cluster, _g) = shared();
+    let s3 = S3Server::start().await;
+    let objects = s3.objects("archive-test");
     let s = Stack::start(cluster, StackOpts { name: "archive", readers: 1, ..Default::default() }).await;
-    let (url, dir) = s.local_objects();
-    let mut rep = s.new_replicator(&url, &[]);
+    let mut rep = s3_replicator(&s, &s3, &s3.endpoint, "archive-test");
     rep.wait_health(200, Duration::from_secs(60)).await;
     let mut last = None;
     for i in 0..300 {
@@ -78,7 +121,7 @@ async fn archive_holds_every_committed_record_once_across_a_replicator_kill() {
         if i == 150 {
             // kill -9 mid-stream, once some segments are out.
             eventually(Duration::from_secs(30), "first segments", || async {
-                (!archived_offsets(&dir).is_empty()).then_some(())
+                (!archived_offsets(&objects).await.is_empty()).then_some(())
             })
             .await;
             rep.kill9();
@@ -86,50 +129,79 @@ async fn archive_holds_every_committed_record_once_across_a_replicator_kill() {
         }
     }
     rep.wait_health(200, Duration::from_secs(60)).await;
-    let token: secretlog_schemas::ConsistencyToken = last.unwrap().parse().unwrap();
-    let committed = committed_offsets(&s.bootstrap, &s.topic, 3);
-    let expected: usize = committed.values().map(|v| v.len()).sum();
-    let archived = eventually(Duration::from_secs(60), "the archive to catch up", || async {
-        let a = archived_offsets(&dir);
-        let n: usize = a.values().map(|v| v.len()).sum();
-        (n >= expected
-            && token.0.iter().all(|(p, off)| a.get(p).and_then(|v| v.last()).is_some_and(|l| *l + 1 >= *off)))
-        .then_some(a)
-    })
-    .await;
-    for (p, offsets) in &archived {
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p}: offsets out of order or duplicated");
-        let got: BTreeSet<i64> = offsets.iter().copied().collect();
-        assert_eq!(&got, committed.get(p).unwrap(), "partition {p}: archive differs from the committed log");
-    }
-    let h: Value =
-        crate::harness::client().get(format!("{}/v1/sys/health", rep.url)).send().await.unwrap().json().await.unwrap();
+    assert_archive_complete(&s, &objects, last.as_deref().unwrap()).await;
+    let (_, h) = health(&rep).await;
     assert!(h["secretlog"]["archive"]["archived"].is_object(), "{h}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_reader_bootstraps_from_a_snapshot_and_matches_its_peer() {
+async fn archive_rides_out_an_object_storage_outage_and_catches_up_with_no_gap() {
     let (cluster, _g) = shared();
+    let s3 = S3Server::start().await;
+    let proxy = Proxy::start(&s3.endpoint).await;
+    let objects = s3.objects("outage");
+    let s = Stack::start(cluster, StackOpts { name: "s3-outage", readers: 1, ..Default::default() }).await;
+    let rep = s3_replicator(&s, &s3, &proxy.endpoint, "outage");
+    rep.wait_health(200, Duration::from_secs(60)).await;
+    for i in 0..40 {
+        s.put(&format!("o/{i}"), json!({"i": i})).await;
+    }
+    proxy.cut().await;
+    // Writes and reads go on while the store is down.
+    let mut last = None;
+    for i in 40..120 {
+        last = Some(s.put(&format!("o/{i}"), json!({"i": i})).await);
+    }
+    let read =
+        call("GET", &format!("{}/v1/secret/data/o/119", s.readers[0].url), Some(&s.token), last.as_deref(), None).await;
+    assert_eq!(read.status, 200, "{:?}", read.body);
+    // The replicator reports the outage and a growing archive lag.
+    let (lag_during, h) = eventually(Duration::from_secs(60), "the replicator to report the outage", || async {
+        let (code, h) = health(&rep).await;
+        let lag = h["secretlog"]["archive_lag_seconds"].as_f64().unwrap_or(0.0);
+        (code == 503 && lag > 0.0 && h["secretlog"]["archive"]["buffered"].as_u64() > Some(0)).then_some((lag, h))
+    })
+    .await;
+    assert!(h["secretlog"]["problem"].as_str().unwrap_or("").contains("object store"), "{h}");
+    let later = eventually(Duration::from_secs(30), "the archive lag to grow", || async {
+        let (_, h) = health(&rep).await;
+        h["secretlog"]["archive_lag_seconds"].as_f64().filter(|l| *l > lag_during)
+    })
+    .await;
+    assert!(later > lag_during);
+    proxy.heal();
+    rep.wait_health(200, Duration::from_secs(90)).await;
+    assert_archive_complete(&s, &objects, last.as_deref().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_reader_bootstraps_from_an_s3_snapshot_and_matches_its_peer() {
+    let (cluster, _g) = shared();
+    let s3 = S3Server::start().await;
+    let objects = s3.objects("snap");
     let s = Stack::start(cluster, StackOpts { name: "snapshot", readers: 1, ..Default::default() }).await;
-    let (url, dir) = s.local_objects();
-    let rep = s.new_replicator(&url, &[]);
+    let rep = s3_replicator(&s, &s3, &s3.endpoint, "snap");
     rep.wait_health(200, Duration::from_secs(60)).await;
     let mut last = None;
     for i in 0..120 {
         last = Some(s.put(&format!("s/{}", i % 40), json!({"i": i})).await);
     }
-    // The replicator has applied everything before the snapshot (its digest endpoint waits).
-    let _ = digest(&rep.url, &s.token, last.as_deref()).await;
-    let snap = call("POST", &format!("{}/v1/sys/secretlog/snapshot", rep.url), Some(&s.token), None, None).await;
+    // The snapshot includes the last write (the index makes the replicator wait for it).
+    let snap =
+        call("POST", &format!("{}/v1/sys/secretlog/snapshot", rep.url), Some(&s.token), last.as_deref(), None).await;
     assert_eq!(snap.status, 200, "{:?}", snap.body);
     let manifest = &snap.body["data"];
     assert_eq!(manifest["secrets"], 40);
     assert_eq!(manifest["values"], 120, "3 versions of each of 40 secrets");
     let id = manifest["id"].as_str().unwrap().to_string();
     // A third-party Arrow reader agrees with the manifest.
+    let local = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for (path, bytes) in read_all(&objects, &format!("snapshots/{id}")).await {
+        std::fs::write(local.path().join(path.rsplit('/').next().unwrap()), bytes).unwrap();
+    }
     let out = tokio::process::Command::new("python3")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/read_snapshot.py"))
-        .arg(dir.join("snapshots").join(&id))
+        .arg(local.path())
         .output()
         .await
         .unwrap();
@@ -143,7 +215,11 @@ async fn a_new_reader_bootstraps_from_a_snapshot_and_matches_its_peer() {
     for i in 0..30 {
         last = Some(s.put(&format!("after/{i}"), json!({"i": i})).await);
     }
-    let fresh = s.new_reader("fresh", &[("SECRETLOG_OBJECT_STORE", url.as_str())]);
+    let env = s3.env(&s3.endpoint);
+    let url = s3.url("snap");
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("SECRETLOG_OBJECT_STORE", url.as_str()));
+    let fresh = s.new_reader("fresh", &env);
     fresh.wait_health(473, Duration::from_secs(60)).await;
     assert!(
         std::fs::read_to_string(&fresh.log).unwrap().contains("bootstrapped from snapshot"),
@@ -155,12 +231,12 @@ async fn a_new_reader_bootstraps_from_a_snapshot_and_matches_its_peer() {
     assert_eq!(a["digest"], b["digest"], "bootstrapped reader differs from its peer: {a} vs {b}");
 
     // A flipped byte in a snapshot file: a new reader refuses it, naming the file and checksum.
-    let values = dir.join("snapshots").join(&id).join("values.arrow");
-    let mut bytes = std::fs::read(&values).unwrap();
+    let values = objects.path(&format!("snapshots/{id}/values.arrow"));
+    let mut bytes = objects.store.get(&values).await.unwrap().bytes().await.unwrap().to_vec();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
-    std::fs::write(&values, bytes).unwrap();
-    let mut broken = s.new_reader("broken", &[("SECRETLOG_OBJECT_STORE", url.as_str())]);
+    objects.store.put(&values, PutPayload::from(bytes)).await.unwrap();
+    let mut broken = s.new_reader("broken", &env);
     eventually(Duration::from_secs(30), "the reader to refuse the snapshot", || {
         let exited = broken.exited();
         async move { exited }
@@ -168,4 +244,70 @@ async fn a_new_reader_bootstraps_from_a_snapshot_and_matches_its_peer() {
     .await;
     let log = std::fs::read_to_string(&broken.log).unwrap();
     assert!(log.contains("values.arrow") && log.contains("checksum"), "{log}");
+}
+
+/// Delete every record before `offsets` (per partition), as retention would.
+async fn delete_records_before(bootstrap: &str, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (p, off) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*off)).unwrap();
+    }
+    let res = admin.delete_records(&tpl, &AdminOptions::new()).await.expect("DeleteRecords");
+    for e in res.elements() {
+        assert!(e.error().is_ok(), "DeleteRecords on partition {}: {:?}", e.partition(), e.error());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_bootstraps_from_a_snapshot_after_kafka_deleted_the_records_before_it() {
+    let (cluster, _g) = shared();
+    let s3 = S3Server::start().await;
+    let s = Stack::start(cluster, StackOpts { name: "trimmed", readers: 1, ..Default::default() }).await;
+    let rep = s3_replicator(&s, &s3, &s3.endpoint, "trimmed");
+    rep.wait_health(200, Duration::from_secs(60)).await;
+    let mut last = None;
+    for i in 0..60 {
+        last = Some(s.put(&format!("t/{}", i % 20), json!({"i": i})).await);
+    }
+    let snap =
+        call("POST", &format!("{}/v1/sys/secretlog/snapshot", rep.url), Some(&s.token), last.as_deref(), None).await;
+    assert_eq!(snap.status, 200, "{:?}", snap.body);
+    let cut: BTreeMap<i32, i64> = snap.body["data"]["partitions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(p, pos)| (p.parse().unwrap(), pos["next_offset"].as_i64().unwrap()))
+        .collect();
+    assert!(cut.values().any(|o| *o > 0), "{cut:?}");
+    for i in 0..20 {
+        last = Some(s.put(&format!("after/{i}"), json!({"i": i})).await);
+    }
+    // Retention takes everything the snapshot covers.
+    delete_records_before(&s.bootstrap, &s.topic, &cut).await;
+
+    // Without a snapshot, an empty reader cannot rebuild the state: it halts, saying why,
+    // instead of starting at the new log start and silently missing the deleted records.
+    let blind = s.new_reader("blind", &[]);
+    let (code, h) = eventually(Duration::from_secs(60), "the reader without a snapshot to halt", || async {
+        let (code, h) = health(&blind).await;
+        h["secretlog"]["halted"].as_object().is_some_and(|m| !m.is_empty()).then_some((code, h))
+    })
+    .await;
+    assert_eq!(code, 503, "{h}");
+    assert!(h["secretlog"]["halted"].to_string().contains("deleted from Kafka"), "{h}");
+
+    let env = s3.env(&s3.endpoint);
+    let url = s3.url("trimmed");
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("SECRETLOG_OBJECT_STORE", url.as_str()));
+    let fresh = s.new_reader("fresh", &env);
+    fresh.wait_health(473, Duration::from_secs(60)).await;
+    let a = digest(&fresh.url, &s.token, last.as_deref()).await;
+    let b = digest(&s.readers[0].url, &s.token, last.as_deref()).await;
+    assert_eq!(a["digest"], b["digest"], "bootstrapped reader differs from its peer: {a} vs {b}");
+    let r = call("GET", &format!("{}/v1/secret/data/t/3", fresh.url), Some(&s.token), None, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["data"]["metadata"]["version"], 3);
 }

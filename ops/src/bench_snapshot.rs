@@ -1,0 +1,145 @@
+//! `secretlog bench snapshot`: how long a snapshot of N secrets takes to create, and how long a
+//! new reader takes to bootstrap from it — the replicator's and the reader's own code paths
+//! ([`secretlog_replicator::snapshot::create`], [`secretlog_reader::bootstrap::bootstrap_if_empty`]),
+//! run in this process against a real SlateDB store and a real object store.
+//!
+//! The source state is built by applying `Put` events through the materializer's pure `apply`
+//! (values sealed with a real key), written straight into SlateDB: preloading a million secrets
+//! through Kafka transactions would take most of an hour on a small machine and measure the
+//! writer, not snapshots.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use secretlog_reader::objects::Objects;
+use secretlog_reader::state::apply;
+use secretlog_reader::store::{ApplyBatch, PartitionState, Store, StoreConfig, keys};
+use secretlog_schemas::keyring::{Keyring, RootKey};
+use secretlog_schemas::sealed::{SealContext, SealedValue};
+use secretlog_schemas::{Event, Operation};
+use serde_json::{Value, json};
+
+const TOPIC: &str = "bench.snapshot";
+const BATCH: usize = 10_000;
+
+fn store_config(dir: &Path) -> StoreConfig {
+    StoreConfig { dir: dir.to_path_buf(), cache_memory_bytes: 64 << 20, cache_disk_bytes: 0 }
+}
+
+fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!("{what} {{pos}}/{{len}} {{bar:40}} {{per_sec}} eta {{eta}}"))
+            .expect("valid template"),
+    );
+    pb
+}
+
+/// Fill `store` with `secrets` secrets of one version each.
+async fn fill(store: &Store, keyring: &Keyring, secrets: usize, value_bytes: usize) -> anyhow::Result<()> {
+    let pb = bar(secrets as u64, "building source state");
+    let plaintext = serde_json::to_vec(&json!({ "v": "x".repeat(value_bytes) }))?;
+    let mut next = 0usize;
+    while next < secrets {
+        let mut batch = ApplyBatch::default();
+        let end = (next + BATCH).min(secrets);
+        for i in next..end {
+            let path = format!("bench/{:02}/k{i:08}", i % 97);
+            let ctx = SealContext { mount: "secret", path: &path, version: 1 };
+            let sealed = SealedValue::seal(keyring, &ctx, &plaintext)?.encode();
+            let event = Event {
+                event_id: rand::random(),
+                timestamp_ms: secretlog_reader::materializer::now_ms(),
+                writer_epoch: 1,
+                mount: "secret".into(),
+                path: path.clone(),
+                op: Operation::Put { version: 1, sealed },
+            };
+            let effect = apply(None, &event)?;
+            for (v, sealed) in effect.put_values {
+                batch.writes.insert(keys::value("secret", &path, v), Some(sealed));
+            }
+            batch.writes.insert(keys::meta("secret", &path), effect.meta.map(|m| serde_json::to_vec(&m)).transpose()?);
+        }
+        batch.partitions.insert(0, PartitionState { next_offset: end as i64, max_epoch: 1 });
+        store.commit(batch).await?;
+        pb.set_position(end as u64);
+        next = end;
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Run the scenario for each size; one JSON result per size.
+pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Result<Vec<Value>> {
+    let keyring = Keyring::from_root(&RootKey::generate());
+    let mut out = Vec::new();
+    for &n in sizes {
+        let dir = tempfile::Builder::new().prefix(&format!("bench-snapshot-{n}-")).tempdir_in(work)?;
+        let source = Store::open(&store_config(&dir.path().join("source"))).await?;
+        fill(&source, &keyring, n, value_bytes).await.context("building the source state")?;
+        let objects_dir = dir.path().join("objects");
+        let objects = Objects::open(&format!("file://{}", objects_dir.display()))?;
+
+        let started = Instant::now();
+        let manifest = secretlog_replicator::snapshot::create(&source, &objects, "bench", TOPIC).await?;
+        let create_secs = started.elapsed().as_secs_f64();
+        let snapshot_bytes = dir_bytes(&objects_dir.join("snapshots"));
+
+        let target = Store::open(&store_config(&dir.path().join("target"))).await?;
+        let started = Instant::now();
+        let id = secretlog_reader::bootstrap::bootstrap_if_empty(&target, &objects, TOPIC).await?;
+        let bootstrap_secs = started.elapsed().as_secs_f64();
+        anyhow::ensure!(id.as_deref() == Some(manifest.id.as_str()), "bootstrap did not pick the new snapshot");
+        let (a, b) = (source.digest().await?, target.digest().await?);
+        anyhow::ensure!(a == b, "bootstrapped state differs from its source ({} vs {})", a.0, b.0);
+        source.close().await?;
+        target.close().await?;
+        let r = json!({
+            "scenario": "snapshot",
+            "secrets": n,
+            "values": manifest.values,
+            "value_bytes": value_bytes,
+            "snapshot_bytes": snapshot_bytes,
+            "create_secs": create_secs,
+            "bootstrap_secs": bootstrap_secs,
+            "create_secrets_per_sec": n as f64 / create_secs,
+            "bootstrap_secrets_per_sec": n as f64 / bootstrap_secs,
+        });
+        tracing::info!(result = %r, "snapshot benchmark");
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The results as a table.
+pub fn table(results: &[Value]) -> comfy_table::Table {
+    let mut t = crate::output::table(&["secrets", "snapshot MB", "create s", "bootstrap s", "create/s", "bootstrap/s"]);
+    for r in results {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        t.add_row(vec![
+            r["secrets"].to_string(),
+            format!("{:.1}", f("snapshot_bytes") / 1e6),
+            format!("{:.2}", f("create_secs")),
+            format!("{:.2}", f("bootstrap_secs")),
+            format!("{:.0}", f("create_secrets_per_sec")),
+            format!("{:.0}", f("bootstrap_secrets_per_sec")),
+        ]);
+    }
+    t
+}

@@ -1,0 +1,157 @@
+//! A real S3-compatible server for the tests: moto's server (`moto_server`, installed by
+//! `scripts/bootstrap` from PyPI), one per test, on loopback — and a TCP proxy in front of it
+//! that a test can cut and heal to simulate an object-storage outage.
+//!
+//! moto was chosen over MinIO because it installs from the package registries reachable here;
+//! secretlog does not rely on S3 conditional writes (object names are derived from offsets and
+//! snapshot ids, so a retried upload replaces the same object), so moto's coverage suffices.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use secretlog_ops::process;
+use secretlog_reader::objects::Objects;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::AbortHandle;
+
+use crate::harness::{eventually, free_port};
+
+/// Credentials moto accepts (it does not check them); passed to nodes through the environment.
+const KEY_ID: &str = "secretlog-test";
+const SECRET: &str = "secretlog-test-secret";
+
+/// A moto S3 server with one bucket, killed when dropped.
+pub struct S3Server {
+    child: Child,
+    /// The server's own endpoint.
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let port = free_port();
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("moto-{port}.log"));
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("moto log"));
+        let child = process::spawn_attached(cmd).unwrap_or_else(|e| {
+            panic!("starting moto_server (the S3-compatible test server; scripts/bootstrap installs it): {e}")
+        });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let bucket = "secretlog".to_string();
+        let server = S3Server { child, endpoint: endpoint.clone(), bucket: bucket.clone() };
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "moto_server to answer", || {
+            let (http, endpoint) = (http.clone(), endpoint.clone());
+            async move { http.get(&endpoint).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        let r = http.put(format!("{endpoint}/{bucket}")).send().await.expect("creating the bucket");
+        assert!(r.status().is_success(), "creating the bucket: {} {}", r.status(), r.text().await.unwrap_or_default());
+        server
+    }
+
+    /// The environment a node needs to reach this server through `endpoint` (the server itself
+    /// or a proxy in front of it).
+    pub fn env(&self, endpoint: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", endpoint.to_string()),
+            ("AWS_ACCESS_KEY_ID", KEY_ID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+    }
+
+    /// The object store URL of `prefix` in the bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// This test's own view of the store (straight to the server, never through a proxy).
+    pub fn objects(&self, prefix: &str) -> Objects {
+        let env = self.env(&self.endpoint).into_iter().map(|(k, v)| (k.to_string(), v));
+        Objects::open_with_env(&self.url(prefix), env).expect("opening the S3 object store")
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every object under `rel`, with its bytes, sorted by name.
+pub async fn read_all(objects: &Objects, rel: &str) -> Vec<(String, Vec<u8>)> {
+    let prefix = objects.path(rel);
+    let metas: Vec<_> = objects.store.list(Some(&prefix)).try_collect().await.expect("listing objects");
+    let mut out = Vec::new();
+    for m in metas {
+        let bytes = objects.store.get(&m.location).await.expect("get").bytes().await.expect("body");
+        out.push((m.location.to_string(), bytes.to_vec()));
+    }
+    out.sort();
+    out
+}
+
+/// A TCP proxy that can cut every connection and refuse new ones (an outage), then heal.
+pub struct Proxy {
+    pub endpoint: String,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("proxy addr"));
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (u, c) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees its connection closed
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().await.push(task.abort_handle());
+            }
+        })
+        .abort_handle();
+        Proxy { endpoint, up, conns, accept }
+    }
+
+    /// Cut: close every open connection and refuse new ones.
+    pub async fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().await.drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}

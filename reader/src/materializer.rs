@@ -245,14 +245,12 @@ impl Materializer {
         states: &mut BTreeMap<i32, PartitionState>,
         msgs: Vec<OwnedMessage>,
     ) -> Result<(), ReaderError> {
-        let mut staged = ApplyBatch::default();
-        let mut metas: BTreeMap<Vec<u8>, Option<SecretMeta>> = BTreeMap::new();
+        let mut staging = Staging::new(self.tx.borrow().leader.as_ref());
         let mut newly_halted: Vec<(i32, i64, String)> = Vec::new();
         let halted: BTreeMap<i32, String> = self.tx.borrow().halted.clone();
         let mut last_event_ms = None;
         let mut applied_count = 0u64;
         let mut wrong_key = None;
-        let mut staged_leader: Option<LeaderRecord> = None;
         for msg in msgs {
             let (p, offset) = (msg.partition(), msg.offset());
             if halted.contains_key(&p) || newly_halted.iter().any(|(hp, _, _)| *hp == p) {
@@ -262,10 +260,11 @@ impl Materializer {
             if offset < st.next_offset {
                 continue; // redelivery of something already applied
             }
-            match self.apply_one(&msg, st, &mut staged, &mut metas, &mut staged_leader).await {
+            let payload = msg.payload().unwrap_or_default();
+            match staging.stage(&self.store, &self.keyring, p, offset, msg.key(), payload, st).await {
                 Ok(ts) => {
                     st.next_offset = offset + 1;
-                    staged.partitions.insert(p, *st);
+                    staging.batch.partitions.insert(p, *st);
                     last_event_ms = Some(ts);
                     applied_count += 1;
                 }
@@ -278,8 +277,9 @@ impl Materializer {
                 }
             }
         }
-        let staged_partitions: Vec<i32> = staged.partitions.keys().copied().collect();
-        self.store.commit(staged).await?;
+        let staged_partitions: Vec<i32> = staging.batch.partitions.keys().copied().collect();
+        let staged_leader = staging.leader.take();
+        self.store.commit(staging.batch).await?;
         metrics::counter!("secretlog_reader_events_applied_total").increment(applied_count);
         for (p, offset, reason) in &newly_halted {
             tracing::error!(partition = p, offset, %reason, "partition HALTED: record rejected, nothing after it is applied");
@@ -315,23 +315,44 @@ impl Materializer {
         });
         Ok(())
     }
+}
 
-    /// Verify and stage one record; returns the event's timestamp.
-    async fn apply_one(
-        &self,
-        msg: &OwnedMessage,
+/// One atomic step being built: records verified and applied on top of the store's state and of
+/// what is already staged. The materializer and the restore tools both stage records through it,
+/// so a log replayed from the archive gives exactly the state a reader computes.
+pub struct Staging {
+    pub batch: ApplyBatch,
+    metas: BTreeMap<Vec<u8>, Option<SecretMeta>>,
+    /// The leader record this batch sets, if a newer epoch was seen.
+    pub leader: Option<LeaderRecord>,
+    /// The newest leader epoch applied before this batch.
+    applied_leader_epoch: Option<u64>,
+}
+
+impl Staging {
+    pub fn new(applied_leader: Option<&LeaderRecord>) -> Self {
+        Staging {
+            batch: ApplyBatch::default(),
+            metas: BTreeMap::new(),
+            leader: None,
+            applied_leader_epoch: applied_leader.map(|l| l.epoch),
+        }
+    }
+
+    /// Verify and stage one record of `partition` at `offset`; returns the event's timestamp.
+    /// `st` is the partition's position; it is not advanced here.
+    pub async fn stage(
+        &mut self,
+        store: &Store,
+        keyring: &Keyring,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
         st: &mut PartitionState,
-        staged: &mut ApplyBatch,
-        metas: &mut BTreeMap<Vec<u8>, Option<SecretMeta>>,
-        staged_leader: &mut Option<LeaderRecord>,
     ) -> Result<i64, ReaderError> {
-        let (partition, offset) = (msg.partition(), msg.offset());
-        let payload = msg.payload().unwrap_or_default();
-        let event = decode_event(&self.keyring, msg.key(), payload).map_err(|source| ReaderError::Decode {
-            partition,
-            offset,
-            source,
-        })?;
+        let event =
+            decode_event(keyring, key, payload).map_err(|source| ReaderError::Decode { partition, offset, source })?;
         if event.writer_epoch < st.max_epoch {
             return Err(ReaderError::StaleEpoch {
                 partition,
@@ -342,24 +363,24 @@ impl Materializer {
         }
         match &event.op {
             Operation::SetRootToken { token_hash } => {
-                staged.writes.insert(keys::ROOT_TOKEN.to_vec(), Some(token_hash.to_vec()));
+                self.batch.writes.insert(keys::ROOT_TOKEN.to_vec(), Some(token_hash.to_vec()));
                 tracing::info!(partition, offset, "root token hash applied");
             }
             Operation::LeaderEpoch { leader_url } => {
-                let newer = self.tx.borrow().leader.as_ref().is_none_or(|l| event.writer_epoch > l.epoch)
-                    && staged_leader.as_ref().is_none_or(|l: &LeaderRecord| event.writer_epoch > l.epoch);
+                let newer = self.applied_leader_epoch.is_none_or(|e| event.writer_epoch > e)
+                    && self.leader.as_ref().is_none_or(|l| event.writer_epoch > l.epoch);
                 if newer {
                     tracing::info!(partition, offset, epoch = event.writer_epoch, leader = %leader_url, "new leader epoch");
                     let rec = LeaderRecord { epoch: event.writer_epoch, url: leader_url.clone() };
-                    staged.writes.insert(keys::LEADER.to_vec(), serde_json::to_vec(&rec).ok());
-                    *staged_leader = Some(rec);
+                    self.batch.writes.insert(keys::LEADER.to_vec(), serde_json::to_vec(&rec).ok());
+                    self.leader = Some(rec);
                 }
             }
             _ => {
                 let mkey = keys::meta(&event.mount, &event.path);
-                let current = match metas.get(&mkey) {
+                let current = match self.metas.get(&mkey) {
                     Some(m) => m.clone(),
-                    None => match self.store.get_raw(&mkey).await? {
+                    None => match store.get_raw(&mkey).await? {
                         Some(b) => {
                             Some(serde_json::from_slice::<SecretMeta>(&b).map_err(|e| ReaderError::Corrupt {
                                 key: String::from_utf8_lossy(&mkey).into_owned(),
@@ -375,17 +396,17 @@ impl Materializer {
                     source,
                 })?;
                 for (v, sealed) in effect.put_values {
-                    staged.writes.insert(keys::value(&event.mount, &event.path, v), Some(sealed));
+                    self.batch.writes.insert(keys::value(&event.mount, &event.path, v), Some(sealed));
                 }
                 for v in effect.remove_values {
-                    staged.writes.insert(keys::value(&event.mount, &event.path, v), None);
+                    self.batch.writes.insert(keys::value(&event.mount, &event.path, v), None);
                 }
                 let encoded = match &effect.meta {
                     Some(m) => Some(serde_json::to_vec(m).map_err(|e| ReaderError::Storage(e.to_string()))?),
                     None => None,
                 };
-                staged.writes.insert(mkey.clone(), encoded);
-                metas.insert(mkey, effect.meta);
+                self.batch.writes.insert(mkey.clone(), encoded);
+                self.metas.insert(mkey, effect.meta);
             }
         }
         st.max_epoch = st.max_epoch.max(event.writer_epoch);

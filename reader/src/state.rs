@@ -67,6 +67,8 @@ pub enum ApplyError {
     VersionGap { path: String, current: u64, got: u64 },
     #[error("control operation {op} applied as a secret mutation")]
     NotASecretOperation { op: &'static str },
+    #[error("restore of {path} is invalid: {reason}")]
+    InvalidRestore { path: String, reason: String },
 }
 
 /// Apply a secret event to the secret's current metadata. Pure: same inputs, same effect, on
@@ -85,8 +87,7 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
                     got: *version,
                 });
             }
-            let deletion_ms = (m.delete_version_after_secs > 0)
-                .then(|| ts.saturating_add((m.delete_version_after_secs as i64).saturating_mul(1000)));
+            let deletion_ms = scheduled_deletion(m.delete_version_after_secs, ts);
             m.versions.insert(*version, VersionMeta { created_ms: ts, deletion_ms, destroyed: false });
             m.current_version = *version;
             m.updated_ms = ts;
@@ -108,7 +109,8 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
                         vm.deletion_ms = Some(ts);
                     }
                 }
-                m.updated_ms = ts;
+                // As in Vault, `updated_time` tells when the secret was last written or its
+                // metadata changed; deleting, undeleting and destroying versions leave it.
             }
         }
         Operation::UndeleteVersions { versions } => {
@@ -117,10 +119,11 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
                     if let Some(vm) = m.versions.get_mut(v)
                         && !vm.destroyed
                     {
-                        vm.deletion_ms = None;
+                        // With `delete_version_after` set, an undeleted version is scheduled
+                        // for deletion again, from now (Vault's rule).
+                        vm.deletion_ms = scheduled_deletion(m.delete_version_after_secs, ts);
                     }
                 }
-                m.updated_ms = ts;
             }
         }
         Operation::DestroyVersions { versions } => {
@@ -133,7 +136,6 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
                         effect.remove_values.push(*v);
                     }
                 }
-                m.updated_ms = ts;
             }
         }
         Operation::UpdateMetadata(u) => {
@@ -146,12 +148,34 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
                 effect.remove_values.extend(m.versions.keys().copied());
             }
         }
+        Operation::RestoreSecret { metadata, values } => {
+            let invalid = |reason: String| ApplyError::InvalidRestore { path: event.path.clone(), reason };
+            let restored: SecretMeta = serde_json::from_slice(metadata).map_err(|e| invalid(e.to_string()))?;
+            for (v, _) in values {
+                match restored.versions.get(v) {
+                    Some(vm) if !vm.destroyed => {}
+                    _ => return Err(invalid(format!("a value for version {v}, which the metadata does not hold"))),
+                }
+            }
+            let kept: std::collections::BTreeSet<u64> = values.iter().map(|(v, _)| *v).collect();
+            if let Some(old) = meta.as_ref() {
+                effect.remove_values.extend(old.versions.keys().copied().filter(|v| !kept.contains(v)));
+            }
+            effect.put_values.extend(values.iter().cloned());
+            meta = Some(restored);
+        }
         op @ (Operation::SetRootToken { .. } | Operation::LeaderEpoch { .. }) => {
             return Err(ApplyError::NotASecretOperation { op: op.name() });
         }
     }
     effect.meta = meta;
     Ok(effect)
+}
+
+/// When a version written (or undeleted) at `ts` is to be soft-deleted: `delete_version_after`
+/// later, or never when that is 0.
+fn scheduled_deletion(delete_version_after_secs: u64, ts: i64) -> Option<i64> {
+    (delete_version_after_secs > 0).then(|| ts.saturating_add((delete_version_after_secs as i64).saturating_mul(1000)))
 }
 
 fn update_metadata(m: &mut SecretMeta, u: &MetadataUpdate) {
@@ -165,7 +189,8 @@ fn update_metadata(m: &mut SecretMeta, u: &MetadataUpdate) {
         m.delete_version_after_secs = v;
     }
     if let Some(cm) = &u.custom_metadata {
-        m.custom_metadata = Some(cm.clone());
+        // An empty map clears it; Vault shows no custom metadata as `null`.
+        m.custom_metadata = (!cm.is_empty()).then(|| cm.clone());
     }
 }
 
@@ -188,6 +213,34 @@ mod tests {
             effects.push(e);
         }
         (meta, effects)
+    }
+
+    #[test]
+    fn a_restore_replaces_the_whole_state_and_drops_values_it_does_not_hold() {
+        let (now, _) = run(vec![put(1), put(2), put(3)]);
+        let (then, _) = run(vec![put(1)]);
+        let then = then.unwrap();
+        let restore =
+            Operation::RestoreSecret { metadata: serde_json::to_vec(&then).unwrap(), values: vec![(1, vec![1])] };
+        let e = apply(now.as_ref(), &ev(9000, restore)).unwrap();
+        assert_eq!(e.meta.as_ref(), Some(&then));
+        assert_eq!(e.put_values, vec![(1, vec![1])]);
+        assert_eq!(e.remove_values, vec![2, 3]);
+        // After it, writing goes on from the restored version.
+        let next = apply(e.meta.as_ref(), &ev(10_000, put(2))).unwrap();
+        assert_eq!(next.meta.unwrap().current_version, 2);
+    }
+
+    #[test]
+    fn a_restore_with_a_value_the_metadata_does_not_hold_is_refused() {
+        let (then, _) = run(vec![put(1)]);
+        let restore = Operation::RestoreSecret {
+            metadata: serde_json::to_vec(&then.unwrap()).unwrap(),
+            values: vec![(2, vec![2])],
+        };
+        assert!(matches!(apply(None, &ev(1, restore)), Err(ApplyError::InvalidRestore { .. })));
+        let garbage = Operation::RestoreSecret { metadata: b"{".to_vec(), values: vec![] };
+        assert!(matches!(apply(None, &ev(1, garbage)), Err(ApplyError::InvalidRestore { .. })));
     }
 
     #[test]
@@ -241,6 +294,42 @@ mod tests {
         assert_eq!(m.versions[&1].deletion_ms, Some(3000), "destroyed versions cannot be undeleted");
         assert!(m.versions[&2].is_live(i64::MAX));
         assert_eq!(fx[4].remove_values, vec![1]);
+    }
+
+    #[test]
+    fn version_operations_leave_updated_time() {
+        let (m, _) = run(vec![
+            put(1),
+            Operation::DeleteVersions { versions: vec![1] },
+            Operation::UndeleteVersions { versions: vec![1] },
+            Operation::DestroyVersions { versions: vec![1] },
+        ]);
+        assert_eq!(m.unwrap().updated_ms, 1000, "only writes and metadata updates move updated_time");
+    }
+
+    #[test]
+    fn undelete_schedules_deletion_again() {
+        let update =
+            Operation::UpdateMetadata(MetadataUpdate { delete_version_after_secs: Some(60), ..Default::default() });
+        let (m, _) = run(vec![
+            update,
+            put(1),
+            Operation::DeleteVersions { versions: vec![1] },
+            Operation::UndeleteVersions { versions: vec![1] },
+        ]);
+        assert_eq!(m.unwrap().versions[&1].deletion_ms, Some(4000 + 60_000), "scheduled from the undelete");
+    }
+
+    #[test]
+    fn empty_custom_metadata_clears_it() {
+        let set = Operation::UpdateMetadata(MetadataUpdate {
+            custom_metadata: Some(BTreeMap::from([("k".into(), "v".into())])),
+            ..Default::default()
+        });
+        let clear =
+            Operation::UpdateMetadata(MetadataUpdate { custom_metadata: Some(BTreeMap::new()), ..Default::default() });
+        let (m, _) = run(vec![set, clear]);
+        assert_eq!(m.unwrap().custom_metadata, None);
     }
 
     #[test]

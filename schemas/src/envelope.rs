@@ -10,7 +10,8 @@
 //! `Put` = version u64, sealed bytes32; `Delete/Undelete/DestroyVersions` = count u16, u64 each;
 //! `UpdateMetadata` = presence flags u8 (bit0 max_versions u32, bit1 cas_required u8,
 //! bit2 delete_version_after u64 seconds, bit3 custom_metadata count u16 + (str16, str16)...);
-//! `DeleteMetadata` = nothing; `SetRootToken` = hash [32]; `LeaderEpoch` = leader URL str16.
+//! `DeleteMetadata` = nothing; `RestoreSecret` = metadata bytes32, count u16, (version u64,
+//! sealed bytes32)...; `SetRootToken` = hash [32]; `LeaderEpoch` = leader URL str16.
 //!
 //! The tag is checked before the body is parsed: nothing of a forged record is interpreted.
 //! A version this build does not know is reported as such, so a reader halts instead of guessing.
@@ -138,6 +139,14 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
             }
         }
         Operation::DeleteMetadata => {}
+        Operation::RestoreSecret { metadata, values } => {
+            o.bytes32(metadata);
+            o.u16(values.len() as u16);
+            for (v, sealed) in values {
+                o.u64(*v);
+                o.bytes32(sealed);
+            }
+        }
         Operation::SetRootToken { token_hash } => o.raw(token_hash),
         Operation::LeaderEpoch { leader_url } => o.str16(leader_url),
     }
@@ -204,6 +213,19 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
             Operation::UpdateMetadata(m)
         }
         0x06 => Operation::DeleteMetadata,
+        0x07 => {
+            let metadata = r.bytes32("metadata", MAX_RESTORE_METADATA_LEN)?.to_vec();
+            let n = r.u16()? as usize;
+            if n > MAX_VERSIONS_PER_EVENT {
+                return Err(DecodeError::InvalidField { field: "values", reason: "too many" });
+            }
+            let mut values = Vec::with_capacity(n);
+            for _ in 0..n {
+                let v = r.u64()?;
+                values.push((v, r.bytes32("sealed", MAX_SEALED_LEN)?.to_vec()));
+            }
+            Operation::RestoreSecret { metadata, values }
+        }
         0x40 => Operation::SetRootToken { token_hash: r.array()? },
         0x41 => Operation::LeaderEpoch { leader_url: r.str16("leader_url", MAX_PATH_LEN)?.to_owned() },
         tag => return Err(DecodeError::UnknownOperation { tag }),
@@ -245,6 +267,11 @@ mod tests {
                     })
                 }),
             Just(Operation::DeleteMetadata),
+            (
+                proptest::collection::vec(any::<u8>(), 0..200),
+                proptest::collection::vec((any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100)), 0..5)
+            )
+                .prop_map(|(metadata, values)| Operation::RestoreSecret { metadata, values }),
             any::<[u8; 32]>().prop_map(|token_hash| Operation::SetRootToken { token_hash }),
             "http://[a-z0-9.:]{1,30}".prop_map(|leader_url| Operation::LeaderEpoch { leader_url }),
         ]

@@ -16,6 +16,8 @@ pub const MAX_VERSIONS_PER_EVENT: usize = 1024;
 pub const MAX_CUSTOM_METADATA: usize = 64;
 /// Largest custom-metadata key or value, in bytes (Vault: 128 / 512).
 pub const MAX_CUSTOM_METADATA_LEN: usize = 512;
+/// Longest metadata document a `RestoreSecret` carries.
+pub const MAX_RESTORE_METADATA_LEN: usize = 256 * 1024;
 
 /// One authenticated mutation, as appended to the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,12 @@ pub enum Operation {
     UpdateMetadata(MetadataUpdate),
     /// Remove the secret: every version and its metadata.
     DeleteMetadata,
+    /// Replace the secret's whole state — metadata (the reader's `SecretMeta`, as JSON, exactly
+    /// as snapshots carry it) and the sealed value of every version that has one — with a state
+    /// taken from a snapshot or a point-in-time rebuild. Written by `secretlog restore` (through
+    /// the leader, ordered with every other write to the secret) and by `secretlog reseed`.
+    /// Values stay sealed: they were sealed for this mount, path and version.
+    RestoreSecret { metadata: Vec<u8>, values: Vec<(u64, Vec<u8>)> },
     /// Control: the keyed hash of the bootstrap root token, so readers can check it locally.
     SetRootToken { token_hash: [u8; 32] },
     /// Control: a new leader's first record in each partition. It raises the partition's writer
@@ -82,6 +90,7 @@ impl Operation {
             Operation::DestroyVersions { .. } => 0x04,
             Operation::UpdateMetadata(_) => 0x05,
             Operation::DeleteMetadata => 0x06,
+            Operation::RestoreSecret { .. } => 0x07,
             Operation::SetRootToken { .. } => 0x40,
             Operation::LeaderEpoch { .. } => 0x41,
         }
@@ -96,6 +105,7 @@ impl Operation {
             Operation::DestroyVersions { .. } => "destroy_versions",
             Operation::UpdateMetadata(_) => "update_metadata",
             Operation::DeleteMetadata => "delete_metadata",
+            Operation::RestoreSecret { .. } => "restore_secret",
             Operation::SetRootToken { .. } => "set_root_token",
             Operation::LeaderEpoch { .. } => "leader_epoch",
         }

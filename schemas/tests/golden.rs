@@ -46,6 +46,16 @@ fn golden_events() -> Vec<(&'static str, Event)> {
         ),
         ("delete_metadata", base("app/db", Operation::DeleteMetadata)),
         (
+            "restore_secret",
+            base(
+                "app/db",
+                Operation::RestoreSecret {
+                    metadata: br#"{"current_version":2,"versions":{}}"#.to_vec(),
+                    values: vec![(1, vec![0xA5; 45]), (2, vec![0x5A; 45])],
+                },
+            ),
+        ),
+        (
             "leader_epoch",
             Event {
                 mount: String::new(),

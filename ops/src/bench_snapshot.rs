@@ -103,7 +103,7 @@ pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Re
 
         let target = Store::open(&store_config(&dir.path().join("target"))).await?;
         let started = Instant::now();
-        let id = secretlog_reader::bootstrap::bootstrap_if_empty(&target, &objects, TOPIC).await?;
+        let id = secretlog_reader::bootstrap::bootstrap_if_empty(&target, &objects, "bench", TOPIC).await?;
         let bootstrap_secs = started.elapsed().as_secs_f64();
         anyhow::ensure!(id.as_deref() == Some(manifest.id.as_str()), "bootstrap did not pick the new snapshot");
         let (a, b) = (source.digest().await?, target.digest().await?);

@@ -53,6 +53,19 @@ enum Cmd {
     },
     /// Measure a running stack: acknowledged writes, reads, write-to-visible lag.
     Bench(crate::bench::BenchArgs),
+    /// Snapshots in object storage: list, create, verify (--deep restores into an isolated store).
+    Snapshot {
+        #[command(subcommand)]
+        action: crate::dr::snapshot::SnapshotCmd,
+    },
+    /// Restore the running cluster to a snapshot or a point in time after it (all, or a prefix).
+    Restore(crate::dr::restore::RestoreArgs),
+    /// Seed a fresh Kafka cluster from the newest snapshot and the log archive (region loss).
+    Reseed(crate::dr::reseed::ReseedArgs),
+    /// Make a DR site the primary, once the old primary is gone.
+    Promote(crate::dr::promote::PromoteArgs),
+    /// Run a DR drill on the local stack: lose the primary, recover, measure RTO and RPO.
+    Drill(crate::dr::drill::DrillArgs),
     /// Run a writer node.
     Writer(secretlog_writer::WriterConfig),
     /// Run a reader node.
@@ -128,6 +141,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Down { dir } => stack::down(&dir.data_dir),
         Cmd::Status { dir, json } => crate::status::status(&dir.data_dir, json).await,
         Cmd::Bench(args) => crate::bench::run(args).await,
+        Cmd::Snapshot { action } => crate::dr::snapshot::run(action).await,
+        Cmd::Restore(args) => crate::dr::restore::run(args).await,
+        Cmd::Reseed(args) => crate::dr::reseed::run(args).await,
+        Cmd::Promote(args) => crate::dr::promote::run(args).await,
+        Cmd::Drill(args) => crate::dr::drill::run(args).await,
         Cmd::Writer(cfg) => {
             let cancel = CancellationToken::new();
             until_stopped(secretlog_writer::node::start(cfg, cancel.clone()).await?, cancel).await

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_snapshot;
+pub mod dr;
 pub mod cli;
 pub mod kafka;
 pub mod output;

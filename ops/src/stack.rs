@@ -94,7 +94,7 @@ pub fn ensure_root_key(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_node(
+pub(crate) fn spawn_node(
     dir: &Path,
     name: &str,
     args: &[String],

@@ -90,12 +90,27 @@ pub async fn install(store: &Store, m: &Manifest, data: SnapshotData) -> Result<
     Ok(n)
 }
 
-/// Bootstrap an empty store from the newest snapshot, if there is one. Returns its id.
-pub async fn bootstrap_if_empty(store: &Store, objects: &Objects, topic: &str) -> Result<Option<String>, ReaderError> {
+/// Bootstrap an empty store from the newest snapshot of `topic` on Kafka cluster `cluster`, if
+/// there is one (a snapshot's offsets mean nothing on another cluster). Returns its id.
+pub async fn bootstrap_if_empty(
+    store: &Store,
+    objects: &Objects,
+    cluster: &str,
+    topic: &str,
+) -> Result<Option<String>, ReaderError> {
     if !store.partitions().await?.is_empty() {
         return Ok(None);
     }
-    let snapshots: Vec<Manifest> = list_snapshots(objects).await?.into_iter().filter(|m| m.topic == topic).collect();
+    let all = list_snapshots(objects).await?;
+    let snapshots: Vec<Manifest> = all.iter().filter(|m| m.topic == topic && m.cluster == cluster).cloned().collect();
+    if snapshots.is_empty() && !all.is_empty() {
+        tracing::warn!(
+            cluster,
+            topic,
+            found = all.len(),
+            "no snapshot of this cluster and topic; replaying the log from its start"
+        );
+    }
     let Some(m) = snapshots.last() else { return Ok(None) };
     let started = std::time::Instant::now();
     let data = fetch_snapshot(objects, m).await?;

@@ -50,6 +50,16 @@ pub fn partition_count(bootstrap: &str, topic: &str, timeout: Duration) -> Resul
     Ok(n)
 }
 
+/// The Kafka cluster's id (KRaft cluster id), waiting up to `timeout` for the cluster. Snapshots
+/// and the archive are tied to it: offsets of one cluster mean nothing in another.
+pub fn cluster_id(bootstrap: &str, timeout: Duration) -> Result<String, ReaderError> {
+    let consumer: BaseConsumer = consumer_config(bootstrap, "secretlog-metadata").create()?;
+    consumer.client().fetch_cluster_id(timeout).ok_or_else(|| ReaderError::Config {
+        field: "kafka",
+        reason: format!("no cluster id from {bootstrap} within {timeout:?}"),
+    })
+}
+
 /// Client context of secretlog's consumers: reaching the end of a partition is routine (the
 /// materializer asks for it, to know when it is caught up), so it is not logged as an error;
 /// every other client error is logged with its reason.

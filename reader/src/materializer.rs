@@ -112,6 +112,8 @@ pub async fn spawn(
         leader: store.leader().await?,
         ..Default::default()
     };
+    // Halts are not stored: a restarted node halts again at the same record. Until then, none.
+    publish_halted(&initial);
     let (tx, rx) = watch::channel(initial);
     let m = Materializer { cfg, store, keyring, tx, stored };
     let join = tokio::spawn(async move {
@@ -302,12 +304,14 @@ impl Materializer {
             for (p, offset, reason) in newly_halted {
                 prog.halted.insert(p, format!("offset {offset}: {reason}"));
             }
+            publish_halted(prog);
             if let Some(ts) = last_event_ms {
                 prog.last_event_ms = ts;
             }
             prog.consumer_error = None;
             if wrong_key.is_some() {
                 prog.wrong_key = wrong_key;
+                crate::telemetry::set_sealed(true);
             }
             if staged_leader.is_some() {
                 prog.leader = staged_leader;
@@ -444,6 +448,7 @@ async fn refresh_watermarks(
             tx.send_modify(|p| {
                 p.high = marks.iter().map(|(part, (_, hi))| (*part, *hi)).collect();
                 p.halted.extend(trimmed);
+                publish_halted(p);
             });
             let now = now_ms();
             let prog = tx.borrow();
@@ -455,6 +460,13 @@ async fn refresh_watermarks(
             _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
         }
     }
+}
+
+/// Publish `secretlog_reader_partitions_halted`: how many partitions are halted now. Unlike
+/// `secretlog_reader_partition_halts_total` it stays up for as long as the halt lasts, and a
+/// restarted node reports it again once it meets the record again.
+fn publish_halted(prog: &Progress) {
+    metrics::gauge!("secretlog_reader_partitions_halted").set(prog.halted.len() as f64);
 }
 
 /// Partitions whose unapplied records Kafka has already deleted (retention or DeleteRecords):

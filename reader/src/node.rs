@@ -56,9 +56,14 @@ pub fn supervise(
     RunningNode { addr, cancel, join }
 }
 
-/// Load the keyring, or say why the node is sealed.
+/// Load the keyring, or say why the node is sealed; either way `secretlog_sealed` says so (the
+/// materializer raises it later if the log turns out to be sealed under another key).
 pub fn load_keyring(log: &LogConfig) -> Result<Arc<Keyring>, String> {
-    RootKey::load(log.root_key_file.as_deref()).map(|k| Arc::new(Keyring::from_root(&k))).map_err(|e| e.to_string())
+    let keyring = RootKey::load(log.root_key_file.as_deref())
+        .map(|k| Arc::new(Keyring::from_root(&k)))
+        .map_err(|e| e.to_string());
+    crate::telemetry::set_sealed(keyring.is_err());
+    keyring
 }
 
 /// Open the store and start the materializer for a node.
@@ -77,7 +82,14 @@ pub async fn open_state(
     .await?;
     if let Some(url) = &log.object_store {
         let objects = crate::objects::Objects::open(url)?;
-        crate::bootstrap::bootstrap_if_empty(&store, &objects, &log.topic).await?;
+        if store.partitions().await?.is_empty() {
+            let bootstrap = log.bootstrap.clone();
+            let cluster =
+                tokio::task::spawn_blocking(move || crate::kafka::cluster_id(&bootstrap, Duration::from_secs(60)))
+                    .await
+                    .map_err(|e| ReaderError::Storage(e.to_string()))??;
+            crate::bootstrap::bootstrap_if_empty(&store, &objects, &cluster, &log.topic).await?;
+        }
     }
     let (handle, join) = materializer::spawn(
         MaterializerConfig {

@@ -17,6 +17,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use secretlog_reader::kafka::LogContext;
+use secretlog_reader::materializer::now_ms;
 use secretlog_reader::objects::Objects;
 use secretlog_schemas::archive::{ArchivedRecord, encode_segment, parse_segment_name, segment_path};
 use tokio::sync::watch;
@@ -177,6 +178,9 @@ async fn flush_due(
     publish_buffered(buffers, status);
 }
 
+/// Publish what waits for upload, in the status (health) and as metrics. Called on every tick of
+/// the archive loop, so `secretlog_archive_lag_seconds` grows while storage is down even when
+/// nobody asks for health.
 fn publish_buffered(buffers: &BTreeMap<i32, Buffer>, status: &watch::Sender<ArchiveStatus>) {
     let buffered = buffers.values().map(|b| b.records.len()).sum();
     let oldest = buffers.values().filter_map(|b| b.records.first().map(|r| r.timestamp_ms)).min();
@@ -185,4 +189,5 @@ fn publish_buffered(buffers: &BTreeMap<i32, Buffer>, status: &watch::Sender<Arch
         s.oldest_unarchived_ms = oldest;
     });
     metrics::gauge!("secretlog_archive_buffered_records").set(buffered as f64);
+    metrics::gauge!("secretlog_archive_lag_seconds").set(status.borrow().lag_seconds(now_ms()));
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use object_store::ObjectStoreExt;
 use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, Handler};
 use secretlog_reader::materializer::now_ms;
@@ -25,6 +26,8 @@ struct ReplicatorNode {
     archive: watch::Receiver<ArchiveStatus>,
     /// One snapshot at a time.
     snapshot_lock: Mutex<()>,
+    /// The Kafka cluster's id, once known (snapshots and the archive are tied to it).
+    cluster: std::sync::OnceLock<String>,
 }
 
 /// Start the replicator; it runs until `cancel` fires.
@@ -57,7 +60,12 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
         objects,
         archive: status_rx,
         snapshot_lock: Mutex::new(()),
+        cluster: std::sync::OnceLock::new(),
     });
+    {
+        let (n, c) = (node.clone(), cancel.clone());
+        background.spawn(async move { n.publish_newest_snapshot(c).await });
+    }
     if let Some(ctx) = node.ctx.clone() {
         let (n, c) = (node.clone(), cancel.clone());
         background.spawn(async move {
@@ -65,6 +73,15 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
             if prog.partitions == 0 {
                 return;
             }
+            let cluster = match n.claim_store().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "the archive cannot start");
+                    status_tx.send_modify(|s| s.last_error = Some(e.to_string()));
+                    return;
+                }
+            };
+            let _ = n.cluster.set(cluster);
             let res = crate::archive::run(
                 &n.cfg.log.bootstrap,
                 &n.cfg.log.topic,
@@ -110,11 +127,41 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
 }
 
 impl ReplicatorNode {
+    /// Report the newest snapshot already in object storage (retrying while storage is
+    /// unreachable), under the snapshot lock so a snapshot written meanwhile is not reported
+    /// older than it is.
+    async fn publish_newest_snapshot(&self, cancel: CancellationToken) {
+        loop {
+            let res = {
+                let _one = self.snapshot_lock.lock().await;
+                crate::snapshot::publish_newest(&self.objects, &self.cfg.log.topic).await
+            };
+            match res {
+                Ok(newest) => {
+                    tracing::info!(newest_snapshot_ms = ?newest, "newest snapshot in object storage");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list snapshots yet; retrying"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
     async fn snapshot(&self) -> Result<secretlog_schemas::archive::Manifest, ReplicatorError> {
         let ctx = self.ctx.as_ref().ok_or_else(|| ReplicatorError::Objects("sealed".into()))?;
         let _one = self.snapshot_lock.lock().await;
-        let m =
-            crate::snapshot::create(&ctx.store, &self.objects, &self.cfg.log.bootstrap, &self.cfg.log.topic).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let cluster = loop {
+            match self.cluster.get() {
+                Some(c) => break c,
+                None if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                None => return Err(ReplicatorError::Objects("the Kafka cluster id is not known yet".into())),
+            }
+        };
+        let m = crate::snapshot::create(&ctx.store, &self.objects, cluster, &self.cfg.log.topic).await?;
         crate::snapshot::apply_retention(
             &self.objects,
             self.cfg.keep_snapshots,
@@ -122,6 +169,41 @@ impl ReplicatorNode {
         )
         .await?;
         Ok(m)
+    }
+
+    /// Tie the object store prefix to this Kafka cluster and topic (`cluster.json`), or refuse if
+    /// it already belongs to another: the archive's object names are offsets, and another
+    /// cluster's offsets would silently overwrite or shadow them.
+    async fn claim_store(&self) -> Result<String, ReplicatorError> {
+        let bootstrap = self.cfg.log.bootstrap.clone();
+        let cluster = tokio::task::spawn_blocking(move || {
+            secretlog_reader::kafka::cluster_id(&bootstrap, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| ReplicatorError::Objects(e.to_string()))??;
+        let owner = json!({ "cluster": cluster, "topic": self.cfg.log.topic });
+        let path = self.objects.path("cluster.json");
+        match self.objects.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+                let found: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if found != owner {
+                    return Err(ReplicatorError::Objects(format!(
+                        "{} belongs to {found}, not to {owner}: give this cluster its own object store prefix",
+                        self.objects.url
+                    )));
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.objects
+                    .store
+                    .put(&path, object_store::PutPayload::from(owner.to_string().into_bytes()))
+                    .await
+                    .map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+            }
+            Err(e) => return Err(ReplicatorError::Objects(e.to_string())),
+        }
+        Ok(cluster)
     }
 
     async fn handle(&self, req: ApiRequest) -> ApiResponse {

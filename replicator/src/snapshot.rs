@@ -56,9 +56,25 @@ pub async fn create(store: &Store, objects: &Objects, cluster: &str, topic: &str
         .map_err(|e| ReplicatorError::Objects(e.to_string()))?;
     let took = started.elapsed();
     metrics::histogram!("secretlog_snapshot_duration_seconds").record(took.as_secs_f64());
-    metrics::gauge!("secretlog_snapshot_last_created_timestamp_seconds").set(created_ms as f64 / 1000.0);
+    publish_created(created_ms);
     tracing::info!(snapshot = %id, secrets, values, took_ms = took.as_millis() as u64, "snapshot written");
     Ok(manifest)
+}
+
+/// Publish the newest restore point's creation time (`secretlog_snapshot_last_created_timestamp_seconds`).
+fn publish_created(created_ms: i64) {
+    metrics::gauge!("secretlog_snapshot_last_created_timestamp_seconds").set(created_ms as f64 / 1000.0);
+}
+
+/// Publish the creation time of the newest snapshot of `topic` already in object storage, and
+/// return it. Run at start, so the snapshot-age alerts see the restore point that exists rather
+/// than nothing until this process writes one.
+pub async fn publish_newest(objects: &Objects, topic: &str) -> Result<Option<i64>, ReplicatorError> {
+    let newest = list_snapshots(objects).await?.iter().filter(|m| m.topic == topic).map(|m| m.created_ms).max();
+    if let Some(ms) = newest {
+        publish_created(ms);
+    }
+    Ok(newest)
 }
 
 /// Which snapshots retention removes: all but the newest `keep` and those younger than `max_age`;

@@ -155,7 +155,8 @@ pub struct Manifest {
     pub producer_version: String,
     pub id: String,
     pub created_ms: i64,
-    /// Bootstrap servers the log was read from, as configured.
+    /// Id of the Kafka cluster the offsets refer to (offsets of one cluster mean nothing in
+    /// another: readers bootstrap only from snapshots of their own cluster).
     pub cluster: String,
     pub topic: String,
     /// Next offset per partition: the snapshot is exactly the state after everything before.

@@ -27,8 +27,6 @@ use serde_yaml_ng::Value as Yaml;
 const PENDING_METRICS: &[&str] = &[
     // A counter of audit records that could not be written (there is no audit log yet at all).
     "secretlog_audit_failures_total",
-    // A gauge, 1 while the node is sealed (no or wrong root key), else 0; on every node.
-    "secretlog_sealed",
 ];
 
 /// Series of danielqsj/kafka-exporter (its README, "Metrics"): we do not scrape broker JMX.

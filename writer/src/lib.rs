@@ -13,6 +13,7 @@ pub mod node;
 pub mod plan;
 pub mod producer;
 pub mod request;
+pub mod restore;
 pub mod token;
 
 pub use config::WriterConfig;

@@ -12,6 +12,7 @@ use secretlog_reader::api::kv::{Freshness, ReadContext};
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, Handler};
 use secretlog_reader::materializer::now_ms;
 use secretlog_reader::node::{RunningNode, load_keyring, metrics_response, open_state, sealed_response, supervise};
+use secretlog_schemas::topic::HEADER_INDEX;
 use secretlog_schemas::{Event, Operation, encode_event};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -321,18 +322,12 @@ impl WriterNode {
             return Ok(self.forwarder.forward(&req, self.leader_url().as_deref()).await);
         }
         ctx.authorize(&req).await?;
-        let cmd = crate::request::parse(&req, &ctx.mount, self.cfg.max_value_bytes)?;
-        if self.fenced.load(Ordering::SeqCst) {
-            return Err(WriterError::Fenced.into());
+        if req.path == crate::restore::RESTORE_PATH {
+            let cmds = crate::restore::parse(&req, &ctx.mount, &ctx.keyring)?;
+            return self.restore(&req, cmds).await;
         }
-        let queue = self.queue.read().expect("queue lock").clone();
-        let Some(queue) = queue else {
-            let why = match self.state() {
-                WriterState::Starting(w) => w,
-                other => format!("{other:?}"),
-            };
-            return Err(ApiError::unavailable(format!("writer not ready: {why}")));
-        };
+        let cmd = crate::request::parse(&req, &ctx.mount, self.cfg.max_value_bytes)?;
+        let queue = self.write_queue()?;
         let (tx, rx) = oneshot::channel();
         queue.try_send(Pending { cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
         let timeout = Duration::from_millis(self.cfg.write_timeout_ms * 2 + 1000);
@@ -341,6 +336,63 @@ impl WriterNode {
             Ok(Err(_)) => Err(ApiError::unavailable("writer stopped before answering")),
             Err(_) => Err(ApiError::unavailable("write outcome unknown: timed out waiting for the commit")),
         }
+    }
+
+    /// The committer's queue, if this node may take writes now.
+    fn write_queue(&self) -> Result<mpsc::Sender<Pending>, ApiError> {
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(WriterError::Fenced.into());
+        }
+        let queue = self.queue.read().expect("queue lock").clone();
+        queue.ok_or_else(|| {
+            let why = match self.state() {
+                WriterState::Starting(w) => w,
+                other => format!("{other:?}"),
+            };
+            ApiError::unavailable(format!("writer not ready: {why}"))
+        })
+    }
+
+    /// Queue every secret of a restore and answer once all committed: 200 with counts and the
+    /// merged commit position, or the first failure (secrets before it may have committed; a
+    /// restore is idempotent, so the operator runs it again).
+    async fn restore(&self, req: &ApiRequest, cmds: Vec<crate::request::Command>) -> Result<ApiResponse, ApiError> {
+        let queue = self.write_queue()?;
+        let total = cmds.len();
+        let mut waiting = Vec::with_capacity(total);
+        for cmd in cmds {
+            let (tx, rx) = oneshot::channel();
+            queue
+                .send(Pending { cmd, reply: tx })
+                .await
+                .map_err(|_| ApiError::unavailable("writer stopped before the restore was queued"))?;
+            waiting.push(rx);
+        }
+        let timeout = Duration::from_millis(self.cfg.write_timeout_ms * 4 + 5000);
+        let mut index = secretlog_schemas::ConsistencyToken::default();
+        let mut changed = 0usize;
+        for rx in waiting {
+            let resp = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(_)) => return Err(ApiError::unavailable("writer stopped before answering")),
+                Err(_) => return Err(ApiError::unavailable("restore outcome unknown: timed out waiting for the commit")),
+            };
+            if resp.status >= 300 {
+                return Ok(resp);
+            }
+            if let Some((_, v)) = resp.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(HEADER_INDEX)) {
+                changed += 1;
+                if let Ok(t) = v.parse::<secretlog_schemas::ConsistencyToken>() {
+                    index.merge(&t);
+                }
+            }
+        }
+        tracing::info!(secrets = total, changed, "restore committed");
+        let mut resp = ApiResponse::data(&req.request_id, serde_json::json!({ "secrets": total, "appended": changed }));
+        if !index.0.is_empty() {
+            resp.headers.push((HEADER_INDEX.to_string(), index.to_string()));
+        }
+        Ok(resp)
     }
 
     async fn read(&self, ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {

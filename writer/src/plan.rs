@@ -6,9 +6,9 @@
 
 use secretlog_reader::api::ApiError;
 use secretlog_reader::api::response::vault_time;
-use secretlog_reader::state::SecretMeta;
+use secretlog_reader::state::{self, SecretMeta};
 use secretlog_schemas::sealed::{SealContext, SealedValue};
-use secretlog_schemas::{Keyring, Operation};
+use secretlog_schemas::{Event, Keyring, MetadataUpdate, Operation};
 use serde_json::{Map, Value, json};
 
 use crate::request::{Command, merge_patch};
@@ -34,10 +34,10 @@ pub enum Reply {
 const CAS_MISMATCH: &str = "check-and-set parameter did not match the current version";
 const CAS_REQUIRED: &str = "check-and-set parameter required for this call";
 
-fn check_cas(meta: Option<&SecretMeta>, cas: Option<u64>) -> Result<(), ApiError> {
+fn check_cas(meta: Option<&SecretMeta>, cas: Option<i64>) -> Result<(), ApiError> {
     let current = meta.map_or(0, |m| m.current_version);
     match cas {
-        Some(c) if c != current => Err(ApiError::bad_request(CAS_MISMATCH)),
+        Some(c) if u64::try_from(c).ok() != Some(current) => Err(ApiError::bad_request(CAS_MISMATCH)),
         None if meta.is_some_and(|m| m.cas_required) => Err(ApiError::bad_request(CAS_REQUIRED)),
         _ => Ok(()),
     }
@@ -69,6 +69,25 @@ fn seal_put(
     Ok(Planned::Append { op: Operation::Put { version, sealed: sealed.encode() }, reply })
 }
 
+/// Append `op` only if it changes the secret: deleting what is deleted (or does not exist),
+/// undeleting what is live, destroying what is destroyed answer 204 and append nothing, as in
+/// Vault — decided by the very function every node applies events with.
+fn changing(meta: Option<&SecretMeta>, op: Operation, ts: i64) -> Result<Planned, ApiError> {
+    let Some(m) = meta else { return Ok(Planned::Done { status: 204 }) };
+    let probe =
+        Event { event_id: [0; 16], timestamp_ms: ts, writer_epoch: 0, mount: String::new(), path: String::new(), op };
+    match state::apply(Some(m), &probe) {
+        Ok(effect) if effect.meta.as_ref() == Some(m) && effect.remove_values.is_empty() => {
+            Ok(Planned::Done { status: 204 })
+        }
+        Ok(_) => Ok(Planned::Append { op: probe.op, reply: Reply::NoContent }),
+        Err(e) => {
+            tracing::error!(error = %e, "a version operation does not apply to the current state");
+            Err(ApiError::internal())
+        }
+    }
+}
+
 /// Decide `cmd` against `meta`. For a patch, `current` is the opened value of the current
 /// version (`None` if there is no live current version).
 pub fn plan(
@@ -92,25 +111,21 @@ pub fn plan(
             seal_put(keyring, mount, path, meta, &merged, ts)
         }
         Command::DeleteLatest { .. } => match meta {
-            Some(m) if exists => Ok(Planned::Append {
-                op: Operation::DeleteVersions { versions: vec![m.current_version] },
-                reply: Reply::NoContent,
-            }),
+            Some(m) if exists => changing(meta, Operation::DeleteVersions { versions: vec![m.current_version] }, ts),
             _ => Ok(Planned::Done { status: 204 }),
         },
-        Command::DeleteVersions { versions, .. } if exists => Ok(Planned::Append {
-            op: Operation::DeleteVersions { versions: versions.clone() },
-            reply: Reply::NoContent,
-        }),
-        Command::UndeleteVersions { versions, .. } if exists => Ok(Planned::Append {
-            op: Operation::UndeleteVersions { versions: versions.clone() },
-            reply: Reply::NoContent,
-        }),
-        Command::DestroyVersions { versions, .. } if exists => Ok(Planned::Append {
-            op: Operation::DestroyVersions { versions: versions.clone() },
-            reply: Reply::NoContent,
-        }),
-        Command::DeleteVersions { .. } | Command::UndeleteVersions { .. } | Command::DestroyVersions { .. } => {
+        Command::DeleteVersions { versions, .. } => {
+            changing(meta, Operation::DeleteVersions { versions: versions.clone() }, ts)
+        }
+        Command::UndeleteVersions { versions, .. } => {
+            changing(meta, Operation::UndeleteVersions { versions: versions.clone() }, ts)
+        }
+        Command::DestroyVersions { versions, .. } => {
+            changing(meta, Operation::DestroyVersions { versions: versions.clone() }, ts)
+        }
+        // No field given (or only `delete_version_after: null`): Vault changes nothing, not even
+        // `updated_time`, and creates no metadata.
+        Command::UpdateMetadata { update, .. } if *update == MetadataUpdate::default() => {
             Ok(Planned::Done { status: 204 })
         }
         Command::UpdateMetadata { update, .. } => {
@@ -120,6 +135,14 @@ pub fn plan(
             Ok(Planned::Append { op: Operation::DeleteMetadata, reply: Reply::NoContent })
         }
         Command::DeleteMetadata { .. } => Ok(Planned::Done { status: 204 }),
+        Command::Restore { metadata: Some(metadata), values, .. } => Ok(Planned::Append {
+            op: Operation::RestoreSecret { metadata: metadata.clone(), values: values.clone() },
+            reply: Reply::NoContent,
+        }),
+        Command::Restore { metadata: None, .. } if meta.is_some() => {
+            Ok(Planned::Append { op: Operation::DeleteMetadata, reply: Reply::NoContent })
+        }
+        Command::Restore { metadata: None, .. } => Ok(Planned::Done { status: 204 }),
     }
 }
 
@@ -134,7 +157,7 @@ mod tests {
     fn meta(current: u64, cas_required: bool) -> SecretMeta {
         SecretMeta { current_version: current, cas_required, ..Default::default() }
     }
-    fn put(cas: Option<u64>) -> Command {
+    fn put(cas: Option<i64>) -> Command {
         Command::Put { path: "p".into(), data: Map::new(), cas }
     }
 
@@ -172,6 +195,45 @@ mod tests {
     fn patch_needs_a_live_current_version() {
         let cmd = Command::Patch { path: "p".into(), patch: Map::new(), cas: None };
         assert_eq!(plan(&cmd, None, None, &ring(), "secret", 1).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn version_operations_that_change_nothing_append_nothing() {
+        let r = ring();
+        let mut m = meta(2, false);
+        for v in 1..=2 {
+            m.versions.insert(v, secretlog_reader::state::VersionMeta { created_ms: 1, ..Default::default() });
+        }
+        m.versions.get_mut(&1).unwrap().destroyed = true;
+        let appends =
+            |cmd: Command| matches!(plan(&cmd, Some(&m), None, &r, "secret", 5).unwrap(), Planned::Append { .. });
+        let p = || "p".to_string();
+        assert!(!appends(Command::DeleteVersions { path: p(), versions: vec![1, 7] }), "destroyed, missing");
+        assert!(!appends(Command::DeleteVersions { path: p(), versions: vec![] }));
+        assert!(!appends(Command::UndeleteVersions { path: p(), versions: vec![2] }), "already live");
+        assert!(!appends(Command::DestroyVersions { path: p(), versions: vec![1] }), "already destroyed");
+        assert!(appends(Command::DeleteVersions { path: p(), versions: vec![2] }));
+        assert!(appends(Command::DeleteLatest { path: p() }));
+        assert!(appends(Command::DestroyVersions { path: p(), versions: vec![1, 2] }));
+    }
+
+    #[test]
+    fn a_metadata_update_without_fields_appends_nothing() {
+        let empty = Command::UpdateMetadata { path: "p".into(), update: MetadataUpdate::default() };
+        for m in [None, Some(&meta(1, false))] {
+            assert!(matches!(plan(&empty, m, None, &ring(), "secret", 1).unwrap(), Planned::Done { status: 204 }));
+        }
+        let some = Command::UpdateMetadata {
+            path: "p".into(),
+            update: MetadataUpdate { max_versions: Some(0), ..Default::default() },
+        };
+        assert!(matches!(plan(&some, None, None, &ring(), "secret", 1).unwrap(), Planned::Append { .. }));
+    }
+
+    #[test]
+    fn a_negative_cas_never_matches() {
+        let status = plan(&put(Some(-1)), None, None, &ring(), "secret", 1).unwrap_err();
+        assert_eq!(status.errors, vec![CAS_MISMATCH]);
     }
 
     #[test]

@@ -2,12 +2,21 @@
 //!
 //! Pure: no state, no I/O. Everything a request can get wrong *by itself* is caught here; what
 //! depends on the current state (CAS, existence) is decided in [`crate::plan`].
+//!
+//! Fields are decoded as Vault decodes them — Go's weak typing: decimal strings for integers,
+//! `"true"`/`1` for booleans, `null` for the zero value — so clients that rely on it (the Vault
+//! CLI sends every field as a string) work unchanged. Where that decoding would wrap a number
+//! or invent a value, secretlog refuses instead (docs/compatibility.md#go-coercions). The
+//! differential tests (`tests/it/differential.rs`) hold this to OpenBao's answers.
 
 use std::collections::BTreeMap;
 
 use secretlog_reader::api::{ApiError, ApiRequest};
 use secretlog_schemas::MetadataUpdate;
 use secretlog_schemas::event::{MAX_CUSTOM_METADATA, MAX_CUSTOM_METADATA_LEN, MAX_VERSIONS_PER_EVENT};
+
+/// Longest custom-metadata key, bytes (Vault's limit).
+const MAX_CUSTOM_METADATA_KEY_LEN: usize = 128;
 use secretlog_schemas::path::validate_secret_path;
 use serde_json::{Map, Value};
 
@@ -15,9 +24,9 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// `POST|PUT data/:path`.
-    Put { path: String, data: Map<String, Value>, cas: Option<u64> },
+    Put { path: String, data: Map<String, Value>, cas: Option<i64> },
     /// `PATCH data/:path` (JSON merge patch of the current version).
-    Patch { path: String, patch: Map<String, Value>, cas: Option<u64> },
+    Patch { path: String, patch: Map<String, Value>, cas: Option<i64> },
     /// `DELETE data/:path`: soft-delete the current version.
     DeleteLatest { path: String },
     /// `POST delete/:path`.
@@ -30,6 +39,9 @@ pub enum Command {
     UpdateMetadata { path: String, update: MetadataUpdate },
     /// `DELETE metadata/:path`.
     DeleteMetadata { path: String },
+    /// One secret of `POST /v1/sys/secretlog/restore`: replace its whole state, or remove it
+    /// (`metadata: None`). See [`crate::restore`].
+    Restore { path: String, metadata: Option<Vec<u8>>, values: Vec<(u64, Vec<u8>)> },
 }
 
 impl Command {
@@ -38,6 +50,7 @@ impl Command {
             Command::Put { path, .. }
             | Command::Patch { path, .. }
             | Command::DeleteLatest { path }
+            | Command::Restore { path, .. }
             | Command::DeleteVersions { path, .. }
             | Command::UndeleteVersions { path, .. }
             | Command::DestroyVersions { path, .. }
@@ -53,114 +66,292 @@ fn parse_json(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request("failed to parse JSON input: request body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("failed to parse JSON input: {e}"))),
+        // Go decodes `null` into a map as "no fields".
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(v) => Err(ApiError::bad_request(format!(
+            "failed to decode JSON input: the body must be a JSON object, not {}",
+            go_type(&v)
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!("failed to decode JSON input: {e}"))),
     }
 }
 
-fn parse_cas(body: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
-    let Some(opts) = body.get("options") else { return Ok(None) };
-    let opts = match opts {
-        Value::Null => return Ok(None),
-        Value::Object(o) => o,
-        _ => return Err(ApiError::bad_request("error parsing options: expected a map")),
-    };
-    match opts.get("cas") {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => as_u64(v)
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request("error parsing options: cas must be a non-negative integer")),
-    }
+/// 400 for a field whose value does not decode, worded as Vault's request framework words it.
+fn field_error(field: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("error converting input for field \"{field}\": {detail}"))
 }
 
-/// Vault accepts numbers and numeric strings for integer fields.
-fn as_u64(v: &Value) -> Option<u64> {
+/// The Go type a JSON value decodes to, for messages.
+fn go_type(v: &Value) -> &'static str {
     match v {
-        Value::Number(n) => {
-            n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64))
-        }
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+        Value::Null => "<nil>",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "json.Number",
+        Value::String(_) => "string",
+        Value::Array(_) => "[]interface {}",
+        Value::Object(_) => "map[string]interface {}",
     }
 }
 
-fn parse_versions(body: &Map<String, Value>) -> Result<Vec<u64>, ApiError> {
-    let versions = match body.get("versions") {
-        None | Some(Value::Null) => vec![],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| as_u64(v).ok_or_else(|| ApiError::bad_request("versions must be a list of non-negative integers")))
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(Value::String(s)) => s
-            .split(',')
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| ApiError::bad_request("versions must be a list of non-negative integers"))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(v) => {
-            vec![as_u64(v).ok_or_else(|| ApiError::bad_request("versions must be a list of non-negative integers"))?]
+/// An integer field, decoded as Vault decodes one (Go's weak typing): integers and decimal
+/// strings; `""`, `null` and `false` are 0, `true` is 1. Fractions are refused.
+fn go_int(v: &Value) -> Result<i64, String> {
+    let syntax = || "cannot parse value as 'int': strconv.ParseInt: invalid syntax".to_string();
+    match v {
+        Value::Null => Ok(0),
+        Value::Bool(b) => Ok(i64::from(*b)),
+        Value::Number(n) if n.is_u64() => {
+            n.as_i64().ok_or_else(|| "cannot parse value as 'int': strconv.ParseInt: value out of range".into())
+        }
+        Value::Number(n) => n.as_i64().ok_or_else(syntax),
+        Value::String(s) if s.is_empty() => Ok(0),
+        Value::String(s) => s.parse().map_err(|_| syntax()),
+        Value::Array(_) | Value::Object(_) => {
+            Err(format!("expected type 'int', got unconvertible type '{}'", go_type(v)))
+        }
+    }
+}
+
+/// A boolean field, decoded as Vault decodes one: booleans, and the strings and numbers Go's
+/// `strconv.ParseBool` takes ("true", "t", "1", "false", "f", "0"...); `""` and `null` are false.
+fn go_bool(v: &Value) -> Result<bool, String> {
+    let text = match v {
+        Value::Null => return Ok(false),
+        Value::Bool(b) => return Ok(*b),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.is_empty() => return Ok(false),
+        Value::String(s) => s.clone(),
+        Value::Array(_) | Value::Object(_) => {
+            return Err(format!("expected type 'bool', got unconvertible type '{}'", go_type(v)));
         }
     };
-    if versions.is_empty() {
-        return Err(ApiError::bad_request("no version number provided"));
+    match text.as_str() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err("cannot parse value as 'bool': strconv.ParseBool: invalid syntax".into()),
     }
-    if versions.len() > MAX_VERSIONS_PER_EVENT {
+}
+
+/// `data` and `options.cas` of a write or patch, checked in Vault's order: the type of every
+/// field first, then whether there is data, then the CAS value.
+fn parse_data_and_cas(body: &Map<String, Value>) -> Result<(Map<String, Value>, Option<i64>), ApiError> {
+    let not_a_map = |field: &str, v: &Value| {
+        field_error(
+            field,
+            format!("expected type 'map[string]interface {{}}', got unconvertible type '{}'", go_type(v)),
+        )
+    };
+    let data = match body.get("data") {
+        None => None,
+        Some(Value::Object(d)) => Some(d),
+        // Vault stores `null` (and `[]`) as a version's data; secretlog refuses
+        // (docs/compatibility.md#go-coercions).
+        Some(v) => return Err(not_a_map("data", v)),
+    };
+    let options = match body.get("options") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => Some(o),
+        Some(v) => return Err(not_a_map("options", v)),
+    };
+    let data = data.ok_or_else(|| ApiError::bad_request("no data provided"))?.clone();
+    // Present means "check": `null` and `""` are 0 (create only), as in Vault.
+    let cas = match options.and_then(|o| o.get("cas")) {
+        None => None,
+        Some(v) => Some(go_int(v).map_err(|_| ApiError::bad_request("error parsing check-and-set parameter"))?),
+    };
+    Ok((data, cas))
+}
+
+/// `versions` of delete/undelete/destroy, decoded as Vault decodes a comma-separated integer
+/// list: a list, a single number or a "1,2" string; elements decode like [`go_int`]. Versions
+/// below 1 name nothing and are dropped (Vault ignores them too).
+fn parse_versions(body: &Map<String, Value>, endpoint: &str) -> Result<Vec<u64>, ApiError> {
+    let bad = |detail: String| {
+        ApiError::bad_request(format!(
+            "Field validation failed: error converting input for field \"versions\": decoding failed due to the \
+             following error(s):\n\n'[0]' {detail}"
+        ))
+    };
+    let raw: Vec<Value> = match body.get("versions") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) if s.is_empty() => vec![],
+        Some(Value::String(s)) => s.split(',').map(|p| Value::String(p.to_string())).collect(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(Value::Object(o)) if o.is_empty() => vec![],
+        Some(v) => vec![v.clone()],
+    };
+    if raw.is_empty() {
+        // Vault's own inconsistency, kept: destroy says it in lower case.
+        let msg = if endpoint == "destroy" { "no version number provided" } else { "No version number provided" };
+        return Err(ApiError::bad_request(msg));
+    }
+    if raw.len() > MAX_VERSIONS_PER_EVENT {
         return Err(ApiError::bad_request(format!("at most {MAX_VERSIONS_PER_EVENT} versions per request")));
+    }
+    let mut versions = Vec::with_capacity(raw.len());
+    for v in &raw {
+        let n = go_int(v).map_err(bad)?;
+        if n > 0 {
+            versions.push(n as u64);
+        }
     }
     Ok(versions)
 }
 
-/// `delete_version_after`: a Go-style duration ("3h25m19s", "30m", "0s") or a number of seconds.
-fn parse_duration_secs(v: &Value) -> Result<u64, ApiError> {
-    let bad = || {
-        ApiError::bad_request("error parsing delete_version_after: expected a duration such as \"3h25m\" or seconds")
+/// A duration in seconds, as Vault's `TypeDurationSecond` reads one: a number or numeric string
+/// of seconds, `"<n>d"` days, or a Go duration (`"1h30m"`, `"1.5h"`, `"90s"`), truncated to
+/// whole seconds. `""` is 0; negative values are refused.
+fn go_duration_secs(field: &str, v: &Value) -> Result<u64, ApiError> {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => return Err(field_error(field, "could not parse duration from input")),
     };
-    match v {
-        Value::Number(_) => as_u64(v).ok_or_else(bad),
-        Value::String(s) if s.trim().chars().all(|c| c.is_ascii_digit()) && !s.trim().is_empty() => {
-            s.trim().parse().map_err(|_| bad())
-        }
-        Value::String(s) => humantime::parse_duration(s.trim()).map(|d| d.as_secs()).map_err(|_| bad()),
-        _ => Err(bad()),
+    let secs: i64 = if text.is_empty() {
+        0
+    } else if let Ok(n) = text.parse::<i64>() {
+        n
+    } else if let Some(days) = text.strip_suffix('d') {
+        days.parse::<i64>()
+            .map_err(|_| field_error(field, format!("strconv.ParseInt: parsing {days:?}: invalid syntax")))?
+            .saturating_mul(86_400)
+    } else {
+        let nanos = go_parse_duration(&text).map_err(|e| field_error(field, e))?;
+        (nanos / 1_000_000_000) as i64
+    };
+    u64::try_from(secs).map_err(|_| field_error(field, format!("cannot provide negative value '{secs}'")))
+}
+
+/// Go's `time.ParseDuration`, in nanoseconds, with its error messages.
+fn go_parse_duration(orig: &str) -> Result<i128, String> {
+    let invalid = || format!("time: invalid duration {orig:?}");
+    let (neg, mut s) = match orig.as_bytes().first() {
+        Some(b'-') => (true, &orig[1..]),
+        Some(b'+') => (false, &orig[1..]),
+        _ => (false, orig),
+    };
+    if s == "0" {
+        return Ok(0);
     }
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: i128 = 0;
+    while !s.is_empty() {
+        let int_len = s.bytes().take_while(u8::is_ascii_digit).count();
+        let int: i128 = if int_len > 0 { s[..int_len].parse().map_err(|_| invalid())? } else { 0 };
+        s = &s[int_len..];
+        let (mut frac, mut scale, mut frac_len) = (0i128, 1i128, 0);
+        if let Some(rest) = s.strip_prefix('.') {
+            frac_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+            for d in rest[..frac_len].bytes().take(18) {
+                frac = frac * 10 + i128::from(d - b'0');
+                scale *= 10;
+            }
+            s = &rest[frac_len..];
+        }
+        if int_len == 0 && frac_len == 0 {
+            return Err(invalid());
+        }
+        let unit_len = s.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(s.len());
+        if unit_len == 0 {
+            return Err(format!("time: missing unit in duration {orig:?}"));
+        }
+        let unit: i128 = match &s[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            u => return Err(format!("time: unknown unit {u:?} in duration {orig:?}")),
+        };
+        s = &s[unit_len..];
+        total = total.saturating_add(int.saturating_mul(unit)).saturating_add(frac * unit / scale);
+    }
+    Ok(if neg { -total } else { total })
+}
+
+/// `custom_metadata`: a map of strings (numbers and booleans are converted as Vault converts
+/// them); `null` clears it. Checked against Vault's limits, with Vault's messages.
+fn parse_custom_metadata(v: &Value) -> Result<BTreeMap<String, String>, ApiError> {
+    let m = match v {
+        Value::Null => return Ok(BTreeMap::new()),
+        Value::Object(m) => m,
+        _ => {
+            return Err(field_error(
+                "custom_metadata",
+                format!("'' expected type 'map[string]interface {{}}', got unconvertible type '{}'", go_type(v)),
+            ));
+        }
+    };
+    let mut cm = BTreeMap::new();
+    for (k, v) in m {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+            Value::Null => String::new(),
+            Value::Array(_) | Value::Object(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "custom_metadata validation failed: '' expected type 'string', got unconvertible type '{}'",
+                    go_type(v)
+                )));
+            }
+        };
+        cm.insert(k.clone(), s);
+    }
+    let mut problems = Vec::new();
+    if cm.len() > MAX_CUSTOM_METADATA {
+        problems.push(format!("payload must contain at most {MAX_CUSTOM_METADATA} keys, provided {}", cm.len()));
+    }
+    for (k, v) in &cm {
+        if k.is_empty() || k.len() > MAX_CUSTOM_METADATA_KEY_LEN {
+            problems.push(format!(
+                "length of key {k:?} is {} but must be 0 < len(key) <= {MAX_CUSTOM_METADATA_KEY_LEN}",
+                k.len()
+            ));
+        }
+        if v.is_empty() || v.len() > MAX_CUSTOM_METADATA_LEN {
+            problems.push(format!(
+                "length of value for key {k:?} is {} but must be 0 < len(value) <= {MAX_CUSTOM_METADATA_LEN}",
+                v.len()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(cm);
+    }
+    // go-multierror's format, as Vault sends it.
+    let n = problems.len();
+    let mut msg = format!("{n} error{} occurred:\n", if n == 1 { "" } else { "s" });
+    for p in problems {
+        msg.push_str(&format!("\t* custom_metadata validation failed: {p}\n"));
+    }
+    msg.push('\n');
+    Err(ApiError::bad_request(msg))
 }
 
 fn parse_metadata(body: &Map<String, Value>) -> Result<MetadataUpdate, ApiError> {
     let mut u = MetadataUpdate::default();
-    if let Some(v) = body.get("max_versions").filter(|v| !v.is_null()) {
-        let n = as_u64(v)
-            .filter(|n| *n <= u32::MAX as u64)
-            .ok_or_else(|| ApiError::bad_request("max_versions must be a non-negative integer"))?;
-        u.max_versions = Some(n as u32);
+    // `null` is the zero value for each field (as in Vault), except for delete_version_after,
+    // which it leaves unchanged.
+    if let Some(v) = body.get("max_versions") {
+        let n = go_int(v).map_err(|e| field_error("max_versions", e))?;
+        // Vault wraps negative and oversized values into a uint32; secretlog refuses them
+        // (docs/compatibility.md#go-coercions).
+        let n = u32::try_from(n)
+            .map_err(|_| ApiError::bad_request(format!("max_versions must be between 0 and {}", u32::MAX)))?;
+        u.max_versions = Some(n);
     }
-    if let Some(v) = body.get("cas_required").filter(|v| !v.is_null()) {
-        u.cas_required = Some(match v {
-            Value::Bool(b) => *b,
-            Value::String(s) if s == "true" || s == "false" => s == "true",
-            _ => return Err(ApiError::bad_request("cas_required must be a boolean")),
-        });
+    if let Some(v) = body.get("cas_required") {
+        u.cas_required = Some(go_bool(v).map_err(|e| field_error("cas_required", e))?);
     }
     if let Some(v) = body.get("delete_version_after").filter(|v| !v.is_null()) {
-        u.delete_version_after_secs = Some(parse_duration_secs(v)?);
+        u.delete_version_after_secs = Some(go_duration_secs("delete_version_after", v)?);
     }
-    if let Some(v) = body.get("custom_metadata").filter(|v| !v.is_null()) {
-        let Value::Object(m) = v else { return Err(ApiError::bad_request("custom_metadata must be a map of strings")) };
-        if m.len() > MAX_CUSTOM_METADATA {
-            return Err(ApiError::bad_request(format!("custom_metadata may have at most {MAX_CUSTOM_METADATA} keys")));
-        }
-        let mut cm = BTreeMap::new();
-        for (k, v) in m {
-            let Value::String(s) = v else {
-                return Err(ApiError::bad_request("custom_metadata values must be strings"));
-            };
-            if k.is_empty() || k.len() > 128 || s.len() > MAX_CUSTOM_METADATA_LEN {
-                return Err(ApiError::bad_request("custom_metadata key or value too long"));
-            }
-            cm.insert(k.clone(), s.clone());
-        }
-        u.custom_metadata = Some(cm);
+    if let Some(v) = body.get("custom_metadata") {
+        u.custom_metadata = Some(parse_custom_metadata(v)?);
     }
     Ok(u)
 }
@@ -168,21 +359,37 @@ fn parse_metadata(body: &Map<String, Value>) -> Result<MetadataUpdate, ApiError>
 /// Parse a write request on `mount` into a [`Command`].
 pub fn parse(req: &ApiRequest, mount: &str, max_value_bytes: usize) -> Result<Command, ApiError> {
     let segs = req.segments();
-    if segs.len() < 3 || segs[0] != mount {
-        return Err(ApiError::unsupported_path());
+    if segs.first() != Some(&mount) {
+        return Err(ApiError::no_route(req.path.strip_prefix("v1/").unwrap_or(&req.path)));
     }
-    let path = segs[2..].join("/");
-    validate_secret_path(&path).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Some(&endpoint) = segs.get(1) else { return Err(ApiError::unsupported_path()) };
+    let path = segs.get(2..).map(|s| s.join("/")).unwrap_or_default();
+    if segs[2..].iter().any(|s| *s == "." || *s == "..") {
+        return Err(ApiError::relative_path());
+    }
     let method = req.method.as_str();
-    match (segs[1], method) {
+    match (endpoint, method) {
+        ("data", "POST" | "PUT" | "PATCH" | "DELETE")
+        | ("delete" | "undelete" | "destroy", "POST" | "PUT")
+        | ("metadata", "POST" | "PUT" | "DELETE") => {}
+        ("data" | "delete" | "undelete" | "destroy" | "metadata" | "config", _) => {
+            return Err(ApiError::method_not_allowed());
+        }
+        _ => return Err(ApiError::unsupported_path()),
+    }
+    if path.is_empty() || path.ends_with('/') {
+        // A folder is never a secret: deleting one deletes nothing, as in Vault; writing to one
+        // is refused.
+        return match (endpoint, method) {
+            ("data", "DELETE") => Ok(Command::DeleteLatest { path }),
+            ("metadata", "DELETE") => Ok(Command::DeleteMetadata { path }),
+            _ => Err(ApiError::bad_request("cannot write to a path ending in '/'")),
+        };
+    }
+    validate_secret_path(&path).map_err(|e| ApiError::from_path(&e))?;
+    match (endpoint, method) {
         ("data", "POST" | "PUT") => {
-            let body = parse_json(&req.body)?;
-            let data = match body.get("data") {
-                None | Some(Value::Null) => return Err(ApiError::bad_request("no data provided")),
-                Some(Value::Object(d)) => d.clone(),
-                Some(_) => return Err(ApiError::bad_request("error parsing data: data must be a JSON object")),
-            };
-            let cas = parse_cas(&body)?;
+            let (data, cas) = parse_data_and_cas(&parse_json(&req.body)?)?;
             let size = serde_json::to_vec(&data).map(|v| v.len()).unwrap_or(usize::MAX);
             if size > max_value_bytes {
                 return Err(ApiError::new(413, format!("secret data is {size} bytes; the limit is {max_value_bytes}")));
@@ -194,33 +401,24 @@ pub fn parse(req: &ApiRequest, mount: &str, max_value_bytes: usize) -> Result<Co
             if !ct.starts_with("application/merge-patch+json") {
                 return Err(ApiError::new(
                     415,
-                    format!("Unsupported Media Type: {ct:?}; use application/merge-patch+json"),
+                    format!("PATCH requires Content-Type of application/merge-patch+json, provided {ct}"),
                 ));
             }
-            let body = parse_json(&req.body)?;
-            let patch = match body.get("data") {
-                None | Some(Value::Null) => return Err(ApiError::bad_request("no data provided")),
-                Some(Value::Object(d)) => d.clone(),
-                Some(_) => return Err(ApiError::bad_request("error parsing data: data must be a JSON object")),
-            };
-            Ok(Command::Patch { path, patch, cas: parse_cas(&body)? })
+            let (patch, cas) = parse_data_and_cas(&parse_json(&req.body)?)?;
+            Ok(Command::Patch { path, patch, cas })
         }
-        ("data", "DELETE") => Ok(Command::DeleteLatest { path }),
-        ("delete", "POST" | "PUT") => {
-            Ok(Command::DeleteVersions { path, versions: parse_versions(&parse_json(&req.body)?)? })
+        ("data", _) => Ok(Command::DeleteLatest { path }),
+        ("delete", _) => {
+            Ok(Command::DeleteVersions { path, versions: parse_versions(&parse_json(&req.body)?, endpoint)? })
         }
-        ("undelete", "POST" | "PUT") => {
-            Ok(Command::UndeleteVersions { path, versions: parse_versions(&parse_json(&req.body)?)? })
+        ("undelete", _) => {
+            Ok(Command::UndeleteVersions { path, versions: parse_versions(&parse_json(&req.body)?, endpoint)? })
         }
-        ("destroy", "POST" | "PUT") => {
-            Ok(Command::DestroyVersions { path, versions: parse_versions(&parse_json(&req.body)?)? })
-        }
-        ("metadata", "POST" | "PUT") => {
-            Ok(Command::UpdateMetadata { path, update: parse_metadata(&parse_json(&req.body)?)? })
+        ("destroy", _) => {
+            Ok(Command::DestroyVersions { path, versions: parse_versions(&parse_json(&req.body)?, endpoint)? })
         }
         ("metadata", "DELETE") => Ok(Command::DeleteMetadata { path }),
-        ("data" | "delete" | "undelete" | "destroy" | "metadata", _) => Err(ApiError::method_not_allowed()),
-        _ => Err(ApiError::unsupported_path()),
+        _ => Ok(Command::UpdateMetadata { path, update: parse_metadata(&parse_json(&req.body)?)? }),
     }
 }
 
@@ -302,7 +500,7 @@ mod tests {
         assert_eq!(status(p("POST", "v1/secret/data/x", "[1]")), 400);
         assert_eq!(status(p("POST", "v1/secret/data/x", r#"{"data":"str"}"#)), 400);
         assert_eq!(status(p("POST", "v1/secret/data/x", r#"{}"#)), 400);
-        assert_eq!(status(p("POST", "v1/secret/data/x", r#"{"data":{"a":1},"options":{"cas":-1}}"#)), 400);
+        assert_eq!(status(p("POST", "v1/secret/data/x", r#"{"data":{"a":1},"options":{"cas":1.5}}"#)), 400);
         assert_eq!(status(p("POST", "v1/secret/data/a/../b", r#"{"data":{}}"#)), 400);
         assert_eq!(status(p("POST", "v1/secret/data/a//b", r#"{"data":{}}"#)), 400);
         assert_eq!(status(p("POST", "v1/secret/data/x", &format!(r#"{{"data":{{"a":"{}"}}}}"#, "x".repeat(200)))), 413);
@@ -310,6 +508,162 @@ mod tests {
         assert_eq!(status(p("POST", "v1/secret/metadata/x", r#"{"max_versions":"many"}"#)), 400);
         assert_eq!(status(p("POST", "v1/other/data/x", r#"{"data":{}}"#)), 404);
         assert_eq!(status(p("PATCH", "v1/secret/data/x", r#"{"data":{}}"#)), 415);
+    }
+
+    fn err(r: Result<Command, ApiError>) -> String {
+        r.unwrap_err().errors.join("|")
+    }
+    fn metadata(body: &str) -> Result<MetadataUpdate, ApiError> {
+        match p("POST", "v1/secret/metadata/x", body)? {
+            Command::UpdateMetadata { update, .. } => Ok(update),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cas_decodes_like_vault() {
+        let cas = |c: &str| match p("POST", "v1/secret/data/x", &format!(r#"{{"data":{{}},"options":{{"cas":{c}}}}}"#))
+        {
+            Ok(Command::Put { cas, .. }) => Ok(cas),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.errors.join("|")),
+        };
+        assert_eq!(cas("2"), Ok(Some(2)));
+        assert_eq!(cas(r#""2""#), Ok(Some(2)));
+        assert_eq!(cas("-1"), Ok(Some(-1)), "parses; it can never match");
+        assert_eq!(cas("null"), Ok(Some(0)), "present means check: null is 0");
+        assert_eq!(cas(r#""""#), Ok(Some(0)));
+        assert_eq!(cas("true"), Ok(Some(1)));
+        for bad in ["1.5", "2.0", r#""x""#, "[1]", "{}"] {
+            assert_eq!(cas(bad), Err("error parsing check-and-set parameter".into()), "{bad}");
+        }
+        assert_eq!(
+            p("POST", "v1/secret/data/x", r#"{"data":{},"options":null}"#).unwrap(),
+            Command::Put { path: "x".into(), data: Map::new(), cas: None }
+        );
+        assert!(
+            err(p("POST", "v1/secret/data/x", r#"{"data":{},"options":"cas=1"}"#))
+                .starts_with("error converting input for field \"options\": ")
+        );
+        // Field types first, then "no data", then the CAS value.
+        assert!(err(p("POST", "v1/secret/data/x", r#"{"options":7}"#)).starts_with("error converting input for field"));
+        assert_eq!(err(p("POST", "v1/secret/data/x", r#"{"options":{"cas":"x"}}"#)), "no data provided");
+    }
+
+    #[test]
+    fn bodies_decode_like_vault() {
+        assert!(matches!(p("POST", "v1/secret/data/x", "null"), Err(e) if e.errors == ["no data provided"]));
+        assert!(err(p("POST", "v1/secret/data/x", "[1]")).starts_with("failed to decode JSON input: "));
+        assert!(err(p("POST", "v1/secret/data/x", "{bad")).starts_with("failed to decode JSON input: "));
+        assert!(
+            err(p("POST", "v1/secret/data/x", r#"{"data":[1]}"#))
+                .starts_with("error converting input for field \"data\": ")
+        );
+        assert_eq!(metadata("null").unwrap(), MetadataUpdate::default());
+    }
+
+    #[test]
+    fn versions_decode_like_vault() {
+        let versions = |body: &str| match p("POST", "v1/secret/delete/x", body) {
+            Ok(Command::DeleteVersions { versions, .. }) => Ok(versions),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.errors.join("|")),
+        };
+        assert_eq!(versions(r#"{"versions":[1,"2",true]}"#), Ok(vec![1, 2, 1]));
+        assert_eq!(versions(r#"{"versions":"1,3"}"#), Ok(vec![1, 3]));
+        assert_eq!(versions(r#"{"versions":4}"#), Ok(vec![4]));
+        assert_eq!(versions(r#"{"versions":[-1,0]}"#), Ok(vec![]), "versions below 1 name nothing");
+        for none in [r#"{}"#, r#"{"versions":[]}"#, r#"{"versions":null}"#, r#"{"versions":""}"#] {
+            assert_eq!(versions(none), Err("No version number provided".into()), "{none}");
+        }
+        assert_eq!(err(p("POST", "v1/secret/destroy/x", "{}")), "no version number provided");
+        for bad in [r#"{"versions":[1.5]}"#, r#"{"versions":"x"}"#, r#"{"versions":[[1]]}"#, r#"{"versions":" 1"}"#] {
+            assert!(
+                versions(bad)
+                    .unwrap_err()
+                    .starts_with("Field validation failed: error converting input for field \"versions\": "),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_fields_decode_like_vault() {
+        let u = metadata(r#"{"max_versions":"4","cas_required":"t","delete_version_after":7200}"#).unwrap();
+        assert_eq!((u.max_versions, u.cas_required, u.delete_version_after_secs), (Some(4), Some(true), Some(7200)));
+        let u =
+            metadata(r#"{"max_versions":null,"cas_required":null,"custom_metadata":null,"delete_version_after":null}"#)
+                .unwrap();
+        assert_eq!(u.max_versions, Some(0), "null is the zero value");
+        assert_eq!(u.cas_required, Some(false));
+        assert_eq!(u.custom_metadata, Some(BTreeMap::new()), "null clears custom metadata");
+        assert_eq!(u.delete_version_after_secs, None, "null leaves delete_version_after");
+        assert_eq!(metadata(r#"{"cas_required":0}"#).unwrap().cas_required, Some(false));
+        let cm = metadata(r#"{"custom_metadata":{"n":7,"b":true,"s":"x"}}"#).unwrap().custom_metadata.unwrap();
+        assert_eq!(cm, BTreeMap::from([("b".into(), "1".into()), ("n".into(), "7".into()), ("s".into(), "x".into())]));
+        for (body, field) in [
+            (r#"{"max_versions":2.5}"#, "max_versions"),
+            (r#"{"cas_required":2}"#, "cas_required"),
+            (r#"{"cas_required":"yes"}"#, "cas_required"),
+            (r#"{"delete_version_after":true}"#, "delete_version_after"),
+            (r#"{"delete_version_after":"1h 30m"}"#, "delete_version_after"),
+            (r#"{"custom_metadata":"k=v"}"#, "custom_metadata"),
+        ] {
+            assert!(
+                err(p("POST", "v1/secret/metadata/x", body))
+                    .starts_with(&format!("error converting input for field \"{field}\": ")),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            err(p("POST", "v1/secret/metadata/x", r#"{"custom_metadata":{"k":""}}"#)),
+            "1 error occurred:\n\t* custom_metadata validation failed: length of value for key \"k\" is 0 but must be 0 < len(value) <= 512\n\n"
+        );
+        assert_eq!(metadata(r#"{"max_versions":-1}"#).unwrap_err().status, 400, "no wrap-around");
+    }
+
+    #[test]
+    fn durations_read_like_vault() {
+        let secs = |v: Value| go_duration_secs("f", &v).map_err(|e| e.errors.join("|"));
+        for (v, want) in [
+            (json!(90), 90),
+            (json!("90"), 90),
+            (json!(""), 0),
+            (json!("0"), 0),
+            (json!("1h30m"), 5400),
+            (json!("1.5h"), 5400),
+            (json!("1s500ms"), 1),
+            (json!("100ms"), 0),
+            (json!("+5s"), 5),
+            (json!("2d"), 172_800),
+            (json!("1h0m0s"), 3600),
+        ] {
+            assert_eq!(secs(v.clone()), Ok(want), "{v}");
+        }
+        let field = "error converting input for field \"f\": ";
+        assert_eq!(secs(json!("bogus")), Err(format!("{field}time: invalid duration \"bogus\"")));
+        assert_eq!(secs(json!(3.5)), Err(format!("{field}time: missing unit in duration \"3.5\"")));
+        assert_eq!(secs(json!("1x")), Err(format!("{field}time: unknown unit \"x\" in duration \"1x\"")));
+        assert_eq!(secs(json!("-5s")), Err(format!("{field}cannot provide negative value '-5'")));
+        assert_eq!(secs(json!(-5)), Err(format!("{field}cannot provide negative value '-5'")));
+        assert_eq!(secs(json!([1])), Err(format!("{field}could not parse duration from input")));
+    }
+
+    #[test]
+    fn paths_are_checked_like_vault() {
+        assert_eq!(err(p("POST", "v1/secret/data/a/../b", r#"{"data":{}}"#)), "relative paths not supported");
+        assert_eq!(err(p("GET", "v1/secret/delete/./b", "")), "relative paths not supported");
+        assert_eq!(err(p("POST", "v1/secret/data/dir/", r#"{"data":{}}"#)), "cannot write to a path ending in '/'");
+        assert_eq!(err(p("POST", "v1/secret/destroy/", r#"{"versions":[1]}"#)), "cannot write to a path ending in '/'");
+        // Deleting a folder deletes nothing, successfully.
+        assert_eq!(p("DELETE", "v1/secret/data/dir/", "").unwrap(), Command::DeleteLatest { path: "dir/".into() });
+        assert_eq!(p("DELETE", "v1/secret/metadata/", "").unwrap(), Command::DeleteMetadata { path: String::new() });
+        assert_eq!(
+            err(p("POST", "v1/nomount/data/x", "{}")),
+            "no handler for route \"nomount/data/x\". route entry not found."
+        );
+        assert_eq!(p("DELETE", "v1/secret/destroy/x", "").unwrap_err().status, 405);
+        assert_eq!(p("POST", "v1/secret/config", "{}").unwrap_err().status, 405);
     }
 
     #[test]

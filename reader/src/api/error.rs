@@ -3,6 +3,8 @@
 //! Every failure becomes an [`ApiError`]: a status and a list of messages, sent as
 //! `{"errors": [...]}` exactly as Vault does. Messages never contain secret values or tokens.
 
+use secretlog_schemas::path::PathError;
+
 use crate::error::ReaderError;
 
 /// An HTTP error answer.
@@ -33,11 +35,27 @@ impl ApiError {
     pub fn unsupported_path() -> Self {
         ApiError::new(404, "1 error occurred:\n\t* unsupported path\n\n")
     }
+    /// 404 for a path under no mount, as Vault's router words it. `path` is without `v1/`.
+    pub fn no_route(path: &str) -> Self {
+        ApiError::new(404, format!("no handler for route {path:?}. route entry not found."))
+    }
+    /// 400 for a path with a `.` or `..` segment (Vault's wording).
+    pub fn relative_path() -> Self {
+        ApiError::bad_request("relative paths not supported")
+    }
+    /// 400 for a secret path that is wrong by itself.
+    pub fn from_path(e: &PathError) -> Self {
+        match e {
+            PathError::DotSegment => ApiError::relative_path(),
+            _ => ApiError::bad_request(e.to_string()),
+        }
+    }
     pub fn method_not_allowed() -> Self {
         ApiError::new(405, "1 error occurred:\n\t* unsupported operation\n\n")
     }
+    /// 413 for a body over the limit, worded as Go's HTTP server (and so Vault) words it.
     pub fn too_large() -> Self {
-        ApiError::new(413, "request body too large")
+        ApiError::new(413, "http: request body too large")
     }
     /// 503 the client should retry after a moment (Kafka unavailable, no leader yet).
     pub fn unavailable(msg: impl Into<String>) -> Self {

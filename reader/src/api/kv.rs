@@ -82,27 +82,32 @@ impl ReadContext {
             .with_header(HEADER_APPLIED, self.applied_token()));
         }
         let segs = req.segments();
-        if segs.first() != Some(&self.mount.as_str()) || segs.len() < 2 {
-            return Err(ApiError::unsupported_path());
+        if segs.first() != Some(&self.mount.as_str()) {
+            return Err(ApiError::no_route(req.path.strip_prefix("v1/").unwrap_or(&req.path)));
+        }
+        let Some(&endpoint) = segs.get(1) else { return Err(ApiError::unsupported_path()) };
+        if segs[2..].iter().any(|s| *s == "." || *s == "..") {
+            return Err(ApiError::relative_path());
         }
         let rest = segs[2..].join("/");
-        let resp = match (req.method.as_str(), segs[1]) {
+        let resp = match (req.method.as_str(), endpoint) {
             ("GET", "data") => self.read_data(req, &rest).await?,
             ("GET", "metadata") => self.read_metadata(req, &rest).await?,
             ("LIST", "metadata") => self.list(req, &rest).await?,
             ("GET" | "LIST", "config") => self.read_config(req),
-            (_, "data" | "metadata" | "config") => return Err(ApiError::method_not_allowed()),
+            (_, "data" | "metadata" | "config" | "delete" | "undelete" | "destroy") => {
+                return Err(ApiError::method_not_allowed());
+            }
             _ => return Err(ApiError::unsupported_path()),
         };
         Ok(resp.with_header(HEADER_APPLIED, self.applied_token()))
     }
 
     async fn read_data(&self, req: &ApiRequest, path: &str) -> Result<ApiResponse, ApiError> {
-        secretlog_schemas::path::validate_secret_path(path).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let version: u64 = match req.query.get("version").map(String::as_str) {
-            None | Some("") => 0,
-            Some(v) => v.parse().map_err(|_| ApiError::bad_request(format!("invalid version {v:?}")))?,
-        };
+        if !is_secret_path(path)? {
+            return Err(ApiError::not_found());
+        }
+        let version = version_param(req)?;
         let Some(meta) = self.store.meta(&self.mount, path).await? else { return Err(ApiError::not_found()) };
         let version = if version == 0 { meta.current_version } else { version };
         let Some(vm) = meta.versions.get(&version) else { return Err(ApiError::not_found()) };
@@ -110,7 +115,8 @@ impl ReadContext {
         let metadata = json!({
             "created_time": vault_time(Some(vm.created_ms)),
             "custom_metadata": meta.custom_metadata,
-            "deletion_time": vault_time(vm.deletion_ms.filter(|d| *d <= now)),
+            // Shown as soon as it is scheduled, as Vault does (`delete_version_after`).
+            "deletion_time": vault_time(vm.deletion_ms),
             "destroyed": vm.destroyed,
             "version": version,
         });
@@ -132,13 +138,15 @@ impl ReadContext {
     }
 
     async fn read_metadata(&self, req: &ApiRequest, path: &str) -> Result<ApiResponse, ApiError> {
-        secretlog_schemas::path::validate_secret_path(path).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if !is_secret_path(path)? {
+            return Err(ApiError::not_found());
+        }
         let Some(meta) = self.store.meta(&self.mount, path).await? else { return Err(ApiError::not_found()) };
-        Ok(ApiResponse::data(&req.request_id, metadata_json(&meta, now_ms())))
+        Ok(ApiResponse::data(&req.request_id, metadata_json(&meta)))
     }
 
     async fn list(&self, req: &ApiRequest, folder: &str) -> Result<ApiResponse, ApiError> {
-        secretlog_schemas::path::validate_folder(folder).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        secretlog_schemas::path::validate_folder(folder).map_err(|e| ApiError::from_path(&e))?;
         let folder = if folder.is_empty() || folder.ends_with('/') { folder.to_string() } else { format!("{folder}/") };
         let keys = self.store.list(&self.mount, &folder).await?;
         if keys.is_empty() {
@@ -180,14 +188,41 @@ impl ReadContext {
             json!({
                 "cas_required": false,
                 "delete_version_after": "0s",
-                "max_versions": crate::state::DEFAULT_MAX_VERSIONS,
+                // 0: the default (keep 10), as Vault reports an unset mount setting.
+                "max_versions": 0,
             }),
         )
     }
 }
 
+/// `?version=`: an integer; absent, empty, 0 or negative mean the current version (0 here).
+/// The value is form-decoded first, as Go decodes a query (`+` is a space, `%32` is `2`).
+fn version_param(req: &ApiRequest) -> Result<u64, ApiError> {
+    let raw = req.query.get("version").map(|v| v.replace('+', " "));
+    let decoded = raw.as_deref().map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned());
+    match decoded.as_deref() {
+        None | Some("") => Ok(0),
+        Some(v) => v.parse::<i64>().map(|v| v.max(0) as u64).map_err(|_| {
+            ApiError::bad_request(
+                "Field validation failed: error converting input for field \"version\": '' cannot parse value as \
+                 'int': strconv.ParseInt: invalid syntax",
+            )
+        }),
+    }
+}
+
+/// Whether `path` can name a secret: a folder (`a/`, or the mount's root) cannot, and reading
+/// one finds nothing (404, as in Vault). A path wrong by itself is a 400.
+fn is_secret_path(path: &str) -> Result<bool, ApiError> {
+    if path.is_empty() || path.ends_with('/') {
+        return Ok(false);
+    }
+    secretlog_schemas::path::validate_secret_path(path).map_err(|e| ApiError::from_path(&e))?;
+    Ok(true)
+}
+
 /// The body of `GET metadata`, as Vault shapes it.
-pub fn metadata_json(meta: &SecretMeta, now: i64) -> Value {
+pub fn metadata_json(meta: &SecretMeta) -> Value {
     let versions: Map<String, Value> = meta
         .versions
         .iter()
@@ -196,7 +231,7 @@ pub fn metadata_json(meta: &SecretMeta, now: i64) -> Value {
                 v.to_string(),
                 json!({
                     "created_time": vault_time(Some(vm.created_ms)),
-                    "deletion_time": vault_time(vm.deletion_ms.filter(|d| *d <= now)),
+                    "deletion_time": vault_time(vm.deletion_ms),
                     "destroyed": vm.destroyed,
                 }),
             )
@@ -213,4 +248,60 @@ pub fn metadata_json(meta: &SecretMeta, now: i64) -> Value {
         "updated_time": vault_time(Some(meta.updated_ms)),
         "versions": versions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::VersionMeta;
+
+    fn get(query: &str) -> ApiRequest {
+        ApiRequest {
+            method: "GET".into(),
+            path: "v1/secret/data/x".into(),
+            raw_query: query.into(),
+            query: query.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).into_iter().collect(),
+            token: None,
+            index: None,
+            content_type: None,
+            body: Default::default(),
+            request_id: "r".into(),
+            forwarded: false,
+        }
+    }
+
+    #[test]
+    fn version_parameter_reads_like_vault() {
+        assert_eq!(version_param(&get("")).unwrap(), 0);
+        assert_eq!(version_param(&get("version=")).unwrap(), 0);
+        assert_eq!(version_param(&get("version=3")).unwrap(), 3);
+        assert_eq!(version_param(&get("version=%32")).unwrap(), 2);
+        assert_eq!(version_param(&get("version=-1")).unwrap(), 0, "negative means current");
+        for bad in ["version=abc", "version=1.0", "version=+2"] {
+            let e = version_param(&get(bad)).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.errors[0].starts_with("Field validation failed: error converting input for field \"version\""));
+        }
+    }
+
+    #[test]
+    fn folders_are_not_secrets_and_relative_paths_are_refused() {
+        assert_eq!(is_secret_path("a/b").unwrap(), true);
+        assert_eq!(is_secret_path("a/").unwrap(), false);
+        assert_eq!(is_secret_path("").unwrap(), false);
+        assert_eq!(is_secret_path("a/../b").unwrap_err().errors, vec!["relative paths not supported"]);
+        assert_eq!(is_secret_path("a//b").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn scheduled_deletion_is_shown_before_it_passes() {
+        let far = now_ms() + 3_600_000;
+        let meta = SecretMeta {
+            current_version: 1,
+            versions: [(1, VersionMeta { created_ms: 1, deletion_ms: Some(far), destroyed: false })].into(),
+            ..Default::default()
+        };
+        assert_eq!(metadata_json(&meta)["versions"]["1"]["deletion_time"], vault_time(Some(far)));
+        assert!(meta.versions[&1].is_live(now_ms()));
+    }
 }

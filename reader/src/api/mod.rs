@@ -25,7 +25,7 @@ pub use error::ApiError;
 pub use response::ApiResponse;
 
 /// A request as the handlers see it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ApiRequest {
     /// Upper-case method; `GET ...?list=true` is rewritten to `LIST`.
     pub method: String,

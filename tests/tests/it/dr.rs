@@ -1,0 +1,348 @@
+//! The operator's disaster-recovery commands, run as operators run them (`secretlog-it snapshot
+//! ...`, `restore`, `reseed`, `promote`) against a real stack: verification that names a
+//! corrupted file, point-in-time restore to an exact offset, selective restore, and a reseed that
+//! survives being interrupted.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Node, Stack, StackOpts, call, eventually, shared};
+use crate::kv_api::digest;
+
+/// Run the operator CLI; returns its exit code, stdout parsed as JSON (or a string) and stderr.
+fn cli(s: &Stack, args: &[&str], envs: &[(&str, &str)]) -> (i32, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_secretlog-it"))
+        .args(args)
+        .env("SECRETLOG_ROOT_KEY_FILE", &s.root_key_file)
+        .env("SECRETLOG_OBJECT_STORE", objects_url(s))
+        .env_remove("SECRETLOG_ROOT_KEY")
+        .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("running the CLI");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::String(stdout));
+    (out.status.code().unwrap_or(-1), json, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn objects_url(s: &Stack) -> String {
+    format!("file://{}", s.dir.path().join("objects").display())
+}
+
+fn token_file(s: &Stack) -> PathBuf {
+    s.dir.path().join("root-token")
+}
+
+fn work_dir(s: &Stack) -> String {
+    s.dir.path().join("work").display().to_string()
+}
+
+async fn health(node: &Node) -> Value {
+    crate::harness::client()
+        .get(format!("{}/v1/sys/health", node.url))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .unwrap_or_default()
+}
+
+/// The reader's applied position, as an `X-Secretlog-Index` value.
+async fn applied(reader: &Node) -> String {
+    let h = health(reader).await;
+    let m = h["secretlog"]["applied"].as_object().expect("applied offsets").clone();
+    m.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(",")
+}
+
+/// Wait until the replicator has archived everything `index` names.
+async fn archived_up_to(rep: &Node, index: &str) {
+    let want: BTreeMap<String, i64> = index
+        .split(',')
+        .filter_map(|kv| kv.split_once(':'))
+        .map(|(p, o)| (p.to_string(), o.parse().unwrap()))
+        .collect();
+    eventually(Duration::from_secs(60), "the archive to reach the index", || async {
+        let h = health(rep).await;
+        let got = &h["secretlog"]["archive"]["archived"];
+        want.iter().all(|(p, o)| got[p].as_i64().unwrap_or(-1) >= *o).then_some(())
+    })
+    .await;
+}
+
+async fn snapshot_now(s: &Stack, rep: &Node) -> String {
+    let tf = token_file(s);
+    let (code, m, err) =
+        cli(s, &["snapshot", "create", "--replicator", &rep.url, "--token-file", tf.to_str().unwrap(), "--json"], &[]);
+    assert_eq!(code, 0, "snapshot create: {m} {err}");
+    m["id"].as_str().expect("snapshot id").to_string()
+}
+
+/// Data and version of every path, as a reader answers it.
+async fn read_all(url: &str, token: &str, paths: &[String], index: Option<&str>) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for p in paths {
+        let a = call("GET", &format!("{url}/v1/secret/data/{p}"), Some(token), index, None).await;
+        let v = if a.status == 200 {
+            json!({ "data": a.body["data"]["data"], "version": a.body["data"]["metadata"]["version"] })
+        } else {
+            json!({ "status": a.status })
+        };
+        out.insert(p.clone(), v);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_verify_checks_deeply_and_a_flipped_byte_fails_verify_and_restore_naming_the_file() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "verify", readers: 1, ..Default::default() }).await;
+    let rep = s.new_replicator(&objects_url(&s), &[]);
+    rep.wait_health(200, Duration::from_secs(60)).await;
+    for i in 0..30 {
+        s.put(&format!("app/{i}"), json!({ "i": i })).await;
+    }
+    let id = snapshot_now(&s, &rep).await;
+    let (code, list, err) = cli(&s, &["snapshot", "list", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(list["snapshots"][0]["id"], id.as_str(), "{list}");
+    assert_eq!(list["snapshots"][0]["secrets"], 30);
+
+    let (code, r, err) = cli(&s, &["snapshot", "verify", &id, "--deep", "--require", "app/7", "--json"], &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["deep"]["secrets"], 30, "{r}");
+    assert_eq!(r["deep"]["values_unopened"], 0, "{r}");
+    assert_eq!(r["deep"]["required"][0]["status"], "ok", "{r}");
+    let (code, r, _) = cli(&s, &["snapshot", "verify", &id, "--require", "app/missing", "--json"], &[]);
+    assert_ne!(code, 0);
+    assert!(r["problems"].to_string().contains("app/missing"), "{r}");
+    // Opened with another key, no value opens.
+    let other_key = s.dir.path().join("other.key");
+    secretlog_ops::stack::ensure_root_key(&other_key).unwrap();
+    let (code, r, _) = cli(
+        &s,
+        &["snapshot", "verify", &id, "--deep", "--json"],
+        &[("SECRETLOG_ROOT_KEY_FILE", other_key.to_str().unwrap())],
+    );
+    assert_ne!(code, 0);
+    assert_eq!(r["deep"]["values_unopened"], 30, "{r}");
+
+    let file = s.dir.path().join("objects/snapshots").join(&id).join("values.arrow");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let (code, r, _) = cli(&s, &["snapshot", "verify", &id, "--json"], &[]);
+    assert_ne!(code, 0, "{r}");
+    let bad: Vec<&Value> = r["files"].as_array().unwrap().iter().filter(|f| f["ok"] != true).collect();
+    assert_eq!(bad.len(), 1, "{r}");
+    assert_eq!(bad[0]["name"], "values.arrow");
+    assert_ne!(bad[0]["expected_sha256"], bad[0]["actual_sha256"]);
+    let tf = token_file(&s);
+    let (code, out, err) = cli(
+        &s,
+        &[
+            "restore",
+            "--snapshot",
+            &id,
+            "--writer",
+            &s.writer.url,
+            "--replicator",
+            &rep.url,
+            "--token-file",
+            tf.to_str().unwrap(),
+            "--work-dir",
+            &work_dir(&s),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("values.arrow") && err.contains("checksum"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_to_an_offset_gives_exactly_that_state_and_a_selective_restore_leaves_other_paths_alone() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "pitr", readers: 1, ..Default::default() }).await;
+    let reader = &s.readers[0];
+    let rep = s.new_replicator(&objects_url(&s), &[]);
+    rep.wait_health(200, Duration::from_secs(60)).await;
+    let mut paths: Vec<String> =
+        (0..10).map(|i| format!("app/{i}")).chain((0..10).map(|i| format!("other/{i}"))).collect();
+    paths.push("app/new".into());
+    for p in &paths[..20] {
+        s.put(p, json!({ "gen": "a" })).await;
+    }
+    let snap = snapshot_now(&s, &rep).await;
+    // B: after the snapshot, only in the archive.
+    let mut last = String::new();
+    for p in paths.iter().filter(|p| p.ends_with('1') || p.ends_with('2') || p.as_str() == "app/new") {
+        last = s.put(p, json!({ "gen": "b" })).await;
+    }
+    let _ = digest(&reader.url, &s.token, Some(&last)).await;
+    let at_b = applied(reader).await;
+    let digest_b = digest(&reader.url, &s.token, None).await;
+    let reads_b = read_all(&reader.url, &s.token, &paths, None).await;
+    // C: more changes of every kind.
+    for p in &paths[..20] {
+        last = s.put(p, json!({ "gen": "c" })).await;
+    }
+    let del = call("DELETE", &format!("{}/v1/secret/metadata/app/new", s.writer.url), Some(&s.token), None, None).await;
+    assert_eq!(del.status, 204);
+    let destroy = call(
+        "POST",
+        &format!("{}/v1/secret/destroy/app/1", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({ "versions": [2] })),
+    )
+    .await;
+    assert_eq!(destroy.status, 204);
+    let _ = digest(&reader.url, &s.token, Some(&last)).await;
+    archived_up_to(&rep, &applied(reader).await).await;
+
+    // Point-in-time restore of everything to B.
+    let tf = token_file(&s);
+    let restore = |extra: Vec<String>| {
+        let mut a: Vec<String> = [
+            "restore",
+            "--snapshot",
+            &snap,
+            "--to-offset",
+            &at_b,
+            "--writer",
+            &s.writer.url,
+            "--replicator",
+            &rep.url,
+            "--token-file",
+            tf.to_str().unwrap(),
+            "--work-dir",
+            &work_dir(&s),
+            "--json",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        a.extend(extra);
+        a
+    };
+    let args = restore(vec![]);
+    let (code, r, err) = cli(&s, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert!(r["safety_snapshot"].is_string(), "{r}");
+    let index = r["index"].as_str().expect("the restore's index").to_string();
+    let after = digest(&reader.url, &s.token, Some(&index)).await;
+    assert_eq!(after["digest"], digest_b["digest"], "restored state differs from the state at {at_b}: {r}");
+    assert_eq!(read_all(&reader.url, &s.token, &paths, None).await, reads_b);
+    // Running it again changes nothing.
+    let (code, r, err) = cli(&s, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["restored"], 0, "{r}");
+    assert_eq!(r["removed"], 0, "{r}");
+
+    // D: change both halves, then restore only app/ to B.
+    for p in &paths[..20] {
+        last = s.put(p, json!({ "gen": "d" })).await;
+    }
+    let before = read_all(&reader.url, &s.token, &paths, Some(&last)).await;
+    let args = restore(vec!["--prefix".into(), "app".into()]);
+    let (code, r, err) = cli(&s, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    let now = read_all(&reader.url, &s.token, &paths, r["index"].as_str()).await;
+    for p in &paths {
+        let expected = if p.starts_with("app/") { &reads_b[p] } else { &before[p] };
+        assert_eq!(&now[p], expected, "{p} after restoring only app/");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_reseed_completes_when_run_again_and_a_promoted_site_serves_it() {
+    let (cluster, _g) = shared();
+    let mut s = Stack::start(cluster, StackOpts { name: "reseed", readers: 1, ..Default::default() }).await;
+    let rep = s.new_replicator(&objects_url(&s), &[]);
+    rep.wait_health(200, Duration::from_secs(60)).await;
+    let paths: Vec<String> = (0..40).map(|i| format!("r/{i}")).collect();
+    for p in &paths {
+        s.put(p, json!({ "v": 1 })).await;
+    }
+    snapshot_now(&s, &rep).await;
+    let mut last = String::new();
+    for p in &paths[..15] {
+        last = s.put(p, json!({ "v": 2 })).await;
+    }
+    let _ = digest(&s.readers[0].url, &s.token, Some(&last)).await;
+    archived_up_to(&rep, &applied(&s.readers[0]).await).await;
+    let expected = read_all(&s.readers[0].url, &s.token, &paths, None).await;
+
+    let topic = crate::harness::fresh_topic(&s.bootstrap, "reseeded", 3).await;
+    let args = ["reseed", "--bootstrap", &s.bootstrap, "--topic", &topic, "--work-dir", &work_dir(&s), "--json"];
+    let (code, out, err) = cli(&s, &args, &[("SECRETLOG_TEST_RESEED_CRASH", "1")]);
+    assert_eq!(code, 86, "the reseed should have crashed on purpose: {out} {err}");
+    let (code, r, err) = cli(&s, &args, &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["already_done"], false, "{r}");
+    assert_eq!(r["secrets"], 40, "{r}");
+    let (code, r, err) = cli(&s, &args, &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["already_done"], true, "a completed reseed is recognised: {r}");
+
+    // Promote refuses while the old primary answers.
+    let dr = s.dir.path().join("dr");
+    let port = crate::harness::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let old_writer = s.writer.url.clone();
+    let promote = [
+        "promote",
+        "--bootstrap",
+        &s.bootstrap,
+        "--topic",
+        &topic,
+        "--old-writer",
+        &old_writer,
+        "--checks",
+        "2",
+        "--check-interval-secs",
+        "1",
+        "--listen",
+        &listen,
+        "--dir",
+        dr.to_str().unwrap(),
+        "--json",
+    ];
+    let (code, r, err) = cli(&s, &promote, &[]);
+    assert_ne!(code, 0, "{r}");
+    assert!(err.contains("still answers"), "{err}");
+    s.writer.kill9();
+    let (code, r, err) = cli(&s, &promote, &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    let new_writer = r["writer"].as_str().unwrap().to_string();
+
+    // A reader with an empty disk on the reseeded topic holds exactly the old state, and the
+    // promoted writer takes writes with the old root token.
+    let mut fresh = s.new_reader("dr-reader", &[("SECRETLOG_TOPIC", topic.as_str())]);
+    fresh.wait_health(473, Duration::from_secs(60)).await;
+    assert_eq!(read_all(&fresh.url, &s.token, &paths, None).await, expected);
+    let w = call(
+        "POST",
+        &format!("{new_writer}/v1/secret/data/r/0"),
+        Some(&s.token),
+        None,
+        Some(json!({"data": {"v": 3}})),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{:?}", w.body);
+    assert_eq!(w.body["data"]["version"], 3);
+    let r0 = call("GET", &format!("{}/v1/secret/data/r/0", fresh.url), Some(&s.token), w.index.as_deref(), None).await;
+    assert_eq!(r0.body["data"]["data"]["v"], 3);
+    fresh.kill9();
+    // The promoted writer runs detached (it must outlive `secretlog promote`): stop it.
+    stop_detached_writer(&listen);
+}
+
+/// Stop the detached DR writer listening on `listen` (found by its command line).
+fn stop_detached_writer(listen: &str) {
+    let _ = Command::new("pkill").args(["-KILL", "-f", &format!("--listen {listen}")]).status();
+}

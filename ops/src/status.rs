@@ -34,17 +34,21 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
             "region": n.region,
             "lag_records": s["lag_records"],
             "lag_seconds": s["lag_seconds"].as_f64().or(s["archive_lag_seconds"].as_f64()),
+            "leader_epoch": s["leader_epoch"],
             "problem": s["problem"].as_str().or(body["error"].as_str()),
         }));
     }
+    let snapshot = newest_snapshot(&stack).await;
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "kafka_bootstrap": stack.kafka_bootstrap, "nodes": rows }))?
+            serde_json::to_string_pretty(
+                &json!({ "kafka_bootstrap": stack.kafka_bootstrap, "nodes": rows, "newest_snapshot": snapshot })
+            )?
         );
         return Ok(());
     }
-    let mut t = crate::output::table(&["node", "role", "health", "lag (records)", "lag (s)", "problem"]);
+    let mut t = crate::output::table(&["node", "role", "health", "lag (records)", "lag (s)", "epoch", "problem"]);
     for r in &rows {
         t.add_row(vec![
             r["name"].as_str().unwrap_or("").to_string(),
@@ -52,10 +56,38 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
             r["health_code"].as_u64().map(|c| c.to_string()).unwrap_or_else(|| "down".into()),
             r["lag_records"].as_i64().map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
             r["lag_seconds"].as_f64().map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into()),
+            r["leader_epoch"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
             r["problem"].as_str().unwrap_or("").to_string(),
         ]);
     }
     println!("Kafka: {}", stack.kafka_bootstrap);
     println!("{t}");
+    match &snapshot {
+        Value::Null => println!("Newest snapshot: none (`secretlog snapshot create`)"),
+        s => println!(
+            "Newest snapshot: {} ({} old){}",
+            s["id"].as_str().unwrap_or(""),
+            humantime::format_duration(Duration::from_secs(s["age_seconds"].as_u64().unwrap_or(0))),
+            if s["stale"] == true { " — WARNING: older than 24 h" } else { "" }
+        ),
+    }
     Ok(())
+}
+
+/// The newest snapshot in the stack's object store: id, age, and whether it is stale.
+async fn newest_snapshot(stack: &StackFile) -> Value {
+    let Some(url) = &stack.object_store else { return Value::Null };
+    let Ok(objects) = secretlog_reader::objects::Objects::open(url) else { return Value::Null };
+    match secretlog_reader::bootstrap::list_snapshots(&objects).await {
+        Ok(all) => all.last().map_or(Value::Null, |m| {
+            let age = Duration::from_millis((secretlog_reader::materializer::now_ms() - m.created_ms).max(0) as u64);
+            json!({
+                "id": m.id,
+                "age_seconds": age.as_secs(),
+                "stale": age > crate::dr::snapshot::STALE_AFTER,
+                "secrets": m.secrets,
+            })
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
+    }
 }

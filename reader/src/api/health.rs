@@ -93,6 +93,7 @@ pub fn health(input: &HealthInput, req: &ApiRequest) -> ApiResponse {
             "role": role,
             "region": region,
             "leader_address": leader,
+            "leader_epoch": input.progress.as_ref().and_then(|p| p.leader.as_ref().map(|l| l.epoch)),
             "problem": problem,
             "applied": input.progress.as_ref().map(|p| p.applied.clone()),
             "high_watermarks": input.progress.as_ref().map(|p| p.high.clone()),

@@ -29,6 +29,10 @@ pub struct UpArgs {
     /// Port of the replicator.
     #[arg(long, default_value_t = 8400)]
     pub replicator_port: u16,
+    /// First port of the local Kafka cluster (brokers on this port and the next two; controllers
+    /// 10 above), when the stack starts one.
+    #[arg(long, default_value_t = crate::kafka::DEFAULT_BASE_PORT)]
+    pub kafka_port: u16,
     /// Regions to start one reader each in.
     #[arg(long, value_delimiter = ',', default_value = "east,west")]
     pub regions: Vec<String>,
@@ -156,7 +160,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let (bootstrap, kafka) = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
         Ok(b) if !b.is_empty() => (b, None),
         _ => {
-            let cfg = KafkaConfig::new(&dir);
+            let mut cfg = KafkaConfig::new(&dir);
+            cfg.base_port = args.kafka_port;
             let running = LocalKafka::status(&cfg).iter().all(|b| b.pid.is_some());
             let k = if running || args.detach {
                 LocalKafka::start_detached(cfg)?

@@ -9,7 +9,10 @@
 //!   writer until a reader answers it (the read carries the write's consistency index, so the
 //!   reader answers the moment it has applied the write);
 //! * `snapshot` — snapshot create and reader bootstrap time at N secrets (needs no stack; see
-//!   [`crate::bench_snapshot`]).
+//!   [`crate::bench_snapshot`]);
+//! * `peer etcd` — writes and reads side by side with a three-member etcd cluster the run starts
+//!   on loopback, through the same client and closed loop, with ratios secretlog/etcd (see
+//!   [`crate::bench_etcd`]).
 //!
 //! Absolute numbers on a shared 2-core machine are noise; compare runs side by side.
 
@@ -80,13 +83,16 @@ pub enum Scenario {
         #[arg(long, default_value = "./.secretlog/bench")]
         work_dir: PathBuf,
     },
+    /// Writes and reads side by side with a peer system started for the run, each figure with
+    /// its ratio secretlog/peer.
+    Peer(crate::bench_etcd::PeerArgs),
 }
 
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-fn summary(name: &str, param: usize, ops: u64, errors: u64, secs: f64, h: &Histogram<u64>) -> Value {
+pub(crate) fn summary(name: &str, param: usize, ops: u64, errors: u64, secs: f64, h: &Histogram<u64>) -> Value {
     json!({
         "scenario": name,
         "concurrency": param,
@@ -101,12 +107,12 @@ fn summary(name: &str, param: usize, ops: u64, errors: u64, secs: f64, h: &Histo
     })
 }
 
-fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder().pool_max_idle_per_host(pool).timeout(Duration::from_secs(30)).build()?)
 }
 
 /// Run a closed loop of `conc` workers for `secs`, each calling `op(worker, i)`.
-async fn closed_loop<F, Fut>(conc: usize, secs: u64, op: F) -> (u64, u64, f64, Histogram<u64>)
+pub(crate) async fn closed_loop<F, Fut>(conc: usize, secs: u64, op: F) -> (u64, u64, f64, Histogram<u64>)
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -162,54 +168,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match &args.scenario {
         Scenario::Writes { clients } => {
             for &c in clients {
-                let http = client(c)?;
-                let (w, t, v) = (args.writer.clone(), token.clone(), value.clone());
-                let run = format!("{:08x}", rand::random::<u32>());
-                let (ops, errs, secs, h) = closed_loop(c, args.seconds, move |worker, i| {
-                    let (http, w, t, v, run) = (http.clone(), w.clone(), t.clone(), v.clone(), run.clone());
-                    async move {
-                        let url = format!("{w}/v1/secret/data/bench/{run}/w{worker}/k{}", i % 1000);
-                        matches!(http.post(url).header("X-Vault-Token", t).json(&json!({"data": {"v": v}})).send().await, Ok(r) if r.status().is_success())
-                    }
-                })
-                .await;
-                results.push(summary("writes", c, ops, errs, secs, &h));
+                results.push(measure_writes(&args, &token, &value, c).await?);
             }
         }
         Scenario::Reads { connections, keys, no_preload } => {
             if !no_preload {
                 preload(&args.writer, &token, *keys, &value).await?;
             }
-            // Wait until the reader has every key (the last one written is enough: one writer,
-            // per-key order; every key is checked by the reads themselves too).
-            let http = client(4)?;
-            let last = format!("{}/v1/secret/data/bench/keys/k{}", args.reader, keys - 1);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !matches!(http.get(&last).header("X-Vault-Token", &token).send().await, Ok(r) if r.status().is_success())
-            {
-                if Instant::now() > deadline {
-                    bail!("reader never showed the preloaded keys");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            wait_for_preloaded(&args.reader, &token, *keys).await?;
             for &c in connections {
-                let http = client(c)?;
-                let (r, t, n) = (args.reader.clone(), token.clone(), *keys as u64);
-                let (ops, errs, secs, h) = closed_loop(c, args.seconds, move |worker, i| {
-                    let (http, r, t) = (http.clone(), r.clone(), t.clone());
-                    async move {
-                        let k = (i.wrapping_mul(2_654_435_761).wrapping_add(worker as u64 * 7919)) % n;
-                        let url = format!("{r}/v1/secret/data/bench/keys/k{k}");
-                        match http.get(url).header("X-Vault-Token", t).send().await {
-                            Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
-                            _ => false,
-                        }
-                    }
-                })
-                .await;
-                results.push(summary("reads", c, ops, errs, secs, &h));
+                results.push(measure_reads(&args, &token, *keys, None, c).await?);
             }
         }
+        Scenario::Peer(peer) => return crate::bench_etcd::run(&args, peer, &token, &value).await,
         Scenario::Snapshot { .. } => unreachable!("the snapshot scenario returns before the token is read"),
         Scenario::Lag { rate } => {
             let http = client(64)?;
@@ -275,8 +246,84 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     append_results(args.out.as_deref(), &results)
 }
 
+/// Acknowledged writes through the writer for `args.seconds` at `c` clients: each client writes
+/// its own 1000 keys in turn, so there are no CAS conflicts.
+pub(crate) async fn measure_writes(args: &BenchArgs, token: &str, value: &str, c: usize) -> anyhow::Result<Value> {
+    let http = client(c)?;
+    let (w, t, v) = (args.writer.clone(), token.to_string(), value.to_string());
+    let run = format!("{:08x}", rand::random::<u32>());
+    let (ops, errs, secs, h) = closed_loop(c, args.seconds, move |worker, i| {
+        let (http, w, t, v, run) = (http.clone(), w.clone(), t.clone(), v.clone(), run.clone());
+        async move {
+            let url = format!("{w}/v1/secret/data/{}", write_key(&run, worker, i));
+            match http.post(url).header("X-Vault-Token", t).json(&json!({"data": {"v": v}})).send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await;
+    Ok(summary("writes", c, ops, errs, secs, &h))
+}
+
+/// The key the writes scenarios write for worker `worker`'s `i`-th request of run `run`: each
+/// worker cycles through 1000 keys of its own.
+pub(crate) fn write_key(run: &str, worker: usize, i: u64) -> String {
+    format!("bench/{run}/w{worker}/k{}", i % 1000)
+}
+
+/// The key the reads scenarios read for worker `worker`'s `i`-th request, out of `n` preloaded
+/// ones `bench/keys/k{0..n}`: a spread-out walk, the same for every system measured.
+pub(crate) fn read_key(worker: usize, i: u64, n: u64) -> String {
+    format!("bench/keys/k{}", (i.wrapping_mul(2_654_435_761).wrapping_add(worker as u64 * 7919)) % n)
+}
+
+/// Reads from the reader for `args.seconds` over `c` keep-alive connections, over `keys`
+/// preloaded secrets. With `index`, every read carries it as `X-Secretlog-Index` (the reader
+/// answers once it has applied that position; past its wait bound it forwards or fails).
+pub(crate) async fn measure_reads(
+    args: &BenchArgs,
+    token: &str,
+    keys: usize,
+    index: Option<String>,
+    c: usize,
+) -> anyhow::Result<Value> {
+    let http = client(c)?;
+    let (r, t, n) = (args.reader.clone(), token.to_string(), keys as u64);
+    let (ops, errs, secs, h) = closed_loop(c, args.seconds, move |worker, i| {
+        let (http, r, t, index) = (http.clone(), r.clone(), t.clone(), index.clone());
+        async move {
+            let mut req = http.get(format!("{r}/v1/secret/data/{}", read_key(worker, i, n))).header("X-Vault-Token", t);
+            if let Some(index) = index {
+                req = req.header("X-Secretlog-Index", index);
+            }
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await;
+    Ok(summary("reads", c, ops, errs, secs, &h))
+}
+
+/// Wait until the reader has every preloaded key (the last one written is enough: one writer,
+/// per-key order; every key is checked by the reads themselves too).
+pub(crate) async fn wait_for_preloaded(reader: &str, token: &str, keys: usize) -> anyhow::Result<()> {
+    let http = client(4)?;
+    let last = format!("{reader}/v1/secret/data/bench/keys/k{}", keys.saturating_sub(1));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !matches!(http.get(&last).header("X-Vault-Token", token).send().await, Ok(r) if r.status().is_success()) {
+        if Instant::now() > deadline {
+            bail!("reader never showed the preloaded keys");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// Append results as JSON lines to `out`, if given.
-fn append_results(out: Option<&std::path::Path>, results: &[Value]) -> anyhow::Result<()> {
+pub(crate) fn append_results(out: Option<&std::path::Path>, results: &[Value]) -> anyhow::Result<()> {
     if let Some(out) = out {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
@@ -288,7 +335,7 @@ fn append_results(out: Option<&std::path::Path>, results: &[Value]) -> anyhow::R
 }
 
 /// Write `keys` secrets through the writer, 64 at a time, with a progress bar.
-async fn preload(writer: &str, token: &str, keys: usize, value: &str) -> anyhow::Result<()> {
+pub(crate) async fn preload(writer: &str, token: &str, keys: usize, value: &str) -> anyhow::Result<()> {
     let http = client(64)?;
     let pb = indicatif::ProgressBar::new(keys as u64);
     pb.set_style(

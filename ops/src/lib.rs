@@ -6,6 +6,7 @@
 //! * [`status`], [`output`] — what operators see.
 
 pub mod bench;
+pub mod bench_etcd;
 pub mod bench_snapshot;
 pub mod dr;
 pub mod cli;

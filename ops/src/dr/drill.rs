@@ -196,7 +196,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         data_dir: dir.clone(),
         root_key_file: Some(stack.root_key_file.clone()),
     };
-    super::reseed::run(super::reseed::ReseedArgs {
+    let reseeded = super::reseed::reseed(&super::reseed::ReseedArgs {
         store,
         bootstrap: bootstrap.clone(),
         topic: stack.topic.clone(),
@@ -209,6 +209,10 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     })
     .await
     .context("reseeding the DR cluster")?;
+    eprintln!(
+        "drill: reseeded {} secrets ({} records replayed from the archive)",
+        reseeded["secrets"], reseeded["replayed_records"]
+    );
     let promote = super::promote::PromoteArgs {
         bootstrap: bootstrap.clone(),
         topic: stack.topic.clone(),
@@ -224,7 +228,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     if let Some(a) = super::promote::old_primary_answers(&promote.old_writers, 2, Duration::from_secs(1)).await? {
         bail!("the old primary still answers ({a}); the drill will not promote over it");
     }
-    let (writer_url, _) = super::promote::start_writer(&promote).await?;
+    let (writer_url, _, writer_pid) = super::promote::start_writer(&promote).await?;
     let reader_port = args.dr_port + 1;
     let reader_args: Vec<String> = [
         "reader",
@@ -241,7 +245,8 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     ]
     .map(str::to_string)
     .to_vec();
-    crate::stack::spawn_node(&dr_dir, "dr-reader", &reader_args, &stack.root_key_file, &bootstrap, false)?;
+    let (reader, _) =
+        crate::stack::spawn_node(&dr_dir, "dr-reader", &reader_args, &stack.root_key_file, &bootstrap, false)?;
     let reader_url = format!("http://127.0.0.1:{reader_port}");
     let deadline = Instant::now() + Duration::from_secs(300);
     let probe = format!("drill/{run}/after-failover");
@@ -303,6 +308,8 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         "dr_writer": writer_url,
         "dr_reader": reader_url,
         "dr_dir": dr_dir,
+        "dr_kafka_dir": dr_dir.join("kafka-data"),
+        "dr_pids": [writer_pid, reader.id()],
     });
     emit(args.json, &report, || {
         let mut t = crate::output::table(&["measure", "value"]);

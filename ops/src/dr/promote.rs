@@ -63,8 +63,8 @@ pub async fn old_primary_answers(urls: &[String], checks: u32, interval: Duratio
     Ok(None)
 }
 
-/// Start a writer on the DR cluster and wait until it leads; returns its URL and health body.
-pub async fn start_writer(args: &PromoteArgs) -> anyhow::Result<(String, Value)> {
+/// Start a writer on the DR cluster and wait until it leads; returns its URL, health body and pid.
+pub async fn start_writer(args: &PromoteArgs) -> anyhow::Result<(String, Value, u32)> {
     let url = format!("http://{}", args.listen);
     let data = args.dir.join("writer");
     let cmd = [
@@ -92,7 +92,7 @@ pub async fn start_writer(args: &PromoteArgs) -> anyhow::Result<(String, Value)>
         if let Ok(r) = http.get(format!("{url}/v1/sys/health")).send().await
             && r.status().as_u16() == 200
         {
-            return Ok((url, r.json().await.unwrap_or_default()));
+            return Ok((url, r.json().await.unwrap_or_default(), child.id()));
         }
         if Instant::now() > deadline {
             bail!(
@@ -124,14 +124,15 @@ pub async fn run(args: PromoteArgs) -> anyhow::Result<()> {
         })?;
     std::fs::create_dir_all(&args.dir)?;
     let pb = crate::output::spinner("starting the new primary writer");
-    let (url, health) = start_writer(&args).await?;
+    let (url, health, pid) = start_writer(&args).await?;
     pb.finish_and_clear();
     let report = json!({
         "writer": url,
         "bootstrap": args.bootstrap,
         "topic": args.topic,
         "partitions": partitions,
-        "leader": health["secretlog"]["leader_address"],
+        "pid": pid,
+        "leader_epoch": health["secretlog"]["leader_epoch"],
         "old_primary_answered": answered,
         "root_token_file": args.dir.join("root-token"),
     });

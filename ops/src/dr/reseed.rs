@@ -127,6 +127,33 @@ fn inspect(bootstrap: &str, topic: &str, keyring: &Keyring, marker: &str) -> any
 }
 
 pub async fn run(args: ReseedArgs) -> anyhow::Result<()> {
+    let report = reseed(&args).await?;
+    emit(args.json, &report, || {
+        if report["already_done"] == true {
+            println!(
+                "{} already holds this reseed ({} records, {}); nothing to do.",
+                args.topic, report["records"], report["source"]
+            );
+            return;
+        }
+        println!(
+            "Reseeded {} on {}: {} secrets from snapshot {} + {} archived records, {} records in one transaction, {:.1} s.",
+            args.topic,
+            args.bootstrap,
+            report["secrets"],
+            report["snapshot"].as_str().unwrap_or(""),
+            report["replayed_records"],
+            report["records"],
+            report["seconds"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "Start writers and readers on it with EMPTY data directories (their old offsets belong to the lost cluster)."
+        );
+    })
+}
+
+/// Do the reseed; the report says what was written (or that it was already done).
+pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let objects = args.store.objects()?;
     let keyring = args.store.keyring()?;
@@ -150,10 +177,7 @@ pub async fn run(args: ReseedArgs) -> anyhow::Result<()> {
     match tokio::task::spawn_blocking(move || inspect(&b, &t, &k, &s)).await?? {
         Found::Empty => {}
         Found::Reseeded { records } => {
-            let report = json!({ "already_done": true, "source": source, "records": records, "topic": args.topic });
-            return emit(args.json, &report, || {
-                println!("{} already holds this reseed ({records} records, {source}); nothing to do.", args.topic)
-            });
+            return Ok(json!({ "already_done": true, "source": source, "records": records, "topic": args.topic }));
         }
         Found::Other { records } => bail!(
             "{} on {} already holds {records} records that are not this reseed ({source}); refusing to mix them",
@@ -219,18 +243,5 @@ pub async fn run(args: ReseedArgs) -> anyhow::Result<()> {
         "epoch": epoch,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    emit(args.json, &report, || {
-        println!(
-            "Reseeded {} on {}: {} secrets from snapshot {} + {} archived records, {n} records in one transaction, {:.1} s.",
-            args.topic,
-            args.bootstrap,
-            data.secrets.len(),
-            m.id,
-            report["replayed_records"],
-            report["seconds"].as_f64().unwrap_or(0.0)
-        );
-        println!(
-            "Start writers and readers on it with EMPTY data directories (their old offsets belong to the lost cluster)."
-        );
-    })
+    Ok(report)
 }

@@ -346,3 +346,58 @@ async fn an_interrupted_reseed_completes_when_run_again_and_a_promoted_site_serv
 fn stop_detached_writer(listen: &str) {
     let _ = Command::new("pkill").args(["-KILL", "-f", &format!("--listen {listen}")]).status();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_loses_the_primary_recovers_on_a_fresh_cluster_and_reports_rto_and_rpo() {
+    let (cluster, _g) = shared();
+    let dir = tempfile::Builder::new().prefix("it-drill-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let topic = crate::harness::fresh_topic(&cluster.bootstrap, "drill", 6).await;
+    let base = 10000 + (rand::random::<u16>() % 900) * 10;
+    let exe = env!("CARGO_BIN_EXE_secretlog-it");
+    let up = Command::new(exe)
+        .args(["up", "--detach", "--data-dir"])
+        .arg(dir.path())
+        .args(["--writer-port", &base.to_string(), "--reader-port", &(base + 5).to_string()])
+        .args(["--replicator-port", &(base + 9).to_string(), "--topic", &topic])
+        .env("KAFKA_BOOTSTRAP_SERVERS", &cluster.bootstrap)
+        .env("SECRETLOG_CACHE_DISK_MB", "16")
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "up: {}{}", String::from_utf8_lossy(&up.stdout), String::from_utf8_lossy(&up.stderr));
+    // The DR site's own three-broker cluster, on ports nobody else uses in this run.
+    let dr_kafka = 29200 + (rand::random::<u16>() % 100) * 20;
+    let out = Command::new(exe)
+        .args(["drill", "--data-dir"])
+        .arg(dir.path())
+        .args(["--secrets", "300", "--concurrency", "8", "--trickle-secs", "2", "--json"])
+        .args(["--dr-kafka-port", &dr_kafka.to_string(), "--dr-port", &(base + 7).to_string()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    // Clean up whatever ran, before judging.
+    for pid in report["dr_pids"].as_array().into_iter().flatten().filter_map(Value::as_u64) {
+        let _ = secretlog_ops::process::signal(pid as u32, libc::SIGKILL);
+    }
+    // The DR brokers run detached: stop them even if the drill failed before reporting them.
+    for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("dr-") {
+            let cfg = secretlog_ops::kafka::KafkaConfig::new(e.path().join("kafka-data"));
+            let _ = secretlog_ops::kafka::stop_detached(&cfg);
+        }
+    }
+    let _ = Command::new(exe).args(["down", "--data-dir"]).arg(dir.path()).output();
+    assert!(
+        out.status.success(),
+        "drill failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report["acknowledged_writes"].as_u64().unwrap() >= 300, "{report}");
+    let rto_write = report["rto_first_write_seconds"].as_f64().unwrap();
+    let rto_read = report["rto_first_read_seconds"].as_f64().unwrap();
+    assert!(rto_write > 0.0 && rto_write < 60.0, "{report}");
+    assert!(rto_read > 0.0 && rto_read < 60.0, "{report}");
+    // The replicator dies with the region: at most its unflushed second of writes is lost.
+    assert!(report["rpo_seconds"].as_f64().unwrap() < 2.0, "{report}");
+}

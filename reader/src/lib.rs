@@ -7,6 +7,7 @@
 //! * [`api`] is the Vault-compatible HTTP surface (reads, health, forwarding);
 //! * [`node`] puts them together as a read node.
 
+pub mod acl;
 pub mod api;
 pub mod bootstrap;
 pub mod config;

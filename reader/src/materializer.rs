@@ -370,6 +370,18 @@ impl Staging {
                 self.batch.writes.insert(keys::ROOT_TOKEN.to_vec(), Some(token_hash.to_vec()));
                 tracing::info!(partition, offset, "root token hash applied");
             }
+            Operation::PutPolicy { name, policy } => {
+                self.batch.writes.insert(keys::policy(name), Some(policy.as_bytes().to_vec()));
+            }
+            Operation::DeletePolicy { name } => {
+                self.batch.writes.insert(keys::policy(name), None);
+            }
+            Operation::PutToken { token_hash, record } => {
+                self.batch.writes.insert(keys::token(token_hash), Some(record.clone()));
+            }
+            Operation::RevokeToken { token_hash } => {
+                self.batch.writes.insert(keys::token(token_hash), None);
+            }
             Operation::LeaderEpoch { leader_url } => {
                 let newer = self.applied_leader_epoch.is_none_or(|e| event.writer_epoch > e)
                     && self.leader.as_ref().is_none_or(|l| event.writer_epoch > l.epoch);

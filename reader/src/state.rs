@@ -164,7 +164,12 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
             effect.put_values.extend(values.iter().cloned());
             meta = Some(restored);
         }
-        op @ (Operation::SetRootToken { .. } | Operation::LeaderEpoch { .. }) => {
+        op @ (Operation::SetRootToken { .. }
+        | Operation::LeaderEpoch { .. }
+        | Operation::PutPolicy { .. }
+        | Operation::DeletePolicy { .. }
+        | Operation::PutToken { .. }
+        | Operation::RevokeToken { .. }) => {
             return Err(ApplyError::NotASecretOperation { op: op.name() });
         }
     }

@@ -96,6 +96,15 @@ pub mod keys {
     }
     pub const PARTITION_PREFIX: &[u8] = b"o/";
     pub const ROOT_TOKEN: &[u8] = b"c/root_token";
+    /// An ACL policy's text.
+    pub fn policy(name: &str) -> Vec<u8> {
+        format!("c/policy/{name}").into_bytes()
+    }
+    pub const POLICY_PREFIX: &[u8] = b"c/policy/";
+    /// A token's record, by the hex of its keyed hash.
+    pub fn token(hash: &[u8; 32]) -> Vec<u8> {
+        format!("c/token/{}", hex::encode(hash)).into_bytes()
+    }
     pub const LEADER: &[u8] = b"c/leader";
 }
 
@@ -212,6 +221,17 @@ impl Store {
             }
         }
         out.dedup();
+        Ok(out)
+    }
+
+    /// Names of every ACL policy.
+    pub async fn policy_names(&self) -> Result<Vec<String>, ReaderError> {
+        let mut it =
+            self.db.scan_prefix(keys::POLICY_PREFIX, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+            out.push(String::from_utf8_lossy(&kv.key[keys::POLICY_PREFIX.len()..]).into_owned());
+        }
         Ok(out)
     }
 

@@ -149,6 +149,16 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
         }
         Operation::SetRootToken { token_hash } => o.raw(token_hash),
         Operation::LeaderEpoch { leader_url } => o.str16(leader_url),
+        Operation::PutPolicy { name, policy } => {
+            o.str16(name);
+            o.bytes32(policy.as_bytes());
+        }
+        Operation::DeletePolicy { name } => o.str16(name),
+        Operation::PutToken { token_hash, record } => {
+            o.raw(token_hash);
+            o.bytes32(record);
+        }
+        Operation::RevokeToken { token_hash } => o.raw(token_hash),
     }
 }
 
@@ -228,6 +238,19 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
         }
         0x40 => Operation::SetRootToken { token_hash: r.array()? },
         0x41 => Operation::LeaderEpoch { leader_url: r.str16("leader_url", MAX_PATH_LEN)?.to_owned() },
+        0x42 => {
+            let name = r.str16("policy name", MAX_PATH_LEN)?.to_owned();
+            let policy = std::str::from_utf8(r.bytes32("policy", MAX_CONTROL_DOC_LEN)?)
+                .map_err(|_| DecodeError::InvalidField { field: "policy", reason: "not UTF-8" })?
+                .to_owned();
+            Operation::PutPolicy { name, policy }
+        }
+        0x43 => Operation::DeletePolicy { name: r.str16("policy name", MAX_PATH_LEN)?.to_owned() },
+        0x44 => {
+            let token_hash = r.array()?;
+            Operation::PutToken { token_hash, record: r.bytes32("token record", MAX_CONTROL_DOC_LEN)?.to_vec() }
+        }
+        0x45 => Operation::RevokeToken { token_hash: r.array()? },
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
@@ -274,6 +297,11 @@ mod tests {
                 .prop_map(|(metadata, values)| Operation::RestoreSecret { metadata, values }),
             any::<[u8; 32]>().prop_map(|token_hash| Operation::SetRootToken { token_hash }),
             "http://[a-z0-9.:]{1,30}".prop_map(|leader_url| Operation::LeaderEpoch { leader_url }),
+            ("[a-z-]{1,12}", ".{0,80}").prop_map(|(name, policy)| Operation::PutPolicy { name, policy }),
+            "[a-z-]{1,12}".prop_map(|name| Operation::DeletePolicy { name }),
+            (any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(token_hash, record)| Operation::PutToken { token_hash, record }),
+            any::<[u8; 32]>().prop_map(|token_hash| Operation::RevokeToken { token_hash }),
         ]
     }
 

@@ -16,6 +16,8 @@ pub const MAX_VERSIONS_PER_EVENT: usize = 1024;
 pub const MAX_CUSTOM_METADATA: usize = 64;
 /// Largest custom-metadata key or value, in bytes (Vault: 128 / 512).
 pub const MAX_CUSTOM_METADATA_LEN: usize = 512;
+/// Longest policy document or token record a control event carries.
+pub const MAX_CONTROL_DOC_LEN: usize = 64 * 1024;
 /// Longest metadata document a `RestoreSecret` carries.
 pub const MAX_RESTORE_METADATA_LEN: usize = 256 * 1024;
 
@@ -67,6 +69,15 @@ pub enum Operation {
     /// decides any write. It names the leader's URL, so standbys and readers learn from the log
     /// itself where to forward writes.
     LeaderEpoch { leader_url: String },
+    /// Control: create or replace ACL policy `name` (Vault HCL or JSON, validated by the writer).
+    PutPolicy { name: String, policy: String },
+    /// Control: remove ACL policy `name`.
+    DeletePolicy { name: String },
+    /// Control: create, renew or replace a token, known only by its keyed hash; `record` is the
+    /// token's record (policies, expiry, ...) as JSON.
+    PutToken { token_hash: [u8; 32], record: Vec<u8> },
+    /// Control: revoke a token.
+    RevokeToken { token_hash: [u8; 32] },
 }
 
 /// The fields of `POST /v1/{mount}/metadata/{path}`.
@@ -93,6 +104,10 @@ impl Operation {
             Operation::RestoreSecret { .. } => 0x07,
             Operation::SetRootToken { .. } => 0x40,
             Operation::LeaderEpoch { .. } => 0x41,
+            Operation::PutPolicy { .. } => 0x42,
+            Operation::DeletePolicy { .. } => 0x43,
+            Operation::PutToken { .. } => 0x44,
+            Operation::RevokeToken { .. } => 0x45,
         }
     }
 
@@ -108,6 +123,10 @@ impl Operation {
             Operation::RestoreSecret { .. } => "restore_secret",
             Operation::SetRootToken { .. } => "set_root_token",
             Operation::LeaderEpoch { .. } => "leader_epoch",
+            Operation::PutPolicy { .. } => "put_policy",
+            Operation::DeletePolicy { .. } => "delete_policy",
+            Operation::PutToken { .. } => "put_token",
+            Operation::RevokeToken { .. } => "revoke_token",
         }
     }
 
@@ -120,7 +139,7 @@ impl Operation {
 /// Tags reserved for control operations that later releases add (policies, tokens, key terms).
 /// A decoder meeting one returns [`crate::DecodeError::UnknownOperation`], so an old reader halts
 /// rather than skipping state it does not understand.
-pub const RESERVED_CONTROL_TAGS: [u8; 6] = [0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
+pub const RESERVED_CONTROL_TAGS: [u8; 2] = [0x46, 0x47];
 
 impl Event {
     /// The Kafka record key of this event: `mount/path`, or for control events a NUL byte and the

@@ -64,6 +64,44 @@ fn golden_events() -> Vec<(&'static str, Event)> {
             },
         ),
         (
+            "put_policy",
+            Event {
+                mount: String::new(),
+                path: "policy/app-read".into(),
+                ..base(
+                    "",
+                    Operation::PutPolicy {
+                        name: "app-read".into(),
+                        policy: r#"path "secret/data/app/*" { capabilities = ["read"] }"#.into(),
+                    },
+                )
+            },
+        ),
+        (
+            "delete_policy",
+            Event {
+                mount: String::new(),
+                path: "policy/app-read".into(),
+                ..base("", Operation::DeletePolicy { name: "app-read".into() })
+            },
+        ),
+        (
+            "put_token",
+            Event {
+                mount: String::new(),
+                path: "token".into(),
+                ..base("", Operation::PutToken { token_hash: [0x44; 32], record: br#"{"policies":["app-read"]}"#.to_vec() })
+            },
+        ),
+        (
+            "revoke_token",
+            Event {
+                mount: String::new(),
+                path: "token".into(),
+                ..base("", Operation::RevokeToken { token_hash: [0x44; 32] })
+            },
+        ),
+        (
             "set_root_token",
             Event {
                 mount: String::new(),

@@ -162,6 +162,9 @@ impl Committer {
 
     /// Decide one command: the record to append and the reply to give after commit.
     async fn decide(&mut self, cmd: &Command, ts: i64) -> Result<Option<(Record, Reply, Vec<u8>)>, ApiResponse> {
+        if let Command::Control { name, .. } = cmd {
+            return self.decide_control(name, cmd, ts).await;
+        }
         let mount = self.ctx.mount.clone();
         let path = cmd.path();
         let key = record_key(&mount, path);
@@ -183,6 +186,29 @@ impl Committer {
                 Ok(Some((Record { key: key.clone(), payload, partition }, reply, key)))
             }
         }
+    }
+
+    /// A control event: keyed by the control object, ordered after earlier events on it.
+    async fn decide_control(
+        &mut self,
+        name: &str,
+        cmd: &Command,
+        ts: i64,
+    ) -> Result<Option<(Record, Reply, Vec<u8>)>, ApiResponse> {
+        let key = secretlog_schemas::topic::control_key(name);
+        let partition = partition_for(&key, self.cfg.partitions);
+        if self.ctx.materializer.progress.borrow().halted.contains_key(&partition) {
+            return Err(ApiError::from(WriterError::PartitionHalted { partition }).into());
+        }
+        self.wait_applied(&key).await.map_err(|e| ApiResponse::from(ApiError::from(e)))?;
+        let Planned::Append { op, reply } = plan(cmd, None, None, &self.ctx.keyring, "", ts).map_err(ApiResponse::from)?
+        else {
+            return Ok(None);
+        };
+        let mut event = self.event(name, op, ts);
+        event.mount = String::new();
+        let payload = encode_event(&self.ctx.keyring, &event);
+        Ok(Some((Record { key: key.clone(), payload, partition }, reply, key)))
     }
 
     fn event(&self, path: &str, op: Operation, ts: i64) -> Event {
@@ -240,6 +266,7 @@ impl Committer {
                     let resp = match reply {
                         Reply::Version(v) => ApiResponse::data(&uuid::Uuid::new_v4().to_string(), v),
                         Reply::NoContent => ApiResponse::no_content(),
+                        Reply::Json(v) => ApiResponse::json(200, &v),
                     };
                     let _ = tx.send(resp.with_header(HEADER_INDEX, token));
                 }

@@ -5,6 +5,7 @@
 //! commit with the log position. [`node`] puts it together with the reader crate's materializer,
 //! which gives the writer the exact state every reader computes.
 
+pub mod auth;
 pub mod committer;
 pub mod config;
 pub mod election;

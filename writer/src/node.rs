@@ -321,12 +321,19 @@ impl WriterNode {
         if self.state() == WriterState::Standby {
             return Ok(self.forwarder.forward(&req, self.leader_url().as_deref()).await);
         }
-        ctx.authorize(&req).await?;
+        // A write carrying an index (say, the first use of a token just created) is decided on
+        // state that includes it: the writer's own copy applies its commits a moment after them.
+        ctx.wait_for_index(&req).await?;
+        let who = secretlog_reader::api::auth::authorize(ctx, &req).await?;
         if req.path == crate::restore::RESTORE_PATH {
             let cmds = crate::restore::parse(&req, &ctx.mount, &ctx.keyring)?;
             return self.restore(&req, cmds).await;
         }
-        let cmd = crate::request::parse(&req, &ctx.mount, self.cfg.max_value_bytes)?;
+        let cmd = match crate::auth::handle(ctx, &req, &who).await? {
+            Some(crate::auth::Outcome::Answer(resp)) => return Ok(resp),
+            Some(crate::auth::Outcome::Command(cmd)) => cmd,
+            None => crate::request::parse(&req, &ctx.mount, self.cfg.max_value_bytes)?,
+        };
         let queue = self.write_queue()?;
         let (tx, rx) = oneshot::channel();
         queue.try_send(Pending { cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;

@@ -29,6 +29,8 @@ pub enum Reply {
     Version(Value),
     /// 204.
     NoContent,
+    /// 200 with this whole body.
+    Json(Value),
 }
 
 const CAS_MISMATCH: &str = "check-and-set parameter did not match the current version";
@@ -143,6 +145,10 @@ pub fn plan(
             Ok(Planned::Append { op: Operation::DeleteMetadata, reply: Reply::NoContent })
         }
         Command::Restore { metadata: None, .. } => Ok(Planned::Done { status: 204 }),
+        Command::Control { op, body, .. } => Ok(Planned::Append {
+            op: op.clone(),
+            reply: body.clone().map_or(Reply::NoContent, Reply::Json),
+        }),
     }
 }
 

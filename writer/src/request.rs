@@ -42,6 +42,9 @@ pub enum Command {
     /// One secret of `POST /v1/sys/secretlog/restore`: replace its whole state, or remove it
     /// (`metadata: None`). See [`crate::restore`].
     Restore { path: String, metadata: Option<Vec<u8>>, values: Vec<(u64, Vec<u8>)> },
+    /// A control event (policies, tokens) decided by the handler: append `op` under the control
+    /// object `name`, then answer `body` (200). See [`crate::auth`].
+    Control { name: String, op: secretlog_schemas::Operation, body: Option<Value> },
 }
 
 impl Command {
@@ -51,6 +54,7 @@ impl Command {
             | Command::Patch { path, .. }
             | Command::DeleteLatest { path }
             | Command::Restore { path, .. }
+            | Command::Control { name: path, .. }
             | Command::DeleteVersions { path, .. }
             | Command::UndeleteVersions { path, .. }
             | Command::DestroyVersions { path, .. }

@@ -214,6 +214,27 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
         let key = control_key("root-token");
         records.push(Record { partition: partition_for(&key, partitions), key, payload: encode_event(&keyring, &e) });
     }
+    // Policies and tokens come along (a token keeps working on the new site until it expires).
+    let mut control = |name: String, op: Operation| {
+        let e = event("", &name, op);
+        let key = control_key(&name);
+        records.push(Record { partition: partition_for(&key, partitions), key, payload: encode_event(&keyring, &e) });
+    };
+    for (k, v) in &data.control {
+        let k = String::from_utf8_lossy(k);
+        if let Some(name) = k.strip_prefix("c/policy/") {
+            let op = Operation::PutPolicy { name: name.to_string(), policy: String::from_utf8_lossy(v).into_owned() };
+            control(format!("policy/{name}"), op);
+        } else if let Some(h) = k.strip_prefix("c/token/")
+            && let Ok(Ok(token_hash)) = hex::decode(h).map(<[u8; 32]>::try_from)
+        {
+            let accessor = serde_json::from_slice::<serde_json::Value>(v)
+                .ok()
+                .and_then(|r| r["accessor"].as_str().map(str::to_string))
+                .unwrap_or_else(|| h[..16].to_string());
+            control(format!("token/{accessor}"), Operation::PutToken { token_hash, record: v.clone() });
+        }
+    }
     for p in 0..partitions {
         let name = leader_epoch_name(p);
         let e = event("", &name, Operation::LeaderEpoch { leader_url: source.clone() });

@@ -39,18 +39,7 @@ pub enum Freshness {
 impl ReadContext {
     /// Check the request's token against the root token hash replicated through the log.
     pub async fn authorize(&self, req: &ApiRequest) -> Result<(), ApiError> {
-        let token = req.token.as_deref().filter(|t| !t.is_empty()).ok_or_else(ApiError::permission_denied)?;
-        match self.store.root_token_hash().await? {
-            Some(hash) if self.keyring.token_matches(token, &hash) => Ok(()),
-            Some(_) => {
-                tracing::info!(request_id = %req.request_id, path = %req.path, "permission denied: unknown token");
-                Err(ApiError::permission_denied())
-            }
-            None => {
-                tracing::warn!(request_id = %req.request_id, "permission denied: the log has not delivered a root token yet");
-                Err(ApiError::permission_denied())
-            }
-        }
+        super::auth::authorize(self, req).await.map(drop)
     }
 
     /// Honour `X-Secretlog-Index`: wait until this node applied that position, up to the bound.
@@ -69,7 +58,13 @@ impl ReadContext {
 
     /// Answer a KV read (after authorization and any consistency wait).
     pub async fn read(&self, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+        if req.path.starts_with("v1/sys/policies/acl") {
+            return super::tokens::read_policy(self, req).await;
+        }
         if req.path == "v1/auth/token/lookup-self" {
+            if let super::auth::Identity::Token { record, .. } = super::auth::identify(self, req).await? {
+                return Ok(super::tokens::lookup_response(req, &record));
+            }
             return Ok(self.lookup_self(req));
         }
         if req.path == "v1/sys/secretlog/digest" {

@@ -5,11 +5,13 @@
 //! needs the `LIST` method, catch-all secret paths and one error format for everything, and a
 //! plain function of a plain struct is easy to test.
 
+pub mod auth;
 pub mod error;
 pub mod forward;
 pub mod health;
 pub mod kv;
 pub mod response;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -168,6 +168,11 @@ impl Node {
         self.child = Some(process::spawn_attached(cmd).expect("spawning a node"));
     }
 
+    /// The process id, while the node runs (to signal it, e.g. SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// kill -9.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

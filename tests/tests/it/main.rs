@@ -12,4 +12,5 @@ mod metrics;
 mod recovery;
 mod replication;
 mod s3;
+mod security;
 mod stack_up;

@@ -1,0 +1,198 @@
+//! Who is asking, and may they: tokens and ACL policies, checked on every node from the state the
+//! log built — readers decide locally, exactly as the writer does.
+//!
+//! Tokens are stored only as keyed hashes (`c/token/<hex>`) with a record (policies, expiry);
+//! the root token's hash is `c/root_token`. Expiry is checked against this node's clock on every
+//! request. Policies live at `c/policy/<name>`.
+
+use serde::{Deserialize, Serialize};
+
+use super::kv::ReadContext;
+use super::{ApiError, ApiRequest};
+use crate::acl::{Acl, Capability, parse_policy};
+use crate::materializer::now_ms;
+use crate::store::keys;
+
+/// A token's record, as the log carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub accessor: String,
+    pub policies: Vec<String>,
+    pub display_name: String,
+    pub created_ms: i64,
+    /// When it stops working; `None` never.
+    pub expire_ms: Option<i64>,
+    /// Renewals never extend past this; `None` unbounded.
+    pub max_expire_ms: Option<i64>,
+    /// The period a renewal extends it by.
+    pub ttl_secs: u64,
+    pub renewable: bool,
+}
+
+impl TokenRecord {
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expire_ms.is_some_and(|e| e <= now_ms)
+    }
+    /// Seconds left, 0 for a token that never expires.
+    pub fn ttl_left(&self, now_ms: i64) -> i64 {
+        self.expire_ms.map_or(0, |e| ((e - now_ms) / 1000).max(0))
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    Root,
+    Token { hash: [u8; 32], record: TokenRecord },
+}
+
+impl Identity {
+    pub fn is_root(&self) -> bool {
+        matches!(self, Identity::Root)
+    }
+}
+
+/// What a request needs: a capability on an ACL path, or root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// Any valid token (its own lookup, renewal, revocation; health).
+    AnyToken,
+    Cap(String, Capability),
+    /// Root only (operator endpoints).
+    Root,
+}
+
+/// The capability a request needs. `exists` tells create from update for writes.
+pub fn need(req: &ApiRequest, mount: &str, exists: impl FnOnce(&str) -> bool) -> Need {
+    let path = req.path.as_str();
+    let m = req.method.as_str();
+    let write = |acl: String, rel: &str| -> Need {
+        Need::Cap(acl, if exists(rel) { Capability::Update } else { Capability::Create })
+    };
+    if let Some(rest) = path.strip_prefix("v1/").and_then(|p| p.strip_prefix(mount)).and_then(|p| p.strip_prefix('/')) {
+        let (kind, rel) = rest.split_once('/').unwrap_or((rest, ""));
+        let acl = format!("{mount}/{kind}/{rel}");
+        return match (kind, m) {
+            ("data", "GET") | ("metadata", "GET") | ("config", "GET") => Need::Cap(acl, Capability::Read),
+            ("metadata", "LIST") => Need::Cap(acl, Capability::List),
+            ("data" | "metadata", "POST" | "PUT") => write(acl, rel),
+            ("data" | "metadata", "PATCH") => Need::Cap(acl, Capability::Patch),
+            ("data" | "metadata", "DELETE") => Need::Cap(acl, Capability::Delete),
+            ("delete" | "undelete" | "destroy", _) => Need::Cap(acl, Capability::Update),
+            _ => Need::Cap(acl, Capability::Sudo),
+        };
+    }
+    if let Some(name) = path.strip_prefix("v1/sys/policies/acl") {
+        let acl = format!("sys/policies/acl{name}");
+        return match m {
+            "GET" => Need::Cap(acl, Capability::Read),
+            "LIST" => Need::Cap(acl, Capability::List),
+            "DELETE" => Need::Cap(acl, Capability::Delete),
+            _ => Need::Cap(acl, Capability::Update),
+        };
+    }
+    match path {
+        "v1/auth/token/lookup-self" | "v1/auth/token/renew-self" | "v1/auth/token/revoke-self" => Need::AnyToken,
+        p if p.starts_with("v1/auth/token/") => Need::Cap(p["v1/".len()..].to_string(), Capability::Update),
+        _ => Need::Root,
+    }
+}
+
+/// Resolve the request's token, or refuse (403, as Vault answers a missing or bad token).
+pub async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, ApiError> {
+    let token = req.token.as_deref().filter(|t| !t.is_empty()).ok_or_else(ApiError::permission_denied)?;
+    let hash = ctx.keyring.token_hash(token);
+    match ctx.store.root_token_hash().await? {
+        Some(root) if ctx.keyring.token_matches(token, &root) => return Ok(Identity::Root),
+        Some(_) => {}
+        None => {
+            tracing::warn!(request_id = %req.request_id, "permission denied: the log has not delivered a root token yet");
+            return Err(ApiError::permission_denied());
+        }
+    }
+    let Some(raw) = ctx.store.get_raw(&keys::token(&hash)).await? else {
+        tracing::info!(request_id = %req.request_id, path = %req.path, "permission denied: unknown or revoked token");
+        return Err(ApiError::permission_denied());
+    };
+    let record: TokenRecord = serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?;
+    if record.expired(now_ms()) {
+        tracing::info!(request_id = %req.request_id, accessor = %record.accessor, "permission denied: token expired");
+        return Err(ApiError::permission_denied());
+    }
+    Ok(Identity::Token { hash, record })
+}
+
+/// The merged ACL of a token's policies (policies that no longer exist grant nothing).
+pub async fn acl_of(ctx: &ReadContext, record: &TokenRecord) -> Result<Acl, ApiError> {
+    let mut policies = Vec::new();
+    for name in &record.policies {
+        if let Some(text) = ctx.store.get_raw(&keys::policy(name)).await? {
+            match parse_policy(&String::from_utf8_lossy(&text)) {
+                Ok(p) => policies.push(p),
+                Err(e) => {
+                    tracing::error!(policy = %name, error = %e, "stored policy does not parse; it grants nothing")
+                }
+            }
+        }
+    }
+    Ok(Acl::new(&policies))
+}
+
+/// Authenticate and authorize a request.
+pub async fn authorize(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, ApiError> {
+    let who = identify(ctx, req).await?;
+    let Identity::Token { record, .. } = &who else { return Ok(who) };
+    let mut meta_exists = None;
+    if matches!(req.method.as_str(), "POST" | "PUT") {
+        let rel = req
+            .path
+            .strip_prefix(&format!("v1/{}/", ctx.mount))
+            .and_then(|r| r.split_once('/'))
+            .map(|(_, rel)| rel.to_string());
+        if let Some(rel) = rel {
+            meta_exists = Some(ctx.store.meta(&ctx.mount, &rel).await?.is_some_and(|m| m.current_version > 0));
+        }
+    }
+    let allowed = match need(req, &ctx.mount, |_| meta_exists.unwrap_or(false)) {
+        Need::AnyToken => true,
+        Need::Root => false,
+        Need::Cap(path, cap) => acl_of(ctx, record).await?.allows(&path, cap),
+    };
+    if !allowed {
+        tracing::info!(request_id = %req.request_id, accessor = %record.accessor, path = %req.path, method = %req.method, "permission denied by policy");
+        return Err(ApiError::permission_denied());
+    }
+    Ok(who)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str) -> ApiRequest {
+        ApiRequest { method: method.into(), path: path.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn requests_map_to_vault_acl_paths_and_capabilities() {
+        let n = |m: &str, p: &str, exists: bool| need(&req(m, p), "secret", |_| exists);
+        assert_eq!(n("GET", "v1/secret/data/a/b", false), Need::Cap("secret/data/a/b".into(), Capability::Read));
+        assert_eq!(n("POST", "v1/secret/data/a", false), Need::Cap("secret/data/a".into(), Capability::Create));
+        assert_eq!(n("POST", "v1/secret/data/a", true), Need::Cap("secret/data/a".into(), Capability::Update));
+        assert_eq!(n("PATCH", "v1/secret/data/a", true), Need::Cap("secret/data/a".into(), Capability::Patch));
+        assert_eq!(n("DELETE", "v1/secret/data/a", true), Need::Cap("secret/data/a".into(), Capability::Delete));
+        assert_eq!(n("LIST", "v1/secret/metadata/a/", true), Need::Cap("secret/metadata/a/".into(), Capability::List));
+        assert_eq!(n("POST", "v1/secret/destroy/a", true), Need::Cap("secret/destroy/a".into(), Capability::Update));
+        assert_eq!(n("GET", "v1/auth/token/lookup-self", true), Need::AnyToken);
+        assert_eq!(n("POST", "v1/auth/token/create", true), Need::Cap("auth/token/create".into(), Capability::Update));
+        assert_eq!(n("PUT", "v1/sys/policies/acl/p", true), Need::Cap("sys/policies/acl/p".into(), Capability::Update));
+        assert_eq!(n("POST", "v1/sys/secretlog/restore", true), Need::Root);
+    }
+
+    #[test]
+    fn expiry_is_checked_against_the_clock() {
+        let r = TokenRecord { expire_ms: Some(1000), ..Default::default() };
+        assert!(!r.expired(999) && r.expired(1000));
+        assert!(!TokenRecord::default().expired(i64::MAX));
+    }
+}

@@ -1,0 +1,55 @@
+//! Token and policy answers shared by readers and writers: token lookups shaped as Vault's, and
+//! reads of ACL policies (`/v1/sys/policies/acl`).
+
+use serde_json::json;
+
+use super::auth::TokenRecord;
+use super::kv::ReadContext;
+use super::response::vault_time;
+use super::{ApiError, ApiRequest, ApiResponse};
+use crate::materializer::now_ms;
+use crate::store::keys;
+
+/// A token's lookup data (never the token itself: only its accessor).
+pub fn lookup_data(record: &TokenRecord) -> serde_json::Value {
+    let now = now_ms();
+    json!({
+        "accessor": record.accessor,
+        "creation_time": record.created_ms / 1000,
+        "creation_ttl": record.ttl_secs,
+        "display_name": record.display_name,
+        "entity_id": "",
+        "expire_time": record.expire_ms.map(|e| vault_time(Some(e))),
+        "explicit_max_ttl": record.max_expire_ms.map_or(0, |m| (m - record.created_ms) / 1000),
+        "meta": null,
+        "num_uses": 0,
+        "orphan": true,
+        "path": "auth/token/create",
+        "policies": record.policies,
+        "renewable": record.renewable,
+        "ttl": record.ttl_left(now),
+        "type": "service",
+    })
+}
+
+/// `GET /v1/auth/token/lookup-self` for a (non-root) token.
+pub fn lookup_response(req: &ApiRequest, record: &TokenRecord) -> ApiResponse {
+    ApiResponse::data(&req.request_id, lookup_data(record))
+}
+
+/// `GET /v1/sys/policies/acl/:name` and `LIST /v1/sys/policies/acl`.
+pub async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+    let name = req.path.strip_prefix("v1/sys/policies/acl").unwrap_or("").trim_matches('/');
+    if name.is_empty() || req.method == "LIST" {
+        let mut names = ctx.store.policy_names().await?;
+        names.push("root".into());
+        names.sort();
+        return Ok(ApiResponse::data(&req.request_id, json!({ "keys": names, "policies": names })));
+    }
+    match ctx.store.get_raw(&keys::policy(name)).await? {
+        Some(text) => {
+            Ok(ApiResponse::data(&req.request_id, json!({ "name": name, "policy": String::from_utf8_lossy(&text) })))
+        }
+        None => Err(ApiError::not_found()),
+    }
+}

@@ -1,0 +1,247 @@
+//! Tokens and ACL policies on the leader: Vault's `/v1/auth/token/*` and `/v1/sys/policies/acl/*`
+//! write endpoints. Each becomes one control event through the committer (ordered per token or
+//! policy), so every reader learns it from the log and can check tokens locally.
+//!
+//! A token is handed out once, in the answer to `create`; the log and every store hold only its
+//! keyed hash. A caller that is not root can only give a new token policies it holds itself.
+
+use rand::Rng;
+use secretlog_reader::acl::parse_policy;
+use secretlog_reader::api::auth::{Identity, TokenRecord};
+use secretlog_reader::api::kv::ReadContext;
+use secretlog_reader::api::tokens::lookup_data;
+use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_reader::materializer::now_ms;
+use secretlog_reader::store::keys;
+use secretlog_schemas::Operation;
+use serde_json::{Value, json};
+
+use crate::request::Command;
+
+/// What a token or policy request turns into.
+pub enum Outcome {
+    /// Append this, then answer.
+    Command(Command),
+    /// Answer now (nothing to append).
+    Answer(ApiResponse),
+}
+
+fn body(req: &ApiRequest) -> Result<Value, ApiError> {
+    if req.body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request(format!("failed to parse JSON input: {e}")))
+}
+
+/// Vault durations: integer seconds, or `"90s"`, `"30m"`, `"1h"`.
+fn duration(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| ApiError::bad_request(format!("invalid {field}"))),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => match s.parse::<u64>() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => humantime::parse_duration(s)
+                .map(|d| Some(d.as_secs()))
+                .map_err(|e| ApiError::bad_request(format!("invalid {field} {s:?}: {e}"))),
+        },
+        _ => Err(ApiError::bad_request(format!("invalid {field}"))),
+    }
+}
+
+fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord) -> Value {
+    json!({
+        "request_id": req.request_id,
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": null,
+        "wrap_info": null,
+        "warnings": null,
+        "auth": {
+            "client_token": token.unwrap_or(""),
+            "accessor": record.accessor,
+            "policies": record.policies,
+            "token_policies": record.policies,
+            "metadata": null,
+            "lease_duration": record.ttl_left(now_ms()),
+            "renewable": record.renewable,
+            "entity_id": "",
+            "token_type": "service",
+            "orphan": true,
+        }
+    })
+}
+
+/// Policy names: lower-case letters, digits, `-` and `_`; `root` is reserved.
+fn policy_name(name: &str) -> Result<&str, ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(ApiError::bad_request(format!("invalid policy name {name:?}")));
+    }
+    if name == "root" {
+        return Err(ApiError::bad_request("cannot update the root policy"));
+    }
+    Ok(name)
+}
+
+/// The token named in the body (`token`), or the caller's own for the `-self` endpoints.
+async fn target(
+    ctx: &ReadContext,
+    req: &ApiRequest,
+    who: &Identity,
+    own: bool,
+) -> Result<([u8; 32], TokenRecord), ApiError> {
+    if own {
+        return match who {
+            Identity::Token { hash, record } => Ok((*hash, record.clone())),
+            Identity::Root => Err(ApiError::bad_request("the root token cannot be renewed, revoked or looked up here")),
+        };
+    }
+    let b = body(req)?;
+    let token = b["token"].as_str().filter(|t| !t.is_empty()).ok_or_else(|| ApiError::bad_request("missing token"))?;
+    let hash = ctx.keyring.token_hash(token);
+    match ctx.store.get_raw(&keys::token(&hash)).await? {
+        Some(raw) => {
+            let record: TokenRecord = serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?;
+            if record.expired(now_ms()) {
+                return Err(ApiError::bad_request("token not found"));
+            }
+            Ok((hash, record))
+        }
+        None => Err(ApiError::bad_request("token not found")),
+    }
+}
+
+/// Handle a token or policy write, if `req` is one.
+pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Option<Outcome>, ApiError> {
+    let path = req.path.as_str();
+    if let Some(name) = path.strip_prefix("v1/sys/policies/acl/") {
+        let name = policy_name(name)?;
+        let op = match req.method.as_str() {
+            "DELETE" => Operation::DeletePolicy { name: name.to_string() },
+            "POST" | "PUT" => {
+                let b = body(req)?;
+                let text = b["policy"].as_str().ok_or_else(|| ApiError::bad_request("missing policy"))?;
+                parse_policy(text).map_err(|e| ApiError::bad_request(format!("failed to parse policy: {}", e.0)))?;
+                Operation::PutPolicy { name: name.to_string(), policy: text.to_string() }
+            }
+            _ => return Ok(None),
+        };
+        return Ok(Some(Outcome::Command(Command::Control { name: format!("policy/{name}"), op, body: None })));
+    }
+    let Some(action) = path.strip_prefix("v1/auth/token/") else { return Ok(None) };
+    match action {
+        "create" | "create-orphan" => create(ctx, req, who).map(Some),
+        "renew" | "renew-self" => {
+            let (hash, mut record) = target(ctx, req, who, action == "renew-self").await?;
+            if !record.renewable {
+                return Err(ApiError::bad_request("lease is not renewable"));
+            }
+            let increment = duration(&body(req)?["increment"], "increment")?.unwrap_or(record.ttl_secs);
+            let now = now_ms();
+            let mut expire = now + (increment as i64) * 1000;
+            if let Some(max) = record.max_expire_ms {
+                expire = expire.min(max);
+            }
+            record.expire_ms = Some(expire);
+            let reply = auth_body(req, None, &record);
+            let op = Operation::PutToken {
+                token_hash: hash,
+                record: serde_json::to_vec(&record).map_err(|_| ApiError::internal())?,
+            };
+            Ok(Some(Outcome::Command(Command::Control {
+                name: format!("token/{}", record.accessor),
+                op,
+                body: Some(reply),
+            })))
+        }
+        "revoke" | "revoke-self" => {
+            let (hash, record) = target(ctx, req, who, action == "revoke-self").await?;
+            let op = Operation::RevokeToken { token_hash: hash };
+            Ok(Some(Outcome::Command(Command::Control { name: format!("token/{}", record.accessor), op, body: None })))
+        }
+        "lookup" => {
+            let (_, record) = target(ctx, req, who, false).await?;
+            Ok(Some(Outcome::Answer(ApiResponse::data(&req.request_id, lookup_data(&record)))))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn create(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Outcome, ApiError> {
+    let b = body(req)?;
+    let mut policies: Vec<String> = match &b["policies"] {
+        Value::Null => match who {
+            Identity::Root => vec!["root".into()],
+            Identity::Token { record, .. } => record.policies.clone(),
+        },
+        Value::Array(a) => a
+            .iter()
+            .map(|p| p.as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("policies must be strings")))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ApiError::bad_request("policies must be a list")),
+    };
+    policies.sort();
+    policies.dedup();
+    if policies.iter().any(|p| p == "root") {
+        if !who.is_root() {
+            return Err(ApiError::permission_denied());
+        }
+        return Err(ApiError::bad_request("tokens with the root policy are not handed out; use named policies"));
+    }
+    if let Identity::Token { record, .. } = who
+        && let Some(p) = policies.iter().find(|p| !record.policies.contains(p))
+    {
+        return Err(ApiError::bad_request(format!("child policies must be subset of parent: {p:?}")));
+    }
+    let ttl = duration(&b["ttl"], "ttl")?.unwrap_or(32 * 24 * 3600);
+    let max = duration(&b["explicit_max_ttl"], "explicit_max_ttl")?;
+    let now = now_ms();
+    let mut rng = rand::rngs::OsRng;
+    let token: String =
+        format!("hvs.{}", (0..24).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect::<String>());
+    let accessor: String = (0..24).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect();
+    let record = TokenRecord {
+        accessor: accessor.clone(),
+        policies,
+        display_name: format!("token-{}", b["display_name"].as_str().unwrap_or("")).trim_end_matches('-').to_string(),
+        created_ms: now,
+        expire_ms: Some(now + (ttl.min(max.unwrap_or(u64::MAX)) as i64) * 1000),
+        max_expire_ms: max.map(|m| now + (m as i64) * 1000),
+        ttl_secs: ttl,
+        renewable: b["renewable"].as_bool().unwrap_or(true),
+    };
+    let reply = auth_body(req, Some(&token), &record);
+    let op = Operation::PutToken {
+        token_hash: ctx.keyring.token_hash(&token),
+        record: serde_json::to_vec(&record).map_err(|_| ApiError::internal())?,
+    };
+    Ok(Outcome::Command(Command::Control { name: format!("token/{accessor}"), op, body: Some(reply) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_vaults() {
+        assert_eq!(duration(&json!(90), "ttl").unwrap(), Some(90));
+        assert_eq!(duration(&json!("90"), "ttl").unwrap(), Some(90));
+        assert_eq!(duration(&json!("1h"), "ttl").unwrap(), Some(3600));
+        assert_eq!(duration(&json!(null), "ttl").unwrap(), None);
+        assert!(duration(&json!("soon"), "ttl").is_err());
+        assert!(duration(&json!(-1), "ttl").is_err());
+    }
+
+    #[test]
+    fn policy_names_are_checked() {
+        assert!(policy_name("app-read_2").is_ok());
+        assert!(policy_name("root").is_err());
+        assert!(policy_name("App").is_err());
+        assert!(policy_name("").is_err());
+        assert!(policy_name("a/b").is_err());
+    }
+}

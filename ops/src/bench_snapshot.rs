@@ -27,18 +27,9 @@ fn store_config(dir: &Path) -> StoreConfig {
     StoreConfig { dir: dir.to_path_buf(), cache_memory_bytes: 64 << 20, cache_disk_bytes: 0 }
 }
 
-fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(len);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{what} {{pos}}/{{len}} {{bar:40}} {{per_sec}} eta {{eta}}"))
-            .expect("valid template"),
-    );
-    pb
-}
-
 /// Fill `store` with `secrets` secrets of one version each.
 async fn fill(store: &Store, keyring: &Keyring, secrets: usize, value_bytes: usize) -> anyhow::Result<()> {
-    let pb = bar(secrets as u64, "building source state");
+    let pb = crate::dr::bar(secrets as u64, "building source state");
     let plaintext = serde_json::to_vec(&json!({ "v": "x".repeat(value_bytes) }))?;
     let mut next = 0usize;
     while next < secrets {

@@ -140,12 +140,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut acks = load(&http, &leader, &token, &run, args.secrets, args.concurrency).await;
     let load_secs = started.elapsed().as_secs_f64();
-    if acks.len() < args.secrets {
-        bail!(
-            "only {} of {} load writes succeeded before the drill began; is the stack healthy?",
-            acks.len(),
-            args.secrets
-        );
+    let load_failed = args.secrets - acks.len();
+    if acks.is_empty() {
+        bail!("no load write succeeded; is the stack healthy? (`secretlog status`)");
+    }
+    if load_failed > 0 {
+        eprintln!("drill: {load_failed} load writes were refused (not acknowledged, so not counted)");
     }
     let r = http
         .post(format!("{}/v1/sys/secretlog/snapshot", replicator.url))
@@ -201,10 +201,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         bootstrap: bootstrap.clone(),
         topic: stack.topic.clone(),
         partitions: secretlog_schemas::topic::DEFAULT_PARTITIONS,
-        snapshot: "latest".into(),
-        to_offset: None,
-        to_time: None,
-        work_dir: dr_dir.join("work"),
+        point: super::rebuild::PointArgs {
+            snapshot: "latest".into(),
+            to_offset: None,
+            to_time: None,
+            work_dir: dr_dir.join("work"),
+        },
         json: false,
     })
     .await
@@ -300,6 +302,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         "secrets_loaded": args.secrets,
         "load_seconds": load_secs,
         "acknowledged_writes": acks.len(),
+        "load_writes_refused": load_failed,
         "rto_first_write_seconds": (write_ok - failed_at).as_secs_f64(),
         "rto_first_read_seconds": (read_ok - failed_at).as_secs_f64(),
         "rpo_lost_writes": lost.len(),

@@ -3,7 +3,7 @@
 //! exactly what a reader would hold — stopping at an offset vector or a time.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -15,6 +15,31 @@ use secretlog_reader::objects::Objects;
 use secretlog_reader::store::{PartitionState, Store, StoreConfig};
 use secretlog_schemas::archive::{Manifest, SnapshotData, decode_segment, parse_segment_name};
 use secretlog_schemas::{ConsistencyToken, Keyring};
+
+/// Which state to rebuild: a snapshot, and where the archive replay after it stops.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PointArgs {
+    /// Snapshot to start from (id, or `latest`).
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// Stop the log replay exactly here: next offset per partition, `p:offset[,p:offset...]`
+    /// (the form of `X-Secretlog-Index`); partitions not named stay at the snapshot. Default
+    /// (without --to-time too): everything archived.
+    #[arg(long, conflicts_with = "to_time")]
+    pub to_offset: Option<String>,
+    /// Stop the log replay at this time: RFC 3339 or Unix milliseconds.
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// Scratch directory for the rebuilt state.
+    #[arg(long, default_value = "./.secretlog/work")]
+    pub work_dir: PathBuf,
+}
+
+impl PointArgs {
+    pub fn bound(&self) -> anyhow::Result<Bound> {
+        Bound::from_args(self.to_offset.as_deref(), self.to_time.as_deref())
+    }
+}
 
 /// Where the replay stops.
 #[derive(Debug, Clone, PartialEq, Eq)]

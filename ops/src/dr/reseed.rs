@@ -9,7 +9,6 @@
 //! A topic holding anything else is refused.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,7 +24,7 @@ use secretlog_schemas::{Event, Keyring, Operation, decode_event, encode_event};
 use secretlog_writer::producer::{Record, TxProducer};
 use serde_json::json;
 
-use super::rebuild::{Bound, rebuild};
+use super::rebuild::{PointArgs, rebuild};
 use super::{StoreArgs, emit, find_snapshot};
 
 /// Set in tests only: the reseed appends its records in a transaction and then dies without
@@ -59,18 +58,8 @@ pub struct ReseedArgs {
     /// Partitions of the topic, if it must be created.
     #[arg(long, default_value_t = DEFAULT_PARTITIONS)]
     pub partitions: i32,
-    /// Snapshot to start from (id, or `latest`).
-    #[arg(long, default_value = "latest")]
-    pub snapshot: String,
-    /// Stop the archive replay here (`p:offset,...`); default: everything archived.
-    #[arg(long, conflicts_with = "to_time")]
-    pub to_offset: Option<String>,
-    /// Stop the archive replay at this time (RFC 3339 or Unix ms); default: everything archived.
-    #[arg(long)]
-    pub to_time: Option<String>,
-    /// Scratch directory for the rebuilt state.
-    #[arg(long, default_value = "./.secretlog/work")]
-    pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub point: PointArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -157,11 +146,11 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let objects = args.store.objects()?;
     let keyring = args.store.keyring()?;
-    let m = find_snapshot(&objects, &args.snapshot).await?;
+    let m = find_snapshot(&objects, &args.point.snapshot).await?;
     check_format(&m).with_context(|| format!("snapshot {} cannot be read by this build", m.id))?;
-    let bound = Bound::from_args(args.to_offset.as_deref(), args.to_time.as_deref())?;
+    let bound = args.point.bound()?;
     let pb = crate::output::spinner(&format!("rebuilding from snapshot {} and the log archive", m.id));
-    let rebuilt = rebuild(&objects, &keyring, &m, &bound, &args.work_dir).await?;
+    let rebuilt = rebuild(&objects, &keyring, &m, &bound, &args.point.work_dir).await?;
     pb.finish_and_clear();
     let source = format!(
         "reseed:{}:{}",

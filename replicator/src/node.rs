@@ -35,6 +35,7 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
     secretlog_reader::telemetry::prometheus();
     let listener = secretlog_reader::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+    let audit = secretlog_reader::audit::Auditor::from_config(&cfg.log, "replicator")?;
     let objects = Objects::open(&cfg.object_store_url())?;
     let mut log = cfg.log.clone();
     log.object_store = Some(cfg.object_store_url());
@@ -123,7 +124,8 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
     };
     tracing::info!(%addr, objects = %node.objects.url, "replicator listening");
     let store = node.ctx.as_ref().map(|c| c.store.clone());
-    Ok(supervise("replicator", addr, listener, handler, 64 * 1024, cancel, background, store))
+    let audit = audit.map(|a| a.with_context(node.ctx.clone()));
+    Ok(supervise("replicator", addr, listener, handler, audit, 64 * 1024, cancel, background, store))
 }
 
 impl ReplicatorNode {

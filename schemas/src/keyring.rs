@@ -113,6 +113,7 @@ struct TermKeys {
 pub struct Keyring {
     terms: BTreeMap<u32, TermKeys>,
     token: Zeroizing<[u8; 32]>,
+    audit: Zeroizing<[u8; 32]>,
     key_check: [u8; 8],
 }
 
@@ -145,7 +146,7 @@ impl Keyring {
         let check = root.derive("key-check");
         let mut key_check = [0u8; 8];
         key_check.copy_from_slice(&check[..8]);
-        Keyring { terms, token: root.derive("token-hash"), key_check }
+        Keyring { terms, token: root.derive("token-hash"), audit: root.derive("audit-hmac"), key_check }
     }
 
     /// The term new values are sealed and new events authenticated with.
@@ -183,6 +184,16 @@ impl Keyring {
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.token[..]).expect("HMAC takes any key length");
         mac.update(token.as_bytes());
         mac.finalize().into_bytes().into()
+    }
+
+    /// What the audit log writes instead of a token or secret value: `hmac-sha256:<hex>` under a
+    /// key of its own (HKDF label `audit-hmac`), so equal inputs give equal entries — an auditor
+    /// holding a suspect value can compute its HMAC with the root key and grep for it — while the
+    /// log itself reveals nothing, and an audit entry is never a usable token hash.
+    pub fn audit_hmac(&self, data: &[u8]) -> String {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.audit[..]).expect("HMAC takes any key length");
+        mac.update(data);
+        format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
     }
 
     /// Whether `token` hashes to `hash`, compared in constant time.
@@ -225,6 +236,18 @@ mod tests {
         assert!(a.token_matches("s.token", &h));
         assert!(!a.token_matches("s.tokem", &h));
         assert_ne!(h, b.token_hash("s.token"));
+    }
+
+    #[test]
+    fn audit_hmac_is_stable_keyed_and_not_the_token_hash() {
+        let a = Keyring::from_root(&RootKey::from_bytes([1; 32]));
+        let b = Keyring::from_root(&RootKey::from_bytes([2; 32]));
+        let h = a.audit_hmac(b"s.token");
+        assert_eq!(h, a.audit_hmac(b"s.token"));
+        assert!(h.starts_with("hmac-sha256:") && h.len() == "hmac-sha256:".len() + 64, "{h}");
+        assert_ne!(h, b.audit_hmac(b"s.token"));
+        assert_ne!(h, a.audit_hmac(b"s.tokem"));
+        assert!(!h.contains(&hex::encode(a.token_hash("s.token"))));
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
     secretlog_reader::telemetry::prometheus();
     let listener = secretlog_reader::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| WriterError::NotReady(e.to_string()))?;
+    let audit = secretlog_reader::audit::Auditor::from_config(&cfg.log, "writer")?;
     let (ctx, mat_join, sealed) = match load_keyring(&cfg.log) {
         Ok(keyring) => {
             let (ctx, join) =
@@ -95,7 +96,8 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         });
     }
     let store = node.ctx.as_ref().map(|c| c.store.clone());
-    Ok(supervise("writer", addr, listener, handler, cfg.log_max_request_bytes(), cancel, tasks, store))
+    let audit = audit.map(|a| a.with_context(node.ctx.clone()));
+    Ok(supervise("writer", addr, listener, handler, audit, cfg.log_max_request_bytes(), cancel, tasks, store))
 }
 
 impl WriterConfig {

@@ -131,6 +131,17 @@ fn build_request(
     }
 }
 
+tokio::task_local! {
+    /// The peer of the connection a request came on, for the handler (the audit log) to read
+    /// without a field on [`ApiRequest`].
+    static REMOTE_ADDR: Option<SocketAddr>;
+}
+
+/// The remote address of the request being handled, if known.
+pub fn remote_addr() -> Option<SocketAddr> {
+    REMOTE_ADDR.try_with(|a| *a).ok().flatten()
+}
+
 /// Header a node adds to a request it forwards.
 pub const FORWARDED_HEADER: &str = "x-secretlog-forwarded";
 
@@ -161,11 +172,12 @@ pub fn spawn_server(
 /// Bodies larger than `max_body` bytes get 413 without being read.
 pub async fn serve(listener: tokio::net::TcpListener, handler: Handler, max_body: u64, cancel: CancellationToken) {
     let route = warp::method()
+        .and(warp::addr::remote())
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(move |method: warp::http::Method, path: warp::path::FullPath, raw_query: String, headers: warp::http::HeaderMap, body| {
+        .then(move |method: warp::http::Method, remote: Option<SocketAddr>, path: warp::path::FullPath, raw_query: String, headers: warp::http::HeaderMap, body| {
             let handler = handler.clone();
             async move {
                 let body = match read_body(body, max_body).await {
@@ -176,7 +188,7 @@ pub async fn serve(listener: tokio::net::TcpListener, handler: Handler, max_body
                 let started = std::time::Instant::now();
                 let route = route_label(&req);
                 let method = req.method.clone();
-                let resp = handler(req).await;
+                let resp = REMOTE_ADDR.scope(remote, handler(req)).await;
                 metrics::histogram!("secretlog_http_request_duration_seconds", "route" => route, "method" => method.clone())
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("secretlog_http_requests_total", "route" => route, "method" => method, "code" => resp.status.to_string())

@@ -1,0 +1,526 @@
+//! The audit log (issue #8): every request and every response of a node, one JSON line each,
+//! written *before* the request is executed and before its answer leaves — and failing closed.
+//!
+//! Entries are modelled on Vault's file audit device:
+//!
+//! ```json
+//! {"time":"…","type":"request","node":"reader","auth":{"client_token":"hmac-sha256:…","accessor":"hmac-sha256:…","policies":["app"],"display_name":"token"},
+//!  "request":{"id":"…","operation":"read","method":"GET","path":"v1/secret/data/app/db","remote_address":"10.0.0.7","remote_port":51234,"forwarded":false,"data":{…}}}
+//! {"time":"…","type":"response", …same auth and request…, "response":{"status":200,"body":{"data":{"data":{"password":"hmac-sha256:…"}},…}},"error":""}
+//! ```
+//!
+//! Nothing secret is written in plaintext: the client token, accessors, every scalar of a
+//! request body and every scalar under a response's `data` become `hmac-sha256:<hex>` under the
+//! keyring's audit key ([`Keyring::audit_hmac`]). The HMAC is stable, so an operator with the
+//! root key can compute a suspect token's HMAC and find its uses; object keys (secret field
+//! names) are kept, as Vault keeps them.
+//!
+//! A request whose entry cannot be written is refused (503, `audit log unavailable: …`) and not
+//! executed; an answer whose entry cannot be written is withheld the same way (the request may
+//! have taken effect: a write, say). `--audit-fail-open` serves them anyway. Either way the failure
+//! is counted in `secretlog_audit_failures_total`. Health and metrics are not audited (they are
+//! polled constantly and carry no secret).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use secretlog_schemas::Keyring;
+use serde_json::{Map, Value, json};
+
+use crate::api::auth::{Identity, TokenRecord};
+use crate::api::kv::ReadContext;
+use crate::api::{ApiError, ApiRequest, ApiResponse, Handler};
+use crate::config::LogConfig;
+use crate::error::ReaderError;
+
+/// Counter of audit entries that could not be written.
+pub const FAILURES_METRIC: &str = "secretlog_audit_failures_total";
+
+/// What replaces secrets when the node has no keyring to HMAC them with (a sealed node).
+const NO_KEY: &str = "hmac-sha256:unavailable-node-sealed";
+
+/// Keys whose values are always HMACed, wherever they appear.
+const SENSITIVE_KEYS: &[&str] = &["client_token", "token", "accessor"];
+
+/// Where entries go: one line per entry, written whole.
+pub struct Sink {
+    path: Option<PathBuf>,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Sink {
+    /// Append to `path` (created with mode 0600).
+    pub fn open(path: &Path) -> std::io::Result<Sink> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(path)?;
+        Ok(Sink { path: Some(path.to_path_buf()), out: Mutex::new(Box::new(file)) })
+    }
+
+    /// Any writer (tests).
+    pub fn from_writer(w: impl Write + Send + 'static) -> Sink {
+        Sink { path: None, out: Mutex::new(Box::new(w)) }
+    }
+
+    /// Write one entry as one line, flushed. An error means the entry is not (entirely) on record.
+    pub fn write_entry(&self, entry: &Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        out.write_all(&line)?;
+        out.flush()
+    }
+}
+
+/// HMACs tokens and secret values, under the keyring's audit key.
+#[derive(Clone)]
+pub struct Redactor {
+    keyring: Option<Arc<Keyring>>,
+}
+
+impl Redactor {
+    pub fn new(keyring: Option<Arc<Keyring>>) -> Self {
+        Redactor { keyring }
+    }
+
+    pub fn hmac(&self, data: &[u8]) -> String {
+        match &self.keyring {
+            Some(k) => k.audit_hmac(data),
+            None => NO_KEY.to_string(),
+        }
+    }
+
+    /// A JSON scalar's HMAC: a string's bytes, any other scalar's JSON text.
+    fn hmac_scalar(&self, v: &Value) -> Value {
+        match v {
+            Value::Null => Value::Null,
+            Value::String(s) => Value::String(self.hmac(s.as_bytes())),
+            other => Value::String(self.hmac(other.to_string().as_bytes())),
+        }
+    }
+
+    /// `v` with every scalar leaf HMACed (object keys and `null`s kept).
+    pub fn redact_all(&self, v: &Value) -> Value {
+        self.walk(v, true)
+    }
+
+    /// `v` with every scalar under a `data` key, and the value of every token or accessor key,
+    /// HMACed; all else kept.
+    pub fn redact(&self, v: &Value) -> Value {
+        self.walk(v, false)
+    }
+
+    fn walk(&self, v: &Value, secret: bool) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, child)| {
+                        let secret = secret || k == "data" || SENSITIVE_KEYS.contains(&k.as_str());
+                        (k.clone(), self.walk(child, secret))
+                    })
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(|x| self.walk(x, secret)).collect()),
+            scalar if secret => self.hmac_scalar(scalar),
+            scalar => scalar.clone(),
+        }
+    }
+
+    /// A request body as the audit log shows it: JSON with every scalar HMACed, other bytes as
+    /// one HMAC, nothing for an empty body.
+    pub fn body(&self, body: &[u8]) -> Option<Value> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(match serde_json::from_slice::<Value>(body) {
+            Ok(v) => self.redact_all(&v),
+            Err(_) => Value::String(self.hmac(body)),
+        })
+    }
+}
+
+/// The identity a token names in this node's state, if any (expiry is the handler's business).
+async fn lookup(ctx: &ReadContext, token: &str) -> Option<Identity> {
+    let root = ctx.store.root_token_hash().await.ok()??;
+    if ctx.keyring.token_matches(token, &root) {
+        return Some(Identity::Root);
+    }
+    let hash = ctx.keyring.token_hash(token);
+    let raw = ctx.store.get_raw(&crate::store::keys::token(&hash)).await.ok()??;
+    let record: TokenRecord = serde_json::from_slice(&raw).ok()?;
+    Some(Identity::Token { hash, record })
+}
+
+/// Vault's name for what a request does.
+pub fn operation(method: &str) -> String {
+    match method {
+        "GET" | "HEAD" => "read".into(),
+        "LIST" => "list".into(),
+        "POST" | "PUT" => "update".into(),
+        "PATCH" => "patch".into(),
+        "DELETE" => "delete".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+/// Whether a request is audited: everything but health and metrics.
+pub fn audited(req: &ApiRequest) -> bool {
+    !matches!(req.path.as_str(), "v1/sys/health" | "metrics")
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// The error text of an answer: its `errors`, joined, or `""`.
+fn error_of(resp: &ApiResponse) -> String {
+    if resp.status < 400 {
+        return String::new();
+    }
+    serde_json::from_slice::<Value>(&resp.body)
+        .ok()
+        .and_then(|b| b.get("errors").and_then(Value::as_array).cloned())
+        .map(|errs| {
+            errs.iter().map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string)).collect::<Vec<_>>().join("; ")
+        })
+        .unwrap_or_default()
+}
+
+/// The audit device of a node.
+pub struct Auditor {
+    node: String,
+    sink: Sink,
+    redactor: Redactor,
+    ctx: Option<ReadContext>,
+    fail_open: bool,
+}
+
+impl Auditor {
+    /// The node's auditor if `--audit-file` is set; an unopenable file stops the node from
+    /// starting (better than a node that refuses every request).
+    pub fn from_config(log: &LogConfig, node: &str) -> Result<Option<Auditor>, ReaderError> {
+        let Some(path) = &log.audit_file else { return Ok(None) };
+        let sink = Sink::open(path).map_err(|e| ReaderError::Config {
+            field: "audit-file",
+            reason: format!("cannot open the audit log {}: {e}", path.display()),
+        })?;
+        if log.audit_fail_open {
+            tracing::warn!(file = %path.display(), "--audit-fail-open: requests are served even when they cannot be audited");
+        }
+        tracing::info!(file = %path.display(), "auditing every request");
+        Ok(Some(Auditor::new(node, sink, log.audit_fail_open)))
+    }
+
+    pub fn new(node: &str, sink: Sink, fail_open: bool) -> Auditor {
+        // Exported at 0 from the start, so an alert on it has a series to watch.
+        metrics::counter!(FAILURES_METRIC).increment(0);
+        Auditor { node: node.to_string(), sink, redactor: Redactor::new(None), ctx: None, fail_open }
+    }
+
+    /// The node's state: its keyring HMACs entries, its token records name the caller.
+    pub fn with_context(mut self, ctx: Option<ReadContext>) -> Auditor {
+        self.redactor = Redactor::new(ctx.as_ref().map(|c| c.keyring.clone()));
+        self.ctx = ctx;
+        self
+    }
+
+    /// Wrap a node's handler so that every request goes through the audit log.
+    pub fn wrap(self: Arc<Self>, inner: Handler) -> Handler {
+        Arc::new(move |req| {
+            let (auditor, inner) = (self.clone(), inner.clone());
+            Box::pin(async move { auditor.handle(req, inner).await })
+        })
+    }
+
+    async fn handle(&self, req: ApiRequest, inner: Handler) -> ApiResponse {
+        if !audited(&req) {
+            return inner(req).await;
+        }
+        let auth = self.auth(&req).await;
+        let request = self.request_entry(&req, crate::api::remote_addr());
+        let entry = json!({ "time": now(), "type": "request", "node": self.node, "auth": auth, "request": request });
+        if let Err(e) = self.record(&entry, "request")
+            && !self.fail_open
+        {
+            return ApiError::unavailable(format!("audit log unavailable: {e}")).into();
+        }
+        let resp = inner(req).await;
+        let entry = json!({
+            "time": now(),
+            "type": "response",
+            "node": self.node,
+            "auth": auth,
+            "request": request,
+            "response": self.response_entry(&resp),
+            "error": error_of(&resp),
+        });
+        if let Err(e) = self.record(&entry, "response")
+            && !self.fail_open
+        {
+            return ApiError::unavailable(format!(
+                "audit log unavailable: {e} (the answer was withheld; the request may have taken effect)"
+            ))
+            .into();
+        }
+        resp
+    }
+
+    /// Write one entry; a failure is counted and logged (without the entry).
+    pub fn record(&self, entry: &Value, kind: &str) -> std::io::Result<()> {
+        self.sink.write_entry(entry).inspect_err(|e| {
+            metrics::counter!(FAILURES_METRIC).increment(1);
+            let file = self.sink.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            tracing::error!(error = %e, %file, kind, fail_open = self.fail_open, "cannot write an audit entry");
+        })
+    }
+
+    /// Who is calling, as far as this node can tell before executing the request. Looked up
+    /// quietly: a token this node has not applied yet (the request may wait for it) is no
+    /// "permission denied" here — the handler decides that.
+    async fn auth(&self, req: &ApiRequest) -> Value {
+        let Some(token) = req.token.as_deref().filter(|t| !t.is_empty()) else { return Value::Null };
+        let mut auth = Map::new();
+        auth.insert("client_token".into(), self.redactor.hmac(token.as_bytes()).into());
+        if let Some(ctx) = &self.ctx {
+            match lookup(ctx, token).await {
+                Some(Identity::Root) => {
+                    auth.insert("policies".into(), json!(["root"]));
+                    auth.insert("display_name".into(), json!("root"));
+                }
+                Some(Identity::Token { record, .. }) => {
+                    auth.insert("accessor".into(), self.redactor.hmac(record.accessor.as_bytes()).into());
+                    auth.insert("policies".into(), json!(record.policies));
+                    auth.insert("display_name".into(), json!(record.display_name));
+                }
+                None => {}
+            }
+        }
+        Value::Object(auth)
+    }
+
+    fn request_entry(&self, req: &ApiRequest, remote: Option<SocketAddr>) -> Value {
+        let mut r = Map::new();
+        r.insert("id".into(), json!(req.request_id));
+        r.insert("operation".into(), json!(operation(&req.method)));
+        r.insert("method".into(), json!(req.method));
+        r.insert("path".into(), json!(req.path));
+        if let Some(a) = remote {
+            r.insert("remote_address".into(), json!(a.ip().to_string()));
+            r.insert("remote_port".into(), json!(a.port()));
+        }
+        r.insert("forwarded".into(), json!(req.forwarded));
+        if let Some(body) = self.redactor.body(&req.body) {
+            r.insert("data".into(), body);
+        }
+        Value::Object(r)
+    }
+
+    fn response_entry(&self, resp: &ApiResponse) -> Value {
+        let mut r = Map::new();
+        r.insert("status".into(), json!(resp.status));
+        if !resp.body.is_empty() {
+            let body = match serde_json::from_slice::<Value>(&resp.body) {
+                Ok(Value::Object(m)) => {
+                    let m: Map<String, Value> = m.into_iter().filter(|(k, v)| !v.is_null() && k != "errors").collect();
+                    self.redactor.redact(&Value::Object(m))
+                }
+                Ok(other) => self.redactor.redact_all(&other),
+                Err(_) => Value::String(self.redactor.hmac(&resp.body)),
+            };
+            r.insert("body".into(), body);
+        }
+        Value::Object(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secretlog_schemas::RootKey;
+
+    fn redactor() -> Redactor {
+        Redactor::new(Some(Arc::new(Keyring::from_root(&RootKey::from_bytes([9; 32])))))
+    }
+
+    fn ok_handler() -> Handler {
+        Arc::new(|req: ApiRequest| {
+            Box::pin(async move {
+                ApiResponse::json(
+                    200,
+                    &json!({
+                        "request_id": req.request_id,
+                        "data": {"data": {"password": "hunter2", "nested": {"pin": 1234, "list": ["a", "b"]}}},
+                        "auth": {"client_token": "hvs.issued", "accessor": "acc", "policies": ["app"]},
+                    }),
+                )
+            })
+        })
+    }
+
+    /// A shared buffer the auditor writes to.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc_enospc()))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    fn libc_enospc() -> i32 {
+        28
+    }
+
+    fn req(method: &str, path: &str, body: Value) -> ApiRequest {
+        ApiRequest {
+            method: method.into(),
+            path: path.into(),
+            token: Some("hvs.the-token".into()),
+            body: body.to_string().into(),
+            request_id: "rid-1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn auditor(sink: Sink, fail_open: bool) -> Arc<Auditor> {
+        let mut a = Auditor::new("test", sink, fail_open);
+        a.redactor = redactor();
+        Arc::new(a)
+    }
+
+    #[test]
+    fn redaction_hmacs_nested_data_and_tokens_and_keeps_keys() {
+        let r = redactor();
+        let v = json!({
+            "request_id": "x",
+            "lease_duration": 0,
+            "data": {"data": {"password": "hunter2", "n": {"pin": 1234, "ok": true, "l": ["a", null]}}},
+            "auth": {"client_token": "hvs.tok", "accessor": "acc", "policies": ["app"]},
+        });
+        let out = r.redact(&v);
+        let text = out.to_string();
+        for plain in ["hunter2", "1234", "hvs.tok", "\"acc\""] {
+            assert!(!text.contains(plain), "{plain} in {text}");
+        }
+        assert_eq!(out["request_id"], "x");
+        assert_eq!(out["lease_duration"], 0);
+        assert_eq!(out["auth"]["policies"], json!(["app"]));
+        assert_eq!(out["data"]["data"]["password"], json!(r.hmac(b"hunter2")));
+        assert_eq!(out["data"]["data"]["n"]["pin"], json!(r.hmac(b"1234")));
+        assert_eq!(out["data"]["data"]["n"]["l"][1], Value::Null);
+        assert_eq!(out["auth"]["client_token"], json!(r.hmac(b"hvs.tok")));
+        // A request body: every scalar, whatever its key.
+        let body = r.body(br#"{"data": {"k": "v"}, "options": {"cas": 3}, "token": "hvs.x"}"#).unwrap();
+        assert!(body.to_string().matches("hmac-sha256:").count() == 3, "{body}");
+        assert!(r.body(b"not json: hunter2").unwrap().as_str().unwrap().starts_with("hmac-sha256:"));
+        assert!(r.body(b"").is_none());
+    }
+
+    #[test]
+    fn hmac_is_stable_for_the_same_input_and_keyed() {
+        let (a, b) = (redactor(), redactor());
+        assert_eq!(a.hmac(b"hunter2"), b.hmac(b"hunter2"));
+        assert_ne!(a.hmac(b"hunter2"), a.hmac(b"hunter3"));
+        let other = Redactor::new(Some(Arc::new(Keyring::from_root(&RootKey::from_bytes([8; 32])))));
+        assert_ne!(a.hmac(b"hunter2"), other.hmac(b"hunter2"));
+        assert_eq!(Redactor::new(None).hmac(b"hunter2"), NO_KEY);
+    }
+
+    #[tokio::test]
+    async fn requests_and_responses_are_recorded_without_plaintext() {
+        let buf = Buf::default();
+        let handler = auditor(Sink::from_writer(buf.clone()), false).wrap(ok_handler());
+        let resp = handler(req("POST", "v1/secret/data/app/db", json!({"data": {"password": "hunter2"}}))).await;
+        assert_eq!(resp.status, 200);
+        let text = buf.text();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["type"], "request");
+        assert_eq!(lines[1]["type"], "response");
+        for l in &lines {
+            assert_eq!(l["request"]["id"], "rid-1");
+            assert_eq!(l["request"]["operation"], "update");
+            assert_eq!(l["request"]["path"], "v1/secret/data/app/db");
+            assert!(l["auth"]["client_token"].as_str().unwrap().starts_with("hmac-sha256:"));
+        }
+        assert_eq!(lines[1]["response"]["status"], 200);
+        assert_eq!(lines[1]["error"], "");
+        for plain in ["hunter2", "hvs.the-token", "hvs.issued", "1234"] {
+            assert!(!text.contains(plain), "{plain} is in the audit log: {text}");
+        }
+        // Health and metrics are not audited.
+        handler(req("GET", "v1/sys/health", Value::Null)).await;
+        handler(req("GET", "metrics", Value::Null)).await;
+        assert_eq!(buf.text().lines().count(), 2);
+    }
+
+    #[test]
+    fn a_write_failure_surfaces_as_an_error() {
+        let sink = Sink::from_writer(Broken);
+        assert!(sink.write_entry(&json!({"a": 1})).is_err());
+        #[cfg(target_os = "linux")]
+        {
+            let full = Sink::open(Path::new("/dev/full")).expect("/dev/full opens");
+            let err = full.write_entry(&json!({"a": 1})).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unrecordable_request_is_refused_and_not_executed_unless_fail_open() {
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting: Handler = {
+            let ran = ran.clone();
+            Arc::new(move |_req| {
+                let ran = ran.clone();
+                Box::pin(async move {
+                    ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    ApiResponse::no_content()
+                })
+            })
+        };
+        let closed = auditor(Sink::from_writer(Broken), false).wrap(counting.clone());
+        let resp = closed(req("GET", "v1/secret/data/x", Value::Null)).await;
+        assert_eq!(resp.status, 503);
+        let body: Value = serde_json::from_slice(&resp.body).unwrap();
+        assert!(body["errors"][0].as_str().unwrap().starts_with("audit log unavailable: "), "{body}");
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0, "executed without an audit record");
+        // Health still answers.
+        assert_eq!(closed(req("GET", "v1/sys/health", Value::Null)).await.status, 204);
+
+        let open = auditor(Sink::from_writer(Broken), true).wrap(counting);
+        assert_eq!(open(req("GET", "v1/secret/data/x", Value::Null)).await.status, 204);
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn errors_and_operations() {
+        let resp: ApiResponse = ApiError::new(403, "permission denied").into();
+        assert_eq!(error_of(&resp), "permission denied");
+        assert_eq!(error_of(&ApiResponse::no_content()), "");
+        assert_eq!(operation("LIST"), "list");
+        assert_eq!(operation("PUT"), "update");
+    }
+}

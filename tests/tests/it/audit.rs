@@ -1,0 +1,125 @@
+//! The audit log (issue #8): every request and answer of a node as a JSON line, with no token or
+//! secret value in plaintext; and failing closed — a node that cannot write its audit log serves
+//! nothing, unless `--audit-fail-open`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Stack, StackOpts, call, client, shared};
+
+const SECRET: &str = "correct-horse-battery-staple-0xA0D17";
+
+/// `secretlog_audit_failures_total` on a node's `/metrics`.
+async fn audit_failures(url: &str) -> f64 {
+    let text = client().get(format!("{url}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .filter(|l| l.starts_with("secretlog_audit_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_reads_are_audited_without_plaintext_secrets_or_tokens() {
+    let (cluster, _g) = shared();
+    let logs = tempfile::Builder::new().prefix("it-audit-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let audit_file = logs.path().join("audit-reader.log");
+    let s = Stack::start(
+        cluster,
+        StackOpts {
+            name: "audit",
+            readers: 1,
+            reader_args: vec!["--audit-file".into(), audit_file.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let reader = &s.readers[0].url;
+
+    // A write through the reader (audited there, then forwarded) and a read on it.
+    let w = call(
+        "POST",
+        &format!("{reader}/v1/secret/data/audit/db"),
+        Some(&s.token),
+        None,
+        Some(json!({ "data": { "password": SECRET, "nested": { "also": SECRET } } })),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{:?}", w.body);
+    let r = call("GET", &format!("{reader}/v1/secret/data/audit/db"), Some(&s.token), w.index.as_deref(), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["data"]["data"]["password"], SECRET);
+
+    let text = std::fs::read_to_string(&audit_file).expect("the audit log exists");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let find = |kind: &str, op: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l["type"] == kind
+                    && l["request"]["operation"] == op
+                    && l["request"]["path"] == "v1/secret/data/audit/db"
+            })
+            .unwrap_or_else(|| panic!("no {kind} entry for the {op}:\n{text}"))
+    };
+    for op in ["update", "read"] {
+        let req = find("request", op);
+        let resp = find("response", op);
+        assert_eq!(req["request"]["id"], resp["request"]["id"]);
+        assert_eq!(req["request"]["remote_address"], "127.0.0.1", "{req}");
+        assert!(req["auth"]["client_token"].as_str().is_some_and(|t| t.starts_with("hmac-sha256:")), "{req}");
+        assert_eq!(req["auth"]["policies"], json!(["root"]), "{req}");
+        assert_eq!(resp["response"]["status"], 200, "{resp}");
+        assert_eq!(resp["error"], "", "{resp}");
+        assert!(req["time"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    let read = find("response", "read");
+    let pw = read["response"]["body"]["data"]["data"]["password"].as_str().expect("the field name is kept");
+    assert!(pw.starts_with("hmac-sha256:"), "{read}");
+    // The same value gives the same HMAC, in the request body and in the answer.
+    assert_eq!(find("request", "update")["request"]["data"]["data"]["password"], pw);
+
+    assert!(!text.contains(SECRET), "the audit log holds the secret in plaintext:\n{text}");
+    assert!(!text.contains(&s.token), "the audit log holds the token in plaintext:\n{text}");
+    // Health and metrics are not audited.
+    assert!(!text.contains("v1/sys/health"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_cannot_audit_refuses_reads_unless_fail_open() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "audit-full", readers: 0, ..Default::default() }).await;
+    let idx = s.put("audit/full", json!({ "password": SECRET })).await;
+    let mut closed = s.new_reader("reader-full", &[("SECRETLOG_AUDIT_FILE", "/dev/full")]);
+    let mut open = s.new_reader(
+        "reader-fail-open",
+        &[("SECRETLOG_AUDIT_FILE", "/dev/full"), ("SECRETLOG_AUDIT_FAIL_OPEN", "true")],
+    );
+    // Health is not audited: both come up.
+    closed.wait_health(473, Duration::from_secs(60)).await;
+    open.wait_health(473, Duration::from_secs(60)).await;
+
+    let path = "v1/secret/data/audit/full";
+    let refused = call("GET", &format!("{}/{path}", closed.url), Some(&s.token), Some(&idx), None).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    let err = refused.body["errors"][0].as_str().unwrap_or_default();
+    assert!(err.starts_with("audit log unavailable: "), "{:?}", refused.body);
+    assert!(!refused.body.to_string().contains(SECRET), "the read was served: {:?}", refused.body);
+    // Writes are refused too, before they reach the writer.
+    let w =
+        call("POST", &format!("{}/{path}", closed.url), Some(&s.token), None, Some(json!({"data": {"x": "y"}}))).await;
+    assert_eq!(w.status, 503, "{:?}", w.body);
+    let still = call("GET", &format!("{}/{path}", s.writer.url), Some(&s.token), Some(&idx), None).await;
+    assert_eq!(still.body["data"]["metadata"]["version"], 1, "the refused write was executed: {:?}", still.body);
+    assert!(audit_failures(&closed.url).await >= 2.0);
+
+    let served = call("GET", &format!("{}/{path}", open.url), Some(&s.token), Some(&idx), None).await;
+    assert_eq!(served.status, 200, "{:?}", served.body);
+    assert_eq!(served.body["data"]["data"]["password"], SECRET);
+    assert!(audit_failures(&open.url).await > 0.0, "--audit-fail-open still counts the failures");
+    closed.stop();
+    open.stop();
+}

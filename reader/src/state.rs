@@ -92,11 +92,17 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
             m.current_version = *version;
             m.updated_ms = ts;
             effect.put_values.push((*version, sealed.clone()));
-            let keep = if m.max_versions > 0 { m.max_versions } else { DEFAULT_MAX_VERSIONS } as usize;
-            while m.versions.len() > keep {
-                let (oldest, _) = m.versions.pop_first().expect("len > keep >= 1");
-                effect.remove_values.push(oldest);
-                m.oldest_version = m.versions.keys().next().copied().unwrap_or(0);
+            // Vault's rule: once the current version reaches `keep`, the oldest version kept is
+            // `current - keep + 1` (never lowered, e.g. after `max_versions` was raised), and
+            // every older one is removed. `oldest_version` stays 0 until then.
+            let keep = u64::from(if m.max_versions > 0 { m.max_versions } else { DEFAULT_MAX_VERSIONS });
+            if m.current_version >= keep {
+                let oldest = m.current_version - keep + 1;
+                if oldest > m.oldest_version {
+                    let kept = m.versions.split_off(&oldest);
+                    effect.remove_values.extend(std::mem::replace(&mut m.versions, kept).into_keys());
+                    m.oldest_version = oldest;
+                }
             }
         }
         Operation::DeleteVersions { versions } => {
@@ -274,6 +280,20 @@ mod tests {
         assert_eq!(m.versions.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(m.oldest_version, 2);
         assert_eq!(fx[3].remove_values, vec![1]);
+    }
+
+    #[test]
+    fn oldest_version_follows_vaults_rule() {
+        let max = |n| Operation::UpdateMetadata(MetadataUpdate { max_versions: Some(n), ..Default::default() });
+        let oldest = |ops| run(ops).0.map(|m| (m.oldest_version, m.versions.keys().copied().collect::<Vec<_>>()));
+        assert_eq!(oldest(vec![max(2), put(1)]), Some((0, vec![1])));
+        assert_eq!(oldest(vec![max(2), put(1), put(2)]), Some((1, vec![1, 2])), "set once current reaches max");
+        assert_eq!(oldest(vec![max(1), put(1)]), Some((1, vec![1])));
+        // Lowered after five writes: the next write keeps only the last two.
+        let five: Vec<_> = (1..=5).map(put).chain([max(2), put(6)]).collect();
+        assert_eq!(oldest(five), Some((5, vec![5, 6])));
+        // Raised again: never lowered.
+        assert_eq!(oldest(vec![max(1), put(1), put(2), max(5), put(3), put(4), put(5)]), Some((2, vec![2, 3, 4, 5])));
     }
 
     #[test]

@@ -281,9 +281,9 @@ mod tests {
 
     #[test]
     fn folders_are_not_secrets_and_relative_paths_are_refused() {
-        assert_eq!(is_secret_path("a/b").unwrap(), true);
-        assert_eq!(is_secret_path("a/").unwrap(), false);
-        assert_eq!(is_secret_path("").unwrap(), false);
+        assert!(is_secret_path("a/b").unwrap());
+        assert!(!is_secret_path("a/").unwrap());
+        assert!(!is_secret_path("").unwrap());
         assert_eq!(is_secret_path("a/../b").unwrap_err().errors, vec!["relative paths not supported"]);
         assert_eq!(is_secret_path("a//b").unwrap_err().status, 400);
     }

@@ -2,6 +2,7 @@
 //! One binary; the cluster is started once per run (see `harness`).
 
 mod audit;
+mod differential;
 mod dr;
 mod failover;
 mod harness;
@@ -10,6 +11,7 @@ mod integrity;
 mod kafka_faults;
 mod kv_api;
 mod metrics;
+mod openbao;
 mod recovery;
 mod replication;
 mod s3;

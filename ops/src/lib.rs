@@ -8,8 +8,8 @@
 pub mod bench;
 pub mod bench_etcd;
 pub mod bench_snapshot;
-pub mod dr;
 pub mod cli;
+pub mod dr;
 pub mod kafka;
 pub mod output;
 pub mod process;

@@ -90,7 +90,10 @@ fn golden_events() -> Vec<(&'static str, Event)> {
             Event {
                 mount: String::new(),
                 path: "token".into(),
-                ..base("", Operation::PutToken { token_hash: [0x44; 32], record: br#"{"policies":["app-read"]}"#.to_vec() })
+                ..base(
+                    "",
+                    Operation::PutToken { token_hash: [0x44; 32], record: br#"{"policies":["app-read"]}"#.to_vec() },
+                )
             },
         ),
         (

@@ -201,7 +201,8 @@ impl Committer {
             return Err(ApiError::from(WriterError::PartitionHalted { partition }).into());
         }
         self.wait_applied(&key).await.map_err(|e| ApiResponse::from(ApiError::from(e)))?;
-        let Planned::Append { op, reply } = plan(cmd, None, None, &self.ctx.keyring, "", ts).map_err(ApiResponse::from)?
+        let Planned::Append { op, reply } =
+            plan(cmd, None, None, &self.ctx.keyring, "", ts).map_err(ApiResponse::from)?
         else {
             return Ok(None);
         };

@@ -384,7 +384,9 @@ impl WriterNode {
             let resp = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(_)) => return Err(ApiError::unavailable("writer stopped before answering")),
-                Err(_) => return Err(ApiError::unavailable("restore outcome unknown: timed out waiting for the commit")),
+                Err(_) => {
+                    return Err(ApiError::unavailable("restore outcome unknown: timed out waiting for the commit"));
+                }
             };
             if resp.status >= 300 {
                 return Ok(resp);

@@ -145,10 +145,9 @@ pub fn plan(
             Ok(Planned::Append { op: Operation::DeleteMetadata, reply: Reply::NoContent })
         }
         Command::Restore { metadata: None, .. } => Ok(Planned::Done { status: 204 }),
-        Command::Control { op, body, .. } => Ok(Planned::Append {
-            op: op.clone(),
-            reply: body.clone().map_or(Reply::NoContent, Reply::Json),
-        }),
+        Command::Control { op, body, .. } => {
+            Ok(Planned::Append { op: op.clone(), reply: body.clone().map_or(Reply::NoContent, Reply::Json) })
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! One binary; the cluster is started once per run (see `harness`).
 
 mod audit;
+mod checker;
 mod differential;
 mod dr;
 mod failover;

@@ -348,12 +348,13 @@ async fn an_interrupted_reseed_completes_when_run_again_and_a_promoted_site_serv
     assert_eq!(r0.body["data"]["data"]["v"], 3);
     fresh.kill9();
     // The promoted writer runs detached (it must outlive `secretlog promote`): stop it.
-    stop_detached_writer(&listen);
+    stop_detached_under(&dr);
 }
 
-/// Stop the detached DR writer listening on `listen` (found by its command line).
-fn stop_detached_writer(listen: &str) {
-    let _ = Command::new("pkill").args(["-KILL", "-f", &format!("--listen {listen}")]).status();
+/// Kill every detached process (DR writers and readers outlive the command that started them)
+/// whose command line names a path under `dir`.
+fn stop_detached_under(dir: &std::path::Path) {
+    let _ = Command::new("pkill").args(["-KILL", "-f", "--"]).arg(dir.display().to_string()).status();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +385,7 @@ async fn a_drill_loses_the_primary_recovers_on_a_fresh_cluster_and_reports_rto_a
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    // Clean up whatever ran, before judging.
+    // Clean up whatever ran, before judging (also when the drill failed before reporting).
     for pid in report["dr_pids"].as_array().into_iter().flatten().filter_map(Value::as_u64) {
         let _ = secretlog_ops::process::signal(pid as u32, libc::SIGKILL);
     }
@@ -396,6 +397,7 @@ async fn a_drill_loses_the_primary_recovers_on_a_fresh_cluster_and_reports_rto_a
         }
     }
     let _ = Command::new(exe).args(["down", "--data-dir"]).arg(dir.path()).output();
+    stop_detached_under(dir.path());
     assert!(
         out.status.success(),
         "drill failed: {}\n{}",

@@ -419,6 +419,10 @@ mod tests {
                 custom_metadata: Some(BTreeMap::from([("owner".into(), "ops".into())])),
             }),
             Operation::SetRootToken { token_hash: [7; 32] },
+            Operation::RestoreSecret { metadata: b"{}".to_vec(), values: vec![(1, vec![3; 20])] },
+            Operation::PutPolicy { name: "p".into(), policy: "path \"a\" {}".into() },
+            Operation::PutToken { token_hash: [8; 32], record: b"{}".to_vec() },
+            Operation::RevokeToken { token_hash: [9; 32] },
         ]
         .into_iter()
         .map(|op| {

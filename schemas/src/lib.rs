@@ -16,6 +16,7 @@ pub mod archive;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod fuzz;
 pub mod keyring;
 pub mod path;
 pub mod sealed;

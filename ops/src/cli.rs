@@ -66,6 +66,10 @@ enum Cmd {
     Promote(crate::dr::promote::PromoteArgs),
     /// Run a DR drill on the local stack: lose the primary, recover, measure RTO and RPO.
     Drill(crate::dr::drill::DrillArgs),
+    /// Create a root key split into Shamir shares (default 5, threshold 3).
+    Init(crate::seal::InitArgs),
+    /// Reconstruct the root key from enough shares and write the key file nodes start from.
+    Unseal(crate::seal::UnsealArgs),
     /// Run a writer node.
     Writer(secretlog_writer::WriterConfig),
     /// Run a reader node.
@@ -146,6 +150,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Reseed(args) => crate::dr::reseed::run(args).await,
         Cmd::Promote(args) => crate::dr::promote::run(args).await,
         Cmd::Drill(args) => crate::dr::drill::run(args).await,
+        Cmd::Init(args) => crate::seal::init(args),
+        Cmd::Unseal(args) => crate::seal::unseal(args),
         Cmd::Writer(cfg) => {
             let cancel = CancellationToken::new();
             until_stopped(secretlog_writer::node::start(cfg, cancel.clone()).await?, cancel).await

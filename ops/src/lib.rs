@@ -7,11 +7,13 @@
 
 pub mod bench;
 pub mod bench_etcd;
+pub mod bench_openbao;
 pub mod bench_snapshot;
 pub mod cli;
 pub mod dr;
 pub mod kafka;
 pub mod output;
 pub mod process;
+pub mod seal;
 pub mod stack;
 pub mod status;

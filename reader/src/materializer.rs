@@ -176,6 +176,16 @@ impl Materializer {
                 }
             }
         };
+        if let Some(reason) = self.cluster_mismatch().await? {
+            tracing::error!(%reason, "materializer HALTED: this state belongs to another Kafka cluster");
+            self.tx.send_modify(|p| {
+                p.partitions = partitions;
+                for part in 0..partitions {
+                    p.halted.insert(part, reason.clone());
+                }
+            });
+            return Ok(());
+        }
         assign(&consumer, &self.cfg.topic, partitions, &self.stored)?;
         self.tx.send_modify(|p| {
             p.partitions = partitions;
@@ -229,6 +239,31 @@ impl Materializer {
         }
         watermarks.abort();
         Ok(())
+    }
+
+    /// Offsets of one Kafka cluster mean nothing in another: a node whose state was read from
+    /// another cluster (say, restarted with its old data directory after a DR promotion) must not
+    /// consume — it would wait at offsets the new cluster may never reach, or skip what it holds.
+    /// The first start records the cluster's id; later starts compare.
+    async fn cluster_mismatch(&self) -> Result<Option<String>, ReaderError> {
+        let bootstrap = self.cfg.bootstrap.clone();
+        let current =
+            tokio::task::spawn_blocking(move || crate::kafka::cluster_id(&bootstrap, Duration::from_secs(30)))
+                .await
+                .map_err(|e| ReaderError::Storage(e.to_string()))??;
+        match self.store.get_raw(keys::CLUSTER).await? {
+            Some(stored) if stored != current.as_bytes() => Ok(Some(format!(
+                "this node's state was read from Kafka cluster {}, not {current}; start it with an empty data directory",
+                String::from_utf8_lossy(&stored)
+            ))),
+            Some(_) => Ok(None),
+            None => {
+                let mut batch = ApplyBatch::default();
+                batch.writes.insert(keys::CLUSTER.to_vec(), Some(current.into_bytes()));
+                self.store.commit(batch).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// The consumer has delivered everything up to the end of partition `p`. That only sets a

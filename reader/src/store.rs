@@ -106,6 +106,8 @@ pub mod keys {
         format!("c/token/{}", hex::encode(hash)).into_bytes()
     }
     pub const LEADER: &[u8] = b"c/leader";
+    /// Id of the Kafka cluster this state was read from (not part of snapshots or digests).
+    pub const CLUSTER: &[u8] = b"m/cluster";
 }
 
 /// One atomic step of the materializer: state changes plus the partition positions they reach.

@@ -385,6 +385,44 @@ async fn a_drill_loses_the_primary_recovers_on_a_fresh_cluster_and_reports_rto_a
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    // The old stack's readers go first: the stale reader below reuses one's data directory.
+    let _ = Command::new(exe).args(["down", "--data-dir"]).arg(dir.path()).output();
+    // An old reader restarted with its data directory against the DR cluster refuses to consume:
+    // its offsets belong to the lost cluster.
+    let stale_reader = report["dr_kafka"].as_str().map(|dr| {
+        let port = crate::harness::free_port();
+        let child = secretlog_ops::process::spawn_attached({
+            let mut c = Command::new(exe);
+            c.args(["reader", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+                .arg(dir.path().join("reader-east"))
+                .args(["--topic", &topic])
+                .env("KAFKA_BOOTSTRAP_SERVERS", dr)
+                .env("SECRETLOG_ROOT_KEY_FILE", dir.path().join("root.key"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            c
+        })
+        .unwrap();
+        (child, format!("http://127.0.0.1:{port}/v1/sys/health"))
+    });
+    let mut stale_health = Value::Null;
+    if let Some((_, url)) = &stale_reader {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(r) = crate::harness::client().get(url).send().await {
+                let h: Value = r.json().await.unwrap_or_default();
+                if h["secretlog"]["halted"].as_object().is_some_and(|m| !m.is_empty()) {
+                    stale_health = h;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    if let Some((mut child, _)) = stale_reader {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     // Clean up whatever ran, before judging (also when the drill failed before reporting).
     for pid in report["dr_pids"].as_array().into_iter().flatten().filter_map(Value::as_u64) {
         let _ = secretlog_ops::process::signal(pid as u32, libc::SIGKILL);
@@ -396,7 +434,6 @@ async fn a_drill_loses_the_primary_recovers_on_a_fresh_cluster_and_reports_rto_a
             let _ = secretlog_ops::kafka::stop_detached(&cfg);
         }
     }
-    let _ = Command::new(exe).args(["down", "--data-dir"]).arg(dir.path()).output();
     stop_detached_under(dir.path());
     assert!(
         out.status.success(),
@@ -409,6 +446,10 @@ async fn a_drill_loses_the_primary_recovers_on_a_fresh_cluster_and_reports_rto_a
     let rto_read = report["rto_first_read_seconds"].as_f64().unwrap();
     assert!(rto_write > 0.0 && rto_write < 60.0, "{report}");
     assert!(rto_read > 0.0 && rto_read < 60.0, "{report}");
+    assert!(
+        stale_health["secretlog"]["halted"].to_string().contains("start it with an empty data directory"),
+        "a reader with the lost cluster's state must refuse the DR cluster: {stale_health}"
+    );
     // The replicator dies with the region: at most its unflushed second of writes is lost.
     assert!(report["rpo_seconds"].as_f64().unwrap() < 2.0, "{report}");
 }

@@ -35,7 +35,11 @@ fn start_cluster() -> Cluster {
     {
         return Cluster { bootstrap: b, local: None };
     }
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kafka");
+    // `SECRETLOG_IT_KAFKA_DIR` (with `SECRETLOG_IT_KAFKA_PORT`) lets two test runs share a
+    // machine without sharing a cluster directory.
+    let root = std::env::var_os("SECRETLOG_IT_KAFKA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kafka"));
     // Left over from an earlier run (its brokers died with it): start clean.
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).expect("creating the test cluster's directory");

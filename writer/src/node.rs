@@ -247,9 +247,20 @@ impl WriterNode {
             let key = event.record_key();
             let partition = secretlog_schemas::topic::partition_for(&key, partitions);
             let payload = encode_event(&ctx.keyring, &event);
-            producer
+            let at = producer
                 .commit(vec![Record { key, payload, partition }], Duration::from_millis(self.cfg.write_timeout_ms))
                 .await?;
+            // Only lead once this node's own state knows the token: a client reading the token file
+            // the moment the writer is healthy must not be refused.
+            let (applied, _) = ctx
+                .materializer
+                .wait_for(Duration::from_secs(60), |p| {
+                    at.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| a > off))
+                })
+                .await;
+            if !applied {
+                return Err(WriterError::NotReady("the root token was published but is not applied yet".into()));
+            }
             tracing::info!(file = %self.cfg.root_token_path().display(), "root token published (hash only); the token is in the file");
         }
         let (tx, rx) = mpsc::channel(4096);

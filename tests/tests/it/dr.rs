@@ -103,9 +103,12 @@ async fn snapshot_verify_checks_deeply_and_a_flipped_byte_fails_verify_and_resto
     let s = Stack::start(cluster, StackOpts { name: "verify", readers: 1, ..Default::default() }).await;
     let rep = s.new_replicator(&objects_url(&s), &[]);
     rep.wait_health(200, Duration::from_secs(60)).await;
+    let mut last = String::new();
     for i in 0..30 {
-        s.put(&format!("app/{i}"), json!({ "i": i })).await;
+        last = s.put(&format!("app/{i}"), json!({ "i": i })).await;
     }
+    // The snapshot must hold all 30: wait until the replicator has applied the last write.
+    let _ = digest(&rep.url, &s.token, Some(&last)).await;
     let id = snapshot_now(&s, &rep).await;
     let (code, list, err) = cli(&s, &["snapshot", "list", "--json"], &[]);
     assert_eq!(code, 0, "{err}");

@@ -39,6 +39,18 @@ impl PointArgs {
     pub fn bound(&self) -> anyhow::Result<Bound> {
         Bound::from_args(self.to_offset.as_deref(), self.to_time.as_deref())
     }
+
+    /// Find the snapshot, refuse a format this build cannot read, and rebuild up to the bound.
+    pub async fn rebuild(&self, objects: &Objects, keyring: &Keyring) -> anyhow::Result<Rebuilt> {
+        let m = super::find_snapshot(objects, &self.snapshot).await?;
+        secretlog_schemas::archive::check_format(&m)
+            .with_context(|| format!("snapshot {} cannot be read by this build", m.id))?;
+        let bound = self.bound()?;
+        let pb = crate::output::spinner(&format!("rebuilding from snapshot {} and the log archive", m.id));
+        let rebuilt = rebuild(objects, keyring, &m, &bound, &self.work_dir).await;
+        pb.finish_and_clear();
+        rebuilt
+    }
 }
 
 /// Where the replay stops.

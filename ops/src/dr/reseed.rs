@@ -16,7 +16,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use secretlog_reader::materializer::now_ms;
 use secretlog_reader::store::keys;
-use secretlog_schemas::archive::check_format;
 use secretlog_schemas::topic::{
     DEFAULT_PARTITIONS, MUTATIONS_TOPIC, control_key, leader_epoch_name, partition_for, record_key,
 };
@@ -24,8 +23,8 @@ use secretlog_schemas::{Event, Keyring, Operation, decode_event, encode_event};
 use secretlog_writer::producer::{Record, TxProducer};
 use serde_json::json;
 
-use super::rebuild::{PointArgs, rebuild};
-use super::{StoreArgs, emit, find_snapshot};
+use super::rebuild::PointArgs;
+use super::{StoreArgs, emit};
 
 /// Set in tests only: the reseed appends its records in a transaction and then dies without
 /// committing, as a reseed killed at the worst moment would.
@@ -146,12 +145,8 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let objects = args.store.objects()?;
     let keyring = args.store.keyring()?;
-    let m = find_snapshot(&objects, &args.point.snapshot).await?;
-    check_format(&m).with_context(|| format!("snapshot {} cannot be read by this build", m.id))?;
-    let bound = args.point.bound()?;
-    let pb = crate::output::spinner(&format!("rebuilding from snapshot {} and the log archive", m.id));
-    let rebuilt = rebuild(&objects, &keyring, &m, &bound, &args.point.work_dir).await?;
-    pb.finish_and_clear();
+    let rebuilt = args.point.rebuild(&objects, &keyring).await?;
+    let m = rebuilt.snapshot.clone();
     let source = format!(
         "reseed:{}:{}",
         m.id,

@@ -17,11 +17,11 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use secretlog_reader::bootstrap::fetch_snapshot;
 use secretlog_schemas::ConsistencyToken;
-use secretlog_schemas::archive::{SnapshotData, check_format};
+use secretlog_schemas::archive::SnapshotData;
 use secretlog_writer::restore::{RestoreRequest, RestoredSecret};
 use serde_json::{Value, json};
 
-use super::rebuild::{PointArgs, rebuild, under};
+use super::rebuild::{PointArgs, under};
 use super::{StoreArgs, emit, find_snapshot};
 
 #[derive(Debug, clap::Args)]
@@ -134,12 +134,8 @@ pub async fn send(writer: &str, token: &str, secrets: Vec<RestoredSecret>) -> an
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let objects = args.store.objects()?;
     let keyring = args.store.keyring()?;
-    let m = find_snapshot(&objects, &args.point.snapshot).await?;
-    check_format(&m).with_context(|| format!("snapshot {} cannot be restored by this build", m.id))?;
-    let bound = args.point.bound()?;
-    let pb = crate::output::spinner(&format!("rebuilding from snapshot {} and the log archive", m.id));
-    let rebuilt = rebuild(&objects, &keyring, &m, &bound, &args.point.work_dir).await?;
-    pb.finish_and_clear();
+    let rebuilt = args.point.rebuild(&objects, &keyring).await?;
+    let m = rebuilt.snapshot.clone();
     let target = by_path(&rebuilt.export(&args.prefix).await?, &args.prefix);
     let token = super::read_token(&args.token_file)?;
 
@@ -170,7 +166,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let restored = changes.len() - removed;
     let mut report = json!({
         "snapshot": m.id,
-        "bound": format!("{bound:?}"),
+        "bound": format!("{:?}", args.point.bound()?),
         "prefix": args.prefix,
         "replayed_records": rebuilt.replayed.values().sum::<u64>(),
         "positions": rebuilt.positions.iter().map(|(p, s)| (p.to_string(), json!(s.next_offset))).collect::<serde_json::Map<_, _>>(),

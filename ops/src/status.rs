@@ -1,4 +1,5 @@
-//! `secretlog status`: every node of the local stack, its role, health code and lag.
+//! `secretlog status`: every node of the local stack, its role, health code and lag; the key
+//! terms and how many values each still seals (from the first writer that answers).
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +16,7 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
         &std::fs::read(&path)
             .with_context(|| format!("no running stack described at {} (run `secretlog up`)", path.display()))?,
     )?;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let client = secretlog_reader::api::tls::client_builder(None)?.timeout(Duration::from_secs(2)).build()?;
     let mut rows = Vec::new();
     for n in stack.writers.iter().chain(stack.readers.iter()).chain(stack.replicator.iter()) {
         let (code, body) = match client.get(format!("{}/v1/sys/health", n.url)).send().await {
@@ -39,12 +40,16 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
         }));
     }
     let snapshot = newest_snapshot(&stack).await;
+    let keys = key_terms(&stack).await;
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &json!({ "kafka_bootstrap": stack.kafka_bootstrap, "nodes": rows, "newest_snapshot": snapshot })
-            )?
+            serde_json::to_string_pretty(&json!({
+                "kafka_bootstrap": stack.kafka_bootstrap,
+                "nodes": rows,
+                "newest_snapshot": snapshot,
+                "key_terms": keys,
+            }))?
         );
         return Ok(());
     }
@@ -62,6 +67,14 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
     }
     println!("Kafka: {}", stack.kafka_bootstrap);
     println!("{t}");
+    match &keys {
+        Value::Null => println!("Key terms: no writer answered"),
+        k if k.get("error").is_some() => println!("Key terms: {}", k["error"].as_str().unwrap_or("")),
+        k => {
+            println!("Key terms (active: {}):", k["term"]);
+            crate::rotate::print_terms(k);
+        }
+    }
     match &snapshot {
         Value::Null => println!("Newest snapshot: none (`secretlog snapshot create`)"),
         s => println!(
@@ -72,6 +85,19 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The key status of the first writer that answers: terms, values per term, rewrap progress.
+async fn key_terms(stack: &StackFile) -> Value {
+    let mut last = Value::Null;
+    for w in &stack.writers {
+        let target = crate::rotate::WriterArgs { writer: w.url.clone(), token_file: stack.root_token_file.clone() };
+        match crate::rotate::key_status(&target).await {
+            Ok(v) => return v,
+            Err(e) => last = json!({ "error": format!("{e:#}") }),
+        }
+    }
+    last
 }
 
 /// The newest snapshot in the stack's object store: id, age, and whether it is stale.

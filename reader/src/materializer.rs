@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ReaderError;
 use crate::kafka::LogContext;
-use crate::state::{SecretMeta, apply};
-use crate::store::{ApplyBatch, LeaderRecord, PartitionState, Store, keys};
+use crate::state::{KeyTerms, SecretMeta, apply, apply_rewrap};
+use crate::store::{ApplyBatch, LeaderRecord, PartitionState, Store, TermCounts, keys};
 
 /// Most records applied in one atomic batch.
 const MAX_BATCH: usize = 512;
@@ -114,6 +114,18 @@ pub async fn spawn(
     };
     // Halts are not stored: a restarted node halts again at the same record. Until then, none.
     publish_halted(&initial);
+    // The key terms this state was built with: seal under the newest, refuse the retired.
+    adopt_key_terms(&keyring, &store.key_terms().await?);
+    let counts = store.sealed_per_term().await?;
+    if store.get_raw(keys::SEALED_PER_TERM).await?.is_none() {
+        // Counted from the values (a store bootstrapped from a snapshot, or older than the
+        // counts): keep the count, so later starts and batches need not count again.
+        let mut batch = ApplyBatch::default();
+        let encoded = serde_json::to_vec(&counts).map_err(|e| ReaderError::Storage(e.to_string()))?;
+        batch.writes.insert(keys::SEALED_PER_TERM.to_vec(), Some(encoded));
+        store.commit(batch).await?;
+    }
+    publish_term_counts(&counts, keyring.active_term());
     let (tx, rx) = watch::channel(initial);
     let m = Materializer { cfg, store, keyring, tx, stored };
     let join = tokio::spawn(async move {
@@ -316,7 +328,17 @@ impl Materializer {
         }
         let staged_partitions: Vec<i32> = staging.batch.partitions.keys().copied().collect();
         let staged_leader = staging.leader.take();
+        let staged_terms = staging.key_terms_changed.take();
+        let staged_counts = staging.counts_changed.then(|| staging.counts.clone()).flatten();
         self.store.commit(staging.batch).await?;
+        // Only once the batch is durable does the keyring follow it: a node never seals under a
+        // term its stored state does not know.
+        if let Some(terms) = &staged_terms {
+            adopt_key_terms(&self.keyring, terms);
+        }
+        if let Some(counts) = &staged_counts {
+            publish_term_counts(counts, self.keyring.active_term());
+        }
         metrics::counter!("secretlog_reader_events_applied_total").increment(applied_count);
         for (p, offset, reason) in &newly_halted {
             tracing::error!(partition = p, offset, %reason, "partition HALTED: record rejected, nothing after it is applied");
@@ -366,6 +388,12 @@ pub struct Staging {
     pub leader: Option<LeaderRecord>,
     /// The newest leader epoch applied before this batch.
     applied_leader_epoch: Option<u64>,
+    /// The key terms as this batch leaves them, when it changed them.
+    pub key_terms_changed: Option<KeyTerms>,
+    /// Values per key term as this batch leaves them (loaded on first use).
+    pub counts: Option<TermCounts>,
+    /// Whether this batch changed `counts`.
+    pub counts_changed: bool,
 }
 
 impl Staging {
@@ -375,6 +403,69 @@ impl Staging {
             metas: BTreeMap::new(),
             leader: None,
             applied_leader_epoch: applied_leader.map(|l| l.epoch),
+            key_terms_changed: None,
+            counts: None,
+            counts_changed: false,
+        }
+    }
+
+    /// The sealed value stored at `key` as of this batch (staged writes first).
+    async fn stored_value(&self, store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>, ReaderError> {
+        match self.batch.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => store.get_raw(key).await,
+        }
+    }
+
+    /// Count a value in (`+1`) or out (`-1`) of its term, and stage the counts.
+    async fn count(&mut self, store: &Store, sealed: &[u8], delta: i64) -> Result<(), ReaderError> {
+        if self.counts.is_none() {
+            // Loaded before this batch staged any value (the first value change of a batch is
+            // the first need), so a recount from the store is exact.
+            self.counts = Some(store.sealed_per_term().await?);
+        }
+        let counts = self.counts.as_mut().expect("loaded above");
+        let term = secretlog_schemas::SealedValue::term_of(sealed).unwrap_or(0);
+        let n = counts.entry(term).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            counts.remove(&term);
+        }
+        self.counts_changed = true;
+        let encoded = serde_json::to_vec(&*counts).map_err(|e| ReaderError::Storage(e.to_string()))?;
+        self.batch.writes.insert(keys::SEALED_PER_TERM.to_vec(), Some(encoded));
+        Ok(())
+    }
+
+    /// Stage `sealed` (or its removal) at `key`, keeping the per-term counts.
+    async fn set_value(
+        &mut self,
+        store: &Store,
+        key: Vec<u8>,
+        sealed: Option<Vec<u8>>,
+        new_version: bool,
+    ) -> Result<(), ReaderError> {
+        // A `Put` writes a version number never stored before (current + 1): nothing to count out.
+        if !new_version && let Some(old) = self.stored_value(store, &key).await? {
+            self.count(store, &old, -1).await?;
+        }
+        if let Some(v) = &sealed {
+            self.count(store, v, 1).await?;
+        }
+        self.batch.writes.insert(key, sealed);
+        Ok(())
+    }
+
+    async fn meta(&self, store: &Store, mkey: &[u8]) -> Result<Option<SecretMeta>, ReaderError> {
+        match self.metas.get(mkey) {
+            Some(m) => Ok(m.clone()),
+            None => match store.get_raw(mkey).await? {
+                Some(b) => Ok(Some(serde_json::from_slice::<SecretMeta>(&b).map_err(|e| ReaderError::Corrupt {
+                    key: String::from_utf8_lossy(mkey).into_owned(),
+                    reason: e.to_string(),
+                })?)),
+                None => Ok(None),
+            },
         }
     }
 
@@ -427,30 +518,62 @@ impl Staging {
                     self.leader = Some(rec);
                 }
             }
+            Operation::AddKeyTerm { .. } | Operation::RetireKeyTerm { .. } => {
+                let mut terms = match &self.key_terms_changed {
+                    Some(t) => t.clone(),
+                    None => store.key_terms().await?,
+                };
+                let changed = terms.apply(&event.op, event.timestamp_ms).map_err(|source| ReaderError::Apply {
+                    partition,
+                    offset,
+                    source,
+                })?;
+                if changed {
+                    tracing::info!(
+                        partition,
+                        offset,
+                        op = event.op.name(),
+                        active = terms.active(),
+                        "key terms changed"
+                    );
+                    let encoded = serde_json::to_vec(&terms).map_err(|e| ReaderError::Storage(e.to_string()))?;
+                    self.batch.writes.insert(keys::KEY_TERMS.to_vec(), Some(encoded));
+                    self.key_terms_changed = Some(terms);
+                }
+            }
+            Operation::RewrapValues { values } => {
+                let mkey = keys::meta(&event.mount, &event.path);
+                let meta = self.meta(store, &mkey).await?;
+                let mut stored = BTreeMap::new();
+                if meta.is_some() {
+                    for r in values {
+                        let key = keys::value(&event.mount, &event.path, r.version);
+                        if let Some(v) = self.stored_value(store, &key).await? {
+                            stored.insert(r.version, v);
+                        }
+                    }
+                }
+                let replaced = apply_rewrap(meta.as_ref(), values, |v| stored.get(&v).map(Vec::as_slice));
+                metrics::counter!("secretlog_rewrap_values_applied_total").increment(replaced.len() as u64);
+                for (v, sealed) in replaced {
+                    self.set_value(store, keys::value(&event.mount, &event.path, v), Some(sealed), false).await?;
+                }
+            }
             _ => {
                 let mkey = keys::meta(&event.mount, &event.path);
-                let current = match self.metas.get(&mkey) {
-                    Some(m) => m.clone(),
-                    None => match store.get_raw(&mkey).await? {
-                        Some(b) => {
-                            Some(serde_json::from_slice::<SecretMeta>(&b).map_err(|e| ReaderError::Corrupt {
-                                key: String::from_utf8_lossy(&mkey).into_owned(),
-                                reason: e.to_string(),
-                            })?)
-                        }
-                        None => None,
-                    },
-                };
+                let current = self.meta(store, &mkey).await?;
                 let effect = apply(current.as_ref(), &event).map_err(|source| ReaderError::Apply {
                     partition,
                     offset,
                     source,
                 })?;
-                for (v, sealed) in effect.put_values {
-                    self.batch.writes.insert(keys::value(&event.mount, &event.path, v), Some(sealed));
-                }
+                let new_versions = matches!(event.op, Operation::Put { .. });
                 for v in effect.remove_values {
-                    self.batch.writes.insert(keys::value(&event.mount, &event.path, v), None);
+                    self.set_value(store, keys::value(&event.mount, &event.path, v), None, false).await?;
+                }
+                for (v, sealed) in effect.put_values {
+                    self.set_value(store, keys::value(&event.mount, &event.path, v), Some(sealed), new_versions)
+                        .await?;
                 }
                 let encoded = match &effect.meta {
                     Some(m) => Some(serde_json::to_vec(m).map_err(|e| ReaderError::Storage(e.to_string()))?),
@@ -509,6 +632,31 @@ async fn refresh_watermarks(
     }
 }
 
+/// Make the keyring follow the key terms the log created and retired.
+fn adopt_key_terms(keyring: &Keyring, terms: &KeyTerms) {
+    keyring.advance_to(terms.active());
+    for t in terms.retired() {
+        keyring.retire(t);
+    }
+    metrics::gauge!("secretlog_keyring_active_term").set(f64::from(keyring.active_term()));
+}
+
+/// Publish `secretlog_sealed_values{term}` (values each term seals on this node) and
+/// `secretlog_rewrap_remaining` (values under terms older than the active one: what the rewrap
+/// still has to move).
+fn publish_term_counts(counts: &TermCounts, active: u32) {
+    for (term, n) in counts {
+        metrics::gauge!("secretlog_sealed_values", "term" => term.to_string()).set(*n as f64);
+    }
+    for term in 1..active {
+        if !counts.contains_key(&term) {
+            metrics::gauge!("secretlog_sealed_values", "term" => term.to_string()).set(0.0);
+        }
+    }
+    let remaining: u64 = counts.iter().filter(|(t, _)| **t < active).map(|(_, n)| n).sum();
+    metrics::gauge!("secretlog_rewrap_remaining").set(remaining as f64);
+}
+
 /// Publish `secretlog_reader_partitions_halted`: how many partitions are halted now. Unlike
 /// `secretlog_reader_partition_halts_total` it stays up for as long as the halt lasts, and a
 /// restarted node reports it again once it meets the record again.
@@ -549,6 +697,97 @@ mod tests {
 
     fn progress(applied: &[(i32, i64)]) -> Progress {
         Progress { applied: applied.iter().copied().collect(), partitions: applied.len() as i32, ..Default::default() }
+    }
+
+    use secretlog_schemas::sealed::{SealContext, SealedValue};
+    use secretlog_schemas::{Event, Rewrapped, RootKey, encode_event};
+
+    /// Stage `ops` (partition 0) in one batch, commit it, and let the keyring follow.
+    async fn stage_all(store: &Store, ring: &Keyring, ops: Vec<(&str, Operation)>, st: &mut PartitionState) {
+        let mut staging = Staging::new(None);
+        for (path, op) in ops {
+            let mount = if op.is_control() { "" } else { "secret" };
+            let e = Event {
+                event_id: [1; 16],
+                timestamp_ms: 1000,
+                writer_epoch: 1,
+                mount: mount.into(),
+                path: path.into(),
+                op,
+            };
+            let offset = st.next_offset;
+            staging.stage(store, ring, 0, offset, Some(&e.record_key()), &encode_event(ring, &e), st).await.unwrap();
+            st.next_offset += 1;
+        }
+        if let Some(t) = &staging.key_terms_changed {
+            adopt_key_terms(ring, t);
+        }
+        store.commit(staging.batch).await.unwrap();
+    }
+
+    fn seal(ring: &Keyring, version: u64) -> Vec<u8> {
+        SealedValue::seal(ring, &SealContext { mount: "secret", path: "p", version }, b"{\"k\":1}").unwrap().encode()
+    }
+
+    /// The per-term counts the materializer keeps with the state always equal a recount of the
+    /// stored values — through puts, pruning, destroys, rewraps (won and lost), deletes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn per_term_counts_follow_every_value_change_and_match_a_recount() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::StoreConfig {
+            dir: dir.path().to_path_buf(),
+            cache_memory_bytes: 1 << 20,
+            cache_disk_bytes: 0,
+        })
+        .await
+        .unwrap();
+        let ring = Keyring::from_root(&RootKey::from_bytes([6; 32]));
+        let mut st = PartitionState::default();
+        let max3 = Operation::UpdateMetadata(secretlog_schemas::MetadataUpdate {
+            max_versions: Some(3),
+            ..Default::default()
+        });
+        let puts: Vec<_> = (1..=4).map(|v| ("p", Operation::Put { version: v, sealed: seal(&ring, v) })).collect();
+        stage_all(&store, &ring, std::iter::once(("p", max3)).chain(puts).collect(), &mut st).await;
+        // max_versions 3 pruned version 1: three values, all term 1.
+        assert_eq!(store.sealed_per_term().await.unwrap(), TermCounts::from([(1, 3)]));
+
+        stage_all(&store, &ring, vec![("keyring", Operation::AddKeyTerm { term: 2 })], &mut st).await;
+        assert_eq!(ring.active_term(), 2, "the keyring follows the applied log");
+        assert_eq!(store.key_terms().await.unwrap().active(), 2);
+        let old3 = store.value("secret", "p", 3).await.unwrap().unwrap();
+        let old4 = store.value("secret", "p", 4).await.unwrap().unwrap();
+        let rw =
+            |version, old: &[u8]| Rewrapped { version, replaces: Rewrapped::digest(old), sealed: seal(&ring, version) };
+        let values = vec![
+            rw(3, &old3),
+            rw(4, b"not what is stored"), // lost its race: left alone
+            rw(1, b"pruned long ago"),
+        ];
+        stage_all(&store, &ring, vec![("p", Operation::RewrapValues { values })], &mut st).await;
+        assert_eq!(store.sealed_per_term().await.unwrap(), TermCounts::from([(1, 2), (2, 1)]));
+        assert_eq!(store.value("secret", "p", 4).await.unwrap().unwrap(), old4);
+        // A destroy and a rewrap of the destroyed version in one batch: the destroy wins.
+        stage_all(
+            &store,
+            &ring,
+            vec![
+                ("p", Operation::DestroyVersions { versions: vec![4] }),
+                ("p", Operation::RewrapValues { values: vec![rw(4, &old4)] }),
+                ("p", Operation::Put { version: 5, sealed: seal(&ring, 5) }),
+            ],
+            &mut st,
+        )
+        .await;
+        let counts = store.sealed_per_term().await.unwrap();
+        assert_eq!(counts, store.count_per_term().await.unwrap(), "kept counts equal a recount");
+        assert_eq!(counts, TermCounts::from([(2, 2)]), "v3 and v5 under term 2; v2 pruned, v4 destroyed");
+        stage_all(&store, &ring, vec![("keyring", Operation::RetireKeyTerm { term: 1 })], &mut st).await;
+        assert!(ring.is_retired(1));
+        stage_all(&store, &ring, vec![("p", Operation::DeleteMetadata)], &mut st).await;
+        assert_eq!(store.sealed_per_term().await.unwrap(), TermCounts::new());
+        assert_eq!(store.count_per_term().await.unwrap(), TermCounts::new());
+        store.close().await.unwrap();
     }
 
     #[test]

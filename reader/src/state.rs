@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use secretlog_schemas::{Event, MetadataUpdate, Operation};
+use secretlog_schemas::{Event, MetadataUpdate, Operation, Rewrapped};
 use serde::{Deserialize, Serialize};
 
 /// Versions kept when neither the secret nor the mount sets `max_versions` (Vault's default).
@@ -69,6 +69,10 @@ pub enum ApplyError {
     NotASecretOperation { op: &'static str },
     #[error("restore of {path} is invalid: {reason}")]
     InvalidRestore { path: String, reason: String },
+    #[error("a rewrap of {path} is applied with the values it replaces ([`apply_rewrap`]), not by `apply`")]
+    RewrapWithoutValues { path: String },
+    #[error("retiring key term {term}, but the active term is {active}: the active term cannot be retired")]
+    RetireActiveTerm { term: u32, active: u32 },
 }
 
 /// Apply a secret event to the secret's current metadata. Pure: same inputs, same effect, on
@@ -170,7 +174,12 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
             effect.put_values.extend(values.iter().cloned());
             meta = Some(restored);
         }
+        Operation::RewrapValues { .. } => {
+            return Err(ApplyError::RewrapWithoutValues { path: event.path.clone() });
+        }
         op @ (Operation::SetRootToken { .. }
+        | Operation::AddKeyTerm { .. }
+        | Operation::RetireKeyTerm { .. }
         | Operation::LeaderEpoch { .. }
         | Operation::PutPolicy { .. }
         | Operation::DeletePolicy { .. }
@@ -181,6 +190,78 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
     }
     effect.meta = meta;
     Ok(effect)
+}
+
+/// Apply a rewrap: each entry replaces the stored value of its version only if the version is
+/// still held (not destroyed, not pruned, not removed) and its stored value is still exactly the
+/// one the rewrap read. `stored(version)` gives the sealed value stored now. Anything that
+/// reached the secret before the rewrap wins; so does a newer term (a value the rewrap read
+/// under term 1 and someone re-sealed since is left alone). Returns the values to store.
+pub fn apply_rewrap<'a>(
+    meta: Option<&SecretMeta>,
+    values: &[Rewrapped],
+    stored: impl Fn(u64) -> Option<&'a [u8]>,
+) -> Vec<(u64, Vec<u8>)> {
+    let Some(m) = meta else { return Vec::new() };
+    values
+        .iter()
+        .filter(|r| m.versions.get(&r.version).is_some_and(|vm| !vm.destroyed))
+        .filter(|r| stored(r.version).is_some_and(|old| r.replaces_value(old)))
+        .map(|r| (r.version, r.sealed.clone()))
+        .collect()
+}
+
+/// The key terms the log created and retired (`c/keyring`). Term 1 exists from the start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyTerms {
+    /// Terms added by `AddKeyTerm`, with when (the event's commit time) and, once retired, when.
+    pub terms: BTreeMap<u32, TermInfo>,
+}
+
+/// One key term's history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermInfo {
+    pub added_ms: i64,
+    pub retired_ms: Option<i64>,
+}
+
+impl KeyTerms {
+    /// The newest term: new values are sealed under it.
+    pub fn active(&self) -> u32 {
+        self.terms.keys().next_back().copied().unwrap_or(1).max(1)
+    }
+
+    /// Whether `term` was retired.
+    pub fn is_retired(&self, term: u32) -> bool {
+        self.terms.get(&term).is_some_and(|t| t.retired_ms.is_some())
+    }
+
+    /// Retired terms.
+    pub fn retired(&self) -> impl Iterator<Item = u32> + '_ {
+        self.terms.iter().filter(|(_, t)| t.retired_ms.is_some()).map(|(t, _)| *t)
+    }
+
+    /// Apply `AddKeyTerm` or `RetireKeyTerm` at `ts`; whether anything changed. Adding a term no
+    /// newer than the active one changes nothing (two rotations racing add it once); retiring
+    /// the active term is refused (the writer never appends it, so the log and this state
+    /// disagree and the partition halts).
+    pub fn apply(&mut self, op: &Operation, ts: i64) -> Result<bool, ApplyError> {
+        match op {
+            Operation::AddKeyTerm { term } if *term > self.active() => {
+                self.terms.insert(*term, TermInfo { added_ms: ts, retired_ms: None });
+                Ok(true)
+            }
+            Operation::RetireKeyTerm { term } if *term >= self.active() => {
+                Err(ApplyError::RetireActiveTerm { term: *term, active: self.active() })
+            }
+            Operation::RetireKeyTerm { term } if *term > 0 && !self.is_retired(*term) => {
+                let info = self.terms.entry(*term).or_default();
+                info.retired_ms = Some(ts);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 /// When a version written (or undeleted) at `ts` is to be soft-deleted: `delete_version_after`
@@ -224,6 +305,48 @@ mod tests {
             effects.push(e);
         }
         (meta, effects)
+    }
+
+    fn rewrapped(version: u64, old: &[u8], new: u8) -> Rewrapped {
+        Rewrapped { version, replaces: Rewrapped::digest(old), sealed: vec![new] }
+    }
+
+    #[test]
+    fn a_rewrap_replaces_only_the_exact_value_it_read() {
+        let (m, _) = run(vec![put(1), put(2), put(3), Operation::DestroyVersions { versions: vec![2] }]);
+        let stored = BTreeMap::from([(1u64, vec![1u8]), (3, vec![9])]);
+        let get = |v: u64| stored.get(&v).map(Vec::as_slice);
+        let values = vec![
+            rewrapped(1, &[1], 0xA1), // still exactly what was read: replaced
+            rewrapped(2, &[2], 0xA2), // destroyed since: the destroy wins
+            rewrapped(3, &[3], 0xA3), // changed since (a restore, a newer seal): the change wins
+            rewrapped(7, &[7], 0xA7), // never existed
+        ];
+        assert_eq!(apply_rewrap(m.as_ref(), &values, get), vec![(1, vec![0xA1])]);
+        assert!(apply_rewrap(None, &values, get).is_empty(), "a removed secret is not brought back");
+        // `apply` alone cannot decide it.
+        let e = ev(5, Operation::RewrapValues { values });
+        assert!(matches!(apply(m.as_ref(), &e), Err(ApplyError::RewrapWithoutValues { .. })));
+    }
+
+    #[test]
+    fn key_terms_are_added_forward_and_retired_below_the_active_term() {
+        let mut k = KeyTerms::default();
+        assert_eq!(k.active(), 1);
+        assert_eq!(
+            k.apply(&Operation::RetireKeyTerm { term: 1 }, 5),
+            Err(ApplyError::RetireActiveTerm { term: 1, active: 1 })
+        );
+        assert!(k.apply(&Operation::AddKeyTerm { term: 2 }, 10).unwrap());
+        assert!(!k.apply(&Operation::AddKeyTerm { term: 2 }, 11).unwrap(), "added once");
+        assert!(!k.apply(&Operation::AddKeyTerm { term: 1 }, 12).unwrap(), "never backwards");
+        assert_eq!(k.active(), 2);
+        assert!(k.apply(&Operation::RetireKeyTerm { term: 1 }, 20).unwrap());
+        assert!(!k.apply(&Operation::RetireKeyTerm { term: 1 }, 21).unwrap(), "retired once");
+        assert!(k.is_retired(1) && !k.is_retired(2));
+        assert_eq!(k.terms[&1], TermInfo { added_ms: 0, retired_ms: Some(20) });
+        assert_eq!(k.terms[&2], TermInfo { added_ms: 10, retired_ms: None });
+        assert!(k.apply(&Operation::RetireKeyTerm { term: 2 }, 30).is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! | `o/{partition u32 BE}` | [`PartitionState`]: next offset to apply and highest writer epoch seen |
 //! | `c/root_token` | keyed hash of the bootstrap root token |
 //! | `c/leader` | [`LeaderRecord`]: the newest leader epoch seen and its URL |
+//! | `c/keyring` | [`KeyTerms`]: key terms added and retired through the log |
+//! | `m/sealed-per-term` | how many stored values each key term seals (JSON map; not in snapshots or digests: derived from `v/`, recounted when missing) |
 //!
 //! State and the partition offsets that produced it are written in **one** SlateDB batch
 //! ([`Store::commit`]), so a crash at any instant leaves both at the same point and the
@@ -31,7 +33,7 @@ use slatedb::{Db, WriteBatch};
 use tokio::sync::RwLock;
 
 use crate::error::ReaderError;
-use crate::state::SecretMeta;
+use crate::state::{KeyTerms, SecretMeta};
 
 /// Where and how big.
 #[derive(Debug, Clone)]
@@ -108,6 +110,38 @@ pub mod keys {
     pub const LEADER: &[u8] = b"c/leader";
     /// Id of the Kafka cluster this state was read from (not part of snapshots or digests).
     pub const CLUSTER: &[u8] = b"m/cluster";
+    /// The key terms the log added and retired.
+    pub const KEY_TERMS: &[u8] = b"c/keyring";
+    /// Values stored per key term (derived state, kept with the state it counts).
+    pub const SEALED_PER_TERM: &[u8] = b"m/sealed-per-term";
+    pub const VALUE_PREFIX: &[u8] = b"v/";
+}
+
+/// Values stored under each key term.
+pub type TermCounts = BTreeMap<u32, u64>;
+
+/// One stored value, as the rewrap walks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredValue {
+    /// The storage key (`v/...`), to resume a walk after it.
+    pub key: Vec<u8>,
+    pub mount: String,
+    pub path: String,
+    pub version: u64,
+    pub sealed: Vec<u8>,
+}
+
+/// Split a value key `v/{mount}/{path}\0{version u64 BE}` into its parts. The version is the
+/// last 8 bytes (it may itself contain zero bytes), preceded by the NUL separator.
+fn parse_value_key(key: &[u8]) -> Option<(String, String, u64)> {
+    let k = key.strip_prefix(keys::VALUE_PREFIX)?;
+    if k.len() < 9 || k[k.len() - 9] != 0 {
+        return None;
+    }
+    let version = u64::from_be_bytes(k[k.len() - 8..].try_into().ok()?);
+    let name = std::str::from_utf8(&k[..k.len() - 9]).ok()?;
+    let (mount, path) = name.split_once('/')?;
+    Some((mount.to_string(), path.to_string(), version))
 }
 
 /// One atomic step of the materializer: state changes plus the partition positions they reach.
@@ -271,6 +305,74 @@ impl Store {
             Some(b) => Ok(serde_json::from_slice(&b).ok()),
             None => Ok(None),
         }
+    }
+
+    /// The key terms the log added and retired (term 1 alone until a rotation).
+    pub async fn key_terms(&self) -> Result<KeyTerms, ReaderError> {
+        match self.get_raw(keys::KEY_TERMS).await? {
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| ReaderError::Corrupt { key: "c/keyring".into(), reason: e.to_string() }),
+            None => Ok(KeyTerms::default()),
+        }
+    }
+
+    /// How many stored values each key term seals, as the materializer keeps it with the state;
+    /// counted from the values when a store has no count yet (bootstrapped from a snapshot, or
+    /// written before counts were kept).
+    pub async fn sealed_per_term(&self) -> Result<TermCounts, ReaderError> {
+        match self.get_raw(keys::SEALED_PER_TERM).await? {
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| ReaderError::Corrupt { key: "m/sealed-per-term".into(), reason: e.to_string() }),
+            None => self.count_per_term().await,
+        }
+    }
+
+    /// Count stored values per key term by reading every one (a value whose header does not
+    /// parse is counted under term 0).
+    pub async fn count_per_term(&self) -> Result<TermCounts, ReaderError> {
+        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let mut it = self.db.scan_prefix(keys::VALUE_PREFIX, ..).await.map_err(err)?;
+        let mut counts = TermCounts::new();
+        while let Some(kv) = it.next().await.map_err(err)? {
+            *counts.entry(secretlog_schemas::SealedValue::term_of(&kv.value).unwrap_or(0)).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Up to `limit` stored values of `mount` in key order, starting after storage key `after`
+    /// (from the first when `None`), keeping those `keep` accepts — a resumable walk that reads
+    /// at most `limit * 4` keys per call. Returns the values and the key to resume after (`None`
+    /// at the end).
+    pub async fn values_after(
+        &self,
+        mount: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<(Vec<StoredValue>, Option<Vec<u8>>), ReaderError> {
+        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let prefix = format!("v/{mount}/").into_bytes();
+        let mut it = match after.and_then(|a| a.strip_prefix(prefix.as_slice())) {
+            Some(suffix) => self
+                .db
+                .scan_prefix(&prefix, (std::ops::Bound::Excluded(suffix), std::ops::Bound::Unbounded))
+                .await
+                .map_err(err)?,
+            None => self.db.scan_prefix(&prefix, ..).await.map_err(err)?,
+        };
+        let (mut out, mut read) = (Vec::new(), 0usize);
+        let mut last = None;
+        while out.len() < limit && read < limit.saturating_mul(4).max(1) {
+            let Some(kv) = it.next().await.map_err(err)? else { return Ok((out, None)) };
+            read += 1;
+            last = Some(kv.key.to_vec());
+            if !keep(&kv.value) {
+                continue;
+            }
+            let Some((mount, path, version)) = parse_value_key(&kv.key) else { continue };
+            out.push(StoredValue { key: kv.key.to_vec(), mount, path, version, sealed: kv.value.to_vec() });
+        }
+        Ok((out, last))
     }
 
     /// Raw read of a storage key, bypassing the cache (used to stage an apply batch).

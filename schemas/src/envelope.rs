@@ -11,7 +11,14 @@
 //! `UpdateMetadata` = presence flags u8 (bit0 max_versions u32, bit1 cas_required u8,
 //! bit2 delete_version_after u64 seconds, bit3 custom_metadata count u16 + (str16, str16)...);
 //! `DeleteMetadata` = nothing; `RestoreSecret` = metadata bytes32, count u16, (version u64,
-//! sealed bytes32)...; `SetRootToken` = hash [32]; `LeaderEpoch` = leader URL str16.
+//! sealed bytes32)...; `RewrapValues` = count u16, (version u64, replaces [32], sealed bytes32)...;
+//! `SetRootToken` = hash [32]; `LeaderEpoch` = leader URL str16; `AddKeyTerm` and
+//! `RetireKeyTerm` = term u32.
+//!
+//! `mac_term` is the key term whose event-authentication key made the tag: the active term of
+//! the writer when it appended the record. Every term derives from the root key, so a record
+//! verifies under its term for as long as the root key is the cluster's — whatever was retired
+//! since (see [`crate::Keyring`]).
 //!
 //! The tag is checked before the body is parsed: nothing of a forged record is interpreted.
 //! A version this build does not know is reported as such, so a reader halts instead of guessing.
@@ -147,6 +154,15 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
                 o.bytes32(sealed);
             }
         }
+        Operation::RewrapValues { values } => {
+            o.u16(values.len() as u16);
+            for r in values {
+                o.u64(r.version);
+                o.raw(&r.replaces);
+                o.bytes32(&r.sealed);
+            }
+        }
+        Operation::AddKeyTerm { term } | Operation::RetireKeyTerm { term } => o.u32(*term),
         Operation::SetRootToken { token_hash } => o.raw(token_hash),
         Operation::LeaderEpoch { leader_url } => o.str16(leader_url),
         Operation::PutPolicy { name, policy } => {
@@ -236,6 +252,19 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
             }
             Operation::RestoreSecret { metadata, values }
         }
+        0x08 => {
+            let n = r.u16()? as usize;
+            if n > MAX_VERSIONS_PER_EVENT {
+                return Err(DecodeError::InvalidField { field: "values", reason: "too many" });
+            }
+            let mut values = Vec::with_capacity(n);
+            for _ in 0..n {
+                let version = r.u64()?;
+                let replaces = r.array()?;
+                values.push(Rewrapped { version, replaces, sealed: r.bytes32("sealed", MAX_SEALED_LEN)?.to_vec() });
+            }
+            Operation::RewrapValues { values }
+        }
         0x40 => Operation::SetRootToken { token_hash: r.array()? },
         0x41 => Operation::LeaderEpoch { leader_url: r.str16("leader_url", MAX_PATH_LEN)?.to_owned() },
         0x42 => {
@@ -251,6 +280,8 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
             Operation::PutToken { token_hash, record: r.bytes32("token record", MAX_CONTROL_DOC_LEN)?.to_vec() }
         }
         0x45 => Operation::RevokeToken { token_hash: r.array()? },
+        0x46 => Operation::AddKeyTerm { term: r.u32()? },
+        0x47 => Operation::RetireKeyTerm { term: r.u32()? },
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
@@ -302,6 +333,18 @@ mod tests {
             (any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..100))
                 .prop_map(|(token_hash, record)| Operation::PutToken { token_hash, record }),
             any::<[u8; 32]>().prop_map(|token_hash| Operation::RevokeToken { token_hash }),
+            proptest::collection::vec(
+                (any::<u64>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..100)),
+                0..5
+            )
+            .prop_map(|v| Operation::RewrapValues {
+                values: v
+                    .into_iter()
+                    .map(|(version, replaces, sealed)| Rewrapped { version, replaces, sealed })
+                    .collect()
+            }),
+            any::<u32>().prop_map(|term| Operation::AddKeyTerm { term }),
+            any::<u32>().prop_map(|term| Operation::RetireKeyTerm { term }),
         ]
     }
 
@@ -364,6 +407,29 @@ mod tests {
     }
 
     #[test]
+    fn records_of_other_and_retired_terms_verify() {
+        let r = ring(1);
+        let e = Event {
+            event_id: [1; 16],
+            timestamp_ms: 1,
+            writer_epoch: 1,
+            mount: "secret".into(),
+            path: "a".into(),
+            op: Operation::DeleteMetadata,
+        };
+        let old = encode_event(&r, &e);
+        let newer = Keyring::with_terms(&RootKey::from_bytes([1; 32]), 3);
+        let new = encode_event(&newer, &e);
+        assert_eq!(u32::from_be_bytes(new[3..7].try_into().unwrap()), 3, "authenticated under the active term");
+        assert_eq!(decode_event(&r, None, &new).unwrap(), e, "a term this node has not applied yet still verifies");
+        newer.retire(1);
+        assert_eq!(decode_event(&newer, None, &old).unwrap(), e, "a retired term's records stay replayable");
+        let mut zero = old.clone();
+        zero[3..7].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(decode_event(&r, None, &zero), Err(DecodeError::UnknownKeyTerm { term: 0 }));
+    }
+
+    #[test]
     fn record_key_must_match() {
         let e = Event {
             event_id: [1; 16],
@@ -423,6 +489,9 @@ mod tests {
             Operation::PutPolicy { name: "p".into(), policy: "path \"a\" {}".into() },
             Operation::PutToken { token_hash: [8; 32], record: b"{}".to_vec() },
             Operation::RevokeToken { token_hash: [9; 32] },
+            Operation::RewrapValues { values: vec![Rewrapped { version: 2, replaces: [4; 32], sealed: vec![5; 40] }] },
+            Operation::AddKeyTerm { term: 2 },
+            Operation::RetireKeyTerm { term: 1 },
         ]
         .into_iter()
         .map(|op| {

@@ -61,6 +61,12 @@ pub enum Operation {
     /// the leader, ordered with every other write to the secret) and by `secretlog reseed`.
     /// Values stay sealed: they were sealed for this mount, path and version.
     RestoreSecret { metadata: Vec<u8>, values: Vec<(u64, Vec<u8>)> },
+    /// Re-seal stored values under the active key term (the background rewrap after a rotation).
+    /// Each entry replaces the stored value of its version only if that value is still exactly
+    /// the one the rewrap read (`replaces` = SHA-256 of its bytes): a destroy, a removal or any
+    /// other change that reached the secret first wins, and the entry changes nothing. The
+    /// plaintext is the same; only the ciphertext and its term change.
+    RewrapValues { values: Vec<Rewrapped> },
     /// Control: the keyed hash of the bootstrap root token, so readers can check it locally.
     SetRootToken { token_hash: [u8; 32] },
     /// Control: a new leader's first record in each partition. It raises the partition's writer
@@ -78,6 +84,38 @@ pub enum Operation {
     PutToken { token_hash: [u8; 32], record: Vec<u8> },
     /// Control: revoke a token.
     RevokeToken { token_hash: [u8; 32] },
+    /// Control: key term `term` exists from here on; once a node has applied it, it seals new
+    /// values and authenticates new events under it (when it is the newest term). Adding a term
+    /// that is not newer than the newest changes nothing.
+    AddKeyTerm { term: u32 },
+    /// Control: no value is sealed under `term` any more (the writer checked, after the rewrap);
+    /// nodes refuse to open values under it from here on. Records authenticated under it stay
+    /// verifiable: a retired term never makes the retained log unreplayable.
+    RetireKeyTerm { term: u32 },
+}
+
+/// One value of a [`Operation::RewrapValues`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrapped {
+    pub version: u64,
+    /// SHA-256 of the sealed value this one replaces.
+    pub replaces: [u8; 32],
+    /// The same plaintext, sealed under the active term for the same mount, path and version.
+    pub sealed: Vec<u8>,
+}
+
+impl Rewrapped {
+    /// What `replaces` holds for a stored sealed value: its SHA-256.
+    pub fn digest(stored: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(stored).into()
+    }
+
+    /// Whether this entry replaces exactly `stored`.
+    pub fn replaces_value(&self, stored: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(Rewrapped::digest(stored).ct_eq(&self.replaces))
+    }
 }
 
 /// The fields of `POST /v1/{mount}/metadata/{path}`.
@@ -102,12 +140,15 @@ impl Operation {
             Operation::UpdateMetadata(_) => 0x05,
             Operation::DeleteMetadata => 0x06,
             Operation::RestoreSecret { .. } => 0x07,
+            Operation::RewrapValues { .. } => 0x08,
             Operation::SetRootToken { .. } => 0x40,
             Operation::LeaderEpoch { .. } => 0x41,
             Operation::PutPolicy { .. } => 0x42,
             Operation::DeletePolicy { .. } => 0x43,
             Operation::PutToken { .. } => 0x44,
             Operation::RevokeToken { .. } => 0x45,
+            Operation::AddKeyTerm { .. } => 0x46,
+            Operation::RetireKeyTerm { .. } => 0x47,
         }
     }
 
@@ -121,12 +162,15 @@ impl Operation {
             Operation::UpdateMetadata(_) => "update_metadata",
             Operation::DeleteMetadata => "delete_metadata",
             Operation::RestoreSecret { .. } => "restore_secret",
+            Operation::RewrapValues { .. } => "rewrap_values",
             Operation::SetRootToken { .. } => "set_root_token",
             Operation::LeaderEpoch { .. } => "leader_epoch",
             Operation::PutPolicy { .. } => "put_policy",
             Operation::DeletePolicy { .. } => "delete_policy",
             Operation::PutToken { .. } => "put_token",
             Operation::RevokeToken { .. } => "revoke_token",
+            Operation::AddKeyTerm { .. } => "add_key_term",
+            Operation::RetireKeyTerm { .. } => "retire_key_term",
         }
     }
 
@@ -136,10 +180,9 @@ impl Operation {
     }
 }
 
-/// Tags reserved for control operations that later releases add (policies, tokens, key terms).
-/// A decoder meeting one returns [`crate::DecodeError::UnknownOperation`], so an old reader halts
-/// rather than skipping state it does not understand.
-pub const RESERVED_CONTROL_TAGS: [u8; 2] = [0x46, 0x47];
+/// The control object every key-term event is keyed by, so adding and retiring terms are
+/// totally ordered in one partition and every node applies them in the same order.
+pub const KEYRING_CONTROL_NAME: &str = "keyring";
 
 impl Event {
     /// The Kafka record key of this event: `mount/path`, or for control events a NUL byte and the

@@ -2,11 +2,14 @@
 //!
 //! One 32-byte root key is the only secret a node must be given. From it, per key *term*, HKDF
 //! derives the key that seals values and the key that authenticates events; a separate derived
-//! key hashes API tokens. Terms let a later release rotate: new writes use the newest term, older
-//! terms stay to open what they sealed until a rewrap has moved everything.
+//! key hashes API tokens. Terms rotate through the log: new writes use the newest term, older
+//! terms stay to open what they sealed until a rewrap has moved everything and the term is
+//! retired (see [`Keyring`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use hkdf::Hkdf;
@@ -94,14 +97,6 @@ impl RootKey {
     pub fn to_hex(&self) -> Zeroizing<String> {
         Zeroizing::new(hex::encode(*self.0))
     }
-
-    fn derive(&self, info: &str) -> Zeroizing<[u8; 32]> {
-        let hk = Hkdf::<Sha256>::new(Some(b"secretlog keyring v1"), &self.0[..]);
-        let mut okm = Zeroizing::new([0u8; 32]);
-        // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
-        hk.expand(info.as_bytes(), &mut okm[..]).expect("32-byte HKDF output");
-        okm
-    }
 }
 
 struct TermKeys {
@@ -109,9 +104,44 @@ struct TermKeys {
     mac: Zeroizing<[u8; 32]>,
 }
 
+/// HKDF output for `info`, from the extracted pseudo-random key of the root key.
+fn expand(prk: &[u8; 32], info: &str) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::from_prk(prk).expect("a 32-byte PRK is long enough");
+    let mut okm = Zeroizing::new([0u8; 32]);
+    hk.expand(info.as_bytes(), &mut okm[..]).expect("32-byte HKDF output");
+    okm
+}
+
+fn term_keys(prk: &[u8; 32], term: u32) -> TermKeys {
+    TermKeys { seal: expand(prk, &format!("term/{term}/seal")), mac: expand(prk, &format!("term/{term}/event-mac")) }
+}
+
+/// Terms whose keys are kept derived in memory (the newest ones); older terms are derived on
+/// use. Also bounds what a forged record naming a huge term can make a node compute and keep.
+const CACHED_TERMS: u32 = 8;
+
 /// The keys a node uses, derived from the root key, by term.
+///
+/// Every term's keys derive from the one root key, so the keyring can produce any term on
+/// demand; the *log* decides which terms exist (`AddKeyTerm`, `RetireKeyTerm`) and the
+/// materializer tells the keyring once it applied them ([`Keyring::advance_to`],
+/// [`Keyring::retire`]). What that means:
+///
+/// * values are sealed, and events authenticated, under the **active** (newest applied) term;
+/// * a value under a **retired** term is refused ([`crate::SealedValue::open`]);
+/// * an event authenticated under *any* term verifies — also a retired one, and one this node
+///   has not yet seen added (a reader replaying the log meets records of a new term in one
+///   partition before the `AddKeyTerm` in another). Forging still needs the root key, since
+///   every term's key derives from it; and no retirement can make the retained log, the archive
+///   or a snapshot's history unreplayable.
+///
+/// The keyring holds the HKDF pseudo-random key of the root key (zeroized on drop), not the
+/// root key itself.
 pub struct Keyring {
-    terms: BTreeMap<u32, TermKeys>,
+    prk: Zeroizing<[u8; 32]>,
+    cache: RwLock<BTreeMap<u32, Arc<TermKeys>>>,
+    active: AtomicU32,
+    retired: RwLock<BTreeSet<u32>>,
     token: Zeroizing<[u8; 32]>,
     audit: Zeroizing<[u8; 32]>,
     key_check: [u8; 8],
@@ -120,7 +150,8 @@ pub struct Keyring {
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
-            .field("terms", &self.terms.keys().collect::<Vec<_>>())
+            .field("active_term", &self.active_term())
+            .field("retired", &self.retired_terms())
             .field("key_check", &hex::encode(self.key_check))
             .finish()
     }
@@ -132,31 +163,79 @@ impl Keyring {
         Keyring::with_terms(root, 1)
     }
 
-    /// Terms `1..=newest`, all derived from the root key.
+    /// Terms `1..=newest`, all derived from the root key; `newest` is active.
     pub fn with_terms(root: &RootKey, newest: u32) -> Self {
-        let terms = (1..=newest.max(1))
-            .map(|t| {
-                let keys = TermKeys {
-                    seal: root.derive(&format!("term/{t}/seal")),
-                    mac: root.derive(&format!("term/{t}/event-mac")),
-                };
-                (t, keys)
-            })
-            .collect();
-        let check = root.derive("key-check");
+        let (mut prk, _) = Hkdf::<Sha256>::extract(Some(b"secretlog keyring v1"), &root.0[..]);
+        let mut p = Zeroizing::new([0u8; 32]);
+        p.copy_from_slice(&prk);
+        zeroize::Zeroize::zeroize(prk.as_mut_slice());
+        let check = expand(&p, "key-check");
         let mut key_check = [0u8; 8];
         key_check.copy_from_slice(&check[..8]);
-        Keyring { terms, token: root.derive("token-hash"), audit: root.derive("audit-hmac"), key_check }
+        let ring = Keyring {
+            token: expand(&p, "token-hash"),
+            audit: expand(&p, "audit-hmac"),
+            prk: p,
+            cache: RwLock::new(BTreeMap::new()),
+            active: AtomicU32::new(1),
+            retired: RwLock::new(BTreeSet::new()),
+            key_check,
+        };
+        ring.advance_to(newest.max(1));
+        ring
     }
 
     /// The term new values are sealed and new events authenticated with.
     pub fn active_term(&self) -> u32 {
-        *self.terms.keys().next_back().expect("a keyring always has a term")
+        self.active.load(Ordering::SeqCst)
     }
 
-    /// All terms this keyring can open.
-    pub fn terms(&self) -> impl Iterator<Item = u32> + '_ {
-        self.terms.keys().copied()
+    /// Make `term` the active term, if it is newer than the active one (a log applied again, or
+    /// out of order, never moves it back).
+    pub fn advance_to(&self, term: u32) {
+        let previous = self.active.fetch_max(term, Ordering::SeqCst);
+        if term > previous || self.cache.read().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            let active = self.active_term();
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            let lowest = active.saturating_sub(CACHED_TERMS - 1).max(1);
+            cache.retain(|t, _| *t >= lowest);
+            for t in lowest..=active {
+                cache.entry(t).or_insert_with(|| Arc::new(term_keys(&self.prk, t)));
+            }
+        }
+    }
+
+    /// Refuse values sealed under `term` from now on. The active term cannot be retired.
+    pub fn retire(&self, term: u32) {
+        if term < self.active_term() {
+            self.retired.write().unwrap_or_else(|e| e.into_inner()).insert(term);
+        }
+    }
+
+    /// Whether `term` was retired.
+    pub fn is_retired(&self, term: u32) -> bool {
+        self.retired.read().unwrap_or_else(|e| e.into_inner()).contains(&term)
+    }
+
+    /// Retired terms.
+    pub fn retired_terms(&self) -> BTreeSet<u32> {
+        self.retired.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The terms this keyring opens values under: `1..=active`, less the retired ones.
+    pub fn terms(&self) -> Vec<u32> {
+        let retired = self.retired_terms();
+        (1..=self.active_term()).filter(|t| !retired.contains(t)).collect()
+    }
+
+    fn keys(&self, term: u32) -> Option<Arc<TermKeys>> {
+        if term == 0 {
+            return None;
+        }
+        if let Some(k) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(&term) {
+            return Some(k.clone());
+        }
+        Some(Arc::new(term_keys(&self.prk, term)))
     }
 
     /// A public fingerprint of the root key (8 bytes of a derived value): lets a node tell "this
@@ -166,12 +245,19 @@ impl Keyring {
         self.key_check
     }
 
-    pub(crate) fn seal_key(&self, term: u32) -> Option<&[u8; 32]> {
-        self.terms.get(&term).map(|k| &*k.seal)
+    /// The seal key of `term`: `None` for term 0, and for a retired term unless `even_retired`.
+    /// A term newer than the active one opens: a reader may apply a value sealed under a new
+    /// term (its partition) before the `AddKeyTerm` (the control partition).
+    pub(crate) fn seal_key(&self, term: u32, even_retired: bool) -> Option<Zeroizing<[u8; 32]>> {
+        if !even_retired && self.is_retired(term) {
+            return None;
+        }
+        self.keys(term).map(|k| k.seal.clone())
     }
 
+    /// HMAC under the event-authentication key of `term` (any term but 0; see the type's doc).
     pub(crate) fn mac(&self, term: u32, parts: &[&[u8]]) -> Option<[u8; 32]> {
-        let keys = self.terms.get(&term)?;
+        let keys = self.keys(term)?;
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&keys.mac[..]).expect("HMAC takes any key length");
         for p in parts {
             mac.update(p);
@@ -254,8 +340,37 @@ mod tests {
     fn terms_derive_distinct_keys() {
         let ring = Keyring::with_terms(&RootKey::from_bytes([3; 32]), 3);
         assert_eq!(ring.active_term(), 3);
-        assert_ne!(ring.seal_key(1), ring.seal_key(2));
+        assert_ne!(ring.seal_key(1, false), ring.seal_key(2, false));
         assert_ne!(ring.mac(1, &[b"x"]), ring.mac(2, &[b"x"]));
-        assert!(ring.mac(4, &[b"x"]).is_none());
+        assert!(ring.mac(0, &[b"x"]).is_none());
+        // A term not yet added here verifies records (a replaying reader meets them early).
+        assert_eq!(ring.mac(40, &[b"x"]), Keyring::with_terms(&RootKey::from_bytes([3; 32]), 40).mac(40, &[b"x"]));
+    }
+
+    #[test]
+    fn terms_advance_only_forward_and_retire_only_below_the_active_term() {
+        let ring = Keyring::from_root(&RootKey::from_bytes([3; 32]));
+        let fixed = Keyring::with_terms(&RootKey::from_bytes([3; 32]), 2);
+        ring.advance_to(2);
+        ring.advance_to(1);
+        assert_eq!(ring.active_term(), 2);
+        assert_eq!(ring.seal_key(2, false), fixed.seal_key(2, false), "derived keys do not depend on the path taken");
+        ring.retire(2);
+        assert!(!ring.is_retired(2), "the active term is never retired");
+        ring.retire(1);
+        assert!(ring.is_retired(1));
+        assert_eq!(ring.terms(), vec![2]);
+        assert!(ring.seal_key(1, false).is_none());
+        assert!(ring.seal_key(1, true).is_some(), "a rewrap may still open it");
+        assert!(ring.mac(1, &[b"x"]).is_some(), "records authenticated under a retired term stay verifiable");
+    }
+
+    #[test]
+    fn old_terms_outside_the_cache_derive_the_same_keys() {
+        let ring = Keyring::with_terms(&RootKey::from_bytes([5; 32]), 2);
+        let early = ring.mac(1, &[b"y"]);
+        ring.advance_to(50);
+        assert_eq!(ring.mac(1, &[b"y"]), early);
+        assert_eq!(ring.cache.read().unwrap().len(), CACHED_TERMS as usize);
     }
 }

@@ -7,8 +7,8 @@
 //! * [`envelope`] — its compact, versioned, authenticated binary encoding (golden vectors in
 //!   `schemas/tests/golden/` must decode forever);
 //! * [`sealed`] — the sealed-value (ciphertext) format;
-//! * [`keyring`] — the root key, its terms, and the keys derived from it for sealing, event
-//!   authentication and token hashing;
+//! * [`keyring`] — the root key, its terms (added and retired through the log), and the keys
+//!   derived from it for sealing, event authentication and token hashing;
 //! * [`topic`] — topic, header and record-key rules, and the consistency token;
 //! * [`path`] — which secret paths are valid.
 
@@ -25,7 +25,7 @@ mod wire;
 
 pub use envelope::{SCHEMA_VERSION, decode_event, encode_event};
 pub use error::{DecodeError, KeyError, SealError};
-pub use event::{Event, MetadataUpdate, Operation};
+pub use event::{Event, MetadataUpdate, Operation, Rewrapped};
 pub use keyring::{Keyring, RootKey};
 pub use sealed::SealedValue;
 pub use topic::ConsistencyToken;

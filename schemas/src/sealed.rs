@@ -54,9 +54,9 @@ pub struct SealedValue {
     ciphertext: Vec<u8>,
 }
 
-fn value_cipher(keyring: &Keyring, term: u32, salt: &[u8; 16]) -> Result<Aes256Gcm, SealError> {
-    let term_key = keyring.seal_key(term).ok_or(SealError::UnknownTerm { term })?;
-    let hk = Hkdf::<Sha256>::new(Some(salt), term_key);
+fn value_cipher(keyring: &Keyring, term: u32, salt: &[u8; 16], even_retired: bool) -> Result<Aes256Gcm, SealError> {
+    let term_key = keyring.seal_key(term, even_retired).ok_or(SealError::UnknownTerm { term })?;
+    let hk = Hkdf::<Sha256>::new(Some(salt), &term_key[..]);
     let mut k = Zeroizing::new([0u8; 32]);
     hk.expand(b"secretlog sealed-value key v1", &mut k[..]).map_err(|_| SealError::Seal)?;
     Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&k[..])))
@@ -70,16 +70,50 @@ impl SealedValue {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let cipher = value_cipher(keyring, term, &salt)?;
+        let cipher = value_cipher(keyring, term, &salt, false)?;
         let ciphertext = cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &ctx.aad() })
             .map_err(|_| SealError::Seal)?;
         Ok(SealedValue { term, salt, nonce, ciphertext })
     }
 
-    /// Open it. Fails, without any partial output, on a wrong key or a wrong context.
+    /// Open it. Fails, without any partial output, on a wrong key or a wrong context — and on a
+    /// value sealed under a retired term ([`SealError::UnknownTerm`]: the keyring no longer holds
+    /// that term for opening).
     pub fn open(&self, keyring: &Keyring, ctx: &SealContext<'_>) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let cipher = value_cipher(keyring, self.term, &self.salt)?;
+        self.open_inner(keyring, ctx, false)
+    }
+
+    /// Open it even if its term was retired: for moving a value to the active term (the rewrap,
+    /// a restore of a state older than the retirement), never for answering a read.
+    pub fn open_to_reseal(&self, keyring: &Keyring, ctx: &SealContext<'_>) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_inner(keyring, ctx, true)
+    }
+
+    /// The same plaintext sealed anew under the active term (new salt and nonce), for the same
+    /// mount, path and version.
+    pub fn reseal(&self, keyring: &Keyring, ctx: &SealContext<'_>) -> Result<SealedValue, SealError> {
+        let plaintext = self.open_to_reseal(keyring, ctx)?;
+        SealedValue::seal(keyring, ctx, &plaintext)
+    }
+
+    /// The term of encoded sealed-value bytes, without parsing the rest (counting values per term).
+    pub fn term_of(bytes: &[u8]) -> Option<u32> {
+        match bytes {
+            [SEALED_FORMAT, a, b, c, d, ..] if bytes.len() >= HEADER_LEN + TAG_LEN => {
+                Some(u32::from_be_bytes([*a, *b, *c, *d]))
+            }
+            _ => None,
+        }
+    }
+
+    fn open_inner(
+        &self,
+        keyring: &Keyring,
+        ctx: &SealContext<'_>,
+        even_retired: bool,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let cipher = value_cipher(keyring, self.term, &self.salt, even_retired)?;
         cipher
             .decrypt(Nonce::from_slice(&self.nonce), Payload { msg: &self.ciphertext, aad: &ctx.aad() })
             .map(Zeroizing::new)
@@ -182,8 +216,30 @@ mod tests {
         assert_eq!(SealedValue::decode(&[9, 0, 0]), Err(SealError::UnknownVersion { found: 9 }));
         assert_eq!(SealedValue::decode(&[1; 20]), Err(SealError::Truncated { len: 20 }));
         let mut b = SealedValue::seal(&ring(1), &CTX, b"v").unwrap().encode();
+        b[1..5].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(SealedValue::decode(&b).unwrap().open(&ring(1), &CTX), Err(SealError::UnknownTerm { term: 0 }));
+        // Another term's key (derivable, but not the one that sealed it) does not open it.
         b[1..5].copy_from_slice(&7u32.to_be_bytes());
-        assert_eq!(SealedValue::decode(&b).unwrap().open(&ring(1), &CTX), Err(SealError::UnknownTerm { term: 7 }));
+        assert_eq!(SealedValue::decode(&b).unwrap().open(&ring(1), &CTX), Err(SealError::Open));
+    }
+
+    #[test]
+    fn a_retired_term_does_not_open_but_can_be_resealed() {
+        let r = ring(1);
+        let old = SealedValue::seal(&r, &CTX, b"v").unwrap();
+        assert_eq!(old.term, 1);
+        r.advance_to(2);
+        let moved = old.reseal(&r, &CTX).unwrap();
+        assert_eq!(moved.term, 2);
+        assert_eq!(SealedValue::term_of(&moved.encode()), Some(2));
+        assert_eq!(&moved.open(&r, &CTX).unwrap()[..], b"v");
+        r.retire(1);
+        assert_eq!(old.open(&r, &CTX), Err(SealError::UnknownTerm { term: 1 }));
+        assert_eq!(&old.open_to_reseal(&r, &CTX).unwrap()[..], b"v");
+        assert_eq!(&moved.open(&r, &CTX).unwrap()[..], b"v");
+        // The context still binds: a rewrap cannot move a value to another secret.
+        assert!(old.reseal(&r, &SealContext { version: 4, ..CTX }).is_err());
+        assert_eq!(SealedValue::term_of(&[1, 0, 0]), None);
     }
 
     /// Bounded fuzzing of the sealed-value parser and opener: 200,000 generated inputs, no

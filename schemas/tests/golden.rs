@@ -105,6 +105,34 @@ fn golden_events() -> Vec<(&'static str, Event)> {
             },
         ),
         (
+            "rewrap_values",
+            base(
+                "app/db",
+                Operation::RewrapValues {
+                    values: vec![
+                        Rewrapped { version: 1, replaces: [0x77; 32], sealed: vec![0xB6; 45] },
+                        Rewrapped { version: 3, replaces: [0x78; 32], sealed: vec![0x6B; 45] },
+                    ],
+                },
+            ),
+        ),
+        (
+            "add_key_term",
+            Event {
+                mount: String::new(),
+                path: event::KEYRING_CONTROL_NAME.into(),
+                ..base("", Operation::AddKeyTerm { term: 2 })
+            },
+        ),
+        (
+            "retire_key_term",
+            Event {
+                mount: String::new(),
+                path: event::KEYRING_CONTROL_NAME.into(),
+                ..base("", Operation::RetireKeyTerm { term: 1 })
+            },
+        ),
+        (
             "set_root_token",
             Event {
                 mount: String::new(),
@@ -154,6 +182,43 @@ fn golden_sealed_value_opens_forever() {
     assert_eq!(&opened[..], plaintext);
     let other = Keyring::from_root(&RootKey::from_bytes([0x43; 32]));
     assert_eq!(SealedValue::decode(&golden).unwrap().open(&other, &ctx), Err(SealError::Open));
+}
+
+/// A value sealed under term 2 and an event authenticated under term 2 (after a rotation) open
+/// and verify forever — also on a node that has retired term 1, or not yet applied term 2.
+#[test]
+fn golden_term_2_vectors_open_forever() {
+    let ring = Keyring::with_terms(&RootKey::from_bytes([0x42; 32]), 2);
+    let ctx = SealContext { mount: "secret", path: "app/db", version: 1 };
+    let file = dir().join("sealed_v1_term2.bin");
+    let plaintext = br#"{"password":"rotated"}"#;
+    if bless() {
+        std::fs::write(&file, SealedValue::seal(&ring, &ctx, plaintext).unwrap().encode()).unwrap();
+    }
+    let golden = std::fs::read(&file).unwrap();
+    let sealed = SealedValue::decode(&golden).unwrap();
+    assert_eq!(sealed.term, 2);
+    ring.retire(1);
+    assert_eq!(&sealed.open(&ring, &ctx).unwrap()[..], plaintext);
+    assert_eq!(&sealed.open(&golden_ring(), &ctx).unwrap()[..], plaintext, "before AddKeyTerm is applied");
+
+    let event = Event {
+        event_id: [0x12; 16],
+        timestamp_ms: 1_763_856_000_000,
+        writer_epoch: 8,
+        mount: "secret".into(),
+        path: "app/db".into(),
+        op: Operation::Put { version: 2, sealed: golden.clone() },
+    };
+    let file = dir().join("event_v1_put_term2.bin");
+    let encoded = encode_event(&ring, &event);
+    if bless() {
+        std::fs::write(&file, &encoded).unwrap();
+    }
+    let golden_event = std::fs::read(&file).unwrap();
+    assert_eq!(encoded, golden_event, "encoding changed; that is a new schema version");
+    assert_eq!(decode_event(&golden_ring(), Some(&event.record_key()), &golden_event).unwrap(), event);
+    assert_eq!(decode_event(&ring, Some(&event.record_key()), &golden_event).unwrap(), event);
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod producer;
 pub mod request;
 pub mod restore;
+pub mod rotate;
 pub mod token;
 
 pub use config::WriterConfig;

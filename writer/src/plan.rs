@@ -90,6 +90,33 @@ fn changing(meta: Option<&SecretMeta>, op: Operation, ts: i64) -> Result<Planned
     }
 }
 
+/// The values of a restore, each sealed under the active key term: a state taken before a
+/// rotation carries values of older terms (perhaps retired since); they are re-sealed here, so a
+/// restore never brings back a term the rewrap has moved everything off.
+fn values_under_active_term(
+    keyring: &Keyring,
+    mount: &str,
+    path: &str,
+    values: &[(u64, Vec<u8>)],
+) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
+    let active = keyring.active_term();
+    values
+        .iter()
+        .map(|(version, sealed)| {
+            if SealedValue::term_of(sealed) == Some(active) {
+                return Ok((*version, sealed.clone()));
+            }
+            let ctx = SealContext { mount, path, version: *version };
+            SealedValue::decode(sealed).and_then(|s| s.reseal(keyring, &ctx)).map(|s| (*version, s.encode())).map_err(
+                |e| {
+                    tracing::error!(path, version, error = %e, "a restored value does not re-seal");
+                    ApiError::internal()
+                },
+            )
+        })
+        .collect()
+}
+
 /// Decide `cmd` against `meta`. For a patch, `current` is the opened value of the current
 /// version (`None` if there is no live current version).
 pub fn plan(
@@ -137,14 +164,34 @@ pub fn plan(
             Ok(Planned::Append { op: Operation::DeleteMetadata, reply: Reply::NoContent })
         }
         Command::DeleteMetadata { .. } => Ok(Planned::Done { status: 204 }),
-        Command::Restore { metadata: Some(metadata), values, .. } => Ok(Planned::Append {
-            op: Operation::RestoreSecret { metadata: metadata.clone(), values: values.clone() },
+        Command::Restore { path, metadata: Some(metadata), values } => Ok(Planned::Append {
+            op: Operation::RestoreSecret {
+                metadata: metadata.clone(),
+                values: values_under_active_term(keyring, mount, path, values)?,
+            },
             reply: Reply::NoContent,
         }),
         Command::Restore { metadata: None, .. } if meta.is_some() => {
             Ok(Planned::Append { op: Operation::DeleteMetadata, reply: Reply::NoContent })
         }
         Command::Restore { metadata: None, .. } => Ok(Planned::Done { status: 204 }),
+        Command::Rewrap { values, .. } => {
+            // Only values sealed under the term that is active *now*: once a newer term is
+            // active here, nothing decided from then on appends a seal under an older one — the
+            // fact a key-term retirement relies on (see `crate::rotate`). A rewrap that lost that
+            // race is simply done again by the next pass.
+            let active = keyring.active_term();
+            let held = |v: u64| meta.and_then(|m| m.versions.get(&v)).is_some_and(|vm| !vm.destroyed);
+            let values: Vec<_> = values
+                .iter()
+                .filter(|r| held(r.version) && SealedValue::term_of(&r.sealed) == Some(active))
+                .cloned()
+                .collect();
+            if values.is_empty() {
+                return Ok(Planned::Done { status: 204 });
+            }
+            Ok(Planned::Append { op: Operation::RewrapValues { values }, reply: Reply::NoContent })
+        }
         Command::Control { op, body, .. } => {
             Ok(Planned::Append { op: op.clone(), reply: body.clone().map_or(Reply::NoContent, Reply::Json) })
         }
@@ -239,6 +286,57 @@ mod tests {
     fn a_negative_cas_never_matches() {
         let status = plan(&put(Some(-1)), None, None, &ring(), "secret", 1).unwrap_err();
         assert_eq!(status.errors, vec![CAS_MISMATCH]);
+    }
+
+    fn sealed(r: &Keyring, version: u64) -> Vec<u8> {
+        SealedValue::seal(r, &SealContext { mount: "secret", path: "p", version }, b"{}").unwrap().encode()
+    }
+
+    #[test]
+    fn a_rewrap_appends_only_values_under_the_active_term_of_held_versions() {
+        let r = ring();
+        let mut m = meta(3, false);
+        for v in 1..=3 {
+            m.versions.insert(v, secretlog_reader::state::VersionMeta { created_ms: 1, ..Default::default() });
+        }
+        m.versions.get_mut(&2).unwrap().destroyed = true;
+        let old = sealed(&r, 1);
+        r.advance_to(2);
+        let rw = |version: u64, sealed: Vec<u8>| secretlog_schemas::Rewrapped { version, replaces: [0; 32], sealed };
+        let cmd = Command::Rewrap {
+            path: "p".into(),
+            values: vec![rw(1, sealed(&r, 1)), rw(2, sealed(&r, 2)), rw(3, old.clone()), rw(9, sealed(&r, 9))],
+        };
+        let Planned::Append { op: Operation::RewrapValues { values }, .. } =
+            plan(&cmd, Some(&m), None, &r, "secret", 1).unwrap()
+        else {
+            panic!("expected a rewrap")
+        };
+        assert_eq!(
+            values.iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![1],
+            "destroyed, old term, missing dropped"
+        );
+        let stale = Command::Rewrap { path: "p".into(), values: vec![rw(3, old)] };
+        assert!(matches!(plan(&stale, Some(&m), None, &r, "secret", 1).unwrap(), Planned::Done { status: 204 }));
+        assert!(matches!(plan(&cmd, None, None, &r, "secret", 1).unwrap(), Planned::Done { status: 204 }));
+    }
+
+    #[test]
+    fn a_restore_of_values_under_an_older_term_reseals_them() {
+        let r = ring();
+        let old = sealed(&r, 1);
+        r.advance_to(2);
+        r.retire(1);
+        let cmd = Command::Restore { path: "p".into(), metadata: Some(b"{}".to_vec()), values: vec![(1, old.clone())] };
+        let Planned::Append { op: Operation::RestoreSecret { values, .. }, .. } =
+            plan(&cmd, None, None, &r, "secret", 1).unwrap()
+        else {
+            panic!("expected a restore")
+        };
+        assert_eq!(SealedValue::term_of(&values[0].1), Some(2));
+        let ctx = SealContext { mount: "secret", path: "p", version: 1 };
+        assert_eq!(&SealedValue::decode(&values[0].1).unwrap().open(&r, &ctx).unwrap()[..], b"{}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum Command {
     /// A control event (policies, tokens) decided by the handler: append `op` under the control
     /// object `name`, then answer `body` (200). See [`crate::auth`].
     Control { name: String, op: secretlog_schemas::Operation, body: Option<Value> },
+    /// Re-seal stored values of one secret under the active key term (the background rewrap;
+    /// see `crate::rotate`).
+    Rewrap { path: String, values: Vec<secretlog_schemas::Rewrapped> },
 }
 
 impl Command {
@@ -58,6 +61,7 @@ impl Command {
             | Command::Patch { path, .. }
             | Command::DeleteLatest { path }
             | Command::Restore { path, .. }
+            | Command::Rewrap { path, .. }
             | Command::Control { name: path, .. }
             | Command::DeleteVersions { path, .. }
             | Command::UndeleteVersions { path, .. }

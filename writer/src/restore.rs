@@ -88,8 +88,10 @@ fn command(
             .decode(b64)
             .map_err(|e| bad(format!("value of version {v} is not base64: {e}")))?;
         let ctx = SealContext { mount, path: &s.path, version: *v };
+        // A restore point may predate a term's retirement: its values are checked (and the plan
+        // re-seals them under the active term), never served as they are.
         SealedValue::decode(&sealed)
-            .and_then(|sv| sv.open(keyring, &ctx).map(drop))
+            .and_then(|sv| sv.open_to_reseal(keyring, &ctx).map(drop))
             .map_err(|_| bad(format!("the value of version {v} does not open with this cluster's key")))?;
         values.push((*v, sealed));
     }

@@ -2,32 +2,30 @@
 //! threshold 3), so no single operator holds it.
 //!
 //! `init` creates a fresh root key, splits it, writes each share to its own 0600 file (hand
-//! one to each key holder, then delete them here) and `seal.json` (share count, threshold and
-//! the key's check value — nothing secret). `unseal` takes shares (files, one per `--share`),
-//! reconstructs the key, checks it against `seal.json`, and writes the key file nodes start
-//! from (0600). A node then runs unsealed; without a key it stays sealed (health 503).
+//! one to each key holder, then delete them here) and `seal.json`, the init record (share count,
+//! threshold and the key's check value — nothing secret). Nodes started with
+//! `--seal-config DIR/seal.json` and no key start sealed (health 503).
 //!
-//! Not built yet: unsealing a *running* node over `/v1/sys/unseal`, and `/v1/sys/seal`.
+//! `unseal` has two modes:
+//! * online, `--addr URL --share FILE`: submit one share to a running node's `/v1/sys/unseal`
+//!   (each key holder runs it with their own share) and print the node's progress; the node
+//!   unseals once the threshold is reached;
+//! * offline, `--share A --share B --share C --key-file KEY`: reconstruct the key here, check it
+//!   against `seal.json`, and write the key file nodes can start from (0600).
+//!
+//! Shares are read from files (`-` is standard input), never taken from the command line.
+//! The share logic itself lives in [`secretlog_reader::api::seal`], beside the nodes' unseal.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use blahaj::{Share, Sharks};
+pub use secretlog_reader::api::seal::SealConfig;
+use secretlog_reader::api::seal::parse_share;
 use secretlog_schemas::{Keyring, RootKey};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use zeroize::Zeroizing;
-
-/// `DIR/seal.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SealConfig {
-    pub shares: u8,
-    pub threshold: u8,
-    /// Hex of the key's check value (as every log record carries it).
-    pub key_check: String,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
@@ -46,38 +44,37 @@ pub struct InitArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UnsealArgs {
-    /// Directory holding `seal.json` (written by `init`).
+    /// Online mode: the URL of a running node to submit one share to (`PUT /v1/sys/unseal`).
+    #[arg(long, env = "SECRETLOG_ADDR", conflicts_with = "key_file")]
+    pub addr: Option<String>,
+    /// Online mode: discard the shares the node has collected so far instead of submitting one.
+    #[arg(long, requires = "addr")]
+    pub reset: bool,
+    /// Directory holding `seal.json` (written by `init`); offline mode.
     #[arg(long, default_value = "./.secretlog/init")]
     pub dir: PathBuf,
-    /// A file holding one share (repeat for each key holder's share).
-    #[arg(long = "share", value_name = "FILE", required = true)]
+    /// A file holding one share, `-` for standard input. Online: one per call. Offline: repeat
+    /// for each key holder's share.
+    #[arg(long = "share", value_name = "FILE")]
     pub shares: Vec<PathBuf>,
-    /// Where to write the reconstructed root key (mode 0600), for the nodes' `SECRETLOG_ROOT_KEY_FILE`.
+    /// Offline mode: where to write the reconstructed root key (mode 0600), for the nodes'
+    /// `SECRETLOG_ROOT_KEY_FILE`.
     #[arg(long)]
-    pub key_file: PathBuf,
+    pub key_file: Option<PathBuf>,
+    /// Print the node's seal status as JSON (online mode).
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Split `key` into `n` shares, any `k` of which reconstruct it.
+/// Split `key` into `n` shares (hex text), any `k` of which reconstruct it.
 pub fn split(key: &RootKey, n: u8, k: u8) -> anyhow::Result<Vec<Zeroizing<String>>> {
-    if k < 2 || k > n {
-        bail!("threshold must be between 2 and the number of shares ({n}), not {k}");
-    }
-    let secret = Zeroizing::new(hex::decode(key.to_hex().as_str())?);
-    Ok(Sharks(k).dealer(&secret).take(n as usize).map(|s| Zeroizing::new(hex::encode(Vec::from(&s)))).collect())
+    Ok(secretlog_reader::api::seal::split(key, n, k)?)
 }
 
-/// Reconstruct the key from shares (hex text), needing `k` distinct ones.
+/// Reconstruct the key from shares (hex or base64 text), needing `k` distinct ones.
 pub fn combine(shares: &[Zeroizing<String>], k: u8) -> anyhow::Result<RootKey> {
-    let parsed: Vec<Share> = shares
-        .iter()
-        .map(|s| {
-            let bytes = Zeroizing::new(hex::decode(s.trim()).context("a share is not hex")?);
-            Share::try_from(bytes.as_slice()).map_err(|e| anyhow::anyhow!("malformed share: {e}"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let secret = Zeroizing::new(Sharks(k).recover(&parsed).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let bytes: [u8; 32] = secret.as_slice().try_into().context("the shares do not make a 32-byte key")?;
-    Ok(RootKey::from_bytes(bytes))
+    let parsed = shares.iter().map(|s| parse_share(s)).collect::<Result<Vec<_>, _>>()?;
+    Ok(secretlog_reader::api::seal::combine(&parsed, k)?)
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -90,6 +87,19 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     f.write_all(text.as_bytes())?;
     f.write_all(b"\n")?;
     Ok(())
+}
+
+/// One share's text, from a file or (`-`) standard input.
+fn read_share(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let mut text = Zeroizing::new(String::new());
+    if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).context("reading a share from standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    Ok(text)
 }
 
 pub fn init(args: InitArgs) -> anyhow::Result<()> {
@@ -112,7 +122,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         files.push(f);
     }
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
-    let report = json!({ "seal": cfg, "share_files": files });
+    let report = json!({ "seal": cfg, "seal_config": cfg_path, "share_files": files });
     crate::dr::emit(args.json, &report, || {
         println!(
             "Initialized: {} key shares, {} needed to unseal. Share files (0600): {}.",
@@ -121,29 +131,83 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
             args.dir.display()
         );
         println!("Give one share to each key holder, then delete the files here. The key itself was not written.");
-        println!("Start nodes with the key from `secretlog unseal --share A --share B --share C --key-file KEY`.");
+        println!(
+            "Start nodes with --seal-config {} (they start sealed), then each key holder runs \
+             `secretlog unseal --addr URL --share FILE` against every node.",
+            cfg_path.display()
+        );
     })
 }
 
-pub fn unseal(args: UnsealArgs) -> anyhow::Result<()> {
+/// `secretlog unseal`: online with `--addr`, offline with `--key-file`.
+pub async fn unseal(args: UnsealArgs) -> anyhow::Result<()> {
+    match &args.addr {
+        Some(addr) => unseal_online(addr, &args).await,
+        None => unseal_offline(&args),
+    }
+}
+
+/// Submit one share (or a reset) to a running node and print its progress.
+async fn unseal_online(addr: &str, args: &UnsealArgs) -> anyhow::Result<()> {
+    let body = if args.reset {
+        if !args.shares.is_empty() {
+            bail!("--reset submits no share; leave out --share");
+        }
+        Zeroizing::new(r#"{"reset":true}"#.to_string())
+    } else {
+        let [file] = args.shares.as_slice() else {
+            bail!("online unseal takes exactly one --share FILE (- for standard input) per call");
+        };
+        let share = read_share(file)?;
+        // Checked here so a typo is caught before it reaches the node; the text is hex or
+        // base64, which needs no JSON escaping.
+        parse_share(&share).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        Zeroizing::new(format!(r#"{{"key":"{}"}}"#, share.trim()))
+    };
+    let url = format!("{}/v1/sys/unseal", addr.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .put(&url)
+        .header("content-type", "application/json")
+        .body(body.as_bytes().to_vec())
+        .send()
+        .await
+        .with_context(|| format!("PUT {url}"))?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let errors =
+            answer["errors"].as_array().map(|e| e.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "));
+        bail!("{url} answered {status}: {}", errors.unwrap_or_default());
+    }
+    crate::dr::emit(args.json, &answer, || {
+        let (t, n, progress) = (&answer["t"], &answer["n"], &answer["progress"]);
+        if answer["sealed"] == json!(false) {
+            println!("Unsealed: {addr} holds the root key.");
+        } else {
+            println!("Sealed: {progress} of {t} key shares submitted ({n} exist).");
+        }
+    })
+}
+
+/// Reconstruct the key from enough shares and write the key file.
+fn unseal_offline(args: &UnsealArgs) -> anyhow::Result<()> {
+    let Some(key_file) = &args.key_file else {
+        bail!("give --addr URL to unseal a running node, or --key-file KEY to write the key file");
+    };
     let cfg: SealConfig = serde_json::from_slice(
         &std::fs::read(args.dir.join("seal.json"))
             .with_context(|| format!("reading {}/seal.json", args.dir.display()))?,
     )?;
-    let shares: Vec<Zeroizing<String>> = args
-        .shares
-        .iter()
-        .map(|f| std::fs::read_to_string(f).map(Zeroizing::new).with_context(|| format!("reading {}", f.display())))
-        .collect::<anyhow::Result<_>>()?;
+    let shares: Vec<Zeroizing<String>> = args.shares.iter().map(|f| read_share(f)).collect::<anyhow::Result<_>>()?;
     if shares.len() < cfg.threshold as usize {
         bail!("{} share(s) given, {} needed: still sealed", shares.len(), cfg.threshold);
     }
     let key = combine(&shares, cfg.threshold)?;
-    if hex::encode(Keyring::from_root(&key).key_check()) != cfg.key_check {
+    if !cfg.matches(&Keyring::from_root(&key)) {
         bail!("the shares do not reconstruct this cluster's key (check value differs): still sealed");
     }
-    write_private(&args.key_file, &key.to_hex())?;
-    println!("Unsealed: the root key is in {} (0600).", args.key_file.display());
+    write_private(key_file, &key.to_hex())?;
+    println!("Unsealed: the root key is in {} (0600).", key_file.display());
     Ok(())
 }
 
@@ -174,23 +238,24 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(share(1)).unwrap().permissions().mode() & 0o777, 0o600);
         let key_file = dir.path().join("root.key");
-        let two = UnsealArgs { dir: d.clone(), shares: vec![share(1), share(2)], key_file: key_file.clone() };
-        assert!(unseal(two).is_err());
+        let offline = |dir: &Path, shares: Vec<PathBuf>, key_file: &Path| UnsealArgs {
+            addr: None,
+            reset: false,
+            dir: dir.to_path_buf(),
+            shares,
+            key_file: Some(key_file.to_path_buf()),
+            json: false,
+        };
+        assert!(unseal_offline(&offline(&d, vec![share(1), share(2)], &key_file)).is_err());
         assert!(!key_file.exists());
-        let three =
-            UnsealArgs { dir: d.clone(), shares: vec![share(5), share(3), share(1)], key_file: key_file.clone() };
-        unseal(three).unwrap();
+        unseal_offline(&offline(&d, vec![share(5), share(3), share(1)], &key_file)).unwrap();
         let key = RootKey::from_file(&key_file).unwrap();
         let cfg: SealConfig = serde_json::from_slice(&std::fs::read(d.join("seal.json")).unwrap()).unwrap();
         assert_eq!(hex::encode(Keyring::from_root(&key).key_check()), cfg.key_check);
         // Shares of another cluster do not unseal this one.
         let other = dir.path().join("other");
         init(InitArgs { dir: other.clone(), shares: 5, threshold: 3, json: true }).unwrap();
-        let foreign = UnsealArgs {
-            dir: d,
-            shares: (1..=3).map(|i| other.join(format!("share-{i}"))).collect(),
-            key_file: dir.path().join("k2"),
-        };
-        assert!(unseal(foreign).is_err());
+        let foreign = offline(&d, (1..=3).map(|i| other.join(format!("share-{i}"))).collect(), &dir.path().join("k2"));
+        assert!(unseal_offline(&foreign).is_err());
     }
 }

@@ -1,14 +1,27 @@
-//! A read node: materializer + store + HTTP, started and stopped as one unit.
+//! A read node: materializer + store + HTTP, started and stopped as one unit — and [`Keys`], the
+//! root-key state every node shares: sealed, or unsealed with what runs while it holds the key.
+//!
+//! A node holds the key for one *unsealed lifetime* ([`Unsealed`]): from the moment it gets the
+//! key (at start from `SECRETLOG_ROOT_KEY` or a key file, or at runtime from enough Shamir
+//! shares through `/v1/sys/unseal`) until `/v1/sys/seal` or shutdown. The lifetime owns the
+//! [`ReadContext`] (store, keyring, materializer), the audit device that HMACs under the key,
+//! and the tasks that run meanwhile (the materializer; a writer's election campaign) under one
+//! cancellation token. Sealing cancels the token, waits for the tasks, closes the store and
+//! drops the lifetime, so the keyring (zeroized on drop) leaves memory.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use secretlog_schemas::{Keyring, RootKey};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroize;
 
 use crate::api::health::{HealthInput, Role, health};
 use crate::api::kv::{Freshness, ReadContext};
+use crate::api::seal::{SealConfig, SealStatus, UnsealRequest, Unsealer, authorize_seal, parse_unseal};
 use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, forward::Forwarder};
 use crate::audit::Auditor;
 use crate::config::{LogConfig, OnStale, ReaderConfig};
@@ -41,7 +54,7 @@ pub fn supervise(
     listener: tokio::net::TcpListener,
     handler: Handler,
     audit: Option<Auditor>,
-    max_body: u64,
+    max_body: impl Into<crate::api::ServeOptions>,
     cancel: CancellationToken,
     mut background: tokio::task::JoinSet<()>,
     store: Option<Arc<Store>>,
@@ -137,33 +150,326 @@ pub fn metrics_response() -> ApiResponse {
     }
 }
 
+/// What a node runs while it holds the root key: the state it answers from, the audit device
+/// that HMACs under the key, and the tasks that stop when it seals.
+pub struct Unsealed {
+    pub ctx: ReadContext,
+    cancel: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
+    auditor: Option<Arc<Auditor>>,
+}
+
+impl Unsealed {
+    /// A lifetime around `ctx`; `cancel` is the token [`Keys`] handed to the opener.
+    pub fn new(ctx: ReadContext, cancel: CancellationToken) -> Self {
+        Unsealed { ctx, cancel, tasks: Mutex::new(JoinSet::new()), auditor: None }
+    }
+
+    /// Cancelled when the node seals or shuts down.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Run `task` for this lifetime: sealing waits for it to end (it should end on the token).
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).spawn(task);
+    }
+}
+
+/// Why opening a lifetime did not unseal the node.
+#[derive(Debug)]
+enum OpenError {
+    /// The key is not the one the init record names.
+    Mismatch,
+    ShuttingDown,
+    Failed(ReaderError),
+}
+
+/// A node's root-key state: sealed, or unsealed with an [`Unsealed`] lifetime. Also answers the
+/// seal endpoints (`sys/seal-status`, `sys/unseal`, `sys/seal`) for the node that holds it.
+pub struct Keys {
+    role: &'static str,
+    log: LogConfig,
+    /// The init record, when the node may be unsealed with shares.
+    unsealer: Mutex<Option<Unsealer>>,
+    seal: Option<SealConfig>,
+    current: RwLock<Option<Arc<Unsealed>>>,
+    why_sealed: RwLock<String>,
+    /// Serialises unsealing and sealing.
+    transition: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+    /// The audit device while sealed (no key: it writes placeholders instead of HMACs).
+    sealed_auditor: Option<Arc<Auditor>>,
+}
+
+/// What opens a lifetime: given the keyring and the lifetime's token, start the node's state.
+pub trait Opener: FnOnce(Arc<Keyring>, CancellationToken) -> Self::Fut {
+    type Fut: Future<Output = Result<Unsealed, ReaderError>>;
+}
+impl<F, Fut> Opener for F
+where
+    F: FnOnce(Arc<Keyring>, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<Unsealed, ReaderError>>,
+{
+    type Fut = Fut;
+}
+
+impl Keys {
+    /// A sealed node's key state. `shutdown` is the node's token: lifetimes are its children.
+    pub fn new(role: &'static str, log: &LogConfig, shutdown: CancellationToken) -> Result<Arc<Keys>, ReaderError> {
+        let seal = log.seal_config.as_deref().map(SealConfig::load).transpose()?;
+        let sealed_auditor = Auditor::from_config(log, role)?.map(Arc::new);
+        let why = match &seal {
+            Some(c) => format!("waiting for {} of {} key shares (PUT /v1/sys/unseal)", c.threshold, c.shares),
+            None => "no root key".to_string(),
+        };
+        crate::telemetry::set_sealed(true);
+        Ok(Arc::new(Keys {
+            role,
+            log: log.clone(),
+            unsealer: Mutex::new(seal.clone().map(Unsealer::new)),
+            seal,
+            current: RwLock::new(None),
+            why_sealed: RwLock::new(why),
+            transition: tokio::sync::Mutex::new(()),
+            shutdown,
+            sealed_auditor,
+        }))
+    }
+
+    /// Unseal with the key given at start (`SECRETLOG_ROOT_KEY` or a key file), if any; without
+    /// one the node stays sealed. A key that does not match the init record leaves it sealed too.
+    pub async fn start(&self, open: impl Opener) -> Result<(), ReaderError> {
+        let key = match RootKey::load(self.log.root_key_file.as_deref()) {
+            Ok(key) => key,
+            Err(e) if self.seal.is_some() => {
+                tracing::warn!(role = self.role, key = %e, why = %self.why_sealed(), "SEALED until unsealed with key shares");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(reason = %e, role = self.role, "no usable root key: this node is SEALED and serves nothing");
+                *self.why_sealed.write().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+                return Ok(());
+            }
+        };
+        match self.unseal_with(key, open).await {
+            Ok(()) => Ok(()),
+            Err(OpenError::Mismatch) => {
+                let why = "the root key given does not match the init record's key check";
+                tracing::error!(role = self.role, "{why}: this node is SEALED");
+                *self.why_sealed.write().unwrap_or_else(|e| e.into_inner()) = why.into();
+                Ok(())
+            }
+            Err(OpenError::ShuttingDown) => Ok(()),
+            Err(OpenError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// The current lifetime, while unsealed.
+    pub fn current(&self) -> Option<Arc<Unsealed>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn why_sealed(&self) -> String {
+        self.why_sealed.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Why the node serves nothing: no key, or a key that does not match the log's.
+    pub fn sealed_reason(&self) -> Option<String> {
+        match self.current() {
+            None => Some(self.why_sealed()),
+            Some(u) => u.ctx.materializer.progress.borrow().wrong_key.clone(),
+        }
+    }
+
+    async fn unseal_with(&self, key: RootKey, open: impl Opener) -> Result<(), OpenError> {
+        let _t = self.transition.lock().await;
+        if self.shutdown.is_cancelled() {
+            return Err(OpenError::ShuttingDown);
+        }
+        if self.current().is_some() {
+            return Ok(());
+        }
+        let keyring = Arc::new(Keyring::from_root(&key));
+        drop(key);
+        if self.seal.as_ref().is_some_and(|c| !c.matches(&keyring)) {
+            return Err(OpenError::Mismatch);
+        }
+        // The lifetime's own audit device: it HMACs under this key and forgets it on seal.
+        let auditor = Auditor::from_config(&self.log, self.role).map_err(OpenError::Failed)?;
+        let cancel = self.shutdown.child_token();
+        let mut unsealed = match open(keyring, cancel.clone()).await {
+            Ok(u) => u,
+            Err(e) => {
+                cancel.cancel();
+                return Err(OpenError::Failed(e));
+            }
+        };
+        unsealed.auditor = auditor.map(|a| Arc::new(a.with_context(Some(unsealed.ctx.clone()))));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(unsealed));
+        crate::telemetry::set_sealed(false);
+        tracing::info!(role = self.role, "unsealed");
+        Ok(())
+    }
+
+    /// Seal: stop what runs while unsealed, close the store and drop the lifetime (and with it
+    /// the keyring). `false` if the node was sealed already.
+    pub async fn seal(&self, why: &str) -> bool {
+        let _t = self.transition.lock().await;
+        let Some(u) = self.current.write().unwrap_or_else(|e| e.into_inner()).take() else { return false };
+        *self.why_sealed.write().unwrap_or_else(|e| e.into_inner()) = why.to_string();
+        if let Some(un) = self.unsealer.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            un.reset();
+        }
+        crate::telemetry::set_sealed(true);
+        u.cancel.cancel();
+        let mut tasks = std::mem::take(&mut *u.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        while tasks.join_next().await.is_some() {}
+        if let Err(e) = u.ctx.store.close().await {
+            tracing::warn!(error = %e, "closing the store");
+        }
+        drop(u);
+        if self.shutdown.is_cancelled() {
+            tracing::info!(role = self.role, "the root key and the state opened with it are dropped");
+        } else {
+            tracing::warn!(role = self.role, why, "SEALED: the root key and the state opened with it are dropped");
+        }
+        true
+    }
+
+    fn status(&self) -> ApiResponse {
+        let sealed = self.current().is_none();
+        let unsealer = self.unsealer.lock().unwrap_or_else(|e| e.into_inner());
+        ApiResponse::json(200, &SealStatus::of(sealed, unsealer.as_ref()).body())
+    }
+
+    /// Answer the seal endpoints; `None` for any other path. `open` starts the node's state once
+    /// enough shares are in.
+    pub async fn answer(&self, req: &mut ApiRequest, open: impl Opener) -> Option<ApiResponse> {
+        let (get, put) = (req.method == "GET", matches!(req.method.as_str(), "PUT" | "POST"));
+        Some(match req.path.as_str() {
+            "v1/sys/seal-status" if get => self.status(),
+            "v1/sys/unseal" if put => self.unseal_api(req, open).await,
+            "v1/sys/seal" if put => self.seal_api(req).await,
+            "v1/sys/seal-status" | "v1/sys/unseal" | "v1/sys/seal" => ApiError::method_not_allowed().into(),
+            _ => return None,
+        })
+    }
+
+    async fn unseal_api(&self, req: &mut ApiRequest, open: impl Opener) -> ApiResponse {
+        let body = std::mem::take(&mut req.body);
+        let parsed = parse_unseal(&body);
+        if let Ok(mut b) = body.try_into_mut() {
+            b.as_mut().zeroize();
+        }
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(e) => return e.into(),
+        };
+        if self.current().is_some() {
+            return self.status();
+        }
+        let key = {
+            let mut guard = self.unsealer.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(u) = guard.as_mut() else {
+                return ApiError::bad_request(
+                    "this node has no init record (--seal-config): it takes its root key from SECRETLOG_ROOT_KEY or a key file",
+                )
+                .into();
+            };
+            match parsed {
+                UnsealRequest::Reset => {
+                    u.reset();
+                    tracing::info!(request_id = %req.request_id, "unseal progress reset");
+                    None
+                }
+                UnsealRequest::Share(text) => match u.submit(&text) {
+                    Ok(None) => {
+                        tracing::info!(request_id = %req.request_id, progress = u.progress(), threshold = u.config().threshold, "unseal share accepted");
+                        None
+                    }
+                    Ok(Some(key)) => Some(key),
+                    Err(e) => {
+                        tracing::warn!(request_id = %req.request_id, error = %e, "unseal share refused");
+                        return ApiError::from(e).into();
+                    }
+                },
+            }
+        };
+        let Some(key) = key else { return self.status() };
+        match self.unseal_with(key, open).await {
+            Ok(()) => self.status(),
+            Err(OpenError::Mismatch) => ApiError::from(crate::api::seal::UnsealError::WrongKey).into(),
+            Err(OpenError::ShuttingDown) => ApiError::unavailable("shutting down").into(),
+            Err(OpenError::Failed(e)) => {
+                tracing::error!(error = %e, "the key was reconstructed but the node could not start: still sealed");
+                ApiError::new(500, format!("unsealing failed: {e}")).into()
+            }
+        }
+    }
+
+    async fn seal_api(&self, req: &ApiRequest) -> ApiResponse {
+        let Some(u) = self.current() else { return sealed_response() };
+        if let Err(e) = authorize_seal(&u.ctx, req).await {
+            return e.into();
+        }
+        drop(u);
+        tracing::warn!(request_id = %req.request_id, "sealing on request");
+        self.seal("sealed through /v1/sys/seal").await;
+        ApiResponse::no_content()
+    }
+
+    /// `inner` behind the audit device of the moment: the lifetime's (HMACs under the key) while
+    /// unsealed, the sealed one otherwise.
+    pub fn audited(self: &Arc<Self>, inner: Handler) -> Handler {
+        let keys = self.clone();
+        Arc::new(move |req| {
+            let auditor = keys.current().and_then(|u| u.auditor.clone()).or_else(|| keys.sealed_auditor.clone());
+            let inner = inner.clone();
+            Box::pin(async move {
+                match auditor {
+                    Some(a) => a.wrap(inner)(req).await,
+                    None => inner(req).await,
+                }
+            })
+        })
+    }
+
+    /// Serve `handler` (already [`Keys::audited`]) until `cancel` fires, then seal — which stops
+    /// the lifetime's tasks and closes the store after the last request was answered.
+    pub fn supervise(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        listener: tokio::net::TcpListener,
+        handler: Handler,
+        opts: impl Into<crate::api::ServeOptions>,
+        cancel: CancellationToken,
+    ) -> RunningNode {
+        let server = crate::api::spawn_server(listener, handler, opts, cancel.clone());
+        let keys = self.clone();
+        let join = tokio::spawn(async move {
+            let _ = server.await;
+            keys.seal("shutting down").await;
+            tracing::info!(role = keys.role, "stopped");
+        });
+        RunningNode { addr, cancel, join }
+    }
+}
+
 /// Start a reader; it runs until `cancel` fires.
 pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<RunningNode, ReaderError> {
     crate::telemetry::prometheus();
+    crate::kafka::configure(cfg.log.kafka_config.as_deref())?;
     let listener = crate::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| ReaderError::Config { field: "listen", reason: e.to_string() })?;
-    let audit = Auditor::from_config(&cfg.log, "reader")?;
-    let forwarder = Forwarder::new(cfg.writer_urls.clone(), Duration::from_secs(30));
+    let serve = crate::api::ServeOptions::new(cfg.max_request_bytes, &cfg.http)?;
+    let keys = Keys::new("reader", &cfg.log, cancel.clone())?;
+    let forwarder =
+        Forwarder::new(cfg.writer_urls.clone(), Duration::from_secs(30)).trusting(cfg.http.tls_ca.as_deref())?;
     let region = cfg.region.clone();
-    let (ctx, mat_join, sealed) = match load_keyring(&cfg.log) {
-        Ok(keyring) => {
-            let (mut ctx, join) = open_state(
-                &cfg.log,
-                &cfg.data_dir,
-                &format!("reader-{region}-{}", addr.port()),
-                keyring,
-                cancel.clone(),
-            )
-            .await?;
-            ctx.consistency_wait = Duration::from_millis(cfg.consistency_wait_ms);
-            (Some(ctx), Some(join), None)
-        }
-        Err(reason) => {
-            tracing::error!(%reason, "no usable root key: this reader is SEALED and serves nothing");
-            (None, None, Some(reason))
-        }
-    };
-    let node = Arc::new(ReaderNode { ctx, sealed, forwarder, region, cfg: cfg.clone() });
+    let name = format!("reader-{region}-{}", addr.port());
+    let node = Arc::new(ReaderNode { keys: keys.clone(), forwarder, region, name, cfg: cfg.clone() });
+    keys.start(|k, c| node.open(k, c)).await?;
     let handler: Handler = {
         let node = node.clone();
         Arc::new(move |req| {
@@ -172,44 +478,42 @@ pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<Runni
         })
     };
     tracing::info!(%addr, region = %node.region, "reader listening");
-    let mut background = tokio::task::JoinSet::new();
-    if let Some(j) = mat_join {
-        background.spawn(async move {
-            let _ = j.await;
-        });
-    }
-    let store = node.ctx.as_ref().map(|c| c.store.clone());
-    let audit = audit.map(|a| a.with_context(node.ctx.clone()));
-    Ok(supervise("reader", addr, listener, handler, audit, cfg.max_request_bytes, cancel, background, store))
+    Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
 }
 
 struct ReaderNode {
-    ctx: Option<ReadContext>,
-    sealed: Option<String>,
+    keys: Arc<Keys>,
     forwarder: Forwarder,
     region: String,
+    /// The materializer's name in logs.
+    name: String,
     cfg: ReaderConfig,
 }
 
 impl ReaderNode {
+    /// Start materializing: what a reader runs while unsealed.
+    async fn open(&self, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, ReaderError> {
+        let (mut ctx, join) =
+            open_state(&self.cfg.log, &self.cfg.data_dir, &self.name, keyring, cancel.clone()).await?;
+        ctx.consistency_wait = Duration::from_millis(self.cfg.consistency_wait_ms);
+        let unsealed = Unsealed::new(ctx, cancel);
+        unsealed.spawn(async move {
+            let _ = join.await;
+        });
+        Ok(unsealed)
+    }
+
     fn leader_url(&self, ctx: &ReadContext) -> Option<String> {
         ctx.materializer.progress.borrow().leader.as_ref().map(|l| l.url.clone())
     }
 
-    /// Why the node serves nothing: no key, or a key that does not match the log's.
-    fn sealed_reason(&self) -> Option<String> {
-        self.sealed
-            .clone()
-            .or_else(|| self.ctx.as_ref().and_then(|c| c.materializer.progress.borrow().wrong_key.clone()))
-    }
-
-    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+    async fn handle(&self, mut req: ApiRequest) -> ApiResponse {
         match req.path.as_str() {
             "v1/sys/health" => {
                 let input = HealthInput {
                     role: Role::Reader { region: self.region.clone() },
-                    sealed: self.sealed_reason(),
-                    progress: self.ctx.as_ref().map(|c| c.materializer.progress.borrow().clone()),
+                    sealed: self.keys.sealed_reason(),
+                    progress: self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone()),
                     max_lag_seconds: self.cfg.max_lag_seconds,
                     unavailable: None,
                 };
@@ -218,10 +522,14 @@ impl ReaderNode {
             "metrics" => return metrics_response(),
             _ => {}
         }
-        let Some(ctx) = &self.ctx else { return sealed_response() };
-        if self.sealed_reason().is_some() {
+        if let Some(resp) = self.keys.answer(&mut req, |k, c| self.open(k, c)).await {
+            return resp;
+        }
+        let Some(unsealed) = self.keys.current() else { return sealed_response() };
+        if self.keys.sealed_reason().is_some() {
             return sealed_response();
         }
+        let ctx = &unsealed.ctx;
         if req.is_write() {
             return self.forwarder.forward(&req, self.leader_url(ctx).as_deref()).await;
         }

@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use secretlog_reader::ReaderError;
 use secretlog_reader::api::forward::Forwarder;
 use secretlog_reader::api::health::{HealthInput, Role, health};
 use secretlog_reader::api::kv::{Freshness, ReadContext};
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, Handler};
 use secretlog_reader::materializer::now_ms;
-use secretlog_reader::node::{RunningNode, load_keyring, metrics_response, open_state, sealed_response, supervise};
+use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state, sealed_response};
 use secretlog_schemas::topic::HEADER_INDEX;
-use secretlog_schemas::{Event, Operation, encode_event};
+use secretlog_schemas::{Event, Keyring, Operation, encode_event};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -38,50 +39,39 @@ pub enum WriterState {
 
 struct WriterNode {
     cfg: WriterConfig,
-    ctx: Option<ReadContext>,
-    sealed: Option<String>,
+    /// The root key: sealed, or unsealed with the state and the election campaign it runs.
+    keys: Arc<Keys>,
     state: RwLock<WriterState>,
     fenced: Arc<AtomicBool>,
     queue: RwLock<Option<mpsc::Sender<Pending>>>,
     forwarder: Forwarder,
     /// The URL announced in the log when this writer leads.
     advertise: String,
+    /// The materializer's name in logs.
+    name: String,
 }
 
 /// Start a writer; it runs until `cancel` fires.
 pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<RunningNode, WriterError> {
     secretlog_reader::telemetry::prometheus();
+    secretlog_reader::kafka::configure(cfg.log.kafka_config.as_deref())?;
     let listener = secretlog_reader::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| WriterError::NotReady(e.to_string()))?;
-    let audit = secretlog_reader::audit::Auditor::from_config(&cfg.log, "writer")?;
-    let (ctx, mat_join, sealed) = match load_keyring(&cfg.log) {
-        Ok(keyring) => {
-            let (ctx, join) =
-                open_state(&cfg.log, &cfg.data_dir, &format!("writer-{}", addr.port()), keyring, cancel.clone())
-                    .await?;
-            (Some(ctx), Some(join), None)
-        }
-        Err(reason) => {
-            tracing::error!(%reason, "no usable root key: this writer is SEALED and serves nothing");
-            (None, None, Some(reason))
-        }
-    };
-    let advertise = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let serve = secretlog_reader::api::ServeOptions::new(cfg.log_max_request_bytes(), &cfg.http)?;
+    let keys = Keys::new("writer", &cfg.log, cancel.clone())?;
+    let advertise = cfg.advertise_url.clone().unwrap_or_else(|| format!("{}://{addr}", cfg.http.scheme()));
     let node = Arc::new(WriterNode {
         cfg: cfg.clone(),
-        ctx,
-        sealed,
+        keys: keys.clone(),
+        name: format!("writer-{}", addr.port()),
         advertise,
         state: RwLock::new(WriterState::Standby),
         fenced: Arc::new(AtomicBool::new(false)),
         queue: RwLock::new(None),
-        forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000)),
+        forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000))
+            .trusting(cfg.http.tls_ca.as_deref())?,
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    if node.ctx.is_some() {
-        let (n, c) = (node.clone(), cancel.clone());
-        tasks.spawn(async move { n.campaign(c).await });
-    }
+    keys.start(|k, c| node.clone().open(k, c)).await?;
     let handler: Handler = {
         let node = node.clone();
         Arc::new(move |req| {
@@ -90,14 +80,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         })
     };
     tracing::info!(%addr, advertise = %node.advertise, "writer listening");
-    if let Some(j) = mat_join {
-        tasks.spawn(async move {
-            let _ = j.await;
-        });
-    }
-    let store = node.ctx.as_ref().map(|c| c.store.clone());
-    let audit = audit.map(|a| a.with_context(node.ctx.clone()));
-    Ok(supervise("writer", addr, listener, handler, audit, cfg.log_max_request_bytes(), cancel, tasks, store))
+    Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
 }
 
 impl WriterConfig {
@@ -107,9 +90,21 @@ impl WriterConfig {
 }
 
 impl WriterNode {
-    /// Take part in the election for as long as the node runs: lead while elected, step down at
-    /// once when deposed, leave the group on shutdown.
-    async fn campaign(self: Arc<Self>, cancel: CancellationToken) {
+    /// What a writer runs while unsealed: its materializer and its election campaign. Sealing
+    /// cancels both — a leader steps down and leaves the group, so another writer takes over.
+    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, ReaderError> {
+        let (ctx, join) = open_state(&self.cfg.log, &self.cfg.data_dir, &self.name, keyring, cancel.clone()).await?;
+        let unsealed = Unsealed::new(ctx.clone(), cancel.clone());
+        unsealed.spawn(async move {
+            let _ = join.await;
+        });
+        unsealed.spawn(self.campaign(ctx, cancel));
+        Ok(unsealed)
+    }
+
+    /// Take part in the election for as long as the node is unsealed: lead while elected, step
+    /// down at once when deposed, leave the group when sealed or shut down.
+    async fn campaign(self: Arc<Self>, ctx: ReadContext, cancel: CancellationToken) {
         let log = &self.cfg.log;
         let election = ElectionConfig {
             bootstrap: log.bootstrap.clone(),
@@ -140,8 +135,8 @@ impl WriterNode {
             }
             let term = cancel.child_token();
             let leading = {
-                let (n, t) = (self.clone(), term.clone());
-                tokio::spawn(async move { n.lead(t).await })
+                let (n, t, c) = (self.clone(), term.clone(), ctx.clone());
+                tokio::spawn(async move { n.lead(c, t).await })
             };
             tokio::select! {
                 _ = cancel.cancelled() => tracing::info!("shutting down: stepping down as leader"),
@@ -167,9 +162,9 @@ impl WriterNode {
     }
 
     /// Lead until `term` ends, retrying leadership setup while it fails.
-    async fn lead(self: Arc<Self>, term: CancellationToken) {
+    async fn lead(self: Arc<Self>, ctx: ReadContext, term: CancellationToken) {
         while !term.is_cancelled() {
-            match self.become_leader(term.clone()).await {
+            match self.become_leader(&ctx, term.clone()).await {
                 Ok(()) => break,
                 Err(WriterError::Fenced) => {
                     // Someone else was elected and fenced us; never fight back with a new
@@ -199,8 +194,7 @@ impl WriterNode {
 
     /// Fence the previous leader, read the log to its end, publish the root token if the log has
     /// none, then start committing.
-    async fn become_leader(self: &Arc<Self>, cancel: CancellationToken) -> Result<(), WriterError> {
-        let ctx = self.ctx.clone().expect("leader path runs only when unsealed");
+    async fn become_leader(self: &Arc<Self>, ctx: &ReadContext, cancel: CancellationToken) -> Result<(), WriterError> {
         let log = &self.cfg.log;
         let (b, t) = (log.bootstrap.clone(), log.topic.clone());
         let partitions = tokio::task::spawn_blocking(move || {
@@ -223,17 +217,19 @@ impl WriterNode {
         let records: Vec<Record> = (0..partitions)
             .map(|p| {
                 let op = Operation::LeaderEpoch { leader_url: self.advertise.clone() };
-                let event = self.control_event(&ctx, secretlog_schemas::topic::leader_epoch_name(p), op, epoch);
+                let event = self.control_event(ctx, secretlog_schemas::topic::leader_epoch_name(p), op, epoch);
                 Record { key: event.record_key(), payload: encode_event(&ctx.keyring, &event), partition: p }
             })
             .collect();
         let positions = producer.commit(records, Duration::from_millis(self.cfg.write_timeout_ms)).await?;
-        let (caught_up, prog) = ctx
-            .materializer
-            .wait_for(Duration::from_secs(120), |p| {
-                positions.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| *a > *off))
-            })
-            .await;
+        // Cancellable: a node sealed (or stopped) while catching up steps down at once.
+        let catch_up = ctx.materializer.wait_for(Duration::from_secs(120), |p| {
+            positions.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| *a > *off))
+        });
+        let (caught_up, prog) = tokio::select! {
+            r = catch_up => r,
+            _ = cancel.cancelled() => return Err(WriterError::NotReady("stepping down".into())),
+        };
         if !caught_up {
             return Err(WriterError::NotReady(format!(
                 "still catching up with the log (lag {} records)",
@@ -243,7 +239,7 @@ impl WriterNode {
         if ctx.store.root_token_hash().await?.is_none() {
             let token = crate::token::load_or_create(&self.cfg.root_token_path())?;
             let op = Operation::SetRootToken { token_hash: ctx.keyring.token_hash(&token) };
-            let event = self.control_event(&ctx, "root-token".into(), op, epoch);
+            let event = self.control_event(ctx, "root-token".into(), op, epoch);
             let key = event.record_key();
             let partition = secretlog_schemas::topic::partition_for(&key, partitions);
             let payload = encode_event(&ctx.keyring, &event);
@@ -252,12 +248,13 @@ impl WriterNode {
                 .await?;
             // Only lead once this node's own state knows the token: a client reading the token file
             // the moment the writer is healthy must not be refused.
-            let (applied, _) = ctx
-                .materializer
-                .wait_for(Duration::from_secs(60), |p| {
-                    at.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| a > off))
-                })
-                .await;
+            let applied = ctx.materializer.wait_for(Duration::from_secs(60), |p| {
+                at.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| a > off))
+            });
+            let (applied, _) = tokio::select! {
+                r = applied => r,
+                _ = cancel.cancelled() => return Err(WriterError::NotReady("stepping down".into())),
+            };
             if !applied {
                 return Err(WriterError::NotReady("the root token was published but is not applied yet".into()));
             }
@@ -265,7 +262,7 @@ impl WriterNode {
         }
         let (tx, rx) = mpsc::channel(4096);
         let committer = Committer::new(
-            ctx,
+            ctx.clone(),
             producer,
             CommitterConfig {
                 max_batch: self.cfg.max_batch,
@@ -275,12 +272,14 @@ impl WriterNode {
             },
             self.fenced.clone(),
         );
+        let rewrap = tokio::spawn(crate::rotate::rewrap(ctx.clone(), tx.clone(), cancel.child_token()));
         *self.queue.write().expect("queue lock") = Some(tx);
         self.set_state(WriterState::Active);
         metrics::gauge!("secretlog_writer_epoch").set(epoch as f64);
         metrics::gauge!("secretlog_writer_is_leader").set(1.0);
         tracing::info!(epoch, partitions, "leader: accepting writes");
         committer.run(rx, cancel).await;
+        rewrap.abort();
         *self.queue.write().expect("queue lock") = None;
         if self.fenced.load(Ordering::SeqCst) {
             return Err(WriterError::Fenced);
@@ -294,13 +293,17 @@ impl WriterNode {
         Event { event_id, timestamp_ms: now_ms(), writer_epoch: epoch, mount: String::new(), path: name, op }
     }
 
-    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+    async fn handle(self: &Arc<Self>, mut req: ApiRequest) -> ApiResponse {
         match req.path.as_str() {
             "v1/sys/health" => return health(&self.health_input(), &req),
             "metrics" => return metrics_response(),
             _ => {}
         }
-        let Some(ctx) = &self.ctx else { return sealed_response() };
+        if let Some(resp) = self.keys.answer(&mut req, |k, c| self.clone().open(k, c)).await {
+            return resp;
+        }
+        let Some(unsealed) = self.keys.current() else { return sealed_response() };
+        let ctx = &unsealed.ctx;
         let resp = if req.is_write() { self.write(ctx, req).await } else { self.read(ctx, &req).await };
         resp.unwrap_or_else(ApiResponse::from)
     }
@@ -313,11 +316,10 @@ impl WriterNode {
             WriterState::Starting(why) => (Role::ActiveWriter, Some(format!("starting: {why}"))),
             WriterState::Fenced => (Role::StandbyWriter { leader: None }, Some("fenced by a newer leader".into())),
         };
-        let wrong_key = self.ctx.as_ref().and_then(|c| c.materializer.progress.borrow().wrong_key.clone());
         HealthInput {
             role,
-            sealed: self.sealed.clone().or(wrong_key),
-            progress: self.ctx.as_ref().map(|c| c.materializer.progress.borrow().clone()),
+            sealed: self.keys.sealed_reason(),
+            progress: self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone()),
             max_lag_seconds: 30.0,
             unavailable,
         }
@@ -325,8 +327,8 @@ impl WriterNode {
 
     /// The leader the log announced, unless that is this node.
     fn leader_url(&self) -> Option<String> {
-        let ctx = self.ctx.as_ref()?;
-        let url = ctx.materializer.progress.borrow().leader.as_ref().map(|l| l.url.clone())?;
+        let unsealed = self.keys.current()?;
+        let url = unsealed.ctx.materializer.progress.borrow().leader.as_ref().map(|l| l.url.clone())?;
         (url != self.advertise).then_some(url)
     }
 
@@ -341,6 +343,9 @@ impl WriterNode {
         if req.path == crate::restore::RESTORE_PATH {
             let cmds = crate::restore::parse(&req, &ctx.mount, &ctx.keyring)?;
             return self.restore(&req, cmds).await;
+        }
+        if crate::rotate::is_rotation_path(&req.path) {
+            return crate::rotate::write(ctx, &req, &who, self.write_queue()?, &self.cfg).await;
         }
         let cmd = match crate::auth::handle(ctx, &req, &who).await? {
             Some(crate::auth::Outcome::Answer(resp)) => return Ok(resp),
@@ -422,6 +427,9 @@ impl WriterNode {
         ctx.authorize(req).await?;
         if freshness == Freshness::Stale {
             return Err(ApiError::new(412, "this node has not yet applied the requested index"));
+        }
+        if crate::rotate::is_rotation_path(&req.path) {
+            return crate::rotate::read(ctx, req).await;
         }
         ctx.read(req).await
     }

@@ -35,6 +35,11 @@ pub struct LogConfig {
     /// precedence; without either the node stays sealed.
     #[arg(long, env = "SECRETLOG_ROOT_KEY_FILE")]
     pub root_key_file: Option<PathBuf>,
+    /// The init record (`seal.json`) written by `secretlog init`. A node given it and no key
+    /// starts sealed and is unsealed at runtime with key shares (`PUT /v1/sys/unseal`); a key
+    /// given directly is checked against it.
+    #[arg(long, env = "SECRETLOG_SEAL_CONFIG")]
+    pub seal_config: Option<PathBuf>,
     /// In-memory cache size, MiB.
     #[arg(long, env = "SECRETLOG_CACHE_MEMORY_MB", default_value_t = 64)]
     pub cache_memory_mb: usize,
@@ -57,6 +62,83 @@ pub struct LogConfig {
     /// `secretlog_audit_failures_total`.
     #[arg(long, env = "SECRETLOG_AUDIT_FAIL_OPEN")]
     pub audit_fail_open: bool,
+    /// Audit log to a Kafka topic as well (or instead): every entry is produced with acks=all
+    /// to this existing topic (same bootstrap servers and client properties as the log), and a
+    /// request runs only once an audit sink has recorded its entry. With several sinks, one
+    /// recording it is enough (Vault's rule); with none, 503 unless `--audit-fail-open`.
+    #[arg(long, env = "SECRETLOG_AUDIT_KAFKA_TOPIC")]
+    pub audit_kafka_topic: Option<String>,
+    /// How long an audit entry may take to be acknowledged by Kafka before that sink counts as
+    /// failed for it, ms.
+    #[arg(long, env = "SECRETLOG_AUDIT_KAFKA_TIMEOUT_MS", default_value_t = 5000)]
+    pub audit_kafka_timeout_ms: u64,
+    /// librdkafka properties for every Kafka client of this node: `key=value` lines such as
+    /// `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`, `sasl.username=...`,
+    /// `ssl.ca.location=...`. Secrets come from the environment (`SECRETLOG_KAFKA_SASL_PASSWORD`,
+    /// `SECRETLOG_KAFKA_SSL_KEY_PASSWORD`, `SECRETLOG_KAFKA_SSL_KEYSTORE_PASSWORD`,
+    /// `SECRETLOG_KAFKA_OAUTHBEARER_CLIENT_SECRET`) or this file (mode 0600), never from a flag,
+    /// and are never logged. Settings secretlog's guarantees rest on (isolation.level,
+    /// enable.auto.commit, acks, enable.idempotence, transactional.id, ...) are refused at start.
+    #[arg(long, env = "SECRETLOG_KAFKA_CONFIG")]
+    pub kafka_config: Option<PathBuf>,
+}
+
+/// The HTTP listener every node shares: TLS, and the limits that protect it (see
+/// `docs/operations.md`, "TLS" and "Request limits"). Certificates and keys are named by file,
+/// never passed inline, so no key material is ever on a command line.
+#[derive(Debug, Clone, Args)]
+pub struct HttpConfig {
+    /// PEM certificate chain (leaf first) to serve HTTPS with, together with `--tls-key`. Unset,
+    /// the node serves plain HTTP. Replaced files are picked up without a restart (checked every
+    /// `--tls-reload-interval-ms`, and at once on SIGHUP); a new pair that does not load is
+    /// refused with an error in the log and the old one stays in use.
+    #[arg(long, env = "SECRETLOG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "SECRETLOG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate and key files are checked for a replacement, ms.
+    #[arg(long, env = "SECRETLOG_TLS_RELOAD_INTERVAL_MS", default_value_t = 5000)]
+    pub tls_reload_interval_ms: u64,
+    /// PEM file of CA certificates trusted, besides the system's, when this node calls another
+    /// over HTTPS (a reader or standby forwarding to the leader). Vault's `VAULT_CACERT`.
+    #[arg(long, env = "SECRETLOG_CACERT")]
+    pub tls_ca: Option<PathBuf>,
+    /// Largest request head (request line and headers), bytes; larger gets 431.
+    #[arg(long, env = "SECRETLOG_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Requests per second one token may make to this node (a token bucket keyed by the token's
+    /// hash); over it, 429 with `Retry-After`. 0 turns the limit off.
+    #[arg(long, env = "SECRETLOG_RATE_LIMIT_PER_TOKEN", default_value_t = 50_000.0)]
+    pub rate_limit_per_token: f64,
+    /// Burst a token may spend at once, requests (0: one second's worth of the rate).
+    #[arg(long, env = "SECRETLOG_RATE_LIMIT_BURST", default_value_t = 0)]
+    pub rate_limit_burst: u32,
+    /// Bulkhead: KV reads (GET, LIST) served at once; more wait in the group's queue.
+    #[arg(long, env = "SECRETLOG_MAX_CONCURRENT_KV_READ", default_value_t = 1024)]
+    pub max_concurrent_kv_read: usize,
+    /// Bulkhead: KV writes (POST, PUT, PATCH, DELETE; forwarded ones included) served at once.
+    #[arg(long, env = "SECRETLOG_MAX_CONCURRENT_KV_WRITE", default_value_t = 512)]
+    pub max_concurrent_kv_write: usize,
+    /// Bulkhead: `/v1/sys/*` requests (policies, seal, ...; not health) served at once.
+    #[arg(long, env = "SECRETLOG_MAX_CONCURRENT_SYS", default_value_t = 128)]
+    pub max_concurrent_sys: usize,
+    /// Bulkhead: `/v1/auth/*` requests (token create, lookup, renew, revoke) served at once.
+    #[arg(long, env = "SECRETLOG_MAX_CONCURRENT_AUTH", default_value_t = 128)]
+    pub max_concurrent_auth: usize,
+    /// Requests that may wait for a slot in each bulkhead; past it, 503 at once.
+    #[arg(long, env = "SECRETLOG_BULKHEAD_QUEUE", default_value_t = 1000)]
+    pub bulkhead_queue: usize,
+    /// Longest a request waits in a bulkhead's queue before 503, ms.
+    #[arg(long, env = "SECRETLOG_BULKHEAD_QUEUE_TIMEOUT_MS", default_value_t = 5000)]
+    pub bulkhead_queue_timeout_ms: u64,
+}
+
+impl HttpConfig {
+    /// `https` when the node serves TLS, else `http` (for URLs it advertises).
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() { "https" } else { "http" }
+    }
 }
 
 /// `secretlog-reader` / `secretlog reader`.
@@ -91,6 +173,8 @@ pub struct ReaderConfig {
     /// Largest request body accepted, bytes.
     #[arg(long, env = "SECRETLOG_MAX_REQUEST_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_request_bytes: u64,
+    #[command(flatten)]
+    pub http: HttpConfig,
     #[command(flatten)]
     pub log: LogConfig,
 }

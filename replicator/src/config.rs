@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use secretlog_reader::LogConfig;
+use secretlog_reader::config::HttpConfig;
 
 /// `secretlog-replicator` / `secretlog replicator`.
 #[derive(Debug, Clone, Args)]
@@ -30,6 +31,8 @@ pub struct ReplicatorConfig {
     /// ...and every snapshot younger than this many seconds.
     #[arg(long, env = "SECRETLOG_KEEP_SNAPSHOTS_SECS", default_value_t = 86_400)]
     pub keep_snapshots_secs: u64,
+    #[command(flatten)]
+    pub http: HttpConfig,
     #[command(flatten)]
     pub log: LogConfig,
 }

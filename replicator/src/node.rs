@@ -33,8 +33,10 @@ struct ReplicatorNode {
 /// Start the replicator; it runs until `cancel` fires.
 pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<RunningNode, ReplicatorError> {
     secretlog_reader::telemetry::prometheus();
+    secretlog_reader::kafka::configure(cfg.log.kafka_config.as_deref())?;
     let listener = secretlog_reader::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+    let serve = secretlog_reader::api::ServeOptions::new(64 * 1024, &cfg.http)?;
     let audit = secretlog_reader::audit::Auditor::from_config(&cfg.log, "replicator")?;
     let objects = Objects::open(&cfg.object_store_url())?;
     let mut log = cfg.log.clone();
@@ -125,7 +127,7 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
     tracing::info!(%addr, objects = %node.objects.url, "replicator listening");
     let store = node.ctx.as_ref().map(|c| c.store.clone());
     let audit = audit.map(|a| a.with_context(node.ctx.clone()));
-    Ok(supervise("replicator", addr, listener, handler, audit, 64 * 1024, cancel, background, store))
+    Ok(supervise("replicator", addr, listener, handler, audit, serve, cancel, background, store))
 }
 
 impl ReplicatorNode {

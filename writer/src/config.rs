@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use secretlog_reader::LogConfig;
+use secretlog_reader::config::HttpConfig;
 
 /// `secretlog-writer` / `secretlog writer`.
 #[derive(Debug, Clone, Args)]
@@ -48,6 +49,8 @@ pub struct WriterConfig {
     /// How long a write may wait for Kafka before failing with 503, ms.
     #[arg(long, env = "SECRETLOG_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+    #[command(flatten)]
+    pub http: HttpConfig,
     #[command(flatten)]
     pub log: LogConfig,
 }

@@ -68,7 +68,7 @@ pub async fn find_snapshot(objects: &Objects, id: &str) -> anyhow::Result<Manife
 
 /// An HTTP client for the nodes.
 pub fn http(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().timeout(timeout).build()?)
+    Ok(secretlog_reader::api::tls::client_builder(None)?.timeout(timeout).build()?)
 }
 
 /// Read a token file (tokens never come from the command line).

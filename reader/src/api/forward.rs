@@ -15,17 +15,38 @@ const PASS_BACK: [&str; 3] = ["content-type", "x-secretlog-index", "retry-after"
 pub struct Forwarder {
     client: reqwest::Client,
     targets: Vec<String>,
+    timeout: Duration,
 }
 
 impl Forwarder {
+    /// Forward to `targets` (and the leader the log announces), trusting the system's CAs and
+    /// the one `SECRETLOG_CACERT` names, if it can be read (see [`Forwarder::trusting`]).
     pub fn new(targets: Vec<String>, timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_millis(500))
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("an HTTP client with these settings always builds");
-        Forwarder { client, targets: targets.into_iter().map(|t| t.trim_end_matches('/').to_string()).collect() }
+        let builder = super::tls::client_builder(None).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the CA file for forwarding cannot be used; trusting only the system's CAs");
+            reqwest::Client::builder()
+        });
+        let client =
+            Self::configure(builder, timeout).build().expect("an HTTP client with these settings always builds");
+        Forwarder {
+            client,
+            targets: targets.into_iter().map(|t| t.trim_end_matches('/').to_string()).collect(),
+            timeout,
+        }
+    }
+
+    /// The same forwarder trusting the CA certificates in `ca` (the node's `--tls-ca`) besides
+    /// the system's, for writers that serve HTTPS under a private CA. `None` keeps it as it is.
+    pub fn trusting(self, ca: Option<&std::path::Path>) -> Result<Self, crate::error::ReaderError> {
+        let Some(ca) = ca else { return Ok(self) };
+        let err = |reason: String| crate::error::ReaderError::Config { field: "tls_ca", reason };
+        let builder = super::tls::client_builder(Some(ca)).map_err(|e| err(e.to_string()))?;
+        let client = Self::configure(builder, self.timeout).build().map_err(|e| err(e.to_string()))?;
+        Ok(Forwarder { client, ..self })
+    }
+
+    fn configure(builder: reqwest::ClientBuilder, timeout: Duration) -> reqwest::ClientBuilder {
+        builder.timeout(timeout).connect_timeout(Duration::from_millis(500)).pool_max_idle_per_host(64)
     }
 
     pub fn targets(&self) -> &[String] {

@@ -26,6 +26,16 @@ pub struct Cluster {
     pub local: Option<LocalKafka>,
 }
 
+impl Cluster {
+    /// The local cluster's SASL_PLAINTEXT listener (SASL/PLAIN) and its user's password;
+    /// `None` for an external cluster.
+    pub fn sasl(&self) -> Option<(String, String)> {
+        let k = self.local.as_ref()?;
+        let password = secretlog_ops::kafka::config::sasl_password(k.config()).expect("the SASL password");
+        Some((k.config().sasl_bootstrap_servers(), password))
+    }
+}
+
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static FAULTS: RwLock<()> = RwLock::new(());
 
@@ -155,13 +165,20 @@ pub struct Node {
     pub log: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// A command the node is started through (e.g. `ip netns exec <ns>`); empty: none.
+    prefix: Vec<String>,
     child: Option<Child>,
 }
 
 impl Node {
-    fn spawn(&mut self) {
+    /// Start the process.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("node log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_secretlog-it"));
+        let bin = env!("CARGO_BIN_EXE_secretlog-it");
+        let mut cmd = Command::new(self.prefix.first().map_or(bin, String::as_str));
+        if !self.prefix.is_empty() {
+            cmd.args(&self.prefix[1..]).arg(bin);
+        }
         cmd.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("SECRETLOG_ROOT_KEY")
@@ -170,6 +187,14 @@ impl Node {
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         self.child = Some(process::spawn_attached(cmd).expect("spawning a node"));
+    }
+
+    /// Start the node through `prefix` (e.g. `ip netns exec <ns>`, which execs the node, so the
+    /// pid stays the node's), answering at `url`.
+    pub fn with_prefix(mut self, prefix: Vec<String>, url: String) -> Self {
+        self.prefix = prefix;
+        self.url = url;
+        self
     }
 
     /// The process id, while the node runs (to signal it, e.g. SIGSTOP).
@@ -239,11 +264,13 @@ pub struct StackOpts {
     /// Writers besides the first (they join the election and stand by).
     pub standbys: usize,
     pub reader_args: Vec<String>,
+    /// Extra environment of the writers (e.g. a test-only switch).
+    pub writer_env: Vec<(String, String)>,
 }
 
 impl Default for StackOpts {
     fn default() -> Self {
-        StackOpts { name: "stack", partitions: 3, readers: 2, standbys: 0, reader_args: vec![] }
+        StackOpts { name: "stack", partitions: 3, readers: 2, standbys: 0, reader_args: vec![], writer_env: vec![] }
     }
 }
 
@@ -259,10 +286,18 @@ pub struct Stack {
     pub standbys: Vec<Node>,
     pub readers: Vec<Node>,
     pub token: String,
+    /// Environment every node of this stack gets on top of the defaults.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Stack {
     pub async fn start(cluster: &Cluster, opts: StackOpts) -> Stack {
+        Stack::start_with_env(cluster, opts, Vec::new()).await
+    }
+
+    /// A stack whose every node also gets `extra_env` (later entries win, so it can replace
+    /// `KAFKA_BOOTSTRAP_SERVERS`).
+    pub async fn start_with_env(cluster: &Cluster, opts: StackOpts, extra_env: Vec<(String, String)>) -> Stack {
         let dir = tempfile::Builder::new()
             .prefix(&format!("it-{}-", opts.name))
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -276,8 +311,12 @@ impl Stack {
             ("SECRETLOG_TOPIC".to_string(), topic.clone()),
             ("SECRETLOG_CACHE_DISK_MB".to_string(), "16".to_string()),
             ("SECRETLOG_CACHE_MEMORY_MB".to_string(), "16".to_string()),
-        ];
+        ]
+        .into_iter()
+        .chain(extra_env.iter().cloned())
+        .collect::<Vec<_>>();
         let token_file = dir.path().join("root-token");
+        let writer_envs: Vec<(String, String)> = envs.iter().chain(&opts.writer_env).cloned().collect();
         let writer_node = |i: usize| {
             let port = free_port();
             let name = if i == 0 { "writer".to_string() } else { format!("writer-{i}") };
@@ -285,7 +324,7 @@ impl Stack {
                 dir.path(),
                 &name,
                 port,
-                &envs,
+                &writer_envs,
                 vec![
                     "writer".into(),
                     "--listen".into(),
@@ -335,7 +374,17 @@ impl Stack {
         for r in &readers {
             r.wait_health(473, Duration::from_secs(60)).await;
         }
-        Stack { dir, bootstrap: cluster.bootstrap.clone(), topic, root_key_file, writer, standbys, readers, token }
+        Stack {
+            dir,
+            bootstrap: cluster.bootstrap.clone(),
+            topic,
+            root_key_file,
+            writer,
+            standbys,
+            readers,
+            token,
+            extra_env,
+        }
     }
 
     /// A reader node spec sharing this stack's settings, not yet started (for extra readers).
@@ -387,6 +436,9 @@ impl Stack {
             ("SECRETLOG_TOPIC".to_string(), self.topic.clone()),
             ("SECRETLOG_CACHE_DISK_MB".to_string(), "16".to_string()),
         ]
+        .into_iter()
+        .chain(self.extra_env.iter().cloned())
+        .collect()
     }
 
     /// A replicator archiving into `objects` (a `file://` or `s3://` URL), started.
@@ -425,13 +477,15 @@ impl Node {
     }
 }
 
-fn node(dir: &Path, name: &str, port: u16, envs: &[(String, String)], args: Vec<String>) -> Node {
+/// A node spec (not started) logging to `dir/name.log`, at `http://127.0.0.1:port`.
+pub fn node(dir: &Path, name: &str, port: u16, envs: &[(String, String)], args: Vec<String>) -> Node {
     Node {
         name: name.to_string(),
         url: format!("http://127.0.0.1:{port}"),
         log: dir.join(format!("{name}.log")),
         args,
         envs: envs.to_vec(),
+        prefix: Vec::new(),
         child: None,
     }
 }

@@ -15,17 +15,28 @@
 //! root key can compute a suspect token's HMAC and find its uses; object keys (secret field
 //! names) are kept, as Vault keeps them.
 //!
-//! A request whose entry cannot be written is refused (503, `audit log unavailable: …`) and not
-//! executed; an answer whose entry cannot be written is withheld the same way (the request may
-//! have taken effect: a write, say). `--audit-fail-open` serves them anyway. Either way the failure
-//! is counted in `secretlog_audit_failures_total`. Health and metrics are not audited (they are
-//! polled constantly and carry no secret).
+//! Entries go to one or more sinks: a file ([`Sink`], `--audit-file`) and a Kafka topic
+//! ([`KafkaSink`], `--audit-kafka-topic`, acks=all). As in Vault, an entry is on record once *one*
+//! sink has recorded it; the other sinks finish in the background and their failures are counted.
+//! A request no sink could record is refused (503, `audit log unavailable: …`) and not executed;
+//! an answer no sink could record is withheld the same way (the request may have taken effect: a
+//! write, say). `--audit-fail-open` serves them anyway. Every sink failure is counted in
+//! `secretlog_audit_failures_total{sink}`. Health and metrics are not audited (they are polled
+//! constantly and carry no secret).
+
+mod kafka;
+
+pub use kafka::KafkaSink;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 
 use secretlog_schemas::Keyring;
 use serde_json::{Map, Value, json};
@@ -46,10 +57,24 @@ const NO_KEY: &str = "hmac-sha256:unavailable-node-sealed";
 const SENSITIVE_KEYS: &[&str] = &["client_token", "token", "accessor"];
 
 /// Where entries go: one line per entry, written whole.
+///
+/// One dedicated thread owns the file: a request queues its line and waits for the thread to
+/// confirm the write. The thread writes every line queued at that moment with one `write` —
+/// group commit, so concurrent requests share a system call, and no async worker ever blocks
+/// on the file. A failed write fails every entry in it (none of them is known to be on record).
 pub struct Sink {
     path: Option<PathBuf>,
-    out: Mutex<Box<dyn Write + Send>>,
+    queue: std::sync::mpsc::Sender<Queued>,
 }
+
+/// A line waiting for the writer thread, and where its outcome goes.
+struct Queued {
+    line: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<Result<(), Arc<std::io::Error>>>,
+}
+
+/// Most lines the writer thread puts in one `write`.
+const MAX_GROUP: usize = 512;
 
 impl Sink {
     /// Append to `path` (created with mode 0600).
@@ -59,21 +84,113 @@ impl Sink {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let file = opts.open(path)?;
-        Ok(Sink { path: Some(path.to_path_buf()), out: Mutex::new(Box::new(file)) })
+        Sink::spawn(Some(path.to_path_buf()), Box::new(file))
     }
 
     /// Any writer (tests).
     pub fn from_writer(w: impl Write + Send + 'static) -> Sink {
-        Sink { path: None, out: Mutex::new(Box::new(w)) }
+        Sink::spawn(None, Box::new(w)).expect("starting the audit writer thread")
     }
 
-    /// Write one entry as one line, flushed. An error means the entry is not (entirely) on record.
+    fn spawn(path: Option<PathBuf>, mut out: Box<dyn Write + Send>) -> std::io::Result<Sink> {
+        let (queue, rx) = std::sync::mpsc::channel::<Queued>();
+        // The thread ends when the sink (every sender) is dropped, closing the file.
+        std::thread::Builder::new().name("secretlog-audit".into()).spawn(move || {
+            let mut buf = Vec::new();
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(q) => group.push(q),
+                        Err(_) => break,
+                    }
+                }
+                buf.clear();
+                for q in &group {
+                    buf.extend_from_slice(&q.line);
+                }
+                let res = out.write_all(&buf).and_then(|()| out.flush()).map_err(Arc::new);
+                for q in group {
+                    let _ = q.done.send(res.clone());
+                }
+            }
+        })?;
+        Ok(Sink { path, queue })
+    }
+
+    /// Queue one whole line (ending in `\n`); the receiver resolves once it is written and
+    /// flushed, or failed.
+    fn enqueue(&self, line: &[u8]) -> tokio::sync::oneshot::Receiver<Result<(), Arc<std::io::Error>>> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        // A send error drops `done`, and the receiver reports the writer as gone.
+        let _ = self.queue.send(Queued { line: line.to_vec(), done });
+        rx
+    }
+
+    /// Write one entry as one line, flushed, blocking until it is (not from async code). An
+    /// error means the entry is not (entirely) on record.
     pub fn write_entry(&self, entry: &Value) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        out.write_all(&line)?;
-        out.flush()
+        let line = line_of(entry).map_err(std::io::Error::other)?;
+        match self.enqueue(&line).blocking_recv() {
+            Ok(res) => res.map_err(|e| unshare(&e)),
+            Err(_) => Err(std::io::Error::other("the audit writer thread has stopped")),
+        }
+    }
+}
+
+/// An owned copy of a shared I/O error (keeping the OS error code).
+fn unshare(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// An entry as one JSON line.
+fn line_of(entry: &Value) -> serde_json::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(entry)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// One place entries go.
+enum Device {
+    File(Sink),
+    Kafka(KafkaSink),
+}
+
+impl Device {
+    /// The `sink` label of the failure counter.
+    fn label(&self) -> &'static str {
+        match self {
+            Device::File(_) => "file",
+            Device::Kafka(_) => "kafka",
+        }
+    }
+
+    /// What the sink is, for messages: `file /var/log/audit.log`, `kafka topic audit`.
+    fn describe(&self) -> String {
+        match self {
+            Device::File(s) => format!("file {}", s.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            Device::Kafka(k) => format!("kafka topic {}", k.topic()),
+        }
+    }
+
+    /// Start recording `line`: a file is written now, a Kafka record is enqueued now (so the
+    /// order of entries is the order of calls) and the future resolves once it is acknowledged.
+    fn start(&self, line: &[u8], key: &str) -> BoxFuture<'static, Result<(), String>> {
+        match self {
+            Device::File(s) => {
+                let written = s.enqueue(line);
+                Box::pin(async move {
+                    match written.await {
+                        Ok(res) => res.map_err(|e| e.to_string()),
+                        Err(_) => Err("the audit writer thread has stopped".to_string()),
+                    }
+                })
+            }
+            Device::Kafka(k) => k.send(line, key),
+        }
     }
 }
 
@@ -173,6 +290,12 @@ pub fn audited(req: &ApiRequest) -> bool {
     !matches!(req.path.as_str(), "v1/sys/health" | "metrics")
 }
 
+/// Count and log one sink's failure to record an entry.
+fn sink_failed(device: &Device, kind: &str, error: &str, fail_open: bool) {
+    metrics::counter!(FAILURES_METRIC, "sink" => device.label()).increment(1);
+    tracing::error!(error, sink = %device.describe(), kind, fail_open, "cannot record an audit entry");
+}
+
 fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
@@ -191,35 +314,64 @@ fn error_of(resp: &ApiResponse) -> String {
         .unwrap_or_default()
 }
 
-/// The audit device of a node.
+/// The audit device of a node: its sinks, and the redaction every entry goes through.
 pub struct Auditor {
     node: String,
-    sink: Sink,
+    sinks: Vec<Arc<Device>>,
     redactor: Redactor,
     ctx: Option<ReadContext>,
     fail_open: bool,
 }
 
 impl Auditor {
-    /// The node's auditor if `--audit-file` is set; an unopenable file stops the node from
-    /// starting (better than a node that refuses every request).
+    /// The node's auditor if `--audit-file` or `--audit-kafka-topic` is set. An unopenable file
+    /// stops the node from starting (better than a node that refuses every request); a Kafka
+    /// topic is checked in the background (Kafka may come up after the node) and a missing one
+    /// reported loudly.
     pub fn from_config(log: &LogConfig, node: &str) -> Result<Option<Auditor>, ReaderError> {
-        let Some(path) = &log.audit_file else { return Ok(None) };
-        let sink = Sink::open(path).map_err(|e| ReaderError::Config {
-            field: "audit-file",
-            reason: format!("cannot open the audit log {}: {e}", path.display()),
-        })?;
-        if log.audit_fail_open {
-            tracing::warn!(file = %path.display(), "--audit-fail-open: requests are served even when they cannot be audited");
+        let mut auditor = Auditor::without_sinks(node, log.audit_fail_open);
+        if let Some(path) = &log.audit_file {
+            let sink = Sink::open(path).map_err(|e| ReaderError::Config {
+                field: "audit-file",
+                reason: format!("cannot open the audit log {}: {e}", path.display()),
+            })?;
+            tracing::info!(file = %path.display(), "auditing every request to a file");
+            auditor = auditor.with_sink(Device::File(sink));
         }
-        tracing::info!(file = %path.display(), "auditing every request");
-        Ok(Some(Auditor::new(node, sink, log.audit_fail_open)))
+        if let Some(topic) = &log.audit_kafka_topic {
+            let sink = KafkaSink::new(&log.bootstrap, topic, Duration::from_millis(log.audit_kafka_timeout_ms))?;
+            sink.check_topic_in_background(log.bootstrap.clone());
+            tracing::info!(%topic, "auditing every request to a Kafka topic");
+            auditor = auditor.with_sink(Device::Kafka(sink));
+        }
+        if auditor.sinks.is_empty() {
+            return Ok(None);
+        }
+        if log.audit_fail_open {
+            tracing::warn!("--audit-fail-open: requests are served even when they cannot be audited");
+        }
+        Ok(Some(auditor))
     }
 
+    /// An auditor writing to `sink` (more sinks: [`Auditor::with_kafka`]).
     pub fn new(node: &str, sink: Sink, fail_open: bool) -> Auditor {
+        Auditor::without_sinks(node, fail_open).with_sink(Device::File(sink))
+    }
+
+    /// Also record every entry in a Kafka topic.
+    pub fn with_kafka(self, sink: KafkaSink) -> Auditor {
+        self.with_sink(Device::Kafka(sink))
+    }
+
+    fn without_sinks(node: &str, fail_open: bool) -> Auditor {
+        Auditor { node: node.to_string(), sinks: Vec::new(), redactor: Redactor::new(None), ctx: None, fail_open }
+    }
+
+    fn with_sink(mut self, device: Device) -> Auditor {
         // Exported at 0 from the start, so an alert on it has a series to watch.
-        metrics::counter!(FAILURES_METRIC).increment(0);
-        Auditor { node: node.to_string(), sink, redactor: Redactor::new(None), ctx: None, fail_open }
+        metrics::counter!(FAILURES_METRIC, "sink" => device.label()).increment(0);
+        self.sinks.push(Arc::new(device));
+        self
     }
 
     /// The node's state: its keyring HMACs entries, its token records name the caller.
@@ -244,11 +396,12 @@ impl Auditor {
         let auth = self.auth(&req).await;
         let request = self.request_entry(&req, crate::api::remote_addr());
         let entry = json!({ "time": now(), "type": "request", "node": self.node, "auth": auth, "request": request });
-        if let Err(e) = self.record(&entry, "request")
+        if let Err(e) = self.record(&entry, "request", &req.request_id).await
             && !self.fail_open
         {
             return ApiError::unavailable(format!("audit log unavailable: {e}")).into();
         }
+        let key = req.request_id.clone();
         let resp = inner(req).await;
         let entry = json!({
             "time": now(),
@@ -259,7 +412,7 @@ impl Auditor {
             "response": self.response_entry(&resp),
             "error": error_of(&resp),
         });
-        if let Err(e) = self.record(&entry, "response")
+        if let Err(e) = self.record(&entry, "response", &key).await
             && !self.fail_open
         {
             return ApiError::unavailable(format!(
@@ -270,13 +423,43 @@ impl Auditor {
         resp
     }
 
-    /// Write one entry; a failure is counted and logged (without the entry).
-    pub fn record(&self, entry: &Value, kind: &str) -> std::io::Result<()> {
-        self.sink.write_entry(entry).inspect_err(|e| {
-            metrics::counter!(FAILURES_METRIC).increment(1);
-            let file = self.sink.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-            tracing::error!(error = %e, %file, kind, fail_open = self.fail_open, "cannot write an audit entry");
-        })
+    /// Record one entry (`key`: the request id, which keeps a request's two entries in one
+    /// Kafka partition, in order). `Ok` as soon as one sink has recorded it; the others finish
+    /// in the background. `Err` lists why each sink failed. Every failure is counted and logged
+    /// (without the entry).
+    pub async fn record(&self, entry: &Value, kind: &'static str, key: &str) -> Result<(), String> {
+        let line = line_of(entry).map_err(|e| e.to_string())?;
+        let mut pending: FuturesUnordered<_> = self
+            .sinks
+            .iter()
+            .map(|d| {
+                let (d, fut) = (d.clone(), d.start(&line, key));
+                async move { (d, fut.await) }
+            })
+            .collect();
+        let mut errors = Vec::new();
+        while let Some((device, res)) = pending.next().await {
+            match res {
+                Ok(()) => {
+                    if !pending.is_empty() {
+                        let fail_open = self.fail_open;
+                        tokio::spawn(async move {
+                            while let Some((device, res)) = pending.next().await {
+                                if let Err(e) = res {
+                                    sink_failed(&device, kind, &e, fail_open);
+                                }
+                            }
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    sink_failed(&device, kind, &e, self.fail_open);
+                    errors.push(format!("{}: {e}", device.describe()));
+                }
+            }
+        }
+        Err(if errors.is_empty() { "no audit sink configured".into() } else { errors.join("; ") })
     }
 
     /// Who is calling, as far as this node can tell before executing the request. Looked up
@@ -364,7 +547,7 @@ mod tests {
 
     /// A shared buffer the auditor writes to.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
@@ -513,6 +696,27 @@ mod tests {
         let open = auditor(Sink::from_writer(Broken), true).wrap(counting);
         assert_eq!(open(req("GET", "v1/secret/data/x", Value::Null)).await.status, 204);
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn one_sink_that_records_an_entry_is_enough_and_none_refuses_naming_each() {
+        let buf = Buf::default();
+        let mut a = Auditor::new("test", Sink::from_writer(Broken), false)
+            .with_sink(Device::File(Sink::from_writer(buf.clone())));
+        a.redactor = redactor();
+        let handler = Arc::new(a).wrap(ok_handler());
+        assert_eq!(handler(req("GET", "v1/secret/data/x", Value::Null)).await.status, 200);
+        assert_eq!(buf.text().lines().count(), 2, "{}", buf.text());
+
+        // A Kafka sink with no broker behind it, beside a broken file: nothing records, refused.
+        let kafka = KafkaSink::new("127.0.0.1:1", "audit-topic", std::time::Duration::from_millis(300)).unwrap();
+        let mut a = Auditor::new("test", Sink::from_writer(Broken), false).with_kafka(kafka);
+        a.redactor = redactor();
+        let resp = Arc::new(a).wrap(ok_handler())(req("GET", "v1/secret/data/x", Value::Null)).await;
+        assert_eq!(resp.status, 503);
+        let body: Value = serde_json::from_slice(&resp.body).unwrap();
+        let err = body["errors"][0].as_str().unwrap();
+        assert!(err.contains("kafka topic audit-topic") && err.contains("file"), "{err}");
     }
 
     #[test]

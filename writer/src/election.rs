@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -51,7 +50,7 @@ impl ElectionContext {
 
 impl ClientContext for ElectionContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "election client error");
+        secretlog_reader::kafka::log_client_error("election", &error, reason);
     }
 }
 
@@ -91,8 +90,7 @@ impl ConsumerContext for ElectionContext {
 
 /// Create the election topic if it does not exist: one partition, replicated like the log.
 pub async fn ensure_election_topic(bootstrap: &str, topic: &str) -> Result<(), WriterError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let admin: AdminClient<DefaultClientContext> = secretlog_reader::kafka::client_config(bootstrap)
         .create()
         .map_err(|e| WriterError::NotReady(format!("admin client: {e}")))?;
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(3))
@@ -119,8 +117,7 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> Result<(watch::Receiver<bool>, tokio::task::JoinHandle<()>), WriterError> {
     let (tx, rx) = watch::channel(false);
-    let consumer: StreamConsumer<ElectionContext> = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.bootstrap)
+    let consumer: StreamConsumer<ElectionContext> = secretlog_reader::kafka::client_config(&cfg.bootstrap)
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")

@@ -12,8 +12,12 @@ use futures::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use secretlog_reader::kafka::LogContext;
 
 use crate::error::WriterError;
+
+/// How long past the write timeout a timed-out commit is resumed before the producer gives up.
+const RESOLVE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One record of a transaction.
 pub struct Record {
@@ -25,15 +29,14 @@ pub struct Record {
 /// A transactional producer bound to the mutation topic.
 #[derive(Clone)]
 pub struct TxProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<LogContext>,
     topic: String,
 }
 
 /// Producer settings for the leader writer.
 pub fn producer_config(bootstrap: &str, transactional_id: &str, txn_timeout_ms: u64) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("transactional.id", transactional_id)
+    let mut c = secretlog_reader::kafka::client_config(bootstrap);
+    c.set("transactional.id", transactional_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
@@ -52,8 +55,8 @@ fn is_fatal(e: &KafkaError) -> bool {
 
 impl TxProducer {
     pub fn new(bootstrap: &str, transactional_id: &str, txn_timeout_ms: u64, topic: &str) -> Result<Self, WriterError> {
-        let producer: FutureProducer = producer_config(bootstrap, transactional_id, txn_timeout_ms)
-            .create()
+        let producer: FutureProducer<LogContext> = producer_config(bootstrap, transactional_id, txn_timeout_ms)
+            .create_with_context(LogContext)
             .map_err(|e| WriterError::Transaction(format!("creating producer: {e}")))?;
         Ok(TxProducer { producer, topic: topic.to_string() })
     }
@@ -97,16 +100,30 @@ impl TxProducer {
             self.abort().await;
             return Err(WriterError::Transaction(format!("record not delivered: {f}")));
         }
-        // Commit; retry while the error says retrying is safe and time remains.
+        // Commit; retry while the error says retrying is safe. A commit that timed out is still in
+        // progress inside librdkafka (every later `begin_transaction` would be refused as
+        // conflicting with it), so it is resumed until it resolves either way — the clients'
+        // own timeouts answer them meanwhile — and only if it cannot be resolved at all does
+        // this producer give up, as fenced: the node steps down and the next leader's
+        // `init_transactions` settles the transaction.
+        let give_up = deadline + RESOLVE_LIMIT;
         loop {
             let p = self.producer.clone();
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
             let res = tokio::task::spawn_blocking(move || p.commit_transaction(left))
                 .await
                 .map_err(|e| WriterError::Transaction(e.to_string()))?;
             match res {
                 Ok(()) => return Ok(positions),
                 Err(KafkaError::Transaction(t)) if t.is_retriable() && Instant::now() < deadline => continue,
+                Err(KafkaError::Transaction(t)) if t.is_retriable() && Instant::now() < give_up => {
+                    tracing::warn!(error = %t, "transaction commit still unresolved past the write timeout; resuming it");
+                    continue;
+                }
+                Err(KafkaError::Transaction(t)) if t.is_retriable() => {
+                    tracing::error!(error = %t, limit = ?RESOLVE_LIMIT, "transaction commit unresolved; giving up leadership so a new producer settles it");
+                    return Err(WriterError::Fenced);
+                }
                 Err(KafkaError::Transaction(t)) if t.txn_requires_abort() => {
                     self.abort().await;
                     return Err(WriterError::Transaction(format!("commit failed, transaction aborted: {t}")));

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
@@ -25,8 +24,7 @@ const TOPIC_VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
 type Admin = AdminClient<DefaultClientContext>;
 
 fn admin(bootstrap: &str) -> Result<Admin, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    secretlog_reader::kafka::client_config(bootstrap)
         .create()
         .map_err(|e| KafkaError::Client { op: format!("admin client for {bootstrap}"), source: e })
 }
@@ -108,8 +106,7 @@ pub(crate) async fn probe(bootstrap: &str, attempt_timeout: Duration) -> Result<
     view.check_brokers()?;
     view.check_topics()?;
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: FutureProducer = secretlog_reader::kafka::client_config(bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "0")

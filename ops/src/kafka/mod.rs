@@ -197,14 +197,15 @@ impl LocalKafka {
     fn prepare(&self, nodes: &[u32]) -> Result<(), KafkaError> {
         let cfg = &self.cfg;
         for &n in nodes {
-            for port in [cfg.client_port(n), cfg.controller_port(n)] {
+            for port in cfg.ports(n) {
                 if !process::port_free(port, PORT_RELEASE_WAIT) {
                     return Err(KafkaError::PortInUse { node: n, port });
                 }
             }
             let dir = cfg.node_dir(n);
             fs::create_dir_all(&dir).map_err(|e| KafkaError::io("create", &dir, e))?;
-            config::write_atomic(&cfg.properties_file(n), config::render_server_properties(cfg, n).as_bytes())?;
+            let props = config::render_server_properties(cfg, n, &config::sasl_password(cfg)?);
+            config::write_atomic_mode(&cfg.properties_file(n), props.as_bytes(), 0o600)?;
         }
         config::write_atomic(&cfg.log4j_file(), config::render_log4j2().as_bytes())?;
         let cluster_id = config::cluster_id(cfg)?;
@@ -393,7 +394,7 @@ impl LocalKafka {
         if matches!(self.liveness(node), Liveness::Alive) {
             return Ok(());
         }
-        for port in [self.cfg.client_port(node), self.cfg.controller_port(node)] {
+        for port in self.cfg.ports(node) {
             if !process::port_free(port, PORT_RELEASE_WAIT) {
                 return Err(KafkaError::PortInUse { node, port });
             }

@@ -123,3 +123,141 @@ async fn a_reader_that_cannot_audit_refuses_reads_unless_fail_open() {
     closed.stop();
     open.stop();
 }
+
+/// Every record of `topic` from the beginning, until `done` says enough was read (or panic after
+/// `timeout`), as (key, JSON value).
+async fn audit_records(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "it-audit-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("tpl");
+    c.assign(&tpl).expect("assign");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        assert!(std::time::Instant::now() < deadline, "audit topic {topic} after {timeout:?}: {out:?}");
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let value = serde_json::from_slice(m.payload().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("an audit record that is not JSON ({e}): {:?}", m.payload()));
+            out.push((key, value));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_arrive_in_the_audit_topic_without_plaintext_values_or_tokens() {
+    let (cluster, _g) = shared();
+    let topic = crate::harness::fresh_topic(&cluster.bootstrap, "audit-log", 1).await;
+    let s = Stack::start(
+        cluster,
+        StackOpts {
+            name: "audit-kafka",
+            readers: 1,
+            reader_args: vec!["--audit-kafka-topic".into(), topic.clone()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let reader = &s.readers[0].url;
+    let w = call(
+        "POST",
+        &format!("{reader}/v1/secret/data/audit/kafka"),
+        Some(&s.token),
+        None,
+        Some(json!({ "data": { "password": SECRET } })),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{:?}", w.body);
+    let r =
+        call("GET", &format!("{reader}/v1/secret/data/audit/kafka"), Some(&s.token), w.index.as_deref(), None).await;
+    assert_eq!(r.body["data"]["data"]["password"], SECRET, "{:?}", r.body);
+
+    let on_path = |l: &Value, kind: &str, op: &str| {
+        l["type"] == kind && l["request"]["operation"] == op && l["request"]["path"] == "v1/secret/data/audit/kafka"
+    };
+    let records = audit_records(&s.bootstrap, &topic, Duration::from_secs(30), |rs| {
+        ["update", "read"]
+            .iter()
+            .all(|op| ["request", "response"].iter().all(|kind| rs.iter().any(|(_, l)| on_path(l, kind, op))))
+    })
+    .await;
+    for (key, l) in &records {
+        assert_eq!(l["node"], "reader", "{l}");
+        assert_eq!(&l["request"]["id"], key, "a record is keyed by its request id");
+        assert!(l["auth"]["client_token"].as_str().is_some_and(|t| t.starts_with("hmac-sha256:")), "{l}");
+    }
+    let (_, read) = records.iter().find(|(_, l)| on_path(l, "response", "read")).unwrap();
+    assert_eq!(read["response"]["status"], 200);
+    assert!(
+        read["response"]["body"]["data"]["data"]["password"].as_str().is_some_and(|p| p.starts_with("hmac-sha256:"))
+    );
+    // A request's entry comes before its answer's.
+    let pos = |kind: &str| records.iter().position(|(_, l)| on_path(l, kind, "update")).unwrap();
+    assert!(pos("request") < pos("response"));
+    let all = records.iter().map(|(_, l)| l.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(!all.contains(SECRET), "the audit topic holds the secret in plaintext:\n{all}");
+    assert!(!all.contains(&s.token), "the audit topic holds the token in plaintext:\n{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_audit_sink_that_cannot_record_refuses_requests_alone_but_not_beside_a_working_file() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "audit-kafka-down", readers: 0, ..Default::default() }).await;
+    let idx = s.put("audit/kafka-down", json!({ "password": SECRET })).await;
+    // A topic that does not exist (the brokers do not auto-create topics): no entry is ever
+    // acknowledged there.
+    let missing = format!("it.audit.missing.{:08x}", rand::random::<u32>());
+    let kafka_only = [("SECRETLOG_AUDIT_KAFKA_TOPIC", missing.as_str()), ("SECRETLOG_AUDIT_KAFKA_TIMEOUT_MS", "1500")];
+    let mut alone = s.new_reader("reader-kafka-audit-only", &kafka_only);
+    let logs =
+        tempfile::Builder::new().prefix("it-audit-both-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let audit_file = logs.path().join("audit.log");
+    let file = audit_file.display().to_string();
+    let mut both = s.new_reader(
+        "reader-file-and-kafka-audit",
+        &[kafka_only[0], kafka_only[1], ("SECRETLOG_AUDIT_FILE", file.as_str())],
+    );
+    alone.wait_health(473, Duration::from_secs(60)).await;
+    both.wait_health(473, Duration::from_secs(60)).await;
+
+    let path = "v1/secret/data/audit/kafka-down";
+    let refused = call("GET", &format!("{}/{path}", alone.url), Some(&s.token), Some(&idx), None).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    let err = refused.body["errors"][0].as_str().unwrap_or_default();
+    assert!(err.starts_with("audit log unavailable: ") && err.contains(&missing), "{:?}", refused.body);
+    assert!(!refused.body.to_string().contains(SECRET), "the read was served: {:?}", refused.body);
+    let w =
+        call("POST", &format!("{}/{path}", alone.url), Some(&s.token), None, Some(json!({"data": {"x": "y"}}))).await;
+    assert_eq!(w.status, 503, "{:?}", w.body);
+    let still = call("GET", &format!("{}/{path}", s.writer.url), Some(&s.token), Some(&idx), None).await;
+    assert_eq!(still.body["data"]["metadata"]["version"], 1, "the refused write was executed: {:?}", still.body);
+    assert!(audit_failures(&alone.url).await >= 2.0);
+
+    // Beside a working file sink, the failing Kafka sink does not stop anything (Vault's rule:
+    // one sink that recorded the request is enough), and its failures are counted.
+    let served = call("GET", &format!("{}/{path}", both.url), Some(&s.token), Some(&idx), None).await;
+    assert_eq!(served.status, 200, "{:?}", served.body);
+    assert_eq!(served.body["data"]["data"]["password"], SECRET);
+    let text = std::fs::read_to_string(&audit_file).expect("the audit file");
+    assert!(text.lines().any(|l| l.contains(r#""type":"response""#) && l.contains(path)), "{text}");
+    crate::harness::eventually(Duration::from_secs(20), "the Kafka sink's failures counted", || async {
+        (audit_failures(&both.url).await >= 2.0).then_some(())
+    })
+    .await;
+    alone.stop();
+    both.stop();
+}

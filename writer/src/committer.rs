@@ -30,6 +30,12 @@ use crate::plan::{Planned, Reply, plan};
 use crate::producer::{Record, TxProducer};
 use crate::request::Command;
 
+/// Set in tests only: `ack-before-commit` makes this writer answer every tenth transaction of
+/// plain data writes as committed and then never commit it — the bug of a writer that
+/// acknowledges before its commit and loses the commit. The fault-injection checker must report
+/// the lost writes (tests/tests/it/checker). Never set it anywhere else.
+const PLANTED_BUG_FOR_TESTS: &str = "SECRETLOG_TEST_PLANTED_BUG";
+
 /// A queued write and where its answer goes.
 pub struct Pending {
     pub cmd: Command,
@@ -53,6 +59,8 @@ pub struct Committer {
     inflight: HashMap<Vec<u8>, (i32, i64)>,
     /// Set once the producer was fenced; the node stops accepting writes.
     pub fenced: Arc<std::sync::atomic::AtomicBool>,
+    /// Tests only ([`PLANTED_BUG_FOR_TESTS`]): data-write transactions decided so far, when set.
+    planted: Option<u64>,
 }
 
 impl Committer {
@@ -62,7 +70,20 @@ impl Committer {
         cfg: CommitterConfig,
         fenced: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
-        Committer { ctx, producer, cfg, inflight: HashMap::new(), fenced }
+        let planted = match std::env::var(PLANTED_BUG_FOR_TESTS).ok().as_deref() {
+            None | Some("") => None,
+            Some("ack-before-commit") => {
+                tracing::error!(
+                    "{PLANTED_BUG_FOR_TESTS} set: this writer LOSES ACKNOWLEDGED WRITES on purpose (tests only)"
+                );
+                Some(0)
+            }
+            Some(other) => {
+                tracing::error!(value = other, "unknown {PLANTED_BUG_FOR_TESTS} value ignored");
+                None
+            }
+        };
+        Committer { ctx, producer, cfg, inflight: HashMap::new(), fenced, planted }
     }
 
     /// Run until `cancel` fires or the channel closes. Requests still queued at shutdown are
@@ -236,6 +257,7 @@ impl Committer {
             return;
         }
         let ts = now_ms();
+        let data_only = batch.iter().all(|p| matches!(p.cmd, Command::Put { .. }));
         let mut records = Vec::new();
         let mut waiting = Vec::new();
         for p in batch {
@@ -254,6 +276,20 @@ impl Committer {
             return;
         }
         let n = records.len();
+        if let Some(count) = self.planted.as_mut().filter(|_| data_only) {
+            *count += 1;
+            if *count % 10 == 0 {
+                // TEST ONLY (PLANTED_BUG_FOR_TESTS): answer as committed, then drop the transaction.
+                tracing::error!(records = n, "planted bug: transaction acknowledged and not committed");
+                let applied = self.ctx.materializer.progress.borrow().applied.clone();
+                for ((tx, reply, _), r) in waiting.into_iter().zip(&records) {
+                    let at = applied.get(&r.partition).copied().unwrap_or(0);
+                    let token = ConsistencyToken([(r.partition, at)].into_iter().collect()).to_string();
+                    let _ = tx.send(answer(reply).with_header(HEADER_INDEX, token));
+                }
+                return;
+            }
+        }
         let started = Instant::now();
         let result = self.producer.commit(records, self.cfg.write_timeout).await;
         metrics::histogram!("secretlog_writer_transaction_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -264,12 +300,7 @@ impl Committer {
                 for ((tx, reply, key), (p, off)) in waiting.into_iter().zip(positions) {
                     self.inflight.insert(key, (p, off + 1));
                     let token = ConsistencyToken([(p, off + 1)].into_iter().collect()).to_string();
-                    let resp = match reply {
-                        Reply::Version(v) => ApiResponse::data(&uuid::Uuid::new_v4().to_string(), v),
-                        Reply::NoContent => ApiResponse::no_content(),
-                        Reply::Json(v) => ApiResponse::json(200, &v),
-                    };
-                    let _ = tx.send(resp.with_header(HEADER_INDEX, token));
+                    let _ = tx.send(answer(reply).with_header(HEADER_INDEX, token));
                 }
             }
             Err(e) => {
@@ -284,5 +315,14 @@ impl Committer {
                 }
             }
         }
+    }
+}
+
+/// The success answer of a committed write.
+fn answer(reply: Reply) -> ApiResponse {
+    match reply {
+        Reply::Version(v) => ApiResponse::data(&uuid::Uuid::new_v4().to_string(), v),
+        Reply::NoContent => ApiResponse::no_content(),
+        Reply::Json(v) => ApiResponse::json(200, &v),
     }
 }

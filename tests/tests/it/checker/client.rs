@@ -1,0 +1,204 @@
+//! The checker's clients, and the HTTP reads it makes of the cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use secretlog_schemas::ConsistencyToken;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use super::model::{KeyHistory, Kind, Op};
+use super::{KEYS, key_name};
+use crate::harness::{Node, eventually};
+
+/// An HTTP answer, or none.
+pub struct Reply {
+    pub status: u16,
+    pub index: Option<String>,
+    pub body: Value,
+}
+
+pub fn http() -> &'static reqwest::Client {
+    static C: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("http client")
+    })
+}
+
+/// Like `harness::call`, but no answer is an outcome (status 0), not a panic.
+pub async fn send(method: &str, url: &str, token: &str, index: Option<&str>, body: Option<Value>) -> Reply {
+    let mut rb = http().request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), url);
+    rb = rb.header("X-Vault-Token", token);
+    if let Some(i) = index {
+        rb = rb.header("X-Secretlog-Index", i);
+    }
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b.to_string());
+    }
+    let Ok(r) = rb.send().await else { return Reply { status: 0, index: None, body: Value::Null } };
+    let status = r.status().as_u16();
+    let index = r.headers().get("x-secretlog-index").and_then(|v| v.to_str().ok()).map(str::to_string);
+    match r.text().await {
+        Ok(text) => Reply { status, index, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) },
+        // The answer was cut off: as good as none.
+        Err(_) => Reply { status: 0, index: None, body: Value::Null },
+    }
+}
+
+fn error_of(r: &Reply) -> Option<String> {
+    (!matches!(r.status, 200 | 204 | 404)).then(|| {
+        let e = r.body.get("errors").map_or_else(|| r.body.to_string(), |e| e.to_string());
+        // Group alike errors: drop the details in parentheses (URLs, keys).
+        e.split(" (").next().unwrap_or_default().chars().take(160).collect()
+    })
+}
+
+fn pick<T>(xs: &[T]) -> &T {
+    &xs[rand::random::<usize>() % xs.len()]
+}
+
+/// One client: a loop of random writes and reads, recorded.
+pub async fn client(
+    c: usize,
+    write_targets: Vec<(String, String)>,
+    read_targets: Vec<(String, String)>,
+    token: String,
+    stop: Arc<AtomicBool>,
+    ops: Arc<Mutex<Vec<Op>>>,
+) {
+    let mut session = ConsistencyToken::default();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = key_name(rand::random::<usize>() % KEYS);
+        let op = if rand::random::<bool>() {
+            n += 1;
+            let value = format!("{c}-{n}");
+            let (name, url) = pick(&write_targets);
+            let start = Instant::now();
+            let r =
+                send("POST", &format!("{url}/v1/secret/data/{key}"), &token, None, Some(json!({"data": {"w": value}})))
+                    .await;
+            let end = Instant::now();
+            if r.status == 200
+                && let Some(t) = r.index.as_deref().and_then(|i| i.parse::<ConsistencyToken>().ok())
+            {
+                session.merge(&t);
+            }
+            Op {
+                client: c,
+                kind: Kind::Write,
+                key,
+                node: name.clone(),
+                start,
+                end,
+                status: r.status,
+                version: r.body["data"]["version"].as_u64(),
+                value: Some(value),
+                error: error_of(&r),
+                index: r.index,
+            }
+        } else {
+            let (name, url) = pick(&read_targets);
+            let index = (!session.0.is_empty()).then(|| session.to_string());
+            let start = Instant::now();
+            let r = send("GET", &format!("{url}/v1/secret/data/{key}"), &token, index.as_deref(), None).await;
+            let end = Instant::now();
+            Op {
+                client: c,
+                kind: Kind::Read,
+                key,
+                node: name.clone(),
+                start,
+                end,
+                status: r.status,
+                version: r.body["data"]["metadata"]["version"].as_u64(),
+                value: r.body["data"]["data"]["w"].as_str().map(str::to_string),
+                index,
+                error: error_of(&r),
+            }
+        };
+        let failed = !matches!(op.status, 200 | 404);
+        ops.lock().await.push(op);
+        // Pace the clients; back off a little more while a node is away.
+        tokio::time::sleep(Duration::from_millis(if failed { 50 } else { 5 })).await;
+    }
+}
+
+pub async fn health(url: &str) -> u16 {
+    match http().get(format!("{url}/v1/sys/health")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Index of the leading writer, once exactly one leads and the other stands by.
+pub async fn leader(writers: &[Node]) -> usize {
+    eventually(Duration::from_secs(60), "exactly one leader writer", || async {
+        let mut codes = Vec::new();
+        for w in writers {
+            codes.push(health(&w.url).await);
+        }
+        (codes.iter().filter(|c| **c == 200).count() == 1 && codes.iter().all(|c| *c == 200 || *c == 429))
+            .then(|| codes.iter().position(|c| *c == 200).unwrap())
+    })
+    .await
+}
+
+pub async fn successes(ops: &Mutex<Vec<Op>>) -> usize {
+    ops.lock().await.iter().filter(|o| o.acked_write()).count()
+}
+
+/// Read `url`'s digest once it has applied `index`; `None` if it has not (yet).
+pub async fn caught_up_digest(url: &str, token: &str, index: &ConsistencyToken) -> Option<String> {
+    let r = send("GET", &format!("{url}/v1/sys/secretlog/digest"), token, None, None).await;
+    if r.status != 200 {
+        return None;
+    }
+    let applied: BTreeMap<i32, i64> = r.body["data"]["applied"]
+        .as_object()?
+        .iter()
+        .filter_map(|(p, o)| Some((p.parse().ok()?, o.as_i64()?)))
+        .collect();
+    if !index.is_reached_by(&applied) {
+        return None;
+    }
+    Some(format!("{}/{}", r.body["data"]["digest"], r.body["data"]["records"]))
+}
+
+/// Read every key's full history from `url`.
+pub async fn final_histories(url: &str, token: &str, index: &str) -> BTreeMap<String, KeyHistory> {
+    let mut keys = BTreeMap::new();
+    for k in 0..KEYS {
+        let key = key_name(k);
+        let m = send("GET", &format!("{url}/v1/secret/metadata/{key}"), token, Some(index), None).await;
+        assert_eq!(m.status, 200, "metadata of {key}: {:?}", m.body);
+        let versions: Vec<u64> = m.body["data"]["versions"]
+            .as_object()
+            .map(|o| o.keys().filter_map(|v| v.parse().ok()).collect())
+            .unwrap_or_default();
+        let values: BTreeMap<u64, Option<String>> = futures::stream::iter(versions)
+            .map(|v| {
+                let key = key.clone();
+                async move {
+                    let r =
+                        send("GET", &format!("{url}/v1/secret/data/{key}?version={v}"), token, Some(index), None).await;
+                    let val =
+                        (r.status == 200).then(|| r.body["data"]["data"]["w"].as_str().map(str::to_string)).flatten();
+                    (v, val)
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let max_versions = m.body["data"]["max_versions"].as_u64().unwrap_or(0);
+        keys.insert(key, KeyHistory { versions: values, max_versions });
+    }
+    keys
+}

@@ -1,0 +1,500 @@
+//! One checker run against a real stack: the load, the nemesis, the final reads, the check and
+//! its report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use secretlog_schemas::ConsistencyToken;
+use secretlog_schemas::archive::{decode_segment, parse_segment_name};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use super::client::{caught_up_digest, client, final_histories, leader, send, successes};
+use super::model::{Archive, FinalState, Kind, Op, Violation, check};
+use super::netns::Netns;
+use super::{CLIENTS, KEYS, MAX_VERSIONS, key_name};
+use crate::harness::{BrokerFaults, Cluster, Node, Stack, StackOpts, eventually};
+
+/// What a run does.
+pub struct RunOpts {
+    pub name: &'static str,
+    /// Load at least this long; the nemesis runs rounds until then.
+    pub load: Duration,
+    /// Then go on (up to three times `load` in all) until this many writes were acknowledged,
+    /// so that a slow, busy machine still gives the check enough to look at.
+    pub min_acked: usize,
+    /// Inject faults.
+    pub nemesis: bool,
+    /// `SECRETLOG_TEST_PLANTED_BUG` for the writers.
+    pub planted: Option<&'static str>,
+    /// A third reader in its own network namespace, delayed and cut (where the machine allows).
+    pub netns: bool,
+    /// A replicator archiving the log (killed by the nemesis), and the archive checked.
+    pub archive: bool,
+    /// Where to write the history, violations and summary as JSON.
+    pub results: Option<PathBuf>,
+}
+
+/// The outcome of a run.
+pub struct Report {
+    pub violations: Vec<Violation>,
+    pub acked: usize,
+    pub faults: Vec<String>,
+    pub summary: Value,
+}
+
+/// A reader of `s` inside `ns`, reaching the brokers and writers through the namespace's bridge.
+async fn netns_reader(s: &Stack, ns: &mut Netns, writers: &[String]) -> Node {
+    let port_of = |url: &str| url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+    for addr in s.bootstrap.split(',') {
+        ns.forward_in(port_of(addr).expect("broker port")).expect("forwarding a broker port into the namespace");
+    }
+    for w in writers {
+        ns.forward_in(port_of(w).expect("writer port")).expect("forwarding a writer port into the namespace");
+    }
+    // Inside the namespace every port is free.
+    let port = 18200;
+    let host_port = ns.expose(port).await.expect("exposing the reader's port");
+    let name = "reader-ns";
+    let envs: Vec<(String, String)> = [
+        ("KAFKA_BOOTSTRAP_SERVERS", s.bootstrap.clone()),
+        ("SECRETLOG_ROOT_KEY_FILE", s.root_key_file.display().to_string()),
+        ("SECRETLOG_TOPIC", s.topic.clone()),
+        ("SECRETLOG_CACHE_DISK_MB", "16".into()),
+        ("SECRETLOG_CACHE_MEMORY_MB", "16".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let args = vec![
+        "reader".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--region".into(),
+        "region-ns".into(),
+        "--data-dir".into(),
+        s.dir.path().join(name).display().to_string(),
+        "--writer-url".into(),
+        writers.join(","),
+    ];
+    let mut n = crate::harness::node(s.dir.path(), name, port, &envs, args)
+        .with_prefix(ns.prefix(), format!("http://127.0.0.1:{host_port}"));
+    n.spawn();
+    n
+}
+
+/// Every committed record offset of the topic, per partition (read_committed, from the start).
+fn committed_offsets(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, BTreeSet<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "it-checker-offsets")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+    let mut eof = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while eof.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "reading the committed log took over a minute");
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.entry(m.partition()).or_default().insert(m.offset());
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every archived record offset per partition, in segment order, from a `file://` archive.
+fn archived_offsets(root: &Path) -> BTreeMap<i32, Vec<i64>> {
+    let mut out: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    let Ok(parts) = std::fs::read_dir(root.join("archive")) else { return out };
+    for part in parts.flatten() {
+        let Some(p) = part.file_name().to_str().and_then(|n| n.strip_prefix('p')?.parse::<i32>().ok()) else {
+            continue;
+        };
+        let mut segments: Vec<(i64, PathBuf, String)> = std::fs::read_dir(part.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| {
+                let name = f.file_name().to_str()?.to_string();
+                let (first, _) = parse_segment_name(&name)?;
+                name.ends_with(".arrow").then(|| (first, f.path(), name))
+            })
+            .collect();
+        segments.sort();
+        for (_, path, name) in segments {
+            // A segment being written right now may be incomplete: read it next time.
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(recs) = decode_segment(&name, &bytes) else { continue };
+            out.entry(p).or_default().extend(recs.iter().map(|r| r.offset));
+        }
+    }
+    out
+}
+
+/// The archive once it holds every committed record (or as it is after a deadline).
+async fn settled_archive(bootstrap: &str, topic: &str, root: &Path, partitions: i32) -> Archive {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    let committed =
+        tokio::task::spawn_blocking(move || committed_offsets(&b, &t, partitions)).await.expect("committed offsets");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let archived = archived_offsets(root);
+        let complete = committed.iter().all(|(p, c)| {
+            let held: BTreeSet<i64> = archived.get(p).into_iter().flatten().copied().collect();
+            c.is_subset(&held)
+        });
+        if complete || Instant::now() > deadline {
+            return Archive { committed, archived };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Start a stack, load it while the nemesis works, read back, check, report.
+pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
+    let began = Instant::now();
+    let partitions = 3;
+    let writer_env = opts.planted.map(|p| ("SECRETLOG_TEST_PLANTED_BUG".to_string(), p.to_string()));
+    let s = Stack::start(
+        cluster,
+        StackOpts {
+            name: opts.name,
+            partitions,
+            readers: 2,
+            standbys: if opts.nemesis { 1 } else { 0 },
+            reader_args: vec![],
+            writer_env: writer_env.into_iter().collect(),
+        },
+    )
+    .await;
+    let writer_urls: Vec<String> = std::iter::once(&s.writer).chain(&s.standbys).map(|w| w.url.clone()).collect();
+    let mut ns = None;
+    let mut ns_reader = None;
+    if opts.netns {
+        match Netns::create(&format!("chk-{:06x}", rand::random::<u32>() & 0xffffff)) {
+            Ok(mut n) => {
+                let r = netns_reader(&s, &mut n, &writer_urls).await;
+                r.wait_health(473, Duration::from_secs(60)).await;
+                ns_reader = Some(r);
+                ns = Some(n);
+            }
+            Err(why) => eprintln!("[checker] no network namespace on this machine ({why}): no network faults"),
+        }
+    }
+    let archive_dir = s.dir.path().join("objects");
+    let mut replicator = opts.archive.then(|| s.new_replicator(&format!("file://{}", archive_dir.display()), &[]));
+    if let Some(r) = &replicator {
+        r.wait_health(200, Duration::from_secs(60)).await;
+    }
+    let (bootstrap, topic) = (s.bootstrap.clone(), s.topic.clone());
+    // The nodes move into this run, to be killed and restarted; `_dir` keeps their files.
+    let Stack { writer, standbys, mut readers, token, dir: _dir, .. } = s;
+    let mut writers: Vec<Node> = std::iter::once(writer).chain(standbys).collect();
+    readers.extend(ns_reader);
+
+    let leader_url = writers[0].url.clone();
+    for k in 0..KEYS {
+        let key = key_name(k);
+        let body = json!({"max_versions": MAX_VERSIONS});
+        let r = send("POST", &format!("{leader_url}/v1/secret/metadata/{key}"), &token, None, Some(body)).await;
+        assert_eq!(r.status, 204, "max_versions on {key}: {:?}", r.body);
+    }
+
+    // The load.
+    let named = |ns: &[Node]| ns.iter().map(|n| (n.name.clone(), n.url.clone())).collect::<Vec<_>>();
+    let read_targets = named(&readers);
+    let write_targets: Vec<(String, String)> = named(&writers).into_iter().chain(read_targets.clone()).collect();
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (w, r, t) = (write_targets.clone(), read_targets.clone(), token.clone());
+            tokio::spawn(client(c, w, r, t, stop.clone(), ops.clone()))
+        })
+        .collect();
+    eventually(Duration::from_secs(30), "steady writes before the faults", || async {
+        (successes(&ops).await >= 30).then_some(())
+    })
+    .await;
+
+    // The nemesis, in rounds a few seconds apart until the load time is up: leader kill, broker
+    // kill, reader pause, reader kill, replicator kill, and the namespaced reader's network
+    // delayed then cut. A killed broker is restarted after 5 s; the cluster's recovery is awaited
+    // in the background, and before the next broker is killed, so never more than one is down.
+    let mut faults: Vec<String> = Vec::new();
+    let mut note = |what: String| {
+        let line = format!("+{:>6.1}s {what}", load_started.elapsed().as_secs_f64());
+        eprintln!("[checker] nemesis {line}");
+        faults.push(line);
+    };
+    let pause = |secs: u64| tokio::time::sleep(Duration::from_secs(secs));
+    let kafka = cluster.local.as_ref();
+    let mut brokers = kafka.map(BrokerFaults::new);
+    let mut healing: Option<tokio::task::JoinHandle<(BrokerFaults<'static>, u32, Duration, Duration)>> = None;
+    let mut round = 0;
+    while opts.nemesis && (round < 2 || load_started.elapsed() + Duration::from_secs(30) < opts.load) {
+        let l = leader(&writers).await;
+        note(format!("kill -9 leader {}", writers[l].name));
+        writers[l].kill9();
+        writers[1 - l].wait_health(200, Duration::from_secs(30)).await;
+        writers[l].restart();
+        let now = leader(&writers).await;
+        note(format!("{} restarted; {} leads", writers[l].name, writers[now].name));
+
+        if let Some(h) = healing.take() {
+            let (b, broker, restarted, ready) = h.await.expect("healing the broker");
+            note(format!(
+                "broker {broker} restarted at +{:.1}s, ready at +{:.1}s",
+                restarted.as_secs_f64(),
+                ready.as_secs_f64()
+            ));
+            brokers = Some(b);
+        }
+        pause(4).await;
+        if let Some(mut down) = brokers.take() {
+            let broker = 2 + (round % 2) as u32;
+            note(format!("kill -9 broker {broker}"));
+            tokio::task::block_in_place(|| down.kill(broker));
+            healing = Some(tokio::task::spawn_blocking(move || {
+                std::thread::sleep(Duration::from_secs(5));
+                let restarted = load_started.elapsed();
+                down.heal();
+                (down, broker, restarted, load_started.elapsed())
+            }));
+        }
+
+        pause(4).await;
+        let r = &readers[round % 2];
+        let pid = r.pid().expect("reader running");
+        note(format!("SIGSTOP {}", r.name));
+        secretlog_ops::process::signal(pid, libc::SIGSTOP).expect("SIGSTOP");
+        pause(2).await;
+        secretlog_ops::process::signal(pid, libc::SIGCONT).expect("SIGCONT");
+        note(format!("SIGCONT {}", r.name));
+
+        pause(3).await;
+        let i = (round + 1) % 2;
+        note(format!("kill -9 {}", readers[i].name));
+        readers[i].kill9();
+        pause(1).await;
+        readers[i].restart();
+        if let Some(rep) = replicator.as_mut() {
+            note("kill -9 replicator".into());
+            rep.kill9();
+            pause(1).await;
+            rep.restart();
+        }
+        readers[i].wait_health(473, Duration::from_secs(60)).await;
+        note(format!("{} restarted", readers[i].name));
+
+        if let Some(n) = &ns {
+            pause(2).await;
+            note("delay reader-ns's network by 200 ms".into());
+            n.set_delay(Duration::from_millis(200));
+            pause(4).await;
+            n.set_delay(Duration::ZERO);
+            note("cut reader-ns's network".into());
+            n.set_cut(true);
+            pause(4).await;
+            n.set_cut(false);
+            note("reader-ns's network restored".into());
+        }
+        pause(3).await;
+        round += 1;
+    }
+    tokio::time::sleep(opts.load.saturating_sub(load_started.elapsed())).await;
+    while successes(&ops).await < opts.min_acked && load_started.elapsed() < opts.load * 3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let load_time = load_started.elapsed();
+    let history = Arc::try_unwrap(ops).expect("clients stopped").into_inner();
+    if let Some(h) = healing.take() {
+        let (_, broker, restarted, ready) = h.await.expect("healing the broker");
+        note(format!(
+            "broker {broker} restarted at +{:.1}s, ready at +{:.1}s",
+            restarted.as_secs_f64(),
+            ready.as_secs_f64()
+        ));
+    }
+    let injected = faults
+        .iter()
+        .filter(|f| ["kill", "SIGSTOP", "delay", "cut"].iter().any(|w| f.contains(w)) && !f.contains("restarted"))
+        .count();
+
+    // Everyone healthy and caught up.
+    leader(&writers).await;
+    for r in &readers {
+        r.wait_health(473, Duration::from_secs(60)).await;
+    }
+    let mut all = ConsistencyToken::default();
+    for o in history.iter().filter(|o| o.kind == Kind::Write && o.status == 200) {
+        if let Some(t) = o.index.as_deref().and_then(|i| i.parse::<ConsistencyToken>().ok()) {
+            all.merge(&t);
+        }
+    }
+    // Converged: every reader past every acknowledged write, the same digest twice in a row
+    // (an unacknowledged write may still land late).
+    let converge_deadline = Instant::now() + Duration::from_secs(60);
+    let mut previous: Option<Vec<(String, Option<String>)>> = None;
+    let digests = loop {
+        let mut ds = Vec::new();
+        for r in &readers {
+            ds.push((r.name.clone(), caught_up_digest(&r.url, &token, &all).await));
+        }
+        let agree = ds.iter().all(|(_, d)| d.is_some() && *d == ds[0].1);
+        if (agree && previous.as_ref() == Some(&ds)) || Instant::now() > converge_deadline {
+            break ds;
+        }
+        previous = Some(ds);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let all_str = all.to_string();
+    let archive = match &replicator {
+        Some(_) => Some(settled_archive(&bootstrap, &topic, &archive_dir, partitions).await),
+        None => None,
+    };
+    let fin = FinalState { keys: final_histories(&readers[0].url, &token, &all_str).await, digests, archive };
+    let violations = check(&history, &fin);
+
+    // The report.
+    for n in writers.iter().chain(&readers).chain(&replicator) {
+        let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+        let notable: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("librdkafka") && !l.contains("kafka client error") && !l.contains("consumer error"))
+            .filter(|l| ["ERROR", "panicked", "atal", "deposed", "fenced", "leadership"].iter().any(|w| l.contains(w)))
+            .collect();
+        eprintln!("[checker] {}: {} notable log lines", n.name, notable.len());
+        for l in notable.iter().take(5) {
+            eprintln!("[checker]   {}", l.chars().take(300).collect::<String>());
+        }
+    }
+    let writes: Vec<&Op> = history.iter().filter(|o| o.kind == Kind::Write).collect();
+    let acked = writes.iter().filter(|o| o.status == 200).count();
+    let reads = history.len() - writes.len();
+    let reads_ok = history.iter().filter(|o| o.kind == Kind::Read && matches!(o.status, 200 | 404)).count();
+    let present_failed = writes
+        .iter()
+        .filter(|o| o.status != 200)
+        .filter(|o| {
+            fin.keys.get(&o.key).is_some_and(|h| h.versions.values().any(|v| v.as_deref() == o.value.as_deref()))
+        })
+        .count();
+    let mut errors: BTreeMap<(Kind, u16, &str), (usize, f64, f64)> = BTreeMap::new();
+    for o in history.iter().filter(|o| o.error.is_some()) {
+        let at = (o.start - load_started).as_secs_f64();
+        let e = errors.entry((o.kind, o.status, o.error.as_deref().unwrap_or_default())).or_insert((0, at, at));
+        e.0 += 1;
+        e.2 = e.2.max(at);
+    }
+    for ((kind, status, error), (n, first, last)) in &errors {
+        eprintln!("[checker] {n:>5} x {kind:?} {status} (+{first:.1}s to +{last:.1}s): {error}");
+    }
+    // Per node: operations answered (200/204/404) and not.
+    let mut by_node: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for o in &history {
+        let e = by_node.entry(o.node.as_str()).or_default();
+        if matches!(o.status, 200 | 204 | 404) { e.0 += 1 } else { e.1 += 1 }
+    }
+    let by_node: BTreeMap<&str, Value> =
+        by_node.into_iter().map(|(n, (ok, failed))| (n, json!({"answered": ok, "failed": failed}))).collect();
+    eprintln!("[checker] operations by node: {}", json!(by_node));
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in &violations {
+        *by_kind.entry(v.kind()).or_default() += 1;
+    }
+    let archived: usize = fin.archive.as_ref().map_or(0, |a| a.archived.values().map(Vec::len).sum());
+    let summary = json!({
+        "run": opts.name,
+        "planted_bug": opts.planted,
+        "ops": history.len(),
+        "writes": writes.len(),
+        "acknowledged": acked,
+        "failed_writes": writes.len() - acked,
+        "failed_writes_present": present_failed,
+        "reads": reads,
+        "reads_answered": reads_ok,
+        "faults_injected": injected,
+        "network_namespace": ns.as_ref().map(|n| n.name.clone()),
+        "archived_records": archived,
+        "violations": violations.len(),
+        "violations_by_kind": by_kind,
+        "by_node": by_node,
+        "load_seconds": load_time.as_secs_f64(),
+        "total_seconds": began.elapsed().as_secs_f64(),
+    });
+    eprintln!(
+        "[checker] SUMMARY {}: ops={} writes={} acked={acked} failed={} (present {present_failed}) reads={reads} \
+         reads_ok={reads_ok} faults={injected} archived={archived} violations={} {by_kind:?} load={load_time:.1?} \
+         total={:.1?}",
+        opts.name,
+        history.len(),
+        writes.len(),
+        writes.len() - acked,
+        violations.len(),
+        began.elapsed()
+    );
+    for v in violations.iter().take(20) {
+        eprintln!("[checker] VIOLATION {v:?}");
+    }
+    if let Some(dir) = &opts.results {
+        write_results(dir, &history, &violations, &faults, &summary, load_started);
+        eprintln!("[checker] history, violations and summary written to {}", dir.display());
+    }
+    drop(ns);
+    Report { violations, acked, faults, summary }
+}
+
+/// `history.json` (every operation, times in ms from the load's start), `violations.json`,
+/// `nemesis.json` and `summary.json` under `dir`.
+fn write_results(
+    dir: &Path,
+    history: &[Op],
+    violations: &[Violation],
+    faults: &[String],
+    summary: &Value,
+    t0: Instant,
+) {
+    std::fs::create_dir_all(dir).expect("results directory");
+    let ms = |t: Instant| t.saturating_duration_since(t0).as_secs_f64() * 1000.0;
+    let ops: Vec<Value> = history
+        .iter()
+        .map(|o| {
+            json!({
+                "client": o.client, "kind": format!("{:?}", o.kind).to_lowercase(), "key": o.key, "node": o.node,
+                "start_ms": ms(o.start), "end_ms": ms(o.end), "status": o.status, "version": o.version,
+                "value": o.value, "index": o.index, "error": o.error,
+            })
+        })
+        .collect();
+    let vs: Vec<Value> = violations.iter().map(|v| json!({"kind": v.kind(), "detail": format!("{v:?}")})).collect();
+    for (name, v) in
+        [("history", json!(ops)), ("violations", json!(vs)), ("nemesis", json!(faults)), ("summary", summary.clone())]
+    {
+        let text = serde_json::to_string_pretty(&v).expect("json");
+        std::fs::write(dir.join(format!("{name}.json")), text).expect("writing results");
+    }
+}

@@ -95,8 +95,10 @@ pub fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
     Ok(Policy { rules })
 }
 
-/// Whether `pattern` matches `path`: `+` is exactly one non-empty segment, a trailing `*` any
-/// rest (including nothing).
+/// Whether `pattern` matches `path`: `+` is exactly one segment, a trailing `*` any rest
+/// (including nothing). As in Vault, the segment may be empty: `a/+` matches the folder `a/`
+/// (what a LIST asks for); empty segments inside a secret path never reach here (refused as
+/// non-canonical).
 fn matches(pattern: &str, path: &str) -> bool {
     let (mut pat, glob) = match pattern.strip_suffix('*') {
         Some(p) => (p, true),
@@ -109,9 +111,6 @@ fn matches(pattern: &str, path: &str) -> bool {
             Some(i) => {
                 let Some(after) = rest.strip_prefix(&pat[..i]) else { return false };
                 let segment = after.find('/').unwrap_or(after.len());
-                if segment == 0 {
-                    return false;
-                }
                 rest = &after[segment..];
                 pat = &pat[i + 1..];
             }
@@ -149,9 +148,19 @@ impl Acl {
         Acl { rules }
     }
 
-    /// Whether `cap` is granted on `path` (no leading `/`).
+    /// Whether `cap` is granted on `path` (no leading `/`). As in OpenBao, an exact rule decides
+    /// before any wildcard rule; and a LIST of the folder `a/` that no rule matches is decided by
+    /// the rules that match `a` (an exact rule for `a` first, then wildcard rules such as `+`).
     pub fn allows(&self, path: &str, cap: Capability) -> bool {
-        let best = self.rules.iter().filter(|(p, _)| matches(p, path)).max_by(|(a, _), (b, _)| specificity(a, b));
+        let folder = (cap == Capability::List).then(|| path.strip_suffix('/')).flatten();
+        let most_specific =
+            |p: &str| self.rules.iter().filter(|(r, _)| matches(r, p)).max_by(|(a, _), (b, _)| specificity(a, b));
+        let best = self
+            .rules
+            .get_key_value(path)
+            .or_else(|| folder.and_then(|f| self.rules.get_key_value(f)))
+            .or_else(|| most_specific(path))
+            .or_else(|| folder.and_then(most_specific));
         best.is_some_and(|(_, caps)| !caps.contains(&Capability::Deny) && caps.contains(&cap))
     }
 }
@@ -200,8 +209,26 @@ mod tests {
         // `+` is one segment
         assert!(a.allows("secret/data/team/blue/config", Capability::Read));
         assert!(!a.allows("secret/data/team/blue/green/config", Capability::Read));
-        assert!(!a.allows("secret/data/team//config", Capability::Read));
+        // ... possibly an empty one, as in Vault: `secret/metadata/+` lets a token LIST
+        // `secret/metadata/`.
+        assert!(a.allows("secret/data/team//config", Capability::Read));
         assert!(a.allows("secret/metadata/app/x", Capability::List));
+    }
+
+    #[test]
+    fn a_list_of_a_folder_follows_an_exact_rule_without_its_slash() {
+        let a = acl(&[r#"path "secret/metadata/app" { capabilities = ["list"] }
+               path "secret/metadata/*" { capabilities = ["deny"] }"#]);
+        assert!(a.allows("secret/metadata/app/", Capability::List));
+        assert!(!a.allows("secret/metadata/app/", Capability::Read), "only for LIST");
+        assert!(!a.allows("secret/metadata/other/", Capability::List));
+        let plus = acl(&[r#"path "secret/+/p/b/+" { capabilities = ["list"] }"#]);
+        assert!(plus.allows("secret/metadata/p/b/x/", Capability::List), "`+` matches the folder's name");
+        assert!(!plus.allows("secret/metadata/p/b/x/y/", Capability::List));
+        // ... only when no rule matches the folder itself.
+        let denied = acl(&[r#"path "secret/+/p/*" { capabilities = ["deny"] }
+               path "secret/metadata/p/b/+" { capabilities = ["list"] }"#]);
+        assert!(!denied.allows("secret/metadata/p/b/x/", Capability::List));
     }
 
     #[test]

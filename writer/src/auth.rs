@@ -69,12 +69,15 @@ fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord) -> Val
             "entity_id": "",
             "token_type": "service",
             "orphan": true,
+            "mfa_requirement": null,
+            "num_uses": 0,
         }
     })
 }
 
-/// Policy names: lower-case letters, digits, `-` and `_`; `root` is reserved.
-fn policy_name(name: &str) -> Result<&str, ApiError> {
+/// Policy names: letters (lower-cased, as Vault does), digits, `-` and `_`; `root` is reserved.
+fn policy_name(name: &str, delete: bool) -> Result<String, ApiError> {
+    let name = name.to_ascii_lowercase();
     let ok = !name.is_empty()
         && name.len() <= 128
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
@@ -82,21 +85,26 @@ fn policy_name(name: &str) -> Result<&str, ApiError> {
         return Err(ApiError::bad_request(format!("invalid policy name {name:?}")));
     }
     if name == "root" {
-        return Err(ApiError::bad_request("cannot update the root policy"));
+        return Err(ApiError::bad_request(if delete {
+            "cannot delete \"root\" policy"
+        } else {
+            "cannot update \"root\" policy"
+        }));
     }
     Ok(name)
 }
 
-/// The token named in the body (`token`), or the caller's own for the `-self` endpoints.
+/// The token named in the body (`token`), or the caller's own for the `-self` endpoints; `None`
+/// when the named token is unknown, revoked or expired (each endpoint answers that as Vault does).
 async fn target(
     ctx: &ReadContext,
     req: &ApiRequest,
     who: &Identity,
     own: bool,
-) -> Result<([u8; 32], TokenRecord), ApiError> {
+) -> Result<Option<([u8; 32], TokenRecord)>, ApiError> {
     if own {
         return match who {
-            Identity::Token { hash, record } => Ok((*hash, record.clone())),
+            Identity::Token { hash, record } => Ok(Some((*hash, record.clone()))),
             Identity::Root => Err(ApiError::bad_request("the root token cannot be renewed, revoked or looked up here")),
         };
     }
@@ -106,12 +114,9 @@ async fn target(
     match ctx.store.get_raw(&keys::token(&hash)).await? {
         Some(raw) => {
             let record: TokenRecord = serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?;
-            if record.expired(now_ms()) {
-                return Err(ApiError::bad_request("token not found"));
-            }
-            Ok((hash, record))
+            Ok((!record.expired(now_ms())).then_some((hash, record)))
         }
-        None => Err(ApiError::bad_request("token not found")),
+        None => Ok(None),
     }
 }
 
@@ -119,12 +124,15 @@ async fn target(
 pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Option<Outcome>, ApiError> {
     let path = req.path.as_str();
     if let Some(name) = path.strip_prefix("v1/sys/policies/acl/") {
-        let name = policy_name(name)?;
+        let name = policy_name(name, req.method == "DELETE")?;
         let op = match req.method.as_str() {
             "DELETE" => Operation::DeletePolicy { name: name.to_string() },
             "POST" | "PUT" => {
                 let b = body(req)?;
-                let text = b["policy"].as_str().ok_or_else(|| ApiError::bad_request("missing policy"))?;
+                let text = b["policy"]
+                    .as_str()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| ApiError::bad_request("'policy' parameter not supplied or empty"))?;
                 parse_policy(text).map_err(|e| ApiError::bad_request(format!("failed to parse policy: {}", e.0)))?;
                 Operation::PutPolicy { name: name.to_string(), policy: text.to_string() }
             }
@@ -136,7 +144,9 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
     match action {
         "create" | "create-orphan" => create(ctx, req, who).map(Some),
         "renew" | "renew-self" => {
-            let (hash, mut record) = target(ctx, req, who, action == "renew-self").await?;
+            let (hash, mut record) = target(ctx, req, who, action == "renew-self")
+                .await?
+                .ok_or_else(|| ApiError::bad_request("token not found"))?;
             if !record.renewable {
                 return Err(ApiError::bad_request("lease is not renewable"));
             }
@@ -159,12 +169,16 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
             })))
         }
         "revoke" | "revoke-self" => {
-            let (hash, record) = target(ctx, req, who, action == "revoke-self").await?;
+            // Vault answers the revocation of an unknown token as done.
+            let Some((hash, record)) = target(ctx, req, who, action == "revoke-self").await? else {
+                return Ok(Some(Outcome::Answer(ApiResponse::no_content())));
+            };
             let op = Operation::RevokeToken { token_hash: hash };
             Ok(Some(Outcome::Command(Command::Control { name: format!("token/{}", record.accessor), op, body: None })))
         }
         "lookup" => {
-            let (_, record) = target(ctx, req, who, false).await?;
+            // Vault refuses the lookup of an unknown token as a bad token.
+            let (_, record) = target(ctx, req, who, false).await?.ok_or_else(|| ApiError::new(403, "bad token"))?;
             Ok(Some(Outcome::Answer(ApiResponse::data(&req.request_id, lookup_data(&record)))))
         }
         _ => Ok(None),
@@ -193,9 +207,9 @@ fn create(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Outcome
         return Err(ApiError::bad_request("tokens with the root policy are not handed out; use named policies"));
     }
     if let Identity::Token { record, .. } = who
-        && let Some(p) = policies.iter().find(|p| !record.policies.contains(p))
+        && policies.iter().any(|p| !record.policies.contains(p))
     {
-        return Err(ApiError::bad_request(format!("child policies must be subset of parent: {p:?}")));
+        return Err(ApiError::bad_request("child policies must be subset of parent"));
     }
     let ttl = duration(&b["ttl"], "ttl")?.unwrap_or(32 * 24 * 3600);
     let max = duration(&b["explicit_max_ttl"], "explicit_max_ttl")?;
@@ -238,10 +252,11 @@ mod tests {
 
     #[test]
     fn policy_names_are_checked() {
-        assert!(policy_name("app-read_2").is_ok());
-        assert!(policy_name("root").is_err());
-        assert!(policy_name("App").is_err());
-        assert!(policy_name("").is_err());
-        assert!(policy_name("a/b").is_err());
+        assert_eq!(policy_name("app-read_2", false).unwrap(), "app-read_2");
+        assert_eq!(policy_name("App", false).unwrap(), "app", "lower-cased, as Vault does");
+        assert!(policy_name("root", false).is_err());
+        assert!(policy_name("ROOT", true).is_err());
+        assert!(policy_name("", false).is_err());
+        assert!(policy_name("a/b", false).is_err());
     }
 }

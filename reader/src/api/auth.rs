@@ -150,7 +150,8 @@ pub async fn authorize(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, 
             .and_then(|r| r.split_once('/'))
             .map(|(_, rel)| rel.to_string());
         if let Some(rel) = rel {
-            meta_exists = Some(ctx.store.meta(&ctx.mount, &rel).await?.is_some_and(|m| m.current_version > 0));
+            // Vault's KV v2 existence check: the secret's metadata exists (even with no version).
+            meta_exists = Some(ctx.store.meta(&ctx.mount, &rel).await?.is_some());
         }
     }
     let allowed = match need(req, &ctx.mount, |_| meta_exists.unwrap_or(false)) {

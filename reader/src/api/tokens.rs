@@ -21,6 +21,7 @@ pub fn lookup_data(record: &TokenRecord) -> serde_json::Value {
         "entity_id": "",
         "expire_time": record.expire_ms.map(|e| vault_time(Some(e))),
         "explicit_max_ttl": record.max_expire_ms.map_or(0, |m| (m - record.created_ms) / 1000),
+        "issue_time": vault_time(Some(record.created_ms)),
         "meta": null,
         "num_uses": 0,
         "orphan": true,
@@ -39,14 +40,16 @@ pub fn lookup_response(req: &ApiRequest, record: &TokenRecord) -> ApiResponse {
 
 /// `GET /v1/sys/policies/acl/:name` and `LIST /v1/sys/policies/acl`.
 pub async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
-    let name = req.path.strip_prefix("v1/sys/policies/acl").unwrap_or("").trim_matches('/');
+    // Names are lower-cased, as Vault does.
+    let name = req.path.strip_prefix("v1/sys/policies/acl").unwrap_or("").trim_matches('/').to_ascii_lowercase();
     if name.is_empty() || req.method == "LIST" {
+        // Vault lists the stored policies in order, then `root`.
         let mut names = ctx.store.policy_names().await?;
-        names.push("root".into());
         names.sort();
-        return Ok(ApiResponse::data(&req.request_id, json!({ "keys": names, "policies": names })));
+        names.push("root".into());
+        return Ok(ApiResponse::data(&req.request_id, json!({ "keys": names })));
     }
-    match ctx.store.get_raw(&keys::policy(name)).await? {
+    match ctx.store.get_raw(&keys::policy(&name)).await? {
         Some(text) => {
             Ok(ApiResponse::data(&req.request_id, json!({ "name": name, "policy": String::from_utf8_lossy(&text) })))
         }

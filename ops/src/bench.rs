@@ -5,16 +5,21 @@
 //!   own keys, so no CAS conflicts; every write is a Kafka transaction commit before the answer);
 //! * `reads` — reads/s and latency at N keep-alive connections against one reader, over a key
 //!   set preloaded through the writer;
-//! * `lag` — write-to-visible latency at a fixed write rate: from sending the write to the
-//!   writer until a reader answers it (the read carries the write's consistency index, so the
-//!   reader answers the moment it has applied the write);
+//! * `lag` — at a fixed write rate, two delays per write, both ending when a reader answers it
+//!   (the read carries the write's consistency index, so the reader answers the moment it has
+//!   applied the write): from sending the write (`write_to_visible`, the client's view, which
+//!   includes the write's own commit), and from the writer's acknowledgement
+//!   (`ack_to_visible`: how far the reader trails the leader's commit, replication lag proper);
 //! * `snapshot` — snapshot create and reader bootstrap time at N secrets (needs no stack; see
 //!   [`crate::bench_snapshot`]);
 //! * `peer etcd` — writes and reads side by side with a three-member etcd cluster the run starts
 //!   on loopback, through the same client and closed loop, with ratios secretlog/etcd (see
 //!   [`crate::bench_etcd`]);
 //! * `peer openbao` — the same against OpenBao in dev mode (`bao server -dev`, in memory), which
-//!   speaks the same API, so both get identical requests (see [`crate::bench_openbao`]).
+//!   speaks the same API, so both get identical requests (see [`crate::bench_openbao`]);
+//! * `suite` — all of the above that issue #9 asks for in one run, against a stack and an etcd
+//!   cluster it starts itself, plus writer failover and reader memory; one table, `results.json`
+//!   and `bench.png` (see [`crate::bench_suite`]).
 //!
 //! Absolute numbers on a shared 2-core machine are noise; compare runs side by side.
 
@@ -71,7 +76,7 @@ pub enum Scenario {
         #[arg(long)]
         no_preload: bool,
     },
-    /// Write-to-visible latency at a fixed write rate.
+    /// Write-to-visible and acknowledged-to-visible latency at a fixed write rate.
     Lag {
         #[arg(long, default_value_t = 500)]
         rate: u64,
@@ -88,6 +93,10 @@ pub enum Scenario {
     /// Writes and reads side by side with a peer system started for the run, each figure with
     /// its ratio secretlog/peer.
     Peer(crate::bench_etcd::PeerArgs),
+    /// Every scenario of issue #9 in one run against a stack and a three-member etcd cluster it
+    /// starts itself (the options above that name a running stack are not used): one table, and
+    /// `results.json` and `bench.png` in `--dir`.
+    Suite(crate::bench_suite::SuiteArgs),
 }
 
 pub(crate) fn hist() -> Histogram<u64> {
@@ -110,7 +119,10 @@ pub(crate) fn summary(name: &str, param: usize, ops: u64, errors: u64, secs: f64
 }
 
 pub(crate) fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().pool_max_idle_per_host(pool).timeout(Duration::from_secs(30)).build()?)
+    Ok(secretlog_reader::api::tls::client_builder(None)?
+        .pool_max_idle_per_host(pool)
+        .timeout(Duration::from_secs(30))
+        .build()?)
 }
 
 /// Run a closed loop of `conc` workers for `secs`, each calling `op(worker, i)`.
@@ -161,6 +173,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", crate::bench_snapshot::table(&results));
         return append_results(args.out.as_deref(), &results);
     }
+    if let Scenario::Suite(suite) = &args.scenario {
+        return crate::bench_suite::run(&args, suite).await;
+    }
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("reading the token from {}", args.token_file.display()))?
         .trim()
@@ -188,57 +203,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 crate::bench_etcd::PeerSystem::Openbao => crate::bench_openbao::run(&args, peer, &token, &value).await,
             };
         }
-        Scenario::Snapshot { .. } => unreachable!("the snapshot scenario returns before the token is read"),
-        Scenario::Lag { rate } => {
-            let http = client(64)?;
-            let mut h = hist();
-            let mut errors = 0u64;
-            let total = rate * args.seconds;
-            let interval = Duration::from_secs_f64(1.0 / *rate as f64);
-            let started = Instant::now();
-            let mut tasks = tokio::task::JoinSet::new();
-            let run = format!("{:08x}", rand::random::<u32>());
-            for i in 0..total {
-                let due = started + interval.mul_f64(i as f64);
-                tokio::time::sleep_until(due.into()).await;
-                let (http, w, r, t, v, run) =
-                    (http.clone(), args.writer.clone(), args.reader.clone(), token.clone(), value.clone(), run.clone());
-                tasks.spawn(async move {
-                    let t0 = Instant::now();
-                    let path = format!("bench/lag/{run}/k{}", i % 5000);
-                    let resp = http
-                        .post(format!("{w}/v1/secret/data/{path}"))
-                        .header("X-Vault-Token", &t)
-                        .json(&json!({"data": {"v": v}}))
-                        .send()
-                        .await
-                        .ok()?;
-                    let index = resp.headers().get("x-secretlog-index")?.to_str().ok()?.to_string();
-                    let read = http
-                        .get(format!("{r}/v1/secret/data/{path}"))
-                        .header("X-Vault-Token", &t)
-                        .header("X-Secretlog-Index", index)
-                        .send()
-                        .await
-                        .ok()?;
-                    read.status().is_success().then(|| t0.elapsed())
-                });
-            }
-            while let Some(res) = tasks.join_next().await {
-                match res {
-                    Ok(Some(d)) => {
-                        h.record(d.as_micros().max(1) as u64).ok();
-                    }
-                    _ => errors += 1,
-                }
-            }
-            let secs = started.elapsed().as_secs_f64();
-            results.push(summary("write_to_visible", *rate as usize, h.len(), errors, secs, &h));
+        Scenario::Snapshot { .. } | Scenario::Suite(_) => {
+            unreachable!("the snapshot and suite scenarios return before the token is read")
         }
+        Scenario::Lag { rate } => results.extend(measure_lag(&args, &token, &value, *rate).await?),
     }
+    println!("{}", table(&results));
+    append_results(args.out.as_deref(), &results)
+}
+
+/// Summaries as a table.
+pub(crate) fn table(results: &[Value]) -> comfy_table::Table {
     let mut t =
         crate::output::table(&["scenario", "concurrency/rate", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"]);
-    for r in &results {
+    for r in results {
         t.add_row(vec![
             r["scenario"].as_str().unwrap_or("").to_string(),
             r["concurrency"].to_string(),
@@ -249,8 +227,75 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             r["errors"].to_string(),
         ]);
     }
-    println!("{t}");
-    append_results(args.out.as_deref(), &results)
+    t
+}
+
+/// Writes at a fixed `rate` for `args.seconds` (open loop: a write is sent when it is due,
+/// whether or not earlier ones have been answered), each followed at once by a read of the same
+/// secret from the reader carrying the write's `X-Secretlog-Index`, which the reader answers the
+/// moment it has applied that position. Two summaries:
+/// * `write_to_visible` — from sending the write to the reader's answer: what a client that
+///   writes and then reads elsewhere waits, the write's own commit included;
+/// * `ack_to_visible` — from the writer's acknowledgement (the transaction has committed) to the
+///   reader's answer: how far the reader trails the leader's commit, replication lag proper
+///   (plus one loopback read round trip, well under a millisecond).
+///
+/// A reader that has not applied the write within its wait bound (2 s) forwards the read to the
+/// leader, which would hide the lag: such reads are not counted as visible but as errors.
+pub(crate) async fn measure_lag(args: &BenchArgs, token: &str, value: &str, rate: u64) -> anyhow::Result<Vec<Value>> {
+    const WAIT_BOUND: Duration = Duration::from_secs(2);
+    let http = client(64)?;
+    let (mut from_start, mut from_ack) = (hist(), hist());
+    let mut errors = 0u64;
+    let total = rate * args.seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let run = format!("{:08x}", rand::random::<u32>());
+    for i in 0..total {
+        tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+        let (http, w, r, t, v, run) =
+            (http.clone(), args.writer.clone(), args.reader.clone(), token.to_string(), value.to_string(), run.clone());
+        tasks.spawn(async move {
+            let t0 = Instant::now();
+            let path = format!("bench/lag/{run}/k{}", i % 5000);
+            let resp = http
+                .post(format!("{w}/v1/secret/data/{path}"))
+                .header("X-Vault-Token", &t)
+                .json(&json!({"data": {"v": v}}))
+                .send()
+                .await
+                .ok()?;
+            let acked = Instant::now();
+            if !resp.status().is_success() {
+                return None;
+            }
+            let index = resp.headers().get("x-secretlog-index")?.to_str().ok()?.to_string();
+            let read = http
+                .get(format!("{r}/v1/secret/data/{path}"))
+                .header("X-Vault-Token", &t)
+                .header("X-Secretlog-Index", index)
+                .send()
+                .await
+                .ok()?;
+            let visible = Instant::now();
+            (read.status().is_success() && visible - acked < WAIT_BOUND).then(|| (visible - t0, visible - acked))
+        });
+    }
+    while let Some(res) = tasks.join_next().await {
+        match res {
+            Ok(Some((a, b))) => {
+                from_start.record(a.as_micros().max(1) as u64).ok();
+                from_ack.record(b.as_micros().max(1) as u64).ok();
+            }
+            _ => errors += 1,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(vec![
+        summary("write_to_visible", rate as usize, from_start.len(), errors, secs, &from_start),
+        summary("ack_to_visible", rate as usize, from_ack.len(), errors, secs, &from_ack),
+    ])
 }
 
 /// Acknowledged writes through the writer for `args.seconds` at `c` clients: each client writes
@@ -282,7 +327,12 @@ pub(crate) fn write_key(run: &str, worker: usize, i: u64) -> String {
 /// The key the reads scenarios read for worker `worker`'s `i`-th request, out of `n` preloaded
 /// ones `bench/keys/k{0..n}`: a spread-out walk, the same for every system measured.
 pub(crate) fn read_key(worker: usize, i: u64, n: u64) -> String {
-    format!("bench/keys/k{}", (i.wrapping_mul(2_654_435_761).wrapping_add(worker as u64 * 7919)) % n)
+    read_key_under("bench/keys", worker, i, n)
+}
+
+/// [`read_key`] over the keys `{prefix}/k{0..n}`.
+pub(crate) fn read_key_under(prefix: &str, worker: usize, i: u64, n: u64) -> String {
+    format!("{prefix}/k{}", (i.wrapping_mul(2_654_435_761).wrapping_add(worker as u64 * 7919)) % n)
 }
 
 /// Reads from the reader for `args.seconds` over `c` keep-alive connections, over `keys`
@@ -295,12 +345,26 @@ pub(crate) async fn measure_reads(
     index: Option<String>,
     c: usize,
 ) -> anyhow::Result<Value> {
+    measure_reads_under(&args.reader, "bench/keys", args.seconds, token, keys, index, c).await
+}
+
+/// [`measure_reads`] from the reader at `reader`, over the keys `{prefix}/k{0..keys}`, for `secs`.
+pub(crate) async fn measure_reads_under(
+    reader: &str,
+    prefix: &str,
+    secs: u64,
+    token: &str,
+    keys: usize,
+    index: Option<String>,
+    c: usize,
+) -> anyhow::Result<Value> {
     let http = client(c)?;
-    let (r, t, n) = (args.reader.clone(), token.to_string(), keys as u64);
-    let (ops, errs, secs, h) = closed_loop(c, args.seconds, move |worker, i| {
+    let (r, p, t, n) = (reader.to_string(), prefix.to_string(), token.to_string(), keys as u64);
+    let (ops, errs, secs, h) = closed_loop(c, secs, move |worker, i| {
         let (http, r, t, index) = (http.clone(), r.clone(), t.clone(), index.clone());
+        let key = read_key_under(&p, worker, i, n);
         async move {
-            let mut req = http.get(format!("{r}/v1/secret/data/{}", read_key(worker, i, n))).header("X-Vault-Token", t);
+            let mut req = http.get(format!("{r}/v1/secret/data/{key}")).header("X-Vault-Token", t);
             if let Some(index) = index {
                 req = req.header("X-Secretlog-Index", index);
             }

@@ -23,12 +23,22 @@ use serde_json::{Value, json};
 const TOPIC: &str = "bench.snapshot";
 const BATCH: usize = 10_000;
 
-fn store_config(dir: &Path) -> StoreConfig {
+pub(crate) fn store_config(dir: &Path) -> StoreConfig {
     StoreConfig { dir: dir.to_path_buf(), cache_memory_bytes: 64 << 20, cache_disk_bytes: 0 }
 }
 
-/// Fill `store` with `secrets` secrets of one version each.
-async fn fill(store: &Store, keyring: &Keyring, secrets: usize, value_bytes: usize) -> anyhow::Result<()> {
+/// Fill `store` with `secrets` secrets of one version each, the `i`-th at `path_of(i)`, sealed under
+/// `keyring` as the writer seals them. With `at_offsets`, partition 0 is recorded as applied up to
+/// offset `secrets` (a snapshot's source needs a log position); without, no log position is
+/// recorded, so a reader started on the store consumes its topic from the start, on top of it.
+pub(crate) async fn fill(
+    store: &Store,
+    keyring: &Keyring,
+    secrets: usize,
+    value_bytes: usize,
+    path_of: &(dyn Fn(usize) -> String + Sync),
+    at_offsets: bool,
+) -> anyhow::Result<()> {
     let pb = crate::dr::bar(secrets as u64, "building source state");
     let plaintext = serde_json::to_vec(&json!({ "v": "x".repeat(value_bytes) }))?;
     let mut next = 0usize;
@@ -36,7 +46,7 @@ async fn fill(store: &Store, keyring: &Keyring, secrets: usize, value_bytes: usi
         let mut batch = ApplyBatch::default();
         let end = (next + BATCH).min(secrets);
         for i in next..end {
-            let path = format!("bench/{:02}/k{i:08}", i % 97);
+            let path = path_of(i);
             let ctx = SealContext { mount: "secret", path: &path, version: 1 };
             let sealed = SealedValue::seal(keyring, &ctx, &plaintext)?.encode();
             let event = Event {
@@ -53,7 +63,9 @@ async fn fill(store: &Store, keyring: &Keyring, secrets: usize, value_bytes: usi
             }
             batch.writes.insert(keys::meta("secret", &path), effect.meta.map(|m| serde_json::to_vec(&m)).transpose()?);
         }
-        batch.partitions.insert(0, PartitionState { next_offset: end as i64, max_epoch: 1 });
+        if at_offsets {
+            batch.partitions.insert(0, PartitionState { next_offset: end as i64, max_epoch: 1 });
+        }
         store.commit(batch).await?;
         pb.set_position(end as u64);
         next = end;
@@ -62,7 +74,8 @@ async fn fill(store: &Store, keyring: &Keyring, secrets: usize, value_bytes: usi
     Ok(())
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+/// Bytes of every file under `dir`.
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
@@ -83,7 +96,8 @@ pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Re
     for &n in sizes {
         let dir = tempfile::Builder::new().prefix(&format!("bench-snapshot-{n}-")).tempdir_in(work)?;
         let source = Store::open(&store_config(&dir.path().join("source"))).await?;
-        fill(&source, &keyring, n, value_bytes).await.context("building the source state")?;
+        let path = |i: usize| format!("bench/{:02}/k{i:08}", i % 97);
+        fill(&source, &keyring, n, value_bytes, &path, true).await.context("building the source state")?;
         let objects_dir = dir.path().join("objects");
         let objects = Objects::open(&format!("file://{}", objects_dir.display()))?;
 

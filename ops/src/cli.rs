@@ -66,9 +66,13 @@ enum Cmd {
     Promote(crate::dr::promote::PromoteArgs),
     /// Run a DR drill on the local stack: lose the primary, recover, measure RTO and RPO.
     Drill(crate::dr::drill::DrillArgs),
+    /// Rotate the root key's term: new writes use a new key term; older values are rewrapped.
+    Rotate(crate::rotate::RotateArgs),
+    /// Retire a key term no value is sealed under any more.
+    RetireTerm(crate::rotate::RetireArgs),
     /// Create a root key split into Shamir shares (default 5, threshold 3).
     Init(crate::seal::InitArgs),
-    /// Reconstruct the root key from enough shares and write the key file nodes start from.
+    /// Submit a key share to a sealed node (--addr), or reconstruct the key file from enough shares.
     Unseal(crate::seal::UnsealArgs),
     /// Run a writer node.
     Writer(secretlog_writer::WriterConfig),
@@ -150,8 +154,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Reseed(args) => crate::dr::reseed::run(args).await,
         Cmd::Promote(args) => crate::dr::promote::run(args).await,
         Cmd::Drill(args) => crate::dr::drill::run(args).await,
+        Cmd::Rotate(args) => crate::rotate::rotate(args).await,
+        Cmd::RetireTerm(args) => crate::rotate::retire(args).await,
         Cmd::Init(args) => crate::seal::init(args),
-        Cmd::Unseal(args) => crate::seal::unseal(args),
+        Cmd::Unseal(args) => crate::seal::unseal(args).await,
         Cmd::Writer(cfg) => {
             let cancel = CancellationToken::new();
             until_stopped(secretlog_writer::node::start(cfg, cancel.clone()).await?, cancel).await

@@ -1,5 +1,10 @@
 //! `secretlog`: the operator CLI. All logic lives in the library.
 
+// Every node role runs in this binary. glibc's allocator showed up as ~15% of a reader's CPU
+// under concurrent reads (arena locks, consolidation); mimalloc's per-thread heaps do not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     secretlog_ops::cli::main()
 }

@@ -179,11 +179,17 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
 }
 
 fn decode_versions(r: &mut In<'_>) -> Result<Vec<u64>, DecodeError> {
+    let n = version_count(r, "versions")?;
+    (0..n).map(|_| r.u64()).collect()
+}
+
+/// A u16 count of per-version entries, at most [`MAX_VERSIONS_PER_EVENT`].
+fn version_count(r: &mut In<'_>, field: &'static str) -> Result<usize, DecodeError> {
     let n = r.u16()? as usize;
     if n > MAX_VERSIONS_PER_EVENT {
-        return Err(DecodeError::InvalidField { field: "versions", reason: "too many" });
+        return Err(DecodeError::InvalidField { field, reason: "too many" });
     }
-    (0..n).map(|_| r.u64()).collect()
+    Ok(n)
 }
 
 /// Parse an event body (already authenticated by the caller).
@@ -241,10 +247,7 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
         0x06 => Operation::DeleteMetadata,
         0x07 => {
             let metadata = r.bytes32("metadata", MAX_RESTORE_METADATA_LEN)?.to_vec();
-            let n = r.u16()? as usize;
-            if n > MAX_VERSIONS_PER_EVENT {
-                return Err(DecodeError::InvalidField { field: "values", reason: "too many" });
-            }
+            let n = version_count(&mut r, "values")?;
             let mut values = Vec::with_capacity(n);
             for _ in 0..n {
                 let v = r.u64()?;
@@ -253,10 +256,7 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
             Operation::RestoreSecret { metadata, values }
         }
         0x08 => {
-            let n = r.u16()? as usize;
-            if n > MAX_VERSIONS_PER_EVENT {
-                return Err(DecodeError::InvalidField { field: "values", reason: "too many" });
-            }
+            let n = version_count(&mut r, "values")?;
             let mut values = Vec::with_capacity(n);
             for _ in 0..n {
                 let version = r.u64()?;

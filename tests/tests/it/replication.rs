@@ -1,7 +1,7 @@
 //! The replicator: a complete log archive and consistent snapshots that new readers start from.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use object_store::{ObjectStoreExt, PutPayload};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -16,24 +16,26 @@ use crate::harness::{Node, Stack, StackOpts, call, eventually, shared};
 use crate::kv_api::digest;
 use crate::s3::{Proxy, S3Server, read_all};
 
-/// Every committed record offset of the topic, per partition, read raw (read_committed).
-fn committed_offsets(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, BTreeSet<i64>> {
+/// Every committed record offset of the topic, per partition, read raw (read_committed, from the
+/// start); fails the test if the end of every partition is not reached within a minute.
+pub(crate) fn committed_offsets(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, BTreeSet<i64>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "it-raw-offsets")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .create()
-        .unwrap();
+        .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
     }
-    c.assign(&tpl).unwrap();
+    c.assign(&tpl).expect("assign");
     let mut out: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
     let mut eof = BTreeSet::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while eof.len() < partitions as usize && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while eof.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "reading the committed log took over a minute");
         match c.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 out.entry(m.partition()).or_default().insert(m.offset());

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use secretlog_schemas::ConsistencyToken;
 use secretlog_schemas::archive::{decode_segment, parse_segment_name};
 use serde_json::{Value, json};
@@ -19,6 +17,7 @@ use super::model::{Archive, FinalState, Kind, Op, Violation, check};
 use super::netns::Netns;
 use super::{CLIENTS, KEYS, MAX_VERSIONS, key_name};
 use crate::harness::{BrokerFaults, Cluster, Node, Stack, StackOpts, eventually};
+use crate::replication::committed_offsets;
 
 /// What a run does.
 pub struct RunOpts {
@@ -86,38 +85,6 @@ async fn netns_reader(s: &Stack, ns: &mut Netns, writers: &[String]) -> Node {
         .with_prefix(ns.prefix(), format!("http://127.0.0.1:{host_port}"));
     n.spawn();
     n
-}
-
-/// Every committed record offset of the topic, per partition (read_committed, from the start).
-fn committed_offsets(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, BTreeSet<i64>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "it-checker-offsets")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut out: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
-    let mut eof = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while eof.len() < partitions as usize {
-        assert!(Instant::now() < deadline, "reading the committed log took over a minute");
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                out.entry(m.partition()).or_default().insert(m.offset());
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                eof.insert(p);
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 /// Every archived record offset per partition, in segment order, from a `file://` archive.

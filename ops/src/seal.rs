@@ -165,7 +165,9 @@ async fn unseal_online(addr: &str, args: &UnsealArgs) -> anyhow::Result<()> {
         Zeroizing::new(format!(r#"{{"key":"{}"}}"#, share.trim()))
     };
     let url = format!("{}/v1/sys/unseal", addr.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
+    // Trusts the CA named by SECRETLOG_CACERT, as every other command does.
+    let resp = secretlog_reader::api::tls::client_builder(None)?
+        .build()?
         .put(&url)
         .header("content-type", "application/json")
         .body(body.as_bytes().to_vec())

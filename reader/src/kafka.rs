@@ -310,10 +310,44 @@ pub fn is_authentication_error(error: &KafkaError) -> bool {
     )
 }
 
-/// Log a Kafka client error; refused credentials are an error-level line that says what to
-/// check (librdkafka's text names the mechanism and user, never the password).
-pub fn log_client_error(client: &'static str, error: &KafkaError, reason: &str) {
+/// Whether a client error is a failed TLS connection (`security.protocol=SSL|SASL_SSL`): most
+/// often a broker certificate that does not verify against `ssl.ca.location`.
+pub fn is_tls_error(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::SSL)
+}
+
+/// What a refused connection means for the operator, if `error` is one: the cluster refused our
+/// credentials, or the TLS handshake failed (librdkafka's `reason` names the broker and the
+/// OpenSSL error, never a password or key).
+pub fn refusal(error: &KafkaError, reason: &str) -> Option<String> {
     if is_authentication_error(error) {
+        Some(format!(
+            "Kafka authentication failed ({reason}): the cluster refused this node's credentials (check \
+             sasl.username and SECRETLOG_KAFKA_SASL_PASSWORD)"
+        ))
+    } else if is_tls_error(error) {
+        Some(format!(
+            "Kafka TLS handshake failed ({reason}): check security.protocol, and that ssl.ca.location holds \
+             the CA that signed the brokers' certificates"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Log a Kafka client error; refused credentials are an error-level line that says what to
+/// check (librdkafka's text names the mechanism and user, never the password), and so is a
+/// failed TLS handshake.
+pub fn log_client_error(client: &'static str, error: &KafkaError, reason: &str) {
+    if is_tls_error(error) {
+        tracing::error!(
+            client,
+            %error,
+            reason,
+            "Kafka TLS handshake failed: check security.protocol, and that ssl.ca.location holds the CA that \
+             signed the brokers' certificates"
+        );
+    } else if is_authentication_error(error) {
         tracing::error!(
             client,
             %error,
@@ -326,8 +360,8 @@ pub fn log_client_error(client: &'static str, error: &KafkaError, reason: &str) 
     }
 }
 
-/// Remembers a metadata client's last authentication failure, so a failed metadata request can
-/// say *why* instead of "timed out".
+/// Remembers a metadata client's last refused connection ([`refusal`]: authentication or TLS),
+/// so a failed metadata request can say *why* instead of "timed out".
 #[derive(Clone, Default)]
 struct MetadataContext {
     auth_failure: Arc<Mutex<Option<String>>>,
@@ -335,8 +369,8 @@ struct MetadataContext {
 
 impl ClientContext for MetadataContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if is_authentication_error(&error) {
-            *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        if let Some(refused) = refusal(&error, reason) {
+            *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(refused);
         }
         log_client_error("metadata", &error, reason);
     }
@@ -364,13 +398,7 @@ impl MetadataContext {
             }
         }
         match self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            Some(reason) => ReaderError::Config {
-                field: "kafka credentials",
-                reason: format!(
-                    "Kafka authentication failed ({reason}): the cluster refused this node's credentials \
-                     (check sasl.username and SECRETLOG_KAFKA_SASL_PASSWORD)"
-                ),
-            },
+            Some(reason) => ReaderError::Config { field: "kafka credentials", reason },
             None => err,
         }
     }
@@ -516,5 +544,16 @@ mod tests {
         assert_eq!(c.get("bootstrap.servers"), Some("127.0.0.1:1"));
         assert_eq!(c.get("isolation.level"), Some("read_committed"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
+    fn refused_credentials_and_failed_tls_handshakes_say_what_to_check() {
+        let tls = refusal(&KafkaError::Global(RDKafkaErrorCode::SSL), "certificate verify failed").unwrap();
+        assert!(tls.starts_with("Kafka TLS handshake failed (certificate verify failed)"), "{tls}");
+        assert!(tls.contains("ssl.ca.location"), "{tls}");
+        let auth = refusal(&KafkaError::Global(RDKafkaErrorCode::Authentication), "Invalid username").unwrap();
+        assert!(auth.starts_with("Kafka authentication failed (Invalid username)"), "{auth}");
+        assert!(auth.contains("SECRETLOG_KAFKA_SASL_PASSWORD"), "{auth}");
+        assert_eq!(refusal(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "down"), None);
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::KafkaError;
+use super::tls::BrokerTls;
 
 /// The Kafka release the cluster runs; the cache directory and the jar check are tied to it so an
 /// upgrade never mixes jars of two releases.
@@ -30,6 +31,15 @@ pub const CONTROLLER_PORT_OFFSET: u16 = 10;
 /// operators run secretlog against a cluster that checks credentials.
 pub const SASL_PORT_OFFSET: u16 = 20;
 
+/// SSL ports (a client listener with TLS, no client authentication) are the client ports shifted
+/// by this much. The brokers' certificate is signed by a CA made once per cluster directory
+/// ([`KafkaConfig::ssl_ca_file`]), so clients verify it with `ssl.ca.location`.
+pub const SSL_PORT_OFFSET: u16 = 30;
+
+/// SASL_SSL ports (SASL/PLAIN inside TLS, same user and certificate as the other two) are the
+/// client ports shifted by this much.
+pub const SASL_SSL_PORT_OFFSET: u16 = 40;
+
 /// The SASL/PLAIN user of the local cluster; its password is [`sasl_password`].
 pub const SASL_USER: &str = "secretlog";
 
@@ -49,9 +59,9 @@ pub struct KafkaConfig {
     /// downloaded once per machine.
     pub cache_dir: PathBuf,
     /// First client port; see [`KafkaConfig::client_port`], [`KafkaConfig::controller_port`] and
-    /// [`KafkaConfig::sasl_port`]. Keep all ports (up to base+22) below Linux's ephemeral range
-    /// (32768+), where any client connection may briefly own the port and make the broker's bind
-    /// fail.
+    /// [`KafkaConfig::sasl_port`], [`KafkaConfig::ssl_port`] and [`KafkaConfig::sasl_ssl_port`].
+    /// Keep all ports (up to base+42) below Linux's ephemeral range (32768+), where any client
+    /// connection may briefly own the port and make the broker's bind fail.
     pub base_port: u16,
     /// JVM maximum heap per broker (`-Xmx`), e.g. `"768m"`; small because three JVMs share a
     /// small machine.
@@ -85,15 +95,48 @@ impl KafkaConfig {
         self.client_port(node).wrapping_add(SASL_PORT_OFFSET)
     }
 
+    /// SSL client port of `node` (TLS with the cluster's certificate, no client authentication).
+    pub fn ssl_port(&self, node: u32) -> u16 {
+        self.client_port(node).wrapping_add(SSL_PORT_OFFSET)
+    }
+
+    /// SASL_SSL client port of `node` (SASL/PLAIN, user [`SASL_USER`], inside TLS).
+    pub fn sasl_ssl_port(&self, node: u32) -> u16 {
+        self.client_port(node).wrapping_add(SASL_SSL_PORT_OFFSET)
+    }
+
     /// Every port node `n` listens on.
-    pub(crate) fn ports(&self, node: u32) -> [u16; 3] {
-        [self.client_port(node), self.controller_port(node), self.sasl_port(node)]
+    pub(crate) fn ports(&self, node: u32) -> [u16; 5] {
+        [
+            self.client_port(node),
+            self.controller_port(node),
+            self.sasl_port(node),
+            self.ssl_port(node),
+            self.sasl_ssl_port(node),
+        ]
+    }
+
+    /// `127.0.0.1:<port of node 1>,...` for one listener.
+    fn bootstrap_on(&self, port: impl Fn(&Self, u32) -> u16) -> String {
+        NODE_IDS.iter().map(|n| format!("127.0.0.1:{}", port(self, *n))).collect::<Vec<_>>().join(",")
     }
 
     /// `bootstrap.servers` for the SASL listener (clients must then use
     /// `security.protocol=SASL_PLAINTEXT`, `sasl.mechanism=PLAIN`).
     pub fn sasl_bootstrap_servers(&self) -> String {
-        NODE_IDS.iter().map(|n| format!("127.0.0.1:{}", self.sasl_port(*n))).collect::<Vec<_>>().join(",")
+        self.bootstrap_on(Self::sasl_port)
+    }
+
+    /// `bootstrap.servers` for the SSL listener (clients must then use `security.protocol=SSL`,
+    /// `ssl.ca.location=<`[`KafkaConfig::ssl_ca_file`]`>`).
+    pub fn ssl_bootstrap_servers(&self) -> String {
+        self.bootstrap_on(Self::ssl_port)
+    }
+
+    /// `bootstrap.servers` for the SASL_SSL listener (`security.protocol=SASL_SSL`,
+    /// `sasl.mechanism=PLAIN`, `ssl.ca.location` as for SSL).
+    pub fn sasl_ssl_bootstrap_servers(&self) -> String {
+        self.bootstrap_on(Self::sasl_ssl_port)
     }
 
     /// Where the SASL user's password is kept (mode 0600), created on first start.
@@ -103,7 +146,7 @@ impl KafkaConfig {
 
     /// `127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>`, the value for `bootstrap.servers`.
     pub fn bootstrap_servers(&self) -> String {
-        NODE_IDS.iter().map(|n| format!("127.0.0.1:{}", self.client_port(*n))).collect::<Vec<_>>().join(",")
+        self.bootstrap_on(Self::client_port)
     }
 
     /// `<data_dir>/kafka`: everything the cluster writes, so one `rm -r` resets it.
@@ -151,10 +194,16 @@ impl KafkaConfig {
 
     /// Ports must fit in u16 after the offsets are added.
     pub(crate) fn check_ports(&self) -> Result<(), KafkaError> {
-        let top = u32::from(self.base_port) + 2 + u32::from(SASL_PORT_OFFSET.max(CONTROLLER_PORT_OFFSET));
+        let offset =
+            [CONTROLLER_PORT_OFFSET, SASL_PORT_OFFSET, SSL_PORT_OFFSET, SASL_SSL_PORT_OFFSET].into_iter().max();
+        let top = u32::from(self.base_port) + 2 + u32::from(offset.unwrap_or(0));
         if self.base_port == 0 || top > u32::from(u16::MAX) {
             return Err(KafkaError::BadConfig {
-                reason: format!("base_port {} leaves no room for ports up to base+22", self.base_port),
+                reason: format!(
+                    "base_port {} leaves no room for ports up to base+{}",
+                    self.base_port,
+                    top - u32::from(self.base_port)
+                ),
             });
         }
         Ok(())
@@ -174,31 +223,52 @@ fn prop_path(p: &Path) -> String {
     p.display().to_string().replace('\\', "\\\\")
 }
 
-/// The `server.properties` of one node. It holds the SASL user's password (in the listener's
-/// JAAS config), so it is written with mode 0600; the broker's command line names only the file.
-pub(crate) fn render_server_properties(cfg: &KafkaConfig, node: u32, sasl_password: &str) -> String {
+/// A multi-line value (a PEM block) as one `.properties` line: newlines become `\n` escapes.
+fn prop_multiline(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\r', "").replace('\n', "\\n")
+}
+
+/// The `server.properties` of one node. It holds the SASL user's password (in the listeners'
+/// JAAS config) and the brokers' private key (inline PEM keystore), so it is written with mode
+/// 0600; the broker's command line names only the file.
+pub(crate) fn render_server_properties(cfg: &KafkaConfig, node: u32, sasl_password: &str, tls: &BrokerTls) -> String {
     let voters =
         NODE_IDS.iter().map(|n| format!("{n}@127.0.0.1:{}", cfg.controller_port(*n))).collect::<Vec<_>>().join(",");
     let port = cfg.client_port(node);
     let cport = cfg.controller_port(node);
     let sport = cfg.sasl_port(node);
+    let tport = cfg.ssl_port(node);
+    let stport = cfg.sasl_ssl_port(node);
     let log_dir = prop_path(&cfg.log_dir(node));
+    let key = prop_multiline(&tls.key_pem);
+    let chain = prop_multiline(&tls.chain_pem);
+    let jaas = format!(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{sasl_password}\";"
+    );
     format!(
         "# Generated by secretlog-ops; rewritten on every start.
 node.id={node}
 process.roles=broker,controller
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport},SASL_PLAINTEXT://127.0.0.1:{sport}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sport}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport},SASL_PLAINTEXT://127.0.0.1:{sport},SSL://127.0.0.1:{tport},SASL_SSL://127.0.0.1:{stport}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sport},SSL://127.0.0.1:{tport},SASL_SSL://127.0.0.1:{stport}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 controller.quorum.voters={voters}
 log.dirs={log_dir}
 
-# A second client listener that checks credentials (SASL/PLAIN, one user); the brokers talk to
-# each other over PLAINTEXT as before.
+# Client listeners that check credentials (SASL/PLAIN, one user) or encrypt (TLS with the
+# cluster's own CA, see tls/ca.pem) or both; the brokers talk to each other over PLAINTEXT.
 listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{sasl_password}\";
+listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}
+# Both TLS listeners: the brokers' key and certificate chain inline (Kafka reads an unencrypted
+# key only this way), no client certificates.
+ssl.keystore.type=PEM
+ssl.keystore.key={key}
+ssl.keystore.certificate.chain={chain}
+ssl.client.auth=none
 
 # Durability: what secretlog relies on.
 num.partitions=6
@@ -454,14 +524,17 @@ mod tests {
         assert_eq!([c.controller_port(1), c.controller_port(3)], [19102, 19104]);
         assert_eq!(c.bootstrap_servers(), "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094");
         assert_eq!(c.sasl_bootstrap_servers(), "127.0.0.1:19112,127.0.0.1:19113,127.0.0.1:19114");
+        assert_eq!(c.ssl_bootstrap_servers(), "127.0.0.1:19122,127.0.0.1:19123,127.0.0.1:19124");
+        assert_eq!(c.sasl_ssl_bootstrap_servers(), "127.0.0.1:19132,127.0.0.1:19133,127.0.0.1:19134");
+        assert_eq!(c.ports(2), [19093, 19103, 19113, 19123, 19133]);
         let mut other = c.clone();
         other.base_port = 29092;
         assert_eq!(other.controller_port(2), 29103);
         other.base_port = 65530;
         assert!(other.check_ports().is_err());
-        other.base_port = 65513;
+        other.base_port = 65493;
         assert!(other.check_ports().is_ok());
-        other.base_port = 65514;
+        other.base_port = 65494;
         assert!(other.check_ports().is_err());
         assert!(c.check_ports().is_ok());
     }
@@ -476,16 +549,28 @@ mod tests {
 
     #[test]
     fn server_properties_have_required_settings() {
-        let p = render_server_properties(&cfg(), 2, "pw0");
+        let tls = BrokerTls {
+            key_pem: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            chain_pem: "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n".into(),
+        };
+        let p = render_server_properties(&cfg(), 2, "pw0", &tls);
+        let jaas = "org.apache.kafka.common.security.plain.PlainLoginModule required user_secretlog=\"pw0\";";
         for want in [
             "node.id=2",
             "process.roles=broker,controller",
-            "listeners=PLAINTEXT://127.0.0.1:19093,CONTROLLER://127.0.0.1:19103,SASL_PLAINTEXT://127.0.0.1:19113",
-            "advertised.listeners=PLAINTEXT://127.0.0.1:19093,SASL_PLAINTEXT://127.0.0.1:19113",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "listeners=PLAINTEXT://127.0.0.1:19093,CONTROLLER://127.0.0.1:19103,SASL_PLAINTEXT://127.0.0.1:19113,SSL://127.0.0.1:19123,SASL_SSL://127.0.0.1:19133",
+            "advertised.listeners=PLAINTEXT://127.0.0.1:19093,SASL_PLAINTEXT://127.0.0.1:19113,SSL://127.0.0.1:19123,SASL_SSL://127.0.0.1:19133",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN",
-            "listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_secretlog=\"pw0\";",
+            &format!("listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}"),
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN",
+            &format!("listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}"),
+            "ssl.keystore.type=PEM",
+            // One line each, newlines escaped the way java.util.Properties reads them back.
+            "ssl.keystore.key=-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n",
+            "ssl.keystore.certificate.chain=-----BEGIN CERTIFICATE-----\\nBBBB\\n-----END CERTIFICATE-----\\n",
+            "ssl.client.auth=none",
             "controller.quorum.voters=1@127.0.0.1:19102,2@127.0.0.1:19103,3@127.0.0.1:19104",
             "log.dirs=/tmp/sl-test/kafka/node-2/data",
             "default.replication.factor=3",

@@ -9,6 +9,7 @@
 mod client;
 pub mod config;
 mod process;
+mod tls;
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -103,6 +104,12 @@ pub enum KafkaError {
     /// Topic creation was refused by the cluster.
     #[error("creating topic {topic}: {code}")]
     Topic { topic: String, code: String },
+    /// The cluster's CA or broker certificate could not be made.
+    #[error("cannot make the local cluster's TLS certificates: {source}")]
+    Tls {
+        #[source]
+        source: rcgen::Error,
+    },
     /// An internal helper thread panicked or could not run.
     #[error("internal error: {0}")]
     Internal(String),
@@ -196,6 +203,8 @@ impl LocalKafka {
     /// Directories, config files, cluster id and storage format for `nodes`.
     fn prepare(&self, nodes: &[u32]) -> Result<(), KafkaError> {
         let cfg = &self.cfg;
+        let sasl_password = config::sasl_password(cfg)?;
+        let tls = tls::broker_tls(cfg)?;
         for &n in nodes {
             for port in cfg.ports(n) {
                 if !process::port_free(port, PORT_RELEASE_WAIT) {
@@ -204,7 +213,7 @@ impl LocalKafka {
             }
             let dir = cfg.node_dir(n);
             fs::create_dir_all(&dir).map_err(|e| KafkaError::io("create", &dir, e))?;
-            let props = config::render_server_properties(cfg, n, &config::sasl_password(cfg)?);
+            let props = config::render_server_properties(cfg, n, &sasl_password, &tls);
             config::write_atomic_mode(&cfg.properties_file(n), props.as_bytes(), 0o600)?;
         }
         config::write_atomic(&cfg.log4j_file(), config::render_log4j2().as_bytes())?;

@@ -34,6 +34,13 @@ impl Cluster {
         let password = secretlog_ops::kafka::config::sasl_password(k.config()).expect("the SASL password");
         Some((k.config().sasl_bootstrap_servers(), password))
     }
+
+    /// The local cluster's SSL listener, its SASL_SSL listener and the CA certificate (PEM file)
+    /// that signed the brokers' certificate; `None` for an external cluster.
+    pub fn ssl(&self) -> Option<(String, String, PathBuf)> {
+        let c = self.local.as_ref()?.config();
+        Some((c.ssl_bootstrap_servers(), c.sasl_ssl_bootstrap_servers(), c.ssl_ca_file()))
+    }
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();

@@ -64,7 +64,7 @@ pub struct SuiteArgs {
     /// Port of the replicator.
     #[arg(long, default_value_t = 8450)]
     pub replicator_port: u16,
-    /// First port of the stack's Kafka brokers (controllers 10 above).
+    /// First port of the stack's Kafka brokers (43 ports from here: controllers 10, SASL 20, SSL 30 and SASL_SSL 40 above).
     #[arg(long, default_value_t = 29092)]
     pub kafka_port: u16,
     /// Keys preloaded into both systems for the reads (default 50,000; quick 2,000).

@@ -29,8 +29,8 @@ pub struct UpArgs {
     /// Port of the replicator.
     #[arg(long, default_value_t = 8400)]
     pub replicator_port: u16,
-    /// First port of the local Kafka cluster (brokers on this port and the next two; controllers
-    /// 10 above), when the stack starts one.
+    /// First port of the local Kafka cluster, when the stack starts one: brokers on this port and
+    /// the next two, controllers 10 above, SASL_PLAINTEXT 20, SSL 30 and SASL_SSL 40 above.
     #[arg(long, default_value_t = crate::kafka::DEFAULT_BASE_PORT)]
     pub kafka_port: u16,
     /// Regions to start one reader each in.

@@ -8,9 +8,13 @@ use sha2::{Digest, Sha256};
 
 /// The mutation log.
 pub const MUTATIONS_TOPIC: &str = "secretlog.mutations";
-/// Partition count `secretlog up` creates the topic with. Partitions are the unit of parallel
-/// apply and of halting; six gives two-core machines room without making snapshots wide.
-pub const DEFAULT_PARTITIONS: i32 = 6;
+/// Partition count `secretlog up` creates the topic with: one per broker of the local
+/// three-broker cluster. Partitions are the unit of halting, and every partition a transaction
+/// touches costs the brokers a commit marker (replicated) and a produce request: with 32 records
+/// per transaction, 3 partitions gave 1.6x the transactions per second of 6 at two-thirds of
+/// the broker CPU per transaction (docs/benchmarks.md, "Writes: the transaction round"). Every
+/// reader consumes every partition, so more partitions than brokers buy secretlog nothing.
+pub const DEFAULT_PARTITIONS: i32 = 3;
 /// Record key of a control event (root token, leader epochs, later policies and tokens): a NUL
 /// byte and the control object's name. No valid secret key starts with NUL, so the two never
 /// collide.

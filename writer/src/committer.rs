@@ -1,17 +1,28 @@
 //! Group commit: the single task that decides writes and appends them.
 //!
-//! Requests queue on a bounded channel. The committer takes everything queued (up to
-//! `max_batch`, one command per secret), decides each against the current state, seals, and
-//! appends all resulting events in **one** Kafka transaction. Only after the transaction committed
-//! does any client get its answer, carrying the commit position (`X-Secretlog-Index`).
+//! Requests queue on a bounded channel. The committer takes what is queued (up to `max_batch`,
+//! one command per secret), decides each against the current state, seals, and appends all
+//! resulting events in **one** Kafka transaction. Only after the transaction committed does any
+//! client get its answer, carrying the commit position (`X-Secretlog-Index`).
 //!
-//! The state used for decisions is the writer's own materialized copy of the log. A secret
-//! written by the previous batch may not be applied yet; before deciding a command on such a
-//! secret the committer waits for its materializer to reach that position — so validation
-//! always sees every committed write, and writes to other secrets do not wait at all.
+//! The state used for decisions is the writer's own materialized copy of the log: committed
+//! writes only. A secret written by an earlier batch may not be applied yet; before deciding a
+//! command on such a secret the committer waits for its materializer to reach that position — so
+//! validation always sees every committed write, and writes to other secrets do not wait at all.
+//!
+//! **Pipelined.** Up to [`MAX_IN_FLIGHT`] transactions are open at once, each on its own producer
+//! of the ring (`crate::producer`), so a batch does not wait for the previous batch's commit
+//! round. That is safe because batches in flight together never share a secret: a command on a
+//! secret whose transaction is still open waits (in order, behind it) until that transaction
+//! resolved, and is then decided on state that includes it if it committed. No decision
+//! therefore depends on a write that might still abort, and records of one secret reach the log
+//! in the order they were decided. Control events (policies, tokens, key terms) and the rotation
+//! fence are *exclusive*: decided only when nothing is in flight, in a batch of their own, and
+//! nothing queued behind them overtakes them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -23,11 +34,12 @@ use secretlog_schemas::topic::{HEADER_INDEX, partition_for, record_key};
 use secretlog_schemas::{ConsistencyToken, Event, Operation, encode_event};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::WriterError;
 use crate::plan::{Planned, Reply, plan};
-use crate::producer::{Record, TxProducer};
+use crate::producer::{MAX_IN_FLIGHT, Record, TxProducer};
 use crate::request::Command;
 
 /// Set in tests only: `ack-before-commit` makes this writer answer every tenth transaction of
@@ -40,6 +52,27 @@ const PLANTED_BUG_FOR_TESTS: &str = "SECRETLOG_TEST_PLANTED_BUG";
 pub struct Pending {
     pub cmd: Command,
     pub reply: oneshot::Sender<ApiResponse>,
+}
+
+/// A decided write waiting for its transaction: where its answer goes, the answer, its record key.
+type Waiting = (oneshot::Sender<ApiResponse>, Reply, Vec<u8>);
+
+/// A transaction that was in flight, back with its outcome.
+struct Landed {
+    waiting: Vec<Waiting>,
+    /// The secrets (command paths) it held.
+    paths: Vec<String>,
+    records: usize,
+    started: Instant,
+    result: Result<Vec<(i32, i64)>, WriterError>,
+}
+
+impl Command {
+    /// Decided only with nothing in flight, alone (see the module comment): control events and
+    /// the rotation fence (a rewrap of nothing).
+    fn is_exclusive(&self) -> bool {
+        matches!(self, Command::Control { .. }) || matches!(self, Command::Rewrap { path, .. } if path.is_empty())
+    }
 }
 
 /// Settings of the committer.
@@ -57,6 +90,8 @@ pub struct Committer {
     pub cfg: CommitterConfig,
     /// Secrets appended but perhaps not yet applied locally: key → (partition, next offset).
     inflight: HashMap<Vec<u8>, (i32, i64)>,
+    /// Secrets (command paths) of the transactions open right now.
+    open: HashSet<String>,
     /// Set once the producer was fenced; the node stops accepting writes.
     pub fenced: Arc<std::sync::atomic::AtomicBool>,
     /// Tests only ([`PLANTED_BUG_FOR_TESTS`]): data-write transactions decided so far, when set.
@@ -83,54 +118,61 @@ impl Committer {
                 None
             }
         };
-        Committer { ctx, producer, cfg, inflight: HashMap::new(), fenced, planted }
+        Committer { ctx, producer, cfg, inflight: HashMap::new(), open: HashSet::new(), fenced, planted }
     }
 
-    /// Run until `cancel` fires or the channel closes. Requests still queued at shutdown are
-    /// answered 503 (nothing of theirs was appended).
+    /// Run until `cancel` fires or the channel closes. Transactions in flight then still land
+    /// (their clients get the true outcome); requests still queued are answered 503 (nothing of
+    /// theirs was appended).
     pub async fn run(mut self, mut rx: mpsc::Receiver<Pending>, cancel: CancellationToken) {
         let mut carry: VecDeque<Pending> = VecDeque::new();
+        let mut flights: JoinSet<Landed> = JoinSet::new();
+        let mut closed = false;
         loop {
-            if carry.is_empty() {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    p = rx.recv() => match p {
-                        Some(p) => carry.push_back(p),
-                        None => break,
-                    },
-                }
-            }
-            while carry.len() < self.cfg.max_batch {
+            while !closed && carry.len() < self.cfg.max_batch {
                 match rx.try_recv() {
                     Ok(p) => carry.push_back(p),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
                 }
             }
-            // One command per secret per transaction: a later command on the same secret is
-            // decided in the next batch, against the state the earlier one produced.
-            let mut batch = Vec::new();
-            let mut keys = HashSet::new();
-            let mut rest = VecDeque::new();
-            for p in carry.drain(..) {
-                if batch.len() < self.cfg.max_batch && keys.insert(p.cmd.path().to_string()) {
-                    batch.push(p);
-                } else {
-                    rest.push_back(p);
+            if flights.len() < MAX_IN_FLIGHT {
+                let batch = take_batch(&mut carry, &self.open, self.cfg.max_batch, flights.is_empty());
+                if !batch.is_empty() {
+                    self.launch(batch, &mut flights).await;
+                    continue;
                 }
             }
-            carry = rest;
-            self.process(batch).await;
-            if self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
-                tracing::error!("fenced by a newer leader: no longer accepting writes");
+            if self.fenced.load(Ordering::SeqCst) || (closed && carry.is_empty() && flights.is_empty()) {
                 break;
             }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(landed) = flights.join_next(), if !flights.is_empty() => self.land(landed),
+                p = rx.recv(), if !closed => match p {
+                    Some(p) => carry.push_back(p),
+                    None => closed = true,
+                },
+            }
+        }
+        while let Some(landed) = flights.join_next().await {
+            self.land(landed);
+        }
+        if self.fenced.load(Ordering::SeqCst) {
+            tracing::error!("fenced by a newer leader: no longer accepting writes");
         }
         rx.close();
         while let Ok(p) = rx.try_recv() {
-            let _ = p.reply.send(ApiError::unavailable("writer shutting down").into());
+            carry.push_back(p);
         }
+        let refusal: ApiResponse = if self.fenced.load(Ordering::SeqCst) {
+            ApiError::from(WriterError::Fenced).into()
+        } else {
+            ApiError::unavailable("writer shutting down").into()
+        };
         for p in carry {
-            let _ = p.reply.send(ApiError::unavailable("writer shutting down").into());
+            let _ = p.reply.send(refusal.clone());
         }
     }
 
@@ -246,11 +288,10 @@ impl Committer {
         }
     }
 
-    async fn process(&mut self, batch: Vec<Pending>) {
-        if batch.is_empty() {
-            return;
-        }
-        if self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+    /// Decide `batch` and start its transaction in `flights` (or answer it at once: refusals,
+    /// nothing to append, a fenced writer).
+    async fn launch(&mut self, batch: Vec<Pending>, flights: &mut JoinSet<Landed>) {
+        if self.fenced.load(Ordering::SeqCst) {
             for p in batch {
                 let _ = p.reply.send(ApiError::from(WriterError::Fenced).into());
             }
@@ -260,11 +301,13 @@ impl Committer {
         let data_only = batch.iter().all(|p| matches!(p.cmd, Command::Put { .. }));
         let mut records = Vec::new();
         let mut waiting = Vec::new();
+        let mut paths = Vec::new();
         for p in batch {
             match self.decide(&p.cmd, ts).await {
                 Ok(Some((record, reply, key))) => {
                     records.push(record);
                     waiting.push((p.reply, reply, key));
+                    paths.push(p.cmd.path().to_string());
                 }
                 Ok(None) => {}
                 Err(resp) => {
@@ -290,8 +333,31 @@ impl Committer {
                 return;
             }
         }
-        let started = Instant::now();
-        let result = self.producer.commit(records, self.cfg.write_timeout).await;
+        self.open.extend(paths.iter().cloned());
+        let producer = self.producer.clone();
+        let timeout = self.cfg.write_timeout;
+        flights.spawn(async move {
+            let started = Instant::now();
+            let result = producer.commit(records, timeout).await;
+            Landed { waiting, paths, records: n, started, result }
+        });
+        metrics::gauge!("secretlog_writer_transactions_in_flight").set(flights.len() as f64);
+    }
+
+    /// Answer the writes of a transaction that resolved, and release its secrets.
+    fn land(&mut self, landed: Result<Landed, tokio::task::JoinError>) {
+        let landed = match landed {
+            Ok(l) => l,
+            Err(e) => {
+                // Its secrets stay held: the outcome of their transaction is unknown here, so
+                // nothing more is decided on them — this writer steps down and the next leader's
+                // fencing settles it.
+                tracing::error!(error = %e, "a transaction task failed; stepping down");
+                self.fenced.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let Landed { waiting, paths, records: n, started, result } = landed;
         metrics::histogram!("secretlog_writer_transaction_duration_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("secretlog_writer_batch_size").record(n as f64);
         match result {
@@ -307,7 +373,7 @@ impl Committer {
                 metrics::counter!("secretlog_writer_transactions_total", "outcome" => "failed").increment(1);
                 tracing::error!(error = %e, records = n, "transaction failed; every write in it is answered 503");
                 if matches!(e, WriterError::Fenced) {
-                    self.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.fenced.store(true, Ordering::SeqCst);
                 }
                 let api: ApiError = e.into();
                 for (tx, _, _) in waiting {
@@ -315,7 +381,48 @@ impl Committer {
                 }
             }
         }
+        for p in &paths {
+            self.open.remove(p);
+        }
     }
+}
+
+/// The next batch from `carry`, in queue order: at most `max_batch` commands, one per
+/// secret, none on a secret of an `open` transaction. Exclusive commands go only when
+/// `nothing_open`, in a batch of exclusive commands only. A command left behind keeps its
+/// place, and so does every later command on its secret and everything behind a held-back
+/// exclusive command.
+fn take_batch(
+    carry: &mut VecDeque<Pending>,
+    open: &HashSet<String>,
+    max_batch: usize,
+    nothing_open: bool,
+) -> Vec<Pending> {
+    let mut batch = Vec::new();
+    let mut exclusive_batch = None;
+    let mut seen = HashSet::new();
+    let mut rest = VecDeque::with_capacity(carry.len());
+    let mut blocked = false;
+    for p in carry.drain(..) {
+        let first_on_secret = seen.insert(p.cmd.path().to_string());
+        let exclusive = p.cmd.is_exclusive();
+        let fits = match exclusive_batch {
+            None => !exclusive || nothing_open,
+            Some(e) => e == exclusive,
+        };
+        if blocked || batch.len() >= max_batch || !fits {
+            blocked |= exclusive || exclusive_batch == Some(true);
+            rest.push_back(p);
+        } else if first_on_secret && !open.contains(p.cmd.path()) {
+            exclusive_batch = Some(exclusive);
+            batch.push(p);
+        } else {
+            blocked |= exclusive;
+            rest.push_back(p);
+        }
+    }
+    *carry = rest;
+    batch
 }
 
 /// The success answer of a committed write.
@@ -324,5 +431,65 @@ fn answer(reply: Reply) -> ApiResponse {
         Reply::Version(v) => ApiResponse::data(&uuid::Uuid::new_v4().to_string(), v),
         Reply::NoContent => ApiResponse::no_content(),
         Reply::Json(v) => ApiResponse::json(200, &v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(path: &str) -> Pending {
+        Pending { cmd: Command::Put { path: path.into(), data: Map::new(), cas: None }, reply: oneshot::channel().0 }
+    }
+
+    fn fence() -> Pending {
+        Pending { cmd: Command::Rewrap { path: String::new(), values: vec![] }, reply: oneshot::channel().0 }
+    }
+
+    fn paths(v: &[Pending]) -> Vec<&str> {
+        v.iter().map(|p| if p.cmd.is_exclusive() { "FENCE" } else { p.cmd.path() }).collect()
+    }
+
+    fn queue(v: Vec<Pending>) -> VecDeque<Pending> {
+        v.into_iter().collect()
+    }
+
+    #[test]
+    fn one_command_per_secret_and_none_on_an_open_secret_in_queue_order() {
+        let open: HashSet<String> = ["b".to_string()].into();
+        let mut carry = queue(vec![put("a"), put("b"), put("a"), put("c"), put("b")]);
+        let batch = take_batch(&mut carry, &open, 10, false);
+        assert_eq!(paths(&batch), ["a", "c"]);
+        assert_eq!(paths(&carry.make_contiguous()), ["b", "a", "b"]);
+        let batch = take_batch(&mut carry, &HashSet::new(), 10, true);
+        assert_eq!(paths(&batch), ["b", "a"]);
+        assert_eq!(paths(&carry.make_contiguous()), ["b"]);
+    }
+
+    #[test]
+    fn the_batch_limit_leaves_the_rest_in_order() {
+        let mut carry = queue(vec![put("a"), put("b"), put("c")]);
+        assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 2, true)), ["a", "b"]);
+        assert_eq!(paths(&carry.make_contiguous()), ["c"]);
+    }
+
+    #[test]
+    fn an_exclusive_command_waits_for_nothing_open_goes_alone_and_holds_back_what_follows() {
+        let mut carry = queue(vec![put("a"), fence(), put("b")]);
+        // Something open: the writes before the fence go, the fence and everything behind it wait.
+        assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, false)), ["a"]);
+        assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, false)), Vec::<&str>::new());
+        assert_eq!(paths(&carry.make_contiguous()), ["FENCE", "b"]);
+        // Nothing open: the fence goes, in a batch without writes.
+        assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, true)), ["FENCE"]);
+        assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, false)), ["b"]);
+        assert!(carry.is_empty());
+    }
+
+    #[test]
+    fn a_write_batch_stops_at_the_first_exclusive_command() {
+        let mut carry = queue(vec![put("a"), fence(), put("b")]);
+        assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, true)), ["a"]);
+        assert_eq!(paths(&carry.make_contiguous()), ["FENCE", "b"]);
     }
 }

@@ -1,11 +1,26 @@
-//! The transactional Kafka producer of the leader writer.
+//! The transactional Kafka producers of the leader writer.
 //!
-//! `acks=all`, idempotence on (set explicitly: librdkafka defaults it off), one
-//! `transactional.id` for the logical writer so that a new leader's `init_transactions` fences
-//! the previous one. A batch of records is one transaction; it either commits, or every record in
-//! it is reported failed. A commit whose outcome is unknown is reported as a failure too — the
-//! client gets a 5xx, never a false success.
+//! `acks=all`, idempotence on (set explicitly: librdkafka defaults it off). A batch of records is
+//! one transaction; it either commits, or every record in it is reported failed. A commit whose
+//! outcome is unknown is reported as a failure too — the client gets a 5xx, never a false success.
+//!
+//! **A ring of [`PRODUCERS`] transactional producers.** A Kafka producer has at most one open
+//! transaction, and once `EndTxn` returns the coordinator is still writing the commit markers:
+//! until it is done the *same* transactional id cannot add a partition to its next transaction
+//! (librdkafka is answered `CONCURRENT_TRANSACTIONS` and retries ~20 ms later). So each
+//! transaction takes the producer of the ring that finished longest ago, and the committer runs
+//! up to [`MAX_IN_FLIGHT`] transactions at once (on disjoint secrets; see `crate::committer`).
+//! Measured against the local three-broker cluster (one record per transaction, one partition,
+//! one after another): 31 ms per transaction with one producer, 14 ms with two, 12 ms with three
+//! (docs/benchmarks.md, "Writes: the transaction round").
+//!
+//! Every producer of the ring has its own `transactional.id`, derived from the logical writer's
+//! (`<id>`, `<id>.1`, `<id>.2`): a new leader's `init_transactions` on **all** of them fences
+//! every producer of the previous leader before it writes anything. The ring's size is a
+//! constant, not a setting, so that every leader fences the same ids.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -26,10 +41,27 @@ pub struct Record {
     pub partition: i32,
 }
 
-/// A transactional producer bound to the mutation topic.
+/// How many transactional producers the leader rotates through (see the module comment). Were
+/// it ever made larger, a new leader must still fence the ids an older, smaller ring used — they
+/// are a prefix of the new ring's, so it does.
+pub const PRODUCERS: usize = 4;
+
+/// Transactions open at once, at most: one fewer than the ring, so the producer a transaction
+/// takes always finished its previous one at least a whole commit ago.
+pub const MAX_IN_FLIGHT: usize = PRODUCERS - 1;
+
+/// The `transactional.id` of producer `index` of the ring of the logical writer `base`.
+pub fn ring_transactional_id(base: &str, index: usize) -> String {
+    if index == 0 { base.to_string() } else { format!("{base}.{index}") }
+}
+
+/// The ring of transactional producers bound to the mutation topic.
 #[derive(Clone)]
 pub struct TxProducer {
-    producer: FutureProducer<LogContext>,
+    ring: Arc<Vec<FutureProducer<LogContext>>>,
+    /// Indexes of the producers without an open transaction, the one that finished longest ago
+    /// first.
+    idle: Arc<Mutex<VecDeque<usize>>>,
     topic: String,
 }
 
@@ -55,34 +87,62 @@ fn is_fatal(e: &KafkaError) -> bool {
 
 impl TxProducer {
     pub fn new(bootstrap: &str, transactional_id: &str, txn_timeout_ms: u64, topic: &str) -> Result<Self, WriterError> {
-        let producer: FutureProducer<LogContext> = producer_config(bootstrap, transactional_id, txn_timeout_ms)
-            .create_with_context(LogContext)
-            .map_err(|e| WriterError::Transaction(format!("creating producer: {e}")))?;
-        Ok(TxProducer { producer, topic: topic.to_string() })
+        let ring = (0..PRODUCERS)
+            .map(|i| {
+                producer_config(bootstrap, &ring_transactional_id(transactional_id, i), txn_timeout_ms)
+                    .create_with_context(LogContext)
+                    .map_err(|e| WriterError::Transaction(format!("creating producer: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TxProducer {
+            ring: Arc::new(ring),
+            idle: Arc::new(Mutex::new((0..PRODUCERS).collect())),
+            topic: topic.to_string(),
+        })
     }
 
-    /// Register as the transactional producer, fencing any previous holder of the id and
-    /// aborting its open transaction. Blocks (on a blocking thread) up to `timeout`.
+    /// Register every producer of the ring, fencing any previous holder of each id and aborting
+    /// its open transaction. Blocks (on blocking threads, all at once) up to `timeout`.
     pub async fn init(&self, timeout: Duration) -> Result<(), WriterError> {
-        let p = self.producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(timeout))
-            .await
-            .map_err(|e| WriterError::Transaction(e.to_string()))?
-            .map_err(|e| WriterError::Transaction(format!("init_transactions: {e}")))
+        let inits =
+            self.ring.iter().cloned().map(|p| tokio::task::spawn_blocking(move || p.init_transactions(timeout)));
+        for res in join_all(inits).await {
+            res.map_err(|e| WriterError::Transaction(e.to_string()))?
+                .map_err(|e| WriterError::Transaction(format!("init_transactions: {e}")))?;
+        }
+        Ok(())
     }
 
-    /// Append `records` in one transaction. Returns each record's (partition, offset) only once
-    /// the transaction committed.
+    /// Append `records` in one transaction, on the idle producer of the ring that finished
+    /// longest ago. Returns each record's (partition, offset) only once the transaction
+    /// committed. At most [`MAX_IN_FLIGHT`] commits may run at once.
     pub async fn commit(&self, records: Vec<Record>, timeout: Duration) -> Result<Vec<(i32, i64)>, WriterError> {
+        let index = self
+            .idle
+            .lock()
+            .expect("producer ring lock")
+            .pop_front()
+            .ok_or_else(|| WriterError::Transaction("more concurrent transactions than producers".into()))?;
+        let result = self.commit_on(&self.ring[index], records, timeout).await;
+        self.idle.lock().expect("producer ring lock").push_back(index);
+        result
+    }
+
+    async fn commit_on(
+        &self,
+        producer: &FutureProducer<LogContext>,
+        records: Vec<Record>,
+        timeout: Duration,
+    ) -> Result<Vec<(i32, i64)>, WriterError> {
         let deadline = Instant::now() + timeout;
-        self.producer.begin_transaction().map_err(|e| self.failed("begin", e))?;
+        producer.begin_transaction().map_err(|e| self.failed("begin", e))?;
         let mut futures = Vec::with_capacity(records.len());
         for r in &records {
             let rec = FutureRecord::to(&self.topic).key(&r.key).payload(&r.payload).partition(r.partition);
-            match self.producer.send_result(rec) {
+            match producer.send_result(rec) {
                 Ok(f) => futures.push(f),
                 Err((e, _)) => {
-                    self.abort().await;
+                    Self::abort(producer).await;
                     return Err(self.failed("enqueue", e));
                 }
             }
@@ -97,7 +157,7 @@ impl TxProducer {
             }
         }
         if let Some(f) = failure {
-            self.abort().await;
+            Self::abort(producer).await;
             return Err(WriterError::Transaction(format!("record not delivered: {f}")));
         }
         // Commit; retry while the error says retrying is safe. A commit that timed out is still in
@@ -108,7 +168,7 @@ impl TxProducer {
         // `init_transactions` settles the transaction.
         let give_up = deadline + RESOLVE_LIMIT;
         loop {
-            let p = self.producer.clone();
+            let p = producer.clone();
             let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
             let res = tokio::task::spawn_blocking(move || p.commit_transaction(left))
                 .await
@@ -125,7 +185,7 @@ impl TxProducer {
                     return Err(WriterError::Fenced);
                 }
                 Err(KafkaError::Transaction(t)) if t.txn_requires_abort() => {
-                    self.abort().await;
+                    Self::abort(producer).await;
                     return Err(WriterError::Transaction(format!("commit failed, transaction aborted: {t}")));
                 }
                 Err(e) => return Err(self.failed("commit", e)),
@@ -142,8 +202,8 @@ impl TxProducer {
         }
     }
 
-    async fn abort(&self) {
-        let p = self.producer.clone();
+    async fn abort(producer: &FutureProducer<LogContext>) {
+        let p = producer.clone();
         let res = tokio::task::spawn_blocking(move || p.abort_transaction(Duration::from_secs(10))).await;
         if let Ok(Err(e)) = res {
             tracing::warn!(error = %e, "abort_transaction failed");

@@ -40,7 +40,7 @@ pub struct DrillArgs {
     /// Seconds of steady writes (one client) between the load and the disaster.
     #[arg(long, default_value_t = 5)]
     pub trickle_secs: u64,
-    /// First port of the DR site's Kafka cluster (13 ports from here).
+    /// First port of the DR site's Kafka cluster (43 ports from here: brokers, controllers 10, SASL 20, SSL 30 and SASL_SSL 40 above).
     #[arg(long, default_value_t = 29300)]
     pub dr_kafka_port: u16,
     /// Port of the DR writer; the DR reader listens on the next one.

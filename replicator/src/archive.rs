@@ -78,7 +78,7 @@ pub async fn run(
     objects: Objects,
     max_records: usize,
     flush_every: Duration,
-    status: watch::Sender<ArchiveStatus>,
+    status: &watch::Sender<ArchiveStatus>,
     cancel: CancellationToken,
 ) -> Result<(), ReplicatorError> {
     let start = loop {
@@ -125,10 +125,11 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "archiver consumer error"),
             },
         }
-        flush_due(&objects, &mut buffers, max_records, flush_every, &status, false).await;
+        flush_due(&objects, &mut buffers, max_records, flush_every, status, false).await;
     }
-    // Shutting down: write out what is buffered (best effort; a restart re-reads anything lost).
-    flush_due(&objects, &mut buffers, max_records, flush_every, &status, true).await;
+    // Shutting down or sealing: write out what is buffered (best effort; a restart re-reads
+    // anything lost).
+    flush_due(&objects, &mut buffers, max_records, flush_every, status, true).await;
     Ok(())
 }
 

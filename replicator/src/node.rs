@@ -1,5 +1,12 @@
 //! The replicator node: archiver, snapshot schedule, and a small HTTP surface (health with the
-//! archive lag, metrics, on-demand snapshots).
+//! archive lag, metrics, on-demand snapshots, and the seal endpoints).
+//!
+//! The replicator needs the root key: its materializer authenticates every record (the
+//! event-authentication key derives from it) and builds the state snapshots are taken from, and
+//! tokens are checked as keyed hashes. So it is sealed and unsealed like readers and writers
+//! ([`Keys`]): started with `--seal-config` and no key it serves only health (503), seal-status
+//! and unseal, and starts materializing, archiving and snapshotting once key holders unsealed
+//! it; `PUT /v1/sys/seal` stops all three and drops the key again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +15,10 @@ use object_store::ObjectStoreExt;
 use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, Handler};
 use secretlog_reader::materializer::now_ms;
-use secretlog_reader::node::{RunningNode, load_keyring, metrics_response, open_state, sealed_response, supervise};
+use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state, sealed_response};
 use secretlog_reader::objects::Objects;
+use secretlog_reader::{LogConfig, ReaderError};
+use secretlog_schemas::Keyring;
 use serde_json::json;
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
@@ -20,10 +29,14 @@ use crate::error::ReplicatorError;
 
 struct ReplicatorNode {
     cfg: ReplicatorConfig,
-    ctx: Option<ReadContext>,
-    sealed: Option<String>,
+    /// `cfg.log` with the object store the replicator writes to (a node with an empty disk
+    /// starts from the newest snapshot there).
+    log: LogConfig,
+    /// Sealed, or unsealed with the state, archiver and snapshot schedule of the lifetime.
+    keys: Arc<Keys>,
     objects: Objects,
     archive: watch::Receiver<ArchiveStatus>,
+    archive_tx: watch::Sender<ArchiveStatus>,
     /// One snapshot at a time.
     snapshot_lock: Mutex<()>,
     /// The Kafka cluster's id, once known (snapshots and the archive are tied to it).
@@ -37,86 +50,22 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
     let listener = secretlog_reader::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| ReplicatorError::Objects(e.to_string()))?;
     let serve = secretlog_reader::api::ServeOptions::new(64 * 1024, &cfg.http)?;
-    let audit = secretlog_reader::audit::Auditor::from_config(&cfg.log, "replicator")?;
     let objects = Objects::open(&cfg.object_store_url())?;
     let mut log = cfg.log.clone();
     log.object_store = Some(cfg.object_store_url());
-    let mut background = tokio::task::JoinSet::new();
-    let (status_tx, status_rx) = watch::channel(ArchiveStatus::default());
-    let (ctx, sealed) = match load_keyring(&log) {
-        Ok(keyring) => {
-            let (ctx, join) = open_state(&log, &cfg.data_dir, "replicator", keyring, cancel.clone()).await?;
-            background.spawn(async move {
-                let _ = join.await;
-            });
-            (Some(ctx), None)
-        }
-        Err(reason) => {
-            tracing::error!(%reason, "no usable root key: the replicator is SEALED");
-            (None, Some(reason))
-        }
-    };
+    let keys = Keys::new("replicator", &log, cancel.clone())?;
+    let (archive_tx, archive) = watch::channel(ArchiveStatus::default());
     let node = Arc::new(ReplicatorNode {
         cfg: cfg.clone(),
-        ctx,
-        sealed,
+        log,
+        keys: keys.clone(),
         objects,
-        archive: status_rx,
+        archive,
+        archive_tx,
         snapshot_lock: Mutex::new(()),
         cluster: std::sync::OnceLock::new(),
     });
-    {
-        let (n, c) = (node.clone(), cancel.clone());
-        background.spawn(async move { n.publish_newest_snapshot(c).await });
-    }
-    if let Some(ctx) = node.ctx.clone() {
-        let (n, c) = (node.clone(), cancel.clone());
-        background.spawn(async move {
-            let (_, prog) = ctx.materializer.wait_for(Duration::from_secs(3600), |p| p.partitions > 0).await;
-            if prog.partitions == 0 {
-                return;
-            }
-            let cluster = match n.claim_store().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "the archive cannot start");
-                    status_tx.send_modify(|s| s.last_error = Some(e.to_string()));
-                    return;
-                }
-            };
-            let _ = n.cluster.set(cluster);
-            let res = crate::archive::run(
-                &n.cfg.log.bootstrap,
-                &n.cfg.log.topic,
-                prog.partitions,
-                n.objects.clone(),
-                n.cfg.segment_max_records,
-                Duration::from_millis(n.cfg.segment_flush_ms),
-                status_tx,
-                c,
-            )
-            .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "archiver stopped");
-            }
-        });
-        if cfg.snapshot_interval_secs > 0 {
-            let (n, c) = (node.clone(), cancel.clone());
-            background.spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(n.cfg.snapshot_interval_secs));
-                every.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = c.cancelled() => return,
-                        _ = every.tick() => {}
-                    }
-                    if let Err(e) = n.snapshot().await {
-                        tracing::error!(error = %e, "scheduled snapshot failed");
-                    }
-                }
-            });
-        }
-    }
+    keys.start(|k, c| node.clone().open(k, c)).await?;
     let handler: Handler = {
         let node = node.clone();
         Arc::new(move |req| {
@@ -125,12 +74,84 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
         })
     };
     tracing::info!(%addr, objects = %node.objects.url, "replicator listening");
-    let store = node.ctx.as_ref().map(|c| c.store.clone());
-    let audit = audit.map(|a| a.with_context(node.ctx.clone()));
-    Ok(supervise("replicator", addr, listener, handler, audit, serve, cancel, background, store))
+    Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
 }
 
 impl ReplicatorNode {
+    /// What the replicator runs while unsealed: the materializer, the archiver, the snapshot
+    /// schedule and the report of the newest snapshot — all stopped by sealing.
+    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, ReaderError> {
+        let (ctx, join) = open_state(&self.log, &self.cfg.data_dir, "replicator", keyring, cancel.clone()).await?;
+        let unsealed = Unsealed::new(ctx.clone(), cancel.clone());
+        unsealed.spawn(async move {
+            let _ = join.await;
+        });
+        {
+            let (n, c) = (self.clone(), cancel.clone());
+            unsealed.spawn(async move { n.publish_newest_snapshot(c).await });
+        }
+        {
+            let (n, c, ctx) = (self.clone(), cancel.clone(), ctx.clone());
+            unsealed.spawn(async move { n.archive(ctx, c).await });
+        }
+        if self.cfg.snapshot_interval_secs > 0 {
+            let (n, c) = (self.clone(), cancel);
+            unsealed.spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(n.cfg.snapshot_interval_secs));
+                every.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = c.cancelled() => return,
+                        _ = every.tick() => {}
+                    }
+                    if let Err(e) = n.snapshot(&ctx).await {
+                        tracing::error!(error = %e, "scheduled snapshot failed");
+                    }
+                }
+            });
+        }
+        Ok(unsealed)
+    }
+
+    /// Archive the log once the materializer knows its partitions, until `cancel` (seal or
+    /// shutdown); the next unsealed lifetime resumes after the newest segment in the store.
+    async fn archive(&self, ctx: ReadContext, cancel: CancellationToken) {
+        let prog = tokio::select! {
+            _ = cancel.cancelled() => return,
+            (_, prog) = ctx.materializer.wait_for(Duration::from_secs(3600), |p| p.partitions > 0) => prog,
+        };
+        if prog.partitions == 0 {
+            return;
+        }
+        let claimed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            claimed = self.claim_store() => claimed,
+        };
+        let cluster = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "the archive cannot start");
+                self.archive_tx.send_modify(|s| s.last_error = Some(e.to_string()));
+                return;
+            }
+        };
+        let _ = self.cluster.set(cluster);
+        let res = crate::archive::run(
+            &self.cfg.log.bootstrap,
+            &self.cfg.log.topic,
+            prog.partitions,
+            self.objects.clone(),
+            self.cfg.segment_max_records,
+            Duration::from_millis(self.cfg.segment_flush_ms),
+            &self.archive_tx,
+            cancel,
+        )
+        .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "archiver stopped");
+        }
+    }
+
     /// Report the newest snapshot already in object storage (retrying while storage is
     /// unreachable), under the snapshot lock so a snapshot written meanwhile is not reported
     /// older than it is.
@@ -154,8 +175,7 @@ impl ReplicatorNode {
         }
     }
 
-    async fn snapshot(&self) -> Result<secretlog_schemas::archive::Manifest, ReplicatorError> {
-        let ctx = self.ctx.as_ref().ok_or_else(|| ReplicatorError::Objects("sealed".into()))?;
+    async fn snapshot(&self, ctx: &ReadContext) -> Result<secretlog_schemas::archive::Manifest, ReplicatorError> {
         let _one = self.snapshot_lock.lock().await;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let cluster = loop {
@@ -210,13 +230,20 @@ impl ReplicatorNode {
         Ok(cluster)
     }
 
-    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+    async fn handle(self: &Arc<Self>, mut req: ApiRequest) -> ApiResponse {
         match req.path.as_str() {
             "v1/sys/health" => return self.health(),
             "metrics" => return metrics_response(),
             _ => {}
         }
-        let Some(ctx) = &self.ctx else { return sealed_response() };
+        if let Some(resp) = self.keys.answer(&mut req, |k, c| self.clone().open(k, c)).await {
+            return resp;
+        }
+        let Some(unsealed) = self.keys.current() else { return sealed_response() };
+        if self.keys.sealed_reason().is_some() {
+            return sealed_response();
+        }
+        let ctx = &unsealed.ctx;
         // An `X-Secretlog-Index` makes a snapshot (or digest) include that write.
         match ctx.wait_for_index(&req).await {
             Ok(secretlog_reader::api::kv::Freshness::Fresh) => {}
@@ -228,7 +255,7 @@ impl ReplicatorNode {
         }
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "v1/sys/secretlog/digest") => ctx.read(&req).await.unwrap_or_else(ApiResponse::from),
-            ("POST" | "PUT", "v1/sys/secretlog/snapshot") => match self.snapshot().await {
+            ("POST" | "PUT", "v1/sys/secretlog/snapshot") => match self.snapshot(ctx).await {
                 Ok(m) => ApiResponse::data(&req.request_id, serde_json::to_value(&m).unwrap_or_default()),
                 Err(e) => ApiError::unavailable(format!("snapshot failed: {e}")).into(),
             },
@@ -245,9 +272,9 @@ impl ReplicatorNode {
     fn health(&self) -> ApiResponse {
         let status = self.archive.borrow().clone();
         let lag = status.lag_seconds(now_ms());
-        let progress = self.ctx.as_ref().map(|c| c.materializer.progress.borrow().clone());
-        let problem = self
-            .sealed
+        let progress = self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone());
+        let sealed = self.keys.sealed_reason();
+        let problem = sealed
             .clone()
             .map(|s| format!("sealed: {s}"))
             .or_else(|| {
@@ -263,7 +290,7 @@ impl ReplicatorNode {
             code,
             &json!({
                 "initialized": true,
-                "sealed": self.sealed.is_some(),
+                "sealed": sealed.is_some(),
                 "secretlog": {
                     "role": "replicator",
                     "problem": problem,

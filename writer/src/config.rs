@@ -49,6 +49,18 @@ pub struct WriterConfig {
     /// How long a write may wait for Kafka before failing with 503, ms.
     #[arg(long, env = "SECRETLOG_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+    /// Most values per second the leader's background rewrap moves to the active key term after
+    /// a rotation. 0 starts the rewrap paused. Changed at runtime, on the leader, with
+    /// `secretlog rotate --rewrap-rate N` or `POST /v1/sys/secretlog/rewrap {"rate": N}` (0
+    /// pauses); a writer that becomes leader starts from its own setting.
+    #[arg(
+        long,
+        env = crate::rotate::REWRAP_RATE_ENV,
+        value_name = "VALUES_PER_SEC",
+        default_value_t = crate::rotate::DEFAULT_REWRAP_RATE,
+        value_parser = crate::rotate::parse_rewrap_rate,
+    )]
+    pub rewrap_rate: u64,
     #[command(flatten)]
     pub http: HttpConfig,
     #[command(flatten)]
@@ -59,5 +71,43 @@ impl WriterConfig {
     /// The root token file: the configured one or `DATA_DIR/root-token`.
     pub fn root_token_path(&self) -> PathBuf {
         self.root_token_file.clone().unwrap_or_else(|| self.data_dir.join("root-token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: WriterConfig,
+    }
+
+    #[test]
+    fn the_rewrap_rate_is_a_flag_with_its_environment_variable_and_default() {
+        let cmd = Cli::command();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "rewrap_rate").expect("--rewrap-rate");
+        assert_eq!(arg.get_long(), Some("rewrap-rate"));
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("SECRETLOG_REWRAP_RATE"),
+            "existing setups keep working"
+        );
+        assert_eq!(arg.get_default_values(), ["500"]);
+        let rate = |args: &[&str]| {
+            Cli::try_parse_from(["writer"].iter().chain(args)).map(|c| c.cfg.rewrap_rate).map_err(|e| e.to_string())
+        };
+        assert_eq!(rate(&["--rewrap-rate", "20"]), Ok(20));
+        assert_eq!(rate(&["--rewrap-rate=0"]), Ok(0), "0 starts the rewrap paused");
+        if std::env::var_os("SECRETLOG_REWRAP_RATE").is_none() {
+            assert_eq!(rate(&[]), Ok(500));
+        }
+        for bad in ["-5", "fast", "2.5"] {
+            let e = rate(&[&format!("--rewrap-rate={bad}")]).unwrap_err();
+            assert!(e.contains("--rewrap-rate") && e.contains("is not a rewrap rate"), "{bad}: {e}");
+        }
     }
 }

@@ -55,6 +55,7 @@ struct WriterNode {
 pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<RunningNode, WriterError> {
     secretlog_reader::telemetry::prometheus();
     secretlog_reader::kafka::configure(cfg.log.kafka_config.as_deref())?;
+    crate::rotate::set_rewrap_rate(cfg.rewrap_rate);
     let listener = secretlog_reader::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| WriterError::NotReady(e.to_string()))?;
     let serve = secretlog_reader::api::ServeOptions::new(cfg.log_max_request_bytes(), &cfg.http)?;

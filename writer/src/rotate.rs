@@ -12,7 +12,8 @@
 //!   ordered with every other write to the secret. The event replaces a value only if it is
 //!   still exactly the one read (a SHA-256 compare-and-swap, applied by every node alike), so a
 //!   destroy, a delete or a newer write racing with it wins. Throttled to `rate` values per second
-//!   (`SECRETLOG_REWRAP_RATE`, default 500; changed at runtime, 0 pauses it).
+//!   (`--rewrap-rate` / `SECRETLOG_REWRAP_RATE`, default 500, 0 starts it paused; changed at
+//!   runtime through `POST /v1/sys/secretlog/rewrap`, where 0 pauses it too).
 //! * **Retire** appends `RetireKeyTerm{t}` only when no value is sealed under `t` — checked on
 //!   state that includes every write this writer decided before `t` stopped being active:
 //!   1. `t` is older than the active term here, so nothing decided from now on seals under it
@@ -29,16 +30,14 @@
 //! retirement (see `docs/security.md`, "Key rotation").
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use secretlog_reader::api::auth::Identity;
+use secretlog_reader::api::key_status::{self, Throttle, remaining};
 use secretlog_reader::api::kv::ReadContext;
-use secretlog_reader::api::response::vault_time;
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
-use secretlog_reader::store::TermCounts;
 use secretlog_schemas::event::KEYRING_CONTROL_NAME;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::topic::HEADER_INDEX;
@@ -53,13 +52,15 @@ use crate::request::Command;
 
 /// Vault's rotate endpoint.
 pub const ROTATE_PATH: &str = "v1/sys/rotate";
-/// Vault's key-status endpoint, with secretlog's per-term counts.
-pub const KEY_STATUS_PATH: &str = "v1/sys/key-status";
+/// Vault's key-status endpoint, with secretlog's per-term counts (answered by
+/// [`secretlog_reader::api::key_status`], on readers too).
+pub const KEY_STATUS_PATH: &str = key_status::KEY_STATUS_PATH;
 /// Retire a key term nothing is sealed under any more.
 pub const RETIRE_PATH: &str = "v1/sys/secretlog/retire-term";
 /// Read or set the rewrap throttle.
 pub const REWRAP_PATH: &str = "v1/sys/secretlog/rewrap";
-/// Environment variable with the rewrap rate at start (values per second; 0 pauses).
+/// Environment variable of `--rewrap-rate`: the rewrap rate at start (values per second; 0
+/// starts the rewrap paused).
 pub const REWRAP_RATE_ENV: &str = "SECRETLOG_REWRAP_RATE";
 /// Default rewrap rate, values per second.
 pub const DEFAULT_REWRAP_RATE: u64 = 500;
@@ -72,30 +73,36 @@ pub fn is_rotation_path(path: &str) -> bool {
 }
 
 /// The rewrap rate, values per second (0: paused). One writer per process, so one setting per
-/// process; it is the leader's that counts, and a new leader starts from the environment's.
-fn rate_cell() -> &'static AtomicU64 {
-    static RATE: OnceLock<AtomicU64> = OnceLock::new();
-    RATE.get_or_init(|| {
-        let rate = std::env::var(REWRAP_RATE_ENV).ok().and_then(|v| v.trim().parse().ok());
-        AtomicU64::new(rate.unwrap_or(DEFAULT_REWRAP_RATE))
-    })
+/// process; it is the leader's that counts, and a new leader starts from its own `--rewrap-rate`.
+static RATE: AtomicU64 = AtomicU64::new(DEFAULT_REWRAP_RATE);
+
+/// Set the rewrap rate: at start from `--rewrap-rate`, at runtime from the rewrap endpoint.
+pub fn set_rewrap_rate(rate: u64) {
+    RATE.store(rate, Ordering::SeqCst);
+    metrics::gauge!("secretlog_rewrap_rate").set(rate as f64);
 }
 
 /// The current rewrap rate.
 pub fn rewrap_rate() -> u64 {
-    rate_cell().load(Ordering::SeqCst)
+    RATE.load(Ordering::SeqCst)
 }
 
-/// Values under terms older than `active`: what the rewrap still has to move.
-pub fn remaining(counts: &TermCounts, active: u32) -> u64 {
-    counts.iter().filter(|(t, _)| **t < active).map(|(_, n)| n).sum()
+/// Parse `--rewrap-rate`: a whole number of values per second, 0 meaning "start paused".
+pub fn parse_rewrap_rate(text: &str) -> Result<u64, String> {
+    text.trim().parse::<u64>().map_err(|_| {
+        format!(
+            "'{text}' is not a rewrap rate: give a whole number of values per second, 0 or more \
+             (0 starts the rewrap paused; resume it with `secretlog rotate --rewrap-rate N`)"
+        )
+    })
 }
 
 /// Answer a read of this module's endpoints (key status, rewrap status), from this node's state.
-/// The ACL lets only the root token read `sys` paths.
+/// The ACL lets the root token read them, and a token with `read` on `sys/key-status` the key
+/// status.
 pub async fn read(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
     match (req.method.as_str(), req.path.as_str()) {
-        ("GET", KEY_STATUS_PATH) => Ok(ApiResponse::json(200, &key_status(ctx, &req.request_id).await?)),
+        ("GET", KEY_STATUS_PATH) => key_status::answer(ctx, req, Some(Throttle { rate: rewrap_rate() })).await,
         ("GET", REWRAP_PATH) => {
             let counts = ctx.store.sealed_per_term().await?;
             let data = json!({
@@ -107,50 +114,6 @@ pub async fn read(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, Ap
         }
         _ => Err(ApiError::method_not_allowed()),
     }
-}
-
-/// The key status: Vault's `term` and `install_time` (of the active term), and per term when it
-/// was added and retired and how many stored values it seals, plus the rewrap's progress.
-async fn key_status(ctx: &ReadContext, request_id: &str) -> Result<Value, ApiError> {
-    let terms = ctx.store.key_terms().await?;
-    let counts = ctx.store.sealed_per_term().await?;
-    let active = ctx.keyring.active_term();
-    let mut all: BTreeMap<u32, Value> = BTreeMap::new();
-    for t in 1..=active.max(counts.keys().copied().max().unwrap_or(1)) {
-        let info = terms.terms.get(&t);
-        let n = counts.get(&t).copied().unwrap_or(0);
-        if info.is_none() && n == 0 && t != 1 && t != active {
-            continue;
-        }
-        all.insert(
-            t,
-            json!({
-                "term": t,
-                "install_time": info.filter(|i| i.added_ms > 0).map(|i| vault_time(Some(i.added_ms))),
-                "retired": info.is_some_and(|i| i.retired_ms.is_some()),
-                "retire_time": info.and_then(|i| i.retired_ms).map(|ms| vault_time(Some(ms))),
-                "values": n,
-                "active": t == active,
-            }),
-        );
-    }
-    let install = terms.terms.get(&active).filter(|i| i.added_ms > 0).map(|i| vault_time(Some(i.added_ms)));
-    let data = json!({
-        "term": active,
-        "install_time": install,
-        "encryptions": counts.get(&active).copied().unwrap_or(0),
-        "terms": all.into_values().collect::<Vec<_>>(),
-        "rewrap": {
-            "remaining": remaining(&counts, active),
-            "rate": rewrap_rate(),
-            "paused": rewrap_rate() == 0,
-        },
-    });
-    // Vault answers sys endpoints with the fields at the top level and under `data`.
-    let mut body = data.clone();
-    body["request_id"] = json!(request_id);
-    body["data"] = data;
-    Ok(body)
 }
 
 /// Answer a write to this module's endpoints. Root only: these change the cluster's keys.
@@ -173,8 +136,7 @@ pub async fn write(
                 .get("rate")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| ApiError::bad_request("missing or invalid 'rate' (values per second; 0 pauses)"))?;
-            rate_cell().store(rate, Ordering::SeqCst);
-            metrics::gauge!("secretlog_rewrap_rate").set(rate as f64);
+            set_rewrap_rate(rate);
             tracing::info!(request_id = %req.request_id, rate, "rewrap rate set");
             Ok(ApiResponse::no_content())
         }
@@ -428,11 +390,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remaining_counts_only_terms_older_than_the_active_one() {
-        let counts = TermCounts::from([(1, 5), (2, 7), (3, 1)]);
-        assert_eq!(remaining(&counts, 1), 0);
-        assert_eq!(remaining(&counts, 3), 12);
-        assert_eq!(remaining(&TermCounts::new(), 4), 0);
+    fn rewrap_rates_parse_as_whole_values_per_second_and_zero_means_paused() {
+        assert_eq!(parse_rewrap_rate("500"), Ok(500));
+        assert_eq!(parse_rewrap_rate(" 20 "), Ok(20));
+        assert_eq!(parse_rewrap_rate("0"), Ok(0), "0 starts the rewrap paused");
+        for bad in ["", "-1", "1.5", "fast", "1e3", "18446744073709551616"] {
+            let why = parse_rewrap_rate(bad).unwrap_err();
+            assert!(why.contains(&format!("'{bad}' is not a rewrap rate")), "{bad}: {why}");
+            assert!(why.contains("whole number of values per second"), "{bad}: {why}");
+        }
     }
 
     #[test]

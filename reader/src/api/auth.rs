@@ -92,6 +92,8 @@ pub fn need(req: &ApiRequest, mount: &str, exists: impl FnOnce(&str) -> bool) ->
         };
     }
     match path {
+        // Vault's rule: reading the key status needs `read` on `sys/key-status`, not sudo.
+        super::key_status::KEY_STATUS_PATH if m == "GET" => Need::Cap("sys/key-status".into(), Capability::Read),
         "v1/auth/token/lookup-self" | "v1/auth/token/renew-self" | "v1/auth/token/revoke-self" => Need::AnyToken,
         p if p.starts_with("v1/auth/token/") => Need::Cap(p["v1/".len()..].to_string(), Capability::Update),
         _ => Need::Root,
@@ -188,6 +190,9 @@ mod tests {
         assert_eq!(n("POST", "v1/auth/token/create", true), Need::Cap("auth/token/create".into(), Capability::Update));
         assert_eq!(n("PUT", "v1/sys/policies/acl/p", true), Need::Cap("sys/policies/acl/p".into(), Capability::Update));
         assert_eq!(n("POST", "v1/sys/secretlog/restore", true), Need::Root);
+        assert_eq!(n("GET", "v1/sys/key-status", true), Need::Cap("sys/key-status".into(), Capability::Read));
+        assert_eq!(n("POST", "v1/sys/rotate", true), Need::Root);
+        assert_eq!(n("POST", "v1/sys/key-status", true), Need::Root);
     }
 
     #[test]

@@ -67,6 +67,10 @@ impl ReadContext {
             }
             return Ok(self.lookup_self(req));
         }
+        if req.path == super::key_status::KEY_STATUS_PATH {
+            let resp = super::key_status::answer(self, req, None).await?;
+            return Ok(resp.with_header(HEADER_APPLIED, self.applied_token()));
+        }
         if req.path == "v1/sys/secretlog/digest" {
             let (digest, records) = self.store.digest().await?;
             let applied = self.materializer.progress.borrow().applied.clone();

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod key_status;
 pub mod kv;
 pub mod limits;
 pub mod response;

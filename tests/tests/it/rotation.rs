@@ -3,11 +3,12 @@
 //! all that every secret and version still reads back identically on the writer and on readers
 //! (the state digests, which cover every sealed value's bytes and the key terms, agree), and a
 //! fresh reader replaying the whole log from offset 0 (records authenticated under the
-//! retired term included) reaches exactly its peers' state.
+//! retired term included) reaches exactly its peers' state. Readers answer the key status from
+//! their own state, and it matches the writer's once they caught up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secretlog_schemas::ConsistencyToken;
 use serde_json::{Value, json};
@@ -35,6 +36,33 @@ fn values_of(status: &Value, term: u64) -> u64 {
         .as_array()
         .and_then(|ts| ts.iter().find(|t| t["term"] == term))
         .map_or(0, |t| t["values"].as_u64().unwrap_or(0))
+}
+
+/// What a reader's key status must agree on with the writer's: the terms, when each was added
+/// and retired, the values each seals, and what the rewrap has left (a reader does not know the
+/// leader's throttle).
+fn comparable(status: &Value) -> Value {
+    json!({
+        "term": status["term"],
+        "install_time": status["install_time"],
+        "encryptions": status["encryptions"],
+        "terms": status["terms"],
+        "remaining": status["rewrap"]["remaining"],
+    })
+}
+
+/// Poll `reader`'s key status until it matches the writer's (60 s at most); return it.
+async fn reader_key_status_matches(writer: &str, reader: &str, token: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (w, r) = (key_status(writer, token, None).await, key_status(reader, token, None).await);
+        if comparable(&w) == comparable(&r) {
+            assert_eq!(r["rewrap"].get("rate"), None, "a reader does not know the leader's throttle: {r}");
+            return r;
+        }
+        assert!(Instant::now() < deadline, "the reader's key status never matched the writer's:\n{w}\n{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn set_rewrap_rate(s: &Stack, rate: u64) {
@@ -88,12 +116,14 @@ async fn converged(urls: &[&str], token: &str, index: &ConsistencyToken) -> Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_rotation_and_rewrap_every_secret_reads_back_and_the_old_term_retires() {
     let (cluster, _g) = shared();
-    let s = Stack::start(cluster, StackOpts { name: "rotation", readers: 1, ..Default::default() }).await;
+    // The rewrap starts paused (`--rewrap-rate 0`, here through its environment variable) until
+    // the refusal below has been seen, so the test does not depend on how fast it is.
+    let writer_env = vec![("SECRETLOG_REWRAP_RATE".to_string(), "0".to_string())];
+    let s = Stack::start(cluster, StackOpts { name: "rotation", readers: 1, writer_env, ..Default::default() }).await;
     let (w, reader) = (s.writer.url.clone(), s.readers[0].url.clone());
     let tok = s.token.clone();
-    // The rewrap is paused until the refusal below has been seen, so the test does not depend on
-    // how fast it is.
-    set_rewrap_rate(&s, 0).await;
+    let paused = key_status(&w, &tok, None).await;
+    assert_eq!(paused["rewrap"], json!({ "remaining": 0, "rate": 0, "paused": true }), "{paused}");
 
     // 24 secrets of 3 versions; version 1 of every 4th destroyed, version 2 of every 6th
     // soft-deleted (its value stays, sealed), one secret's metadata deleted.
@@ -159,6 +189,39 @@ async fn after_rotation_and_rewrap_every_secret_reads_back_and_the_old_term_reti
     assert_eq!(values_of(&rotated, 2), 1, "the write after the rotation is sealed under term 2: {rotated}");
     assert_eq!(values_of(&rotated, 1), stored, "the rewrap is paused: {rotated}");
     assert_eq!(rotated["rewrap"]["remaining"], stored);
+    // The reader answers the key status from its own state: term 2, and the same counts.
+    let on_reader = reader_key_status_matches(&w, &reader, &tok).await;
+    assert_eq!((on_reader["term"].clone(), values_of(&on_reader, 1)), (json!(2), stored), "{on_reader}");
+    assert_eq!(values_of(&on_reader, 2), 1, "{on_reader}");
+
+    // Reading the key status needs the root token or `read` on sys/key-status, as in Vault: on
+    // the writer and on the reader alike; neither lets such a token rotate.
+    for (name, policy) in [
+        ("key-status-read", r#"path "sys/key-status" { capabilities = ["read"] }"#),
+        ("kv-only", r#"path "secret/data/*" { capabilities = ["read"] }"#),
+    ] {
+        let url = format!("{w}/v1/sys/policies/acl/{name}");
+        let a = call("PUT", &url, Some(&tok), None, Some(json!({ "policy": policy }))).await;
+        assert_eq!(a.status, 204, "{:?}", a.body);
+    }
+    let mut tokens = Vec::new();
+    for policy in ["key-status-read", "kv-only"] {
+        let body = json!({ "policies": [policy] });
+        let a = call("POST", &format!("{w}/v1/auth/token/create"), Some(&tok), None, Some(body)).await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        tokens.push((a.body["auth"]["client_token"].as_str().unwrap_or_default().to_string(), a.index.unwrap()));
+    }
+    let [(may, i1), (may_not, i2)] = <[_; 2]>::try_from(tokens).expect("two tokens");
+    for url in [w.as_str(), reader.as_str()] {
+        let a = call("GET", &format!("{url}/v1/sys/key-status"), Some(&may), Some(&i1), None).await;
+        assert_eq!((a.status, a.body["term"].clone()), (200, json!(2)), "{url}: {:?}", a.body);
+        let a = call("GET", &format!("{url}/v1/sys/key-status"), Some(&may_not), Some(&i2), None).await;
+        assert_eq!(a.status, 403, "{url}: {:?}", a.body);
+        let a = call("GET", &format!("{url}/v1/sys/key-status"), None, None, None).await;
+        assert_eq!(a.status, 403, "{url}: {:?}", a.body);
+    }
+    let a = call("POST", &format!("{w}/v1/sys/rotate"), Some(&may), Some(&i1), None).await;
+    assert_eq!(a.status, 403, "reading the key status does not allow rotating: {:?}", a.body);
 
     // Retiring term 1 is refused while values use it, naming how many; bad input is a 400.
     let refused = retire(&s, json!({ "term": 1 }), Some(&tok)).await;
@@ -183,12 +246,15 @@ async fn after_rotation_and_rewrap_every_secret_reads_back_and_the_old_term_reti
     converged(&[w.as_str(), reader.as_str()], &tok, &seen).await;
     reads_back(&w, &tok, &expected).await;
     reads_back(&reader, &tok, &expected).await;
+    let on_reader = reader_key_status_matches(&w, &reader, &tok).await;
+    assert_eq!((values_of(&on_reader, 1), values_of(&on_reader, 2)), (0, stored + 1), "{on_reader}");
 
     // Now term 1 retires; every value still reads, on every node.
     let ok = retire(&s, json!({ "term": 1 }), Some(&tok)).await;
     assert_eq!(ok.status, 204, "{:?}", ok.body);
     note(&mut seen, ok.index.as_deref());
     let retired = key_status(&w, &tok, None).await;
+    reader_key_status_matches(&w, &reader, &tok).await;
     let t1 = retired["terms"].as_array().unwrap().iter().find(|t| t["term"] == 1).cloned().unwrap_or_default();
     assert_eq!(t1["retired"], true, "{retired}");
     assert!(t1["retire_time"].is_string(), "{retired}");

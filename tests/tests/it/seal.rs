@@ -1,7 +1,9 @@
 //! Nodes started with the init record and no key are sealed and serve nothing; key holders unseal
 //! them at runtime with Shamir shares (`/v1/sys/unseal`, and `secretlog unseal --addr`): 3 of 5
 //! unseal, 2 do not, another cluster's share resets progress; `/v1/sys/seal` drops the key again
-//! (a sealed leader hands over) and the node unseals again. No share or key reaches a log.
+//! (a sealed leader hands over) and the node unseals again. The replicator too starts sealed,
+//! archives and snapshots nothing until unsealed, and stops again when sealed. No share or key
+//! reaches a log.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -148,11 +150,35 @@ async fn a_sealed_node_serves_nothing_and_unseals_with_three_of_five_shares_and_
         .collect(),
     );
     reader.spawn();
+    let objects = d.join("objects");
+    let replicator_port = crate::harness::free_port();
+    let mut replicator = node(
+        d,
+        "replicator",
+        replicator_port,
+        &envs,
+        [
+            "replicator",
+            "--listen",
+            &format!("127.0.0.1:{replicator_port}"),
+            "--data-dir",
+            d.join("replicator").to_str().unwrap(),
+            "--object-store",
+            &format!("file://{}", objects.display()),
+            "--snapshot-interval-secs",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
+    replicator.spawn();
 
     // Sealed: health 503, every other path 503, seal-status says 0 of 3.
     a.wait_health(503, Duration::from_secs(60)).await;
     reader.wait_health(503, Duration::from_secs(60)).await;
-    for n in [&a, &reader] {
+    replicator.wait_health(503, Duration::from_secs(60)).await;
+    for n in [&a, &reader, &replicator] {
         assert_serves_nothing(n, Some("hvs.anything")).await;
         let s = seal_status(&n.url).await;
         assert_eq!(
@@ -227,6 +253,40 @@ async fn a_sealed_node_serves_nothing_and_unseals_with_three_of_five_shares_and_
     let r = call("GET", &format!("{}/v1/secret/data/app/db", reader.url), Some(&token), Some(&index), None).await;
     assert_eq!((r.status, r.body["data"]["data"]["password"].clone()), (200, json!("s3cret")), "{:?}", r.body);
 
+    // The sealed replicator has archived nothing and takes no snapshot; unsealed, it archives
+    // the log and snapshots the state; sealed again, it stops.
+    assert_serves_nothing(&replicator, Some(&token)).await;
+    let snapshot = |index: String| {
+        let url = format!("{}/v1/sys/secretlog/snapshot", replicator.url);
+        let token = token.clone();
+        async move { call("POST", &url, Some(&token), Some(&index), None).await }
+    };
+    assert_eq!(snapshot(index.clone()).await.status, 503);
+    assert!(!objects.join("archive").exists(), "a sealed replicator archives nothing");
+    unseal_with_three(&replicator, &shares[..2], &share_file(3)).await;
+    let health = replicator.wait_health(200, Duration::from_secs(60)).await;
+    assert_eq!(health["sealed"], false, "{health}");
+    // The replicator materializes the log from its start once unsealed: 412 until it has the
+    // write, 403 until it has the root token (a control record, maybe on another partition).
+    let snap = crate::harness::eventually(Duration::from_secs(60), "a snapshot with the write", || async {
+        let a = snapshot(index.clone()).await;
+        assert!(matches!(a.status, 200 | 403 | 412), "{:?}", a.body);
+        (a.status == 200).then_some(a)
+    })
+    .await;
+    assert_eq!(snap.body["data"]["secrets"], 1, "the snapshot has the write: {:?}", snap.body);
+    let archived = crate::harness::eventually(Duration::from_secs(60), "the write archived", || async {
+        let h = call("GET", &format!("{}/v1/sys/health", replicator.url), None, None, None).await;
+        let segments = h.body["secretlog"]["archive"]["segments_written"].as_u64().unwrap_or(0);
+        (segments > 0).then_some(segments)
+    })
+    .await;
+    assert!(objects.join("archive").exists(), "{archived} segment(s) reported but none in the store");
+    let s = call("PUT", &format!("{}/v1/sys/seal", replicator.url), Some(&token), None, None).await;
+    assert_eq!(s.status, 204, "{:?}", s.body);
+    assert_serves_nothing(&replicator, Some(&token)).await;
+    assert_eq!(seal_status(&replicator.url).await["sealed"], true);
+
     // A second writer, unsealed, stands by.
     let mut b = writer("writer-b");
     b.spawn();
@@ -289,7 +349,7 @@ async fn a_sealed_node_serves_nothing_and_unseals_with_three_of_five_shares_and_
     }
 
     // No share and no key in any node's log or audit file.
-    let files: Vec<PathBuf> = ["writer-a", "writer-b", "reader"]
+    let files: Vec<PathBuf> = ["writer-a", "writer-b", "reader", "replicator"]
         .iter()
         .flat_map(|n| [d.join(format!("{n}.log")), d.join(format!("{n}.audit"))])
         .collect();

@@ -10,7 +10,8 @@
 //! command on such a secret the committer waits for its materializer to reach that position — so
 //! validation always sees every committed write, and writes to other secrets do not wait at all.
 //!
-//! **Pipelined.** Up to [`MAX_IN_FLIGHT`] transactions are open at once, each on its own producer
+//! **Pipelined** (opt-in). Up to `--max-transactions-in-flight` (default 1, at most
+//! [`MAX_IN_FLIGHT`]) transactions are open at once, each on its own producer
 //! of the ring (`crate::producer`), so a batch does not wait for the previous batch's commit
 //! round. That is safe because batches in flight together never share a secret: a command on a
 //! secret whose transaction is still open waits (in order, behind it) until that transaction
@@ -78,6 +79,8 @@ impl Command {
 /// Settings of the committer.
 pub struct CommitterConfig {
     pub max_batch: usize,
+    /// Transactions open at once, 1..=[`MAX_IN_FLIGHT`].
+    pub max_in_flight: usize,
     pub write_timeout: Duration,
     pub partitions: i32,
     pub epoch: u64,
@@ -136,7 +139,7 @@ impl Committer {
                     Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
                 }
             }
-            if flights.len() < MAX_IN_FLIGHT {
+            if flights.len() < self.cfg.max_in_flight.clamp(1, MAX_IN_FLIGHT) {
                 let batch = take_batch(&mut carry, &self.open, self.cfg.max_batch, flights.is_empty());
                 if !batch.is_empty() {
                     self.launch(batch, &mut flights).await;

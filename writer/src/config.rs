@@ -42,6 +42,13 @@ pub struct WriterConfig {
     /// Most writes group-committed in one Kafka transaction.
     #[arg(long, env = "SECRETLOG_MAX_BATCH", default_value_t = 256)]
     pub max_batch: usize,
+    /// Most transactions open at once (1 to 3), each on its own producer and on disjoint secrets.
+    /// More lowers latency while the brokers have CPU to spare; 1 makes the fewest, largest
+    /// transactions (each costs the brokers a fixed amount of CPU, whatever its size) and was the
+    /// fastest on a two-core machine running the brokers too (docs/benchmarks.md).
+    #[arg(long, env = "SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT", default_value_t = 1,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u8).range(1..=crate::producer::MAX_IN_FLIGHT as i64), usize::from))]
+    pub max_in_flight: usize,
     /// Kafka transaction timeout, ms: how long a transaction of a dead leader can block readers
     /// before the broker aborts it.
     #[arg(long, env = "SECRETLOG_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]

@@ -267,6 +267,7 @@ impl WriterNode {
             producer,
             CommitterConfig {
                 max_batch: self.cfg.max_batch,
+                max_in_flight: self.cfg.max_in_flight,
                 write_timeout: Duration::from_millis(self.cfg.write_timeout_ms),
                 partitions,
                 epoch,

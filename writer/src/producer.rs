@@ -8,8 +8,8 @@
 //! transaction, and once `EndTxn` returns the coordinator is still writing the commit markers:
 //! until it is done the *same* transactional id cannot add a partition to its next transaction
 //! (librdkafka is answered `CONCURRENT_TRANSACTIONS` and retries ~20 ms later). So each
-//! transaction takes the producer of the ring that finished longest ago, and the committer runs
-//! up to [`MAX_IN_FLIGHT`] transactions at once (on disjoint secrets; see `crate::committer`).
+//! transaction takes the producer of the ring that finished longest ago, and the committer may
+//! run up to [`MAX_IN_FLIGHT`] transactions at once (on disjoint secrets; see `crate::committer`).
 //! Measured against the local three-broker cluster (one record per transaction, one partition,
 //! one after another): 31 ms per transaction with one producer, 14 ms with two, 12 ms with three
 //! (docs/benchmarks.md, "Writes: the transaction round").

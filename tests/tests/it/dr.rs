@@ -59,7 +59,9 @@ async fn applied(reader: &Node) -> String {
     m.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(",")
 }
 
-/// Wait until the replicator has archived everything `index` names.
+/// Wait until the replicator has archived everything `index` names and its own state applied it
+/// (the archiver and the state follow the log independently; a snapshot is taken of the state,
+/// and the token that asks for it is checked against it).
 async fn archived_up_to(rep: &Node, index: &str) {
     let want: BTreeMap<String, i64> = index
         .split(',')
@@ -68,13 +70,26 @@ async fn archived_up_to(rep: &Node, index: &str) {
         .collect();
     eventually(Duration::from_secs(60), "the archive to reach the index", || async {
         let h = health(rep).await;
-        let got = &h["secretlog"]["archive"]["archived"];
-        want.iter().all(|(p, o)| got[p].as_i64().unwrap_or(-1) >= *o).then_some(())
+        let (got, applied) = (&h["secretlog"]["archive"]["archived"], &h["secretlog"]["applied"]);
+        want.iter()
+            .all(|(p, o)| got[p].as_i64().unwrap_or(-1) >= *o && applied[p].as_i64().unwrap_or(-1) >= *o)
+            .then_some(())
     })
     .await;
 }
 
 async fn snapshot_now(s: &Stack, rep: &Node) -> String {
+    // The snapshot is of the replicator's state, and the token asking for it is checked against
+    // that state: wait until it applied everything the leader writer had (root token included).
+    let want = applied(&s.writer).await;
+    eventually(Duration::from_secs(60), "the replicator to apply the writer's position", || async {
+        let got = &health(rep).await["secretlog"]["applied"];
+        want.split(',')
+            .filter_map(|kv| kv.split_once(':'))
+            .all(|(p, o)| got[p].as_i64().unwrap_or(-1) >= o.parse::<i64>().unwrap_or(i64::MAX))
+            .then_some(())
+    })
+    .await;
     let tf = token_file(s);
     let (code, m, err) =
         cli(s, &["snapshot", "create", "--replicator", &rep.url, "--token-file", tf.to_str().unwrap(), "--json"], &[]);

@@ -59,6 +59,8 @@ async fn checker_finds_no_violation_under_faults() {
             min_acked: 100,
             nemesis: true,
             planted: None,
+            // The pipelined committer (opt-in) under the same faults; every other test runs the default, 1.
+            in_flight: 3,
             netns: true,
             archive: true,
             results: results_dir(),
@@ -85,6 +87,7 @@ async fn checker_catches_a_writer_that_acknowledges_before_commit() {
             min_acked: 100,
             nemesis: false,
             planted: Some("ack-before-commit"),
+            in_flight: 1,
             netns: false,
             archive: false,
             results: None,
@@ -124,6 +127,10 @@ async fn checker_long_run() {
             min_acked: 0,
             nemesis: true,
             planted,
+            in_flight: std::env::var("SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1),
             netns: true,
             archive: true,
             results: Some(results),

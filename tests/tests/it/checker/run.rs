@@ -31,6 +31,8 @@ pub struct RunOpts {
     pub nemesis: bool,
     /// `SECRETLOG_TEST_PLANTED_BUG` for the writers.
     pub planted: Option<&'static str>,
+    /// Writers keep up to this many transactions open at once (`--max-transactions-in-flight`).
+    pub in_flight: usize,
     /// A third reader in its own network namespace, delayed and cut (where the machine allows).
     pub netns: bool,
     /// A replicator archiving the log (killed by the nemesis), and the archive checked.
@@ -139,7 +141,11 @@ async fn settled_archive(bootstrap: &str, topic: &str, root: &Path, partitions: 
 pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
     let began = Instant::now();
     let partitions = 3;
-    let writer_env = opts.planted.map(|p| ("SECRETLOG_TEST_PLANTED_BUG".to_string(), p.to_string()));
+    let writer_env = opts
+        .planted
+        .map(|p| ("SECRETLOG_TEST_PLANTED_BUG".to_string(), p.to_string()))
+        .into_iter()
+        .chain([("SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT".to_string(), opts.in_flight.to_string())]);
     let s = Stack::start(
         cluster,
         StackOpts {
@@ -148,7 +154,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
             readers: 2,
             standbys: if opts.nemesis { 1 } else { 0 },
             reader_args: vec![],
-            writer_env: writer_env.into_iter().collect(),
+            writer_env: writer_env.collect(),
         },
     )
     .await;

@@ -463,17 +463,17 @@ mod tests {
         let mut carry = queue(vec![put("a"), put("b"), put("a"), put("c"), put("b")]);
         let batch = take_batch(&mut carry, &open, 10, false);
         assert_eq!(paths(&batch), ["a", "c"]);
-        assert_eq!(paths(&carry.make_contiguous()), ["b", "a", "b"]);
+        assert_eq!(paths(carry.make_contiguous()), ["b", "a", "b"]);
         let batch = take_batch(&mut carry, &HashSet::new(), 10, true);
         assert_eq!(paths(&batch), ["b", "a"]);
-        assert_eq!(paths(&carry.make_contiguous()), ["b"]);
+        assert_eq!(paths(carry.make_contiguous()), ["b"]);
     }
 
     #[test]
     fn the_batch_limit_leaves_the_rest_in_order() {
         let mut carry = queue(vec![put("a"), put("b"), put("c")]);
         assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 2, true)), ["a", "b"]);
-        assert_eq!(paths(&carry.make_contiguous()), ["c"]);
+        assert_eq!(paths(carry.make_contiguous()), ["c"]);
     }
 
     #[test]
@@ -482,7 +482,7 @@ mod tests {
         // Something open: the writes before the fence go, the fence and everything behind it wait.
         assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, false)), ["a"]);
         assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, false)), Vec::<&str>::new());
-        assert_eq!(paths(&carry.make_contiguous()), ["FENCE", "b"]);
+        assert_eq!(paths(carry.make_contiguous()), ["FENCE", "b"]);
         // Nothing open: the fence goes, in a batch without writes.
         assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, true)), ["FENCE"]);
         assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, false)), ["b"]);
@@ -493,6 +493,6 @@ mod tests {
     fn a_write_batch_stops_at_the_first_exclusive_command() {
         let mut carry = queue(vec![put("a"), fence(), put("b")]);
         assert_eq!(paths(&take_batch(&mut carry, &HashSet::new(), 10, true)), ["a"]);
-        assert_eq!(paths(&carry.make_contiguous()), ["FENCE", "b"]);
+        assert_eq!(paths(carry.make_contiguous()), ["FENCE", "b"]);
     }
 }

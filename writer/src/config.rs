@@ -46,7 +46,7 @@ pub struct WriterConfig {
     /// More lowers latency while the brokers have CPU to spare; 1 makes the fewest, largest
     /// transactions (each costs the brokers a fixed amount of CPU, whatever its size) and was the
     /// fastest on a two-core machine running the brokers too (docs/benchmarks.md).
-    #[arg(long, env = "SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT", default_value_t = 1,
+    #[arg(long = "max-transactions-in-flight", env = "SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT", default_value_t = 1,
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u8).range(1..=crate::producer::MAX_IN_FLIGHT as i64), usize::from))]
     pub max_in_flight: usize,
     /// Kafka transaction timeout, ms: how long a transaction of a dead leader can block readers
@@ -91,6 +91,20 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         cfg: WriterConfig,
+    }
+
+    #[test]
+    fn transactions_in_flight_default_to_one_and_stay_within_the_producer_ring() {
+        let n = |args: &[&str]| {
+            Cli::try_parse_from(["writer"].iter().chain(args)).map(|c| c.cfg.max_in_flight).map_err(|e| e.to_string())
+        };
+        if std::env::var_os("SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT").is_none() {
+            assert_eq!(n(&[]), Ok(1));
+        }
+        assert_eq!(n(&["--max-transactions-in-flight", "3"]), Ok(3));
+        for bad in ["0", "4", "two"] {
+            assert!(n(&["--max-transactions-in-flight", bad]).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub const PRODUCERS: usize = 4;
 /// Transactions open at once, at most: one fewer than the ring, so the producer a transaction
 /// takes always finished its previous one at least a whole commit ago.
 pub const MAX_IN_FLIGHT: usize = PRODUCERS - 1;
+const _: () = assert!(MAX_IN_FLIGHT >= 1 && MAX_IN_FLIGHT < PRODUCERS, "a rested producer is always free");
 
 /// The `transactional.id` of producer `index` of the ring of the logical writer `base`.
 pub fn ring_transactional_id(base: &str, index: usize) -> String {

@@ -22,7 +22,7 @@ use zeroize::Zeroize;
 use crate::api::health::{HealthInput, Role, health};
 use crate::api::kv::{Freshness, ReadContext};
 use crate::api::seal::{SealConfig, SealStatus, UnsealRequest, Unsealer, authorize_seal, parse_unseal};
-use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, forward::Forwarder};
+use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, forward::Forwarder, node_handler};
 use crate::audit::Auditor;
 use crate::config::{LogConfig, OnStale, ReaderConfig};
 use crate::error::ReaderError;
@@ -470,13 +470,7 @@ pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<Runni
     let name = format!("reader-{region}-{}", addr.port());
     let node = Arc::new(ReaderNode { keys: keys.clone(), forwarder, region, name, cfg: cfg.clone() });
     keys.start(|k, c| node.open(k, c)).await?;
-    let handler: Handler = {
-        let node = node.clone();
-        Arc::new(move |req| {
-            let node = node.clone();
-            Box::pin(async move { node.handle(req).await })
-        })
-    };
+    let handler = node_handler(node.clone(), |node, req| async move { node.handle(req).await });
     tracing::info!(%addr, region = %node.region, "reader listening");
     Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
 }

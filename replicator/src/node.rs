@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use object_store::ObjectStoreExt;
 use secretlog_reader::api::kv::ReadContext;
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, Handler};
+use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, node_handler};
 use secretlog_reader::materializer::now_ms;
 use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state, sealed_response};
 use secretlog_reader::objects::Objects;
@@ -66,13 +66,7 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
         cluster: std::sync::OnceLock::new(),
     });
     keys.start(|k, c| node.clone().open(k, c)).await?;
-    let handler: Handler = {
-        let node = node.clone();
-        Arc::new(move |req| {
-            let node = node.clone();
-            Box::pin(async move { node.handle(req).await })
-        })
-    };
+    let handler = node_handler(node.clone(), |node, req| async move { node.handle(req).await });
     tracing::info!(%addr, objects = %node.objects.url, "replicator listening");
     Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
 }

@@ -10,7 +10,7 @@ use secretlog_reader::ReaderError;
 use secretlog_reader::api::forward::Forwarder;
 use secretlog_reader::api::health::{HealthInput, Role, health};
 use secretlog_reader::api::kv::{Freshness, ReadContext};
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, Handler};
+use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, node_handler};
 use secretlog_reader::materializer::now_ms;
 use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state, sealed_response};
 use secretlog_schemas::topic::HEADER_INDEX;
@@ -73,13 +73,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
             .trusting(cfg.http.tls_ca.as_deref())?,
     });
     keys.start(|k, c| node.clone().open(k, c)).await?;
-    let handler: Handler = {
-        let node = node.clone();
-        Arc::new(move |req| {
-            let node = node.clone();
-            Box::pin(async move { node.handle(req).await })
-        })
-    };
+    let handler = node_handler(node.clone(), |node, req| async move { node.handle(req).await });
     tracing::info!(%addr, advertise = %node.advertise, "writer listening");
     Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
 }

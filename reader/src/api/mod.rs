@@ -74,6 +74,16 @@ impl ApiRequest {
 /// Something that answers requests (a reader node, a writer node).
 pub type Handler = Arc<dyn Fn(ApiRequest) -> Pin<Box<dyn Future<Output = ApiResponse> + Send>> + Send + Sync>;
 
+/// The [`Handler`] of a node: every request goes to `handle(node, request)`.
+pub fn node_handler<N, F, Fut>(node: Arc<N>, handle: F) -> Handler
+where
+    N: Send + Sync + 'static,
+    F: Fn(Arc<N>, ApiRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ApiResponse> + Send + 'static,
+{
+    Arc::new(move |req| Box::pin(handle(node.clone(), req)))
+}
+
 fn parse_query(raw: &str) -> HashMap<String, String> {
     raw.split('&')
         .filter(|p| !p.is_empty())

@@ -116,6 +116,36 @@ async fn health(node: &Node) -> Option<(u16, Value)> {
     Some((r.status().as_u16(), r.json().await.unwrap_or_default()))
 }
 
+/// A reader applies version 1 of `<name>/stale` and stops; version 2 is written; the reader comes
+/// back with `failing` (a Kafka setting that cannot work), must report `needle` in its health and
+/// must answer a read at version 2's index 412, without the stale version 1. Returns the failing
+/// reader, its health and version 2's index.
+async fn comes_back_failing_and_serves_nothing_stale(
+    s: &Stack,
+    name: &str,
+    failing: &[(&str, &str)],
+    needle: &str,
+) -> (Node, Value, String) {
+    let (secret, reader) = (format!("{name}/stale"), format!("reader-{name}"));
+    let path = format!("v1/secret/data/{secret}");
+    let v1 = s.put(&secret, json!({ "v": "one" })).await;
+    let mut good = s.new_reader(&reader, &[("SECRETLOG_ON_STALE", "fail")]);
+    good.wait_health(473, Duration::from_secs(60)).await;
+    let r = call("GET", &format!("{}/{path}", good.url), Some(&s.token), Some(&v1), None).await;
+    assert_eq!(r.body["data"]["data"]["v"], "one", "{:?}", r.body);
+    good.stop();
+
+    let v2 = s.put(&secret, json!({ "v": "two" })).await;
+    let env: Vec<(&str, &str)> = [("SECRETLOG_ON_STALE", "fail")].into_iter().chain(failing.iter().copied()).collect();
+    let bad = s.new_reader(&reader, &env);
+    let body = wait_consumer_error(&bad, needle).await;
+    // Asked for version 2, it does not pass off version 1 as current.
+    let r = call("GET", &format!("{}/{path}", bad.url), Some(&s.token), Some(&v2), None).await;
+    assert_eq!(r.status, 412, "{:?}", r.body);
+    assert!(!r.body.to_string().contains("one"), "served the stale version: {:?}", r.body);
+    (bad, body, v2)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_and_a_reader_work_through_sasl_with_the_password_only_in_the_environment() {
     let (cluster, _g) = shared();
@@ -166,34 +196,19 @@ async fn a_wrong_kafka_password_is_a_loud_authentication_error_and_no_stale_valu
     let props = sasl_properties(dir.path());
     let env = sasl_env(&sasl_bootstrap, &props, &password);
     let s = Stack::start_with_env(cluster, StackOpts { name: "sasl-bad", readers: 0, ..Default::default() }, env).await;
-    let path = "v1/secret/data/sasl/stale";
-
-    // A reader with the right password applies version 1 ...
-    let v1 = s.put("sasl/stale", json!({ "v": "one" })).await;
-    let mut good = s.new_reader("reader-sasl", &[("SECRETLOG_ON_STALE", "fail")]);
-    good.wait_health(473, Duration::from_secs(60)).await;
-    let r = call("GET", &format!("{}/{path}", good.url), Some(&s.token), Some(&v1), None).await;
-    assert_eq!(r.body["data"]["data"]["v"], "one", "{:?}", r.body);
-    good.stop();
-
-    // ... version 2 is written while it is down, and it comes back with a wrong password.
-    let v2 = s.put("sasl/stale", json!({ "v": "two" })).await;
-    let bad = s.new_reader(
-        "reader-sasl",
-        &[("SECRETLOG_ON_STALE", "fail"), ("SECRETLOG_KAFKA_SASL_PASSWORD", "not-the-password")],
-    );
-    let body = wait_consumer_error(&bad, "authentication").await;
+    let (bad, body, v2) = comes_back_failing_and_serves_nothing_stale(
+        &s,
+        "sasl",
+        &[("SECRETLOG_KAFKA_SASL_PASSWORD", "not-the-password")],
+        "authentication",
+    )
+    .await;
     eprintln!("health of a reader with a wrong Kafka password: {body}");
     let log = log_of(&bad);
     assert!(log.contains("Kafka authentication failed"), "no authentication error in the log:\n{}", bad.log_tail());
     assert!(!log.contains("not-the-password"), "the wrong password was logged");
-
-    // Asked for version 2, it does not pass off version 1 as current.
-    let r = call("GET", &format!("{}/{path}", bad.url), Some(&s.token), Some(&v2), None).await;
-    assert_eq!(r.status, 412, "{:?}", r.body);
-    assert!(!r.body.to_string().contains("one"), "served the stale version: {:?}", r.body);
-    // The writer has it.
-    let w = call("GET", &format!("{}/{path}", s.writer.url), Some(&s.token), Some(&v2), None).await;
+    // The writer has version 2.
+    let w = call("GET", &format!("{}/v1/secret/data/sasl/stale", s.writer.url), Some(&s.token), Some(&v2), None).await;
     assert_eq!(w.body["data"]["data"]["v"], "two", "{:?}", w.body);
 }
 
@@ -251,30 +266,17 @@ async fn a_broker_certificate_from_an_unknown_ca_is_a_loud_tls_error_and_nothing
         kafka_env(&ssl_bootstrap, &good_props),
     )
     .await;
-    let path = "v1/secret/data/ssl/stale";
-
-    // A reader trusting the cluster's CA applies version 1 ...
-    let v1 = s.put("ssl/stale", json!({ "v": "one" })).await;
-    let mut good = s.new_reader("reader-ssl", &[("SECRETLOG_ON_STALE", "fail")]);
-    good.wait_health(473, Duration::from_secs(60)).await;
-    let r = call("GET", &format!("{}/{path}", good.url), Some(&s.token), Some(&v1), None).await;
-    assert_eq!(r.body["data"]["data"]["v"], "one", "{:?}", r.body);
-    good.stop();
-
-    // ... version 2 is written while it is down, and it comes back trusting another CA: it
-    // refuses the brokers' certificate and says so.
-    let v2 = s.put("ssl/stale", json!({ "v": "two" })).await;
-    let bad = s.new_reader("reader-ssl", &[("SECRETLOG_ON_STALE", "fail"), ("SECRETLOG_KAFKA_CONFIG", &bad_props)]);
-    let body = wait_consumer_error(&bad, "tls handshake failed").await;
+    let (bad, body, _) = comes_back_failing_and_serves_nothing_stale(
+        &s,
+        "ssl",
+        &[("SECRETLOG_KAFKA_CONFIG", &bad_props)],
+        "tls handshake failed",
+    )
+    .await;
     eprintln!("health of a reader trusting another CA: {body}");
     let reason = body["secretlog"]["consumer_error"].as_str().unwrap_or_default().to_lowercase();
     assert!(reason.contains("certificate verify failed"), "the TLS failure does not name the certificate: {reason}");
     assert!(log_of(&bad).contains("Kafka TLS handshake failed"), "no TLS error in the log:\n{}", bad.log_tail());
-
-    // Asked for version 2, it does not pass off version 1 as current.
-    let r = call("GET", &format!("{}/{path}", bad.url), Some(&s.token), Some(&v2), None).await;
-    assert_eq!(r.status, 412, "{:?}", r.body);
-    assert!(!r.body.to_string().contains("one"), "served the stale version: {:?}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,6 +258,13 @@ async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
     bench.seconds = plan.seconds;
     loads.push(load("stack up"));
 
+    // Not measured: the first transactions of fresh broker JVMs and producers are several times
+    // slower than the steady state (7 vs 17-45 writes/s at one client in two runs of the same day).
+    eprintln!("== warm-up: {} s of writes at 16 clients (not measured)", plan.seconds.min(5));
+    let mut warm = bench.clone();
+    warm.seconds = plan.seconds.min(5);
+    crate::bench::measure_writes(&warm, &token, &value, 16).await.context("warm-up writes")?;
+
     eprintln!("== writes and reads, secretlog and etcd");
     let peer_out = work.join("peer-etcd.jsonl");
     bench.out = Some(peer_out.clone());

@@ -174,7 +174,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             KafkaCmd::Up { dir: DataDir { data_dir }, topic } => {
                 std::fs::create_dir_all(&data_dir)?;
                 let spinner = crate::output::spinner("starting three Kafka brokers");
-                let k = LocalKafka::start_detached(KafkaConfig::new(&data_dir))?;
+                let cfg = KafkaConfig::new(&data_dir);
+                let k = LocalKafka::start_detached(cfg.clone())?;
                 spinner.set_message("waiting for acks=all produce to succeed");
                 k.wait_ready(Duration::from_secs(240))?;
                 spinner.set_message(format!("creating topic {topic}"));
@@ -182,6 +183,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 spinner.finish_and_clear();
                 println!("Kafka is up: {}", k.bootstrap_servers());
                 println!("export KAFKA_BOOTSTRAP_SERVERS={}", k.bootstrap_servers());
+                println!(
+                    "Also: SASL_PLAINTEXT {} · SSL {} · SASL_SSL {} (brokers' CA: {}; see docs/operations.md)",
+                    cfg.sasl_bootstrap_servers(),
+                    cfg.ssl_bootstrap_servers(),
+                    cfg.sasl_ssl_bootstrap_servers(),
+                    cfg.ssl_ca_file().display()
+                );
                 Ok(())
             }
             KafkaCmd::Down { dir: DataDir { data_dir } } => {

@@ -152,7 +152,10 @@ impl Committer {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                Some(landed) = flights.join_next(), if !flights.is_empty() => self.land(landed),
+                Some(landed) = flights.join_next(), if !flights.is_empty() => {
+                    self.land(landed);
+                    metrics::gauge!("secretlog_writer_transactions_in_flight").set(flights.len() as f64);
+                }
                 p = rx.recv(), if !closed => match p {
                     Some(p) => carry.push_back(p),
                     None => closed = true,

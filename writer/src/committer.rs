@@ -156,7 +156,9 @@ impl Committer {
                     self.land(landed);
                     metrics::gauge!("secretlog_writer_transactions_in_flight").set(flights.len() as f64);
                 }
-                p = rx.recv(), if !closed => match p {
+                // At most a batch waits here: the rest stays in the bounded channel, so a full
+                // queue still refuses writes (503) and the rewrap still waits for room.
+                p = rx.recv(), if !closed && carry.len() < self.cfg.max_batch => match p {
                     Some(p) => carry.push_back(p),
                     None => closed = true,
                 },

@@ -419,10 +419,21 @@ async fn limits_refuse_oversize_heads_and_bodies_fast_tokens_and_full_route_grou
     )
     .await;
     let url = format!("{}/v1/secret/data/limits/a", full.url);
+    // A holder refused because a probe below held the other slot at that instant tries again, so
+    // both end up holding one.
     let holders: Vec<_> = (0..2)
         .map(|_| {
             let (url, token) = (url.clone(), s.token.clone());
-            tokio::spawn(async move { call("GET", &url, Some(&token), Some("0:999999999"), None).await.status })
+            tokio::spawn(async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    let status = call("GET", &url, Some(&token), Some("0:999999999"), None).await.status;
+                    if status != 503 || std::time::Instant::now() > deadline {
+                        return status;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await; // pace the retries
+                }
+            })
         })
         .collect();
     let refused = eventually(Duration::from_secs(5), "a read refused by the full kv-read bulkhead", || async {

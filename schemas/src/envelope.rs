@@ -298,6 +298,18 @@ mod tests {
         Keyring::from_root(&RootKey::from_bytes([b; 32]))
     }
 
+    /// A small valid event: `DeleteMetadata` of `secret/a`.
+    fn delete_a() -> Event {
+        Event {
+            event_id: [1; 16],
+            timestamp_ms: 1,
+            writer_epoch: 1,
+            mount: "secret".into(),
+            path: "a".into(),
+            op: Operation::DeleteMetadata,
+        }
+    }
+
     pub(crate) fn arb_op() -> impl Strategy<Value = Operation> {
         let versions = proptest::collection::vec(any::<u64>(), 0..20);
         prop_oneof![
@@ -390,14 +402,7 @@ mod tests {
 
     #[test]
     fn forged_event_under_other_key_is_reported_as_wrong_key() {
-        let e = Event {
-            event_id: [1; 16],
-            timestamp_ms: 1,
-            writer_epoch: 1,
-            mount: "secret".into(),
-            path: "a".into(),
-            op: Operation::DeleteMetadata,
-        };
+        let e = delete_a();
         let bytes = encode_event(&ring(1), &e);
         assert!(matches!(decode_event(&ring(2), None, &bytes), Err(DecodeError::WrongKey { .. })));
         // An attacker who copies our key check but not our key is caught by the MAC.
@@ -409,14 +414,7 @@ mod tests {
     #[test]
     fn records_of_other_and_retired_terms_verify() {
         let r = ring(1);
-        let e = Event {
-            event_id: [1; 16],
-            timestamp_ms: 1,
-            writer_epoch: 1,
-            mount: "secret".into(),
-            path: "a".into(),
-            op: Operation::DeleteMetadata,
-        };
+        let e = delete_a();
         let old = encode_event(&r, &e);
         let newer = Keyring::with_terms(&RootKey::from_bytes([1; 32]), 3);
         let new = encode_event(&newer, &e);
@@ -431,14 +429,7 @@ mod tests {
 
     #[test]
     fn record_key_must_match() {
-        let e = Event {
-            event_id: [1; 16],
-            timestamp_ms: 1,
-            writer_epoch: 1,
-            mount: "secret".into(),
-            path: "a".into(),
-            op: Operation::DeleteMetadata,
-        };
+        let e = delete_a();
         let bytes = encode_event(&ring(1), &e);
         assert!(matches!(decode_event(&ring(1), Some(b"secret/b"), &bytes), Err(DecodeError::KeyMismatch { .. })));
     }

@@ -39,6 +39,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 
 use secretlog_schemas::Keyring;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::auth::{Identity, TokenRecord};
@@ -90,7 +91,7 @@ impl Sink {
     }
 
     /// Write one entry as one line. An error means the entry is not (entirely) on record.
-    pub fn write_entry(&self, entry: &Value) -> std::io::Result<()> {
+    pub fn write_entry(&self, entry: &impl Serialize) -> std::io::Result<()> {
         self.write_line(&line_of(entry).map_err(std::io::Error::other)?)
     }
 
@@ -118,10 +119,27 @@ impl Sink {
 }
 
 /// An entry as one JSON line.
-fn line_of(entry: &Value) -> serde_json::Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(entry)?;
+fn line_of(entry: &impl Serialize) -> serde_json::Result<Vec<u8>> {
+    let mut line = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut line, entry)?;
     line.push(b'\n');
     Ok(line)
+}
+
+/// One entry, in the order of the module's example: written straight from the parts (the
+/// `auth` and `request` of a request's two entries are built once and printed twice).
+#[derive(Serialize)]
+struct Entry<'a> {
+    time: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    node: &'a str,
+    auth: &'a Value,
+    request: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// One place entries go.
@@ -188,29 +206,31 @@ impl Redactor {
     }
 
     /// `v` with every scalar leaf HMACed (object keys and `null`s kept).
-    pub fn redact_all(&self, v: &Value) -> Value {
-        self.walk(v, true)
+    pub fn redact_all(&self, mut v: Value) -> Value {
+        self.walk(&mut v, true);
+        v
     }
 
     /// `v` with every scalar under a `data` key, and the value of every token or accessor key,
     /// HMACed; all else kept.
-    pub fn redact(&self, v: &Value) -> Value {
-        self.walk(v, false)
+    pub fn redact(&self, mut v: Value) -> Value {
+        self.walk(&mut v, false);
+        v
     }
 
-    fn walk(&self, v: &Value, secret: bool) -> Value {
+    /// Redact in place: entries are built from values parsed for the purpose, so nothing is
+    /// copied (this runs twice on every audited request).
+    fn walk(&self, v: &mut Value, secret: bool) {
         match v {
-            Value::Object(m) => Value::Object(
-                m.iter()
-                    .map(|(k, child)| {
-                        let secret = secret || k == "data" || SENSITIVE_KEYS.contains(&k.as_str());
-                        (k.clone(), self.walk(child, secret))
-                    })
-                    .collect(),
-            ),
-            Value::Array(a) => Value::Array(a.iter().map(|x| self.walk(x, secret)).collect()),
-            scalar if secret => self.hmac_scalar(scalar),
-            scalar => scalar.clone(),
+            Value::Object(m) => {
+                for (k, child) in m.iter_mut() {
+                    let secret = secret || k == "data" || SENSITIVE_KEYS.contains(&k.as_str());
+                    self.walk(child, secret);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| self.walk(x, secret)),
+            scalar if secret => *scalar = self.hmac_scalar(scalar),
+            _ => {}
         }
     }
 
@@ -221,7 +241,7 @@ impl Redactor {
             return None;
         }
         Some(match serde_json::from_slice::<Value>(body) {
-            Ok(v) => self.redact_all(&v),
+            Ok(v) => self.redact_all(v),
             Err(_) => Value::String(self.hmac(body)),
         })
     }
@@ -361,7 +381,15 @@ impl Auditor {
         }
         let auth = self.auth(&req).await;
         let request = self.request_entry(&req, crate::api::remote_addr());
-        let entry = json!({ "time": now(), "type": "request", "node": self.node, "auth": auth, "request": request });
+        let entry = Entry {
+            time: now(),
+            kind: "request",
+            node: &self.node,
+            auth: &auth,
+            request: &request,
+            response: None,
+            error: None,
+        };
         if let Err(e) = self.record(&entry, "request", &req.request_id).await
             && !self.fail_open
         {
@@ -369,15 +397,15 @@ impl Auditor {
         }
         let key = req.request_id.clone();
         let resp = inner(req).await;
-        let entry = json!({
-            "time": now(),
-            "type": "response",
-            "node": self.node,
-            "auth": auth,
-            "request": request,
-            "response": self.response_entry(&resp),
-            "error": error_of(&resp),
-        });
+        let entry = Entry {
+            time: now(),
+            kind: "response",
+            node: &self.node,
+            auth: &auth,
+            request: &request,
+            response: Some(self.response_entry(&resp)),
+            error: Some(error_of(&resp)),
+        };
         if let Err(e) = self.record(&entry, "response", &key).await
             && !self.fail_open
         {
@@ -393,7 +421,7 @@ impl Auditor {
     /// Kafka partition, in order). `Ok` as soon as one sink has recorded it; the others finish
     /// in the background. `Err` lists why each sink failed. Every failure is counted and logged
     /// (without the entry).
-    pub async fn record(&self, entry: &Value, kind: &'static str, key: &str) -> Result<(), String> {
+    pub async fn record(&self, entry: &impl Serialize, kind: &'static str, key: &str) -> Result<(), String> {
         let line = line_of(entry).map_err(|e| e.to_string())?;
         let mut pending: FuturesUnordered<_> = self
             .sinks
@@ -474,11 +502,11 @@ impl Auditor {
         r.insert("status".into(), json!(resp.status));
         if !resp.body.is_empty() {
             let body = match serde_json::from_slice::<Value>(&resp.body) {
-                Ok(Value::Object(m)) => {
-                    let m: Map<String, Value> = m.into_iter().filter(|(k, v)| !v.is_null() && k != "errors").collect();
-                    self.redactor.redact(&Value::Object(m))
+                Ok(Value::Object(mut m)) => {
+                    m.retain(|k, v| !v.is_null() && k != "errors");
+                    self.redactor.redact(Value::Object(m))
                 }
-                Ok(other) => self.redactor.redact_all(&other),
+                Ok(other) => self.redactor.redact_all(other),
                 Err(_) => Value::String(self.redactor.hmac(&resp.body)),
             };
             r.insert("body".into(), body);
@@ -568,7 +596,7 @@ mod tests {
             "data": {"data": {"password": "hunter2", "n": {"pin": 1234, "ok": true, "l": ["a", null]}}},
             "auth": {"client_token": "hvs.tok", "accessor": "acc", "policies": ["app"]},
         });
-        let out = r.redact(&v);
+        let out = r.redact(v.clone());
         let text = out.to_string();
         for plain in ["hunter2", "1234", "hvs.tok", "\"acc\""] {
             assert!(!text.contains(plain), "{plain} in {text}");

@@ -7,9 +7,11 @@ use std::time::Duration;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::topic::HEADER_APPLIED;
 use secretlog_schemas::{ConsistencyToken, Keyring};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use super::response::{vault_duration, vault_time};
+use super::response::{Envelope, vault_duration, vault_time};
 use super::{ApiError, ApiRequest, ApiResponse};
 use crate::materializer::{MaterializerHandle, now_ms};
 use crate::state::SecretMeta;
@@ -25,6 +27,23 @@ pub struct ReadContext {
     pub mount: String,
     /// How long a read carrying `X-Secretlog-Index` may wait for this node to catch up.
     pub consistency_wait: Duration,
+}
+
+/// `data` of a KV v2 read: the secret's fields and its version's metadata.
+#[derive(Serialize)]
+struct SecretData<'a> {
+    data: Option<&'a RawValue>,
+    metadata: VersionMetadata<'a>,
+}
+
+/// A version's metadata as a KV v2 read shows it (fields in Vault's, alphabetical, order).
+#[derive(Serialize)]
+struct VersionMetadata<'a> {
+    created_time: String,
+    custom_metadata: &'a Option<std::collections::BTreeMap<String, String>>,
+    deletion_time: String,
+    destroyed: bool,
+    version: u64,
 }
 
 /// Outcome of waiting for a consistency token.
@@ -110,17 +129,16 @@ impl ReadContext {
         let Some(meta) = self.store.meta(&self.mount, path).await? else { return Err(ApiError::not_found()) };
         let version = if version == 0 { meta.current_version } else { version };
         let Some(vm) = meta.versions.get(&version) else { return Err(ApiError::not_found()) };
-        let now = now_ms();
-        let metadata = json!({
-            "created_time": vault_time(Some(vm.created_ms)),
-            "custom_metadata": meta.custom_metadata,
+        let metadata = VersionMetadata {
+            created_time: vault_time(Some(vm.created_ms)),
+            custom_metadata: &meta.custom_metadata,
             // Shown as soon as it is scheduled, as Vault does (`delete_version_after`).
-            "deletion_time": vault_time(vm.deletion_ms),
-            "destroyed": vm.destroyed,
-            "version": version,
-        });
-        if !vm.is_live(now) {
-            let body = super::response::envelope(&req.request_id, json!({ "data": null, "metadata": metadata }));
+            deletion_time: vault_time(vm.deletion_ms),
+            destroyed: vm.destroyed,
+            version,
+        };
+        if !vm.is_live(now_ms()) {
+            let body = Envelope::new(&req.request_id, SecretData { data: None, metadata });
             return Ok(ApiResponse::json(404, &body));
         }
         let sealed = self.store.value(&self.mount, path, version).await?.ok_or_else(|| {
@@ -132,8 +150,10 @@ impl ReadContext {
             tracing::error!(path, version, error = %e, "stored value does not open");
             ApiError::internal()
         })?;
-        let data: Value = serde_json::from_slice(&plaintext).map_err(|_| ApiError::internal())?;
-        Ok(ApiResponse::data(&req.request_id, json!({ "data": data, "metadata": metadata })))
+        // The writer stored the value as JSON; it is checked and passed through as it is (no
+        // tree built and printed again on every read).
+        let data: &RawValue = serde_json::from_slice(&plaintext).map_err(|_| ApiError::internal())?;
+        Ok(ApiResponse::data(&req.request_id, SecretData { data: Some(data), metadata }))
     }
 
     async fn read_metadata(&self, req: &ApiRequest, path: &str) -> Result<ApiResponse, ApiError> {

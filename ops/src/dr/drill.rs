@@ -108,6 +108,21 @@ fn lose_primary(data_dir: &std::path::Path, stack: &StackFile) {
     }
 }
 
+/// The replicator's archive position and lag (`archive`, `archive_lag_seconds` of its health), or
+/// `null` if it does not answer in time.
+async fn archive_status(http: &reqwest::Client, replicator: &str) -> Value {
+    let health = async {
+        let r = http.get(format!("{replicator}/v1/sys/health")).timeout(Duration::from_secs(2)).send().await.ok()?;
+        r.json::<Value>().await.ok()
+    };
+    match health.await {
+        Some(h) => {
+            json!({ "archive": h["secretlog"]["archive"], "archive_lag_seconds": h["secretlog"]["archive_lag_seconds"] })
+        }
+        None => Value::Null,
+    }
+}
+
 /// Poll `f` every 100 ms until it succeeds; returns when.
 async fn first_success<F, Fut>(deadline: Instant, mut f: F) -> Option<Instant>
 where
@@ -175,7 +190,9 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     };
     tokio::time::sleep(Duration::from_secs(args.trickle_secs)).await;
 
-    // 2. The primary region is lost.
+    // 2. The primary region is lost — after noting what the replicator had not yet archived,
+    // which is what a restore can be missing (the report explains its RPO with it).
+    let archive_at_loss = archive_status(&http, &replicator.url).await;
     let failed_at = Instant::now();
     lose_primary(&dir, &stack);
     stop.store(true, Ordering::SeqCst);
@@ -298,6 +315,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let last_ack = acks.iter().map(|a| a.at).max().unwrap_or(failed_at);
     let lost_span = lost.iter().map(|a| a.at).min().map_or(0.0, |first| (last_ack - first).as_secs_f64());
+    // The first lost writes, each with how long before the loss it was acknowledged.
+    let lost_sample: Vec<Value> = lost
+        .iter()
+        .take(10)
+        .map(|a| json!({ "path": a.path, "acknowledged_before_loss_seconds": failed_at.saturating_duration_since(a.at).as_secs_f64() }))
+        .collect();
     let report = json!({
         "secrets_loaded": args.secrets,
         "load_seconds": load_secs,
@@ -307,6 +330,8 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         "rto_first_read_seconds": (read_ok - failed_at).as_secs_f64(),
         "rpo_lost_writes": lost.len(),
         "rpo_seconds": lost_span,
+        "rpo_lost_sample": lost_sample,
+        "archive_at_loss": archive_at_loss,
         "dr_kafka": bootstrap,
         "dr_writer": writer_url,
         "dr_reader": reader_url,

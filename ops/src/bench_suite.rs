@@ -88,10 +88,18 @@ pub struct SuiteArgs {
     pub etcd_bin: PathBuf,
 }
 
+/// Writes before the first measurement. Fresh broker JVMs are still compiling their hot paths:
+/// in one evening, 5 s of warm-up left a stack at 28 / 245 / 781 writes/s at 1 / 16 / 64 clients,
+/// where the same binary on a stack warmed by a few minutes of writes did 115 / 513 / 1,705. The
+/// suite measures the steady state; the warm-up is in `results.json` (`plan.warm_up_seconds`).
+const WARM_UP_SECONDS: u64 = 30;
+
 /// What a run measures, once defaults and `--quick` are applied.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Plan {
     seconds: u64,
+    /// Unmeasured writes before the first measurement, at the highest client count.
+    warm_up_seconds: u64,
     lag_seconds: u64,
     value_bytes: usize,
     keys: usize,
@@ -110,6 +118,7 @@ impl Plan {
         let q = s.quick;
         Plan {
             seconds: if q { 2 } else { args.seconds },
+            warm_up_seconds: if q { 2 } else { WARM_UP_SECONDS },
             lag_seconds: if q { 5 } else { args.seconds.max(15) },
             value_bytes: args.value_bytes,
             keys: s.keys.unwrap_or(if q { 2_000 } else { 50_000 }),
@@ -258,12 +267,12 @@ async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
     bench.seconds = plan.seconds;
     loads.push(load("stack up"));
 
-    // Not measured: the first transactions of fresh broker JVMs and producers are several times
-    // slower than the steady state (7 vs 17-45 writes/s at one client in two runs of the same day).
-    eprintln!("== warm-up: {} s of writes at 16 clients (not measured)", plan.seconds.min(5));
+    // Not measured: the first transactions of fresh broker JVMs and producers (WARM_UP_SECONDS).
+    let warm_clients = plan.clients.iter().copied().max().unwrap_or(16);
+    eprintln!("== warm-up: {} s of writes at {warm_clients} clients (not measured)", plan.warm_up_seconds);
     let mut warm = bench.clone();
-    warm.seconds = plan.seconds.min(5);
-    crate::bench::measure_writes(&warm, &token, &value, 16).await.context("warm-up writes")?;
+    warm.seconds = plan.warm_up_seconds;
+    crate::bench::measure_writes(&warm, &token, &value, warm_clients).await.context("warm-up writes")?;
 
     eprintln!("== writes and reads, secretlog and etcd");
     let peer_out = work.join("peer-etcd.jsonl");

@@ -864,6 +864,7 @@ pub(crate) mod tests {
     fn the_peer_run_is_bench_peer_etcd_at_the_plans_concurrencies() {
         let plan = Plan {
             seconds: 2,
+            warm_up_seconds: 2,
             lag_seconds: 5,
             value_bytes: 64,
             keys: 1234,

@@ -333,7 +333,7 @@ impl Peer for EtcdPeer {
         etcd_writes(secs, &self.leader, &self.stored, c).await
     }
     async fn preload(&mut self, keys: usize) -> anyhow::Result<()> {
-        etcd_preload(&self.leader, keys, &self.stored).await
+        etcd_preload(&self.leader, &self.follower, keys, &self.stored).await
     }
     async fn reads(&self, run: PeerRun, secs: u64, keys: usize, c: usize) -> anyhow::Result<Value> {
         etcd_reads(secs, &self.follower, keys, run != PeerRun::Linearizable, c).await
@@ -398,8 +398,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Put `bench/keys/k0..keys` into etcd, 128 puts per transaction (etcd's default
-/// `--max-txn-ops`), 8 transactions in flight.
-async fn etcd_preload(leader: &str, keys: usize, stored: &[u8]) -> anyhow::Result<()> {
+/// `--max-txn-ops`), 8 transactions in flight — then wait until `follower` serves them all from
+/// its own state (the serializable reads are measured there, and a follower may trail the leader).
+async fn etcd_preload(leader: &str, follower: &str, keys: usize, stored: &[u8]) -> anyhow::Result<()> {
     const PER_TXN: usize = 128;
     let http = client(8)?;
     let url = format!("{leader}/v3/kv/txn");
@@ -427,6 +428,20 @@ async fn etcd_preload(leader: &str, keys: usize, stored: &[u8]) -> anyhow::Resul
     }
     while let Some(r) = tasks.join_next().await {
         r??;
+    }
+    // Each transaction is atomic: its last key visible on the follower means all of it is.
+    let url = format!("{follower}/v3/kv/range");
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    for last in (0..keys).step_by(PER_TXN).map(|first| (first + PER_TXN).min(keys) - 1) {
+        let key = format!("bench/keys/k{last}");
+        while !range_found(&http, &url, &key, true).await {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the etcd follower {follower} did not apply the preload within {START_TIMEOUT:?} ({key} missing)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     Ok(())
 }
@@ -623,7 +638,7 @@ mod tests {
         let stored = br#"{"v":"x"}"#;
         let w = etcd_writes(1, &leader, stored, 2).await.unwrap();
         assert!(w["ops"].as_u64().unwrap() > 0 && w["errors"] == 0, "{w}");
-        etcd_preload(&leader, 300, stored).await.unwrap();
+        etcd_preload(&leader, &follower, 300, stored).await.unwrap();
         for serializable in [true, false] {
             let r = etcd_reads(1, &follower, 300, serializable, 2).await.unwrap();
             assert!(r["ops"].as_u64().unwrap() > 0 && r["errors"] == 0, "every preloaded key is found: {r}");

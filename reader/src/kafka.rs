@@ -307,9 +307,9 @@ pub fn consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
 }
 
 /// How long a broker may hold a fetch that has nothing new. At 10 ms (the value before this
-/// was measured) the six consumers of a local stack kept three idle brokers busy at 13–14% of
-/// a core each answering empty fetches; acknowledged → visible lag did not depend on it
-/// (docs/benchmarks.md, "Idle fetches").
+/// was measured) the consumers of a local stack kept three idle brokers busy at 12.4% of a core
+/// each answering empty fetches (now 3–7%); acknowledged → visible lag did not depend on it
+/// (docs/benchmarks.md, "Reads at 100k secrets, and idle fetches").
 pub const FETCH_WAIT_MAX_MS: u32 = 500;
 
 /// Whether a client error means the cluster refused our credentials.

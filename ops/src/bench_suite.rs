@@ -252,6 +252,7 @@ async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
         kafka_port: suite.kafka_port,
         regions: vec!["east".into(), "west".into()],
         topic: secretlog_schemas::topic::MUTATIONS_TOPIC.into(),
+        partitions: secretlog_schemas::topic::DEFAULT_PARTITIONS,
         detach: true,
     })
     .await

@@ -39,6 +39,12 @@ pub struct UpArgs {
     /// Mutation topic.
     #[arg(long, env = "SECRETLOG_TOPIC", default_value = MUTATIONS_TOPIC)]
     pub topic: String,
+    /// Partitions of the mutation topic when the stack creates it (an existing topic keeps its
+    /// own). Every partition a write transaction touches costs the brokers a produce and a
+    /// commit marker; see docs/benchmarks.md, "Partitions and write throughput".
+    #[arg(long, env = "SECRETLOG_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
+          value_parser = clap::value_parser!(i32).range(1..=64))]
+    pub partitions: i32,
     /// Start the stack, print where it is, and exit, leaving it running (Kafka detached).
     /// Stop it later with `secretlog down`.
     #[arg(long)]
@@ -179,7 +185,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     spinner.set_message(format!("creating topic {}", args.topic));
-    ensure_topic(&bootstrap, &args.topic, DEFAULT_PARTITIONS).await?;
+    ensure_topic(&bootstrap, &args.topic, args.partitions).await?;
     let root_key = dir.join("root.key");
     ensure_root_key(&root_key)?;
     let token_file = dir.join("root-token");

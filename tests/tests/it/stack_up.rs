@@ -18,7 +18,8 @@ fn alive(pid: u64) -> bool {
 async fn secretlog_up_runs_the_stack_and_stops_it_cleanly() {
     let (cluster, _g) = shared();
     let dir = tempfile::Builder::new().prefix("it-up-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let topic = crate::harness::fresh_topic(&cluster.bootstrap, "up", 6).await;
+    // A topic `up` creates itself, with the partitions it is told.
+    let topic = format!("it.up.{:08x}", rand::random::<u32>());
     // Below Linux's ephemeral range (32768+), so no outgoing connection can hold these ports.
     let base = 10000 + (rand::random::<u16>() % 900) * 10;
     let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
@@ -27,7 +28,7 @@ async fn secretlog_up_runs_the_stack_and_stops_it_cleanly() {
         c.args(["up", "--data-dir"])
             .arg(dir.path())
             .args(["--writer-port", &base.to_string(), "--reader-port", &(base + 5).to_string()])
-            .args(["--replicator-port", &(base + 9).to_string(), "--topic", &topic])
+            .args(["--replicator-port", &(base + 9).to_string(), "--topic", &topic, "--partitions", "2"])
             .env("KAFKA_BOOTSTRAP_SERVERS", &cluster.bootstrap)
             .env("SECRETLOG_CACHE_DISK_MB", "16")
             .stdin(Stdio::null())
@@ -49,6 +50,8 @@ async fn secretlog_up_runs_the_stack_and_stops_it_cleanly() {
     })
     .await;
     assert_eq!(stack["topic"], topic.as_str());
+    let partitions = secretlog_reader::kafka::partition_count(&cluster.bootstrap, &topic, Duration::from_secs(10));
+    assert_eq!(partitions.unwrap(), 2, "`up --partitions 2` creates the topic with 2 partitions");
     assert_eq!(stack["writers"].as_array().unwrap().len(), 2);
     let readers = stack["readers"].as_array().unwrap();
     assert_eq!(readers.iter().map(|r| r["region"].as_str().unwrap()).collect::<Vec<_>>(), ["east", "west"]);

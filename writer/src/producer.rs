@@ -82,6 +82,40 @@ pub fn producer_config(bootstrap: &str, transactional_id: &str, txn_timeout_ms: 
     c
 }
 
+/// How often [`serve_deliveries`] serves the delivery reports itself.
+const DELIVERY_POLL: Duration = Duration::from_millis(1);
+
+/// Wait for `deliveries` (the delivery reports of a transaction's records), serving `producer`'s
+/// reports every [`DELIVERY_POLL`] meanwhile, then until none is left, or `deadline` passed.
+///
+/// rdkafka's own polling thread (one per producer) serves them too, but measured against the
+/// local cluster it sometimes does so only when its 100 ms wait times out: a few transactions
+/// in a hundred took ~100 ms longer, the report sitting unserved — and `commit_transaction`'s
+/// flush waits until every report was served. Serving them here too bounds that to about a
+/// millisecond; every report still goes to the same callback, whichever thread serves it. Each
+/// serve is a non-blocking `poll` (a blocking one with a timeout under a second spins: rdkafka
+/// rounds the remaining wait down to whole milliseconds). Measured in docs/benchmarks.md,
+/// "A write's 100 ms tail".
+async fn serve_deliveries<F: Future + Unpin>(
+    producer: &FutureProducer<LogContext>,
+    mut deliveries: F,
+    deadline: Instant,
+) -> F::Output {
+    let delivered = loop {
+        tokio::select! {
+            d = &mut deliveries => break d,
+            _ = tokio::time::sleep(DELIVERY_POLL) => producer.poll(Duration::ZERO),
+        }
+    };
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() > 0 {
+            tokio::time::sleep(DELIVERY_POLL).await;
+        }
+    }
+    delivered
+}
+
 fn is_fatal(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(t) if t.is_fatal())
 }
@@ -148,9 +182,10 @@ impl TxProducer {
                 }
             }
         }
+        let delivered = serve_deliveries(producer, join_all(futures), deadline).await;
         let mut positions = Vec::with_capacity(records.len());
         let mut failure = None;
-        for res in join_all(futures).await {
+        for res in delivered {
             match res {
                 Ok(Ok(d)) => positions.push((d.partition, d.offset)),
                 Ok(Err((e, _))) => failure = Some(e.to_string()),

@@ -20,6 +20,13 @@
 //! in the order they were decided. Control events (policies, tokens, key terms) and the rotation
 //! fence are *exclusive*: decided only when nothing is in flight, in a batch of their own, and
 //! nothing queued behind them overtakes them.
+//!
+//! **Decided ahead.** While every transaction slot is taken, the next batch is decided as its
+//! requests arrive (by the same rule: none of its secrets is in an open transaction, and its
+//! secrets are held like an open transaction's) and waits, ready, for the first slot that frees
+//! — deciding and sealing then overlap the open transaction's commit round instead of
+//! following it. A ready batch is started only if nothing fenced this
+//! writer meanwhile; otherwise it is answered like any batch of a fenced writer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -68,6 +75,26 @@ struct Landed {
     result: Result<Vec<(i32, i64)>, WriterError>,
 }
 
+/// A decided batch, not started yet: its records and where each answer goes.
+struct Prepared {
+    records: Vec<Record>,
+    waiting: Vec<Waiting>,
+    /// The secrets (command paths) it holds.
+    paths: Vec<String>,
+    /// Only plain data writes (the planted test bug applies to these only).
+    data_only: bool,
+}
+
+impl Prepared {
+    /// Add `more`, decided later on other secrets, to this batch.
+    fn absorb(&mut self, more: Prepared) {
+        self.records.extend(more.records);
+        self.waiting.extend(more.waiting);
+        self.paths.extend(more.paths);
+        self.data_only &= more.data_only;
+    }
+}
+
 impl Command {
     /// Decided only with nothing in flight, alone (see the module comment): control events and
     /// the rotation fence (a rewrap of nothing).
@@ -93,7 +120,8 @@ pub struct Committer {
     pub cfg: CommitterConfig,
     /// Secrets appended but perhaps not yet applied locally: key → (partition, next offset).
     inflight: HashMap<Vec<u8>, (i32, i64)>,
-    /// Secrets (command paths) of the transactions open right now.
+    /// Secrets (command paths) of the transactions open right now, and of the batch decided
+    /// ahead: no command on them is decided until their transaction resolved.
     open: HashSet<String>,
     /// Set once the producer was fenced; the node stops accepting writes.
     pub fenced: Arc<std::sync::atomic::AtomicBool>,
@@ -130,7 +158,10 @@ impl Committer {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Pending>, cancel: CancellationToken) {
         let mut carry: VecDeque<Pending> = VecDeque::new();
         let mut flights: JoinSet<Landed> = JoinSet::new();
+        // The next batch, decided while every slot was taken (see "Decided ahead").
+        let mut ready: Option<Prepared> = None;
         let mut closed = false;
+        let slots = self.cfg.max_in_flight.clamp(1, MAX_IN_FLIGHT);
         loop {
             while !closed && carry.len() < self.cfg.max_batch {
                 match rx.try_recv() {
@@ -139,14 +170,38 @@ impl Committer {
                     Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
                 }
             }
-            if flights.len() < self.cfg.max_in_flight.clamp(1, MAX_IN_FLIGHT) {
+            if flights.len() < slots {
+                if let Some(prepared) = ready.take() {
+                    self.start(prepared, &mut flights);
+                    continue;
+                }
                 let batch = take_batch(&mut carry, &self.open, self.cfg.max_batch, flights.is_empty());
                 if !batch.is_empty() {
-                    self.launch(batch, &mut flights).await;
+                    if let Some(prepared) = self.prepare(batch).await {
+                        self.start(prepared, &mut flights);
+                    }
+                    continue;
+                }
+            } else if !self.fenced.load(Ordering::SeqCst) {
+                // Decide ahead, as requests arrive, up to a whole batch.
+                let room = self.cfg.max_batch.saturating_sub(ready.as_ref().map_or(0, |r| r.waiting.len()));
+                let batch = take_batch(&mut carry, &self.open, room, false);
+                if !batch.is_empty() {
+                    if let Some(more) = self.prepare(batch).await {
+                        // Held like an open transaction's: no later command on them is decided
+                        // before this batch resolved.
+                        self.open.extend(more.paths.iter().cloned());
+                        match ready.as_mut() {
+                            Some(r) => r.absorb(more),
+                            None => ready = Some(more),
+                        }
+                    }
                     continue;
                 }
             }
-            if self.fenced.load(Ordering::SeqCst) || (closed && carry.is_empty() && flights.is_empty()) {
+            if self.fenced.load(Ordering::SeqCst)
+                || (closed && carry.is_empty() && flights.is_empty() && ready.is_none())
+            {
                 break;
             }
             tokio::select! {
@@ -167,6 +222,8 @@ impl Committer {
         while let Some(landed) = flights.join_next().await {
             self.land(landed);
         }
+        // A ready batch left behind (cancelled or fenced) appended nothing: refused below.
+        let unstarted = ready.map(|r| r.waiting).unwrap_or_default();
         if self.fenced.load(Ordering::SeqCst) {
             tracing::error!("fenced by a newer leader: no longer accepting writes");
         }
@@ -181,6 +238,9 @@ impl Committer {
         };
         for p in carry {
             let _ = p.reply.send(refusal.clone());
+        }
+        for (tx, _, _) in unstarted {
+            let _ = tx.send(refusal.clone());
         }
     }
 
@@ -296,14 +356,15 @@ impl Committer {
         }
     }
 
-    /// Decide `batch` and start its transaction in `flights` (or answer it at once: refusals,
-    /// nothing to append, a fenced writer).
-    async fn launch(&mut self, batch: Vec<Pending>, flights: &mut JoinSet<Landed>) {
+    /// Decide `batch`: the records to append and where each answer goes. Commands refused or
+    /// needing no record are answered at once; `None` if nothing is left to append (or the
+    /// writer is fenced: then every command is answered so).
+    async fn prepare(&mut self, batch: Vec<Pending>) -> Option<Prepared> {
         if self.fenced.load(Ordering::SeqCst) {
             for p in batch {
                 let _ = p.reply.send(ApiError::from(WriterError::Fenced).into());
             }
-            return;
+            return None;
         }
         let ts = now_ms();
         let data_only = batch.iter().all(|p| matches!(p.cmd, Command::Put { .. }));
@@ -323,7 +384,17 @@ impl Committer {
                 }
             }
         }
-        if records.is_empty() {
+        (!records.is_empty()).then_some(Prepared { records, waiting, paths, data_only })
+    }
+
+    /// Start the transaction of a decided batch in `flights` — unless the writer was fenced since
+    /// it was decided: then its commands are answered so and nothing is appended.
+    fn start(&mut self, prepared: Prepared, flights: &mut JoinSet<Landed>) {
+        let Prepared { records, waiting, paths, data_only } = prepared;
+        if self.fenced.load(Ordering::SeqCst) {
+            for (tx, _, _) in waiting {
+                let _ = tx.send(ApiError::from(WriterError::Fenced).into());
+            }
             return;
         }
         let n = records.len();

@@ -25,8 +25,8 @@
 //! requests arrive (by the same rule: none of its secrets is in an open transaction, and its
 //! secrets are held like an open transaction's) and waits, ready, for the first slot that frees
 //! — deciding and sealing then overlap the open transaction's commit round instead of
-//! following it. A ready batch is started only if nothing fenced this
-//! writer meanwhile; otherwise it is answered like any batch of a fenced writer.
+//! following it. A ready batch is started only if nothing fenced this writer meanwhile;
+//! otherwise it is answered like any batch of a fenced writer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! header: magic "SL" | schema_version u8 | mac_term u32 | key_check [8] | body_len u32
-//! body:   event_id [16] | timestamp_ms i64 | writer_epoch u64 | mount str16 | path str16
-//!         | op_tag u8 | op payload
+//! body:   event_id [16] | timestamp_ms i64 | writer_epoch u64 | [revision u64, version 2 only]
+//!         | mount str16 | path str16 | op_tag u8 | op payload
 //! tag:    HMAC-SHA256(event-mac key of mac_term, header ‖ body)   [32]
 //! ```
 //! Integers are big-endian; `str16` is a u16 length and UTF-8 bytes. Op payloads:
@@ -22,6 +22,10 @@
 //!
 //! The tag is checked before the body is parsed: nothing of a forged record is interpreted.
 //! A version this build does not know is reported as such, so a reader halts instead of guessing.
+//!
+//! Schema version 2 is version 1 with the event's `revision` (the per-key revision it was decided
+//! against: DESIGN.md, "Write path", rule 3). An event without one is written as version 1, byte
+//! for byte as before, so every golden vector of version 1 still holds.
 
 use std::collections::BTreeMap;
 
@@ -34,8 +38,8 @@ use crate::wire::{In, Out};
 
 /// Magic bytes at the start of every record.
 pub const MAGIC: [u8; 2] = *b"SL";
-/// The newest schema version this build writes and reads.
-pub const SCHEMA_VERSION: u8 = 1;
+/// The newest schema version this build writes and reads (it reads every older one too).
+pub const SCHEMA_VERSION: u8 = 2;
 /// Largest record this build accepts.
 pub const MAX_RECORD_LEN: usize = MAX_SEALED_LEN + 256 * 1024;
 const HEADER_LEN: usize = 2 + 1 + 4 + 8 + 4;
@@ -49,7 +53,7 @@ pub fn encode_event(keyring: &Keyring, event: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
     let mut o = Out(&mut out);
     o.raw(&MAGIC);
-    o.u8(SCHEMA_VERSION);
+    o.u8(if event.revision.is_some() { 2 } else { 1 });
     o.u32(term);
     o.raw(&keyring.key_check());
     o.u32(body.len() as u32);
@@ -71,7 +75,7 @@ pub fn decode_event(keyring: &Keyring, record_key: Option<&[u8]>, bytes: &[u8]) 
         return Err(DecodeError::BadMagic { found: magic });
     }
     let version = r.u8()?;
-    if version != SCHEMA_VERSION {
+    if !(1..=SCHEMA_VERSION).contains(&version) {
         return Err(DecodeError::UnknownVersion { found: version, supported: SCHEMA_VERSION });
     }
     let term = r.u32()?;
@@ -87,7 +91,7 @@ pub fn decode_event(keyring: &Keyring, record_key: Option<&[u8]>, bytes: &[u8]) 
     if !bool::from(expected.ct_eq(&tag)) {
         return Err(DecodeError::BadMac);
     }
-    let event = decode_body(body)?;
+    let event = decode_body(body, version)?;
     if let Some(k) = record_key {
         let expected = event.record_key();
         if k != expected.as_slice() {
@@ -111,6 +115,9 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
     o.raw(&e.event_id);
     o.i64(e.timestamp_ms);
     o.u64(e.writer_epoch);
+    if let Some(rev) = e.revision {
+        o.u64(rev);
+    }
     o.str16(&e.mount);
     o.str16(&e.path);
     o.u8(e.op.tag());
@@ -192,12 +199,13 @@ fn version_count(r: &mut In<'_>, field: &'static str) -> Result<usize, DecodeErr
     Ok(n)
 }
 
-/// Parse an event body (already authenticated by the caller).
-pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
+/// Parse an event body of schema `version` (already authenticated by the caller).
+pub(crate) fn decode_body(body: &[u8], version: u8) -> Result<Event, DecodeError> {
     let mut r = In::new(body);
     let event_id = r.array()?;
     let timestamp_ms = r.i64()?;
     let writer_epoch = r.u64()?;
+    let revision = if version >= 2 { Some(r.u64()?) } else { None };
     let mount = r.str16("mount", MAX_PATH_LEN)?.to_owned();
     let path = r.str16("path", MAX_PATH_LEN)?.to_owned();
     let tag = r.u8()?;
@@ -285,7 +293,7 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Event, DecodeError> {
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
-    Ok(Event { event_id, timestamp_ms, writer_epoch, mount, path, op })
+    Ok(Event { event_id, timestamp_ms, writer_epoch, revision, mount, path, op })
 }
 
 #[cfg(test)]
@@ -304,6 +312,7 @@ mod tests {
             event_id: [1; 16],
             timestamp_ms: 1,
             writer_epoch: 1,
+            revision: None,
             mount: "secret".into(),
             path: "a".into(),
             op: Operation::DeleteMetadata,
@@ -361,16 +370,24 @@ mod tests {
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
-        (any::<[u8; 16]>(), any::<i64>(), any::<u64>(), "[a-z]{1,10}", "[a-zA-Z0-9/_.-]{1,40}", arb_op()).prop_map(
-            |(event_id, timestamp_ms, writer_epoch, mount, path, op)| Event {
+        (
+            any::<[u8; 16]>(),
+            any::<i64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            "[a-z]{1,10}",
+            "[a-zA-Z0-9/_.-]{1,40}",
+            arb_op(),
+        )
+            .prop_map(|(event_id, timestamp_ms, writer_epoch, revision, mount, path, op)| Event {
                 event_id,
                 timestamp_ms,
                 writer_epoch,
+                revision,
                 mount,
                 path,
                 op,
-            },
-        )
+            })
     }
 
     proptest! {
@@ -490,6 +507,7 @@ mod tests {
                 event_id: [2; 16],
                 timestamp_ms: 5,
                 writer_epoch: 2,
+                revision: None,
                 mount: "secret".into(),
                 path: "x/y".into(),
                 op,
@@ -520,7 +538,7 @@ mod tests {
                     }
                 }
             }
-            match decode_body(&input) {
+            match decode_body(&input, 1) {
                 Ok(_) => ok += 1,
                 Err(_) => err += 1,
             }

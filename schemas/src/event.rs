@@ -32,6 +32,11 @@ pub struct Event {
     /// The leader epoch of the writer that produced it. Readers refuse an epoch older than one
     /// they already applied: fencing written into the log, not only in the broker.
     pub writer_epoch: u64,
+    /// The per-key revision the writer decided this event against (how many records of its key
+    /// were accepted before it): every node accepts it only if that still holds, so a record
+    /// sent again, or landing after its key changed, is refused everywhere alike. `None`:
+    /// unconditional (records of earlier releases, reseed, leader epochs).
+    pub revision: Option<u64>,
     /// KV mount (`secret`), or empty for control events.
     pub mount: String,
     /// Secret path inside the mount, or the control object's name.

@@ -19,6 +19,7 @@ fn golden_events() -> Vec<(&'static str, Event)> {
         event_id: [0x11; 16],
         timestamp_ms: 1_763_856_000_000,
         writer_epoch: 7,
+        revision: None,
         mount: "secret".into(),
         path: path.into(),
         op,
@@ -168,6 +169,26 @@ fn golden_event_vectors_decode_forever() {
     }
 }
 
+/// Schema version 2: the same events, each carrying the per-key revision it was decided against.
+#[test]
+fn golden_event_vectors_v2_decode_forever() {
+    let ring = golden_ring();
+    for (name, mut event) in golden_events() {
+        event.revision = Some(41);
+        let file = dir().join(format!("event_v2_{name}.bin"));
+        let encoded = encode_event(&ring, &event);
+        assert_eq!(encoded[2], 2, "{name}: an event with a revision is schema version 2");
+        if bless() {
+            std::fs::write(&file, &encoded).unwrap();
+        }
+        let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let decoded = decode_event(&ring, Some(&event.record_key()), &golden)
+            .unwrap_or_else(|e| panic!("{name}: golden vector no longer decodes: {e}"));
+        assert_eq!(decoded, event, "{name}: golden vector decodes differently");
+        assert_eq!(encoded, golden, "{name}: encoding changed; that is a new schema version");
+    }
+}
+
 #[test]
 fn golden_sealed_value_opens_forever() {
     let ring = golden_ring();
@@ -206,6 +227,7 @@ fn golden_term_2_vectors_open_forever() {
         event_id: [0x12; 16],
         timestamp_ms: 1_763_856_000_000,
         writer_epoch: 8,
+        revision: None,
         mount: "secret".into(),
         path: "app/db".into(),
         op: Operation::Put { version: 2, sealed: golden.clone() },

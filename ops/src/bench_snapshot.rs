@@ -53,6 +53,7 @@ pub(crate) async fn fill(
                 event_id: rand::random(),
                 timestamp_ms: secretlog_reader::materializer::now_ms(),
                 writer_epoch: 1,
+                revision: None,
                 mount: "secret".into(),
                 path: path.clone(),
                 op: Operation::Put { version: 1, sealed },

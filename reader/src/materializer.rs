@@ -6,6 +6,14 @@
 //! the partition is paused, the reason is published in [`Progress::halted`] (health turns 503),
 //! and nothing after it in that partition is applied. It is never skipped — a skipped event is
 //! silent divergence. Other partitions keep going.
+//!
+//! A record that verifies but that its partition's own history makes invalid is **refused**
+//! (DESIGN.md, "Write path", rule 1): an epoch older than one already accepted in the partition (a
+//! deposed leader's, or one sent before a barrier), or a `Put` of a version that is not the
+//! secret's next (decided against a state that has since changed). Every node refuses it alike:
+//! its offset is consumed, nothing else changes, and the reason is counted
+//! (`secretlog_reader_records_refused_total`). The leader learns each of its records' fate —
+//! accepted or refused, by event id — through [`Verdicts`], once the batch is applied.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,10 +89,71 @@ pub struct MaterializerConfig {
     pub node_name: String,
 }
 
+/// What became of one record, as the materializer decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Applied at this position: visible to reads on this node.
+    Accepted { partition: i32, offset: i64 },
+    /// Consumed without effect, identically on every node, and why.
+    Refused { partition: i32, offset: i64, reason: String },
+    /// Its partition halted at or before it: nothing after the halt is applied.
+    Halted { partition: i32, reason: String },
+}
+
+/// Waiters for the verdicts of records by event id: the leader registers each record before it
+/// sends it and hears the verdict once the batch holding it is applied (after its state is
+/// visible to reads). Readers register nothing; a verdict nobody waits for is dropped.
+#[derive(Default)]
+pub struct Verdicts {
+    waiting: std::sync::Mutex<Waiters>,
+}
+
+type Waiters = std::collections::HashMap<[u8; 16], (i32, tokio::sync::oneshot::Sender<Verdict>)>;
+
+impl Verdicts {
+    /// Wait for the verdict of the record with `event_id`, bound for `partition`.
+    pub fn register(&self, event_id: [u8; 16], partition: i32) -> tokio::sync::oneshot::Receiver<Verdict> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().expect("verdicts lock").insert(event_id, (partition, tx));
+        rx
+    }
+
+    /// Stop waiting for `event_id`.
+    pub fn forget(&self, event_id: &[u8; 16]) {
+        self.waiting.lock().expect("verdicts lock").remove(event_id);
+    }
+
+    /// Tell the waiters of `decided`, and every waiter for a record of a `halted` partition (its
+    /// record will not be applied while the halt lasts).
+    fn resolve(&self, decided: Vec<([u8; 16], Verdict)>, halted: &BTreeMap<i32, String>) {
+        let mut waiting = self.waiting.lock().expect("verdicts lock");
+        if waiting.is_empty() {
+            return;
+        }
+        for (id, v) in decided {
+            if let Some((_, tx)) = waiting.remove(&id) {
+                let _ = tx.send(v);
+            }
+        }
+        if !halted.is_empty() {
+            waiting.retain(|_, (p, tx)| match halted.get(p) {
+                Some(reason) => {
+                    let tx = std::mem::replace(tx, tokio::sync::oneshot::channel().0);
+                    let _ = tx.send(Verdict::Halted { partition: *p, reason: reason.clone() });
+                    false
+                }
+                None => true,
+            });
+        }
+    }
+}
+
 /// A running materializer's outputs.
 #[derive(Clone)]
 pub struct MaterializerHandle {
     pub progress: watch::Receiver<Progress>,
+    /// The verdicts of records, for the leader that appended them.
+    pub verdicts: Arc<Verdicts>,
 }
 
 impl MaterializerHandle {
@@ -127,13 +196,17 @@ pub async fn spawn(
     }
     publish_term_counts(&counts, keyring.active_term());
     let (tx, rx) = watch::channel(initial);
-    let m = Materializer { cfg, store, keyring, tx, stored };
+    let verdicts = Arc::new(Verdicts::default());
+    let m = Materializer { cfg, store, keyring, tx, stored, verdicts: verdicts.clone() };
+    let waiters = verdicts.clone();
     let join = tokio::spawn(async move {
         if let Err(e) = m.run(cancel).await {
             tracing::error!(error = %e, "materializer stopped");
         }
+        // No verdict will come any more: every waiter hears so at once.
+        waiters.waiting.lock().expect("verdicts lock").clear();
     });
-    Ok((MaterializerHandle { progress: rx }, join))
+    Ok((MaterializerHandle { progress: rx, verdicts }, join))
 }
 
 struct Materializer {
@@ -142,6 +215,7 @@ struct Materializer {
     keyring: Arc<Keyring>,
     tx: watch::Sender<Progress>,
     stored: BTreeMap<i32, PartitionState>,
+    verdicts: Arc<Verdicts>,
 }
 
 /// The consumer to use for a topic, positioned at the stored offsets.
@@ -300,6 +374,7 @@ impl Materializer {
         let mut last_event_ms = None;
         let mut applied_count = 0u64;
         let mut wrong_key = None;
+        let mut decided: Vec<([u8; 16], Verdict)> = Vec::new();
         for msg in msgs {
             let (p, offset) = (msg.partition(), msg.offset());
             if halted.contains_key(&p) || newly_halted.iter().any(|(hp, _, _)| *hp == p) {
@@ -311,11 +386,23 @@ impl Materializer {
             }
             let payload = msg.payload().unwrap_or_default();
             match staging.stage(&self.store, &self.keyring, p, offset, msg.key(), payload, st).await {
-                Ok(ts) => {
+                Ok(staged) => {
                     st.next_offset = offset + 1;
                     staging.batch.partitions.insert(p, *st);
-                    last_event_ms = Some(ts);
-                    applied_count += 1;
+                    last_event_ms = Some(staged.timestamp_ms);
+                    let verdict = match staged.refused {
+                        None => {
+                            applied_count += 1;
+                            Verdict::Accepted { partition: p, offset }
+                        }
+                        Some(refusal) => {
+                            metrics::counter!("secretlog_reader_records_refused_total", "reason" => refusal.kind())
+                                .increment(1);
+                            tracing::debug!(partition = p, offset, reason = %refusal, "record refused");
+                            Verdict::Refused { partition: p, offset, reason: refusal.to_string() }
+                        }
+                    };
+                    decided.push((staged.event_id, verdict));
                 }
                 Err(e) => {
                     if matches!(e, ReaderError::Decode { source: secretlog_schemas::DecodeError::WrongKey { .. }, .. })
@@ -374,6 +461,10 @@ impl Materializer {
                 prog.leader = staged_leader;
             }
         });
+        // Only now, with the batch durable and its progress published, is any record of it
+        // acknowledged: what a waiting client is told, reads on this node already see.
+        let halted = self.tx.borrow().halted.clone();
+        self.verdicts.resolve(decided, &halted);
         Ok(())
     }
 }
@@ -469,8 +560,10 @@ impl Staging {
         }
     }
 
-    /// Verify and stage one record of `partition` at `offset`; returns the event's timestamp.
+    /// Verify and stage one record of `partition` at `offset`: accepted (staged) or refused (see
+    /// the module comment; nothing staged). An error is a record no node can apply: it halts.
     /// `st` is the partition's position; it is not advanced here.
+    #[allow(clippy::too_many_arguments)]
     pub async fn stage(
         &mut self,
         store: &Store,
@@ -480,16 +573,25 @@ impl Staging {
         key: Option<&[u8]>,
         payload: &[u8],
         st: &mut PartitionState,
-    ) -> Result<i64, ReaderError> {
+    ) -> Result<Staged, ReaderError> {
         let event =
             decode_event(keyring, key, payload).map_err(|source| ReaderError::Decode { partition, offset, source })?;
-        if event.writer_epoch < st.max_epoch {
-            return Err(ReaderError::StaleEpoch {
-                partition,
-                offset,
-                epoch: event.writer_epoch,
-                max_epoch: st.max_epoch,
-            });
+        let staged = |refused| Staged { timestamp_ms: event.timestamp_ms, event_id: event.event_id, refused };
+        if event.writer_epoch < st.max_epoch && planted() != Some(PlantedBug::SkipEpochCheck) {
+            return Ok(staged(Some(Refusal::StaleEpoch { epoch: event.writer_epoch, max_epoch: st.max_epoch })));
+        }
+        // Leader epochs are not records of their key's history: no revision.
+        let revision_key =
+            (!matches!(event.op, Operation::LeaderEpoch { .. })).then(|| keys::revision(&event.record_key()));
+        let revision = match &revision_key {
+            Some(k) => crate::store::decode_revision(self.stored_value(store, k).await?.as_deref()),
+            None => 0,
+        };
+        if let Some(expected) = event.revision
+            && expected != revision
+            && planted() != Some(PlantedBug::NoRevisionCheck)
+        {
+            return Ok(staged(Some(Refusal::Revision { expected, current: revision })));
         }
         match &event.op {
             Operation::SetRootToken { token_hash } => {
@@ -562,11 +664,13 @@ impl Staging {
             _ => {
                 let mkey = keys::meta(&event.mount, &event.path);
                 let current = self.meta(store, &mkey).await?;
-                let effect = apply(current.as_ref(), &event).map_err(|source| ReaderError::Apply {
-                    partition,
-                    offset,
-                    source,
-                })?;
+                let effect = match apply(current.as_ref(), &event) {
+                    Ok(effect) => effect,
+                    Err(gap @ crate::state::ApplyError::VersionGap { .. }) => {
+                        return Ok(staged(Some(Refusal::Conflict(gap.to_string()))));
+                    }
+                    Err(source) => return Err(ReaderError::Apply { partition, offset, source }),
+                };
                 let new_versions = matches!(event.op, Operation::Put { .. });
                 for v in effect.remove_values {
                     self.set_value(store, keys::value(&event.mount, &event.path, v), None, false).await?;
@@ -584,8 +688,66 @@ impl Staging {
             }
         }
         st.max_epoch = st.max_epoch.max(event.writer_epoch);
-        Ok(event.timestamp_ms)
+        if let Some(k) = revision_key {
+            self.batch.writes.insert(k, Some((revision + 1).to_be_bytes().to_vec()));
+        }
+        Ok(staged(None))
     }
+}
+
+/// One record staged: accepted unless `refused` says why not.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub timestamp_ms: i64,
+    pub event_id: [u8; 16],
+    pub refused: Option<Refusal>,
+}
+
+/// Why a verified record was refused (consumed without effect, on every node alike).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("writer epoch {epoch} is older than epoch {max_epoch} already accepted in this partition")]
+    StaleEpoch { epoch: u64, max_epoch: u64 },
+    #[error("decided against a state that has changed since: {0}")]
+    Conflict(String),
+    #[error("decided against revision {expected} of its key, which is at revision {current}")]
+    Revision { expected: u64, current: u64 },
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::StaleEpoch { .. } => "stale_epoch",
+            Refusal::Conflict(_) => "conflict",
+            Refusal::Revision { .. } => "revision",
+        }
+    }
+}
+
+/// Bugs planted in tests only, never anywhere else (`SECRETLOG_TEST_PLANTED_BUG`); the
+/// fault-injection checker must catch each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlantedBug {
+    /// `skip-epoch-check`: records of a deposed leader (or sent before a barrier) are applied.
+    SkipEpochCheck,
+    /// `no-revision-check`: a record applies whatever revision it was decided against.
+    NoRevisionCheck,
+}
+
+fn planted() -> Option<PlantedBug> {
+    static PLANTED: std::sync::OnceLock<Option<PlantedBug>> = std::sync::OnceLock::new();
+    *PLANTED.get_or_init(|| {
+        let bug = match std::env::var("SECRETLOG_TEST_PLANTED_BUG").ok().as_deref() {
+            Some("skip-epoch-check") => Some(PlantedBug::SkipEpochCheck),
+            Some("no-revision-check") => Some(PlantedBug::NoRevisionCheck),
+            _ => None,
+        };
+        if let Some(b) = bug {
+            tracing::error!(bug = ?b, "SECRETLOG_TEST_PLANTED_BUG: this node applies records it must refuse (tests only)");
+        }
+        bug
+    })
 }
 
 async fn refresh_watermarks(
@@ -711,6 +873,7 @@ mod tests {
                 event_id: [1; 16],
                 timestamp_ms: 1000,
                 writer_epoch: 1,
+                revision: None,
                 mount: mount.into(),
                 path: path.into(),
                 op,

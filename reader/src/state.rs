@@ -291,7 +291,15 @@ mod tests {
     use super::*;
 
     fn ev(ts: i64, op: Operation) -> Event {
-        Event { event_id: [0; 16], timestamp_ms: ts, writer_epoch: 1, mount: "secret".into(), path: "p".into(), op }
+        Event {
+            event_id: [0; 16],
+            timestamp_ms: ts,
+            writer_epoch: 1,
+            revision: None,
+            mount: "secret".into(),
+            path: "p".into(),
+            op,
+        }
     }
     fn put(v: u64) -> Operation {
         Operation::Put { version: v, sealed: vec![v as u8] }

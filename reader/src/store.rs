@@ -108,6 +108,15 @@ pub mod keys {
         format!("c/token/{}", hex::encode(hash)).into_bytes()
     }
     pub const LEADER: &[u8] = b"c/leader";
+    pub const REVISION_PREFIX: &[u8] = b"c/rev/";
+    /// How many records of a record key (a secret's, or a control object's) were accepted: the
+    /// revision the next record of it is decided against (DESIGN.md, "Write path", rule 3). Kept
+    /// after the secret is deleted, so a record decided before the delete can never apply after it.
+    pub fn revision(record_key: &[u8]) -> Vec<u8> {
+        let mut k = REVISION_PREFIX.to_vec();
+        k.extend_from_slice(record_key);
+        k
+    }
     /// Id of the Kafka cluster this state was read from (not part of snapshots or digests).
     pub const CLUSTER: &[u8] = b"m/cluster";
     /// The key terms the log added and retired.
@@ -115,6 +124,11 @@ pub mod keys {
     /// Values stored per key term (derived state, kept with the state it counts).
     pub const SEALED_PER_TERM: &[u8] = b"m/sealed-per-term";
     pub const VALUE_PREFIX: &[u8] = b"v/";
+}
+
+/// A stored revision (8 bytes, big-endian); absent is 0.
+pub fn decode_revision(stored: Option<&[u8]>) -> u64 {
+    stored.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 
 /// Values stored under each key term.
@@ -376,6 +390,11 @@ impl Store {
     }
 
     /// Raw read of a storage key, bypassing the cache (used to stage an apply batch).
+    /// The revision of `record_key` ([`keys::revision`]): 0 for a key never written.
+    pub async fn revision(&self, record_key: &[u8]) -> Result<u64, ReaderError> {
+        Ok(decode_revision(self.get_cached(keys::revision(record_key)).await?.as_deref()))
+    }
+
     pub async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReaderError> {
         Ok(self.db.get(key).await.map_err(|e| ReaderError::Storage(e.to_string()))?.map(|b| b.to_vec()))
     }
@@ -466,13 +485,17 @@ impl Store {
     }
 
     /// SHA-256 over every secret and value record, in key order: equal on two nodes exactly when
-    /// they hold the same state. Partition positions are left out (they are how, not what).
+    /// they hold the same state. Partition positions and key revisions are left out (they are
+    /// how, not what: a restore to an earlier state gives that state at later revisions).
     pub async fn digest(&self) -> Result<(String, u64), ReaderError> {
         let mut h = Sha256::new();
         let mut n = 0u64;
         for prefix in [&b"c/"[..], b"s/", b"v/"] {
             let mut it = self.db.scan_prefix(prefix, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
             while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+                if kv.key.starts_with(keys::REVISION_PREFIX) {
+                    continue;
+                }
                 h.update((kv.key.len() as u64).to_be_bytes());
                 h.update(&kv.key);
                 h.update((kv.value.len() as u64).to_be_bytes());

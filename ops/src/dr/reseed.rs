@@ -177,6 +177,7 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
         event_id: rand::random(),
         timestamp_ms: ts,
         writer_epoch: epoch,
+        revision: None,
         mount: mount.to_string(),
         path: path.to_string(),
         op,

@@ -1,32 +1,41 @@
 //! Group commit: the single task that decides writes and appends them.
 //!
 //! Requests queue on a bounded channel. The committer takes what is queued (up to `max_batch`,
-//! one command per secret), decides each against the current state, seals, and appends all
-//! resulting events in **one** Kafka transaction. Only after the transaction committed does any
-//! client get its answer, carrying the commit position (`X-Secretlog-Index`).
+//! one command per secret), decides each against the current state, seals, and appends the batch
+//! through the idempotent producer (`crate::producer::LogProducer`): one replicated produce, no
+//! transaction. **A write is acknowledged when it is applied** (DESIGN.md, "Write path"): each
+//! record is registered with the writer's own materializer by event id before it is sent, and its
+//! client is answered only with the materializer's verdict — *accepted* (applied, visible to reads
+//! on this node; the answer carries its position as `X-Secretlog-Index`), *refused* (consumed
+//! without effect by every node: a retryable 503), or, when neither can be known, 503 "outcome
+//! unknown" — never a guess.
 //!
-//! The state used for decisions is the writer's own materialized copy of the log: committed
-//! writes only. A secret written by an earlier batch may not be applied yet; before deciding a
-//! command on such a secret the committer waits for its materializer to reach that position — so
-//! validation always sees every committed write, and writes to other secrets do not wait at all.
+//! **One unresolved record per secret.** A command on a secret whose record is not resolved yet
+//! waits, in order, behind it, and is then decided on state that includes it if it was accepted.
+//! No decision therefore depends on a write that might still be refused, and records of one
+//! secret reach the log in the order they were decided; every `Put` is conditional on the version
+//! it was decided against, so a record that lands out of turn is refused everywhere alike. Up to
+//! `--max-batches-in-flight` batches are in flight at once, on disjoint secrets. Control events
+//! (policies, tokens, key terms) and the rotation fence are *exclusive*: decided only when nothing
+//! is in flight, in a batch of their own, and nothing queued behind them overtakes them.
 //!
-//! **Pipelined** (opt-in). Up to `--max-transactions-in-flight` (default 1, at most
-//! [`MAX_IN_FLIGHT`]) transactions are open at once, each on its own producer
-//! of the ring (`crate::producer`), so a batch does not wait for the previous batch's commit
-//! round. That is safe because batches in flight together never share a secret: a command on a
-//! secret whose transaction is still open waits (in order, behind it) until that transaction
-//! resolved, and is then decided on state that includes it if it committed. No decision
-//! therefore depends on a write that might still abort, and records of one secret reach the log
-//! in the order they were decided. Control events (policies, tokens, key terms) and the rotation
-//! fence are *exclusive*: decided only when nothing is in flight, in a batch of their own, and
-//! nothing queued behind them overtakes them.
+//! **Barriers.** A failed delivery report says nothing of its record: librdkafka may still deliver
+//! it. The committer then stops deciding, lets the batches in flight resolve, and writes a
+//! barrier — a leader-epoch record with the barrier sequence bumped — into every partition. Once
+//! the barrier is applied, a record still without a verdict can never be accepted (a record of
+//! the older sequence after the barrier is refused by the epoch rule), so it is answered refused;
+//! one accepted before it, accepted. A barrier that cannot be written ends the term: pending
+//! writes are answered "outcome unknown" and the node claims leadership anew.
 //!
-//! **Decided ahead.** While every transaction slot is taken, the next batch is decided as its
-//! requests arrive (by the same rule: none of its secrets is in an open transaction, and its
-//! secrets are held like an open transaction's) and waits, ready, for the first slot that frees
-//! — deciding and sealing then overlap the open transaction's commit round instead of
-//! following it. A ready batch is started only if nothing fenced this writer meanwhile;
-//! otherwise it is answered like any batch of a fenced writer.
+//! **Deposed.** A newer leader's epoch record, applied by this node's materializer, stops the
+//! committer at once: every record it still sends is refused by every node, and it answers its
+//! clients from their verdicts.
+//!
+//! **Decided ahead.** While every slot is taken, the next batch is decided as its requests
+//! arrive (by the same rule: none of its secrets has an unresolved record, and its secrets are
+//! held like an in-flight batch's) and waits, ready, for the first slot that frees — deciding and
+//! sealing then overlap the produce round instead of following it. A ready batch is started only
+//! if nothing deposed this writer meanwhile.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -45,16 +54,31 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use secretlog_reader::materializer::Verdict;
+
 use crate::error::WriterError;
 use crate::plan::{Planned, Reply, plan};
-use crate::producer::{MAX_IN_FLIGHT, Record, TxProducer};
+use crate::producer::{LogProducer, Record};
 use crate::request::Command;
 
-/// Set in tests only: `ack-before-commit` makes this writer answer every tenth transaction of
-/// plain data writes as committed and then never commit it — the bug of a writer that
-/// acknowledges before its commit and loses the commit. The fault-injection checker must report
-/// the lost writes (tests/tests/it/checker). Never set it anywhere else.
+/// Most batches in flight at once (`--max-batches-in-flight`).
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Set in tests only, never anywhere else; the fault-injection checker (tests/tests/it/checker)
+/// must catch each:
+/// * `ack-before-commit`: every tenth batch of plain data writes is answered as written and never
+///   sent — a writer that acknowledges and loses the write;
+/// * `ack-before-apply`: writes are answered once delivered, before the materializer applied them
+///   — a client that writes and reads back may see the previous version.
 const PLANTED_BUG_FOR_TESTS: &str = "SECRETLOG_TEST_PLANTED_BUG";
+
+/// Which planted bug is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Planted {
+    /// `ack-before-commit`; counts the data-write batches decided so far.
+    AckBeforeCommit(u64),
+    AckBeforeApply,
+}
 
 /// A queued write and where its answer goes.
 pub struct Pending {
@@ -62,23 +86,50 @@ pub struct Pending {
     pub reply: oneshot::Sender<ApiResponse>,
 }
 
-/// A decided write waiting for its transaction: where its answer goes, the answer, its record key.
+/// A decided write waiting for its verdict: where its answer goes, the answer, its record key.
 type Waiting = (oneshot::Sender<ApiResponse>, Reply, Vec<u8>);
 
-/// A transaction that was in flight, back with its outcome.
+/// A decided command: its record, the record's event id, the answer to give once it is
+/// accepted, its record key.
+type Decided = (Record, [u8; 16], Reply, Vec<u8>);
+
+/// What became of one record of a batch.
+enum Outcome {
+    /// Applied at this offset of this partition.
+    Accepted(i32, i64),
+    /// Consumed without effect everywhere.
+    Refused(String),
+    /// Delivered at this position, but no verdict within the write timeout (the materializer is
+    /// behind or its partition halted): the record may still be applied.
+    Unknown { at: (i32, i64), why: String },
+    /// Its delivery failed: it may or may not be in the log. Resolved by a barrier.
+    Undelivered { event_id: [u8; 16], verdict: oneshot::Receiver<Verdict>, why: String },
+}
+
+/// A batch that was in flight, back with the outcome of each record.
 struct Landed {
     waiting: Vec<Waiting>,
     /// The secrets (command paths) it held.
     paths: Vec<String>,
-    records: usize,
     started: Instant,
-    result: Result<Vec<(i32, i64)>, WriterError>,
+    outcomes: Vec<Outcome>,
 }
 
-/// A decided batch, not started yet: its records and where each answer goes.
+/// A write whose record's delivery failed, waiting for the next barrier.
+struct Unresolved {
+    waiting: Waiting,
+    path: String,
+    event_id: [u8; 16],
+    verdict: oneshot::Receiver<Verdict>,
+}
+
+/// A decided batch, not started yet: its records (with their event ids) and where each answer
+/// goes.
 struct Prepared {
-    records: Vec<Record>,
+    records: Vec<(Record, [u8; 16])>,
     waiting: Vec<Waiting>,
+    /// The commands, to decide again if a barrier comes before the batch is sent.
+    cmds: Vec<Command>,
     /// The secrets (command paths) it holds.
     paths: Vec<String>,
     /// Only plain data writes (the planted test bug applies to these only).
@@ -90,6 +141,7 @@ impl Prepared {
     fn absorb(&mut self, more: Prepared) {
         self.records.extend(more.records);
         self.waiting.extend(more.waiting);
+        self.cmds.extend(more.cmds);
         self.paths.extend(more.paths);
         self.data_only &= more.data_only;
     }
@@ -106,63 +158,146 @@ impl Command {
 /// Settings of the committer.
 pub struct CommitterConfig {
     pub max_batch: usize,
-    /// Transactions open at once, 1..=[`MAX_IN_FLIGHT`].
+    /// Batches in flight at once, 1..=[`MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
     pub write_timeout: Duration,
     pub partitions: i32,
+    /// This leader's epoch (`crate::epoch`), barrier sequence 0.
     pub epoch: u64,
+    /// The URL the leader-epoch records (and so barriers) announce.
+    pub leader_url: String,
+}
+
+/// Why the committer stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Cancelled, or its queue closed.
+    Shutdown,
+    /// A newer leader's epoch was applied: this node no longer leads.
+    Deposed,
+    /// A barrier could not be written, or the producer failed: this node must claim anew.
+    Reclaim(String),
 }
 
 /// The committer's state.
 pub struct Committer {
     pub ctx: ReadContext,
-    pub producer: TxProducer,
+    pub producer: LogProducer,
     pub cfg: CommitterConfig,
-    /// Secrets appended but perhaps not yet applied locally: key → (partition, next offset).
+    /// The epoch records carry now: `cfg.epoch` plus the barriers written since.
+    epoch: u64,
+    /// Secrets whose outcome was unknown, with the position their record was delivered at: a
+    /// command on one is decided only once the local state has passed it.
     inflight: HashMap<Vec<u8>, (i32, i64)>,
-    /// Secrets (command paths) of the transactions open right now, and of the batch decided
-    /// ahead: no command on them is decided until their transaction resolved.
+    /// Secrets (command paths) with an unresolved record (in flight, decided ahead, or waiting
+    /// for a barrier): no command on them is decided until it resolved.
     open: HashSet<String>,
-    /// Set once the producer was fenced; the node stops accepting writes.
+    /// Writes whose delivery failed, resolved by the next barrier.
+    unresolved: Vec<Unresolved>,
+    /// Set once this writer is deposed; the node stops accepting writes.
     pub fenced: Arc<std::sync::atomic::AtomicBool>,
-    /// Tests only ([`PLANTED_BUG_FOR_TESTS`]): data-write transactions decided so far, when set.
-    planted: Option<u64>,
+    /// Tests only ([`PLANTED_BUG_FOR_TESTS`]).
+    planted: Option<Planted>,
 }
 
 impl Committer {
     pub fn new(
         ctx: ReadContext,
-        producer: TxProducer,
+        producer: LogProducer,
         cfg: CommitterConfig,
         fenced: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         let planted = match std::env::var(PLANTED_BUG_FOR_TESTS).ok().as_deref() {
-            None | Some("") => None,
             Some("ack-before-commit") => {
                 tracing::error!(
                     "{PLANTED_BUG_FOR_TESTS} set: this writer LOSES ACKNOWLEDGED WRITES on purpose (tests only)"
                 );
-                Some(0)
+                Some(Planted::AckBeforeCommit(0))
             }
-            Some(other) => {
-                tracing::error!(value = other, "unknown {PLANTED_BUG_FOR_TESTS} value ignored");
-                None
+            Some("ack-before-apply") => {
+                tracing::error!(
+                    "{PLANTED_BUG_FOR_TESTS} set: this writer ACKNOWLEDGES BEFORE APPLYING on purpose (tests only)"
+                );
+                Some(Planted::AckBeforeApply)
             }
+            _ => None,
         };
-        Committer { ctx, producer, cfg, inflight: HashMap::new(), open: HashSet::new(), fenced, planted }
+        let epoch = cfg.epoch;
+        Committer {
+            ctx,
+            producer,
+            cfg,
+            epoch,
+            inflight: HashMap::new(),
+            open: HashSet::new(),
+            unresolved: Vec::new(),
+            fenced,
+            planted,
+        }
     }
 
-    /// Run until `cancel` fires or the channel closes. Transactions in flight then still land
-    /// (their clients get the true outcome); requests still queued are answered 503 (nothing of
-    /// theirs was appended).
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Pending>, cancel: CancellationToken) {
+    /// Whether a newer leader's epoch has been applied here.
+    fn deposed(&self) -> bool {
+        let newer = self
+            .ctx
+            .materializer
+            .progress
+            .borrow()
+            .leader
+            .as_ref()
+            .is_some_and(|l| crate::epoch::is_later_leader(self.epoch, l.epoch));
+        if newer && !self.fenced.swap(true, Ordering::SeqCst) {
+            tracing::error!(epoch = self.epoch, "a newer leader's epoch is in the log: deposed, deciding nothing more");
+        }
+        newer || self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Run until `cancel` fires, the channel closes, this writer is deposed or it must claim
+    /// leadership anew. Batches in flight then still resolve (their clients get the true
+    /// outcome); requests still queued are answered 503 (nothing of theirs was appended).
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Pending>, cancel: CancellationToken) -> Stopped {
         let mut carry: VecDeque<Pending> = VecDeque::new();
         let mut flights: JoinSet<Landed> = JoinSet::new();
         // The next batch, decided while every slot was taken (see "Decided ahead").
         let mut ready: Option<Prepared> = None;
         let mut closed = false;
+        let mut stopped = Stopped::Shutdown;
         let slots = self.cfg.max_in_flight.clamp(1, MAX_IN_FLIGHT);
+        let mut progress = self.ctx.materializer.progress.clone();
         loop {
+            if self.deposed() {
+                stopped = Stopped::Deposed;
+                break;
+            }
+            if let Some(why) = self.producer.fatal_error() {
+                tracing::error!(error = %why, "the producer failed fatally; claiming leadership anew");
+                stopped = Stopped::Reclaim(format!("producer failed: {why}"));
+                break;
+            }
+            // A delivery failed: nothing more is started until a barrier resolved it.
+            if !self.unresolved.is_empty() {
+                if !flights.is_empty() {
+                    if let Some(landed) = flights.join_next().await {
+                        self.land(landed);
+                    }
+                    continue;
+                }
+                // A batch decided ahead carries the epoch the barrier supersedes: decided again
+                // after it, in its place at the front of the queue.
+                if let Some(r) = ready.take() {
+                    for p in &r.paths {
+                        self.open.remove(p);
+                    }
+                    for (cmd, (reply, _, _)) in r.cmds.into_iter().zip(r.waiting).rev() {
+                        carry.push_front(Pending { cmd, reply });
+                    }
+                }
+                if let Err(why) = self.barrier(&cancel).await {
+                    stopped = Stopped::Reclaim(why);
+                    break;
+                }
+                continue;
+            }
             while !closed && carry.len() < self.cfg.max_batch {
                 match rx.try_recv() {
                     Ok(p) => carry.push_back(p),
@@ -182,13 +317,13 @@ impl Committer {
                     }
                     continue;
                 }
-            } else if !self.fenced.load(Ordering::SeqCst) {
+            } else {
                 // Decide ahead, as requests arrive, up to a whole batch.
                 let room = self.cfg.max_batch.saturating_sub(ready.as_ref().map_or(0, |r| r.waiting.len()));
                 let batch = take_batch(&mut carry, &self.open, room, false);
                 if !batch.is_empty() {
                     if let Some(more) = self.prepare(batch).await {
-                        // Held like an open transaction's: no later command on them is decided
+                        // Held like an in-flight batch's: no later command on them is decided
                         // before this batch resolved.
                         self.open.extend(more.paths.iter().cloned());
                         match ready.as_mut() {
@@ -199,9 +334,7 @@ impl Committer {
                     continue;
                 }
             }
-            if self.fenced.load(Ordering::SeqCst)
-                || (closed && carry.is_empty() && flights.is_empty() && ready.is_none())
-            {
+            if closed && carry.is_empty() && flights.is_empty() && ready.is_none() {
                 break;
             }
             tokio::select! {
@@ -209,7 +342,7 @@ impl Committer {
                 _ = cancel.cancelled() => break,
                 Some(landed) = flights.join_next(), if !flights.is_empty() => {
                     self.land(landed);
-                    metrics::gauge!("secretlog_writer_transactions_in_flight").set(flights.len() as f64);
+                    metrics::gauge!("secretlog_writer_batches_in_flight").set(flights.len() as f64);
                 }
                 // At most a batch waits here: the rest stays in the bounded channel, so a full
                 // queue still refuses writes (503) and the rewrap still waits for room.
@@ -217,24 +350,35 @@ impl Committer {
                     Some(p) => carry.push_back(p),
                     None => closed = true,
                 },
+                // A newer leader's epoch may arrive while nothing else happens.
+                r = progress.changed() => if r.is_err() {
+                    stopped = Stopped::Reclaim("the writer's materializer stopped".into());
+                    break;
+                },
             }
         }
         while let Some(landed) = flights.join_next().await {
             self.land(landed);
         }
-        // A ready batch left behind (cancelled or fenced) appended nothing: refused below.
-        let unstarted = ready.map(|r| r.waiting).unwrap_or_default();
-        if self.fenced.load(Ordering::SeqCst) {
-            tracing::error!("fenced by a newer leader: no longer accepting writes");
+        // Writes whose delivery failed and that no barrier resolved: their records may still
+        // land — or, once a newer epoch is in every partition, never. Answered from what is known.
+        for u in std::mem::take(&mut self.unresolved) {
+            let resp = match self.verdict_now(u.verdict, &u.event_id) {
+                Some(Verdict::Accepted { partition, offset }) => accepted(u.waiting.1, partition, offset),
+                _ => outcome_unknown("its delivery failed and the writer stopped leading before it was resolved"),
+            };
+            let _ = u.waiting.0.send(resp);
         }
+        // A ready batch left behind appended nothing: refused below.
+        let unstarted = ready.map(|r| r.waiting).unwrap_or_default();
         rx.close();
         while let Ok(p) = rx.try_recv() {
             carry.push_back(p);
         }
-        let refusal: ApiResponse = if self.fenced.load(Ordering::SeqCst) {
-            ApiError::from(WriterError::Fenced).into()
-        } else {
-            ApiError::unavailable("writer shutting down").into()
+        let refusal: ApiResponse = match &stopped {
+            Stopped::Deposed => ApiError::from(WriterError::Fenced).into(),
+            Stopped::Reclaim(why) => ApiError::unavailable(format!("writer re-taking leadership: {why}")).into(),
+            Stopped::Shutdown => ApiError::unavailable("writer shutting down").into(),
         };
         for p in carry {
             let _ = p.reply.send(refusal.clone());
@@ -242,6 +386,74 @@ impl Committer {
         for (tx, _, _) in unstarted {
             let _ = tx.send(refusal.clone());
         }
+        stopped
+    }
+
+    /// The verdict already decided for a record, if any; stops waiting for it otherwise.
+    fn verdict_now(&self, mut rx: oneshot::Receiver<Verdict>, event_id: &[u8; 16]) -> Option<Verdict> {
+        match rx.try_recv() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.ctx.materializer.verdicts.forget(event_id);
+                None
+            }
+        }
+    }
+
+    /// Write a barrier into every partition (DESIGN.md, rule 4) and answer every write whose
+    /// delivery failed: accepted if its record was applied before the barrier of its partition,
+    /// refused otherwise (a record of the older sequence is refused after the barrier). Err: no
+    /// barrier could be written within the write timeout; the writes stay unresolved.
+    async fn barrier(&mut self, cancel: &CancellationToken) -> Result<(), String> {
+        let deadline = Instant::now() + self.cfg.write_timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline && !cancel.is_cancelled() {
+            let Some(next) = crate::epoch::next_barrier(self.epoch) else {
+                return Err("barrier sequence used up".into());
+            };
+            self.epoch = next;
+            metrics::counter!("secretlog_writer_barriers_total").increment(1);
+            tracing::warn!(epoch = next, pending = self.unresolved.len(), "a delivery failed: writing a barrier");
+            let records: Vec<(Record, [u8; 16])> = (0..self.cfg.partitions)
+                .map(|p| {
+                    let name = secretlog_schemas::topic::leader_epoch_name(p);
+                    let op = Operation::LeaderEpoch { leader_url: self.cfg.leader_url.clone() };
+                    let mut event = self.event(&name, op, now_ms());
+                    event.mount = String::new();
+                    let key = event.record_key();
+                    (Record { key, payload: encode_event(&self.ctx.keyring, &event), partition: p }, event.event_id)
+                })
+                .collect();
+            let outcomes = send_and_await(&self.producer, &self.ctx, records, self.cfg.write_timeout).await;
+            let mut all_accepted = true;
+            for o in outcomes {
+                match o {
+                    Outcome::Accepted(..) => {}
+                    Outcome::Refused(why) | Outcome::Unknown { why, .. } | Outcome::Undelivered { why, .. } => {
+                        all_accepted = false;
+                        last = why;
+                    }
+                }
+            }
+            if self.deposed() {
+                return Err("deposed while writing a barrier".into());
+            }
+            if all_accepted {
+                for u in std::mem::take(&mut self.unresolved) {
+                    let resp = match self.verdict_now(u.verdict, &u.event_id) {
+                        Some(Verdict::Accepted { partition, offset }) => accepted(u.waiting.1, partition, offset),
+                        Some(Verdict::Halted { reason, .. }) => outcome_unknown(&reason),
+                        _ => refused("its delivery failed and a barrier showed it was not applied"),
+                    };
+                    self.open.remove(&u.path);
+                    let _ = u.waiting.0.send(resp);
+                }
+                return Ok(());
+            }
+            tracing::warn!(error = %last, "barrier not written yet; retrying");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("no barrier could be written: {last}"))
     }
 
     /// Wait until the local state includes every earlier write to `key`.
@@ -292,7 +504,7 @@ impl Committer {
     }
 
     /// Decide one command: the record to append and the reply to give after commit.
-    async fn decide(&mut self, cmd: &Command, ts: i64) -> Result<Option<(Record, Reply, Vec<u8>)>, ApiResponse> {
+    async fn decide(&mut self, cmd: &Command, ts: i64) -> Result<Option<Decided>, ApiResponse> {
         if let Command::Control { name, .. } = cmd {
             return self.decide_control(name, cmd, ts).await;
         }
@@ -312,20 +524,16 @@ impl Committer {
         match plan(cmd, meta.as_ref(), current, &self.ctx.keyring, &mount, ts).map_err(ApiResponse::from)? {
             Planned::Done { status } => Err(ApiResponse { status, headers: vec![], body: vec![] }),
             Planned::Append { op, reply } => {
-                let event = self.event(path, op, ts);
+                let mut event = self.event(path, op, ts);
+                event.revision = Some(self.revision(&key).await?);
                 let payload = encode_event(&self.ctx.keyring, &event);
-                Ok(Some((Record { key: key.clone(), payload, partition }, reply, key)))
+                Ok(Some((Record { key: key.clone(), payload, partition }, event.event_id, reply, key)))
             }
         }
     }
 
     /// A control event: keyed by the control object, ordered after earlier events on it.
-    async fn decide_control(
-        &mut self,
-        name: &str,
-        cmd: &Command,
-        ts: i64,
-    ) -> Result<Option<(Record, Reply, Vec<u8>)>, ApiResponse> {
+    async fn decide_control(&mut self, name: &str, cmd: &Command, ts: i64) -> Result<Option<Decided>, ApiResponse> {
         let key = secretlog_schemas::topic::control_key(name);
         let partition = partition_for(&key, self.cfg.partitions);
         if self.ctx.materializer.progress.borrow().halted.contains_key(&partition) {
@@ -339,8 +547,14 @@ impl Committer {
         };
         let mut event = self.event(name, op, ts);
         event.mount = String::new();
+        event.revision = Some(self.revision(&key).await?);
         let payload = encode_event(&self.ctx.keyring, &event);
-        Ok(Some((Record { key: key.clone(), payload, partition }, reply, key)))
+        Ok(Some((Record { key: key.clone(), payload, partition }, event.event_id, reply, key)))
+    }
+
+    /// The revision of `key` on the applied state: what its next record is conditional on.
+    async fn revision(&self, key: &[u8]) -> Result<u64, ApiResponse> {
+        self.ctx.store.revision(key).await.map_err(|e| ApiResponse::from(ApiError::from(e)))
     }
 
     fn event(&self, path: &str, op: Operation, ts: i64) -> Event {
@@ -349,7 +563,8 @@ impl Committer {
         Event {
             event_id,
             timestamp_ms: ts,
-            writer_epoch: self.cfg.epoch,
+            writer_epoch: self.epoch,
+            revision: None,
             mount: self.ctx.mount.clone(),
             path: path.to_string(),
             op,
@@ -360,7 +575,7 @@ impl Committer {
     /// needing no record are answered at once; `None` if nothing is left to append (or the
     /// writer is fenced: then every command is answered so).
     async fn prepare(&mut self, batch: Vec<Pending>) -> Option<Prepared> {
-        if self.fenced.load(Ordering::SeqCst) {
+        if self.deposed() {
             for p in batch {
                 let _ = p.reply.send(ApiError::from(WriterError::Fenced).into());
             }
@@ -371,12 +586,14 @@ impl Committer {
         let mut records = Vec::new();
         let mut waiting = Vec::new();
         let mut paths = Vec::new();
+        let mut cmds = Vec::new();
         for p in batch {
             match self.decide(&p.cmd, ts).await {
-                Ok(Some((record, reply, key))) => {
-                    records.push(record);
+                Ok(Some((record, event_id, reply, key))) => {
+                    records.push((record, event_id));
                     waiting.push((p.reply, reply, key));
                     paths.push(p.cmd.path().to_string());
+                    cmds.push(p.cmd);
                 }
                 Ok(None) => {}
                 Err(resp) => {
@@ -384,86 +601,182 @@ impl Committer {
                 }
             }
         }
-        (!records.is_empty()).then_some(Prepared { records, waiting, paths, data_only })
+        (!records.is_empty()).then_some(Prepared { records, waiting, cmds, paths, data_only })
     }
 
-    /// Start the transaction of a decided batch in `flights` — unless the writer was fenced since
-    /// it was decided: then its commands are answered so and nothing is appended.
+    /// Send a decided batch and wait for its verdicts in `flights` — unless this writer was
+    /// deposed since it was decided: then its commands are answered so and nothing is appended.
     fn start(&mut self, prepared: Prepared, flights: &mut JoinSet<Landed>) {
-        let Prepared { records, waiting, paths, data_only } = prepared;
-        if self.fenced.load(Ordering::SeqCst) {
+        let Prepared { records, waiting, paths, data_only, .. } = prepared;
+        if self.deposed() {
             for (tx, _, _) in waiting {
                 let _ = tx.send(ApiError::from(WriterError::Fenced).into());
+            }
+            for p in &paths {
+                self.open.remove(p);
             }
             return;
         }
         let n = records.len();
-        if let Some(count) = self.planted.as_mut().filter(|_| data_only) {
+        if let Some(Planted::AckBeforeCommit(count)) = self.planted.as_mut().filter(|_| data_only) {
             *count += 1;
             if *count % 10 == 0 {
-                // TEST ONLY (PLANTED_BUG_FOR_TESTS): answer as committed, then drop the transaction.
-                tracing::error!(records = n, "planted bug: transaction acknowledged and not committed");
+                // TEST ONLY (PLANTED_BUG_FOR_TESTS): answer as written, then drop the batch.
+                tracing::error!(records = n, "planted bug: batch acknowledged and never sent");
                 let applied = self.ctx.materializer.progress.borrow().applied.clone();
-                for ((tx, reply, _), r) in waiting.into_iter().zip(&records) {
+                for ((tx, reply, _), (r, _)) in waiting.into_iter().zip(&records) {
                     let at = applied.get(&r.partition).copied().unwrap_or(0);
-                    let token = ConsistencyToken([(r.partition, at)].into_iter().collect()).to_string();
-                    let _ = tx.send(answer(reply).with_header(HEADER_INDEX, token));
+                    let _ = tx.send(accepted(reply, r.partition, at - 1));
+                }
+                for p in &paths {
+                    self.open.remove(p);
                 }
                 return;
             }
         }
         self.open.extend(paths.iter().cloned());
         let producer = self.producer.clone();
+        let ctx = self.ctx.clone();
         let timeout = self.cfg.write_timeout;
+        let ack_before_apply = self.planted == Some(Planted::AckBeforeApply);
         flights.spawn(async move {
             let started = Instant::now();
-            let result = producer.commit(records, timeout).await;
-            Landed { waiting, paths, records: n, started, result }
+            let outcomes = if ack_before_apply {
+                // TEST ONLY (PLANTED_BUG_FOR_TESTS): accepted as soon as delivered.
+                let (records, _): (Vec<Record>, Vec<_>) = records.into_iter().unzip();
+                producer
+                    .send(&records, timeout)
+                    .await
+                    .into_iter()
+                    .map(|d| match d {
+                        Ok((p, off)) => Outcome::Accepted(p, off),
+                        Err(why) => Outcome::Refused(why),
+                    })
+                    .collect()
+            } else {
+                send_and_await(&producer, &ctx, records, timeout).await
+            };
+            Landed { waiting, paths, started, outcomes }
         });
-        metrics::gauge!("secretlog_writer_transactions_in_flight").set(flights.len() as f64);
+        metrics::gauge!("secretlog_writer_batches_in_flight").set(flights.len() as f64);
     }
 
-    /// Answer the writes of a transaction that resolved, and release its secrets.
+    /// Answer the writes of a batch that resolved, and release its secrets — except those whose
+    /// delivery failed: they wait for the barrier.
     fn land(&mut self, landed: Result<Landed, tokio::task::JoinError>) {
         let landed = match landed {
             Ok(l) => l,
             Err(e) => {
-                // Its secrets stay held: the outcome of their transaction is unknown here, so
-                // nothing more is decided on them — this writer steps down and the next leader's
-                // fencing settles it.
-                tracing::error!(error = %e, "a transaction task failed; stepping down");
+                // Its secrets stay held: their outcome is unknown here, so nothing more is decided
+                // on them — this writer steps down and the next leader's epoch settles them.
+                tracing::error!(error = %e, "a batch task failed; stepping down");
                 self.fenced.store(true, Ordering::SeqCst);
                 return;
             }
         };
-        let Landed { waiting, paths, records: n, started, result } = landed;
-        metrics::histogram!("secretlog_writer_transaction_duration_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("secretlog_writer_batch_size").record(n as f64);
-        match result {
-            Ok(positions) => {
-                metrics::counter!("secretlog_writer_transactions_total", "outcome" => "committed").increment(1);
-                for ((tx, reply, key), (p, off)) in waiting.into_iter().zip(positions) {
-                    self.inflight.insert(key, (p, off + 1));
-                    let token = ConsistencyToken([(p, off + 1)].into_iter().collect()).to_string();
-                    let _ = tx.send(answer(reply).with_header(HEADER_INDEX, token));
+        let Landed { waiting, paths, started, outcomes } = landed;
+        metrics::histogram!("secretlog_writer_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("secretlog_writer_batch_size").record(waiting.len() as f64);
+        for (((tx, reply, key), path), outcome) in waiting.into_iter().zip(paths).zip(outcomes) {
+            let label = match outcome {
+                Outcome::Accepted(p, off) => {
+                    let _ = tx.send(accepted(reply, p, off));
+                    "accepted"
                 }
-            }
-            Err(e) => {
-                metrics::counter!("secretlog_writer_transactions_total", "outcome" => "failed").increment(1);
-                tracing::error!(error = %e, records = n, "transaction failed; every write in it is answered 503");
-                if matches!(e, WriterError::Fenced) {
-                    self.fenced.store(true, Ordering::SeqCst);
+                Outcome::Refused(why) => {
+                    let _ = tx.send(refused(&why));
+                    "refused"
                 }
-                let api: ApiError = e.into();
-                for (tx, _, _) in waiting {
-                    let _ = tx.send(api.clone().into());
+                Outcome::Unknown { at, why } => {
+                    // Decided again only once the local state passed its record.
+                    self.inflight.insert(key, (at.0, at.1 + 1));
+                    let _ = tx.send(outcome_unknown(&why));
+                    "unknown"
                 }
-            }
-        }
-        for p in &paths {
-            self.open.remove(p);
+                Outcome::Undelivered { event_id, verdict, why } => {
+                    tracing::warn!(error = %why, "a record's delivery failed; its write waits for a barrier");
+                    self.unresolved.push(Unresolved { waiting: (tx, reply, key), path, event_id, verdict });
+                    continue;
+                }
+            };
+            metrics::counter!("secretlog_writer_writes_total", "outcome" => label).increment(1);
+            self.open.remove(&path);
         }
     }
+}
+
+/// Register every record with the materializer, send them, and wait for each one's verdict up to
+/// `timeout` after sending.
+async fn send_and_await(
+    producer: &LogProducer,
+    ctx: &ReadContext,
+    records: Vec<(Record, [u8; 16])>,
+    timeout: Duration,
+) -> Vec<Outcome> {
+    let verdicts = &ctx.materializer.verdicts;
+    let (records, ids): (Vec<Record>, Vec<[u8; 16]>) = records.into_iter().unzip();
+    // Registered before sending: a verdict can never come before its waiter.
+    let receivers: Vec<_> = records.iter().zip(&ids).map(|(r, id)| verdicts.register(*id, r.partition)).collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let delivered = producer.send(&records, timeout).await;
+    let waits = delivered.into_iter().zip(receivers).zip(ids).map(|((d, rx), id)| async move {
+        match d {
+            Err(why) => Outcome::Undelivered { event_id: id, verdict: rx, why },
+            Ok(at) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Verdict::Accepted { partition, offset })) => Outcome::Accepted(partition, offset),
+                Ok(Ok(Verdict::Refused { reason, .. })) => Outcome::Refused(reason),
+                Ok(Ok(Verdict::Halted { reason, .. })) => Outcome::Unknown { at, why: reason },
+                Ok(Err(_)) => Outcome::Unknown { at, why: "the writer's materializer stopped".into() },
+                Err(_) => {
+                    verdicts.forget(&id);
+                    Outcome::Unknown {
+                        at,
+                        why: "not applied by the writer's own state within the write timeout".into(),
+                    }
+                }
+            },
+        }
+    });
+    futures::future::join_all(waits).await
+}
+
+/// Append `records` and wait until the local materializer accepted every one (the leader's own
+/// epoch records and root token): their positions, or why not.
+pub async fn append_accepted(
+    producer: &LogProducer,
+    ctx: &ReadContext,
+    records: Vec<(Record, [u8; 16])>,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>, String> {
+    send_and_await(producer, ctx, records, timeout)
+        .await
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Accepted(p, off) => Ok((p, off)),
+            Outcome::Refused(why) => Err(format!("refused: {why}")),
+            Outcome::Unknown { why, .. } => Err(why),
+            Outcome::Undelivered { event_id, why, .. } => {
+                ctx.materializer.verdicts.forget(&event_id);
+                Err(format!("not delivered: {why}"))
+            }
+        })
+        .collect()
+}
+
+/// The answer to a write accepted at `offset` of `partition`, with its position.
+fn accepted(reply: Reply, partition: i32, offset: i64) -> ApiResponse {
+    let token = ConsistencyToken([(partition, offset + 1)].into_iter().collect()).to_string();
+    answer(reply).with_header(HEADER_INDEX, token)
+}
+
+/// A write every node refused: nothing changed; the client may retry.
+fn refused(why: &str) -> ApiResponse {
+    ApiError::unavailable(format!("write refused, nothing changed; retry: {why}")).into()
+}
+
+/// A write whose outcome cannot be known yet (DESIGN.md, rule 4): never called refused.
+fn outcome_unknown(why: &str) -> ApiResponse {
+    ApiError::unavailable(format!("write outcome unknown: {why}")).into()
 }
 
 /// The next batch from `carry`, in queue order: at most `max_batch` commands, one per

@@ -39,18 +39,16 @@ pub struct WriterConfig {
     /// Largest secret value (the JSON of `data`), bytes.
     #[arg(long, env = "SECRETLOG_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
     pub max_value_bytes: usize,
-    /// Most writes group-committed in one Kafka transaction.
+    /// Most writes decided and sent together as one batch.
     #[arg(long, env = "SECRETLOG_MAX_BATCH", default_value_t = 256)]
     pub max_batch: usize,
-    /// Most transactions open at once (1 to 3), each on its own producer and on disjoint secrets.
-    /// More lowers latency while the brokers have CPU to spare; 1 makes the fewest, largest
-    /// transactions (each costs the brokers a fixed amount of CPU, whatever its size) and was the
-    /// fastest on a two-core machine running the brokers too (docs/benchmarks.md).
-    #[arg(long = "max-transactions-in-flight", env = "SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT", default_value_t = 1,
-          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u8).range(1..=crate::producer::MAX_IN_FLIGHT as i64), usize::from))]
+    /// Most batches in flight at once (1 to 64), on disjoint secrets: sent and waiting for the
+    /// leader's own materializer to apply them.
+    #[arg(long = "max-batches-in-flight", env = "SECRETLOG_MAX_BATCHES_IN_FLIGHT", default_value_t = 8,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u8).range(1..=crate::committer::MAX_IN_FLIGHT as i64), usize::from))]
     pub max_in_flight: usize,
-    /// Kafka transaction timeout, ms: how long a transaction of a dead leader can block readers
-    /// before the broker aborts it.
+    /// Kafka transaction timeout, ms, of the transactional producers a new leader fences (earlier
+    /// releases' and `secretlog reseed`'s): how long such a transaction can block readers.
     #[arg(long, env = "SECRETLOG_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
     pub transaction_timeout_ms: u64,
     /// How long a write may wait for Kafka before failing with 503, ms.
@@ -94,16 +92,16 @@ mod tests {
     }
 
     #[test]
-    fn transactions_in_flight_default_to_one_and_stay_within_the_producer_ring() {
+    fn batches_in_flight_default_to_eight_and_stay_within_bounds() {
         let n = |args: &[&str]| {
             Cli::try_parse_from(["writer"].iter().chain(args)).map(|c| c.cfg.max_in_flight).map_err(|e| e.to_string())
         };
-        if std::env::var_os("SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT").is_none() {
-            assert_eq!(n(&[]), Ok(1));
+        if std::env::var_os("SECRETLOG_MAX_BATCHES_IN_FLIGHT").is_none() {
+            assert_eq!(n(&[]), Ok(8));
         }
-        assert_eq!(n(&["--max-transactions-in-flight", "3"]), Ok(3));
-        for bad in ["0", "4", "two"] {
-            assert!(n(&["--max-transactions-in-flight", bad]).is_err(), "{bad} accepted");
+        assert_eq!(n(&["--max-batches-in-flight", "3"]), Ok(3));
+        for bad in ["0", "65", "two"] {
+            assert!(n(&["--max-batches-in-flight", bad]).is_err(), "{bad} accepted");
         }
     }
 

@@ -150,3 +150,19 @@ pub fn spawn(
     });
     Ok((rx, join))
 }
+
+/// Append this writer's claim to lead (its URL) to the election topic, replicated (acks=all), and
+/// return the claim's offset: the log-given part of the leader epoch (`crate::epoch`). Claims
+/// are never read back; their offsets only ever grow.
+pub async fn claim(bootstrap: &str, topic: &str, leader_url: &str, timeout: Duration) -> Result<i64, WriterError> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer<secretlog_reader::kafka::LogContext> =
+        crate::producer::idempotent_config(bootstrap, timeout.as_millis() as u64)
+            .create_with_context(secretlog_reader::kafka::LogContext)
+            .map_err(|e| WriterError::NotReady(format!("claim producer: {e}")))?;
+    let record = FutureRecord::<[u8], [u8]>::to(topic).payload(leader_url.as_bytes()).partition(0);
+    match producer.send(record, timeout).await {
+        Ok(d) => Ok(d.offset),
+        Err((e, _)) => Err(WriterError::NotReady(format!("appending the leadership claim: {e}"))),
+    }
+}

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod committer;
 pub mod config;
 pub mod election;
+pub mod epoch;
 pub mod error;
 pub mod node;
 pub mod plan;

@@ -18,11 +18,11 @@ use secretlog_schemas::{Event, Keyring, Operation, encode_event};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::committer::{Committer, CommitterConfig, Pending};
+use crate::committer::{Committer, CommitterConfig, Pending, Stopped};
 use crate::config::WriterConfig;
 use crate::election::ElectionConfig;
 use crate::error::WriterError;
-use crate::producer::{Record, TxProducer};
+use crate::producer::{LogProducer, Record};
 
 /// Where the node stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl WriterNode {
         let log = &self.cfg.log;
         let election = ElectionConfig {
             bootstrap: log.bootstrap.clone(),
-            topic: format!("{}.election", log.topic),
+            topic: self.election_topic(),
             group_id: format!("{}.election", self.cfg.transactional_id),
             session_timeout_ms: self.cfg.election_session_timeout_ms,
             heartbeat_interval_ms: self.cfg.election_heartbeat_ms,
@@ -180,6 +180,11 @@ impl WriterNode {
         }
     }
 
+    /// The one-partition topic the writers elect their leader on and append their claims to.
+    fn election_topic(&self) -> String {
+        format!("{}.election", self.cfg.log.topic)
+    }
+
     fn set_state(&self, s: WriterState) {
         *self.state.write().expect("state lock") = s;
     }
@@ -198,39 +203,38 @@ impl WriterNode {
         .await
         .map_err(|e| WriterError::NotReady(e.to_string()))??;
         self.set_state(WriterState::Starting("fencing the previous leader".into()));
-        let producer =
-            TxProducer::new(&log.bootstrap, &self.cfg.transactional_id, self.cfg.transaction_timeout_ms, &log.topic)?;
-        producer.init(Duration::from_millis(self.cfg.transaction_timeout_ms.max(5000) * 2)).await?;
-        // The epoch only has to exceed every earlier leader's: the larger of what this node has
-        // applied and the clock (a new leader starts after the old one did).
+        // No transaction of an earlier producer may stay open: it would hold every read_committed
+        // consumer (this node's materializer too) at its last stable offset.
+        let ids = crate::producer::transactional_ids_ever_used(&self.cfg.transactional_id, &log.topic);
+        let fence_timeout = Duration::from_millis(self.cfg.transaction_timeout_ms.max(5000) * 2);
+        crate::producer::fence_transactional_ids(&log.bootstrap, &ids, fence_timeout).await?;
+        // The epoch comes from the log: the offset of this claim, above every epoch applied here.
+        let write_timeout = Duration::from_millis(self.cfg.write_timeout_ms);
+        let claim =
+            crate::election::claim(&log.bootstrap, &self.election_topic(), &self.advertise, write_timeout).await?;
         let stored = ctx.store.partitions().await?;
-        let epoch = (stored.values().map(|s| s.max_epoch).max().unwrap_or(0) + 1).max(now_ms() as u64);
-        // One leader-epoch record in every partition: it fences older leaders in the log itself,
-        // and once the local materializer has applied these records it has applied everything
-        // that was committed before them — only then are writes decided.
+        let highest = stored.values().map(|s| s.max_epoch).max().unwrap_or(0);
+        let epoch = crate::epoch::from_claim(claim, highest);
+        let producer = LogProducer::new(&log.bootstrap, self.cfg.write_timeout_ms, &log.topic)?;
+        // One leader-epoch record in every partition: it fences older leaders in the log itself
+        // (their later records are refused everywhere), and once the local materializer has
+        // accepted these records it has applied everything before them — only then are writes
+        // decided.
         self.set_state(WriterState::Starting("writing the leader epoch and reading the log to its end".into()));
-        let records: Vec<Record> = (0..partitions)
+        let records: Vec<(Record, [u8; 16])> = (0..partitions)
             .map(|p| {
                 let op = Operation::LeaderEpoch { leader_url: self.advertise.clone() };
                 let event = self.control_event(ctx, secretlog_schemas::topic::leader_epoch_name(p), op, epoch);
-                Record { key: event.record_key(), payload: encode_event(&ctx.keyring, &event), partition: p }
+                let rec = Record { key: event.record_key(), payload: encode_event(&ctx.keyring, &event), partition: p };
+                (rec, event.event_id)
             })
             .collect();
-        let positions = producer.commit(records, Duration::from_millis(self.cfg.write_timeout_ms)).await?;
         // Cancellable: a node sealed (or stopped) while catching up steps down at once.
-        let catch_up = ctx.materializer.wait_for(Duration::from_secs(120), |p| {
-            positions.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| *a > *off))
-        });
-        let (caught_up, prog) = tokio::select! {
-            r = catch_up => r,
+        let catch_up = crate::committer::append_accepted(&producer, ctx, records, Duration::from_secs(120));
+        tokio::select! {
+            r = catch_up => r.map_err(|why| WriterError::NotReady(format!("leader epoch {epoch} not accepted: {why}")))?,
             _ = cancel.cancelled() => return Err(WriterError::NotReady("stepping down".into())),
         };
-        if !caught_up {
-            return Err(WriterError::NotReady(format!(
-                "still catching up with the log (lag {} records)",
-                prog.lag_records()
-            )));
-        }
         if ctx.store.root_token_hash().await?.is_none() {
             let token = crate::token::load_or_create(&self.cfg.root_token_path())?;
             let op = Operation::SetRootToken { token_hash: ctx.keyring.token_hash(&token) };
@@ -238,21 +242,14 @@ impl WriterNode {
             let key = event.record_key();
             let partition = secretlog_schemas::topic::partition_for(&key, partitions);
             let payload = encode_event(&ctx.keyring, &event);
-            let at = producer
-                .commit(vec![Record { key, payload, partition }], Duration::from_millis(self.cfg.write_timeout_ms))
-                .await?;
-            // Only lead once this node's own state knows the token: a client reading the token file
-            // the moment the writer is healthy must not be refused.
-            let applied = ctx.materializer.wait_for(Duration::from_secs(60), |p| {
-                at.iter().all(|(part, off)| p.applied.get(part).is_some_and(|a| a > off))
-            });
-            let (applied, _) = tokio::select! {
-                r = applied => r,
+            let record = (Record { key, payload, partition }, event.event_id);
+            // Only lead once this node's own state knows the token: a client reading the token
+            // file the moment the writer is healthy must not be refused.
+            let applied = crate::committer::append_accepted(&producer, ctx, vec![record], Duration::from_secs(60));
+            tokio::select! {
+                r = applied => r.map_err(|why| WriterError::NotReady(format!("publishing the root token: {why}")))?,
                 _ = cancel.cancelled() => return Err(WriterError::NotReady("stepping down".into())),
             };
-            if !applied {
-                return Err(WriterError::NotReady("the root token was published but is not applied yet".into()));
-            }
             tracing::info!(file = %self.cfg.root_token_path().display(), "root token published (hash only); the token is in the file");
         }
         let (tx, rx) = mpsc::channel(4096);
@@ -265,6 +262,7 @@ impl WriterNode {
                 write_timeout: Duration::from_millis(self.cfg.write_timeout_ms),
                 partitions,
                 epoch,
+                leader_url: self.advertise.clone(),
             },
             self.fenced.clone(),
         );
@@ -274,19 +272,32 @@ impl WriterNode {
         metrics::gauge!("secretlog_writer_epoch").set(epoch as f64);
         metrics::gauge!("secretlog_writer_is_leader").set(1.0);
         tracing::info!(epoch, partitions, "leader: accepting writes");
-        committer.run(rx, cancel).await;
+        let stopped = committer.run(rx, cancel).await;
         rewrap.abort();
         *self.queue.write().expect("queue lock") = None;
-        if self.fenced.load(Ordering::SeqCst) {
-            return Err(WriterError::Fenced);
+        metrics::gauge!("secretlog_writer_is_leader").set(0.0);
+        match stopped {
+            Stopped::Shutdown => Ok(()),
+            Stopped::Deposed => Err(WriterError::Fenced),
+            Stopped::Reclaim(why) => {
+                self.fenced.store(false, Ordering::SeqCst);
+                Err(WriterError::NotReady(why))
+            }
         }
-        Ok(())
     }
 
     fn control_event(&self, _ctx: &ReadContext, name: String, op: Operation, epoch: u64) -> Event {
         let mut event_id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut event_id);
-        Event { event_id, timestamp_ms: now_ms(), writer_epoch: epoch, mount: String::new(), path: name, op }
+        Event {
+            event_id,
+            timestamp_ms: now_ms(),
+            writer_epoch: epoch,
+            revision: None,
+            mount: String::new(),
+            path: name,
+            op,
+        }
     }
 
     async fn handle(self: &Arc<Self>, mut req: ApiRequest) -> ApiResponse {

@@ -76,8 +76,15 @@ fn seal_put(
 /// Vault — decided by the very function every node applies events with.
 fn changing(meta: Option<&SecretMeta>, op: Operation, ts: i64) -> Result<Planned, ApiError> {
     let Some(m) = meta else { return Ok(Planned::Done { status: 204 }) };
-    let probe =
-        Event { event_id: [0; 16], timestamp_ms: ts, writer_epoch: 0, mount: String::new(), path: String::new(), op };
+    let probe = Event {
+        event_id: [0; 16],
+        timestamp_ms: ts,
+        writer_epoch: 0,
+        revision: None,
+        mount: String::new(),
+        path: String::new(),
+        op,
+    };
     match state::apply(Some(m), &probe) {
         Ok(effect) if effect.meta.as_ref() == Some(m) && effect.remove_values.is_empty() => {
             Ok(Planned::Done { status: 204 })

@@ -1,8 +1,17 @@
-//! The transactional Kafka producers of the leader writer.
+//! The Kafka producers of the leader writer.
 //!
-//! `acks=all`, idempotence on (set explicitly: librdkafka defaults it off). A batch of records is
-//! one transaction; it either commits, or every record in it is reported failed. A commit whose
-//! outcome is unknown is reported as a failure too — the client gets a 5xx, never a false success.
+//! **The hot path: [`LogProducer`]**, one idempotent producer (`acks=all`, `enable.idempotence`
+//! set explicitly: librdkafka defaults it off), no transaction: one replicated produce per batch
+//! of records, several batches in flight. What a record's delivery report says is only where it
+//! landed; whether it counts is the leader's own materializer's verdict (`crate::committer`).
+//!
+//! **Transactions stay for what must land all or nothing** ([`TxProducer`]: `secretlog reseed`)
+//! and for fencing: a new leader calls `init_transactions` on every transactional id ever used
+//! ([`fence_transactional_ids`]) so that no open transaction of a dead producer holds the
+//! read_committed consumers at its last stable offset.
+//!
+//! [`TxProducer`]: a batch of records is one transaction; it either commits, or every record in
+//! it is reported failed. A commit whose outcome is unknown is reported as a failure too.
 //!
 //! **A ring of [`PRODUCERS`] transactional producers.** A Kafka producer has at most one open
 //! transaction, and once `EndTxn` returns the coordinator is still writing the commit markers:
@@ -114,6 +123,98 @@ async fn serve_deliveries<F: Future + Unpin>(
         }
     }
     delivered
+}
+
+/// Settings of the leader's idempotent producer: every record replicated (`acks=all`) before its
+/// delivery report, re-sends deduplicated by the broker, order kept per partition with up to five
+/// requests in flight. `message_timeout_ms` bounds how long librdkafka retries a record.
+pub fn idempotent_config(bootstrap: &str, message_timeout_ms: u64) -> ClientConfig {
+    let mut c = secretlog_reader::kafka::client_config(bootstrap);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", message_timeout_ms.to_string())
+        .set("linger.ms", "0")
+        .set("socket.keepalive.enable", "true")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "1000");
+    c
+}
+
+/// The leader's idempotent producer, bound to the mutation topic.
+#[derive(Clone)]
+pub struct LogProducer {
+    producer: FutureProducer<LogContext>,
+    topic: String,
+}
+
+impl LogProducer {
+    pub fn new(bootstrap: &str, message_timeout_ms: u64, topic: &str) -> Result<Self, WriterError> {
+        let producer = idempotent_config(bootstrap, message_timeout_ms)
+            .create_with_context(LogContext)
+            .map_err(|e| WriterError::Transaction(format!("creating producer: {e}")))?;
+        Ok(LogProducer { producer, topic: topic.to_string() })
+    }
+
+    /// Append `records`; each one's (partition, offset) or why its delivery failed. A failed
+    /// delivery says nothing about the record: it may still land (DESIGN.md, rule 4).
+    pub async fn send(&self, records: &[Record], timeout: Duration) -> Vec<Result<(i32, i64), String>> {
+        let deadline = Instant::now() + timeout;
+        let mut futures = Vec::with_capacity(records.len());
+        let mut results: Vec<Option<Result<(i32, i64), String>>> = Vec::with_capacity(records.len());
+        for r in records {
+            let rec = FutureRecord::to(&self.topic).key(&r.key).payload(&r.payload).partition(r.partition);
+            match self.producer.send_result(rec) {
+                Ok(f) => {
+                    futures.push(f);
+                    results.push(None);
+                }
+                Err((e, _)) => results.push(Some(Err(format!("enqueue: {e}")))),
+            }
+        }
+        let delivered = serve_deliveries(&self.producer, join_all(futures), deadline).await;
+        let mut delivered = delivered.into_iter();
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| match delivered.next() {
+                    Some(Ok(Ok(d))) => Ok((d.partition, d.offset)),
+                    Some(Ok(Err((e, _)))) => Err(e.to_string()),
+                    Some(Err(_)) | None => Err("delivery cancelled".into()),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether librdkafka reports the producer unusable (a fatal idempotence error).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+}
+
+/// The transactional ids a leader fences before it writes: every producer of the ring earlier
+/// releases used on the hot path, and `secretlog reseed`'s for `topic`.
+pub fn transactional_ids_ever_used(base: &str, topic: &str) -> Vec<String> {
+    (0..PRODUCERS).map(|i| ring_transactional_id(base, i)).chain([format!("secretlog-reseed-{topic}")]).collect()
+}
+
+/// Fence every id of `ids`: `init_transactions` on each (all at once, on blocking threads), so
+/// the broker aborts any transaction a dead producer left open and refuses that producer from
+/// here on. Nothing is written.
+pub async fn fence_transactional_ids(bootstrap: &str, ids: &[String], timeout: Duration) -> Result<(), WriterError> {
+    let inits = ids.iter().map(|id| {
+        let cfg = producer_config(bootstrap, id, timeout.as_millis() as u64);
+        tokio::task::spawn_blocking(move || {
+            let p: FutureProducer<LogContext> = cfg
+                .create_with_context(LogContext)
+                .map_err(|e| WriterError::Transaction(format!("creating producer: {e}")))?;
+            p.init_transactions(timeout).map_err(|e| WriterError::Transaction(format!("init_transactions: {e}")))
+        })
+    });
+    for res in join_all(inits).await {
+        res.map_err(|e| WriterError::Transaction(e.to_string()))??;
+    }
+    Ok(())
 }
 
 fn is_fatal(e: &KafkaError) -> bool {

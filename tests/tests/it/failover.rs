@@ -299,3 +299,82 @@ async fn leader_killed_with_a_broker_down_loses_nothing() {
     };
     leader_failover(cluster, "failover-broker", true, Departure::Killed).await;
 }
+
+/// Issue #19: a leader paused (SIGSTOP) until a standby leads and acknowledges writes, then
+/// resumed while its own clients are still sending to it — a zombie. Its late records carry the
+/// older epoch: every node refuses them, its own materializer included, so it acknowledges none
+/// of them; it stops deciding and stands by. Every write acknowledged by either leader is on
+/// every reader; no version was given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_resumed_after_its_successor_acknowledges_nothing_late_and_steps_down() {
+    let (cluster, _g) = crate::harness::shared();
+    let mut s = Stack::start(cluster, StackOpts { name: "zombie", standbys: 1, readers: 2, ..Default::default() }).await;
+    let leader_is_first = eventually(Duration::from_secs(30), "exactly one leader", || async {
+        match (health_code(&s.writer.url).await, health_code(&s.standbys[0].url).await) {
+            (200, 429) => Some(true),
+            (429, 200) => Some(false),
+            _ => None,
+        }
+    })
+    .await;
+    if !leader_is_first {
+        std::mem::swap(&mut s.writer, &mut s.standbys[0]);
+    }
+    // Clients of the leader itself (they keep sending to it while it is paused) and clients
+    // through a reader (forwarded to whichever writer leads).
+    let direct = Load::start(s.writer.url.clone(), s.token.clone(), 3);
+    let via_reader = Load::start(s.readers[0].url.clone(), s.token.clone(), 3);
+    eventually(Duration::from_secs(30), "steady writes before the pause", || async {
+        (direct.successes().await >= 50 && via_reader.successes().await >= 50).then_some(())
+    })
+    .await;
+    let pid = s.writer.pid().expect("the leader runs");
+    secretlog_ops::process::signal(pid, libc::SIGSTOP).expect("SIGSTOP");
+    let paused_at = Instant::now();
+    s.standbys[0].wait_health(200, Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(30), "the successor acknowledges writes", || async {
+        let n = via_reader.ops.lock().await.iter().filter(|o| o.status == 200 && o.started > paused_at).count();
+        (n >= 50).then_some(())
+    })
+    .await;
+    secretlog_ops::process::signal(pid, libc::SIGCONT).expect("SIGCONT");
+    let resumed_at = Instant::now();
+    // The zombie hears of its successor from the log and stops leading.
+    eventually(Duration::from_secs(30), "the resumed leader to stand down", || async {
+        (health_code(&s.writer.url).await != 200).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "its clients to be answered after the resume", || async {
+        let n = direct.ops.lock().await.iter().filter(|o| o.done > resumed_at).count();
+        (n >= 20).then_some(())
+    })
+    .await;
+    let mut ops = direct.stop().await;
+    let direct_acked_late =
+        ops.iter().filter(|o| o.status == 200 && o.started < resumed_at && o.done > resumed_at).count();
+    ops.extend(via_reader.stop().await);
+    eprintln!(
+        "[zombie] {} writes, {} acknowledged; {direct_acked_late} of the paused leader's in-flight writes acknowledged after the resume",
+        ops.len(),
+        ops.iter().filter(|o| o.status == 200).count()
+    );
+    assert!(
+        ops.iter().all(|o| o.status == 200 || o.status >= 500),
+        "only 200 or 5xx: {:?}",
+        ops.iter().find(|o| o.status != 200 && o.status < 500)
+    );
+    // Every acknowledged write — the zombie's included — is on every reader, versions unique.
+    check_acknowledged(&s, &ops).await;
+    let refused = crate::harness::client()
+        .get(format!("{}/metrics", s.readers[1].url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    eprintln!(
+        "[zombie] refused on a reader: {:?}",
+        refused.lines().filter(|l| l.starts_with("secretlog_reader_records_refused_total")).collect::<Vec<_>>()
+    );
+}

@@ -48,8 +48,8 @@ async fn writer_and_reader_export_the_documented_metrics() {
     let w = page(s.writer.url.clone()).await;
     assert_eq!(sample(&w, "secretlog_writer_is_leader"), Some(1.0), "{w}");
     assert!(sample(&w, "secretlog_writer_epoch").is_some_and(|e| e >= 1.0));
-    assert!(sample(&w, "secretlog_writer_transactions_total").is_some_and(|n| n >= 5.0), "{w}");
-    assert!(sample(&w, "secretlog_writer_transaction_duration_seconds_count").is_some_and(|n| n >= 5.0));
+    assert!(sample(&w, "secretlog_writer_writes_total").is_some_and(|n| n >= 5.0), "{w}");
+    assert!(sample(&w, "secretlog_writer_batch_duration_seconds_count").is_some_and(|n| n >= 5.0));
     assert!(sample(&w, "secretlog_writer_batch_size_count").is_some());
     let r = page(s.readers[0].url.clone()).await;
     assert!(sample(&r, "secretlog_reader_events_applied_total").is_some_and(|n| n >= 5.0), "{r}");

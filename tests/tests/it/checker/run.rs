@@ -31,7 +31,7 @@ pub struct RunOpts {
     pub nemesis: bool,
     /// `SECRETLOG_TEST_PLANTED_BUG` for the writers.
     pub planted: Option<&'static str>,
-    /// Writers keep up to this many transactions open at once (`--max-transactions-in-flight`).
+    /// Writers keep up to this many batches in flight at once (`--max-batches-in-flight`).
     pub in_flight: usize,
     /// A third reader in its own network namespace, delayed and cut (where the machine allows).
     pub netns: bool,
@@ -145,7 +145,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         .planted
         .map(|p| ("SECRETLOG_TEST_PLANTED_BUG".to_string(), p.to_string()))
         .into_iter()
-        .chain([("SECRETLOG_MAX_TRANSACTIONS_IN_FLIGHT".to_string(), opts.in_flight.to_string())]);
+        .chain([("SECRETLOG_MAX_BATCHES_IN_FLIGHT".to_string(), opts.in_flight.to_string())]);
     let s = Stack::start(
         cluster,
         StackOpts {

@@ -40,8 +40,12 @@ pub use response::ApiResponse;
 pub struct ApiRequest {
     /// Upper-case method; `GET ...?list=true` is rewritten to `LIST`.
     pub method: String,
-    /// Path without the leading `/`, e.g. `v1/secret/data/app/db`.
+    /// Path without the leading `/`, percent-decoded, e.g. `v1/secret/data/app/db`.
     pub path: String,
+    /// The same path as it came on the request line: without the leading `/`, still
+    /// percent-encoded. A forwarder sends this on, so the node it forwards to decodes the very
+    /// bytes this one decoded (see [`forward`]).
+    pub raw_path: String,
     /// The raw query string (forwarded unchanged).
     pub raw_query: String,
     pub query: HashMap<String, String>,
@@ -157,11 +161,13 @@ fn build_request(
         method = "LIST".into();
     }
     let token = token_of(headers);
+    let raw_path = path.trim_start_matches('/');
     ApiRequest {
         method,
         // Decoded as Vault decodes it, so `a%2F..%2Fb` is the path `a/../b` (and refused) and a
         // secret named `my key` is the same whichever way a client encodes it.
-        path: percent_encoding::percent_decode_str(path.trim_start_matches('/')).decode_utf8_lossy().into_owned(),
+        path: percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy().into_owned(),
+        raw_path: raw_path.to_string(),
         raw_query,
         query,
         token,

@@ -1,6 +1,18 @@
 //! Forwarding a request to the leader writer, passing status, body and the consistency token
 //! back unchanged, so a client cannot tell it talked to a reader or a standby.
+//!
+//! **The path travels as it came.** The writer must act on the very path this node decoded,
+//! so the client's own bytes ([`ApiRequest::raw_path`]) are sent on, never a re-encoding of the
+//! decoded path: re-encoded, `p%2F..%2Fzz` became `p/%2E%2E/zz`, which the URL parser resolved
+//! to `zz`, and a write the leader refuses (400, relative path) wrote `zz` instead (issue 19).
+//! A URL parser also resolves dot segments the client sent as such (`p/../zz`, `p/%2e%2e/zz`)
+//! and reads `\` as `/`; there the slash beside each dot segment, and the backslash, are sent
+//! percent-encoded — the same path once decoded, which no parser resolves — and
+//! [`Forwarder::forward`] checks that the URL decodes to the path this node acted on before
+//! anything is sent. The one path that cannot travel so, a dot segment alone (`/..`), is no
+//! route: answered 404 here, where the writer would check the token first.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use secretlog_schemas::topic::{HEADER_INDEX, HEADER_TOKEN};
@@ -65,19 +77,18 @@ impl Forwarder {
         order.extend(self.targets.iter().map(String::as_str).filter(|t| Some(*t) != leader));
         for target in order {
             let target = target.trim_end_matches('/');
-            let encoded: String = req
-                .path
-                .split('/')
-                .map(|seg| percent_encoding::utf8_percent_encode(seg, percent_encoding::NON_ALPHANUMERIC).to_string())
-                .collect::<Vec<_>>()
-                .join("/");
-            let mut url = format!("{target}/{encoded}");
-            if !req.raw_query.is_empty() {
-                url.push('?');
-                url.push_str(&req.raw_query);
-            }
+            let url = match url_at(target, req) {
+                Ok(url) => url,
+                Err(UrlError::Target(e)) => {
+                    failures.push(format!("{target}: {e}"));
+                    continue;
+                }
+                // Only a path that is a dot segment and nothing else (`/..`) gets here: no route,
+                // which is what the writer would answer once it had checked the token.
+                Err(UrlError::Path) => return ApiError::no_route(&req.path).into(),
+            };
             let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-            let mut rb = self.client.request(method, &url).body(req.body.clone()).header(super::FORWARDED_HEADER, "1");
+            let mut rb = self.client.request(method, url).body(req.body.clone()).header(super::FORWARDED_HEADER, "1");
             if let Some(t) = &req.token {
                 rb = rb.header(HEADER_TOKEN, t);
             }
@@ -112,5 +123,229 @@ impl Forwarder {
             return ApiError::unavailable("no leader writer is known yet").into();
         }
         ApiError::unavailable(format!("no writer reachable to forward to ({})", failures.join("; "))).into()
+    }
+}
+
+/// Why there is no URL to send a request to.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlError {
+    /// The target is not a URL (a configuration mistake; nothing was sent).
+    Target(String),
+    /// The request's path would not reach the writer as this node decoded it.
+    Path,
+}
+
+/// The URL of `req` at `target`: the client's raw path, with only what a URL parser would
+/// resolve escaped ([`unresolvable`]), and the raw query. Checked to decode to the path this
+/// node acted on, as the writer decodes it ([`super::build_request`]).
+fn url_at(target: &str, req: &ApiRequest) -> Result<reqwest::Url, UrlError> {
+    let base = reqwest::Url::parse(target).map_err(|e| UrlError::Target(e.to_string()))?;
+    let mut text = format!("{target}/{}", unresolvable(&req.raw_path));
+    if !req.raw_query.is_empty() {
+        text.push('?');
+        text.push_str(&req.raw_query);
+    }
+    let url = reqwest::Url::parse(&text).map_err(|_| UrlError::Path)?;
+    let prefix = decoded(base.path());
+    let expected =
+        if prefix.is_empty() { Cow::Borrowed(req.path.as_str()) } else { format!("{prefix}/{}", req.path).into() };
+    if decoded(url.path()) != expected {
+        return Err(UrlError::Path);
+    }
+    Ok(url)
+}
+
+/// A request line's path as a node decodes it.
+fn decoded(path: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(path.trim_start_matches('/')).decode_utf8_lossy()
+}
+
+/// Whether a raw path segment is one a URL parser resolves away: `.` or `..`, its dots literal
+/// or percent-encoded in any mix (the WHATWG URL standard's single- and double-dot segments).
+fn is_dot_segment(seg: &str) -> bool {
+    [".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"].iter().any(|dots| seg.eq_ignore_ascii_case(dots))
+}
+
+/// `raw` as a URL parser leaves it: each dot segment joined to its neighbour by an encoded slash
+/// (`p/../zz` → `p%2F../zz`) and each backslash encoded, which decodes to the same bytes.
+/// A path that is a dot segment alone has no neighbour and stays as it is.
+fn unresolvable(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('\\') && !raw.split('/').any(is_dot_segment) {
+        return Cow::Borrowed(raw);
+    }
+    let segs: Vec<&str> = raw.split('/').collect();
+    let mut out = String::with_capacity(raw.len() + 16);
+    for (i, seg) in segs.iter().enumerate() {
+        if i > 0 {
+            let join = is_dot_segment(seg) || (i == 1 && is_dot_segment(segs[0]));
+            out.push_str(if join { "%2F" } else { "/" });
+        }
+        out.push_str(&seg.replace('\\', "%5C"));
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::{Value, json};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::api::{Handler, build_request, spawn_server};
+
+    /// A request as the listener builds it from `raw` (the request line's path).
+    fn parsed(method: &str, raw: &str) -> ApiRequest {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        build_request(&method, raw, String::new(), &Default::default(), Default::default())
+    }
+
+    /// Paths a client can put on a request line, bad ones above all (the differential suite's
+    /// and issue 19's).
+    const PATHS: &[&str] = &[
+        "/v1/secret/data/app/db",
+        "/v1/secret/data/p%2F..%2Fzz",
+        "/v1/secret/data/p%2F%2e%2e%2Fzz",
+        "/v1/secret/data/a%2F..%2Fb",
+        "/v1/secret/data/x%2F.%2Fy",
+        "/v1/secret/data/p/../zz",
+        "/v1/secret/data/p/./zz",
+        "/v1/secret/data/p/%2e%2e/zz",
+        "/v1/secret/data/p/%2E%2E/zz",
+        "/v1/secret/data/p/.%2e/zz",
+        "/v1/secret/data/p/%2e./zz",
+        "/v1/secret/data/p/%2e/zz",
+        "/v1/secret/data/p/..",
+        "/v1/secret/data/..",
+        "/v1/secret/data/../../x",
+        "/v1/secret/../secret/data/zz",
+        "/v1/./secret/data/zz",
+        "/../v1/secret/data/zz",
+        "/./v1/secret/data/zz",
+        "/v1/secret/data/p\\..\\zz",
+        "/v1/secret/data/p//zz",
+        "//v1/secret/data/zz",
+        "/v1/secret/data/%2Fa",
+        "/v1/secret/data/dir/",
+        "/v1/secret/data/",
+        "/v1/secret/data/a%00b",
+        "/v1/secret/data/my%20key",
+        "/v1/secret/data/%C3%A9t%C3%A9",
+        "/v1/secret/data/%FF",
+        "/v1/secret/data/%2e%2e",
+    ];
+
+    #[test]
+    fn the_url_decodes_to_the_path_the_node_acted_on() {
+        for raw in PATHS {
+            let req = parsed("POST", raw);
+            for target in ["http://127.0.0.1:8200", "https://writer.example:8200/base"] {
+                let url = url_at(target, &req).unwrap_or_else(|e| panic!("{raw} at {target}: {e:?}"));
+                let there = parsed("POST", url.path());
+                let want = if target.ends_with("/base") { format!("base/{}", req.path) } else { req.path.clone() };
+                assert_eq!(there.path, want, "{raw} at {target} was sent as {}", url.path());
+            }
+        }
+        // A path with nothing a URL parser resolves goes out byte for byte.
+        for raw in ["/v1/secret/data/p%2F..%2Fzz", "/v1/secret/data/p//zz", "/v1/secret/data/%2e%2e%2Fx"] {
+            assert_eq!(url_at("http://w:1", &parsed("POST", raw)).unwrap().path(), raw);
+        }
+        assert_eq!(unresolvable("v1/secret/data/p/../zz"), "v1/secret/data/p%2F../zz");
+        assert_eq!(unresolvable("../v1/x/%2E"), "..%2Fv1/x%2F%2E");
+        assert_eq!(unresolvable("v1/a\\b"), "v1/a%5Cb");
+        // A path that is a dot segment alone cannot travel unchanged: refused, never sent.
+        for raw in ["/..", "/.", "/%2e%2E"] {
+            assert_eq!(url_at("http://w:1", &parsed("POST", raw)), Err(UrlError::Path), "{raw}");
+        }
+        assert!(matches!(url_at("not a url", &parsed("POST", "/v1/x")), Err(UrlError::Target(_))));
+    }
+
+    /// In-process HTTP listeners, stopped together at the end of a test.
+    #[derive(Default)]
+    struct Listeners {
+        cancel: CancellationToken,
+        stopped: Vec<tokio::sync::oneshot::Receiver<()>>,
+    }
+
+    impl Listeners {
+        /// Serve `handler` on a loopback port; its base URL.
+        async fn serve(&mut self, handler: Handler) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            self.stopped.push(spawn_server(listener, handler, 1024 * 1024, self.cancel.clone()));
+            base
+        }
+
+        /// A writer that answers every request with the path it decoded; and how many it got.
+        async fn echo_writer(&mut self) -> (String, Arc<AtomicUsize>) {
+            let count = Arc::new(AtomicUsize::new(0));
+            let c = count.clone();
+            let handler: Handler = Arc::new(move |req: ApiRequest| {
+                c.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async move { ApiResponse::json(200, &json!({"path": req.path, "method": req.method})) })
+            });
+            (self.serve(handler).await, count)
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            for s in self.stopped {
+                let _ = s.await;
+            }
+        }
+    }
+
+    /// One HTTP/1.1 request written byte for byte (no client library in between to normalise
+    /// the path): status and body.
+    async fn raw_request(base: &str, method: &str, target: &str) -> (u16, String) {
+        let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+             connection: close\r\n\r\n{{}}"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{answer:?}"));
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forwarded_request_reaches_the_writer_with_the_path_the_client_sent() {
+        let mut listeners = Listeners::default();
+        let (writer, answered) = listeners.echo_writer().await;
+        let forwarder = Forwarder::new(vec![writer.clone()], Duration::from_secs(10));
+        let handler: Handler = Arc::new(move |req: ApiRequest| {
+            let forwarder = forwarder.clone();
+            Box::pin(async move { forwarder.forward(&req, None).await })
+        });
+        let reader = listeners.serve(handler).await;
+        for raw in PATHS {
+            let direct = raw_request(&writer, "POST", raw).await;
+            let forwarded = raw_request(&reader, "POST", raw).await;
+            assert_eq!(forwarded, direct, "POST {raw}: through a reader, then straight to the writer");
+            assert_eq!(direct.0, 200, "{raw}: {}", direct.1);
+            let body: Value = serde_json::from_str(&direct.1).unwrap();
+            assert_eq!(body["path"], parsed("POST", raw).path, "{raw}");
+        }
+        // Issue 19's request: the writer is asked about `p/../zz`, never about `zz`.
+        let (_, body) = raw_request(&reader, "POST", "/v1/secret/data/p%2F..%2Fzz").await;
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["path"], "v1/secret/data/p/../zz");
+        // A dot segment alone cannot travel unchanged: no route, and nothing sent.
+        let before = answered.load(Ordering::SeqCst);
+        let (status, body) = raw_request(&reader, "POST", "/%2e%2e").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (404, r#"{"errors":["no handler for route \"..\". route entry not found."]}"#)
+        );
+        assert_eq!(answered.load(Ordering::SeqCst), before);
+        listeners.stop().await;
     }
 }

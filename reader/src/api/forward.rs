@@ -1,16 +1,24 @@
 //! Forwarding a request to the leader writer, passing status, body and the consistency token
 //! back unchanged, so a client cannot tell it talked to a reader or a standby.
 //!
-//! **The path travels as it came.** The writer must act on the very path this node decoded,
-//! so the client's own bytes ([`ApiRequest::raw_path`]) are sent on, never a re-encoding of the
-//! decoded path: re-encoded, `p%2F..%2Fzz` became `p/%2E%2E/zz`, which the URL parser resolved
-//! to `zz`, and a write the leader refuses (400, relative path) wrote `zz` instead (issue 19).
-//! A URL parser also resolves dot segments the client sent as such (`p/../zz`, `p/%2e%2e/zz`)
-//! and reads `\` as `/`; there the slash beside each dot segment, and the backslash, are sent
-//! percent-encoded — the same path once decoded, which no parser resolves — and
-//! [`Forwarder::forward`] checks that the URL decodes to the path this node acted on before
-//! anything is sent. The one path that cannot travel so, a dot segment alone (`/..`), is no
-//! route: answered 404 here, where the writer would check the token first.
+//! Two rules keep the forwarded request the one the client sent:
+//!
+//! * **The path travels as it came.** The writer must act on the very path this node decoded,
+//!   so the client's own bytes ([`ApiRequest::raw_path`]) are sent on, never a re-encoding of the
+//!   decoded path: re-encoded, `p%2F..%2Fzz` became `p/%2E%2E/zz`, which the URL parser resolved
+//!   to `zz`, and a write the leader refuses (400, relative path) wrote `zz` instead (issue 19).
+//!   A URL parser also resolves dot segments the client sent as such (`p/../zz`, `p/%2e%2e/zz`)
+//!   and reads `\` as `/`; there the slash beside each dot segment, and the backslash, are sent
+//!   percent-encoded — the same path once decoded, which no parser resolves — and
+//!   [`Forwarder::forward`] checks that the URL decodes to the path this node acted on before
+//!   anything is sent. The one path that cannot travel so, a dot segment alone (`/..`), is no
+//!   route: answered 404 here, where the writer would check the token first.
+//! * **A write goes out at most once** (DESIGN.md, write path, rule 7). Only a failure that proves
+//!   nothing was sent — no connection (refused, DNS, TLS handshake) — moves on to the next writer.
+//!   Once the request may have left (a timeout, a reset mid-request, an answer cut off), a second
+//!   writer could apply it a second time, so the answer is 503 "write outcome unknown" instead.
+//!   Redirects are not followed (following one sends the write again). Reads go to the next
+//!   writer after any failure.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -19,8 +27,9 @@ use secretlog_schemas::topic::{HEADER_INDEX, HEADER_TOKEN};
 
 use super::{ApiError, ApiRequest, ApiResponse};
 
-/// Response headers passed back from the leader.
-const PASS_BACK: [&str; 3] = ["content-type", "x-secretlog-index", "retry-after"];
+/// Response headers passed back from the leader (`location`: a redirect is passed back, not
+/// followed).
+const PASS_BACK: [&str; 4] = ["content-type", "x-secretlog-index", "retry-after", "location"];
 
 /// Sends requests on to one of a list of writer URLs, in order, until one answers.
 #[derive(Clone)]
@@ -58,7 +67,14 @@ impl Forwarder {
     }
 
     fn configure(builder: reqwest::ClientBuilder, timeout: Duration) -> reqwest::ClientBuilder {
-        builder.timeout(timeout).connect_timeout(Duration::from_millis(500)).pool_max_idle_per_host(64)
+        builder
+            .timeout(timeout)
+            .connect_timeout(Duration::from_millis(500))
+            .pool_max_idle_per_host(64)
+            // Idle connections are dropped before the writer's listener closes them: a write
+            // sent on a connection the writer is closing that moment would have an unknown outcome.
+            .pool_idle_timeout(super::IDLE_CONNECTION_TIMEOUT / 2)
+            .redirect(reqwest::redirect::Policy::none())
     }
 
     pub fn targets(&self) -> &[String] {
@@ -66,7 +82,9 @@ impl Forwarder {
     }
 
     /// Forward `req`, to `leader` first when the log has announced one, then to the configured
-    /// writers. A writer that cannot be reached is skipped; if none answers, 503.
+    /// writers. A writer that cannot be reached is skipped; if none answers, 503. A write that
+    /// may have reached a writer without an answer coming back is not sent to another: 503
+    /// "write outcome unknown".
     pub async fn forward(&self, req: &ApiRequest, leader: Option<&str>) -> ApiResponse {
         if req.forwarded {
             return ApiError::unavailable("this node is not the leader and the request was already forwarded once")
@@ -98,7 +116,7 @@ impl Forwarder {
             if let Some(ct) = &req.content_type {
                 rb = rb.header("content-type", ct);
             }
-            match rb.send().await {
+            let failed = match rb.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let headers: Vec<(String, String)> = PASS_BACK
@@ -109,21 +127,50 @@ impl Forwarder {
                         .collect();
                     match resp.bytes().await {
                         Ok(body) => return ApiResponse { status, headers, body: body.to_vec() },
-                        Err(e) => failures.push(format!("{target}: {e}")),
+                        Err(e) => e,
                     }
                 }
-                Err(e) => failures.push(format!(
-                    "{target}: {}",
-                    if e.is_timeout() { "timed out".to_string() } else { e.to_string() }
-                )),
+                Err(e) => e,
+            };
+            let why = describe(&failed);
+            // A connect error is the one failure that proves no byte of the request left.
+            if !is_read(req) && !failed.is_connect() {
+                metrics::counter!("secretlog_forward_failures_total", "reason" => "outcome_unknown").increment(1);
+                tracing::warn!(%target, error = %why, "forwarded write without an answer; not sent to another writer");
+                return ApiError::unavailable(format!(
+                    "write outcome unknown: it was forwarded to {target} and no answer came back ({why}); it was not \
+                     sent to another writer"
+                ))
+                .into();
             }
+            failures.push(format!("{target}: {why}"));
         }
-        metrics::counter!("secretlog_forward_failures_total").increment(1);
+        metrics::counter!("secretlog_forward_failures_total", "reason" => "unreachable").increment(1);
         if failures.is_empty() {
             return ApiError::unavailable("no leader writer is known yet").into();
         }
         ApiError::unavailable(format!("no writer reachable to forward to ({})", failures.join("; "))).into()
     }
+}
+
+/// A failure to forward, with its causes (reqwest's own message says only "error sending
+/// request").
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    if causes.is_empty() { e.to_string() } else { causes.join(": ") }
+}
+
+/// Whether `req` changes nothing, so it may be sent to another writer after any failure.
+fn is_read(req: &ApiRequest) -> bool {
+    matches!(req.method.as_str(), "GET" | "HEAD" | "LIST")
 }
 
 /// Why there is no URL to send a request to.
@@ -346,6 +393,107 @@ mod tests {
             (404, r#"{"errors":["no handler for route \"..\". route entry not found."]}"#)
         );
         assert_eq!(answered.load(Ordering::SeqCst), before);
+        listeners.stop().await;
+    }
+
+    /// How the first writer a request is forwarded to fails it.
+    #[derive(Debug, Clone, Copy)]
+    enum Failure {
+        /// Nothing listens: the connection is refused, nothing is sent.
+        Refused,
+        /// Reads the request, then closes the connection without a word.
+        Drops,
+        /// Reads the request and never answers (the forwarder's timeout ends it).
+        Silent,
+        /// Starts an answer and closes the connection in the middle of its body.
+        CutsOff,
+        /// Answers 307 to the second writer.
+        Redirects,
+    }
+
+    /// A writer that fails every request as `failure` says; its URL and the connections it took.
+    async fn failing_writer(failure: Failure, next: &str) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        if matches!(failure, Failure::Refused) {
+            drop(listener);
+            return (url, accepted);
+        }
+        let (count, next) = (accepted.clone(), next.to_string());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let next = next.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = match failure {
+                        Failure::Refused | Failure::Drops => return,
+                        Failure::Silent => return std::future::pending().await,
+                        Failure::CutsOff => "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"data\":".to_string(),
+                        Failure::Redirects => {
+                            format!(
+                                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {next}/v1/secret/data/x\r\n\
+                                 content-length: 0\r\nconnection: close\r\n\r\n"
+                            )
+                        }
+                    };
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// DESIGN.md, write path, rule 7: a write goes to the next writer only when it provably never
+    /// left; a read goes to the next writer after any failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_goes_to_a_second_writer_only_when_it_never_reached_the_first() {
+        let mut listeners = Listeners::default();
+        let (second, answered) = listeners.echo_writer().await;
+        for failure in [Failure::Refused, Failure::Drops, Failure::Silent, Failure::CutsOff, Failure::Redirects] {
+            let (first, accepted) = failing_writer(failure, &second).await;
+            let forwarder = Forwarder::new(vec![first, second.clone()], Duration::from_millis(1000));
+            let before = answered.load(Ordering::SeqCst);
+            let write = forwarder.forward(&parsed("POST", "/v1/secret/data/x"), None).await;
+            let body = String::from_utf8_lossy(&write.body).into_owned();
+            match failure {
+                Failure::Refused => {
+                    assert_eq!(
+                        (write.status, answered.load(Ordering::SeqCst)),
+                        (200, before + 1),
+                        "{failure:?}: {body}"
+                    );
+                }
+                Failure::Redirects => {
+                    assert_eq!(write.status, 307, "{failure:?}: the writer's answer, passed back: {body}");
+                    assert_eq!(write.header("location"), Some(format!("{second}/v1/secret/data/x").as_str()));
+                    assert_eq!(answered.load(Ordering::SeqCst), before, "{failure:?}: the redirect is not followed");
+                }
+                Failure::Drops | Failure::Silent | Failure::CutsOff => {
+                    assert_eq!(write.status, 503, "{failure:?}: {body}");
+                    let errors: Value = serde_json::from_slice(&write.body).unwrap();
+                    let message = errors["errors"][0].as_str().unwrap();
+                    assert!(message.starts_with("write outcome unknown: "), "{failure:?}: {message}");
+                    assert_eq!(answered.load(Ordering::SeqCst), before, "{failure:?}: never sent to a second writer");
+                    assert_eq!(accepted.load(Ordering::SeqCst), 1, "{failure:?}: sent once, and only once");
+                }
+            }
+            // A read changes nothing: after any failure it goes on to the next writer.
+            let before = answered.load(Ordering::SeqCst);
+            let read = forwarder.forward(&parsed("GET", "/v1/secret/data/x"), None).await;
+            match failure {
+                Failure::Redirects => assert_eq!(read.status, 307),
+                _ => assert_eq!((read.status, answered.load(Ordering::SeqCst)), (200, before + 1), "{failure:?}"),
+            }
+        }
         listeners.stop().await;
     }
 }

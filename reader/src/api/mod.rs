@@ -190,6 +190,10 @@ pub fn remote_addr() -> Option<SocketAddr> {
     REMOTE_ADDR.try_with(|a| *a).ok().flatten()
 }
 
+/// How long a listener waits for a request's headers, the next request's on an idle
+/// keep-alive connection included (hyper's header read timeout): idle connections close then.
+pub(crate) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Header a node adds to a request it forwards.
 pub const FORWARDED_HEADER: &str = "x-secretlog-forwarded";
 
@@ -345,7 +349,7 @@ pub async fn serve(
                 .http1()
                 .max_buf_size(max_buf)
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
+                .header_read_timeout(IDLE_CONNECTION_TIMEOUT);
             // HTTP/2 (negotiated by ALPN over TLS) would refuse a header list past 16 KiB itself.
             builder.http2().max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
             let served = match tls {

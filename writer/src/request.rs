@@ -337,6 +337,7 @@ mod tests {
         ApiRequest {
             method: method.into(),
             path: path.into(),
+            raw_path: path.into(),
             raw_query: String::new(),
             query: Default::default(),
             token: Some("t".into()),

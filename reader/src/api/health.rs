@@ -115,6 +115,7 @@ mod tests {
         ApiRequest {
             method: "GET".into(),
             path: "v1/sys/health".into(),
+            raw_path: "v1/sys/health".into(),
             raw_query: q.into(),
             query: q
                 .split('&')

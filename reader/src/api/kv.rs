@@ -278,6 +278,7 @@ mod tests {
         ApiRequest {
             method: "GET".into(),
             path: "v1/secret/data/x".into(),
+            raw_path: "v1/secret/data/x".into(),
             raw_query: query.into(),
             query: query.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).into_iter().collect(),
             token: None,

@@ -40,8 +40,12 @@ pub use response::ApiResponse;
 pub struct ApiRequest {
     /// Upper-case method; `GET ...?list=true` is rewritten to `LIST`.
     pub method: String,
-    /// Path without the leading `/`, e.g. `v1/secret/data/app/db`.
+    /// Path without the leading `/`, percent-decoded, e.g. `v1/secret/data/app/db`.
     pub path: String,
+    /// The same path as it came on the request line: without the leading `/`, still
+    /// percent-encoded. A forwarder sends this on, so the node it forwards to decodes the very
+    /// bytes this one decoded (see [`forward`]).
+    pub raw_path: String,
     /// The raw query string (forwarded unchanged).
     pub raw_query: String,
     pub query: HashMap<String, String>,
@@ -157,11 +161,13 @@ fn build_request(
         method = "LIST".into();
     }
     let token = token_of(headers);
+    let raw_path = path.trim_start_matches('/');
     ApiRequest {
         method,
         // Decoded as Vault decodes it, so `a%2F..%2Fb` is the path `a/../b` (and refused) and a
         // secret named `my key` is the same whichever way a client encodes it.
-        path: percent_encoding::percent_decode_str(path.trim_start_matches('/')).decode_utf8_lossy().into_owned(),
+        path: percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy().into_owned(),
+        raw_path: raw_path.to_string(),
         raw_query,
         query,
         token,
@@ -183,6 +189,10 @@ tokio::task_local! {
 pub fn remote_addr() -> Option<SocketAddr> {
     REMOTE_ADDR.try_with(|a| *a).ok().flatten()
 }
+
+/// How long a listener waits for a request's headers, the next request's on an idle
+/// keep-alive connection included (hyper's header read timeout): idle connections close then.
+pub(crate) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Header a node adds to a request it forwards.
 pub const FORWARDED_HEADER: &str = "x-secretlog-forwarded";
@@ -339,7 +349,7 @@ pub async fn serve(
                 .http1()
                 .max_buf_size(max_buf)
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
+                .header_read_timeout(IDLE_CONNECTION_TIMEOUT);
             // HTTP/2 (negotiated by ALPN over TLS) would refuse a header list past 16 KiB itself.
             builder.http2().max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
             let served = match tls {

@@ -6,6 +6,7 @@ mod checker;
 mod differential;
 mod dr;
 mod failover;
+mod forwarding;
 mod harness;
 mod hvac;
 mod integrity;

@@ -10,7 +10,7 @@ use secretlog_schemas::ConsistencyToken;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::harness::{Cluster, Stack, StackOpts, call, eventually};
+use crate::harness::{Answer, Cluster, Stack, StackOpts, call, eventually, try_call};
 
 /// One client write and its answer.
 #[derive(Debug, Clone)]
@@ -44,14 +44,17 @@ impl Load {
                         let value = (c as u64) << 32 | i;
                         let key = format!("ha/c{c}/k{}", i % 40);
                         let started = Instant::now();
-                        let a = call(
+                        // No answer at all (a paused node's client timing out) is recorded as
+                        // status 0: an outcome unknown to the client.
+                        let a = try_call(
                             "POST",
                             &format!("{url}/v1/secret/data/{key}"),
                             Some(&token),
                             None,
                             Some(json!({"data": {"value": value}})),
                         )
-                        .await;
+                        .await
+                        .unwrap_or(Answer { status: 0, index: None, body: json!(null) });
                         let op = Op {
                             key,
                             value,
@@ -334,7 +337,7 @@ async fn a_paused_leader_resumed_after_its_successor_acknowledges_nothing_late_a
     s.standbys[0].wait_health(200, Duration::from_secs(30)).await;
     eventually(Duration::from_secs(30), "the successor acknowledges writes", || async {
         let n = via_reader.ops.lock().await.iter().filter(|o| o.status == 200 && o.started > paused_at).count();
-        (n >= 50).then_some(())
+        (n >= 20).then_some(())
     })
     .await;
     secretlog_ops::process::signal(pid, libc::SIGCONT).expect("SIGCONT");
@@ -359,9 +362,9 @@ async fn a_paused_leader_resumed_after_its_successor_acknowledges_nothing_late_a
         ops.iter().filter(|o| o.status == 200).count()
     );
     assert!(
-        ops.iter().all(|o| o.status == 200 || o.status >= 500),
-        "only 200 or 5xx: {:?}",
-        ops.iter().find(|o| o.status != 200 && o.status < 500)
+        ops.iter().all(|o| o.status == 200 || o.status >= 500 || o.status == 0),
+        "only 200, 5xx or no answer: {:?}",
+        ops.iter().find(|o| o.status != 200 && o.status < 500 && o.status != 0)
     );
     // Every acknowledged write — the zombie's included — is on every reader, versions unique.
     check_acknowledged(&s, &ops).await;

@@ -513,6 +513,18 @@ pub struct Answer {
 
 /// Send a request with the token (and optional consistency index).
 pub async fn call(method: &str, url: &str, token: Option<&str>, index: Option<&str>, body: Option<Value>) -> Answer {
+    try_call(method, url, token, index, body).await.unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// [`call`], with a failure to get any answer (refused, timed out, cut) returned as such: for
+/// clients of a node under faults, where no answer is an outcome the test records.
+pub async fn try_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    index: Option<&str>,
+    body: Option<Value>,
+) -> Result<Answer, reqwest::Error> {
     let mut rb = client().request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), url);
     if let Some(t) = token {
         rb = rb.header("X-Vault-Token", t);
@@ -523,10 +535,10 @@ pub async fn call(method: &str, url: &str, token: Option<&str>, index: Option<&s
     if let Some(b) = body {
         rb = rb.header("content-type", "application/json").body(b.to_string());
     }
-    let r = rb.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let r = rb.send().await?;
     let status = r.status().as_u16();
     let index = r.headers().get("x-secretlog-index").and_then(|v| v.to_str().ok()).map(str::to_string);
     let text = r.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Answer { status, index, body }
+    Ok(Answer { status, index, body })
 }

@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use super::linearizability::{self, SEARCH_BUDGET, Tally};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Write,
@@ -91,6 +93,10 @@ pub enum Violation {
     ArchiveNotCommitted { partition: i32, offset: i64 },
     /// A status the API should not give for this operation.
     UnexpectedStatus { kind: Kind, key: String, node: String, status: u16 },
+    /// The key's operations have no linearization ([`super::linearizability`]): already its
+    /// history up to `culprit`'s answer — `prefix` operations, those still running then counted
+    /// as indeterminate — has none.
+    NotLinearizable { key: String, prefix: usize, culprit: String },
 }
 
 /// Whether `version` of a key is gone only because max_versions pruned it.
@@ -101,6 +107,11 @@ fn pruned(h: &KeyHistory, version: u64) -> bool {
 
 /// Check a recorded history against the final state. Pure: no I/O, no clock.
 pub fn check(history: &[Op], fin: &FinalState) -> Vec<Violation> {
+    check_with_tally(history, fin).0
+}
+
+/// [`check`], and what its linearizability check looked at and found key by key, for the report.
+pub fn check_with_tally(history: &[Op], fin: &FinalState) -> (Vec<Violation>, Tally) {
     let mut out = Vec::new();
     let empty = KeyHistory::default();
     let hist = |key: &str| fin.keys.get(key).unwrap_or(&empty);
@@ -290,7 +301,12 @@ pub fn check(history: &[Op], fin: &FinalState) -> Vec<Violation> {
             }
         }
     }
-    out
+
+    // 7. Every key's operations are linearizable: writes in one order that explains every
+    //    version answered and every read, indeterminate writes taking effect or not.
+    let (not_linearizable, tally) = linearizability::check_history(history, SEARCH_BUDGET);
+    out.extend(not_linearizable);
+    (out, tally)
 }
 
 impl Violation {
@@ -310,6 +326,7 @@ impl Violation {
             Violation::ArchiveDuplicate { .. } => "ArchiveDuplicate",
             Violation::ArchiveNotCommitted { .. } => "ArchiveNotCommitted",
             Violation::UnexpectedStatus { .. } => "UnexpectedStatus",
+            Violation::NotLinearizable { .. } => "NotLinearizable",
         }
     }
 

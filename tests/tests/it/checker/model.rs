@@ -477,6 +477,68 @@ mod planted {
     }
 
     #[test]
+    fn planted_read_older_than_another_clients_covered_write_is_not_linearizable() {
+        let (mut h, f) = clean();
+        // Client 1 reads after 0-2 (v3, token 0:3) was acknowledged, with a token that reaches
+        // it, and sees v2: its own writes it saw, so only the linearizability check can tell.
+        let mut stale = h[4].clone();
+        (stale.version, stale.value, stale.index) = (Some(2), Some("1-1".into()), Some("0:3".into()));
+        (stale.start, stale.end) = (stale.end + Duration::from_millis(1), stale.end + Duration::from_millis(5));
+        h.push(stale);
+        let v = check(&h, &f);
+        assert!(!v.iter().any(|x| matches!(x, Violation::StaleRead { .. })), "{v:?}");
+        // Up to its answer: the first five operations, the 503 write (invoked at 50 ms) and it.
+        let culprit = "client 1 read v2 = 1-1 on reader-0 with token 0:3, +51.0..55.0 ms".to_string();
+        assert_eq!(v, vec![Violation::NotLinearizable { key: "k".into(), prefix: 7, culprit }]);
+        // Without a token the same read may lag: by design.
+        h.last_mut().unwrap().index = None;
+        assert_eq!(check(&h, &f), vec![]);
+    }
+
+    #[test]
+    fn planted_read_of_a_write_later_refused_is_not_linearizable() {
+        let (mut h, f) = clean();
+        // 0-2 (30..40 ms) is refused at 40 ms, after a read (32..38 ms) saw it as v3.
+        let mut seen = Op { version: Some(3), value: Some("0-2".into()), ..h[4].clone() };
+        (seen.start, seen.end) = (h[3].start + Duration::from_millis(2), h[3].end - Duration::from_millis(2));
+        h.push(seen);
+        h[3] = Op { status: 400, version: None, index: None, ..h[3].clone() };
+        let v = check(&h, &f);
+        assert!(v.iter().any(|x| matches!(x, Violation::NotLinearizable { .. })), "{v:?}");
+        // Had it no definite answer, it could have taken effect before the read.
+        h[3].status = 503;
+        let v = check(&h, &f);
+        assert!(!v.iter().any(|x| matches!(x, Violation::NotLinearizable { .. })), "{v:?}");
+    }
+
+    #[test]
+    fn planted_indeterminate_write_seen_or_not_is_linearizable() {
+        let (mut h, f) = clean();
+        // 1-3 had no answer; a read sees it as v4.
+        let seen = Op { start: h[6].end, end: h[6].end + Duration::from_millis(5), ..h[4].clone() };
+        h.push(Op { version: Some(4), value: Some("1-3".into()), ..seen });
+        let (v, tally) = check_with_tally(&h, &f);
+        assert_eq!(v, vec![]);
+        assert_eq!((tally.keys, tally.linearizable, tally.indeterminate_writes, tally.reads_checked), (1, 1, 2, 3));
+        // Seen before it was invoked (at 60 ms): no.
+        let invoked = h[6].start;
+        let early = h.last_mut().unwrap();
+        (early.start, early.end) = (invoked - Duration::from_millis(9), invoked - Duration::from_millis(2));
+        let v = check(&h, &f);
+        assert!(matches!(v.as_slice(), [Violation::NotLinearizable { .. }]), "{v:?}");
+    }
+
+    #[test]
+    fn planted_search_over_budget_is_inconclusive_not_a_violation() {
+        let (h, _) = clean();
+        let (v, tally) = linearizability::check_history(&h, 1);
+        assert_eq!(v, vec![]);
+        assert_eq!((tally.keys, tally.linearizable, tally.inconclusive), (1, 0, vec!["k".to_string()]));
+        let (v, tally) = linearizability::check_history(&h, SEARCH_BUDGET);
+        assert_eq!((v, tally.linearizable, tally.inconclusive), (vec![], 1, vec![]));
+    }
+
+    #[test]
     fn planted_failed_write_present_twice_is_reported() {
         let (h, mut f) = clean();
         f.keys.get_mut("k").unwrap().versions.insert(5, Some("1-3".into()));

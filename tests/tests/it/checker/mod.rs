@@ -7,8 +7,10 @@
 //! that runs in its own network namespace ([`netns`]). Every operation is recorded; afterwards
 //! the final state and the archive are read back and [`model::check`], a pure function over the
 //! history and that state, looks for lost acknowledged writes, versions given twice, real-time
-//! order broken, stale reads, writes that landed twice, readers that did not converge and an
-//! archive that lacks or repeats a committed record.
+//! order broken, stale reads, writes that landed twice, readers that did not converge, an
+//! archive that lacks or repeats a committed record, and (issue #19) a key whose operations have
+//! no linearization: [`linearizability`] searches every key's history, counting writes with no
+//! definite answer as indeterminate and reads as snapshots no older than their token.
 //!
 //! The checker can fail: the `planted` unit tests feed `check` histories with a known bug, and
 //! [`checker_catches_a_writer_that_acknowledges_before_commit`] runs it against real writers with
@@ -18,6 +20,7 @@
 //! The long run is `scripts/checker --duration 10m` ([`checker_long_run`]).
 
 mod client;
+mod linearizability;
 mod model;
 mod netns;
 mod run;

@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use super::linearizability::{self, SEARCH_BUDGET, Tally};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Write,
@@ -91,6 +93,10 @@ pub enum Violation {
     ArchiveNotCommitted { partition: i32, offset: i64 },
     /// A status the API should not give for this operation.
     UnexpectedStatus { kind: Kind, key: String, node: String, status: u16 },
+    /// The key's operations have no linearization ([`super::linearizability`]): already its
+    /// history up to `culprit`'s answer — `prefix` operations, those still running then counted
+    /// as indeterminate — has none.
+    NotLinearizable { key: String, prefix: usize, culprit: String },
 }
 
 /// Whether `version` of a key is gone only because max_versions pruned it.
@@ -101,6 +107,11 @@ fn pruned(h: &KeyHistory, version: u64) -> bool {
 
 /// Check a recorded history against the final state. Pure: no I/O, no clock.
 pub fn check(history: &[Op], fin: &FinalState) -> Vec<Violation> {
+    check_with_tally(history, fin).0
+}
+
+/// [`check`], and what its linearizability check looked at and found key by key, for the report.
+pub fn check_with_tally(history: &[Op], fin: &FinalState) -> (Vec<Violation>, Tally) {
     let mut out = Vec::new();
     let empty = KeyHistory::default();
     let hist = |key: &str| fin.keys.get(key).unwrap_or(&empty);
@@ -290,7 +301,12 @@ pub fn check(history: &[Op], fin: &FinalState) -> Vec<Violation> {
             }
         }
     }
-    out
+
+    // 7. Every key's operations are linearizable: writes in one order that explains every
+    //    version answered and every read, indeterminate writes taking effect or not.
+    let (not_linearizable, tally) = linearizability::check_history(history, SEARCH_BUDGET);
+    out.extend(not_linearizable);
+    (out, tally)
 }
 
 impl Violation {
@@ -310,6 +326,7 @@ impl Violation {
             Violation::ArchiveDuplicate { .. } => "ArchiveDuplicate",
             Violation::ArchiveNotCommitted { .. } => "ArchiveNotCommitted",
             Violation::UnexpectedStatus { .. } => "UnexpectedStatus",
+            Violation::NotLinearizable { .. } => "NotLinearizable",
         }
     }
 
@@ -457,6 +474,68 @@ mod planted {
         h[3].version = Some(2);
         let v = check(&h, &f);
         assert!(v.iter().any(|x| matches!(x, Violation::RealTimeOrder { .. })), "{v:?}");
+    }
+
+    #[test]
+    fn planted_read_older_than_another_clients_covered_write_is_not_linearizable() {
+        let (mut h, f) = clean();
+        // Client 1 reads after 0-2 (v3, token 0:3) was acknowledged, with a token that reaches
+        // it, and sees v2: its own writes it saw, so only the linearizability check can tell.
+        let mut stale = h[4].clone();
+        (stale.version, stale.value, stale.index) = (Some(2), Some("1-1".into()), Some("0:3".into()));
+        (stale.start, stale.end) = (stale.end + Duration::from_millis(1), stale.end + Duration::from_millis(5));
+        h.push(stale);
+        let v = check(&h, &f);
+        assert!(!v.iter().any(|x| matches!(x, Violation::StaleRead { .. })), "{v:?}");
+        // Up to its answer: the first five operations, the 503 write (invoked at 50 ms) and it.
+        let culprit = "client 1 read v2 = 1-1 on reader-0 with token 0:3, +51.0..55.0 ms".to_string();
+        assert_eq!(v, vec![Violation::NotLinearizable { key: "k".into(), prefix: 7, culprit }]);
+        // Without a token the same read may lag: by design.
+        h.last_mut().unwrap().index = None;
+        assert_eq!(check(&h, &f), vec![]);
+    }
+
+    #[test]
+    fn planted_read_of_a_write_later_refused_is_not_linearizable() {
+        let (mut h, f) = clean();
+        // 0-2 (30..40 ms) is refused at 40 ms, after a read (32..38 ms) saw it as v3.
+        let mut seen = Op { version: Some(3), value: Some("0-2".into()), ..h[4].clone() };
+        (seen.start, seen.end) = (h[3].start + Duration::from_millis(2), h[3].end - Duration::from_millis(2));
+        h.push(seen);
+        h[3] = Op { status: 400, version: None, index: None, ..h[3].clone() };
+        let v = check(&h, &f);
+        assert!(v.iter().any(|x| matches!(x, Violation::NotLinearizable { .. })), "{v:?}");
+        // Had it no definite answer, it could have taken effect before the read.
+        h[3].status = 503;
+        let v = check(&h, &f);
+        assert!(!v.iter().any(|x| matches!(x, Violation::NotLinearizable { .. })), "{v:?}");
+    }
+
+    #[test]
+    fn planted_indeterminate_write_seen_or_not_is_linearizable() {
+        let (mut h, f) = clean();
+        // 1-3 had no answer; a read sees it as v4.
+        let seen = Op { start: h[6].end, end: h[6].end + Duration::from_millis(5), ..h[4].clone() };
+        h.push(Op { version: Some(4), value: Some("1-3".into()), ..seen });
+        let (v, tally) = check_with_tally(&h, &f);
+        assert_eq!(v, vec![]);
+        assert_eq!((tally.keys, tally.linearizable, tally.indeterminate_writes, tally.reads_checked), (1, 1, 2, 3));
+        // Seen before it was invoked (at 60 ms): no.
+        let invoked = h[6].start;
+        let early = h.last_mut().unwrap();
+        (early.start, early.end) = (invoked - Duration::from_millis(9), invoked - Duration::from_millis(2));
+        let v = check(&h, &f);
+        assert!(matches!(v.as_slice(), [Violation::NotLinearizable { .. }]), "{v:?}");
+    }
+
+    #[test]
+    fn planted_search_over_budget_is_inconclusive_not_a_violation() {
+        let (h, _) = clean();
+        let (v, tally) = linearizability::check_history(&h, 1);
+        assert_eq!(v, vec![]);
+        assert_eq!((tally.keys, tally.linearizable, tally.inconclusive), (1, 0, vec!["k".to_string()]));
+        let (v, tally) = linearizability::check_history(&h, SEARCH_BUDGET);
+        assert_eq!((v, tally.linearizable, tally.inconclusive), (vec![], 1, vec![]));
     }
 
     #[test]

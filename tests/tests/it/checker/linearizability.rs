@@ -1,0 +1,200 @@
+//! Issue #19: per-key linearizability of a history — a Wing & Gong search, memoized as porcupine
+//! does, and bounded so that it cannot run away.
+//!
+//! **The model.** Each key is a KV v2 register with versions. A write that takes effect sets the
+//! value and makes the version the previous one plus one: the materializer refuses a `Put` of any
+//! other version (`reader::state::apply`), so the versions of a key have no gaps. A read sees the
+//! current version and its value, or 404 before the first write. The clients never delete.
+//! Linearizability is local (Herlihy & Wing): a history is linearizable if and only if each key's
+//! is, so every key is searched on its own (porcupine's P-compositionality), which keeps each
+//! search small.
+//!
+//! **What each operation may do.** Writes, by their answer:
+//! * 200, *acknowledged*: took effect exactly once, between its invocation and its answer, as the
+//!   version answered.
+//! * no answer (connection refused, timeout, cut off) or 5xx (outcome unknown, leader gone
+//!   mid-commit, unavailable), *indeterminate*: it may have taken effect once at any point after
+//!   its invocation — its answer time counts as +∞ — or never.
+//! * any other status, *refused*: never took effect. It is not an operation of the search, so a
+//!   read that sees its value cannot be linearized.
+//!
+//! Reads: 200 and 404 are observations; any other answer (none, 412, 5xx) says nothing and is
+//! left out. secretlog has no linearizable read: readers and writers alike answer from their own
+//! materialized copy of the committed log (docs/design.md, "Consistency"), and a read carrying a
+//! consistency token only waits until that copy has applied the token's position. So a read is
+//! checked as a *snapshot* ([`Entry::SnapshotRead`]): it takes effect at some point of the key's
+//! linearization before its answer (it never sees a write invoked after it answered), and after
+//! every acknowledged write its token covers — every write whose answered token the read's token
+//! reaches, the client's own and, through the log offsets, every other client's. A read with no
+//! token may be any amount stale, by design. Strict reads ([`Entry::Read`], which must take
+//! effect between their invocation and their answer) are part of the engine should a
+//! linearizable read path ever exist; the unit tests exercise them.
+//!
+//! **What it finds** beyond [`super::model`]'s other checks: there is no single order of the
+//! writes that explains the acknowledged versions and every read together. For instance a version
+//! answered twice, or skipped with no indeterminate write that could have taken it; writes
+//! ordered against real time; a read of a refused write's value, of a write invoked after the
+//! read answered, or of a version under another write's value; a read older than a write its
+//! token covers, whoever wrote it.
+//!
+//! The search itself is [`search()`]. A key whose search visits more than [`SEARCH_BUDGET`] states
+//! is *inconclusive*: neither passed nor failed, and counted apart.
+
+mod search;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use search::{Entry, Outcome, Seen, first_failure, search};
+use secretlog_schemas::ConsistencyToken;
+
+use super::model::{Kind, Op, Violation};
+
+/// States one key's search may visit before the key is called inconclusive. A linearizable key
+/// visits about one state per write that took effect (a ten-minute run: a few thousand), so this
+/// only bounds what a pathological key may take: well under a second, a few MB.
+pub const SEARCH_BUDGET: usize = 250_000;
+
+/// What the linearizability check looked at, and how the keys came out: for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Tally {
+    pub keys: usize,
+    pub linearizable: usize,
+    pub not_linearizable: usize,
+    /// Keys whose search ran out of budget: neither passed nor failed.
+    pub inconclusive: Vec<String>,
+    /// Writes with no definite answer, searched as taking effect at any time after their
+    /// invocation, or never.
+    pub indeterminate_writes: usize,
+    /// Writes refused with a definite answer: never took effect.
+    pub refused_writes: usize,
+    /// Reads answered 200 or 404, and reads that said nothing (no answer, 412, 5xx).
+    pub reads_checked: usize,
+    pub reads_unknown: usize,
+    /// The most states one key's search visited (against [`SEARCH_BUDGET`]).
+    pub most_states: usize,
+}
+
+/// One key's operations as search entries, and the history index of each.
+fn entries_of(history: &[Op], ops: &[usize], tally: &mut Tally) -> (Vec<Entry>, Vec<usize>) {
+    let mut entries = Vec::new();
+    let mut origin = Vec::new();
+    // Acknowledged writes by the partition of their token (a key lives in one), sorted by offset.
+    let mut acked: BTreeMap<i32, Vec<(i64, Option<u64>, usize)>> = BTreeMap::new();
+    for &h in ops {
+        let o = &history[h];
+        let entry = match (o.kind, o.status) {
+            (Kind::Write, 200) => {
+                let token = o.index.as_deref().and_then(|t| t.parse::<ConsistencyToken>().ok());
+                if let Some(t) = token
+                    && t.0.len() == 1
+                {
+                    let (p, off) = t.0.into_iter().next().expect("one partition");
+                    acked.entry(p).or_default().push((off, o.version, entries.len()));
+                }
+                Entry::Acked {
+                    start: o.start,
+                    end: o.end,
+                    value: o.value.clone().unwrap_or_default(),
+                    version: o.version,
+                }
+            }
+            (Kind::Write, 0) | (Kind::Write, 500..) => {
+                tally.indeterminate_writes += 1;
+                Entry::Indeterminate { start: o.start, value: o.value.clone().unwrap_or_default() }
+            }
+            (Kind::Write, _) => {
+                tally.refused_writes += 1;
+                continue;
+            }
+            (Kind::Read, 200) if o.version.is_some() => Entry::SnapshotRead {
+                end: o.end,
+                after: Vec::new(),
+                seen: Seen::Version(o.version.unwrap_or_default(), o.value.clone()),
+            },
+            (Kind::Read, 404) => Entry::SnapshotRead { end: o.end, after: Vec::new(), seen: Seen::Absent },
+            (Kind::Read, _) => {
+                tally.reads_unknown += 1;
+                continue;
+            }
+        };
+        if o.kind == Kind::Read {
+            tally.reads_checked += 1;
+        }
+        entries.push(entry);
+        origin.push(h);
+    }
+    // A read must follow the covered write of highest offset and the one of highest version
+    // answered: the other covered writes precede one of these in any order the search accepts,
+    // unless the versions themselves are wrong, which the search reports anyway.
+    for list in acked.values_mut() {
+        list.sort();
+    }
+    for (e, &h) in entries.iter_mut().zip(&origin) {
+        let Entry::SnapshotRead { after, .. } = e else { continue };
+        let Some(token) = history[h].index.as_deref().and_then(|t| t.parse::<ConsistencyToken>().ok()) else {
+            continue;
+        };
+        for (p, list) in &acked {
+            let Some(&reached) = token.0.get(p) else { continue };
+            let covered = &list[..list.partition_point(|(off, _, _)| *off <= reached)];
+            if let Some(&(_, _, newest)) = covered.last() {
+                after.push(newest);
+            }
+            if let Some(&(_, _, highest)) = covered.iter().filter(|w| w.1.is_some()).max_by_key(|w| w.1) {
+                after.push(highest);
+            }
+        }
+        after.sort_unstable();
+        after.dedup();
+    }
+    (entries, origin)
+}
+
+/// An operation, for a violation's report: times in ms from `t0`.
+fn describe(o: &Op, t0: Instant) -> String {
+    let ms = |t: Instant| t.saturating_duration_since(t0).as_secs_f64() * 1000.0;
+    let value = o.value.as_deref().unwrap_or("?");
+    let what = match (o.kind, o.status, o.version) {
+        (Kind::Write, 200, Some(v)) => format!("write {value} acknowledged as v{v}"),
+        (Kind::Write, 200, None) => format!("write {value} acknowledged, no version"),
+        (Kind::Write, s, _) => format!("write {value} answered {s}"),
+        (Kind::Read, 404, _) => "read: not found".to_string(),
+        (Kind::Read, _, v) => format!("read v{} = {value}", v.unwrap_or_default()),
+    };
+    let token = o.index.as_deref().map(|t| format!(" with token {t}")).unwrap_or_default();
+    format!("client {} {what} on {}{token}, +{:.1}..{:.1} ms", o.client, o.node, ms(o.start), ms(o.end))
+}
+
+/// Search every key of `history`: a [`Violation::NotLinearizable`] for each key that has no
+/// linearization, with the smallest prefix that has none, and the tally.
+pub fn check_history(history: &[Op], budget: usize) -> (Vec<Violation>, Tally) {
+    let mut tally = Tally::default();
+    let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, o) in history.iter().enumerate() {
+        by_key.entry(o.key.as_str()).or_default().push(i);
+    }
+    let t0 = history.iter().map(|o| o.start).min();
+    let mut out = Vec::new();
+    for (key, ops) in by_key {
+        let (entries, origin) = entries_of(history, &ops, &mut tally);
+        tally.keys += 1;
+        let (outcome, states) = search(&entries, budget);
+        tally.most_states = tally.most_states.max(states);
+        match outcome {
+            Outcome::Linearizable => tally.linearizable += 1,
+            Outcome::Inconclusive => tally.inconclusive.push(key.to_string()),
+            Outcome::NotLinearizable => {
+                tally.not_linearizable += 1;
+                let (culprit, prefix) = match first_failure(&entries, budget) {
+                    Some((c, p)) => (describe(&history[origin[c]], t0.unwrap_or(history[origin[c]].start)), p),
+                    None => {
+                        ("(the whole history: no prefix shown to fail within the budget)".to_string(), entries.len())
+                    }
+                };
+                out.push(Violation::NotLinearizable { key: key.to_string(), prefix, culprit });
+            }
+        }
+    }
+    (out, tally)
+}

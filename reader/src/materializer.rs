@@ -892,6 +892,90 @@ mod tests {
         SealedValue::seal(ring, &SealContext { mount: "secret", path: "p", version }, b"{\"k\":1}").unwrap().encode()
     }
 
+    /// Stage one event (partition 0) in its own batch and commit it: the refusal, if any.
+    async fn stage_one(
+        store: &Store,
+        ring: &Keyring,
+        st: &mut PartitionState,
+        epoch: u64,
+        revision: Option<u64>,
+        op: Operation,
+    ) -> Option<Refusal> {
+        let mount = if op.is_control() { "" } else { "secret" };
+        let e = Event {
+            event_id: [2; 16],
+            timestamp_ms: 1000,
+            writer_epoch: epoch,
+            revision,
+            mount: mount.into(),
+            path: "p".into(),
+            op,
+        };
+        let mut staging = Staging::new(None);
+        let offset = st.next_offset;
+        let staged =
+            staging.stage(store, ring, 0, offset, Some(&e.record_key()), &encode_event(ring, &e), st).await.unwrap();
+        st.next_offset += 1;
+        staging.batch.partitions.insert(0, *st);
+        store.commit(staging.batch).await.unwrap();
+        staged.refused
+    }
+
+    /// DESIGN.md, "Write path", rules 1–3: a record of an older epoch than one accepted in its
+    /// partition, a record decided against another revision of its key, and a `Put` of a version
+    /// that is not the next are refused — consumed, nothing changed — not a halt. A revision
+    /// outlives a delete, so a record decided before the delete (or the same record sent again)
+    /// never applies after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stale_epochs_wrong_revisions_and_version_gaps_are_refused_alike_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::StoreConfig {
+            dir: dir.path().to_path_buf(),
+            cache_memory_bytes: 1 << 20,
+            cache_disk_bytes: 0,
+        })
+        .await
+        .unwrap();
+        let ring = Keyring::from_root(&RootKey::from_bytes([6; 32]));
+        let mut st = PartitionState::default();
+        let put = |v| Operation::Put { version: v, sealed: seal(&ring, v) };
+        let key = Event {
+            event_id: [0; 16],
+            timestamp_ms: 0,
+            writer_epoch: 0,
+            revision: None,
+            mount: "secret".into(),
+            path: "p".into(),
+            op: Operation::DeleteMetadata,
+        }
+        .record_key();
+
+        assert_eq!(stage_one(&store, &ring, &mut st, 5, Some(0), put(1)).await, None);
+        assert_eq!(store.revision(&key).await.unwrap(), 1);
+        // The same record sent again: decided against revision 0, the key is at 1.
+        let again = stage_one(&store, &ring, &mut st, 5, Some(0), put(1)).await;
+        assert!(matches!(again, Some(Refusal::Revision { expected: 0, current: 1 })), "{again:?}");
+        // A newer epoch is accepted and raises the partition's; the older one is refused after it.
+        assert_eq!(stage_one(&store, &ring, &mut st, 6, Some(1), put(2)).await, None);
+        let stale = stage_one(&store, &ring, &mut st, 5, Some(2), put(3)).await;
+        assert!(matches!(stale, Some(Refusal::StaleEpoch { epoch: 5, max_epoch: 6 })), "{stale:?}");
+        // A version gap (an unconditional record of an older release) is a refusal, not a halt.
+        let gap = stage_one(&store, &ring, &mut st, 6, None, put(9)).await;
+        assert!(matches!(gap, Some(Refusal::Conflict(_))), "{gap:?}");
+        assert_eq!(store.meta("secret", "p").await.unwrap().unwrap().current_version, 2, "nothing refused applied");
+        assert_eq!(st.next_offset, 5, "every refused offset is consumed");
+
+        // Deleted, the key keeps its revision: the first put, sent once more, stays refused.
+        assert_eq!(stage_one(&store, &ring, &mut st, 6, Some(2), Operation::DeleteMetadata).await, None);
+        assert!(store.meta("secret", "p").await.unwrap().is_none());
+        assert_eq!(store.revision(&key).await.unwrap(), 3);
+        let resurrect = stage_one(&store, &ring, &mut st, 6, Some(0), put(1)).await;
+        assert!(matches!(resurrect, Some(Refusal::Revision { .. })), "{resurrect:?}");
+        assert!(store.meta("secret", "p").await.unwrap().is_none(), "a deleted secret stays deleted");
+        assert_eq!(stage_one(&store, &ring, &mut st, 6, Some(3), put(1)).await, None, "decided on the deletion");
+        store.close().await.unwrap();
+    }
+
     /// The per-term counts the materializer keeps with the state always equal a recount of the
     /// stored values — through puts, pruning, destroys, rewraps (won and lost), deletes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,10 +130,7 @@ async fn checker_long_run() {
             min_acked: 0,
             nemesis: true,
             planted,
-            in_flight: std::env::var("SECRETLOG_MAX_BATCHES_IN_FLIGHT")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(8),
+            in_flight: std::env::var("SECRETLOG_MAX_BATCHES_IN_FLIGHT").ok().and_then(|n| n.parse().ok()).unwrap_or(8),
             netns: true,
             archive: true,
             results: Some(results),

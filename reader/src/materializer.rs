@@ -368,6 +368,11 @@ impl Materializer {
         states: &mut BTreeMap<i32, PartitionState>,
         msgs: Vec<OwnedMessage>,
     ) -> Result<(), ReaderError> {
+        let started = std::time::Instant::now();
+        if let Some(ts) = msgs.first().and_then(|m| m.timestamp().to_millis()) {
+            // From the producer's send to this node having it in hand: the log's part of a write.
+            metrics::histogram!("secretlog_reader_fetch_delay_seconds").record((now_ms() - ts).max(0) as f64 / 1000.0);
+        }
         let mut staging = Staging::new(self.tx.borrow().leader.as_ref());
         let mut newly_halted: Vec<(i32, i64, String)> = Vec::new();
         let halted: BTreeMap<i32, String> = self.tx.borrow().halted.clone();
@@ -465,6 +470,7 @@ impl Materializer {
         // acknowledged: what a waiting client is told, reads on this node already see.
         let halted = self.tx.borrow().halted.clone();
         self.verdicts.resolve(decided, &halted);
+        metrics::histogram!("secretlog_reader_apply_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -718,11 +718,17 @@ async fn send_and_await(
     // Registered before sending: a verdict can never come before its waiter.
     let receivers: Vec<_> = records.iter().zip(&ids).map(|(r, id)| verdicts.register(*id, r.partition)).collect();
     let deadline = tokio::time::Instant::now() + timeout;
+    let sent = Instant::now();
     let delivered = producer.send(&records, timeout).await;
+    let produced = Instant::now();
+    // Where a write's time goes: the replicated produce, then the leader's own apply.
+    metrics::histogram!("secretlog_writer_produce_seconds").record((produced - sent).as_secs_f64());
     let waits = delivered.into_iter().zip(receivers).zip(ids).map(|((d, rx), id)| async move {
         match d {
             Err(why) => Outcome::Undelivered { event_id: id, verdict: rx, why },
-            Ok(at) => match tokio::time::timeout_at(deadline, rx).await {
+            Ok(at) => match tokio::time::timeout_at(deadline, rx).await.inspect(|_| {
+                metrics::histogram!("secretlog_writer_apply_wait_seconds").record(produced.elapsed().as_secs_f64())
+            }) {
                 Ok(Ok(Verdict::Accepted { partition, offset })) => Outcome::Accepted(partition, offset),
                 Ok(Ok(Verdict::Refused { reason, .. })) => Outcome::Refused(reason),
                 Ok(Ok(Verdict::Halted { reason, .. })) => Outcome::Unknown { at, why: reason },

@@ -43,8 +43,10 @@ pub struct WriterConfig {
     #[arg(long, env = "SECRETLOG_MAX_BATCH", default_value_t = 256)]
     pub max_batch: usize,
     /// Most batches in flight at once (1 to 64), on disjoint secrets: sent and waiting for the
-    /// leader's own materializer to apply them.
-    #[arg(long = "max-batches-in-flight", env = "SECRETLOG_MAX_BATCHES_IN_FLIGHT", default_value_t = 8,
+    /// leader's own materializer to apply them. 1 was the fastest on a two-core machine running
+    /// the brokers too: more concurrent produce requests made librdkafka's broker threads spin
+    /// and every produce slower (docs/benchmarks.md, "Acknowledged on apply").
+    #[arg(long = "max-batches-in-flight", env = "SECRETLOG_MAX_BATCHES_IN_FLIGHT", default_value_t = 1,
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u8).range(1..=crate::committer::MAX_IN_FLIGHT as i64), usize::from))]
     pub max_in_flight: usize,
     /// Kafka transaction timeout, ms, of the transactional producers a new leader fences (earlier
@@ -92,12 +94,12 @@ mod tests {
     }
 
     #[test]
-    fn batches_in_flight_default_to_eight_and_stay_within_bounds() {
+    fn batches_in_flight_default_to_one_and_stay_within_bounds() {
         let n = |args: &[&str]| {
             Cli::try_parse_from(["writer"].iter().chain(args)).map(|c| c.cfg.max_in_flight).map_err(|e| e.to_string())
         };
         if std::env::var_os("SECRETLOG_MAX_BATCHES_IN_FLIGHT").is_none() {
-            assert_eq!(n(&[]), Ok(8));
+            assert_eq!(n(&[]), Ok(1));
         }
         assert_eq!(n(&["--max-batches-in-flight", "3"]), Ok(3));
         for bad in ["0", "65", "two"] {

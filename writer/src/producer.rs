@@ -105,10 +105,16 @@ const DELIVERY_POLL: Duration = Duration::from_millis(1);
 /// serve is a non-blocking `poll` (a blocking one with a timeout under a second spins: rdkafka
 /// rounds the remaining wait down to whole milliseconds). Measured in docs/benchmarks.md,
 /// "A write's 100 ms tail".
+///
+/// With `drain`, it then also waits until the producer has nothing outstanding at all (a
+/// transaction's commit flushes every report); without, it returns as soon as its own reports
+/// are in — the idempotent producer is shared by every batch in flight, and under steady load it
+/// is never empty.
 async fn serve_deliveries<F: Future + Unpin>(
     producer: &FutureProducer<LogContext>,
     mut deliveries: F,
     deadline: Instant,
+    drain: bool,
 ) -> F::Output {
     let delivered = loop {
         tokio::select! {
@@ -116,7 +122,7 @@ async fn serve_deliveries<F: Future + Unpin>(
             _ = tokio::time::sleep(DELIVERY_POLL) => producer.poll(Duration::ZERO),
         }
     };
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+    while drain && producer.in_flight_count() > 0 && Instant::now() < deadline {
         producer.poll(Duration::ZERO);
         if producer.in_flight_count() > 0 {
             tokio::time::sleep(DELIVERY_POLL).await;
@@ -134,12 +140,22 @@ pub fn idempotent_config(bootstrap: &str, message_timeout_ms: u64) -> ClientConf
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
         .set("message.timeout.ms", message_timeout_ms.to_string())
-        .set("linger.ms", "0")
+        .set("linger.ms", LINGER_MS)
+        // Several produce requests share one connection: with Nagle's algorithm on (librdkafka's
+        // default) each small request after the first waited for the broker's delayed ACK —
+        // measured 100 ms from send to delivery report (docs/benchmarks.md, "Acknowledged on
+        // apply").
+        .set("socket.nagle.disable", "true")
         .set("socket.keepalive.enable", "true")
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000");
     c
 }
+
+/// How long the idempotent producer holds a record for more to batch with it. Not 0: with
+/// `linger.ms=0` librdkafka's broker threads spin while a partition's five requests are in
+/// flight and more records wait (docs/benchmarks.md, "Acknowledged on apply").
+const LINGER_MS: &str = "1";
 
 /// The leader's idempotent producer, bound to the mutation topic.
 #[derive(Clone)]
@@ -172,7 +188,7 @@ impl LogProducer {
                 Err((e, _)) => results.push(Some(Err(format!("enqueue: {e}")))),
             }
         }
-        let delivered = serve_deliveries(&self.producer, join_all(futures), deadline).await;
+        let delivered = serve_deliveries(&self.producer, join_all(futures), deadline, false).await;
         let mut delivered = delivered.into_iter();
         results
             .into_iter()
@@ -283,7 +299,7 @@ impl TxProducer {
                 }
             }
         }
-        let delivered = serve_deliveries(producer, join_all(futures), deadline).await;
+        let delivered = serve_deliveries(producer, join_all(futures), deadline, true).await;
         let mut positions = Vec::with_capacity(records.len());
         let mut failure = None;
         for res in delivered {

@@ -141,10 +141,7 @@ pub fn idempotent_config(bootstrap: &str, message_timeout_ms: u64) -> ClientConf
         .set("max.in.flight.requests.per.connection", "5")
         .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("linger.ms", LINGER_MS)
-        // Several produce requests share one connection: with Nagle's algorithm on (librdkafka's
-        // default) each small request after the first waited for the broker's delayed ACK —
-        // measured 100 ms from send to delivery report (docs/benchmarks.md, "Acknowledged on
-        // apply").
+        // Small produce requests, answered one by one: never held back for coalescing.
         .set("socket.nagle.disable", "true")
         .set("socket.keepalive.enable", "true")
         .set("reconnect.backoff.ms", "50")

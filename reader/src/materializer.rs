@@ -898,6 +898,13 @@ mod tests {
         SealedValue::seal(ring, &SealContext { mount: "secret", path: "p", version }, b"{\"k\":1}").unwrap().encode()
     }
 
+    /// A store of its own under `dir`, with a small memory cache and none on disk.
+    async fn test_store(dir: &std::path::Path) -> Arc<Store> {
+        let cfg =
+            crate::store::StoreConfig { dir: dir.to_path_buf(), cache_memory_bytes: 1 << 20, cache_disk_bytes: 0 };
+        Store::open(&cfg).await.unwrap()
+    }
+
     /// Stage one event (partition 0) in its own batch and commit it: the refusal, if any.
     async fn stage_one(
         store: &Store,
@@ -935,26 +942,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stale_epochs_wrong_revisions_and_version_gaps_are_refused_alike_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&crate::store::StoreConfig {
-            dir: dir.path().to_path_buf(),
-            cache_memory_bytes: 1 << 20,
-            cache_disk_bytes: 0,
-        })
-        .await
-        .unwrap();
+        let store = test_store(dir.path()).await;
         let ring = Keyring::from_root(&RootKey::from_bytes([6; 32]));
         let mut st = PartitionState::default();
         let put = |v| Operation::Put { version: v, sealed: seal(&ring, v) };
-        let key = Event {
-            event_id: [0; 16],
-            timestamp_ms: 0,
-            writer_epoch: 0,
-            revision: None,
-            mount: "secret".into(),
-            path: "p".into(),
-            op: Operation::DeleteMetadata,
-        }
-        .record_key();
+        let key = secretlog_schemas::topic::record_key("secret", "p");
 
         assert_eq!(stage_one(&store, &ring, &mut st, 5, Some(0), put(1)).await, None);
         assert_eq!(store.revision(&key).await.unwrap(), 1);
@@ -987,13 +979,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn per_term_counts_follow_every_value_change_and_match_a_recount() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&crate::store::StoreConfig {
-            dir: dir.path().to_path_buf(),
-            cache_memory_bytes: 1 << 20,
-            cache_disk_bytes: 0,
-        })
-        .await
-        .unwrap();
+        let store = test_store(dir.path()).await;
         let ring = Keyring::from_root(&RootKey::from_bytes([6; 32]));
         let mut st = PartitionState::default();
         let max3 = Operation::UpdateMetadata(secretlog_schemas::MetadataUpdate {

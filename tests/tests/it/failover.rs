@@ -165,6 +165,21 @@ async fn health_code(url: &str) -> u16 {
     }
 }
 
+/// Wait until exactly one of the two writers leads, and make it `s.writer`.
+async fn leader_first(s: &mut Stack) {
+    let leader_is_first = eventually(Duration::from_secs(30), "exactly one leader", || async {
+        match (health_code(&s.writer.url).await, health_code(&s.standbys[0].url).await) {
+            (200, 429) => Some(true),
+            (429, 200) => Some(false),
+            _ => None,
+        }
+    })
+    .await;
+    if !leader_is_first {
+        std::mem::swap(&mut s.writer, &mut s.standbys[0]);
+    }
+}
+
 /// How the leader goes away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Departure {
@@ -193,19 +208,7 @@ pub async fn leader_failover(cluster: &Cluster, name: &'static str, kill_broker:
         .await;
     }
     // Whoever leads now (a broker failure may have moved leadership) is killed.
-    let leader_is_first = eventually(Duration::from_secs(30), "exactly one leader", || async {
-        let a = health_code(&s.writer.url).await;
-        let b = health_code(&s.standbys[0].url).await;
-        match (a, b) {
-            (200, 429) => Some(true),
-            (429, 200) => Some(false),
-            _ => None,
-        }
-    })
-    .await;
-    if !leader_is_first {
-        std::mem::swap(&mut s.writer, &mut s.standbys[0]);
-    }
+    leader_first(&mut s).await;
     let killed_at = Instant::now();
     match how {
         Departure::Killed => s.writer.kill9(),
@@ -326,17 +329,7 @@ async fn a_paused_leader_resumed_after_its_successor_acknowledges_nothing_late_a
     let (cluster, _g) = crate::harness::shared();
     let mut s =
         Stack::start(cluster, StackOpts { name: "zombie", standbys: 1, readers: 2, ..Default::default() }).await;
-    let leader_is_first = eventually(Duration::from_secs(30), "exactly one leader", || async {
-        match (health_code(&s.writer.url).await, health_code(&s.standbys[0].url).await) {
-            (200, 429) => Some(true),
-            (429, 200) => Some(false),
-            _ => None,
-        }
-    })
-    .await;
-    if !leader_is_first {
-        std::mem::swap(&mut s.writer, &mut s.standbys[0]);
-    }
+    leader_first(&mut s).await;
     // Clients of the leader itself (they keep sending to it while it is paused) and clients
     // through a reader (forwarded to whichever writer leads).
     let direct = Load::start_as("direct", s.writer.url.clone(), s.token.clone(), 3);

@@ -73,8 +73,9 @@ pub const MAX_IN_FLIGHT: usize = 64;
 const PLANTED_BUG_FOR_TESTS: &str = "SECRETLOG_TEST_PLANTED_BUG";
 
 /// Set in tests only, never anywhere else: `N` makes the committer send again, once, the exact
-/// bytes of the first record of every `N`th accepted batch (while no copy is pending), from the
-/// flight of the first later batch holding a record of the same key, once that batch landed — a
+/// bytes of the first record of every `N`th accepted batch (while fewer than [`RESEND_PENDING`]
+/// copies wait), from the flight of the first later batch holding a record of the same key, once
+/// that batch landed — a
 /// record re-sent after its key changed, as librdkafka may re-send one after a message timeout.
 /// Every node must refuse it by its per-key revision (DESIGN.md, write path, rule 3); the
 /// fault-injection checker (tests/tests/it/checker) runs with it, and with the revision check
@@ -86,9 +87,12 @@ struct Resend {
     every: u64,
     /// Batches accepted so far (their first record accepted).
     accepted: u64,
-    /// The copy waiting for a later batch on its key.
-    pending: Option<Record>,
+    /// The copies waiting for a later batch on their key.
+    pending: Vec<Record>,
 }
+
+/// Copies the re-send hook keeps at most ([`RESEND_FOR_TESTS`]).
+const RESEND_PENDING: usize = 16;
 
 /// Which planted bug is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +251,7 @@ impl Committer {
         let resend =
             std::env::var(RESEND_FOR_TESTS).ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).map(|every| {
                 tracing::error!("{RESEND_FOR_TESTS}={every}: this writer SENDS RECORDS TWICE on purpose (tests only)");
-                Resend { every, accepted: 0, pending: None }
+                Resend { every, accepted: 0, pending: Vec::new() }
             });
         let epoch = cfg.epoch;
         Committer {
@@ -663,14 +667,17 @@ impl Committer {
             }
         }
         self.open.extend(paths.iter().cloned());
-        // TEST ONLY (RESEND_FOR_TESTS): keep the first record's bytes; send the pending copy again
-        // once this batch, which holds its key, landed.
+        // TEST ONLY (RESEND_FOR_TESTS): keep the first record's bytes; send the pending copies of
+        // keys this batch holds again once it landed.
         let (first, again) = match self.resend.as_mut().filter(|_| !cmds.iter().any(Command::is_exclusive)) {
             Some(r) => {
-                let due = r.pending.as_ref().is_some_and(|p| records.iter().any(|(rec, _)| rec.key == p.key));
-                (records.first().map(|(rec, _)| copy_record(rec)), if due { r.pending.take() } else { None })
+                let (due, wait) = std::mem::take(&mut r.pending)
+                    .into_iter()
+                    .partition(|p: &Record| records.iter().any(|(rec, _)| rec.key == p.key));
+                r.pending = wait;
+                (records.first().map(|(rec, _)| copy_record(rec)), due)
             }
-            None => (None, None),
+            None => (None, Vec::new()),
         };
         let producer = self.producer.clone();
         let ctx = self.ctx.clone();
@@ -693,10 +700,10 @@ impl Committer {
             } else {
                 send_and_await(&producer, &ctx, records, timeout).await
             };
-            if let Some(rec) = again {
-                // TEST ONLY (RESEND_FOR_TESTS): no verdict awaited; every node must refuse it.
-                let at = producer.send(std::slice::from_ref(&rec), timeout).await;
-                tracing::warn!(?at, "test hook ({RESEND_FOR_TESTS}): a record sent again");
+            if !again.is_empty() {
+                // TEST ONLY (RESEND_FOR_TESTS): no verdict awaited; every node must refuse them.
+                let at = producer.send(&again, timeout).await;
+                tracing::warn!(?at, "test hook ({RESEND_FOR_TESTS}): records sent again");
             }
             Landed { waiting, paths, started, outcomes, first }
         });
@@ -722,8 +729,8 @@ impl Committer {
             && matches!(outcomes.first(), Some(Outcome::Accepted(..)))
         {
             r.accepted += 1;
-            if r.accepted % r.every == 0 && r.pending.is_none() {
-                r.pending = Some(first);
+            if r.accepted % r.every == 0 && r.pending.len() < RESEND_PENDING {
+                r.pending.push(first);
             }
         }
         metrics::histogram!("secretlog_writer_batch_duration_seconds").record(started.elapsed().as_secs_f64());

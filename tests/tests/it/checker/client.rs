@@ -153,7 +153,7 @@ pub async fn client(
     while !stop.load(Ordering::Relaxed) {
         let key = key_name(rand::random::<usize>() % KEYS);
         let dice = rand::random::<u32>() % 100;
-        let op = if dice < 40 {
+        let op = if dice < 35 {
             n += 1;
             let op = write(c, key, pick(&write_targets), &token, format!("{c}-{n}")).await;
             if op.status == 200

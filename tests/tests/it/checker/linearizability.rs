@@ -176,7 +176,7 @@ fn describe(o: &Op, t0: Instant) -> String {
 pub fn check_history(history: &[Op], budget: usize) -> (Vec<Violation>, Tally) {
     let mut tally = Tally::default();
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, o) in history.iter().enumerate() {
+    for (i, o) in history.iter().enumerate().filter(|(_, o)| matches!(o.kind, Kind::Write | Kind::Read)) {
         by_key.entry(o.key.as_str()).or_default().push(i);
     }
     let t0 = history.iter().map(|o| o.start).min();

@@ -123,7 +123,8 @@ async fn checker_catches_nodes_that_apply_a_record_sent_again_after_its_key_chan
             nemesis: false,
             zombie: false,
             planted: Some("no-revision-check"),
-            resend: Some(RESEND_EVERY),
+            // Every accepted batch: the more records sent again, the more deletes among them.
+            resend: Some(1),
             in_flight: 1,
             netns: false,
             archive: false,

@@ -241,6 +241,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
     let mut brokers = kafka.map(BrokerFaults::new);
     let mut healing: Option<tokio::task::JoinHandle<(BrokerFaults<'static>, u32, Duration, Duration)>> = None;
     let mut broker_kills: Vec<Instant> = Vec::new();
+    let mut bursts = Vec::new();
     let mut round = 0;
     while (opts.nemesis || opts.zombie) && (round < 2 || load_started.elapsed() + Duration::from_secs(30) < opts.load) {
         if opts.zombie {
@@ -307,11 +308,10 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
                 (down, broker, restarted, load_started.elapsed())
             }));
             pause(1).await;
+            // Writes still under way finish in the background (a writer may take its whole
+            // timeout to answer now); they are awaited before the history is taken.
             burst_stop.store(true, Ordering::Relaxed);
-            for b in bursting {
-                b.await.expect("burst writer");
-            }
-            note("burst over".into());
+            bursts.extend(bursting);
         }
 
         pause(4).await;
@@ -358,7 +358,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    for t in tasks {
+    for t in tasks.into_iter().chain(bursts) {
         t.await.expect("client task");
     }
     let load_time = load_started.elapsed();

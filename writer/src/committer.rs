@@ -72,6 +72,28 @@ pub const MAX_IN_FLIGHT: usize = 64;
 ///   — a client that writes and reads back may see the previous version.
 const PLANTED_BUG_FOR_TESTS: &str = "SECRETLOG_TEST_PLANTED_BUG";
 
+/// Set in tests only, never anywhere else: `N` makes the committer send again, once, the exact
+/// bytes of the first record of every `N`th accepted batch (while fewer than [`RESEND_PENDING`]
+/// copies wait), from the flight of the first later batch holding a record of the same key, once
+/// that batch landed — a
+/// record re-sent after its key changed, as librdkafka may re-send one after a message timeout.
+/// Every node must refuse it by its per-key revision (DESIGN.md, write path, rule 3); the
+/// fault-injection checker (tests/tests/it/checker) runs with it, and with the revision check
+/// planted away must see an acknowledged write undone.
+const RESEND_FOR_TESTS: &str = "SECRETLOG_TEST_RESEND";
+
+/// The state of the re-send test hook ([`RESEND_FOR_TESTS`]).
+struct Resend {
+    every: u64,
+    /// Batches accepted so far (their first record accepted).
+    accepted: u64,
+    /// The copies waiting for a later batch on their key.
+    pending: Vec<Record>,
+}
+
+/// Copies the re-send hook keeps at most ([`RESEND_FOR_TESTS`]).
+const RESEND_PENDING: usize = 16;
+
 /// Which planted bug is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Planted {
@@ -113,6 +135,8 @@ struct Landed {
     paths: Vec<String>,
     started: Instant,
     outcomes: Vec<Outcome>,
+    /// Tests only ([`RESEND_FOR_TESTS`]): a copy of the batch's first record.
+    first: Option<Record>,
 }
 
 /// A write whose record's delivery failed, waiting for the next barrier.
@@ -198,6 +222,8 @@ pub struct Committer {
     pub fenced: Arc<std::sync::atomic::AtomicBool>,
     /// Tests only ([`PLANTED_BUG_FOR_TESTS`]).
     planted: Option<Planted>,
+    /// Tests only ([`RESEND_FOR_TESTS`]).
+    resend: Option<Resend>,
 }
 
 impl Committer {
@@ -222,6 +248,11 @@ impl Committer {
             }
             _ => None,
         };
+        let resend =
+            std::env::var(RESEND_FOR_TESTS).ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).map(|every| {
+                tracing::error!("{RESEND_FOR_TESTS}={every}: this writer SENDS RECORDS TWICE on purpose (tests only)");
+                Resend { every, accepted: 0, pending: Vec::new() }
+            });
         let epoch = cfg.epoch;
         Committer {
             ctx,
@@ -233,6 +264,7 @@ impl Committer {
             unresolved: Vec::new(),
             fenced,
             planted,
+            resend,
         }
     }
 
@@ -607,7 +639,7 @@ impl Committer {
     /// Send a decided batch and wait for its verdicts in `flights` — unless this writer was
     /// deposed since it was decided: then its commands are answered so and nothing is appended.
     fn start(&mut self, prepared: Prepared, flights: &mut JoinSet<Landed>) {
-        let Prepared { records, waiting, paths, data_only, .. } = prepared;
+        let Prepared { records, waiting, paths, data_only, cmds } = prepared;
         if self.deposed() {
             for (tx, _, _) in waiting {
                 let _ = tx.send(ApiError::from(WriterError::Fenced).into());
@@ -635,6 +667,18 @@ impl Committer {
             }
         }
         self.open.extend(paths.iter().cloned());
+        // TEST ONLY (RESEND_FOR_TESTS): keep the first record's bytes; send the pending copies of
+        // keys this batch holds again once it landed.
+        let (first, again) = match self.resend.as_mut().filter(|_| !cmds.iter().any(Command::is_exclusive)) {
+            Some(r) => {
+                let (due, wait) = std::mem::take(&mut r.pending)
+                    .into_iter()
+                    .partition(|p: &Record| records.iter().any(|(rec, _)| rec.key == p.key));
+                r.pending = wait;
+                (records.first().map(|(rec, _)| copy_record(rec)), due)
+            }
+            None => (None, Vec::new()),
+        };
         let producer = self.producer.clone();
         let ctx = self.ctx.clone();
         let timeout = self.cfg.write_timeout;
@@ -656,7 +700,12 @@ impl Committer {
             } else {
                 send_and_await(&producer, &ctx, records, timeout).await
             };
-            Landed { waiting, paths, started, outcomes }
+            if !again.is_empty() {
+                // TEST ONLY (RESEND_FOR_TESTS): no verdict awaited; every node must refuse them.
+                let at = producer.send(&again, timeout).await;
+                tracing::warn!(?at, "test hook ({RESEND_FOR_TESTS}): records sent again");
+            }
+            Landed { waiting, paths, started, outcomes, first }
         });
         metrics::gauge!("secretlog_writer_batches_in_flight").set(flights.len() as f64);
     }
@@ -674,7 +723,16 @@ impl Committer {
                 return;
             }
         };
-        let Landed { waiting, paths, started, outcomes } = landed;
+        let Landed { waiting, paths, started, outcomes, first } = landed;
+        if let Some(r) = self.resend.as_mut()
+            && let Some(first) = first
+            && matches!(outcomes.first(), Some(Outcome::Accepted(..)))
+        {
+            r.accepted += 1;
+            if r.accepted % r.every == 0 && r.pending.len() < RESEND_PENDING {
+                r.pending.push(first);
+            }
+        }
         metrics::histogram!("secretlog_writer_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("secretlog_writer_batch_size").record(waiting.len() as f64);
         for (((tx, reply, key), path), outcome) in waiting.into_iter().zip(paths).zip(outcomes) {
@@ -767,6 +825,11 @@ pub async fn append_accepted(
             }
         })
         .collect()
+}
+
+/// The same record, byte for byte (tests only: [`RESEND_FOR_TESTS`]).
+fn copy_record(r: &Record) -> Record {
+    Record { key: r.key.clone(), payload: r.payload.clone(), partition: r.partition }
 }
 
 /// The answer to a write accepted at `offset` of `partition`, with its position.

@@ -10,8 +10,8 @@ use secretlog_schemas::ConsistencyToken;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::model::{KeyHistory, Kind, Op};
-use super::{KEYS, key_name};
+use super::model::{Effect, KeyHistory, Kind, Op};
+use super::{KEYS, key_name, lifecycle_key};
 use crate::harness::{Node, eventually};
 
 /// An HTTP answer, or none.
@@ -64,7 +64,81 @@ fn pick<T>(xs: &[T]) -> &T {
     &xs[rand::random::<usize>() % xs.len()]
 }
 
-/// One client: a loop of random writes and reads, recorded.
+/// A write of `value` to the register `key` through `url` (node `name`), recorded.
+async fn write(c: usize, key: String, (name, url): &(String, String), token: &str, value: String) -> Op {
+    let start = Instant::now();
+    let r =
+        send("POST", &format!("{url}/v1/secret/data/{key}"), token, None, Some(json!({"data": {"w": value}}))).await;
+    Op {
+        client: c,
+        kind: Kind::Write,
+        key,
+        node: name.clone(),
+        start,
+        end: Instant::now(),
+        status: r.status,
+        version: r.body["data"]["version"].as_u64(),
+        value: Some(value),
+        error: error_of(&r),
+        index: r.index,
+    }
+}
+
+/// Where a client's lifecycle key stands: the next step and the version it is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    /// Put a new version.
+    Put,
+    /// Delete this version.
+    Delete(u64),
+    /// Undelete it.
+    Undelete(u64),
+}
+
+/// The next step of client `c`'s lifecycle through `target`, recorded, and the step after it:
+/// put a version, delete it, undelete it, again. A step refused for certain is tried again; one of
+/// unknown outcome ends the cycle (the checker does not judge that version).
+async fn lifecycle_step(
+    c: usize,
+    step: Lifecycle,
+    (name, url): &(String, String),
+    token: &str,
+    n: u64,
+) -> (Op, Lifecycle) {
+    let key = lifecycle_key(c);
+    let (kind, endpoint, body, version, value) = match step {
+        Lifecycle::Put => {
+            let value = format!("{c}-{n}");
+            (Kind::LifecyclePut, "data", json!({"data": {"w": value}}), None, Some(value))
+        }
+        Lifecycle::Delete(v) => (Kind::Delete, "delete", json!({"versions": [v]}), Some(v), None),
+        Lifecycle::Undelete(v) => (Kind::Undelete, "undelete", json!({"versions": [v]}), Some(v), None),
+    };
+    let start = Instant::now();
+    let r = send("POST", &format!("{url}/v1/secret/{endpoint}/{key}"), token, None, Some(body)).await;
+    let op = Op {
+        client: c,
+        kind,
+        key,
+        node: name.clone(),
+        start,
+        end: Instant::now(),
+        status: r.status,
+        version: version.or(r.body["data"]["version"].as_u64()),
+        value,
+        error: error_of(&r),
+        index: r.index,
+    };
+    let next = match (op.effect(), step) {
+        (Effect::Acknowledged, Lifecycle::Put) => op.version.map_or(Lifecycle::Put, Lifecycle::Delete),
+        (Effect::Acknowledged, Lifecycle::Delete(v)) => Lifecycle::Undelete(v),
+        (Effect::Refused, step) => step,
+        _ => Lifecycle::Put,
+    };
+    (op, next)
+}
+
+/// One client: a loop of random writes, lifecycle steps and reads, recorded.
 pub async fn client(
     c: usize,
     write_targets: Vec<(String, String)>,
@@ -75,35 +149,24 @@ pub async fn client(
 ) {
     let mut session = ConsistencyToken::default();
     let mut n = 0u64;
+    let mut cycle = Lifecycle::Put;
     while !stop.load(Ordering::Relaxed) {
         let key = key_name(rand::random::<usize>() % KEYS);
-        let op = if rand::random::<bool>() {
+        let dice = rand::random::<u32>() % 100;
+        let op = if dice < 35 {
             n += 1;
-            let value = format!("{c}-{n}");
-            let (name, url) = pick(&write_targets);
-            let start = Instant::now();
-            let r =
-                send("POST", &format!("{url}/v1/secret/data/{key}"), &token, None, Some(json!({"data": {"w": value}})))
-                    .await;
-            let end = Instant::now();
-            if r.status == 200
-                && let Some(t) = r.index.as_deref().and_then(|i| i.parse::<ConsistencyToken>().ok())
+            let op = write(c, key, pick(&write_targets), &token, format!("{c}-{n}")).await;
+            if op.status == 200
+                && let Some(t) = op.index.as_deref().and_then(|i| i.parse::<ConsistencyToken>().ok())
             {
                 session.merge(&t);
             }
-            Op {
-                client: c,
-                kind: Kind::Write,
-                key,
-                node: name.clone(),
-                start,
-                end,
-                status: r.status,
-                version: r.body["data"]["version"].as_u64(),
-                value: Some(value),
-                error: error_of(&r),
-                index: r.index,
-            }
+            op
+        } else if dice < 60 {
+            n += 1;
+            let (op, next) = lifecycle_step(c, cycle, pick(&write_targets), &token, n).await;
+            cycle = next;
+            op
         } else {
             let (name, url) = pick(&read_targets);
             let index = (!session.0.is_empty()).then(|| session.to_string());
@@ -124,11 +187,38 @@ pub async fn client(
                 error: error_of(&r),
             }
         };
-        let failed = !matches!(op.status, 200 | 404);
+        let failed = !matches!(op.status, 200 | 204 | 404);
         ops.lock().await.push(op);
         // Pace the clients; back off a little more while a node is away.
         tokio::time::sleep(Duration::from_millis(if failed { 50 } else { 5 })).await;
     }
+}
+
+/// A burst of register writes: `writers` clients (ids from `first_client`) sending back to back,
+/// with no pause, to `targets` until `stop` — so that many writes are in flight when the nemesis
+/// strikes (a broker killed mid-produce: outcomes unknown, settled by barriers).
+pub fn burst(
+    first_client: usize,
+    writers: usize,
+    targets: &[(String, String)],
+    token: &str,
+    stop: Arc<AtomicBool>,
+    ops: Arc<Mutex<Vec<Op>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (first_client..first_client + writers)
+        .map(|c| {
+            let (targets, token, stop, ops) = (targets.to_vec(), token.to_string(), stop.clone(), ops.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = key_name(rand::random::<usize>() % KEYS);
+                    let op = write(c, key, pick(&targets), &token, format!("{c}-{n}")).await;
+                    ops.lock().await.push(op);
+                }
+            })
+        })
+        .collect()
 }
 
 pub async fn health(url: &str) -> u16 {
@@ -153,6 +243,50 @@ pub async fn leader(writers: &[Node]) -> usize {
 
 pub async fn successes(ops: &Mutex<Vec<Op>>) -> usize {
     ops.lock().await.iter().filter(|o| o.acked_write()).count()
+}
+
+/// Writes of any kind acknowledged through a node other than `not_via`, invoked after `since`.
+pub async fn successes_since(ops: &Mutex<Vec<Op>>, since: Instant, not_via: &str) -> usize {
+    ops.lock()
+        .await
+        .iter()
+        .filter(|o| o.is_write() && o.start > since && o.node != not_via && o.effect() == Effect::Acknowledged)
+        .count()
+}
+
+/// Whether each version of client `c`'s lifecycle key is deleted, read from `url` once it applied
+/// `index`.
+pub async fn lifecycle_state(url: &str, token: &str, index: &str, c: usize) -> BTreeMap<u64, bool> {
+    let key = lifecycle_key(c);
+    let m = send("GET", &format!("{url}/v1/secret/metadata/{key}"), token, Some(index), None).await;
+    assert_eq!(m.status, 200, "metadata of {key}: {:?}", m.body);
+    m.body["data"]["versions"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(v, meta)| {
+                    let deleted = meta["deletion_time"].as_str().is_some_and(|t| !t.is_empty())
+                        || meta["destroyed"].as_bool() == Some(true);
+                    Some((v.parse().ok()?, deleted))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `secretlog_reader_records_refused_total` of the node at `url`, by reason (empty if it does
+/// not answer).
+pub async fn refused_records(url: &str) -> BTreeMap<String, u64> {
+    let Ok(r) = http().get(format!("{url}/metrics")).send().await else { return BTreeMap::new() };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("secretlog_reader_records_refused_total{"))
+        .filter_map(|l| {
+            let reason = l.split("reason=\"").nth(1)?.split('"').next()?.to_string();
+            let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((reason, n as u64))
+        })
+        .collect()
 }
 
 /// Read `url`'s digest once it has applied `index`; `None` if it has not (yet).

@@ -4,7 +4,8 @@
 //! **The model.** Each key is a KV v2 register with versions. A write that takes effect sets the
 //! value and makes the version the previous one plus one: the materializer refuses a `Put` of any
 //! other version (`reader::state::apply`), so the versions of a key have no gaps. A read sees the
-//! current version and its value, or 404 before the first write. The clients never delete.
+//! current version and its value, or 404 before the first write. The clients never delete these
+//! keys (their deletes go to keys of their own: `Kind::Delete`).
 //! Linearizability is local (Herlihy & Wing): a history is linearizable if and only if each key's
 //! is, so every key is searched on its own (porcupine's P-compositionality), which keeps each
 //! search small.
@@ -12,11 +13,12 @@
 //! **What each operation may do.** Writes, by their answer:
 //! * 200, *acknowledged*: took effect exactly once, between its invocation and its answer, as the
 //!   version answered.
-//! * no answer (connection refused, timeout, cut off) or 5xx (outcome unknown, leader gone
-//!   mid-commit, unavailable), *indeterminate*: it may have taken effect once at any point after
-//!   its invocation — its answer time counts as +∞ — or never.
-//! * any other status, *refused*: never took effect. It is not an operation of the search, so a
-//!   read that sees its value cannot be linearized.
+//! * no answer (connection refused, timeout, cut off) or any 5xx but a refusal (outcome unknown,
+//!   leader gone mid-commit, unavailable), *indeterminate*: it may have taken effect once at any
+//!   point after its invocation — its answer time counts as +∞ — or never.
+//! * 503 "write refused" (every node consumed its record without effect) or any other status,
+//!   *refused*: never took effect ([`Effect::Refused`]). It is not an operation of the search, so
+//!   a read that sees its value cannot be linearized.
 //!
 //! Reads: 200 and 404 are observations; any other answer (none, 412, 5xx) says nothing and is
 //! left out. secretlog has no linearizable read: readers and writers alike answer from their own
@@ -48,7 +50,7 @@ use std::time::Instant;
 use search::{Entry, Outcome, Seen, first_failure, search};
 use secretlog_schemas::ConsistencyToken;
 
-use super::model::{Kind, Op, Violation};
+use super::model::{Effect, Kind, Op, Violation};
 
 /// States one key's search may visit before the key is called inconclusive. A linearizable key
 /// visits about one state per write that took effect (a ten-minute run: a few thousand), so this
@@ -84,6 +86,10 @@ fn entries_of(history: &[Op], ops: &[usize], tally: &mut Tally) -> (Vec<Entry>, 
     for &h in ops {
         let o = &history[h];
         let entry = match (o.kind, o.status) {
+            (Kind::Write, _) if o.effect() == Effect::Refused => {
+                tally.refused_writes += 1;
+                continue;
+            }
             (Kind::Write, 200) => {
                 let token = o.index.as_deref().and_then(|t| t.parse::<ConsistencyToken>().ok());
                 if let Some(t) = token
@@ -99,13 +105,9 @@ fn entries_of(history: &[Op], ops: &[usize], tally: &mut Tally) -> (Vec<Entry>, 
                     version: o.version,
                 }
             }
-            (Kind::Write, 0) | (Kind::Write, 500..) => {
+            (Kind::Write, _) => {
                 tally.indeterminate_writes += 1;
                 Entry::Indeterminate { start: o.start, value: o.value.clone().unwrap_or_default() }
-            }
-            (Kind::Write, _) => {
-                tally.refused_writes += 1;
-                continue;
             }
             (Kind::Read, 200) if o.version.is_some() => Entry::SnapshotRead {
                 end: o.end,
@@ -117,6 +119,8 @@ fn entries_of(history: &[Op], ops: &[usize], tally: &mut Tally) -> (Vec<Entry>, 
                 tally.reads_unknown += 1;
                 continue;
             }
+            // Lifecycle keys are not registers: checked apart (`model::check_lifecycles`).
+            (Kind::LifecyclePut | Kind::Delete | Kind::Undelete, _) => continue,
         };
         if o.kind == Kind::Read {
             tally.reads_checked += 1;
@@ -161,6 +165,7 @@ fn describe(o: &Op, t0: Instant) -> String {
         (Kind::Write, s, _) => format!("write {value} answered {s}"),
         (Kind::Read, 404, _) => "read: not found".to_string(),
         (Kind::Read, _, v) => format!("read v{} = {value}", v.unwrap_or_default()),
+        (kind, s, v) => format!("{kind:?} of v{} answered {s}", v.unwrap_or_default()),
     };
     let token = o.index.as_deref().map(|t| format!(" with token {t}")).unwrap_or_default();
     format!("client {} {what} on {}{token}, +{:.1}..{:.1} ms", o.client, o.node, ms(o.start), ms(o.end))
@@ -171,7 +176,7 @@ fn describe(o: &Op, t0: Instant) -> String {
 pub fn check_history(history: &[Op], budget: usize) -> (Vec<Violation>, Tally) {
     let mut tally = Tally::default();
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, o) in history.iter().enumerate() {
+    for (i, o) in history.iter().enumerate().filter(|(_, o)| matches!(o.kind, Kind::Write | Kind::Read)) {
         by_key.entry(o.key.as_str()).or_default().push(i);
     }
     let t0 = history.iter().map(|o| o.start).min();

@@ -7,8 +7,34 @@ use super::linearizability::{self, SEARCH_BUDGET, Tally};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
+    /// A write of the shared registers ([`super::KEYS`]).
     Write,
+    /// A read of one of them.
     Read,
+    /// A write of a client's own lifecycle key ([`super::lifecycle_key`]): a version it then
+    /// deletes and undeletes, and nobody touches again.
+    LifecyclePut,
+    /// `POST delete/:path` of that version.
+    Delete,
+    /// `POST undelete/:path` of that version.
+    Undelete,
+}
+
+/// What a write's answer says of its effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// 200/204: took effect once, between invocation and answer.
+    Acknowledged,
+    /// A definite refusal (503 "write refused", every node consumed the record without effect;
+    /// or a 4xx): never took effect.
+    Refused,
+    /// No answer (connection refused, timeout, cut off) or 503 "write outcome unknown": may take
+    /// effect at any time after its invocation, or never.
+    Unknown,
+    /// Any other 5xx (no leader, queue full, writer stepping down...): searched as unknown, since
+    /// the answer does not say that nothing was appended.
+    Unavailable,
 }
 
 /// One client operation and its outcome.
@@ -37,6 +63,24 @@ impl Op {
     pub fn acked_write(&self) -> bool {
         self.kind == Kind::Write && self.status == 200
     }
+
+    /// Whether it asks for a change (every kind but a read).
+    pub fn is_write(&self) -> bool {
+        self.kind != Kind::Read
+    }
+
+    /// What the answer of a write says of its effect (see [`Effect`]).
+    pub fn effect(&self) -> Effect {
+        let says = |what: &str| self.error.as_deref().is_some_and(|e| e.contains(what));
+        match self.status {
+            200 | 204 => Effect::Acknowledged,
+            0 => Effect::Unknown,
+            500.. if says("write refused") => Effect::Refused,
+            500.. if says("outcome unknown") => Effect::Unknown,
+            500.. => Effect::Unavailable,
+            _ => Effect::Refused,
+        }
+    }
 }
 
 /// One key's history as the cluster holds it after the load.
@@ -55,6 +99,8 @@ pub struct FinalState {
     pub digests: Vec<(String, Option<String>)>,
     /// The log and its archive, when a replicator ran.
     pub archive: Option<Archive>,
+    /// Per lifecycle key, whether each version is deleted (soft-deleted or destroyed).
+    pub deleted: BTreeMap<String, BTreeMap<u64, bool>>,
 }
 
 /// Record offsets per partition: committed in Kafka (read_committed), and as the archive holds
@@ -93,10 +139,43 @@ pub enum Violation {
     ArchiveNotCommitted { partition: i32, offset: i64 },
     /// A status the API should not give for this operation.
     UnexpectedStatus { kind: Kind, key: String, node: String, status: u16 },
+    /// A write definitely refused (503 "write refused", or a 4xx) whose value is in the final
+    /// history: it took effect after all.
+    RefusedWritePresent { key: String, version: u64, value: String },
+    /// A lifecycle version whose final deleted state is not what the last acknowledged delete or
+    /// undelete of it left (`found`: `None` if the version is gone): an acknowledged write undone,
+    /// e.g. an older record applied again after it.
+    DeletionUndone { key: String, version: u64, deleted: bool, found: Option<bool> },
     /// The key's operations have no linearization ([`super::linearizability`]): already its
     /// history up to `culprit`'s answer — `prefix` operations, those still running then counted
     /// as indeterminate — has none.
     NotLinearizable { key: String, prefix: usize, culprit: String },
+}
+
+/// [`Violation::DeletionUndone`]s: every lifecycle version whose deletes and undeletes all have a
+/// definite answer must end as the last acknowledged one left it. Versions with a step of
+/// unknown outcome are not judged.
+fn check_lifecycles(history: &[Op], fin: &FinalState) -> Vec<Violation> {
+    let mut steps: BTreeMap<(&str, u64), Vec<&Op>> = BTreeMap::new();
+    for o in history.iter().filter(|o| matches!(o.kind, Kind::Delete | Kind::Undelete)) {
+        if let Some(v) = o.version {
+            steps.entry((o.key.as_str(), v)).or_default().push(o);
+        }
+    }
+    let mut out = Vec::new();
+    for ((key, version), mut ops) in steps {
+        if ops.iter().any(|o| matches!(o.effect(), Effect::Unknown | Effect::Unavailable)) {
+            continue;
+        }
+        ops.sort_by_key(|o| o.start);
+        let Some(last) = ops.iter().rev().find(|o| o.effect() == Effect::Acknowledged) else { continue };
+        let deleted = last.kind == Kind::Delete;
+        let found = fin.deleted.get(key).and_then(|vs| vs.get(&version)).copied();
+        if found != Some(deleted) {
+            out.push(Violation::DeletionUndone { key: key.to_string(), version, deleted, found });
+        }
+    }
+    out
 }
 
 /// Whether `version` of a key is gone only because max_versions pruned it.
@@ -119,7 +198,8 @@ pub fn check_with_tally(history: &[Op], fin: &FinalState) -> (Vec<Violation>, Ta
     for o in history {
         let ok = match o.kind {
             // 200, or an indeterminate failure (no answer, 5xx).
-            Kind::Write => o.status == 200 || o.status == 0 || o.status >= 500,
+            Kind::Write | Kind::LifecyclePut => o.status == 200 || o.status == 0 || o.status >= 500,
+            Kind::Delete | Kind::Undelete => o.status == 204 || o.status == 0 || o.status >= 500,
             // Absent before its first write: 404. 412: neither the reader nor the leader it
             // forwarded to had applied the session token within the wait — a refusal, no data.
             Kind::Read => matches!(o.status, 0 | 200 | 404 | 412) || o.status >= 500,
@@ -217,7 +297,7 @@ pub fn check_with_tally(history: &[Op], fin: &FinalState) -> (Vec<Violation>, Ta
                         *e = (*e).max(v);
                     }
                 }
-                Kind::Write => {}
+                Kind::Write | Kind::LifecyclePut | Kind::Delete | Kind::Undelete => {}
                 Kind::Read => {
                     let required = if o.index.is_some() { own.get(o.key.as_str()).copied().unwrap_or(0) } else { 0 };
                     let seen = match o.status {
@@ -279,6 +359,18 @@ pub fn check_with_tally(history: &[Op], fin: &FinalState) -> (Vec<Violation>, Ta
     for (value, at) in at.into_iter().filter(|(_, a)| a.len() > 1) {
         out.push(Violation::DuplicateValue { value, at });
     }
+    //    A write refused for certain is nowhere.
+    for o in history.iter().filter(|o| o.kind == Kind::Write && o.effect() == Effect::Refused) {
+        let Some(value) = o.value.as_deref() else { continue };
+        for (v, _) in hist(&o.key).versions.iter().filter(|(_, val)| val.as_deref() == Some(value)) {
+            out.push(Violation::RefusedWritePresent { key: o.key.clone(), version: *v, value: value.to_string() });
+        }
+    }
+
+    // 5b. Lifecycle versions: each is deleted and undeleted by the client that wrote it, one step
+    //     after the other, and touched by nobody else; so it ends as its last acknowledged step
+    //     left it, when every step has a definite answer.
+    out.extend(check_lifecycles(history, fin));
 
     // 6. The archive holds every committed record once, in order, and nothing else.
     if let Some(a) = &fin.archive {
@@ -326,13 +418,16 @@ impl Violation {
             Violation::ArchiveDuplicate { .. } => "ArchiveDuplicate",
             Violation::ArchiveNotCommitted { .. } => "ArchiveNotCommitted",
             Violation::UnexpectedStatus { .. } => "UnexpectedStatus",
+            Violation::RefusedWritePresent { .. } => "RefusedWritePresent",
+            Violation::DeletionUndone { .. } => "DeletionUndone",
             Violation::NotLinearizable { .. } => "NotLinearizable",
         }
     }
 
-    /// Whether it says an acknowledged write is gone (lost, or its version holds another value).
+    /// Whether it says an acknowledged write is gone (lost, its version holds another value, or
+    /// an acknowledged undelete or delete undone).
     pub fn loses_acknowledged_write(&self) -> bool {
-        matches!(self, Violation::LostWrite { .. } | Violation::WrongValue { .. })
+        matches!(self, Violation::LostWrite { .. } | Violation::WrongValue { .. } | Violation::DeletionUndone { .. })
     }
 }
 
@@ -397,6 +492,7 @@ mod planted {
                 committed: [(0, [0, 1, 2, 4].into_iter().collect())].into_iter().collect(),
                 archived: [(0, vec![0, 1, 2, 4])].into_iter().collect(),
             }),
+            deleted: BTreeMap::new(),
         };
         (history, fin)
     }
@@ -571,5 +667,83 @@ mod planted {
         f.archive.as_mut().unwrap().archived.clear();
         let v = check(&h, &f);
         assert!(v.iter().any(|x| matches!(x, Violation::ArchiveMissing { count: 4, .. })), "{v:?}");
+    }
+
+    #[test]
+    fn planted_refused_write_present_is_reported_and_an_unknown_one_is_not() {
+        let (mut h, mut f) = clean();
+        // 1-2 was answered 503 "write refused", yet its value is in the history.
+        h[5].error = Some("[\"write refused, nothing changed; retry: decided against revision 1\"]".into());
+        f.keys.get_mut("k").unwrap().versions.insert(5, Some("1-2".into()));
+        let v = check(&h, &f);
+        assert!(
+            v.contains(&Violation::RefusedWritePresent { key: "k".into(), version: 5, value: "1-2".into() }),
+            "{v:?}"
+        );
+        // Answered "outcome unknown", it may have landed.
+        h[5].error = Some("[\"write outcome unknown: not applied by the writer's own state\"]".into());
+        assert_eq!(check(&h, &f), vec![]);
+        let (_, tally) = check_with_tally(&h, &f);
+        assert_eq!((tally.indeterminate_writes, tally.refused_writes), (2, 0));
+    }
+
+    /// [`clean`]'s history and client 0's lifecycle of version 1 of its own key: put, deleted
+    /// (acknowledged), undeleted (answered `undelete_status`).
+    fn lifecycle(undelete_status: u16) -> Vec<Op> {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let step = |kind, start, status| Op {
+            client: 0,
+            kind,
+            key: "life".into(),
+            node: "writer".into(),
+            start: at(start),
+            end: at(start + 5),
+            status,
+            version: Some(1),
+            value: None,
+            index: None,
+            error: None,
+        };
+        let mut h = clean().0;
+        h.extend([
+            Op { value: Some("0-9".into()), ..step(Kind::LifecyclePut, 0, 200) },
+            step(Kind::Delete, 10, 204),
+            step(Kind::Undelete, 20, undelete_status),
+        ]);
+        h
+    }
+
+    fn deleted(v1: Option<bool>) -> FinalState {
+        let versions = v1.map(|d| (1, d)).into_iter().collect();
+        FinalState { deleted: [("life".to_string(), versions)].into_iter().collect(), ..clean().1 }
+    }
+
+    #[test]
+    fn planted_undelete_undone_is_reported() {
+        // Undeleted, acknowledged, and found deleted again: a delete applied twice.
+        let v = check(&lifecycle(204), &deleted(Some(true)));
+        assert_eq!(
+            v,
+            vec![Violation::DeletionUndone { key: "life".into(), version: 1, deleted: false, found: Some(true) }]
+        );
+        assert!(v[0].loses_acknowledged_write());
+        // The version gone altogether.
+        let v = check(&lifecycle(204), &deleted(None));
+        assert!(matches!(v.as_slice(), [Violation::DeletionUndone { found: None, .. }]), "{v:?}");
+        assert_eq!(check(&lifecycle(204), &deleted(Some(false))), vec![]);
+    }
+
+    #[test]
+    fn planted_lifecycle_with_an_unknown_step_is_not_judged() {
+        // The undelete's outcome is unknown: deleted or not, nothing to say.
+        assert_eq!(check(&lifecycle(0), &deleted(Some(true))), vec![]);
+        assert_eq!(check(&lifecycle(0), &deleted(Some(false))), vec![]);
+        // Refused for certain (503 "write refused"): the acknowledged delete stands.
+        let mut refused = lifecycle(503);
+        refused.last_mut().unwrap().error = Some("write refused, nothing changed".into());
+        assert_eq!(check(&refused, &deleted(Some(true))), vec![]);
+        let v = check(&refused, &deleted(Some(false)));
+        assert!(matches!(v.as_slice(), [Violation::DeletionUndone { deleted: true, .. }]), "{v:?}");
     }
 }

@@ -12,10 +12,13 @@ use secretlog_schemas::archive::{decode_segment, parse_segment_name};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::client::{caught_up_digest, client, final_histories, leader, send, successes};
-use super::model::{Archive, FinalState, Kind, Op, Violation, check_with_tally};
+use super::client::{
+    burst, caught_up_digest, client, final_histories, leader, lifecycle_state, refused_records, send, successes,
+    successes_since,
+};
+use super::model::{Archive, Effect, FinalState, Kind, Op, Violation, check_with_tally};
 use super::netns::Netns;
-use super::{CLIENTS, KEYS, MAX_VERSIONS, key_name};
+use super::{CLIENTS, KEYS, MAX_VERSIONS, key_name, lifecycle_key};
 use crate::harness::{BrokerFaults, Cluster, Node, Stack, StackOpts, eventually};
 use crate::replication::committed_offsets;
 
@@ -29,8 +32,14 @@ pub struct RunOpts {
     pub min_acked: usize,
     /// Inject faults.
     pub nemesis: bool,
-    /// `SECRETLOG_TEST_PLANTED_BUG` for the writers.
+    /// Make the leader a zombie in every round: SIGSTOP until a standby leads and acknowledges
+    /// writes, then SIGCONT while its clients still send to it (also without `nemesis`).
+    pub zombie: bool,
+    /// `SECRETLOG_TEST_PLANTED_BUG` for every node (writers, readers, replicator).
     pub planted: Option<&'static str>,
+    /// `SECRETLOG_TEST_RESEND` for the writers: the first record of every Nth accepted batch is
+    /// sent again after its key changed (writer/src/committer.rs); every node must refuse it.
+    pub resend: Option<u32>,
     /// Writers keep up to this many batches in flight at once (`--max-batches-in-flight`).
     pub in_flight: usize,
     /// A third reader in its own network namespace, delayed and cut (where the machine allows).
@@ -47,10 +56,15 @@ pub struct Report {
     pub acked: usize,
     pub faults: Vec<String>,
     pub summary: Value,
+    /// `secretlog_reader_records_refused_total` per node (writers and readers), by reason.
+    pub refused: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+/// Writers of a burst sent around each broker kill ([`burst`]).
+const BURST_WRITERS: usize = 12;
+
 /// A reader of `s` inside `ns`, reaching the brokers and writers through the namespace's bridge.
-async fn netns_reader(s: &Stack, ns: &mut Netns, writers: &[String]) -> Node {
+async fn netns_reader(s: &Stack, ns: &mut Netns, writers: &[String], planted: Option<&str>) -> Node {
     let port_of = |url: &str| url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
     for addr in s.bootstrap.split(',') {
         ns.forward_in(port_of(addr).expect("broker port")).expect("forwarding a broker port into the namespace");
@@ -70,6 +84,7 @@ async fn netns_reader(s: &Stack, ns: &mut Netns, writers: &[String]) -> Node {
         ("SECRETLOG_CACHE_MEMORY_MB", "16".into()),
     ]
     .into_iter()
+    .chain(planted.map(|p| ("SECRETLOG_TEST_PLANTED_BUG", p.to_string())))
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let args = vec![
@@ -142,20 +157,23 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
     let began = Instant::now();
     let partitions = 3;
     let writer_env = opts
-        .planted
-        .map(|p| ("SECRETLOG_TEST_PLANTED_BUG".to_string(), p.to_string()))
+        .resend
+        .map(|n| ("SECRETLOG_TEST_RESEND".to_string(), n.to_string()))
         .into_iter()
         .chain([("SECRETLOG_MAX_BATCHES_IN_FLIGHT".to_string(), opts.in_flight.to_string())]);
-    let s = Stack::start(
+    // A planted bug goes to every node: the refusal rules run in every materializer.
+    let every_node = opts.planted.map(|p| ("SECRETLOG_TEST_PLANTED_BUG".to_string(), p.to_string()));
+    let s = Stack::start_with_env(
         cluster,
         StackOpts {
             name: opts.name,
             partitions,
             readers: 2,
-            standbys: if opts.nemesis { 1 } else { 0 },
+            standbys: if opts.nemesis || opts.zombie { 1 } else { 0 },
             reader_args: vec![],
             writer_env: writer_env.collect(),
         },
+        every_node.into_iter().collect(),
     )
     .await;
     let writer_urls: Vec<String> = std::iter::once(&s.writer).chain(&s.standbys).map(|w| w.url.clone()).collect();
@@ -164,7 +182,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
     if opts.netns {
         match Netns::create(&format!("chk-{:06x}", rand::random::<u32>() & 0xffffff)) {
             Ok(mut n) => {
-                let r = netns_reader(&s, &mut n, &writer_urls).await;
+                let r = netns_reader(&s, &mut n, &writer_urls, opts.planted).await;
                 r.wait_health(473, Duration::from_secs(60)).await;
                 ns_reader = Some(r);
                 ns = Some(n);
@@ -184,8 +202,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
     readers.extend(ns_reader);
 
     let leader_url = writers[0].url.clone();
-    for k in 0..KEYS {
-        let key = key_name(k);
+    for key in (0..KEYS).map(key_name).chain((0..CLIENTS).map(lifecycle_key)) {
         let body = json!({"max_versions": MAX_VERSIONS});
         let r = send("POST", &format!("{leader_url}/v1/secret/metadata/{key}"), &token, None, Some(body)).await;
         assert_eq!(r.status, 204, "max_versions on {key}: {:?}", r.body);
@@ -223,8 +240,35 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
     let kafka = cluster.local.as_ref();
     let mut brokers = kafka.map(BrokerFaults::new);
     let mut healing: Option<tokio::task::JoinHandle<(BrokerFaults<'static>, u32, Duration, Duration)>> = None;
+    let mut broker_kills: Vec<Instant> = Vec::new();
+    let mut bursts = Vec::new();
     let mut round = 0;
-    while opts.nemesis && (round < 2 || load_started.elapsed() + Duration::from_secs(30) < opts.load) {
+    while (opts.nemesis || opts.zombie) && (round < 2 || load_started.elapsed() + Duration::from_secs(30) < opts.load) {
+        if opts.zombie {
+            let l = leader(&writers).await;
+            let (zombie, successor) = (&writers[l], &writers[1 - l]);
+            let pid = zombie.pid().expect("leader running");
+            note(format!("SIGSTOP leader {}", zombie.name));
+            secretlog_ops::process::signal(pid, libc::SIGSTOP).expect("SIGSTOP");
+            let stopped = Instant::now();
+            successor.wait_health(200, Duration::from_secs(30)).await;
+            // Clients that picked the zombie wait for it (up to their 10 s timeout) meanwhile.
+            eventually(Duration::from_secs(60), "the successor acknowledging writes", || async {
+                (successes_since(&ops, stopped, &zombie.name).await >= 10).then_some(())
+            })
+            .await;
+            note(format!("{} leads and acknowledges writes", successor.name));
+            secretlog_ops::process::signal(pid, libc::SIGCONT).expect("SIGCONT");
+            note(format!("SIGCONT {}: a zombie, its clients still sending to it", zombie.name));
+            let now = leader(&writers).await;
+            note(format!("{} stood down; {} leads", writers[l].name, writers[now].name));
+            if !opts.nemesis {
+                pause(4).await;
+                round += 1;
+                continue;
+            }
+            pause(2).await;
+        }
         let l = leader(&writers).await;
         note(format!("kill -9 leader {}", writers[l].name));
         writers[l].kill9();
@@ -245,7 +289,17 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         pause(4).await;
         if let Some(mut down) = brokers.take() {
             let broker = 2 + (round % 2) as u32;
-            note(format!("kill -9 broker {broker}"));
+            // A burst of writes under way when the broker dies: their outcomes may be unknown.
+            let burst_stop = Arc::new(AtomicBool::new(false));
+            let first = CLIENTS + round * BURST_WRITERS;
+            let bursting = burst(first, BURST_WRITERS, &named(&writers), &token, burst_stop.clone(), ops.clone());
+            let before = successes(&ops).await;
+            eventually(Duration::from_secs(30), "the burst under way", || async {
+                (successes(&ops).await >= before + BURST_WRITERS).then_some(())
+            })
+            .await;
+            note(format!("kill -9 broker {broker}, {BURST_WRITERS} writers bursting"));
+            broker_kills.push(Instant::now());
             tokio::task::block_in_place(|| down.kill(broker));
             healing = Some(tokio::task::spawn_blocking(move || {
                 std::thread::sleep(Duration::from_secs(5));
@@ -253,6 +307,11 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
                 down.heal();
                 (down, broker, restarted, load_started.elapsed())
             }));
+            pause(1).await;
+            // Writes still under way finish in the background (a writer may take its whole
+            // timeout to answer now); they are awaited before the history is taken.
+            burst_stop.store(true, Ordering::Relaxed);
+            bursts.extend(bursting);
         }
 
         pause(4).await;
@@ -299,7 +358,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    for t in tasks {
+    for t in tasks.into_iter().chain(bursts) {
         t.await.expect("client task");
     }
     let load_time = load_started.elapsed();
@@ -323,7 +382,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         r.wait_health(473, Duration::from_secs(60)).await;
     }
     let mut all = ConsistencyToken::default();
-    for o in history.iter().filter(|o| o.kind == Kind::Write && o.status == 200) {
+    for o in history.iter().filter(|o| o.is_write() && o.effect() == Effect::Acknowledged) {
         if let Some(t) = o.index.as_deref().and_then(|i| i.parse::<ConsistencyToken>().ok()) {
             all.merge(&t);
         }
@@ -349,7 +408,11 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         Some(_) => Some(settled_archive(&bootstrap, &topic, &archive_dir, partitions).await),
         None => None,
     };
-    let fin = FinalState { keys: final_histories(&readers[0].url, &token, &all_str).await, digests, archive };
+    let mut deleted = BTreeMap::new();
+    for c in 0..CLIENTS {
+        deleted.insert(lifecycle_key(c), lifecycle_state(&readers[0].url, &token, &all_str, c).await);
+    }
+    let fin = FinalState { keys: final_histories(&readers[0].url, &token, &all_str).await, digests, archive, deleted };
     let (violations, tally) = check_with_tally(&history, &fin);
 
     // The report.
@@ -365,13 +428,29 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
             eprintln!("[checker]   {}", l.chars().take(300).collect::<String>());
         }
     }
-    let writes: Vec<&Op> = history.iter().filter(|o| o.kind == Kind::Write).collect();
-    let acked = writes.iter().filter(|o| o.status == 200).count();
+    let writes: Vec<&Op> = history.iter().filter(|o| o.is_write()).collect();
+    let acked = history.iter().filter(|o| o.acked_write()).count();
     let reads = history.len() - writes.len();
     let reads_ok = history.iter().filter(|o| o.kind == Kind::Read && matches!(o.status, 200 | 404)).count();
+    // The share of writes (of every kind) answered successfully, and what became of the others.
+    let mut outcomes: BTreeMap<Effect, usize> = BTreeMap::new();
+    for o in &writes {
+        *outcomes.entry(o.effect()).or_default() += 1;
+    }
+    let answered = outcomes.get(&Effect::Acknowledged).copied().unwrap_or(0);
+    let share = answered as f64 / writes.len().max(1) as f64;
+    // Writes under way at a broker kill, and what became of them.
+    let mut at_kills: BTreeMap<Effect, usize> = BTreeMap::new();
+    for o in writes.iter().filter(|o| broker_kills.iter().any(|k| o.start <= *k && *k <= o.end)) {
+        *at_kills.entry(o.effect()).or_default() += 1;
+    }
+    let mut refused_by_node: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for n in writers.iter().chain(&readers) {
+        refused_by_node.insert(n.name.clone(), refused_records(&n.url).await);
+    }
     let present_failed = writes
         .iter()
-        .filter(|o| o.status != 200)
+        .filter(|o| o.kind == Kind::Write && o.status != 200)
         .filter(|o| {
             fin.keys.get(&o.key).is_some_and(|h| h.versions.values().any(|v| v.as_deref() == o.value.as_deref()))
         })
@@ -405,8 +484,13 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         "planted_bug": opts.planted,
         "ops": history.len(),
         "writes": writes.len(),
+        "writes_answered_share": share,
+        "write_outcomes": outcomes,
+        "writes_at_broker_kills": at_kills,
+        "records_refused": refused_by_node,
+        "resend_every": opts.resend,
         "acknowledged": acked,
-        "failed_writes": writes.len() - acked,
+        "failed_writes": writes.len() - answered,
         "failed_writes_present": present_failed,
         "reads": reads,
         "reads_answered": reads_ok,
@@ -420,17 +504,23 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         "load_seconds": load_time.as_secs_f64(),
         "total_seconds": began.elapsed().as_secs_f64(),
     });
+    let count = |e: Effect| outcomes.get(&e).copied().unwrap_or(0);
     eprintln!(
-        "[checker] SUMMARY {}: ops={} writes={} acked={acked} failed={} (present {present_failed}) reads={reads} \
-         reads_ok={reads_ok} faults={injected} archived={archived} violations={} {by_kind:?} load={load_time:.1?} \
-         total={:.1?}",
+        "[checker] SUMMARY {}: ops={} writes={} answered={answered} ({:.1}%) refused={} unknown={} unavailable={} \
+         (register writes acked={acked}; failed present {present_failed}) reads={reads} reads_ok={reads_ok} \
+         faults={injected} at broker kills {at_kills:?} archived={archived} violations={} {by_kind:?} \
+         load={load_time:.1?} total={:.1?}",
         opts.name,
         history.len(),
         writes.len(),
-        writes.len() - acked,
+        share * 100.0,
+        count(Effect::Refused),
+        count(Effect::Unknown),
+        count(Effect::Unavailable),
         violations.len(),
         began.elapsed()
     );
+    eprintln!("[checker] records refused by node and reason: {}", summary["records_refused"]);
     // Inconclusive keys are neither passed nor failed: said here, and in summary.json.
     eprintln!("[checker] linearizability: {}", summary["linearizability"]);
     for v in violations.iter().take(20) {
@@ -441,7 +531,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         eprintln!("[checker] history, violations and summary written to {}", dir.display());
     }
     drop(ns);
-    Report { violations, acked, faults, summary }
+    Report { violations, acked, faults, summary, refused: refused_by_node }
 }
 
 /// `history.json` (every operation, times in ms from the load's start), `violations.json`,
@@ -462,7 +552,7 @@ fn write_results(
             json!({
                 "client": o.client, "kind": format!("{:?}", o.kind).to_lowercase(), "key": o.key, "node": o.node,
                 "start_ms": ms(o.start), "end_ms": ms(o.end), "status": o.status, "version": o.version,
-                "value": o.value, "index": o.index, "error": o.error,
+                "value": o.value, "index": o.index, "error": o.error, "effect": o.is_write().then(|| o.effect()),
             })
         })
         .collect();

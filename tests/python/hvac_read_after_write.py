@@ -3,7 +3,8 @@ right after one's own acknowledged write must show that write. Counts stale answ
 prints them as one JSON line; exits non-zero if any was stale.
 
 A write answered with another version than the one after the previous write counts as stale
-too ("write": it was decided on a state that lacked the client's previous write).
+too ("write": it was decided on a state that lacked the client's previous write), and so does a
+read that fails with any other error ("error").
 
 Each round writes a new version of one secret and reads it back at once from the same URL; every
 tenth round also soft-deletes the newest version (metadata must show its deletion_time), destroys
@@ -24,7 +25,7 @@ def main():
     url, rounds = sys.argv[1], int(sys.argv[2])
     client = hvac.Client(url=url, token=os.environ["VAULT_TOKEN"])
     kv = client.secrets.kv.v2
-    stale = {"write": 0, "version": 0, "delete": 0, "destroy": 0, "list": 0, "metadata_delete": 0}
+    stale = {"write": 0, "version": 0, "delete": 0, "destroy": 0, "list": 0, "metadata_delete": 0, "error": 0}
     first = {}
     checks = 0
 
@@ -35,50 +36,59 @@ def main():
     path = "raw/s0"
     expected = 0
     for i in range(rounds):
-        out = kv.create_or_update_secret(path=path, secret={"round": i})
-        version = out["data"]["version"]
-        expected += 1
-        if version != expected:
-            # Decided on a state that did not hold the previous write yet.
-            saw("write", f"round {i}: the write answered version {version}, expected {expected}")
-            expected = version
-        checks += 1
         try:
-            got = kv.read_secret_version(path=path, raise_on_deleted_version=False)["data"]
-            if got["metadata"]["version"] != version or got["data"] != {"round": i}:
-                saw("version", f"round {i}: wrote v{version}, read v{got['metadata']['version']}")
-        except hvac.exceptions.InvalidPath:
-            saw("version", f"round {i}: wrote v{version}, read 404")
-        if i % 10 == 9:
-            kv.delete_latest_version_of_secret(path=path)
-            meta = kv.read_secret_metadata(path=path)["data"]["versions"].get(str(version), {})
+            out = kv.create_or_update_secret(path=path, secret={"round": i})
+            version = out["data"]["version"]
+            expected += 1
+            if version != expected:
+                # Decided on a state that did not hold the previous write yet.
+                saw("write", f"round {i}: the write answered version {version}, expected {expected}")
+                expected = version
             checks += 1
-            if not meta.get("deletion_time"):
-                saw("delete", f"round {i}: v{version} deleted, metadata shows no deletion_time")
-            if version > 1:
-                kv.destroy_secret_versions(path=path, versions=[version - 1])
-                meta = kv.read_secret_metadata(path=path)["data"]["versions"].get(str(version - 1), {})
+            try:
+                got = kv.read_secret_version(path=path, raise_on_deleted_version=False)["data"]
+                if got["metadata"]["version"] != version or got["data"] != {"round": i}:
+                    saw("version", f"round {i}: wrote v{version}, read v{got['metadata']['version']}")
+            except hvac.exceptions.InvalidPath:
+                saw("version", f"round {i}: wrote v{version}, read 404")
+            except hvac.exceptions.VaultError as e:
+                saw("error", f"round {i}: wrote v{version}, the read failed: {e}")
+            if i % 10 == 9:
+                kv.delete_latest_version_of_secret(path=path)
+                meta = kv.read_secret_metadata(path=path)["data"]["versions"].get(str(version), {})
                 checks += 1
-                if not meta.get("destroyed"):
-                    saw("destroy", f"round {i}: v{version - 1} destroyed, metadata says not")
-            try:
-                keys = kv.list_secrets(path="raw")["data"]["keys"]
-            except hvac.exceptions.InvalidPath:
-                keys = []
-            name = path.split("/")[1]
-            checks += 1
-            if name not in keys:
-                saw("list", f"round {i}: {name} written, list shows {keys}")
-        if i % 50 == 49:
-            kv.delete_metadata_and_all_versions(path=path)
-            checks += 1
-            try:
-                kv.read_secret_version(path=path, raise_on_deleted_version=False)
-                saw("metadata_delete", f"round {i}: metadata deleted, the secret still reads")
-            except hvac.exceptions.InvalidPath:
-                pass
-            path = f"raw/s{i + 1}"
-            expected = 0
+                if not meta.get("deletion_time"):
+                    saw("delete", f"round {i}: v{version} deleted, metadata shows no deletion_time")
+                if version > 1:
+                    kv.destroy_secret_versions(path=path, versions=[version - 1])
+                    meta = kv.read_secret_metadata(path=path)["data"]["versions"].get(str(version - 1), {})
+                    checks += 1
+                    if not meta.get("destroyed"):
+                        saw("destroy", f"round {i}: v{version - 1} destroyed, metadata says not")
+                try:
+                    keys = kv.list_secrets(path="raw")["data"]["keys"]
+                except hvac.exceptions.InvalidPath:
+                    keys = []
+                name = path.split("/")[1]
+                checks += 1
+                if name not in keys:
+                    saw("list", f"round {i}: {name} written, list shows {keys}")
+            if i % 50 == 49:
+                kv.delete_metadata_and_all_versions(path=path)
+                checks += 1
+                try:
+                    kv.read_secret_version(path=path, raise_on_deleted_version=False)
+                    saw("metadata_delete", f"round {i}: metadata deleted, the secret still reads")
+                except hvac.exceptions.InvalidPath:
+                    pass
+                except hvac.exceptions.VaultError as e:
+                    saw("error", f"round {i}: metadata deleted, the read failed: {e}")
+                path = f"raw/s{i + 1}"
+                expected = 0
+        except hvac.exceptions.VaultError as e:
+            # Any other failure in a round (a 404 where the client's own write should be, a 500)
+            # counts too, and the run goes on.
+            saw("error", f"round {i}: {e}")
     total = sum(stale.values())
     print(json.dumps({"rounds": rounds, "checks": checks, "stale": stale, "first": first}))
     sys.exit(1 if total else 0)

@@ -207,11 +207,16 @@ impl WriterNode {
         // consumer (this node's materializer too) at its last stable offset.
         let ids = crate::producer::transactional_ids_ever_used(&self.cfg.transactional_id, &log.topic);
         let fence_timeout = Duration::from_millis(self.cfg.transaction_timeout_ms.max(5000) * 2);
-        crate::producer::fence_transactional_ids(&log.bootstrap, &ids, fence_timeout).await?;
         // The epoch comes from the log: the offset of this claim, above every epoch applied here.
+        // Claimed while the fencing runs: a takeover waits for the slower of the two, not both.
         let write_timeout = Duration::from_millis(self.cfg.write_timeout_ms);
-        let claim =
-            crate::election::claim(&log.bootstrap, &self.election_topic(), &self.advertise, write_timeout).await?;
+        let election_topic = self.election_topic();
+        let (fenced, claim) = tokio::join!(
+            crate::producer::fence_transactional_ids(&log.bootstrap, &ids, fence_timeout),
+            crate::election::claim(&log.bootstrap, &election_topic, &self.advertise, write_timeout),
+        );
+        fenced?;
+        let claim = claim?;
         let stored = ctx.store.partitions().await?;
         let highest = stored.values().map(|s| s.max_epoch).max().unwrap_or(0);
         let epoch = crate::epoch::from_claim(claim, highest);

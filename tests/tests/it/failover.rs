@@ -281,8 +281,11 @@ async fn leader_killed_standby_takes_over_and_no_acknowledged_write_is_lost() {
 async fn leader_shut_down_gracefully_hands_over_at_once() {
     let (cluster, _g) = crate::harness::shared();
     let pause = leader_failover(cluster, "handover", false, Departure::Graceful).await;
-    // Measured from SIGTERM, so this includes the old leader draining its last batch.
-    assert!(pause < Duration::from_secs(3), "graceful handover paused writes for {pause:?}");
+    // Measured from SIGTERM, so this includes the old leader draining its last batch. A guard
+    // against waiting out a timeout (the session's 2 s, the write timeout's 10 s — writes in flight
+    // once waited for verdicts a stopped materializer never gave), not a measurement: under the
+    // suite's parallel load it took 0.9–3.9 s; the takeover is measured by `failover_rounds`.
+    assert!(pause < Duration::from_secs(5), "graceful handover paused writes for {pause:?}");
 }
 
 /// The failover benchmark: `SECRETLOG_FAILOVER_ROUNDS=10 cargo test -p secretlog-tests --test it

@@ -40,8 +40,9 @@ pub struct UpArgs {
     #[arg(long, env = "SECRETLOG_TOPIC", default_value = MUTATIONS_TOPIC)]
     pub topic: String,
     /// Partitions of the mutation topic when the stack creates it (an existing topic keeps its
-    /// own). Every partition a write transaction touches costs the brokers a produce and a
-    /// commit marker; see docs/benchmarks.md, "Partitions and write throughput".
+    /// own). Partitions spread the partition leaders, and so the produce load, over the brokers;
+    /// see docs/benchmarks.md, "Partitions and write throughput" (measured with the earlier,
+    /// transactional write path).
     #[arg(long, env = "SECRETLOG_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
           value_parser = clap::value_parser!(i32).range(1..=64))]
     pub partitions: i32,

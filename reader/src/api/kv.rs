@@ -141,10 +141,17 @@ impl ReadContext {
             let body = Envelope::new(&req.request_id, SecretData { data: None, metadata });
             return Ok(ApiResponse::json(404, &body));
         }
-        let sealed = self.store.value(&self.mount, path, version).await?.ok_or_else(|| {
-            tracing::error!(path, version, "live version has no stored value");
-            ApiError::internal()
-        })?;
+        let Some(sealed) = self.store.value(&self.mount, path, version).await? else {
+            // The metadata and the value are two reads: a delete, destroy or prune applied
+            // between them took the value away. Answered from the state after it — only a
+            // version still live without a value is a fault.
+            let after = self.store.meta(&self.mount, path).await?;
+            if after.as_ref().and_then(|m| m.versions.get(&version)).is_some_and(|v| v.is_live(now_ms())) {
+                tracing::error!(path, version, "live version has no stored value");
+                return Err(ApiError::internal());
+            }
+            return Err(ApiError::not_found());
+        };
         let ctx = SealContext { mount: &self.mount, path, version };
         let plaintext = SealedValue::decode(&sealed).and_then(|s| s.open(&self.keyring, &ctx)).map_err(|e| {
             tracing::error!(path, version, error = %e, "stored value does not open");

@@ -462,8 +462,11 @@ async fn a_drill_loses_the_primary_recovers_on_a_fresh_cluster_and_reports_rto_a
     assert!(report["acknowledged_writes"].as_u64().unwrap() >= 250, "{report}");
     let rto_write = report["rto_first_write_seconds"].as_f64().unwrap();
     let rto_read = report["rto_first_read_seconds"].as_f64().unwrap();
-    assert!(rto_write > 0.0 && rto_write < 60.0, "{report}");
-    assert!(rto_read > 0.0 && rto_read < 60.0, "{report}");
+    // A bound, not a measurement: the recovery starts a fresh three-broker cluster, and with the
+    // suite's other tests beside it the first write once came after 61.9 s (RTO figures:
+    // docs/disaster-recovery.md, measured by `secretlog drill` alone).
+    assert!(rto_write > 0.0 && rto_write < 90.0, "{report}");
+    assert!(rto_read > 0.0 && rto_read < 90.0, "{report}");
     assert!(
         stale_health["secretlog"]["halted"].to_string().contains("start it with an empty data directory"),
         "a reader with the lost cluster's state must refuse the DR cluster: {stale_health}"

@@ -446,16 +446,7 @@ impl Committer {
             self.epoch = next;
             metrics::counter!("secretlog_writer_barriers_total").increment(1);
             tracing::warn!(epoch = next, pending = self.unresolved.len(), "a delivery failed: writing a barrier");
-            let records: Vec<(Record, [u8; 16])> = (0..self.cfg.partitions)
-                .map(|p| {
-                    let name = secretlog_schemas::topic::leader_epoch_name(p);
-                    let op = Operation::LeaderEpoch { leader_url: self.cfg.leader_url.clone() };
-                    let mut event = self.event(&name, op, now_ms());
-                    event.mount = String::new();
-                    let key = event.record_key();
-                    (Record { key, payload: encode_event(&self.ctx.keyring, &event), partition: p }, event.event_id)
-                })
-                .collect();
+            let records = epoch_records(&self.ctx.keyring, self.cfg.partitions, &self.cfg.leader_url, next);
             let outcomes = send_and_await(&self.producer, &self.ctx, records, self.cfg.write_timeout).await;
             let mut all_accepted = true;
             for o in outcomes {
@@ -675,7 +666,7 @@ impl Committer {
                     .into_iter()
                     .partition(|p: &Record| records.iter().any(|(rec, _)| rec.key == p.key));
                 r.pending = wait;
-                (records.first().map(|(rec, _)| copy_record(rec)), due)
+                (records.first().map(|(rec, _)| rec.clone()), due)
             }
             None => (None, Vec::new()),
         };
@@ -763,6 +754,32 @@ impl Committer {
     }
 }
 
+/// One `LeaderEpoch` record of `epoch` for every partition, naming `leader_url`: a new leader's
+/// first records, and a barrier.
+pub fn epoch_records(
+    keyring: &secretlog_schemas::Keyring,
+    partitions: i32,
+    leader_url: &str,
+    epoch: u64,
+) -> Vec<(Record, [u8; 16])> {
+    (0..partitions)
+        .map(|p| {
+            let mut event_id = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut event_id);
+            let event = Event {
+                event_id,
+                timestamp_ms: now_ms(),
+                writer_epoch: epoch,
+                revision: None,
+                mount: String::new(),
+                path: secretlog_schemas::topic::leader_epoch_name(p),
+                op: Operation::LeaderEpoch { leader_url: leader_url.to_string() },
+            };
+            (Record { key: event.record_key(), payload: encode_event(keyring, &event), partition: p }, event_id)
+        })
+        .collect()
+}
+
 /// Register every record with the materializer, send them, and wait for each one's verdict up to
 /// `timeout` after sending.
 async fn send_and_await(
@@ -828,10 +845,6 @@ pub async fn append_accepted(
 }
 
 /// The same record, byte for byte (tests only: [`RESEND_FOR_TESTS`]).
-fn copy_record(r: &Record) -> Record {
-    Record { key: r.key.clone(), payload: r.payload.clone(), partition: r.partition }
-}
-
 /// The answer to a write accepted at `offset` of `partition`, with its position.
 fn accepted(reply: Reply, partition: i32, offset: i64) -> ApiResponse {
     let token = ConsistencyToken([(partition, offset + 1)].into_iter().collect()).to_string();

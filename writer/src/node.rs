@@ -226,14 +226,7 @@ impl WriterNode {
         // accepted these records it has applied everything before them — only then are writes
         // decided.
         self.set_state(WriterState::Starting("writing the leader epoch and reading the log to its end".into()));
-        let records: Vec<(Record, [u8; 16])> = (0..partitions)
-            .map(|p| {
-                let op = Operation::LeaderEpoch { leader_url: self.advertise.clone() };
-                let event = self.control_event(ctx, secretlog_schemas::topic::leader_epoch_name(p), op, epoch);
-                let rec = Record { key: event.record_key(), payload: encode_event(&ctx.keyring, &event), partition: p };
-                (rec, event.event_id)
-            })
-            .collect();
+        let records = crate::committer::epoch_records(&ctx.keyring, partitions, &self.advertise, epoch);
         // Cancellable: a node sealed (or stopped) while catching up steps down at once.
         let catch_up = crate::committer::append_accepted(&producer, ctx, records, Duration::from_secs(120));
         tokio::select! {

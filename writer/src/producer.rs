@@ -44,6 +44,7 @@ use crate::error::WriterError;
 const RESOLVE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One record of a transaction.
+#[derive(Clone)]
 pub struct Record {
     pub key: Vec<u8>,
     pub payload: Vec<u8>,

@@ -72,8 +72,11 @@ impl KafkaConfig {
     /// Defaults: jars cached in `$SECRETLOG_CACHE_DIR`, else `$HOME/.cache/secretlog/kafka-4.1.1`;
     /// ports from 19092; 768 MiB heap per broker.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         KafkaConfig {
-            data_dir: data_dir.into(),
+            // Absolute: each broker runs in its own node directory, where a relative path (the
+            // default `./.secretlog`) would name nothing.
+            data_dir: std::path::absolute(&data_dir).unwrap_or(data_dir),
             cache_dir: default_cache_dir(),
             base_port: DEFAULT_BASE_PORT,
             heap: "768m".to_string(),

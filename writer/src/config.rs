@@ -56,6 +56,12 @@ pub struct WriterConfig {
     /// How long a write may wait for Kafka before failing with 503, ms.
     #[arg(long, env = "SECRETLOG_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+    /// How long a write that arrives while no leader can take it (this writer between two terms
+    /// of its own, a takeover under way, the announced leader unreachable) waits for one, ms,
+    /// before failing with 503. Covers a takeover (the election's session timeout and the new
+    /// leader's fencing) without reaching the readers' 30 s forwarding timeout or a client's own.
+    #[arg(long, env = "SECRETLOG_LEADER_WAIT_MS", default_value_t = 5_000)]
+    pub leader_wait_ms: u64,
     /// Most values per second the leader's background rewrap moves to the active key term after
     /// a rotation. 0 starts the rewrap paused. Changed at runtime, on the leader, with
     /// `secretlog rotate --rewrap-rate N` or `POST /v1/sys/secretlog/rewrap {"rate": N}` (0

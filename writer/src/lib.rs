@@ -3,7 +3,8 @@
 //! A write travels: HTTP → [`request`] (parse, validate input) → [`committer`] (decide against
 //! state with [`plan`], seal, group into one Kafka transaction via [`producer`]) → answer after
 //! commit with the log position. [`node`] puts it together with the reader crate's materializer,
-//! which gives the writer the exact state every reader computes.
+//! which gives the writer the exact state every reader computes; `route` decides whether a
+//! write is decided there or forwarded, and holds it while leadership changes hands.
 
 pub mod auth;
 pub mod committer;
@@ -17,6 +18,7 @@ pub mod producer;
 pub mod request;
 pub mod restore;
 pub mod rotate;
+pub(crate) mod route;
 pub mod token;
 
 pub use config::WriterConfig;

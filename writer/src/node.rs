@@ -15,7 +15,7 @@ use secretlog_reader::materializer::now_ms;
 use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state, sealed_response};
 use secretlog_schemas::topic::HEADER_INDEX;
 use secretlog_schemas::{Event, Keyring, Operation, encode_event};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::committer::{Committer, CommitterConfig, Pending, Stopped};
@@ -23,6 +23,7 @@ use crate::config::WriterConfig;
 use crate::election::ElectionConfig;
 use crate::error::WriterError;
 use crate::producer::{LogProducer, Record};
+use crate::route::{Route, Standing};
 
 /// Where the node stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +42,8 @@ struct WriterNode {
     cfg: WriterConfig,
     /// The root key: sealed, or unsealed with the state and the election campaign it runs.
     keys: Arc<Keys>,
-    state: RwLock<WriterState>,
+    /// A watch channel, so that writes held while no leader can take them wake when it changes.
+    state: watch::Sender<WriterState>,
     fenced: Arc<AtomicBool>,
     queue: RwLock<Option<mpsc::Sender<Pending>>>,
     forwarder: Forwarder,
@@ -66,7 +68,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         keys: keys.clone(),
         name: format!("writer-{}", addr.port()),
         advertise,
-        state: RwLock::new(WriterState::Standby),
+        state: watch::Sender::new(WriterState::Standby),
         fenced: Arc::new(AtomicBool::new(false)),
         queue: RwLock::new(None),
         forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000))
@@ -128,6 +130,9 @@ impl WriterNode {
                 _ = cancel.cancelled() => break,
                 r = elected.wait_for(|e| *e) => if r.is_err() { break },
             }
+            // Elected: from now on a write waits for this node's own term instead of going to the
+            // leader it replaces.
+            self.set_state(WriterState::Starting("elected; taking leadership".into()));
             let term = cancel.child_token();
             let leading = {
                 let (n, t, c) = (self.clone(), term.clone(), ctx.clone());
@@ -186,10 +191,14 @@ impl WriterNode {
     }
 
     fn set_state(&self, s: WriterState) {
-        *self.state.write().expect("state lock") = s;
+        self.state.send_if_modified(|now| {
+            let changed = *now != s;
+            *now = s;
+            changed
+        });
     }
     fn state(&self) -> WriterState {
-        self.state.read().expect("state lock").clone()
+        self.state.borrow().clone()
     }
 
     /// Fence the previous leader, read the log to its end, publish the root token if the log has
@@ -338,8 +347,22 @@ impl WriterNode {
     }
 
     async fn write(&self, ctx: &ReadContext, req: ApiRequest) -> Result<ApiResponse, ApiError> {
-        if self.state() == WriterState::Standby {
-            return Ok(self.forwarder.forward(&req, self.leader_url().as_deref()).await);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.leader_wait_ms);
+        let mut unreachable_epoch = None;
+        loop {
+            match self.route_write(ctx, deadline, unreachable_epoch).await? {
+                Route::Here => break,
+                Route::Forward(leader) => match self.forwarder.try_forward(&req, Some(&leader.url)).await {
+                    Ok(resp) => return Ok(resp),
+                    // Nothing left this node: it may wait for the next leader and go there.
+                    Err(unsent) => {
+                        tracing::info!(leader = %leader.url, epoch = leader.epoch, reason = %unsent.reason(),
+                            "the announced leader cannot be reached; holding the write for its successor");
+                        unreachable_epoch = Some(leader.epoch);
+                    }
+                },
+                Route::Wait(why) => return Err(ApiError::unavailable(why)),
+            }
         }
         // A write carrying an index (say, the first use of a token just created) is decided on
         // state that includes it: the writer's own copy applies its commits a moment after them.
@@ -366,6 +389,35 @@ impl WriterNode {
             Ok(Err(_)) => Err(ApiError::unavailable("writer stopped before answering")),
             Err(_) => Err(ApiError::unavailable("write outcome unknown: timed out waiting for the commit")),
         }
+    }
+
+    /// Where a write goes: here, or to the leader the log announced. While neither can take it,
+    /// wait — on the node's state and the materializer's progress, up to `deadline` — then 503
+    /// saying what it waited for (see `crate::route`).
+    async fn route_write(
+        &self,
+        ctx: &ReadContext,
+        deadline: tokio::time::Instant,
+        unreachable: Option<u64>,
+    ) -> Result<Route, ApiError> {
+        let (mut state, mut progress) = (self.state.subscribe(), ctx.materializer.progress.clone());
+        let routed = crate::route::until_routed(&mut state, &mut progress, deadline, |state, announced| {
+            let node = Standing {
+                state,
+                fenced: self.fenced.load(Ordering::SeqCst),
+                accepting: self.queue.read().expect("queue lock").is_some(),
+                me: &self.advertise,
+            };
+            crate::route::route(node, announced, unreachable)
+        })
+        .await;
+        routed.map_err(|why| {
+            metrics::counter!("secretlog_writer_leader_wait_expired_total").increment(1);
+            ApiError::unavailable(format!(
+                "no leader writer could take the write within {} ms: {why}",
+                self.cfg.leader_wait_ms
+            ))
+        })
     }
 
     /// The committer's queue, if this node may take writes now.

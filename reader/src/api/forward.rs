@@ -86,9 +86,17 @@ impl Forwarder {
     /// may have reached a writer without an answer coming back is not sent to another: 503
     /// "write outcome unknown".
     pub async fn forward(&self, req: &ApiRequest, leader: Option<&str>) -> ApiResponse {
+        self.try_forward(req, leader).await.unwrap_or_else(|unsent| ApiError::from(unsent).into())
+    }
+
+    /// [`Forwarder::forward`], but a request that provably never left this node (no writer to
+    /// send it to, or none could be connected to) comes back as [`NotSent`] instead of a 503, so
+    /// that the caller may wait for a leader and send it then without breaking rule 7.
+    pub async fn try_forward(&self, req: &ApiRequest, leader: Option<&str>) -> Result<ApiResponse, NotSent> {
         if req.forwarded {
-            return ApiError::unavailable("this node is not the leader and the request was already forwarded once")
-                .into();
+            return Ok(
+                ApiError::unavailable("this node is not the leader and the request was already forwarded once").into()
+            );
         }
         let mut failures = Vec::new();
         let mut order: Vec<&str> = leader.into_iter().collect();
@@ -103,7 +111,7 @@ impl Forwarder {
                 }
                 // Only a path that is a dot segment and nothing else (`/..`) gets here: no route,
                 // which is what the writer would answer once it had checked the token.
-                Err(UrlError::Path) => return ApiError::no_route(&req.path).into(),
+                Err(UrlError::Path) => return Ok(ApiError::no_route(&req.path).into()),
             };
             let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
             let mut rb = self.client.request(method, url).body(req.body.clone()).header(super::FORWARDED_HEADER, "1");
@@ -126,7 +134,7 @@ impl Forwarder {
                         })
                         .collect();
                     match resp.bytes().await {
-                        Ok(body) => return ApiResponse { status, headers, body: body.to_vec() },
+                        Ok(body) => return Ok(ApiResponse { status, headers, body: body.to_vec() }),
                         Err(e) => e,
                     }
                 }
@@ -137,19 +145,41 @@ impl Forwarder {
             if !is_read(req) && !failed.is_connect() {
                 metrics::counter!("secretlog_forward_failures_total", "reason" => "outcome_unknown").increment(1);
                 tracing::warn!(%target, error = %why, "forwarded write without an answer; not sent to another writer");
-                return ApiError::unavailable(format!(
+                return Ok(ApiError::unavailable(format!(
                     "write outcome unknown: it was forwarded to {target} and no answer came back ({why}); it was not \
                      sent to another writer"
                 ))
-                .into();
+                .into());
             }
             failures.push(format!("{target}: {why}"));
         }
         metrics::counter!("secretlog_forward_failures_total", "reason" => "unreachable").increment(1);
-        if failures.is_empty() {
-            return ApiError::unavailable("no leader writer is known yet").into();
+        Err(NotSent { failures })
+    }
+}
+
+/// A forward that sent nothing: there was no writer to send it to, or none could be connected
+/// to. Sending it later, to the same writer or another, cannot apply it twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotSent {
+    /// Each writer tried and why it could not be reached; empty when none was known.
+    failures: Vec<String>,
+}
+
+impl NotSent {
+    /// Why nothing was sent, for the client.
+    pub fn reason(&self) -> String {
+        if self.failures.is_empty() {
+            "no leader writer is known yet".into()
+        } else {
+            format!("no writer reachable to forward to ({})", self.failures.join("; "))
         }
-        ApiError::unavailable(format!("no writer reachable to forward to ({})", failures.join("; "))).into()
+    }
+}
+
+impl From<NotSent> for ApiError {
+    fn from(unsent: NotSent) -> Self {
+        ApiError::unavailable(unsent.reason())
     }
 }
 

@@ -350,7 +350,7 @@ impl WriterNode {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.leader_wait_ms);
         let mut unreachable_epoch = None;
         loop {
-            match self.route_write(ctx, deadline, unreachable_epoch).await? {
+            match self.route_write(ctx, deadline, unreachable_epoch, req.forwarded).await? {
                 Route::Here => break,
                 Route::Forward(leader) => match self.forwarder.try_forward(&req, Some(&leader.url)).await {
                     Ok(resp) => return Ok(resp),
@@ -399,6 +399,7 @@ impl WriterNode {
         ctx: &ReadContext,
         deadline: tokio::time::Instant,
         unreachable: Option<u64>,
+        forwarded: bool,
     ) -> Result<Route, ApiError> {
         let (mut state, mut progress) = (self.state.subscribe(), ctx.materializer.progress.clone());
         let routed = crate::route::until_routed(&mut state, &mut progress, deadline, |state, announced| {
@@ -407,6 +408,7 @@ impl WriterNode {
                 fenced: self.fenced.load(Ordering::SeqCst),
                 accepting: self.queue.read().expect("queue lock").is_some(),
                 me: &self.advertise,
+                forwarded,
             };
             crate::route::route(node, announced, unreachable)
         })

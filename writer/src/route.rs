@@ -46,6 +46,9 @@ pub(crate) struct Standing<'a> {
     pub accepting: bool,
     /// The URL this writer announces when it leads.
     pub me: &'a str,
+    /// The write was forwarded here already (a reader found the announced leader unreachable):
+    /// it may not be forwarded again, only decided here.
+    pub forwarded: bool,
 }
 
 /// Route a write, given the leader the log `announced` and the epoch of a leader already found
@@ -60,6 +63,9 @@ pub(crate) fn route(node: Standing<'_>, announced: Option<&LeaderRecord>, unreac
     let deposed = node.fenced || matches!(node.state, WriterState::Standby | WriterState::Fenced);
     let other = announced.filter(|l| l.url != node.me);
     match (other, node.state) {
+        (Some(_), _) if deposed && node.forwarded => {
+            Route::Wait("this writer does not lead and the write was already forwarded once".into())
+        }
         (Some(l), _) if deposed && Some(l.epoch) != unreachable => Route::Forward(l.clone()),
         (Some(l), _) if deposed => {
             Route::Wait(format!("the leader the log announces ({}, epoch {}) cannot be reached", l.url, l.epoch))
@@ -134,7 +140,7 @@ mod tests {
     }
 
     fn standing(state: &WriterState) -> Standing<'_> {
-        Standing { state, fenced: false, accepting: false, me: ME }
+        Standing { state, fenced: false, accepting: false, me: ME, forwarded: false }
     }
 
     fn waits(r: Route) -> String {
@@ -179,6 +185,20 @@ mod tests {
         // Its successor announced: forwarded there.
         let next = leader("http://w3:8200", 12);
         assert_eq!(route(standing(&standby), Some(&next), Some(9)), Route::Forward(next));
+    }
+
+    #[test]
+    fn a_write_forwarded_once_waits_for_this_writer_to_lead_instead_of_going_on() {
+        // A reader found the announced leader dead and sent the write to this standby, which is
+        // about to take over.
+        let standby = WriterState::Standby;
+        let node = Standing { forwarded: true, ..standing(&standby) };
+        let why = waits(route(node, Some(&leader("http://w2:8200", 9)), None));
+        assert!(why.contains("already forwarded once"), "{why}");
+        // Once it leads, it decides the write.
+        let active = WriterState::Active;
+        let node = Standing { state: &active, accepting: true, forwarded: true, ..standing(&active) };
+        assert_eq!(route(node, Some(&leader("http://w2:8200", 9)), None), Route::Here);
     }
 
     #[test]

@@ -19,6 +19,25 @@ pub enum OnStale {
     Fail,
 }
 
+/// How a read is answered when it names no mode (`X-Secretlog-Consistency` names one per read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadMode {
+    /// This node's applied state, within `--max-staleness` of the log's end.
+    Latest,
+    /// `latest`, and a token's reads wait for the writes this reader forwarded for it.
+    Session,
+    /// Linearizable: wait until this node applied the log's end as queried after the read came.
+    Strong,
+}
+
+impl std::str::FromStr for ReadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        <ReadMode as ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| format!("unknown consistency {s:?}: expected strong, session or latest"))
+    }
+}
+
 /// Settings every node that reads the log shares (readers, and writers for their own state).
 #[derive(Debug, Clone, Args)]
 pub struct LogConfig {
@@ -167,6 +186,21 @@ pub struct ReaderConfig {
     /// What to do when that wait runs out.
     #[arg(long, env = "SECRETLOG_ON_STALE", value_enum, default_value = "forward")]
     pub on_stale: OnStale,
+    /// Consistency of reads that do not choose one with `X-Secretlog-Consistency`: `session`
+    /// (read-your-writes for the writes this reader forwarded for the same token), `strong`
+    /// (linearizable: every read waits for a query of the log's end) or `latest`.
+    #[arg(long, env = "SECRETLOG_CONSISTENCY", value_enum, default_value = "session")]
+    pub consistency: ReadMode,
+    /// Longest time, in seconds, since this reader last confirmed (by a last-stable-offset query
+    /// it then caught up with) that it had applied the log's end, for it to answer from its own
+    /// state. Past it, reads are forwarded to the leader (`--on-stale forward`) or refused with
+    /// 503 saying why (`fail`), and health reports it.
+    #[arg(long, env = "SECRETLOG_MAX_STALENESS", default_value_t = 10.0)]
+    pub max_staleness: f64,
+    /// Tokens whose forwarded writes this reader remembers for session reads; beyond it, the
+    /// oldest entries become a position every session read waits for.
+    #[arg(long, env = "SECRETLOG_SESSION_MAX_TOKENS", default_value_t = 100_000)]
+    pub session_max_tokens: usize,
     /// Lag, in seconds, above which health reports the reader unhealthy (503).
     #[arg(long, env = "SECRETLOG_MAX_LAG_SECONDS", default_value_t = 10.0)]
     pub max_lag_seconds: f64,

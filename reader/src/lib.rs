@@ -4,6 +4,8 @@
 //!   once, with partition offsets committed atomically with the state they produced;
 //! * [`state`] is the KV v2 model and the pure function that applies an event — used by writers
 //!   too, so validation and materialization can never disagree;
+//! * [`freshness`] says how far behind the log a node may be, measured by last-stable-offset
+//!   queries rather than by the age of records;
 //! * [`api`] is the Vault-compatible HTTP surface (reads, health, forwarding);
 //! * [`audit`] is the audit log every node's handler goes through;
 //! * [`node`] puts them together as a read node.
@@ -14,6 +16,7 @@ pub mod audit;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod freshness;
 pub mod kafka;
 pub mod materializer;
 pub mod node;

@@ -17,7 +17,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ReaderError;
+use crate::freshness::Confirmations;
 use crate::kafka::LogContext;
 use crate::state::{KeyTerms, SecretMeta, apply, apply_rewrap};
 use crate::store::{ApplyBatch, LeaderRecord, PartitionState, Store, TermCounts, keys};
@@ -39,8 +41,17 @@ const MAX_BATCH: usize = 512;
 pub struct Progress {
     /// Next offset to apply, per partition (the consistency-token comparison point).
     pub applied: BTreeMap<i32, i64>,
-    /// High watermark per partition, refreshed about every second.
+    /// Last stable offset per partition (the end a `read_committed` client sees: the high
+    /// watermark, or the first offset of a transaction still open), refreshed about every second.
     pub high: BTreeMap<i32, i64>,
+    /// Offset after everything this node has read and applied, transaction markers included: at
+    /// least `applied`, and equal to the partition's end once the node has read to it. Compared
+    /// with last stable offsets (which count markers); never ahead of what is applied, and held at
+    /// `applied` in a halted partition.
+    pub consumed: BTreeMap<i32, i64>,
+    /// Which last-stable-offset queries this node has caught up with, per partition: its
+    /// staleness (see [`crate::freshness`]).
+    pub confirmations: Confirmations,
     /// Halted partitions and why.
     pub halted: BTreeMap<i32, String>,
     /// Commit timestamp of the newest applied event.
@@ -58,15 +69,26 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Records between the applied position and the high watermark, counting 0 for partitions
-    /// the consumer has read to their end (the high watermark also counts transaction markers,
-    /// which are never delivered, so it alone would never read 0).
+    /// Offsets between what this node consumed and the last stable offsets last queried (both
+    /// count transaction markers, so a node that read to the end reads 0 — and a node that stopped
+    /// reading does not, unlike a sticky end-of-partition flag).
     pub fn lag_records(&self) -> i64 {
-        self.high
-            .iter()
-            .filter(|(p, _)| !self.at_end.contains(p))
-            .map(|(p, hw)| (hw - self.applied.get(p).copied().unwrap_or(0)).max(0))
-            .sum()
+        self.high.iter().map(|(p, end)| (end - self.consumed_at(*p)).max(0)).sum()
+    }
+
+    /// [`Progress::consumed`] of partition `p` (its applied offset if nothing was read yet).
+    pub fn consumed_at(&self, p: i32) -> i64 {
+        let applied = self.applied.get(&p).copied().unwrap_or(0);
+        self.consumed.get(&p).copied().unwrap_or(applied).max(applied)
+    }
+
+    /// Whether this node consumed every partition of `ends` up to its offset.
+    pub fn has_consumed(&self, ends: &BTreeMap<i32, i64>) -> bool {
+        ends.iter().all(|(p, end)| self.consumed_at(*p) >= *end)
+    }
+
+    fn consumed_all(&self) -> BTreeMap<i32, i64> {
+        (0..self.partitions).map(|p| (p, self.consumed_at(p))).collect()
     }
 
     /// Seconds behind: 0 when caught up, else the age of the newest applied event.
@@ -154,6 +176,128 @@ pub struct MaterializerHandle {
     pub progress: watch::Receiver<Progress>,
     /// The verdicts of records, for the leader that appended them.
     pub verdicts: Arc<Verdicts>,
+    /// Last-stable-offset queries on demand, for strong reads.
+    pub ends: Arc<EndQueries>,
+}
+
+/// What one last-stable-offset query returned: the round's number and the partitions' ends, or
+/// why it failed.
+#[derive(Debug, Clone)]
+struct EndRound {
+    round: u64,
+    ends: Result<Arc<BTreeMap<i32, i64>>, String>,
+}
+
+/// Queries of the partitions' last stable offsets for strong reads, shared: a read waits for the
+/// first round *sent after it arrived* (so the ends it waits for include every write acknowledged
+/// before it arrived), and every read that arrives while a round is out shares the next one —
+/// one query per round trip, however many reads.
+pub struct EndQueries {
+    /// Rounds started so far; a round's query is sent after its number is taken.
+    started: AtomicU64,
+    wanted: tokio::sync::Notify,
+    done: watch::Sender<EndRound>,
+}
+
+impl EndQueries {
+    fn new() -> Self {
+        EndQueries {
+            started: AtomicU64::new(0),
+            wanted: tokio::sync::Notify::new(),
+            done: watch::channel(EndRound { round: 0, ends: Err("no query yet".into()) }).0,
+        }
+    }
+
+    /// The partitions' last stable offsets as a query sent after this call returned them, or why
+    /// none answered within `timeout`.
+    pub async fn after_now(&self, timeout: Duration) -> Result<Arc<BTreeMap<i32, i64>>, String> {
+        let need = self.started.load(Ordering::SeqCst) + 1;
+        let mut rx = self.done.subscribe();
+        self.wanted.notify_one();
+        match tokio::time::timeout(timeout, rx.wait_for(|r| r.round >= need)).await {
+            Ok(Ok(r)) => r.ends.clone(),
+            Ok(Err(_)) => Err("this node stopped reading the log".into()),
+            Err(_) => Err(format!("no answer from the brokers on the log's end within {} ms", timeout.as_millis())),
+        }
+    }
+
+    /// Answer rounds until `cancel`: each round queries every partition's last stable offset at
+    /// once (one request per partition leader) and feeds the answer to the node's confirmations.
+    async fn serve(self: Arc<Self>, cfg: MaterializerConfig, tx: watch::Sender<Progress>, cancel: CancellationToken) {
+        let client: Arc<rdkafka::consumer::BaseConsumer<LogContext>> =
+            match crate::kafka::consumer_config(&cfg.bootstrap, &format!("secretlog-ends-{}", cfg.node_name))
+                .create_with_context(LogContext)
+            {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "no client for last-stable-offset queries: strong reads will fail");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.wanted.notified() => {}
+            }
+            let round = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+            let partitions = tx.borrow().partitions;
+            if partitions == 0 {
+                let ends = Err("this node is not yet positioned on the log".to_string());
+                self.done.send_replace(EndRound { round, ends });
+                continue;
+            }
+            let sent = Instant::now();
+            let (c, topic) = (client.clone(), cfg.topic.clone());
+            let ends = tokio::task::spawn_blocking(move || query_ends(&c, &topic, partitions, QUERY_TIMEOUT))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            match &ends {
+                Ok(ends) => tx.send_modify(|p| {
+                    let consumed = p.consumed_all();
+                    p.confirmations.answered(sent, ends, &consumed);
+                }),
+                Err(why) => tx.send_modify(|p| p.confirmations.failed(Instant::now(), why.clone())),
+            }
+            self.done.send_replace(EndRound { round, ends: ends.map(Arc::new) });
+        }
+    }
+}
+
+/// How long one last-stable-offset query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every partition's last stable offset, in one call (librdkafka sends one ListOffsets request per
+/// partition leader, with the client's `read_committed` isolation level).
+fn query_ends<C: rdkafka::consumer::ConsumerContext>(
+    client: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, String> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions as usize);
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::End).map_err(|e| e.to_string())?;
+    }
+    let answered = client.offsets_for_times(tpl, timeout).map_err(|e| format!("last-stable-offset query: {e}"))?;
+    let mut ends = BTreeMap::new();
+    for e in answered.elements() {
+        if let Some(err) = e.error().err() {
+            return Err(format!("last-stable-offset query of partition {}: {err}", e.partition()));
+        }
+        match e.offset() {
+            Offset::Offset(o) => {
+                ends.insert(e.partition(), o);
+            }
+            other => {
+                return Err(format!("last-stable-offset query of partition {}: answered {other:?}", e.partition()));
+            }
+        }
+    }
+    if ends.len() != partitions as usize {
+        return Err(format!("last-stable-offset query answered {} of {partitions} partitions", ends.len()));
+    }
+    Ok(ends)
 }
 
 impl MaterializerHandle {
@@ -197,6 +341,8 @@ pub async fn spawn(
     publish_term_counts(&counts, keyring.active_term());
     let (tx, rx) = watch::channel(initial);
     let verdicts = Arc::new(Verdicts::default());
+    let ends = Arc::new(EndQueries::new());
+    tokio::spawn(ends.clone().serve(cfg.clone(), tx.clone(), cancel.clone()));
     let m = Materializer { cfg, store, keyring, tx, stored, verdicts: verdicts.clone() };
     let waiters = verdicts.clone();
     let join = tokio::spawn(async move {
@@ -206,7 +352,7 @@ pub async fn spawn(
         // No verdict will come any more: every waiter hears so at once.
         waiters.waiting.lock().expect("verdicts lock").clear();
     });
-    Ok((MaterializerHandle { progress: rx, verdicts }, join))
+    Ok((MaterializerHandle { progress: rx, verdicts, ends }, join))
 }
 
 struct Materializer {
@@ -301,6 +447,7 @@ impl Materializer {
                 Ok(m) => batch.push(m.detach()),
                 Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
                     self.at_end_of_partition(p);
+                    self.note_consumed(&consumer);
                     continue;
                 }
                 Err(e) => {
@@ -322,6 +469,7 @@ impl Materializer {
             for p in eofs {
                 self.at_end_of_partition(p);
             }
+            self.note_consumed(&consumer);
         }
         watermarks.abort();
         Ok(())
@@ -359,6 +507,27 @@ impl Materializer {
     fn at_end_of_partition(&mut self, p: i32) {
         self.tx.send_modify(|prog| {
             prog.at_end.insert(p);
+        });
+    }
+
+    /// Publish how far this node has read: the consumer's position, which steps over transaction
+    /// markers. Called only when everything received so far is applied, so it is never ahead of
+    /// the state; a halted partition stays at its applied offset (records received after the halt
+    /// are not applied).
+    fn note_consumed(&self, consumer: &StreamConsumer<LogContext>) {
+        let Ok(positions) = consumer.position() else { return };
+        self.tx.send_modify(|prog| {
+            for e in positions.elements() {
+                let p = e.partition();
+                let applied = prog.applied.get(&p).copied().unwrap_or(0);
+                let at = match e.offset() {
+                    Offset::Offset(o) if !prog.halted.contains_key(&p) => o.max(applied),
+                    _ => applied,
+                };
+                prog.consumed.insert(p, at);
+            }
+            let consumed = prog.consumed_all();
+            prog.confirmations.consumed(&consumed);
         });
     }
 
@@ -766,13 +935,22 @@ async fn refresh_watermarks(
     loop {
         let c = consumer.clone();
         let t = topic.clone();
+        let sent = Instant::now();
         let res = tokio::task::spawn_blocking(move || {
             (0..partitions)
                 .map(|p| c.fetch_watermarks(&t, p, Duration::from_secs(2)).map(|w| (p, w)))
                 .collect::<Result<BTreeMap<i32, (i64, i64)>, _>>()
         })
         .await;
-        if let Ok(Ok(marks)) = res {
+        let res = match res {
+            Ok(Ok(marks)) => Ok(marks),
+            Ok(Err(e)) => Err(format!("last-stable-offset query: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = &res {
+            tx.send_modify(|p| p.confirmations.failed(Instant::now(), why.clone()));
+        }
+        if let Ok(marks) = res {
             let trimmed = trimmed_away(&tx.borrow(), &marks);
             for (p, reason) in &trimmed {
                 tracing::error!(partition = p, %reason, "partition HALTED: the log no longer holds records this node has not applied");
@@ -784,9 +962,13 @@ async fn refresh_watermarks(
                 }
             }
             tx.send_modify(|p| {
+                // Under read_committed the "high" watermark is the last stable offset.
                 p.high = marks.iter().map(|(part, (_, hi))| (*part, *hi)).collect();
                 p.halted.extend(trimmed);
                 publish_halted(p);
+                let consumed = p.consumed_all();
+                let ends = p.high.clone();
+                p.confirmations.answered(sent, &ends, &consumed);
             });
             let now = now_ms();
             let prog = tx.borrow();

@@ -22,12 +22,15 @@ use zeroize::Zeroize;
 use crate::api::health::{HealthInput, Role, health};
 use crate::api::kv::{Freshness, ReadContext};
 use crate::api::seal::{SealConfig, SealStatus, UnsealRequest, Unsealer, authorize_seal, parse_unseal};
+use crate::api::session::Sessions;
 use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, forward::Forwarder, node_handler};
 use crate::audit::Auditor;
-use crate::config::{LogConfig, OnStale, ReaderConfig};
+use crate::config::{LogConfig, OnStale, ReadMode, ReaderConfig};
 use crate::error::ReaderError;
 use crate::materializer::{self, MaterializerConfig};
 use crate::store::{Store, StoreConfig};
+use secretlog_schemas::ConsistencyToken;
+use secretlog_schemas::topic::HEADER_INDEX;
 
 /// A started node (reader or writer).
 pub struct RunningNode {
@@ -130,6 +133,7 @@ pub async fn open_state(
             materializer: handle,
             mount: log.mount.clone(),
             consistency_wait: Duration::from_secs(2),
+            max_staleness: Duration::from_secs(10),
         },
         join,
     ))
@@ -468,7 +472,13 @@ pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<Runni
         Forwarder::new(cfg.writer_urls.clone(), Duration::from_secs(30)).trusting(cfg.http.tls_ca.as_deref())?;
     let region = cfg.region.clone();
     let name = format!("reader-{region}-{}", addr.port());
-    let node = Arc::new(ReaderNode { keys: keys.clone(), forwarder, region, name, cfg: cfg.clone() });
+    let max_staleness =
+        Duration::try_from_secs_f64(cfg.max_staleness).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+            ReaderError::Config { field: "max-staleness", reason: "must be a positive number of seconds".into() }
+        })?;
+    let sessions = Sessions::new(cfg.session_max_tokens, SESSION_TTL);
+    let node =
+        Arc::new(ReaderNode { keys: keys.clone(), forwarder, region, name, cfg: cfg.clone(), max_staleness, sessions });
     keys.start(|k, c| node.open(k, c)).await?;
     let handler = node_handler(node.clone(), |node, req| async move { node.handle(req).await });
     tracing::info!(%addr, region = %node.region, "reader listening");
@@ -482,7 +492,14 @@ struct ReaderNode {
     /// The materializer's name in logs.
     name: String,
     cfg: ReaderConfig,
+    max_staleness: Duration,
+    /// Where the writes forwarded for each token landed (session reads).
+    sessions: Sessions,
 }
+
+/// How long a session entry lives without a new write: longer than any staleness bound worth
+/// having, so an entry only expires on a node that would not serve locally anyway.
+const SESSION_TTL: Duration = Duration::from_secs(60);
 
 impl ReaderNode {
     /// Start materializing: what a reader runs while unsealed.
@@ -490,6 +507,7 @@ impl ReaderNode {
         let (mut ctx, join) =
             open_state(&self.cfg.log, &self.cfg.data_dir, &self.name, keyring, cancel.clone()).await?;
         ctx.consistency_wait = Duration::from_millis(self.cfg.consistency_wait_ms);
+        ctx.max_staleness = self.max_staleness;
         let unsealed = Unsealed::new(ctx, cancel);
         unsealed.spawn(async move {
             let _ = join.await;
@@ -509,6 +527,7 @@ impl ReaderNode {
                     sealed: self.keys.sealed_reason(),
                     progress: self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone()),
                     max_lag_seconds: self.cfg.max_lag_seconds,
+                    max_staleness: Some(self.max_staleness),
                     unavailable: None,
                 };
                 return health(&input, &req);
@@ -525,7 +544,9 @@ impl ReaderNode {
         }
         let ctx = &unsealed.ctx;
         if req.is_write() {
-            return self.forwarder.forward(&req, self.leader_url(ctx).as_deref()).await;
+            let resp = self.forwarder.forward(&req, self.leader_url(ctx).as_deref()).await;
+            self.remember(ctx, &req, &resp);
+            return resp;
         }
         match self.read(ctx, &req).await {
             Ok(r) => r,
@@ -533,19 +554,94 @@ impl ReaderNode {
         }
     }
 
+    /// Note where a forwarded write landed for its token's session reads: its index when
+    /// accepted; when the outcome may be anything (a 5xx after the write left), that the token
+    /// reads strong for a while.
+    fn remember(&self, ctx: &ReadContext, req: &ApiRequest, resp: &ApiResponse) {
+        let Some(token) = req.token.as_deref() else { return };
+        let now = std::time::Instant::now();
+        let applied = ctx.materializer.progress.borrow().applied.clone();
+        if resp.status >= 500 {
+            self.sessions.unknown(token, &applied, now);
+            return;
+        }
+        let index = resp.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(HEADER_INDEX)).map(|(_, v)| v);
+        if let Some(position) = index.and_then(|v| v.parse::<ConsistencyToken>().ok()) {
+            self.sessions.wrote(token, &position, &applied, now);
+        }
+    }
+
+    /// The consistency a read asked for, or this reader's default.
+    fn mode(&self, req: &ApiRequest) -> Result<ReadMode, ApiError> {
+        match req.consistency.as_deref() {
+            Some(m) => m.parse().map_err(ApiError::bad_request),
+            None => Ok(self.cfg.consistency),
+        }
+    }
+
+    /// Wait until this node may answer `req` as its mode requires; see DESIGN.md, "Consistency".
+    async fn freshness(&self, ctx: &ReadContext, req: &ApiRequest, mode: ReadMode) -> Result<Freshness, ApiError> {
+        let mut position = match req.index.as_deref() {
+            Some(raw) => {
+                raw.parse().map_err(|e: secretlog_schemas::topic::BadToken| ApiError::bad_request(e.to_string()))?
+            }
+            None => ConsistencyToken::default(),
+        };
+        let mut strong = mode == ReadMode::Strong;
+        if mode == ReadMode::Session {
+            let applied = ctx.materializer.progress.borrow().applied.clone();
+            let needs = self.sessions.needs(req.token.as_deref(), &applied, std::time::Instant::now());
+            strong |= needs.strong;
+            position.merge(&needs.position);
+        }
+        if strong {
+            metrics::counter!("secretlog_reader_strong_reads_total").increment(1);
+            return Ok(match ctx.wait_strong().await {
+                Ok(()) => Freshness::Fresh,
+                Err(why) => Freshness::Unconfirmed(why),
+            });
+        }
+        if !ctx.wait_position(&position).await {
+            return Ok(Freshness::Stale);
+        }
+        Ok(ctx.within_bound(req).await)
+    }
+
     async fn read(&self, ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
         // The wait comes first: a client holding a fresh index may be ahead of this node on the
         // control records too (a new token). The wait is bounded, so it costs an
         // unauthenticated caller nothing but its own time.
-        let freshness = ctx.wait_for_index(req).await?;
-        ctx.authorize(req).await?;
-        if freshness == Freshness::Stale {
-            metrics::counter!("secretlog_reader_stale_reads_total").increment(1);
-            return match self.cfg.on_stale {
-                OnStale::Forward => Ok(self.forwarder.forward(req, self.leader_url(ctx).as_deref()).await),
-                OnStale::Fail => Err(ApiError::new(412, "this reader has not yet applied the requested index")),
-            };
+        let mode = self.mode(req)?;
+        let freshness = self.freshness(ctx, req, mode).await?;
+        match ctx.authorize(req).await {
+            Ok(()) => {}
+            // Never deny from control state not confirmed current: a token created a moment ago
+            // through another node is in the log already. Check as a strong read, then decide.
+            Err(e) if e.status == 403 && mode != ReadMode::Strong => match ctx.wait_strong().await {
+                Ok(()) => ctx.authorize(req).await?,
+                Err(why) => {
+                    tracing::info!(request_id = %req.request_id, %why, "denial not confirmed: forwarding the read");
+                    return Ok(self.forwarder.forward(req, self.leader_url(ctx).as_deref()).await);
+                }
+            },
+            Err(e) => return Err(e),
         }
-        ctx.read(req).await
+        match freshness {
+            Freshness::Fresh => ctx.read(req).await,
+            Freshness::Stale => {
+                metrics::counter!("secretlog_reader_stale_reads_total").increment(1);
+                match self.cfg.on_stale {
+                    OnStale::Forward => Ok(self.forwarder.forward(req, self.leader_url(ctx).as_deref()).await),
+                    OnStale::Fail => Err(ApiError::new(412, "this reader has not yet applied the requested index")),
+                }
+            }
+            Freshness::Unconfirmed(why) => {
+                metrics::counter!("secretlog_reader_unconfirmed_reads_total").increment(1);
+                match self.cfg.on_stale {
+                    OnStale::Forward => Ok(self.forwarder.forward(req, self.leader_url(ctx).as_deref()).await),
+                    OnStale::Fail => Err(ApiError::unavailable(why)),
+                }
+            }
+        }
     }
 }

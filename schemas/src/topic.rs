@@ -31,6 +31,9 @@ pub fn leader_epoch_name(partition: i32) -> String {
 }
 /// HTTP header carrying a [`ConsistencyToken`] (in write responses and read requests).
 pub const HEADER_INDEX: &str = "X-Secretlog-Index";
+/// HTTP header choosing a read's consistency: `strong`, `session` or `latest` (see the reader's
+/// `--consistency`).
+pub const HEADER_CONSISTENCY: &str = "X-Secretlog-Consistency";
 /// HTTP header carrying a node's applied position on every read response.
 pub const HEADER_APPLIED: &str = "X-Secretlog-Applied";
 /// Vault's token header.

@@ -12,19 +12,36 @@ the one before (its metadata must say destroyed), lists the folder (the secret m
 and every fiftieth deletes the whole secret's metadata (a read must then be a 404) and starts
 again at version 1.
 
-Usage: python3 hvac_read_after_write.py URL ROUNDS   (token in VAULT_TOKEN)
+With --read-url the reads go to another node than the writes (say, writes to the leader and
+reads on a reader in another region); with --strong every read asks for a linearizable answer
+(`X-Secretlog-Consistency: strong`, the one secretlog header a client needs for that).
+
+Usage: python3 hvac_read_after_write.py URL ROUNDS [--read-url URL] [--strong]   (token in VAULT_TOKEN)
 """
+import argparse
 import json
 import os
 import sys
 
 import hvac
+import requests
 
 
 def main():
-    url, rounds = sys.argv[1], int(sys.argv[2])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("url")
+    ap.add_argument("rounds", type=int)
+    ap.add_argument("--read-url")
+    ap.add_argument("--strong", action="store_true")
+    args = ap.parse_args()
+    url, rounds = args.url, args.rounds
     client = hvac.Client(url=url, token=os.environ["VAULT_TOKEN"])
+    session = requests.Session()
+    if args.strong:
+        session.headers["X-Secretlog-Consistency"] = "strong"
+    reader = hvac.Client(url=args.read_url or url, token=os.environ["VAULT_TOKEN"], session=session)
     kv = client.secrets.kv.v2
+    rkv = reader.secrets.kv.v2
     stale = {"write": 0, "version": 0, "delete": 0, "destroy": 0, "list": 0, "metadata_delete": 0, "error": 0}
     first = {}
     checks = 0
@@ -46,7 +63,7 @@ def main():
                 expected = version
             checks += 1
             try:
-                got = kv.read_secret_version(path=path, raise_on_deleted_version=False)["data"]
+                got = rkv.read_secret_version(path=path, raise_on_deleted_version=False)["data"]
                 if got["metadata"]["version"] != version or got["data"] != {"round": i}:
                     saw("version", f"round {i}: wrote v{version}, read v{got['metadata']['version']}")
             except hvac.exceptions.InvalidPath:
@@ -55,18 +72,18 @@ def main():
                 saw("error", f"round {i}: wrote v{version}, the read failed: {e}")
             if i % 10 == 9:
                 kv.delete_latest_version_of_secret(path=path)
-                meta = kv.read_secret_metadata(path=path)["data"]["versions"].get(str(version), {})
+                meta = rkv.read_secret_metadata(path=path)["data"]["versions"].get(str(version), {})
                 checks += 1
                 if not meta.get("deletion_time"):
                     saw("delete", f"round {i}: v{version} deleted, metadata shows no deletion_time")
                 if version > 1:
                     kv.destroy_secret_versions(path=path, versions=[version - 1])
-                    meta = kv.read_secret_metadata(path=path)["data"]["versions"].get(str(version - 1), {})
+                    meta = rkv.read_secret_metadata(path=path)["data"]["versions"].get(str(version - 1), {})
                     checks += 1
                     if not meta.get("destroyed"):
                         saw("destroy", f"round {i}: v{version - 1} destroyed, metadata says not")
                 try:
-                    keys = kv.list_secrets(path="raw")["data"]["keys"]
+                    keys = rkv.list_secrets(path="raw")["data"]["keys"]
                 except hvac.exceptions.InvalidPath:
                     keys = []
                 name = path.split("/")[1]
@@ -77,7 +94,7 @@ def main():
                 kv.delete_metadata_and_all_versions(path=path)
                 checks += 1
                 try:
-                    kv.read_secret_version(path=path, raise_on_deleted_version=False)
+                    rkv.read_secret_version(path=path, raise_on_deleted_version=False)
                     saw("metadata_delete", f"round {i}: metadata deleted, the secret still reads")
                 except hvac.exceptions.InvalidPath:
                     pass

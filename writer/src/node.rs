@@ -11,6 +11,7 @@ use secretlog_reader::api::forward::Forwarder;
 use secretlog_reader::api::health::{HealthInput, Role, health};
 use secretlog_reader::api::kv::{Freshness, ReadContext};
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, node_handler};
+use secretlog_reader::config::ReadMode;
 use secretlog_reader::materializer::now_ms;
 use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state, sealed_response};
 use secretlog_schemas::topic::HEADER_INDEX;
@@ -335,6 +336,7 @@ impl WriterNode {
             sealed: self.keys.sealed_reason(),
             progress: self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone()),
             max_lag_seconds: 30.0,
+            max_staleness: None,
             unavailable,
         }
     }
@@ -482,10 +484,29 @@ impl WriterNode {
     }
 
     async fn read(&self, ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
-        let freshness = ctx.wait_for_index(req).await?;
+        let mut freshness = ctx.wait_for_index(req).await?;
+        let strong = match req.consistency.as_deref() {
+            Some(m) => m.parse::<ReadMode>().map_err(ApiError::bad_request)? == ReadMode::Strong,
+            None => false,
+        };
+        if freshness == Freshness::Fresh && self.state() != WriterState::Active {
+            // The leader answers from its own state: it acknowledged nothing it had not applied,
+            // and it stops leading when it applies a newer epoch or loses its group session. A
+            // standby vouches for its state only as a reader does.
+            freshness = if strong {
+                match ctx.wait_strong().await {
+                    Ok(()) => Freshness::Fresh,
+                    Err(why) => Freshness::Unconfirmed(why),
+                }
+            } else {
+                ctx.within_bound(req).await
+            };
+        }
         ctx.authorize(req).await?;
-        if freshness == Freshness::Stale {
-            return Err(ApiError::new(412, "this node has not yet applied the requested index"));
+        match freshness {
+            Freshness::Fresh => {}
+            Freshness::Stale => return Err(ApiError::new(412, "this node has not yet applied the requested index")),
+            Freshness::Unconfirmed(why) => return Err(ApiError::unavailable(why)),
         }
         if crate::rotate::is_rotation_path(&req.path) {
             return crate::rotate::read(ctx, req).await;

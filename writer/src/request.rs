@@ -342,6 +342,7 @@ mod tests {
             query: Default::default(),
             token: Some("t".into()),
             index: None,
+            consistency: None,
             content_type: Some("application/json".into()),
             body: body.as_bytes().to_vec().into(),
             request_id: "r".into(),

@@ -33,6 +33,8 @@ pub struct HealthInput {
     pub progress: Option<Progress>,
     /// Lag (seconds) above which a node reports itself unhealthy.
     pub max_lag_seconds: f64,
+    /// A reader's staleness bound (`--max-staleness`): past it, health reports why.
+    pub max_staleness: Option<std::time::Duration>,
     /// Extra reason the node cannot serve (e.g. the writer cannot reach Kafka).
     pub unavailable: Option<String>,
 }
@@ -54,6 +56,15 @@ pub fn health(input: &HealthInput, req: &ApiRequest) -> ApiResponse {
     }
     if problem.is_none() && lag_seconds > input.max_lag_seconds {
         problem = Some(format!("lagging {lag_seconds:.1} s behind the log (threshold {:.1} s)", input.max_lag_seconds));
+    }
+    let instant = std::time::Instant::now();
+    let staleness = input.progress.as_ref().and_then(|p| p.confirmations.oldest(0..p.partitions, instant));
+    if problem.is_none()
+        && let (Some(bound), Some(p)) = (input.max_staleness, input.progress.as_ref())
+        && p.partitions > 0
+        && let Err(why) = crate::freshness::within_bound(&p.confirmations, p.partitions, bound, instant)
+    {
+        problem = Some(why);
     }
     if problem.is_none() && input.progress.as_ref().is_some_and(|p| p.partitions == 0 || p.high.is_empty()) {
         problem = Some("starting: positioning on the log".into());
@@ -99,6 +110,7 @@ pub fn health(input: &HealthInput, req: &ApiRequest) -> ApiResponse {
             "high_watermarks": input.progress.as_ref().map(|p| p.high.clone()),
             "lag_records": lag_records,
             "lag_seconds": lag_seconds,
+            "staleness_seconds": staleness.map(|d| d.as_secs_f64()),
             "halted": halted,
             "consumer_error": input.progress.as_ref().and_then(|p| p.consumer_error.clone()),
         }
@@ -125,6 +137,7 @@ mod tests {
                 .collect(),
             token: None,
             index: None,
+            consistency: None,
             content_type: None,
             body: Default::default(),
             request_id: "r".into(),
@@ -137,6 +150,7 @@ mod tests {
             sealed: None,
             progress: Some(Progress { partitions: 1, high: BTreeMap::from([(0, 0)]), ..Default::default() }),
             max_lag_seconds: 10.0,
+            max_staleness: None,
             unavailable: None,
         }
     }

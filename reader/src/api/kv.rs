@@ -2,7 +2,7 @@
 //! consistency-token waits — served by readers, and by writers from their own state.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::topic::HEADER_APPLIED;
@@ -27,6 +27,9 @@ pub struct ReadContext {
     pub mount: String,
     /// How long a read carrying `X-Secretlog-Index` may wait for this node to catch up.
     pub consistency_wait: Duration,
+    /// Longest time since this node last confirmed it had applied the log's end for it to answer
+    /// from its own state (see [`crate::freshness`]).
+    pub max_staleness: Duration,
 }
 
 /// `data` of a KV v2 read: the secret's fields and its version's metadata.
@@ -53,6 +56,9 @@ pub enum Freshness {
     Fresh,
     /// The bound passed before this node reached the position.
     Stale,
+    /// This node cannot vouch for its state now (past its staleness bound, cut off from the log,
+    /// a halted partition, or a strong read's query unanswered): why.
+    Unconfirmed(String),
 }
 
 impl ReadContext {
@@ -68,6 +74,81 @@ impl ReadContext {
             raw.parse().map_err(|e: secretlog_schemas::topic::BadToken| ApiError::bad_request(e.to_string()))?;
         let (reached, _) = self.materializer.wait_for(self.consistency_wait, |p| token.is_reached_by(&p.applied)).await;
         Ok(if reached { Freshness::Fresh } else { Freshness::Stale })
+    }
+
+    /// Wait until this node applied `position`, up to the consistency wait.
+    pub async fn wait_position(&self, position: &ConsistencyToken) -> bool {
+        if position.0.is_empty() {
+            return true;
+        }
+        self.materializer.wait_for(self.consistency_wait, |p| position.is_reached_by(&p.applied)).await.0
+    }
+
+    /// A linearizable read's wait: the partitions' last stable offsets from a query sent after
+    /// this call, then until this node consumed them — so its state holds every write
+    /// acknowledged before the read arrived. Up to the consistency wait; else why not.
+    pub async fn wait_strong(&self) -> Result<(), String> {
+        let started = Instant::now();
+        let ends = self.materializer.ends.after_now(self.consistency_wait).await?;
+        let left = self.consistency_wait.saturating_sub(started.elapsed());
+        let (reached, p) = self.materializer.wait_for(left, |p| p.has_consumed(&ends)).await;
+        if reached {
+            return Ok(());
+        }
+        let behind: Vec<String> = ends
+            .iter()
+            .filter(|(part, end)| p.consumed_at(**part) < **end)
+            .map(|(part, end)| format!("partition {part} at {} of {end}", p.consumed_at(*part)))
+            .collect();
+        Err(format!(
+            "this node had not applied the log's end within {} ms ({})",
+            self.consistency_wait.as_millis(),
+            behind.join(", ")
+        ))
+    }
+
+    /// Whether this node may answer `req` from its own state: no partition the read needs is
+    /// halted, and the log's end was confirmed applied within the staleness bound. A node that
+    /// is not cut off waits (up to the consistency wait) for a confirmation, as it does right
+    /// after its start; one whose last query failed does not wait.
+    pub async fn within_bound(&self, req: &ApiRequest) -> Freshness {
+        let key_partition = self.key_partition(req);
+        let check = |p: &crate::materializer::Progress| -> Result<(), String> {
+            let halted = p.halted.iter().find(|(part, _)| key_partition.is_none_or(|k| k == **part));
+            if let Some((part, why)) = halted {
+                return Err(format!("partition {part} is halted ({why}); its reads are refused until it is repaired"));
+            }
+            crate::freshness::within_bound(&p.confirmations, p.partitions, self.max_staleness, Instant::now())
+        };
+        let first = {
+            let p = self.materializer.progress.borrow();
+            check(&p).map_err(|why| (why, p.confirmations.is_disconnected() || !p.halted.is_empty()))
+        };
+        match first {
+            Ok(()) => Freshness::Fresh,
+            Err((why, true)) => Freshness::Unconfirmed(why),
+            Err((why, false)) => {
+                let (ok, _) = self.materializer.wait_for(self.consistency_wait, |p| check(p).is_ok()).await;
+                if ok { Freshness::Fresh } else { Freshness::Unconfirmed(why) }
+            }
+        }
+    }
+
+    /// The partition of the one secret a KV read names (`data` or `metadata` of a path), if it
+    /// names one.
+    fn key_partition(&self, req: &ApiRequest) -> Option<i32> {
+        let segs = req.segments();
+        if segs.first() != Some(&self.mount.as_str()) || !matches!(segs.get(1), Some(&"data" | &"metadata")) {
+            return None;
+        }
+        let path = segs[2..].join("/");
+        let partitions = self.materializer.progress.borrow().partitions;
+        (!path.is_empty() && partitions > 0 && req.method == "GET").then(|| {
+            secretlog_schemas::topic::partition_for(
+                &secretlog_schemas::topic::record_key(&self.mount, &path),
+                partitions,
+            )
+        })
     }
 
     /// This node's applied position, as a consistency token string.
@@ -290,6 +371,7 @@ mod tests {
             query: query.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).into_iter().collect(),
             token: None,
             index: None,
+            consistency: None,
             content_type: None,
             body: Default::default(),
             request_id: "r".into(),

@@ -14,6 +14,7 @@ pub mod kv;
 pub mod limits;
 pub mod response;
 pub mod seal;
+pub mod session;
 pub mod tls;
 pub mod tokens;
 
@@ -52,6 +53,8 @@ pub struct ApiRequest {
     pub token: Option<String>,
     /// `X-Secretlog-Index`, unparsed.
     pub index: Option<String>,
+    /// `X-Secretlog-Consistency`, unparsed.
+    pub consistency: Option<String>,
     pub content_type: Option<String>,
     pub body: Bytes,
     /// Id for logs and the response's `request_id`.
@@ -172,6 +175,7 @@ fn build_request(
         query,
         token,
         index: header("x-secretlog-index"),
+        consistency: header("x-secretlog-consistency"),
         content_type: header("content-type"),
         body,
         request_id: uuid::Uuid::new_v4().to_string(),

@@ -1,6 +1,8 @@
 //! An unmodified Vault client library works against secretlog.
 
-use crate::harness::{Stack, StackOpts, shared};
+use serde_json::json;
+
+use crate::harness::{Stack, StackOpts, call, shared};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hvac_writes_through_a_reader_and_reads_from_another() {
@@ -27,11 +29,17 @@ async fn hvac_writes_through_a_reader_and_reads_from_another() {
 
 /// Run the read-after-write script against `url` for `rounds`: its exit status and JSON line.
 async fn read_after_write(url: &str, token: &str, rounds: u32) -> (bool, String, String) {
+    read_after_write_with(url, token, rounds, &[]).await
+}
+
+/// [`read_after_write`] with the script's options (`--read-url`, `--strong`).
+async fn read_after_write_with(url: &str, token: &str, rounds: u32, opts: &[&str]) -> (bool, String, String) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/hvac_read_after_write.py");
     let out = tokio::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
         .arg(&script)
         .arg(url)
         .arg(rounds.to_string())
+        .args(opts)
         .env("VAULT_TOKEN", token)
         .output()
         .await
@@ -76,4 +84,88 @@ async fn read_after_write_catches_a_writer_that_acknowledges_before_applying() {
     eprintln!("{stdout}");
     assert!(!ok, "the planted bug went unnoticed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("\"stale\""), "the script reports what was stale, not a crash:\n{stdout}\n{stderr}");
+}
+
+/// Issue #20, session reads: hvac writing through a reader (forwarded to the leader) and reading
+/// back at once from the same reader, with no secretlog header, sees its own write every time —
+/// the reader remembers where the token's writes landed. 1,000 rounds; 0 stale answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_reads_its_own_writes_through_a_reader_without_a_header() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "hvac-session", readers: 1, ..Default::default() }).await;
+    let (ok, stdout, stderr) = read_after_write(&s.readers[0].url, &s.token, 1000).await;
+    eprintln!("{stdout}");
+    assert!(
+        ok,
+        "stale answers after the client's own writes through the reader:\n{stdout}\n{stderr}\n--- reader log ---\n{}",
+        s.readers[0].log_tail()
+    );
+    assert!(stdout.contains("\"rounds\": 1000"), "{stdout}");
+}
+
+/// The session check can fail: the same client against a reader told to serve `latest` (no
+/// session memory) is caught reading an older version than its own write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_after_write_catches_a_reader_without_session_memory() {
+    let (cluster, _g) = shared();
+    let opts = StackOpts {
+        name: "hvac-latest",
+        readers: 1,
+        reader_args: vec!["--consistency".into(), "latest".into()],
+        ..Default::default()
+    };
+    let s = Stack::start(cluster, opts).await;
+    let (ok, stdout, stderr) = read_after_write(&s.readers[0].url, &s.token, 300).await;
+    eprintln!("{stdout}");
+    assert!(!ok, "a reader without session memory went unnoticed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("\"stale\""), "the script reports what was stale, not a crash:\n{stdout}\n{stderr}");
+}
+
+/// Issue #20, strong reads: writes through the leader, each read at once from a reader with
+/// `X-Secretlog-Consistency: strong` — linearizable, so every read shows every write acknowledged
+/// before it was sent. 1,000 rounds; 0 stale answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_reads_on_a_reader_see_every_write_the_leader_acknowledged_before_them() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "hvac-strong", readers: 1, ..Default::default() }).await;
+    let (ok, stdout, stderr) =
+        read_after_write_with(&s.writer.url, &s.token, 1000, &["--read-url", &s.readers[0].url, "--strong"]).await;
+    eprintln!("{stdout}");
+    assert!(ok, "stale strong reads:\n{stdout}\n{stderr}\n--- reader log ---\n{}", s.readers[0].log_tail());
+    assert!(stdout.contains("\"rounds\": 1000"), "{stdout}");
+}
+
+/// Issue #20, no denial from unconfirmed state: a token created through reader east and used at
+/// once, with no header, on reader west is accepted — west checks the log's end before it would
+/// refuse a token it has not seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_created_through_one_reader_works_at_once_on_another() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "token-east-west", readers: 2, ..Default::default() }).await;
+    let (east, west) = (&s.readers[0].url, &s.readers[1].url);
+    let created =
+        call("POST", &format!("{east}/v1/secret/data/shared/x"), Some(&s.token), None, Some(json!({"data": {"v": 1}})))
+            .await;
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    for round in 0..50 {
+        // A policy and a token, both new, both through east; used on west at once.
+        let policy = format!("reader-{round}");
+        let rules = "path \"secret/data/shared/*\" { capabilities = [\"read\"] }";
+        let p = call(
+            "PUT",
+            &format!("{east}/v1/sys/policies/acl/{policy}"),
+            Some(&s.token),
+            None,
+            Some(json!({ "policy": rules })),
+        )
+        .await;
+        assert_eq!(p.status, 204, "round {round}: {:?}", p.body);
+        let body = json!({ "policies": [policy] });
+        let a = call("POST", &format!("{east}/v1/auth/token/create"), Some(&s.token), None, Some(body)).await;
+        assert_eq!(a.status, 200, "round {round}: {:?}", a.body);
+        let token = a.body["auth"]["client_token"].as_str().expect("client_token").to_string();
+        let r = call("GET", &format!("{west}/v1/secret/data/shared/x"), Some(&token), None, None).await;
+        assert_eq!(r.status, 200, "round {round}: the new token was refused on west: {:?}", r.body);
+        assert_eq!(r.body["data"]["data"]["v"], 1, "round {round}");
+    }
 }

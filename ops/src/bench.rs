@@ -336,16 +336,16 @@ pub(crate) fn read_key_under(prefix: &str, worker: usize, i: u64, n: u64) -> Str
 }
 
 /// Reads from the reader for `args.seconds` over `c` keep-alive connections, over `keys`
-/// preloaded secrets. With `index`, every read carries it as `X-Secretlog-Index` (the reader
-/// answers once it has applied that position; past its wait bound it forwards or fails).
+/// preloaded secrets. With `header`, every read carries it (`X-Secretlog-Consistency: strong`
+/// for linearizable reads, `X-Secretlog-Index` for a position).
 pub(crate) async fn measure_reads(
     args: &BenchArgs,
     token: &str,
     keys: usize,
-    index: Option<String>,
+    header: Option<(&'static str, String)>,
     c: usize,
 ) -> anyhow::Result<Value> {
-    measure_reads_under(&args.reader, "bench/keys", args.seconds, token, keys, index, c).await
+    measure_reads_under(&args.reader, "bench/keys", args.seconds, token, keys, header, c).await
 }
 
 /// [`measure_reads`] from the reader at `reader`, over the keys `{prefix}/k{0..keys}`, for `secs`.
@@ -355,18 +355,18 @@ pub(crate) async fn measure_reads_under(
     secs: u64,
     token: &str,
     keys: usize,
-    index: Option<String>,
+    header: Option<(&'static str, String)>,
     c: usize,
 ) -> anyhow::Result<Value> {
     let http = client(c)?;
     let (r, p, t, n) = (reader.to_string(), prefix.to_string(), token.to_string(), keys as u64);
     let (ops, errs, secs, h) = closed_loop(c, secs, move |worker, i| {
-        let (http, r, t, index) = (http.clone(), r.clone(), t.clone(), index.clone());
+        let (http, r, t, header) = (http.clone(), r.clone(), t.clone(), header.clone());
         let key = read_key_under(&p, worker, i, n);
         async move {
             let mut req = http.get(format!("{r}/v1/secret/data/{key}")).header("X-Vault-Token", t);
-            if let Some(index) = index {
-                req = req.header("X-Secretlog-Index", index);
+            if let Some((name, value)) = header {
+                req = req.header(name, value);
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),

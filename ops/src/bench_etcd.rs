@@ -16,9 +16,10 @@
 //! * **reads, serializable** — secretlog: a reader's local state, no consistency token; etcd: a
 //!   `serializable` range on a follower, from its local state;
 //! * **reads, linearizable** — etcd: a default range on a follower, which confirms the leader's
-//!   commit index (ReadIndex) before answering. secretlog has no linearizable read; its strongest
-//!   is a token read (the reader answers once it has applied the position a write returned), and
-//!   that is what stands beside it — a weaker guarantee, so this ratio flatters secretlog.
+//!   commit index (ReadIndex) before answering; secretlog: a `strong` read on a reader
+//!   (`X-Secretlog-Consistency: strong`), which asks the brokers for the log's last stable
+//!   offsets with a query sent after the read arrived and answers once it applied them — the same
+//!   guarantee.
 //!
 //! docs/benchmarks.md says what else differs (durability, gateway vs native gRPC).
 
@@ -115,7 +116,7 @@ impl PeerRun {
         match self {
             PeerRun::Writes => "secretlog leader writer",
             PeerRun::Serializable => "secretlog reader, no token",
-            PeerRun::Linearizable => "secretlog reader, X-Secretlog-Index of a write after the preload",
+            PeerRun::Linearizable => "secretlog reader, X-Secretlog-Consistency: strong",
         }
     }
 }
@@ -173,12 +174,10 @@ pub(crate) async fn run_pairs<P: Peer>(
         for p in peers.iter_mut() {
             p.preload(peer.keys).await?;
         }
-        // The position secretlog's token reads carry: that of a write made after the preload.
-        let index = if wants(PeerRun::Linearizable) { Some(marker_write(args, token, value).await?) } else { None };
         for run in reads {
             for &c in &peer.connections {
-                let index = if run == PeerRun::Linearizable { index.clone() } else { None };
-                let s = crate::bench::measure_reads(args, token, peer.keys, index, c).await?;
+                let strong = (run == PeerRun::Linearizable).then(|| ("X-Secretlog-Consistency", "strong".to_string()));
+                let s = crate::bench::measure_reads(args, token, peer.keys, strong, c).await?;
                 for p in peers.iter() {
                     let o = p.reads(run, args.seconds, peer.keys, c).await?;
                     rows.push(pair(p, run, c, args.value_bytes, s.clone(), o));
@@ -260,25 +259,6 @@ pub(crate) fn peer_table(rows: &[Value], labels: &[(&str, &str)]) -> comfy_table
     t
 }
 
-/// A write to secretlog after the preload; returns its consistency index.
-async fn marker_write(args: &BenchArgs, token: &str, value: &str) -> anyhow::Result<String> {
-    let resp = client(1)?
-        .post(format!("{}/v1/secret/data/bench/marker", args.writer))
-        .header("X-Vault-Token", token)
-        .json(&json!({"data": {"v": value}}))
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("the marker write failed: {}", resp.status());
-    }
-    Ok(resp
-        .headers()
-        .get("x-secretlog-index")
-        .and_then(|v| v.to_str().ok())
-        .context("the marker write returned no X-Secretlog-Index")?
-        .to_string())
-}
-
 // --- etcd as a peer ----------------------------------------------------------------------------
 
 /// Run `bench peer etcd`: start the cluster, measure each pair, print the table, append JSON
@@ -300,7 +280,7 @@ pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) ->
         value,
         &mut peers,
         "ratio = secretlog / etcd, measured back to back in this run: ops/s above 1 and latency below 1 favour \
-         secretlog. reads_linearizable: etcd linearizable reads beside secretlog token reads (a weaker guarantee).",
+         secretlog. reads_linearizable: etcd linearizable reads beside secretlog strong reads (the same guarantee).",
     )
     .await;
     drop(etcd);

@@ -22,4 +22,5 @@ mod s3;
 mod seal;
 mod security;
 mod stack_up;
+mod staleness;
 mod transport;

@@ -30,8 +30,8 @@
 mod client;
 mod linearizability;
 mod model;
-mod netns;
-mod run;
+pub(crate) mod netns;
+pub(crate) mod run;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -12,7 +12,10 @@
 //! reader's connections: they hang, as on a partition, and resume when it comes back); a
 //! **delay** holds every byte crossing the bridge for a while, in both directions. The kernel's
 //! `netem` would delay packets instead, but this machine's kernel has no `sch_netem` (nor loadable
-//! modules), so the delay lives in the bridge.
+//! modules), so the delay lives in the bridge. An **outbound cut** holds every byte of the
+//! connections the reader opened to the host (brokers, writers) and new ones hang unconnected,
+//! while the namespace's loopback, and so the reader's own port, stays up: the reader is cut
+//! off from Kafka but still answers HTTP.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
@@ -29,6 +32,8 @@ use tokio::task::JoinHandle;
 pub struct Netns {
     pub name: String,
     delay_ms: Arc<AtomicU64>,
+    /// `true` while the outbound cut is on.
+    outbound_cut: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -62,8 +67,14 @@ fn socket_in(name: &str) -> std::io::Result<TcpSocket> {
     Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
 }
 
-/// Copy `from` to `to`, holding each chunk until `delay` after it was read.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<AtomicU64>) {
+/// Copy `from` to `to`, holding each chunk until `delay` after it was read, and while `cut`
+/// (when given) says so.
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    delay: Arc<AtomicU64>,
+    mut cut: Option<tokio::sync::watch::Receiver<bool>>,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(256);
     let read = async move {
         let mut buf = vec![0u8; 16 * 1024];
@@ -77,6 +88,11 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<Atomic
         while let Some((at, chunk)) = rx.recv().await {
             let d = Duration::from_millis(delay.load(Ordering::Relaxed));
             tokio::time::sleep_until((at + d).into()).await;
+            if let Some(cut) = &mut cut
+                && cut.wait_for(|c| !c).await.is_err()
+            {
+                return;
+            }
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
@@ -86,12 +102,12 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<Atomic
     tokio::join!(read, write);
 }
 
-fn bridge(a: TcpStream, b: TcpStream, delay: &Arc<AtomicU64>) {
+fn bridge(a: TcpStream, b: TcpStream, delay: &Arc<AtomicU64>, cut: Option<tokio::sync::watch::Receiver<bool>>) {
     let _ = (a.set_nodelay(true), b.set_nodelay(true));
     let (ar, aw) = a.into_split();
     let (br, bw) = b.into_split();
-    tokio::spawn(pipe(ar, bw, delay.clone()));
-    tokio::spawn(pipe(br, aw, delay.clone()));
+    tokio::spawn(pipe(ar, bw, delay.clone(), cut.clone()));
+    tokio::spawn(pipe(br, aw, delay.clone(), cut));
 }
 
 impl Netns {
@@ -104,7 +120,12 @@ impl Netns {
         }
         let _ = ip(&["netns", "del", name]);
         ip(&["netns", "add", name])?;
-        let ns = Netns { name: name.to_string(), delay_ms: Arc::new(AtomicU64::new(0)), tasks: Vec::new() };
+        let ns = Netns {
+            name: name.to_string(),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            outbound_cut: tokio::sync::watch::Sender::new(false),
+            tasks: Vec::new(),
+        };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         socket_in(name).map_err(|e| format!("a socket in namespace {name}: {e}"))?;
         Ok(ns)
@@ -121,13 +142,17 @@ impl Netns {
         s.set_reuseaddr(true)?;
         s.bind(([127, 0, 0, 1], port).into())?;
         let listener = s.listen(1024)?;
-        let delay = self.delay_ms.clone();
+        let (delay, cut) = (self.delay_ms.clone(), self.outbound_cut.clone());
         self.tasks.push(tokio::spawn(async move {
             while let Ok((inside, _)) = listener.accept().await {
-                let delay = delay.clone();
+                let (delay, mut cut) = (delay.clone(), cut.subscribe());
                 tokio::spawn(async move {
+                    // While cut off, a new connection hangs as on a partition.
+                    if cut.wait_for(|c| !c).await.is_err() {
+                        return;
+                    }
                     if let Ok(host) = TcpStream::connect(("127.0.0.1", port)).await {
-                        bridge(inside, host, &delay);
+                        bridge(inside, host, &delay, Some(cut));
                     }
                 });
             }
@@ -149,7 +174,7 @@ impl Netns {
                     // client would.
                     let connect = s.connect(([127, 0, 0, 1], port).into());
                     if let Ok(Ok(inside)) = tokio::time::timeout(Duration::from_secs(5), connect).await {
-                        bridge(outside, inside, &delay);
+                        bridge(outside, inside, &delay, None);
                     }
                 });
             }
@@ -160,6 +185,12 @@ impl Netns {
     /// Hold every byte crossing into or out of the namespace for `d` (zero: none).
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Cut (`true`) or restore the namespace's way out (brokers, writers) only: bytes of open
+    /// connections are held, new connections hang; the reader's exposed port still answers.
+    pub fn set_outbound_cut(&self, cut: bool) {
+        self.outbound_cut.send_replace(cut);
     }
 
     /// Cut (`true`) or restore the namespace's network.

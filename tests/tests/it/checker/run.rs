@@ -64,7 +64,14 @@ pub struct Report {
 const BURST_WRITERS: usize = 12;
 
 /// A reader of `s` inside `ns`, reaching the brokers and writers through the namespace's bridge.
-async fn netns_reader(s: &Stack, ns: &mut Netns, writers: &[String], planted: Option<&str>) -> Node {
+/// `extra_args` go to the reader's command line.
+pub(crate) async fn netns_reader(
+    s: &Stack,
+    ns: &mut Netns,
+    writers: &[String],
+    planted: Option<&str>,
+    extra_args: &[&str],
+) -> Node {
     let port_of = |url: &str| url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
     for addr in s.bootstrap.split(',') {
         ns.forward_in(port_of(addr).expect("broker port")).expect("forwarding a broker port into the namespace");
@@ -87,7 +94,7 @@ async fn netns_reader(s: &Stack, ns: &mut Netns, writers: &[String], planted: Op
     .chain(planted.map(|p| ("SECRETLOG_TEST_PLANTED_BUG", p.to_string())))
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let args = vec![
+    let mut args: Vec<String> = vec![
         "reader".into(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
@@ -98,6 +105,7 @@ async fn netns_reader(s: &Stack, ns: &mut Netns, writers: &[String], planted: Op
         "--writer-url".into(),
         writers.join(","),
     ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
     let mut n = crate::harness::node(s.dir.path(), name, port, &envs, args)
         .with_prefix(ns.prefix(), format!("http://127.0.0.1:{host_port}"));
     n.spawn();
@@ -182,7 +190,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
     if opts.netns {
         match Netns::create(&format!("chk-{:06x}", rand::random::<u32>() & 0xffffff)) {
             Ok(mut n) => {
-                let r = netns_reader(&s, &mut n, &writer_urls, opts.planted).await;
+                let r = netns_reader(&s, &mut n, &writer_urls, opts.planted, &[]).await;
                 r.wait_health(473, Duration::from_secs(60)).await;
                 ns_reader = Some(r);
                 ns = Some(n);

@@ -34,8 +34,23 @@ pub fn http() -> &'static reqwest::Client {
 
 /// Like `harness::call`, but no answer is an outcome (status 0), not a panic.
 pub async fn send(method: &str, url: &str, token: &str, index: Option<&str>, body: Option<Value>) -> Reply {
+    send_with(method, url, token, index, false, body).await
+}
+
+/// [`send`], asking for a linearizable read (`X-Secretlog-Consistency: strong`) if `strong`.
+pub async fn send_with(
+    method: &str,
+    url: &str,
+    token: &str,
+    index: Option<&str>,
+    strong: bool,
+    body: Option<Value>,
+) -> Reply {
     let mut rb = http().request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), url);
     rb = rb.header("X-Vault-Token", token);
+    if strong {
+        rb = rb.header("X-Secretlog-Consistency", "strong");
+    }
     if let Some(i) = index {
         rb = rb.header("X-Secretlog-Index", i);
     }
@@ -81,6 +96,7 @@ async fn write(c: usize, key: String, (name, url): &(String, String), token: &st
         value: Some(value),
         error: error_of(&r),
         index: r.index,
+        strong: false,
     }
 }
 
@@ -128,6 +144,7 @@ async fn lifecycle_step(
         value,
         error: error_of(&r),
         index: r.index,
+        strong: false,
     };
     let next = match (op.effect(), step) {
         (Effect::Acknowledged, Lifecycle::Put) => op.version.map_or(Lifecycle::Put, Lifecycle::Delete),
@@ -138,7 +155,9 @@ async fn lifecycle_step(
     (op, next)
 }
 
-/// One client: a loop of random writes, lifecycle steps and reads, recorded.
+/// One client: a loop of random writes, lifecycle steps and reads, recorded. A third of its
+/// reads, at random, are strong (`X-Secretlog-Consistency: strong`, no token): checked as
+/// linearizable reads.
 pub async fn client(
     c: usize,
     write_targets: Vec<(String, String)>,
@@ -169,9 +188,12 @@ pub async fn client(
             op
         } else {
             let (name, url) = pick(&read_targets);
-            let index = (!session.0.is_empty()).then(|| session.to_string());
+            // A third of the reads are strong (linearizable): no token, the header instead.
+            let strong = rand::random::<u32>() % 3 == 0;
+            let index = (!strong && !session.0.is_empty()).then(|| session.to_string());
             let start = Instant::now();
-            let r = send("GET", &format!("{url}/v1/secret/data/{key}"), &token, index.as_deref(), None).await;
+            let r =
+                send_with("GET", &format!("{url}/v1/secret/data/{key}"), &token, index.as_deref(), strong, None).await;
             let end = Instant::now();
             Op {
                 client: c,
@@ -185,6 +207,7 @@ pub async fn client(
                 value: r.body["data"]["data"]["w"].as_str().map(str::to_string),
                 index,
                 error: error_of(&r),
+                strong,
             }
         };
         let failed = !matches!(op.status, 200 | 204 | 404);

@@ -21,23 +21,28 @@
 //!   a read that sees its value cannot be linearized.
 //!
 //! Reads: 200 and 404 are observations; any other answer (none, 412, 5xx) says nothing and is
-//! left out. secretlog has no linearizable read: readers and writers alike answer from their own
-//! materialized copy of the committed log (docs/design.md, "Consistency"), and a read carrying a
-//! consistency token only waits until that copy has applied the token's position. So a read is
-//! checked as a *snapshot* ([`Entry::SnapshotRead`]): it takes effect at some point of the key's
-//! linearization before its answer (it never sees a write invoked after it answered), and after
-//! every acknowledged write its token covers — every write whose answered token the read's token
-//! reaches, the client's own and, through the log offsets, every other client's. A read with no
-//! token may be any amount stale, by design. Strict reads ([`Entry::Read`], which must take
-//! effect between their invocation and their answer) are part of the engine should a
-//! linearizable read path ever exist; the unit tests exercise them.
+//! left out. A read is checked by what its mode guarantees:
+//! * *strong* (sent with `X-Secretlog-Consistency: strong`, [`Op::strong`]): linearizable. A
+//!   reader answers it only once it has applied the partitions' last stable offsets as queried
+//!   after the read arrived, or forwards it to the leader writer, which answers from its own state
+//!   (docs/design.md, "Consistency"). So it is checked as a strict read ([`Entry::Read`]): it
+//!   takes effect between its invocation and its answer, and sees every write acknowledged before
+//!   it was invoked, whoever wrote it and whatever node it asked.
+//! * any other: readers and writers answer from their own materialized copy of the committed log,
+//!   and a read carrying a consistency token only waits until that copy has applied the token's
+//!   position. So it is checked as a *snapshot* ([`Entry::SnapshotRead`]): it takes effect at
+//!   some point of the key's linearization before its answer (it never sees a write invoked after
+//!   it answered), and after every acknowledged write its token covers — every write whose
+//!   answered token the read's token reaches, the client's own and, through the log offsets,
+//!   every other client's. A read with no token may be any amount stale, by design.
 //!
 //! **What it finds** beyond [`super::model`]'s other checks: there is no single order of the
 //! writes that explains the acknowledged versions and every read together. For instance a version
 //! answered twice, or skipped with no indeterminate write that could have taken it; writes
 //! ordered against real time; a read of a refused write's value, of a write invoked after the
 //! read answered, or of a version under another write's value; a read older than a write its
-//! token covers, whoever wrote it.
+//! token covers, whoever wrote it; a strong read older than a write acknowledged before it was
+//! invoked.
 //!
 //! The search itself is [`search()`]. A key whose search visits more than [`SEARCH_BUDGET`] states
 //! is *inconclusive*: neither passed nor failed, and counted apart.
@@ -73,6 +78,8 @@ pub struct Tally {
     /// Reads answered 200 or 404, and reads that said nothing (no answer, 412, 5xx).
     pub reads_checked: usize,
     pub reads_unknown: usize,
+    /// Of `reads_checked`, the strong ones, checked as linearizable reads.
+    pub strong_reads_checked: usize,
     /// The most states one key's search visited (against [`SEARCH_BUDGET`]).
     pub most_states: usize,
 }
@@ -109,6 +116,12 @@ fn entries_of(history: &[Op], ops: &[usize], tally: &mut Tally) -> (Vec<Entry>, 
                 tally.indeterminate_writes += 1;
                 Entry::Indeterminate { start: o.start, value: o.value.clone().unwrap_or_default() }
             }
+            (Kind::Read, 200) if o.strong && o.version.is_some() => Entry::Read {
+                start: o.start,
+                end: o.end,
+                seen: Seen::Version(o.version.unwrap_or_default(), o.value.clone()),
+            },
+            (Kind::Read, 404) if o.strong => Entry::Read { start: o.start, end: o.end, seen: Seen::Absent },
             (Kind::Read, 200) if o.version.is_some() => Entry::SnapshotRead {
                 end: o.end,
                 after: Vec::new(),
@@ -124,6 +137,7 @@ fn entries_of(history: &[Op], ops: &[usize], tally: &mut Tally) -> (Vec<Entry>, 
         };
         if o.kind == Kind::Read {
             tally.reads_checked += 1;
+            tally.strong_reads_checked += usize::from(o.strong);
         }
         entries.push(entry);
         origin.push(h);
@@ -168,7 +182,8 @@ fn describe(o: &Op, t0: Instant) -> String {
         (kind, s, v) => format!("{kind:?} of v{} answered {s}", v.unwrap_or_default()),
     };
     let token = o.index.as_deref().map(|t| format!(" with token {t}")).unwrap_or_default();
-    format!("client {} {what} on {}{token}, +{:.1}..{:.1} ms", o.client, o.node, ms(o.start), ms(o.end))
+    let strong = if o.strong { " (strong)" } else { "" };
+    format!("client {} {what}{strong} on {}{token}, +{:.1}..{:.1} ms", o.client, o.node, ms(o.start), ms(o.end))
 }
 
 /// Search every key of `history`: a [`Violation::NotLinearizable`] for each key that has no
@@ -202,4 +217,89 @@ pub fn check_history(history: &[Op], budget: usize) -> (Vec<Violation>, Tally) {
         }
     }
     (out, tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Client 0 writes v1 (0..10 ms) and v2 (20..30 ms), acknowledged; client 1 then reads
+    /// (`start`..`start + 4` ms) with no token and sees `seen`.
+    fn history(read_start: u64, seen: Option<(u64, &str)>, strong: bool) -> Vec<Op> {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let w = |value: &str, start, version: u64| Op {
+            client: 0,
+            kind: Kind::Write,
+            key: "k".into(),
+            node: "writer".into(),
+            start: at(start),
+            end: at(start + 10),
+            status: 200,
+            version: Some(version),
+            value: Some(value.into()),
+            index: Some(format!("0:{version}")),
+            error: None,
+            strong: false,
+        };
+        let read = Op {
+            client: 1,
+            kind: Kind::Read,
+            key: "k".into(),
+            node: "reader-0".into(),
+            start: at(read_start),
+            end: at(read_start + 4),
+            status: if seen.is_some() { 200 } else { 404 },
+            version: seen.map(|(v, _)| v),
+            value: seen.map(|(_, s)| s.to_string()),
+            index: None,
+            error: None,
+            strong,
+        };
+        vec![w("0-1", 0, 1), w("0-2", 20, 2), read]
+    }
+
+    #[test]
+    fn a_strong_read_older_than_a_write_acknowledged_before_it_is_not_linearizable() {
+        // v2 was acknowledged at 30 ms; the read, invoked at 31 ms, sees v1.
+        let (v, tally) = check_history(&history(31, Some((1, "0-1")), true), SEARCH_BUDGET);
+        let culprit = "client 1 read v1 = 0-1 (strong) on reader-0, +31.0..35.0 ms".to_string();
+        assert_eq!(v, vec![Violation::NotLinearizable { key: "k".into(), prefix: 3, culprit }]);
+        assert_eq!((tally.not_linearizable, tally.reads_checked, tally.strong_reads_checked), (1, 1, 1));
+        // Not found at all, after two acknowledged writes: no better.
+        let (v, _) = check_history(&history(31, None, true), SEARCH_BUDGET);
+        assert!(matches!(v.as_slice(), [Violation::NotLinearizable { .. }]), "{v:?}");
+    }
+
+    #[test]
+    fn the_same_read_as_a_snapshot_without_a_token_may_lag() {
+        let (v, tally) = check_history(&history(31, Some((1, "0-1")), false), SEARCH_BUDGET);
+        assert_eq!(v, vec![]);
+        assert_eq!((tally.linearizable, tally.reads_checked, tally.strong_reads_checked), (1, 1, 0));
+        let (v, _) = check_history(&history(31, None, false), SEARCH_BUDGET);
+        assert_eq!(v, vec![]);
+    }
+
+    #[test]
+    fn a_strong_read_concurrent_with_a_write_may_see_either_version() {
+        // Invoked at 25 ms, while v2 (20..30 ms) is in flight: v1 or v2.
+        for seen in [(1, "0-1"), (2, "0-2")] {
+            let (v, tally) = check_history(&history(25, Some(seen), true), SEARCH_BUDGET);
+            assert_eq!((v, tally.linearizable), (vec![], 1), "{seen:?}");
+        }
+        // Once v2 is acknowledged, it: fine.
+        let (v, _) = check_history(&history(31, Some((2, "0-2")), true), SEARCH_BUDGET);
+        assert_eq!(v, vec![]);
+    }
+
+    #[test]
+    fn a_strong_read_that_said_nothing_is_left_out() {
+        let mut h = history(31, Some((1, "0-1")), true);
+        h[2].status = 503;
+        let (v, tally) = check_history(&h, SEARCH_BUDGET);
+        assert_eq!(v, vec![]);
+        assert_eq!((tally.reads_checked, tally.reads_unknown, tally.strong_reads_checked), (0, 1, 0));
+    }
 }

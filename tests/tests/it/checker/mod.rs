@@ -2,9 +2,9 @@
 //!
 //! Concurrent clients write and read a small key space — writes to either writer or through a
 //! reader (forwarded to the leader), reads on a random reader carrying the client's session
-//! token — and put, delete and undelete versions of keys of their own, while a nemesis (issue
-//! #19) makes the leader writer a zombie (SIGSTOP until a standby leads and acknowledges writes,
-//! then SIGCONT while its clients still send to it), kills the leader writer, kills a Kafka broker
+//! token or, a third of them, strong (`X-Secretlog-Consistency: strong`, issue #20) — and put,
+//! delete and undelete versions of keys of their own, while a nemesis (issue #19) makes the
+//! leader writer a zombie (SIGSTOP until a standby leads and acknowledges writes, then SIGCONT while its clients still send to it), kills the leader writer, kills a Kafka broker
 //! in the middle of a burst of writes, pauses a reader with SIGSTOP, kills a reader, kills the
 //! replicator, and slows down then cuts the network of a reader that runs in its own network
 //! namespace ([`netns`]). The writers re-send records after their key changed
@@ -16,8 +16,9 @@
 //! converge, an archive that lacks or repeats a committed record, and (issue #19) a key whose
 //! operations have no linearization: [`linearizability`] searches every key's history, counting
 //! writes with no definite answer (no answer, 503 "write outcome unknown", any other 5xx but 503
-//! "write refused") as indeterminate and reads as snapshots no older than their token. The
-//! summary gives the share of writes answered successfully beside the violations.
+//! "write refused") as indeterminate, strong reads as linearizable and the others as snapshots
+//! no older than their token. The summary gives the share of writes answered successfully
+//! beside the violations.
 //!
 //! The checker can fail: the `planted` unit tests feed `check` histories with a known bug, and
 //! [`checker_catches_a_writer_that_acknowledges_before_commit`] and

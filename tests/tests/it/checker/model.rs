@@ -55,6 +55,9 @@ pub struct Op {
     pub value: Option<String>,
     /// Write: the consistency token answered. Read: the session token sent.
     pub index: Option<String>,
+    /// Read: sent with `X-Secretlog-Consistency: strong` (and no token), so linearizable: it
+    /// must take effect between its invocation and its answer. Always false for writes.
+    pub strong: bool,
     /// The error answered, if any (for the report).
     pub error: Option<String>,
 }
@@ -456,6 +459,7 @@ mod planted {
             value: Some(value.into()),
             index: Some(format!("0:{version}")),
             error: None,
+            strong: false,
         };
         let r = |client, start, end, version: u64, value: &str| Op {
             client,
@@ -469,6 +473,7 @@ mod planted {
             value: Some(value.into()),
             index: Some("0:1".into()),
             error: None,
+            strong: false,
         };
         let history = vec![
             w(0, "0-1", 0, 10, 1),
@@ -704,6 +709,7 @@ mod planted {
             value: None,
             index: None,
             error: None,
+            strong: false,
         };
         let mut h = clean().0;
         h.extend([

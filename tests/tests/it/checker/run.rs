@@ -560,7 +560,8 @@ fn write_results(
             json!({
                 "client": o.client, "kind": format!("{:?}", o.kind).to_lowercase(), "key": o.key, "node": o.node,
                 "start_ms": ms(o.start), "end_ms": ms(o.end), "status": o.status, "version": o.version,
-                "value": o.value, "index": o.index, "error": o.error, "effect": o.is_write().then(|| o.effect()),
+                "value": o.value, "index": o.index, "strong": o.strong, "error": o.error,
+                "effect": o.is_write().then(|| o.effect()),
             })
         })
         .collect();

@@ -82,7 +82,14 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
     let mut meta = current.cloned();
     let mut effect = Effect::default();
     match &event.op {
-        Operation::Put { version, sealed } => {
+        Operation::Put { version, sealed } | Operation::PutWithDefaults { version, sealed, .. } => {
+            // The mount's defaults, as the writer decided them: a secret's own setting wins.
+            let (mount_keep, mount_dva) = match &event.op {
+                Operation::PutWithDefaults { max_versions, delete_version_after_secs, .. } => {
+                    (*max_versions, *delete_version_after_secs)
+                }
+                _ => (0, 0),
+            };
             let m = meta.get_or_insert_with(|| SecretMeta { created_ms: ts, ..Default::default() });
             if *version != m.current_version + 1 {
                 return Err(ApplyError::VersionGap {
@@ -91,7 +98,8 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
                     got: *version,
                 });
             }
-            let deletion_ms = scheduled_deletion(m.delete_version_after_secs, ts);
+            let dva = if m.delete_version_after_secs > 0 { m.delete_version_after_secs } else { mount_dva };
+            let deletion_ms = scheduled_deletion(dva, ts);
             m.versions.insert(*version, VersionMeta { created_ms: ts, deletion_ms, destroyed: false });
             m.current_version = *version;
             m.updated_ms = ts;
@@ -99,7 +107,11 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
             // Vault's rule: once the current version reaches `keep`, the oldest version kept is
             // `current - keep + 1` (never lowered, e.g. after `max_versions` was raised), and
             // every older one is removed. `oldest_version` stays 0 until then.
-            let keep = u64::from(if m.max_versions > 0 { m.max_versions } else { DEFAULT_MAX_VERSIONS });
+            let keep = u64::from(match (m.max_versions, mount_keep) {
+                (0, 0) => DEFAULT_MAX_VERSIONS,
+                (0, mount) => mount,
+                (own, _) => own,
+            });
             if m.current_version >= keep {
                 let oldest = m.current_version - keep + 1;
                 if oldest > m.oldest_version {
@@ -177,14 +189,8 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
         Operation::RewrapValues { .. } => {
             return Err(ApplyError::RewrapWithoutValues { path: event.path.clone() });
         }
-        op @ (Operation::SetRootToken { .. }
-        | Operation::AddKeyTerm { .. }
-        | Operation::RetireKeyTerm { .. }
-        | Operation::LeaderEpoch { .. }
-        | Operation::PutPolicy { .. }
-        | Operation::DeletePolicy { .. }
-        | Operation::PutToken { .. }
-        | Operation::RevokeToken { .. }) => {
+        // Every secret operation is matched above; what is left is control state.
+        op => {
             return Err(ApplyError::NotASecretOperation { op: op.name() });
         }
     }

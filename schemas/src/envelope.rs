@@ -13,7 +13,9 @@
 //! `DeleteMetadata` = nothing; `RestoreSecret` = metadata bytes32, count u16, (version u64,
 //! sealed bytes32)...; `RewrapValues` = count u16, (version u64, replaces [32], sealed bytes32)...;
 //! `SetRootToken` = hash [32]; `LeaderEpoch` = leader URL str16; `AddKeyTerm` and
-//! `RetireKeyTerm` = term u32.
+//! `RetireKeyTerm` = term u32; `PutWithDefaults` = version u64, sealed bytes32, max_versions u32,
+//! delete_version_after u64 seconds; `PutMount` = path str16, record bytes32; `DeleteMount` =
+//! path str16.
 //!
 //! `mac_term` is the key term whose event-authentication key made the tag: the active term of
 //! the writer when it appended the record. Every term derives from the root key, so a record
@@ -126,6 +128,12 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
             o.u64(*version);
             o.bytes32(sealed);
         }
+        Operation::PutWithDefaults { version, sealed, max_versions, delete_version_after_secs } => {
+            o.u64(*version);
+            o.bytes32(sealed);
+            o.u32(*max_versions);
+            o.u64(*delete_version_after_secs);
+        }
         Operation::DeleteVersions { versions }
         | Operation::UndeleteVersions { versions }
         | Operation::DestroyVersions { versions } => encode_versions(o, versions),
@@ -182,6 +190,11 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
             o.bytes32(record);
         }
         Operation::RevokeToken { token_hash } => o.raw(token_hash),
+        Operation::PutMount { path, record } => {
+            o.str16(path);
+            o.bytes32(record);
+        }
+        Operation::DeleteMount { path } => o.str16(path),
     }
 }
 
@@ -214,6 +227,11 @@ pub(crate) fn decode_body(body: &[u8], version: u8) -> Result<Event, DecodeError
             let version = r.u64()?;
             let sealed = r.bytes32("sealed", MAX_SEALED_LEN)?.to_vec();
             Operation::Put { version, sealed }
+        }
+        0x09 => {
+            let version = r.u64()?;
+            let sealed = r.bytes32("sealed", MAX_SEALED_LEN)?.to_vec();
+            Operation::PutWithDefaults { version, sealed, max_versions: r.u32()?, delete_version_after_secs: r.u64()? }
         }
         0x02 => Operation::DeleteVersions { versions: decode_versions(&mut r)? },
         0x03 => Operation::UndeleteVersions { versions: decode_versions(&mut r)? },
@@ -290,6 +308,11 @@ pub(crate) fn decode_body(body: &[u8], version: u8) -> Result<Event, DecodeError
         0x45 => Operation::RevokeToken { token_hash: r.array()? },
         0x46 => Operation::AddKeyTerm { term: r.u32()? },
         0x47 => Operation::RetireKeyTerm { term: r.u32()? },
+        0x48 => {
+            let path = r.str16("mount path", MAX_PATH_LEN)?.to_owned();
+            Operation::PutMount { path, record: r.bytes32("mount record", MAX_CONTROL_DOC_LEN)?.to_vec() }
+        }
+        0x49 => Operation::DeleteMount { path: r.str16("mount path", MAX_PATH_LEN)?.to_owned() },
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
@@ -366,6 +389,17 @@ mod tests {
             }),
             any::<u32>().prop_map(|term| Operation::AddKeyTerm { term }),
             any::<u32>().prop_map(|term| Operation::RetireKeyTerm { term }),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100), any::<u32>(), any::<u64>()).prop_map(
+                |(version, sealed, max_versions, delete_version_after_secs)| Operation::PutWithDefaults {
+                    version,
+                    sealed,
+                    max_versions,
+                    delete_version_after_secs
+                }
+            ),
+            ("[a-z/-]{1,20}", proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(path, record)| Operation::PutMount { path, record }),
+            "[a-z/-]{1,20}".prop_map(|path| Operation::DeleteMount { path }),
         ]
     }
 

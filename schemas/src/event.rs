@@ -50,6 +50,11 @@ pub enum Operation {
     /// Create version `version` (always current + 1) holding `sealed` (a [`crate::SealedValue`]
     /// encoding). PATCH is resolved by the writer into a `Put` of the merged value.
     Put { version: u64, sealed: Vec<u8> },
+    /// A `Put` into a mount whose KV settings set defaults: the mount's `max_versions` and
+    /// `delete_version_after`, as the writer read them when it decided the write. A secret's own
+    /// settings win over these (Vault's rule). Carried in the event, not looked up when applied,
+    /// because the mount table lives in another partition: every node applies the same numbers.
+    PutWithDefaults { version: u64, sealed: Vec<u8>, max_versions: u32, delete_version_after_secs: u64 },
     /// Soft-delete these versions (they can be undeleted).
     DeleteVersions { versions: Vec<u64> },
     /// Undo a soft delete of these versions.
@@ -97,6 +102,13 @@ pub enum Operation {
     /// nodes refuse to open values under it from here on. Records authenticated under it stay
     /// verifiable: a retired term never makes the retained log unreplayable.
     RetireKeyTerm { term: u32 },
+    /// Control: mount a secrets engine at `path` (no trailing slash), or replace its settings;
+    /// `record` is its [`crate::mount::MountRecord`] as JSON. Keyed by [`MOUNTS_CONTROL_NAME`],
+    /// so every change to the mount table is ordered in one partition.
+    PutMount { path: String, record: Vec<u8> },
+    /// Control: unmount `path`. Its secrets become unreachable at once; a mount enabled there
+    /// again gets a new storage id and starts empty (Vault's rule).
+    DeleteMount { path: String },
 }
 
 /// One value of a [`Operation::RewrapValues`].
@@ -139,6 +151,7 @@ impl Operation {
     pub fn tag(&self) -> u8 {
         match self {
             Operation::Put { .. } => 0x01,
+            Operation::PutWithDefaults { .. } => 0x09,
             Operation::DeleteVersions { .. } => 0x02,
             Operation::UndeleteVersions { .. } => 0x03,
             Operation::DestroyVersions { .. } => 0x04,
@@ -154,6 +167,8 @@ impl Operation {
             Operation::RevokeToken { .. } => 0x45,
             Operation::AddKeyTerm { .. } => 0x46,
             Operation::RetireKeyTerm { .. } => 0x47,
+            Operation::PutMount { .. } => 0x48,
+            Operation::DeleteMount { .. } => 0x49,
         }
     }
 
@@ -161,6 +176,7 @@ impl Operation {
     pub fn name(&self) -> &'static str {
         match self {
             Operation::Put { .. } => "put",
+            Operation::PutWithDefaults { .. } => "put_with_defaults",
             Operation::DeleteVersions { .. } => "delete_versions",
             Operation::UndeleteVersions { .. } => "undelete_versions",
             Operation::DestroyVersions { .. } => "destroy_versions",
@@ -176,6 +192,8 @@ impl Operation {
             Operation::RevokeToken { .. } => "revoke_token",
             Operation::AddKeyTerm { .. } => "add_key_term",
             Operation::RetireKeyTerm { .. } => "retire_key_term",
+            Operation::PutMount { .. } => "put_mount",
+            Operation::DeleteMount { .. } => "delete_mount",
         }
     }
 
@@ -188,6 +206,9 @@ impl Operation {
 /// The control object every key-term event is keyed by, so adding and retiring terms are
 /// totally ordered in one partition and every node applies them in the same order.
 pub const KEYRING_CONTROL_NAME: &str = "keyring";
+
+/// The control object every mount-table event is keyed by.
+pub const MOUNTS_CONTROL_NAME: &str = "mounts";
 
 impl Event {
     /// The Kafka record key of this event: `mount/path`, or for control events a NUL byte and the

@@ -10,7 +10,8 @@
 //! * [`keyring`] — the root key, its terms (added and retired through the log), and the keys
 //!   derived from it for sealing, event authentication and token hashing;
 //! * [`topic`] — topic, header and record-key rules, and the consistency token;
-//! * [`path`] — which secret paths are valid.
+//! * [`path`] — which secret paths are valid;
+//! * [`mount`] — the mount table's records and mount path rules.
 
 pub mod archive;
 pub mod envelope;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod event;
 pub mod fuzz;
 pub mod keyring;
+pub mod mount;
 pub mod path;
 pub mod sealed;
 pub mod topic;

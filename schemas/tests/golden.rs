@@ -26,6 +26,21 @@ fn golden_events() -> Vec<(&'static str, Event)> {
     };
     vec![
         ("put", base("app/db", Operation::Put { version: 1, sealed: vec![0xA5; 45] })),
+        (
+            "put_with_defaults",
+            Event {
+                mount: "kv-abababababababababababababababab".into(),
+                ..base(
+                    "app/db",
+                    Operation::PutWithDefaults {
+                        version: 1,
+                        sealed: vec![0xA5; 45],
+                        max_versions: 3,
+                        delete_version_after_secs: 86_400,
+                    },
+                )
+            },
+        ),
         ("delete_versions", base("app/db", Operation::DeleteVersions { versions: vec![1, 2] })),
         ("undelete_versions", base("app/db", Operation::UndeleteVersions { versions: vec![2] })),
         ("destroy_versions", base("app/db", Operation::DestroyVersions { versions: vec![1] })),
@@ -139,6 +154,32 @@ fn golden_events() -> Vec<(&'static str, Event)> {
                 mount: String::new(),
                 path: "root-token".into(),
                 ..base("", Operation::SetRootToken { token_hash: [0x33; 32] })
+            },
+        ),
+        (
+            "put_mount",
+            Event {
+                mount: String::new(),
+                path: event::MOUNTS_CONTROL_NAME.into(),
+                ..base(
+                    "",
+                    Operation::PutMount {
+                        path: "team/kv".into(),
+                        record: mount::MountRecord {
+                            kv: mount::KvConfig { max_versions: 3, cas_required: true, delete_version_after_secs: 60 },
+                            ..mount::MountRecord::new_kv([0xAB; 16], "team secrets".into(), 1_763_856_000_000)
+                        }
+                        .encode(),
+                    },
+                )
+            },
+        ),
+        (
+            "delete_mount",
+            Event {
+                mount: String::new(),
+                path: event::MOUNTS_CONTROL_NAME.into(),
+                ..base("", Operation::DeleteMount { path: "team/kv".into() })
             },
         ),
     ]

@@ -26,6 +26,20 @@ pub enum Capability {
 }
 
 impl Capability {
+    /// Vault's name of the capability.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Create => "create",
+            Capability::Read => "read",
+            Capability::Update => "update",
+            Capability::Patch => "patch",
+            Capability::Delete => "delete",
+            Capability::List => "list",
+            Capability::Sudo => "sudo",
+            Capability::Deny => "deny",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Capability> {
         Some(match s {
             "create" => Capability::Create,
@@ -152,6 +166,24 @@ impl Acl {
     /// before any wildcard rule; and a LIST of the folder `a/` that no rule matches is decided by
     /// the rules that match `a` (an exact rule for `a` first, then wildcard rules such as `+`).
     pub fn allows(&self, path: &str, cap: Capability) -> bool {
+        self.decisive(path, cap).is_some_and(|caps| !caps.contains(&Capability::Deny) && caps.contains(&cap))
+    }
+
+    /// What a token may do on `path`, as `sys/capabilities-self` reports it: the capabilities of
+    /// the rule that decides the path (sorted by name), or `["deny"]`.
+    pub fn capabilities(&self, path: &str) -> Vec<&'static str> {
+        match self.decisive(path, Capability::Read) {
+            Some(caps) if !caps.contains(&Capability::Deny) && !caps.is_empty() => {
+                let mut names: Vec<&'static str> = caps.iter().map(|c| c.name()).collect();
+                names.sort_unstable();
+                names
+            }
+            _ => vec!["deny"],
+        }
+    }
+
+    /// The capabilities of the rule that decides `cap` on `path`, if any rule does.
+    fn decisive(&self, path: &str, cap: Capability) -> Option<&BTreeSet<Capability>> {
         let folder = (cap == Capability::List).then(|| path.strip_suffix('/')).flatten();
         let most_specific =
             |p: &str| self.rules.iter().filter(|(r, _)| matches(r, p)).max_by(|(a, _), (b, _)| specificity(a, b));
@@ -161,7 +193,7 @@ impl Acl {
             .or_else(|| folder.and_then(|f| self.rules.get_key_value(f)))
             .or_else(|| most_specific(path))
             .or_else(|| folder.and_then(most_specific));
-        best.is_some_and(|(_, caps)| !caps.contains(&Capability::Deny) && caps.contains(&cap))
+        best.map(|(_, caps)| caps)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod freshness;
 pub mod kafka;
 pub mod materializer;
+pub mod mounts;
 pub mod node;
 pub mod objects;
 pub mod state;

@@ -66,6 +66,9 @@ pub struct Progress {
     pub wrong_key: Option<String>,
     /// Partitions read to their end since their last applied record.
     pub at_end: std::collections::BTreeSet<i32>,
+    /// The mount table as of `applied` (published with the batch that changed it, so a read that
+    /// waited for a position sees the mounts enabled before it).
+    pub mounts: Arc<crate::mounts::Mounts>,
 }
 
 impl Progress {
@@ -346,6 +349,7 @@ pub async fn spawn(
     let initial = Progress {
         applied: stored.iter().map(|(p, s)| (*p, s.next_offset)).collect(),
         leader: store.leader().await?,
+        mounts: Arc::new(store.mounts().await?),
         ..Default::default()
     };
     // Halts are not stored: a restarted node halts again at the same record. Until then, none.
@@ -613,6 +617,7 @@ impl Materializer {
         let staged_partitions: Vec<i32> = staging.batch.partitions.keys().copied().collect();
         let staged_leader = staging.leader.take();
         let staged_terms = staging.key_terms_changed.take();
+        let staged_mounts = staging.mounts_changed.take();
         let staged_counts = staging.counts_changed.then(|| staging.counts.clone()).flatten();
         self.store.commit(staging.batch).await?;
         // Only once the batch is durable does the keyring follow it: a node never seals under a
@@ -657,6 +662,9 @@ impl Materializer {
             if staged_leader.is_some() {
                 prog.leader = staged_leader;
             }
+            if let Some(m) = staged_mounts {
+                prog.mounts = Arc::new(m);
+            }
         });
         // Only now, with the batch durable and its progress published, is any record of it
         // acknowledged: what a waiting client is told, reads on this node already see.
@@ -683,6 +691,8 @@ pub struct Staging {
     pub counts: Option<TermCounts>,
     /// Whether this batch changed `counts`.
     pub counts_changed: bool,
+    /// The mount table as this batch leaves it, when it changed it.
+    pub mounts_changed: Option<crate::mounts::Mounts>,
 }
 
 impl Staging {
@@ -695,6 +705,7 @@ impl Staging {
             key_terms_changed: None,
             counts: None,
             counts_changed: false,
+            mounts_changed: None,
         }
     }
 
@@ -841,6 +852,21 @@ impl Staging {
                     self.key_terms_changed = Some(terms);
                 }
             }
+            Operation::PutMount { .. } | Operation::DeleteMount { .. } => {
+                let mut mounts = match self.mounts_changed.take() {
+                    Some(m) => m,
+                    None => store.mounts().await?,
+                };
+                let changed = mounts.apply(&event.op).map_err(|reason| ReaderError::Corrupt {
+                    key: format!("mount event at partition {partition} offset {offset}"),
+                    reason,
+                })?;
+                if let Some((path, value)) = changed {
+                    tracing::info!(partition, offset, mount = %path, op = event.op.name(), "mount table changed");
+                    self.batch.writes.insert(keys::mount(&path), Some(value));
+                }
+                self.mounts_changed = Some(mounts);
+            }
             Operation::RewrapValues { values } => {
                 let mkey = keys::meta(&event.mount, &event.path);
                 let meta = self.meta(store, &mkey).await?;
@@ -869,7 +895,7 @@ impl Staging {
                     }
                     Err(source) => return Err(ReaderError::Apply { partition, offset, source }),
                 };
-                let new_versions = matches!(event.op, Operation::Put { .. });
+                let new_versions = matches!(event.op, Operation::Put { .. } | Operation::PutWithDefaults { .. });
                 for v in effect.remove_values {
                     self.set_value(store, keys::value(&event.mount, &event.path, v), None, false).await?;
                 }

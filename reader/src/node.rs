@@ -132,6 +132,7 @@ pub async fn open_state(
             keyring,
             materializer: handle,
             mount: log.mount.clone(),
+            default_mount: Arc::new(crate::mounts::DefaultMount::new(&log.mount)),
             consistency_wait: Duration::from_secs(2),
             max_staleness: Duration::from_secs(10),
         },
@@ -533,6 +534,10 @@ impl ReaderNode {
                 return health(&input, &req);
             }
             "metrics" => return metrics_response(),
+            "v1/sys/leader" if req.method == "GET" => {
+                let leader = self.keys.current().and_then(|u| self.leader_url(&u.ctx));
+                return crate::api::sys::leader(false, leader.as_deref());
+            }
             _ => {}
         }
         if let Some(resp) = self.keys.answer(&mut req, |k, c| self.open(k, c)).await {

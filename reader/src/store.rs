@@ -103,6 +103,11 @@ pub mod keys {
         format!("c/policy/{name}").into_bytes()
     }
     pub const POLICY_PREFIX: &[u8] = b"c/policy/";
+    /// A mount's record (`secretlog_schemas::mount::MountRecord` JSON), empty once disabled.
+    pub fn mount(path: &str) -> Vec<u8> {
+        format!("c/mount/{path}").into_bytes()
+    }
+    pub const MOUNT_PREFIX: &[u8] = b"c/mount/";
     /// A token's record, by the hex of its keyed hash.
     pub fn token(hash: &[u8; 32]) -> Vec<u8> {
         format!("c/token/{}", hex::encode(hash)).into_bytes()
@@ -275,6 +280,19 @@ impl Store {
     }
 
     /// Names of every ACL policy.
+    /// The mount table this state holds.
+    pub async fn mounts(&self) -> Result<crate::mounts::Mounts, ReaderError> {
+        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let mut it = self.db.scan_prefix(keys::MOUNT_PREFIX, ..).await.map_err(err)?;
+        let mut pairs = Vec::new();
+        while let Some(kv) = it.next().await.map_err(err)? {
+            let path = String::from_utf8_lossy(&kv.key[keys::MOUNT_PREFIX.len()..]).into_owned();
+            pairs.push((path, kv.value.to_vec()));
+        }
+        crate::mounts::Mounts::from_stored(pairs)
+            .map_err(|reason| ReaderError::Corrupt { key: "c/mount/".into(), reason })
+    }
+
     pub async fn policy_names(&self) -> Result<Vec<String>, ReaderError> {
         let mut it =
             self.db.scan_prefix(keys::POLICY_PREFIX, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;

@@ -42,7 +42,7 @@ fn request_parsing_survives_generated_requests() {
         if m.below(4) == 0 {
             req.query.insert("version".into(), String::from_utf8_lossy(&m.bytes(4)).into_owned());
         }
-        let _ = need(&req, "secret", |_| m.below(2) == 0);
+        let _ = need(&req, Some("secret"), |_| m.below(2) == 0);
         match secretlog_writer::request::parse(&req, "secret", 64 * 1024) {
             Ok(_) => ok += 1,
             Err(e) => {

@@ -63,22 +63,26 @@ pub enum Need {
 }
 
 /// The capability a request needs. `exists` tells create from update for writes.
-pub fn need(req: &ApiRequest, mount: &str, exists: impl FnOnce(&str) -> bool) -> Need {
+/// `mount` is the path of the mount that serves the request, if one does.
+pub fn need(req: &ApiRequest, mount: Option<&str>, exists: impl FnOnce(&str) -> bool) -> Need {
     let path = req.path.as_str();
     let m = req.method.as_str();
     let write = |acl: String, rel: &str| -> Need {
         Need::Cap(acl, if exists(rel) { Capability::Update } else { Capability::Create })
     };
-    if let Some(rest) = path.strip_prefix("v1/").and_then(|p| p.strip_prefix(mount)).and_then(|p| p.strip_prefix('/')) {
+    if let Some(mount) = mount
+        && let Some(rest) =
+            path.strip_prefix("v1/").and_then(|p| p.strip_prefix(mount)).and_then(|p| p.strip_prefix('/'))
+    {
         let (kind, rel) = rest.split_once('/').unwrap_or((rest, ""));
-        let acl = format!("{mount}/{kind}/{rel}");
+        let acl = if kind == "config" { format!("{mount}/config") } else { format!("{mount}/{kind}/{rel}") };
         return match (kind, m) {
             ("data", "GET") | ("metadata", "GET") | ("config", "GET") => Need::Cap(acl, Capability::Read),
             ("metadata", "LIST") => Need::Cap(acl, Capability::List),
             ("data" | "metadata", "POST" | "PUT") => write(acl, rel),
             ("data" | "metadata", "PATCH") => Need::Cap(acl, Capability::Patch),
             ("data" | "metadata", "DELETE") => Need::Cap(acl, Capability::Delete),
-            ("delete" | "undelete" | "destroy", _) => Need::Cap(acl, Capability::Update),
+            ("delete" | "undelete" | "destroy", _) | ("config", "POST" | "PUT") => Need::Cap(acl, Capability::Update),
             _ => Need::Cap(acl, Capability::Sudo),
         };
     }
@@ -91,7 +95,20 @@ pub fn need(req: &ApiRequest, mount: &str, exists: impl FnOnce(&str) -> bool) ->
             _ => Need::Cap(acl, Capability::Update),
         };
     }
+    if let Some(rest) = path.strip_prefix("v1/sys/mounts") {
+        let acl = format!("sys/mounts{rest}");
+        return match m {
+            "GET" | "LIST" => Need::Cap(acl, Capability::Read),
+            "DELETE" => Need::Cap(acl, Capability::Delete),
+            _ => Need::Cap(acl, Capability::Update),
+        };
+    }
     match path {
+        // Which mount serves a path: any token may ask (Vault checks the token has some
+        // capability under the mount; see docs/compatibility.md).
+        p if p.starts_with("v1/sys/internal/ui/mounts") && m == "GET" => Need::AnyToken,
+        "v1/sys/capabilities-self" => Need::AnyToken,
+        "v1/sys/capabilities" => Need::Cap("sys/capabilities".into(), Capability::Update),
         // Vault's rule: reading the key status needs `read` on `sys/key-status`, not sudo.
         super::key_status::KEY_STATUS_PATH if m == "GET" => Need::Cap("sys/key-status".into(), Capability::Read),
         "v1/auth/token/lookup-self" | "v1/auth/token/renew-self" | "v1/auth/token/revoke-self" => Need::AnyToken,
@@ -145,18 +162,16 @@ pub async fn authorize(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, 
     let who = identify(ctx, req).await?;
     let Identity::Token { record, .. } = &who else { return Ok(who) };
     let mut meta_exists = None;
-    if matches!(req.method.as_str(), "POST" | "PUT") {
-        let rel = req
-            .path
-            .strip_prefix(&format!("v1/{}/", ctx.mount))
-            .and_then(|r| r.split_once('/'))
-            .map(|(_, rel)| rel.to_string());
-        if let Some(rel) = rel {
-            // Vault's KV v2 existence check: the secret's metadata exists (even with no version).
-            meta_exists = Some(ctx.store.meta(&ctx.mount, &rel).await?.is_some());
-        }
+    let mounts = ctx.mounts();
+    let mount = mounts.resolve(&ctx.default_mount, req.path.strip_prefix("v1/").unwrap_or(""));
+    if matches!(req.method.as_str(), "POST" | "PUT")
+        && let Some(m) = &mount
+        && let Some((_, rel)) = m.rest.split_once('/')
+    {
+        // Vault's KV v2 existence check: the secret's metadata exists (even with no version).
+        meta_exists = Some(ctx.store.meta(&m.record.storage, rel).await?.is_some());
     }
-    let allowed = match need(req, &ctx.mount, |_| meta_exists.unwrap_or(false)) {
+    let allowed = match need(req, mount.map(|m| m.path), |_| meta_exists.unwrap_or(false)) {
         Need::AnyToken => true,
         Need::Root => false,
         Need::Cap(path, cap) => acl_of(ctx, record).await?.allows(&path, cap),
@@ -178,7 +193,7 @@ mod tests {
 
     #[test]
     fn requests_map_to_vault_acl_paths_and_capabilities() {
-        let n = |m: &str, p: &str, exists: bool| need(&req(m, p), "secret", |_| exists);
+        let n = |m: &str, p: &str, exists: bool| need(&req(m, p), Some("secret"), |_| exists);
         assert_eq!(n("GET", "v1/secret/data/a/b", false), Need::Cap("secret/data/a/b".into(), Capability::Read));
         assert_eq!(n("POST", "v1/secret/data/a", false), Need::Cap("secret/data/a".into(), Capability::Create));
         assert_eq!(n("POST", "v1/secret/data/a", true), Need::Cap("secret/data/a".into(), Capability::Update));
@@ -193,6 +208,17 @@ mod tests {
         assert_eq!(n("GET", "v1/sys/key-status", true), Need::Cap("sys/key-status".into(), Capability::Read));
         assert_eq!(n("POST", "v1/sys/rotate", true), Need::Root);
         assert_eq!(n("POST", "v1/sys/key-status", true), Need::Root);
+        assert_eq!(n("POST", "v1/secret/config", true), Need::Cap("secret/config".into(), Capability::Update));
+        assert_eq!(n("GET", "v1/sys/mounts", true), Need::Cap("sys/mounts".into(), Capability::Read));
+        assert_eq!(n("POST", "v1/sys/mounts/team", true), Need::Cap("sys/mounts/team".into(), Capability::Update));
+        assert_eq!(n("DELETE", "v1/sys/mounts/team", true), Need::Cap("sys/mounts/team".into(), Capability::Delete));
+        assert_eq!(n("GET", "v1/sys/internal/ui/mounts/secret/a", true), Need::AnyToken);
+        assert_eq!(n("POST", "v1/sys/capabilities-self", true), Need::AnyToken);
+        assert_eq!(
+            need(&req("GET", "v1/team/data/a"), Some("team"), |_| false),
+            Need::Cap("team/data/a".into(), Capability::Read)
+        );
+        assert_eq!(need(&req("GET", "v1/team/data/a"), None, |_| false), Need::Root, "no mount serves it");
     }
 
     #[test]

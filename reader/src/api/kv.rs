@@ -23,8 +23,10 @@ pub struct ReadContext {
     pub store: Arc<Store>,
     pub keyring: Arc<Keyring>,
     pub materializer: MaterializerHandle,
-    /// The KV v2 mount served (`secret`).
+    /// The default KV v2 mount (`secret`, `--mount`): mounted until disabled through the log.
     pub mount: String,
+    /// Its record (the storage id of earlier releases: its path).
+    pub default_mount: Arc<crate::mounts::DefaultMount>,
     /// How long a read carrying `X-Secretlog-Index` may wait for this node to catch up.
     pub consistency_wait: Duration,
     /// Longest time since this node last confirmed it had applied the log's end for it to answer
@@ -137,18 +139,23 @@ impl ReadContext {
     /// The partition of the one secret a KV read names (`data` or `metadata` of a path), if it
     /// names one.
     fn key_partition(&self, req: &ApiRequest) -> Option<i32> {
-        let segs = req.segments();
-        if segs.first() != Some(&self.mount.as_str()) || !matches!(segs.get(1), Some(&"data" | &"metadata")) {
-            return None;
-        }
-        let path = segs[2..].join("/");
-        let partitions = self.materializer.progress.borrow().partitions;
+        let (mounts, partitions) = {
+            let p = self.materializer.progress.borrow();
+            (p.mounts.clone(), p.partitions)
+        };
+        let m = mounts.resolve(&self.default_mount, req.path.strip_prefix("v1/")?)?;
+        let path = m.rest.strip_prefix("data/").or_else(|| m.rest.strip_prefix("metadata/"))?;
         (!path.is_empty() && partitions > 0 && req.method == "GET").then(|| {
             secretlog_schemas::topic::partition_for(
-                &secretlog_schemas::topic::record_key(&self.mount, &path),
+                &secretlog_schemas::topic::record_key(&m.record.storage, path),
                 partitions,
             )
         })
+    }
+
+    /// The mount table this node applied.
+    pub fn mounts(&self) -> Arc<crate::mounts::Mounts> {
+        self.materializer.progress.borrow().mounts.clone()
     }
 
     /// This node's applied position, as a consistency token string.
@@ -180,20 +187,25 @@ impl ReadContext {
             )
             .with_header(HEADER_APPLIED, self.applied_token()));
         }
-        let segs = req.segments();
-        if segs.first() != Some(&self.mount.as_str()) {
-            return Err(ApiError::no_route(req.path.strip_prefix("v1/").unwrap_or(&req.path)));
+        if let Some(resp) = super::sys::read(self, req).await? {
+            return Ok(resp.with_header(HEADER_APPLIED, self.applied_token()));
         }
-        let Some(&endpoint) = segs.get(1) else { return Err(ApiError::unsupported_path()) };
-        if segs[2..].iter().any(|s| *s == "." || *s == "..") {
+        let rel = req.path.strip_prefix("v1/").unwrap_or(&req.path);
+        let mounts = self.mounts();
+        let Some(m) = mounts.resolve(&self.default_mount, rel) else { return Err(ApiError::no_route(rel)) };
+        let (endpoint, rest) = m.rest.split_once('/').unwrap_or((m.rest, ""));
+        if endpoint.is_empty() {
+            return Err(ApiError::unsupported_path());
+        }
+        if rest.split('/').any(|s| s == "." || s == "..") {
             return Err(ApiError::relative_path());
         }
-        let rest = segs[2..].join("/");
+        let storage = m.record.storage.as_str();
         let resp = match (req.method.as_str(), endpoint) {
-            ("GET", "data") => self.read_data(req, &rest).await?,
-            ("GET", "metadata") => self.read_metadata(req, &rest).await?,
-            ("LIST", "metadata") => self.list(req, &rest).await?,
-            ("GET" | "LIST", "config") => self.read_config(req),
+            ("GET", "data") => self.read_data(req, storage, rest).await?,
+            ("GET", "metadata") => self.read_metadata(req, storage, rest).await?,
+            ("LIST", "metadata") => self.list(req, storage, rest).await?,
+            ("GET" | "LIST", "config") => self.read_config(req, m.record),
             (_, "data" | "metadata" | "config" | "delete" | "undelete" | "destroy") => {
                 return Err(ApiError::method_not_allowed());
             }
@@ -202,12 +214,12 @@ impl ReadContext {
         Ok(resp.with_header(HEADER_APPLIED, self.applied_token()))
     }
 
-    async fn read_data(&self, req: &ApiRequest, path: &str) -> Result<ApiResponse, ApiError> {
+    async fn read_data(&self, req: &ApiRequest, mount: &str, path: &str) -> Result<ApiResponse, ApiError> {
         if !is_secret_path(path)? {
             return Err(ApiError::not_found());
         }
         let version = version_param(req)?;
-        let Some(meta) = self.store.meta(&self.mount, path).await? else { return Err(ApiError::not_found()) };
+        let Some(meta) = self.store.meta(mount, path).await? else { return Err(ApiError::not_found()) };
         let version = if version == 0 { meta.current_version } else { version };
         let Some(vm) = meta.versions.get(&version) else { return Err(ApiError::not_found()) };
         let metadata = VersionMetadata {
@@ -222,18 +234,18 @@ impl ReadContext {
             let body = Envelope::new(&req.request_id, SecretData { data: None, metadata });
             return Ok(ApiResponse::json(404, &body));
         }
-        let Some(sealed) = self.store.value(&self.mount, path, version).await? else {
+        let Some(sealed) = self.store.value(mount, path, version).await? else {
             // The metadata and the value are two reads: a delete, destroy or prune applied
             // between them took the value away. Answered from the state after it — only a
             // version still live without a value is a fault.
-            let after = self.store.meta(&self.mount, path).await?;
+            let after = self.store.meta(mount, path).await?;
             if after.as_ref().and_then(|m| m.versions.get(&version)).is_some_and(|v| v.is_live(now_ms())) {
                 tracing::error!(path, version, "live version has no stored value");
                 return Err(ApiError::internal());
             }
             return Err(ApiError::not_found());
         };
-        let ctx = SealContext { mount: &self.mount, path, version };
+        let ctx = SealContext { mount, path, version };
         let plaintext = SealedValue::decode(&sealed).and_then(|s| s.open(&self.keyring, &ctx)).map_err(|e| {
             tracing::error!(path, version, error = %e, "stored value does not open");
             ApiError::internal()
@@ -244,18 +256,18 @@ impl ReadContext {
         Ok(ApiResponse::data(&req.request_id, SecretData { data: Some(data), metadata }))
     }
 
-    async fn read_metadata(&self, req: &ApiRequest, path: &str) -> Result<ApiResponse, ApiError> {
+    async fn read_metadata(&self, req: &ApiRequest, mount: &str, path: &str) -> Result<ApiResponse, ApiError> {
         if !is_secret_path(path)? {
             return Err(ApiError::not_found());
         }
-        let Some(meta) = self.store.meta(&self.mount, path).await? else { return Err(ApiError::not_found()) };
+        let Some(meta) = self.store.meta(mount, path).await? else { return Err(ApiError::not_found()) };
         Ok(ApiResponse::data(&req.request_id, metadata_json(&meta)))
     }
 
-    async fn list(&self, req: &ApiRequest, folder: &str) -> Result<ApiResponse, ApiError> {
+    async fn list(&self, req: &ApiRequest, mount: &str, folder: &str) -> Result<ApiResponse, ApiError> {
         secretlog_schemas::path::validate_folder(folder).map_err(|e| ApiError::from_path(&e))?;
         let folder = if folder.is_empty() || folder.ends_with('/') { folder.to_string() } else { format!("{folder}/") };
-        let keys = self.store.list(&self.mount, &folder).await?;
+        let keys = self.store.list(mount, &folder).await?;
         if keys.is_empty() {
             return Err(ApiError::not_found());
         }
@@ -289,14 +301,14 @@ impl ReadContext {
         )
     }
 
-    fn read_config(&self, req: &ApiRequest) -> ApiResponse {
+    fn read_config(&self, req: &ApiRequest, mount: &secretlog_schemas::mount::MountRecord) -> ApiResponse {
         ApiResponse::data(
             &req.request_id,
             json!({
-                "cas_required": false,
-                "delete_version_after": "0s",
+                "cas_required": mount.kv.cas_required,
+                "delete_version_after": vault_duration(mount.kv.delete_version_after_secs),
                 // 0: the default (keep 10), as Vault reports an unset mount setting.
-                "max_versions": 0,
+                "max_versions": mount.kv.max_versions,
             }),
         )
     }

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod response;
 pub mod seal;
 pub mod session;
+pub mod sys;
 pub mod tls;
 pub mod tokens;
 
@@ -71,7 +72,7 @@ impl ApiRequest {
     }
     /// Whether this request changes state (and must go to the leader writer).
     pub fn is_write(&self) -> bool {
-        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") && !sys::is_read_only_post(&self.path)
     }
     pub fn query_bool(&self, name: &str) -> Option<bool> {
         self.query.get(name).map(|v| matches!(v.as_str(), "" | "true" | "1" | "yes"))

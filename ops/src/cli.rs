@@ -66,6 +66,11 @@ enum Cmd {
     Promote(crate::dr::promote::PromoteArgs),
     /// Run a DR drill on the local stack: lose the primary, recover, measure RTO and RPO.
     Drill(crate::dr::drill::DrillArgs),
+    /// Audit devices of running nodes: reopen their files (after logrotate).
+    Audit {
+        #[command(subcommand)]
+        action: crate::audit::AuditCmd,
+    },
     /// Rotate the root key's term: new writes use a new key term; older values are rewrapped.
     Rotate(crate::rotate::RotateArgs),
     /// Retire a key term no value is sealed under any more.
@@ -154,6 +159,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Reseed(args) => crate::dr::reseed::run(args).await,
         Cmd::Promote(args) => crate::dr::promote::run(args).await,
         Cmd::Drill(args) => crate::dr::drill::run(args).await,
+        Cmd::Audit { action } => crate::audit::run(action),
         Cmd::Rotate(args) => crate::rotate::rotate(args).await,
         Cmd::RetireTerm(args) => crate::rotate::retire(args).await,
         Cmd::Init(args) => crate::seal::init(args),

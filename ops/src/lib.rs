@@ -5,6 +5,7 @@
 //! * [`process`] — child processes that die with us (or outlive us on purpose);
 //! * [`status`], [`output`] — what operators see.
 
+pub mod audit;
 pub mod bench;
 pub mod bench_etcd;
 pub mod bench_openbao;

@@ -15,22 +15,26 @@
 //! root key can compute a suspect token's HMAC and find its uses; object keys (secret field
 //! names) are kept, as Vault keeps them.
 //!
-//! Entries go to one or more sinks: a file ([`Sink`], `--audit-file`) and a Kafka topic
+//! Entries go to one or more sinks: a file ([`FileSink`], `--audit-file`; reopened on SIGHUP and
+//! rotated by size with `--audit-max-bytes`) and a Kafka topic
 //! ([`KafkaSink`], `--audit-kafka-topic`, acks=all). As in Vault, an entry is on record once *one*
 //! sink has recorded it; the other sinks finish in the background and their failures are counted.
 //! A request no sink could record is refused (503, `audit log unavailable: …`) and not executed;
 //! an answer no sink could record is withheld the same way (the request may have taken effect: a
 //! write, say). `--audit-fail-open` serves them anyway. Every sink failure is counted in
-//! `secretlog_audit_failures_total{sink}`. Health and metrics are not audited (they are polled
+//! `secretlog_audit_failures_total{sink}`, every byte recorded in `secretlog_audit_bytes_total{sink}`.
+//! Health and metrics are not audited (they are polled
 //! constantly and carry no secret).
 
+mod file;
 mod kafka;
 
+pub use file::{BYTES_METRIC, FS_AVAIL_METRIC, FS_SIZE_METRIC, FileSink, Rotation, reopen_all, reopen_on_hangup};
 pub use kafka::KafkaSink;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -57,37 +61,28 @@ const NO_KEY: &str = "hmac-sha256:unavailable-node-sealed";
 /// Keys whose values are always HMACed, wherever they appear.
 const SENSITIVE_KEYS: &[&str] = &["client_token", "token", "accessor"];
 
-/// Where entries go: one line per entry, written whole.
-///
-/// A file is written without a lock: it is opened for appending and each entry is one `write`
-/// of one whole line, which the kernel appends atomically with respect to other appends — so
-/// concurrent requests never wait on each other here (a mutex around the file cost a reader
-/// about a third of its read throughput in futex traffic).
+/// Where entries go: one line per entry, written whole — an audit file ([`FileSink`]), or any
+/// writer (tests).
 pub struct Sink {
-    path: Option<PathBuf>,
     out: Out,
 }
 
 enum Out {
-    File(std::fs::File),
+    File(Arc<FileSink>),
     /// Any other writer (tests), serialised.
     Writer(std::sync::Mutex<Box<dyn Write + Send>>),
 }
 
 impl Sink {
-    /// Append to `path` (created with mode 0600).
-    pub fn open(path: &Path) -> std::io::Result<Sink> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let file = opts.open(path)?;
-        Ok(Sink { path: Some(path.to_path_buf()), out: Out::File(file) })
+    /// Append to `path` (created with mode 0600), rotated by size if `rotation` says so; the
+    /// process's device for that path if it has one open already.
+    pub fn open(path: &Path, rotation: Option<Rotation>) -> std::io::Result<Sink> {
+        Ok(Sink { out: Out::File(FileSink::open(path, rotation)?) })
     }
 
     /// Any writer (tests).
     pub fn from_writer(w: impl Write + Send + 'static) -> Sink {
-        Sink { path: None, out: Out::Writer(std::sync::Mutex::new(Box::new(w))) }
+        Sink { out: Out::Writer(std::sync::Mutex::new(Box::new(w))) }
     }
 
     /// Write one entry as one line. An error means the entry is not (entirely) on record.
@@ -95,25 +90,22 @@ impl Sink {
         self.write_line(&line_of(entry).map_err(std::io::Error::other)?)
     }
 
-    /// Write one whole line (ending in `\n`): one `write` for a file (a short write, which only
-    /// an error such as a full disk causes, is an error: the entry is not on record).
+    /// Write one whole line (ending in `\n`).
     fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
         match &self.out {
-            Out::File(f) => {
-                let n = (&*f).write(line)?;
-                if n < line.len() {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short write: {n} of {} bytes", line.len()),
-                    ));
-                }
-                Ok(())
-            }
+            Out::File(f) => f.write_line(line),
             Out::Writer(w) => {
                 let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
                 w.write_all(line)?;
                 w.flush()
             }
+        }
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match &self.out {
+            Out::File(f) => Some(f.path()),
+            Out::Writer(_) => None,
         }
     }
 }
@@ -160,7 +152,7 @@ impl Device {
     /// What the sink is, for messages: `file /var/log/audit.log`, `kafka topic audit`.
     fn describe(&self) -> String {
         match self {
-            Device::File(s) => format!("file {}", s.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            Device::File(s) => format!("file {}", s.path().map(|p| p.display().to_string()).unwrap_or_default()),
             Device::Kafka(k) => format!("kafka topic {}", k.topic()),
         }
     }
@@ -282,6 +274,11 @@ fn sink_failed(device: &Device, kind: &str, error: &str, fail_open: bool) {
     tracing::error!(error, sink = %device.describe(), kind, fail_open, "cannot record an audit entry");
 }
 
+/// Count the bytes of one entry a sink recorded.
+fn sink_recorded(device: &Device, bytes: u64) {
+    metrics::counter!(BYTES_METRIC, "sink" => device.label()).increment(bytes);
+}
+
 fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
@@ -317,11 +314,21 @@ impl Auditor {
     pub fn from_config(log: &LogConfig, node: &str) -> Result<Option<Auditor>, ReaderError> {
         let mut auditor = Auditor::without_sinks(node, log.audit_fail_open);
         if let Some(path) = &log.audit_file {
-            let sink = Sink::open(path).map_err(|e| ReaderError::Config {
+            let rotation = match (log.audit_max_bytes, log.audit_keep) {
+                (0, _) => None,
+                (_, 0) => {
+                    return Err(ReaderError::Config {
+                        field: "audit-keep",
+                        reason: "must be at least 1 with --audit-max-bytes (rotated files kept)".into(),
+                    });
+                }
+                (max_bytes, keep) => Some(Rotation { max_bytes, keep }),
+            };
+            let sink = Sink::open(path, rotation).map_err(|e| ReaderError::Config {
                 field: "audit-file",
                 reason: format!("cannot open the audit log {}: {e}", path.display()),
             })?;
-            tracing::info!(file = %path.display(), "auditing every request to a file");
+            tracing::info!(file = %path.display(), ?rotation, "auditing every request to a file");
             auditor = auditor.with_sink(Device::File(sink));
         }
         if let Some(topic) = &log.audit_kafka_topic {
@@ -356,6 +363,7 @@ impl Auditor {
     fn with_sink(mut self, device: Device) -> Auditor {
         // Exported at 0 from the start, so an alert on it has a series to watch.
         metrics::counter!(FAILURES_METRIC, "sink" => device.label()).increment(0);
+        metrics::counter!(BYTES_METRIC, "sink" => device.label()).increment(0);
         self.sinks.push(Arc::new(device));
         self
     }
@@ -432,15 +440,18 @@ impl Auditor {
             })
             .collect();
         let mut errors = Vec::new();
+        let bytes = line.len() as u64;
         while let Some((device, res)) = pending.next().await {
             match res {
                 Ok(()) => {
+                    sink_recorded(&device, bytes);
                     if !pending.is_empty() {
                         let fail_open = self.fail_open;
                         tokio::spawn(async move {
                             while let Some((device, res)) = pending.next().await {
-                                if let Err(e) = res {
-                                    sink_failed(&device, kind, &e, fail_open);
+                                match res {
+                                    Ok(()) => sink_recorded(&device, bytes),
+                                    Err(e) => sink_failed(&device, kind, &e, fail_open),
                                 }
                             }
                         });
@@ -659,7 +670,7 @@ mod tests {
         assert!(sink.write_entry(&json!({"a": 1})).is_err());
         #[cfg(target_os = "linux")]
         {
-            let full = Sink::open(Path::new("/dev/full")).expect("/dev/full opens");
+            let full = Sink::open(Path::new("/dev/full"), None).expect("/dev/full opens");
             let err = full.write_entry(&json!({"a": 1})).unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
         }

@@ -74,8 +74,18 @@ pub struct LogConfig {
     /// secret values replaced by HMAC-SHA256 under a key derived from the root key. Unset, nothing
     /// is audited. A request whose audit entry cannot be written is refused (503) unless
     /// `--audit-fail-open`.
+    /// The file is reopened on SIGHUP (`secretlog audit reopen` sends it), so logrotate's
+    /// rename-then-signal works.
     #[arg(long, env = "SECRETLOG_AUDIT_FILE")]
     pub audit_file: Option<PathBuf>,
+    /// Rotate the audit file once it holds this many bytes: it becomes `PATH.1`, older ones move
+    /// to `PATH.2` ... up to `--audit-keep` (the oldest is deleted), and a new `PATH` is started.
+    /// 0: never (rotate it with logrotate and SIGHUP instead).
+    #[arg(long, env = "SECRETLOG_AUDIT_MAX_BYTES", default_value_t = 0)]
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept with `--audit-max-bytes` (`PATH.1` ... `PATH.N`), at least 1.
+    #[arg(long, env = "SECRETLOG_AUDIT_KEEP", default_value_t = 5)]
+    pub audit_keep: u32,
     /// DANGEROUS: serve requests even when their audit entry cannot be written (a full disk then
     /// silently turns auditing off). Failures are still counted in
     /// `secretlog_audit_failures_total`.

@@ -450,10 +450,14 @@ impl Keys {
         opts: impl Into<crate::api::ServeOptions>,
         cancel: CancellationToken,
     ) -> RunningNode {
+        // SIGHUP reopens the audit files (logrotate); the handler is in place before the node
+        // serves, so no SIGHUP from then on takes the default action (exit).
+        let hangup = crate::audit::reopen_on_hangup(cancel.clone());
         let server = crate::api::spawn_server(listener, handler, opts, cancel.clone());
         let keys = self.clone();
         let join = tokio::spawn(async move {
             let _ = server.await;
+            let _ = hangup.await;
             keys.seal("shutting down").await;
             tracing::info!(role = keys.role, "stopped");
         });

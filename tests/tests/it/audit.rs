@@ -2,6 +2,8 @@
 //! secret value in plaintext; and failing closed — a node that cannot write its audit log serves
 //! nothing, unless `--audit-fail-open`.
 
+mod rotation;
+
 use std::time::Duration;
 
 use serde_json::{Value, json};

@@ -13,7 +13,9 @@
 //! `DeleteMetadata` = nothing; `RestoreSecret` = metadata bytes32, count u16, (version u64,
 //! sealed bytes32)...; `RewrapValues` = count u16, (version u64, replaces [32], sealed bytes32)...;
 //! `SetRootToken` = hash [32]; `LeaderEpoch` = leader URL str16; `AddKeyTerm` and
-//! `RetireKeyTerm` = term u32.
+//! `RetireKeyTerm` = term u32; `PutAuthObject` = mount str16, kind u8, name str16, flags u8
+//! (bit0: replaces [32] follows), record bytes32; `DeleteAuthObject` = the same without the
+//! record.
 //!
 //! `mac_term` is the key term whose event-authentication key made the tag: the active term of
 //! the writer when it appended the record. Every term derives from the root key, so a record
@@ -182,7 +184,40 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
             o.bytes32(record);
         }
         Operation::RevokeToken { token_hash } => o.raw(token_hash),
+        Operation::PutAuthObject { mount, kind, name, record, replaces } => {
+            encode_auth_object(o, mount, *kind, name, replaces.as_ref());
+            o.bytes32(record);
+        }
+        Operation::DeleteAuthObject { mount, kind, name, replaces } => {
+            encode_auth_object(o, mount, *kind, name, replaces.as_ref())
+        }
     }
+}
+
+fn encode_auth_object(o: &mut Out<'_>, mount: &str, kind: AuthObjectKind, name: &str, replaces: Option<&[u8; 32]>) {
+    o.str16(mount);
+    o.u8(kind.tag());
+    o.str16(name);
+    o.u8(u8::from(replaces.is_some()));
+    if let Some(r) = replaces {
+        o.raw(r);
+    }
+}
+
+/// The fields common to `PutAuthObject` and `DeleteAuthObject`.
+type AuthObjectHead = (String, AuthObjectKind, String, Option<[u8; 32]>);
+
+fn decode_auth_object(r: &mut In<'_>) -> Result<AuthObjectHead, DecodeError> {
+    let mount = r.str16("auth mount", crate::auth::MAX_AUTH_MOUNT_LEN)?.to_owned();
+    let kind = AuthObjectKind::from_tag(r.u8()?)
+        .ok_or(DecodeError::InvalidField { field: "auth object kind", reason: "unknown kind" })?;
+    let name = r.str16("auth object name", MAX_PATH_LEN)?.to_owned();
+    let replaces = match r.u8()? {
+        0 => None,
+        1 => Some(r.array()?),
+        _ => return Err(DecodeError::InvalidField { field: "auth object flags", reason: "unknown flag bits" }),
+    };
+    Ok((mount, kind, name, replaces))
 }
 
 fn decode_versions(r: &mut In<'_>) -> Result<Vec<u64>, DecodeError> {
@@ -290,6 +325,15 @@ pub(crate) fn decode_body(body: &[u8], version: u8) -> Result<Event, DecodeError
         0x45 => Operation::RevokeToken { token_hash: r.array()? },
         0x46 => Operation::AddKeyTerm { term: r.u32()? },
         0x47 => Operation::RetireKeyTerm { term: r.u32()? },
+        0x4A => {
+            let (mount, kind, name, replaces) = decode_auth_object(&mut r)?;
+            let record = r.bytes32("auth object record", MAX_CONTROL_DOC_LEN)?.to_vec();
+            Operation::PutAuthObject { mount, kind, name, record, replaces }
+        }
+        0x4B => {
+            let (mount, kind, name, replaces) = decode_auth_object(&mut r)?;
+            Operation::DeleteAuthObject { mount, kind, name, replaces }
+        }
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
@@ -366,7 +410,27 @@ mod tests {
             }),
             any::<u32>().prop_map(|term| Operation::AddKeyTerm { term }),
             any::<u32>().prop_map(|term| Operation::RetireKeyTerm { term }),
+            (
+                "[a-z/]{1,20}",
+                arb_auth_kind(),
+                "[a-z0-9/-]{0,40}",
+                proptest::collection::vec(any::<u8>(), 0..100),
+                proptest::option::of(any::<[u8; 32]>())
+            )
+                .prop_map(|(mount, kind, name, record, replaces)| Operation::PutAuthObject {
+                    mount,
+                    kind,
+                    name,
+                    record,
+                    replaces
+                }),
+            ("[a-z/]{1,20}", arb_auth_kind(), "[a-z0-9/-]{0,40}", proptest::option::of(any::<[u8; 32]>()))
+                .prop_map(|(mount, kind, name, replaces)| Operation::DeleteAuthObject { mount, kind, name, replaces }),
         ]
+    }
+
+    fn arb_auth_kind() -> impl Strategy<Value = AuthObjectKind> {
+        (1u8..=4).prop_map(|t| AuthObjectKind::from_tag(t).expect("1..=4 are kinds"))
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
@@ -500,6 +564,19 @@ mod tests {
             Operation::RewrapValues { values: vec![Rewrapped { version: 2, replaces: [4; 32], sealed: vec![5; 40] }] },
             Operation::AddKeyTerm { term: 2 },
             Operation::RetireKeyTerm { term: 1 },
+            Operation::PutAuthObject {
+                mount: "approle/".into(),
+                kind: AuthObjectKind::SecretId,
+                name: "r/ab".into(),
+                record: b"{}".to_vec(),
+                replaces: Some([3; 32]),
+            },
+            Operation::DeleteAuthObject {
+                mount: "userpass/".into(),
+                kind: AuthObjectKind::User,
+                name: "u".into(),
+                replaces: None,
+            },
         ]
         .into_iter()
         .map(|op| {

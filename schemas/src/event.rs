@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::auth::AuthObjectKind;
+
 /// Largest mount or path, in bytes.
 pub const MAX_PATH_LEN: usize = 1024;
 /// Largest sealed value an event may carry, in bytes (the writer's configurable limit for
@@ -97,6 +99,18 @@ pub enum Operation {
     /// nodes refuse to open values under it from here on. Records authenticated under it stay
     /// verifiable: a retired term never makes the retained log unreplayable.
     RetireKeyTerm { term: u32 },
+    // Tags 0x48 and 0x49 are reserved for mounts.
+    /// Control: create or replace auth object `name` of `kind` in auth mount `mount` (`approle/`)
+    /// — the mount itself, a role, a secret id or a user; `record` is its JSON record
+    /// ([`crate::auth`]). Keyed by [`crate::auth::control_name`] of the mount. With `replaces`,
+    /// it applies only if the stored record is exactly the one the writer decided against
+    /// (`replaces` = SHA-256 of its bytes; see [`Rewrapped::digest`]): a login that takes a use
+    /// of a limited secret id is refused everywhere alike if another login took it first.
+    PutAuthObject { mount: String, kind: AuthObjectKind, name: String, record: Vec<u8>, replaces: Option<[u8; 32]> },
+    /// Control: remove auth object `name` of `kind` from auth mount `mount`, conditional on
+    /// `replaces` as for `PutAuthObject`. Removing the mount (kind `Mount`) removes everything
+    /// under it; removing a role removes its secret ids.
+    DeleteAuthObject { mount: String, kind: AuthObjectKind, name: String, replaces: Option<[u8; 32]> },
 }
 
 /// One value of a [`Operation::RewrapValues`].
@@ -154,6 +168,8 @@ impl Operation {
             Operation::RevokeToken { .. } => 0x45,
             Operation::AddKeyTerm { .. } => 0x46,
             Operation::RetireKeyTerm { .. } => 0x47,
+            Operation::PutAuthObject { .. } => 0x4A,
+            Operation::DeleteAuthObject { .. } => 0x4B,
         }
     }
 
@@ -176,6 +192,8 @@ impl Operation {
             Operation::RevokeToken { .. } => "revoke_token",
             Operation::AddKeyTerm { .. } => "add_key_term",
             Operation::RetireKeyTerm { .. } => "retire_key_term",
+            Operation::PutAuthObject { .. } => "put_auth_object",
+            Operation::DeleteAuthObject { .. } => "delete_auth_object",
         }
     }
 

@@ -10,9 +10,12 @@
 //! * [`keyring`] — the root key, its terms (added and retired through the log), and the keys
 //!   derived from it for sealing, event authentication and token hashing;
 //! * [`topic`] — topic, header and record-key rules, and the consistency token;
-//! * [`path`] — which secret paths are valid.
+//! * [`path`] — which secret paths are valid;
+//! * [`auth`] — the records of auth methods (mounts, AppRole roles and secret ids, userpass
+//!   users) that auth-object control events carry.
 
 pub mod archive;
+pub mod auth;
 pub mod envelope;
 pub mod error;
 pub mod event;

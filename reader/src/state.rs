@@ -184,7 +184,9 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
         | Operation::PutPolicy { .. }
         | Operation::DeletePolicy { .. }
         | Operation::PutToken { .. }
-        | Operation::RevokeToken { .. }) => {
+        | Operation::RevokeToken { .. }
+        | Operation::PutAuthObject { .. }
+        | Operation::DeleteAuthObject { .. }) => {
             return Err(ApplyError::NotASecretOperation { op: op.name() });
         }
     }

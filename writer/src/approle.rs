@@ -307,7 +307,7 @@ pub async fn login(app: &Appender<'_>, req: &ApiRequest, at: &At<'_>) -> Result<
         policies: settle_policies(r.token_policies.clone(), r.token_no_default_policy),
         ttl: if r.token_ttl_secs > 0 { r.token_ttl_secs } else { crate::auth_methods::default_ttl(None) },
         max_ttl: max,
-        display_name: "approle".into(),
+        display_name: crate::auth_methods::display_prefix(at.mount),
         path: Some(format!("auth/{}login", at.mount)),
         meta: Some([("role_name".to_string(), name.clone())].into()),
         bound_cidrs: token_cidrs,

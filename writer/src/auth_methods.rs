@@ -244,6 +244,11 @@ pub fn default_ttl(ctx_mount: Option<&AuthMountRecord>) -> u64 {
     ctx_mount.map(|m| m.default_lease_ttl_secs).filter(|t| *t > 0).unwrap_or(32 * 24 * 3600)
 }
 
+/// What a login's token is named after, as in Vault: the mount path, slashes as dashes.
+pub fn display_prefix(mount: &str) -> String {
+    mount.trim_end_matches('/').replace('/', "-")
+}
+
 /// An answer whose `data` is `data` (200).
 pub fn data(req: &ApiRequest, data: Value) -> ApiResponse {
     ApiResponse::data(&req.request_id, data)

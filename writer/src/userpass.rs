@@ -162,7 +162,7 @@ pub async fn login(app: &Appender<'_>, req: &ApiRequest, at: &At<'_>) -> Result<
         policies: settle_policies(u.token_policies.clone(), u.token_no_default_policy),
         ttl: if u.token_ttl_secs > 0 { u.token_ttl_secs } else { crate::auth_methods::default_ttl(None) },
         max_ttl: (u.token_max_ttl_secs > 0).then_some(u.token_max_ttl_secs),
-        display_name: format!("userpass-{name}"),
+        display_name: format!("{}-{name}", crate::auth_methods::display_prefix(at.mount)),
         path: Some(format!("auth/{}login/{name}", at.mount)),
         meta: Some([("username".to_string(), name.clone())].into()),
         bound_cidrs: u.token_bound_cidrs.clone(),

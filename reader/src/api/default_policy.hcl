@@ -82,4 +82,3 @@ path "sys/tools/hash/*" {
 path "identity/oidc/provider/+/authorize" {
     capabilities = ["read", "update"]
 }
-

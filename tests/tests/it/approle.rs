@@ -210,7 +210,7 @@ async fn approle_and_userpass_logins_through_a_reader_give_tokens_every_node_hon
 
     // Accessors: looked up and revoked by it; the token stops working on every node.
     let a = wr!(r, "POST", "auth/token/lookup-accessor", root, Some(json!({"accessor": accessor})), 200);
-    assert_eq!(a.body["data"]["display_name"], "approle");
+    assert_eq!(a.body["data"]["display_name"], "approle", "named after the mount, as in Vault");
     wr!(r, "POST", "auth/token/revoke-accessor", root, Some(json!({"accessor": accessor})), 204);
     for base in [&w, &r] {
         let a = send(base, "GET", "secret/data/app/db", Some(&app_token), index.as_deref(), None).await;

@@ -13,6 +13,7 @@
 pub mod acl;
 pub mod api;
 pub mod audit;
+pub mod auth_objects;
 pub mod bootstrap;
 pub mod config;
 pub mod error;

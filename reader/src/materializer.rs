@@ -710,7 +710,7 @@ impl Staging {
     }
 
     /// The sealed value stored at `key` as of this batch (staged writes first).
-    async fn stored_value(&self, store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>, ReaderError> {
+    pub(crate) async fn stored_value(&self, store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>, ReaderError> {
         match self.batch.writes.get(key) {
             Some(v) => Ok(v.clone()),
             None => store.get_raw(key).await,
@@ -814,10 +814,17 @@ impl Staging {
                 self.batch.writes.insert(keys::policy(name), None);
             }
             Operation::PutToken { token_hash, record } => {
+                crate::auth_objects::index_accessor(self, store, token_hash, Some(record)).await?;
                 self.batch.writes.insert(keys::token(token_hash), Some(record.clone()));
             }
             Operation::RevokeToken { token_hash } => {
+                crate::auth_objects::index_accessor(self, store, token_hash, None).await?;
                 self.batch.writes.insert(keys::token(token_hash), None);
+            }
+            Operation::PutAuthObject { .. } | Operation::DeleteAuthObject { .. } => {
+                if let Some(refusal) = crate::auth_objects::stage(self, store, &event).await? {
+                    return Ok(staged(Some(refusal)));
+                }
             }
             Operation::LeaderEpoch { leader_url } => {
                 let newer = self.applied_leader_epoch.is_none_or(|e| event.writer_epoch > e)

@@ -553,7 +553,8 @@ impl ReaderNode {
         }
         let ctx = &unsealed.ctx;
         if req.is_write() {
-            let resp = self.forwarder.forward(&req, self.leader_url(ctx).as_deref()).await;
+            let forwarder = self.forwarder.vouching(ctx.keyring.clone());
+            let resp = forwarder.forward(&req, self.leader_url(ctx).as_deref()).await;
             self.remember(ctx, &req, &resp);
             return resp;
         }

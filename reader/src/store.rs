@@ -11,6 +11,10 @@
 //! | `c/root_token` | keyed hash of the bootstrap root token |
 //! | `c/leader` | [`LeaderRecord`]: the newest leader epoch seen and its URL |
 //! | `c/keyring` | [`KeyTerms`]: key terms added and retired through the log |
+//! | `c/accessor/{accessor}` | the keyed hash of the token with that accessor (kept with `c/token/`) |
+//! | `c/auth-mount/{mount}` | an enabled auth method (`approle/`): its JSON record |
+//! | `c/auth/{mount}\0{kind}/{name}` | an object of that auth mount (role, secret id, user): its JSON record |
+//! | `c/auth/{mount}\0role-id/{role_id}` | the AppRole role with that role id (kept with its role) |
 //! | `m/sealed-per-term` | how many stored values each key term seals (JSON map; not in snapshots or digests: derived from `v/`, recounted when missing) |
 //!
 //! State and the partition offsets that produced it are written in **one** SlateDB batch
@@ -111,6 +115,24 @@ pub mod keys {
     /// A token's record, by the hex of its keyed hash.
     pub fn token(hash: &[u8; 32]) -> Vec<u8> {
         format!("c/token/{}", hex::encode(hash)).into_bytes()
+    }
+    /// The keyed hash of the token with accessor `accessor` (raw 32 bytes).
+    pub fn accessor(accessor: &str) -> Vec<u8> {
+        format!("c/accessor/{accessor}").into_bytes()
+    }
+    /// An enabled auth method, by its mount path (`approle/`).
+    pub fn auth_mount(mount: &str) -> Vec<u8> {
+        format!("c/auth-mount/{mount}").into_bytes()
+    }
+    pub const AUTH_MOUNT_PREFIX: &[u8] = b"c/auth-mount/";
+    /// Everything stored under auth mount `mount`; NUL ends the mount, so no mount's prefix is
+    /// another's.
+    pub fn auth_objects(mount: &str) -> Vec<u8> {
+        format!("c/auth/{mount}\0").into_bytes()
+    }
+    /// Objects of one kind (`role`, `secret-id`, `user`, `role-id`) of an auth mount, under `name`.
+    pub fn auth_object(mount: &str, kind: &str, name: &str) -> Vec<u8> {
+        format!("c/auth/{mount}\0{kind}/{name}").into_bytes()
     }
     pub const LEADER: &[u8] = b"c/leader";
     pub const REVISION_PREFIX: &[u8] = b"c/rev/";
@@ -276,6 +298,17 @@ impl Store {
             }
         }
         out.dedup();
+        Ok(out)
+    }
+
+    /// Every stored key under `prefix` with its value, in key order.
+    pub async fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReaderError> {
+        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let mut it = self.db.scan_prefix(prefix, ..).await.map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(kv) = it.next().await.map_err(err)? {
+            out.push((kv.key.to_vec(), kv.value.to_vec()));
+        }
         Ok(out)
     }
 

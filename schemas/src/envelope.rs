@@ -15,7 +15,8 @@
 //! `SetRootToken` = hash [32]; `LeaderEpoch` = leader URL str16; `AddKeyTerm` and
 //! `RetireKeyTerm` = term u32; `PutWithDefaults` = version u64, sealed bytes32, max_versions u32,
 //! delete_version_after u64 seconds; `PutMount` = path str16, record bytes32; `DeleteMount` =
-//! path str16.
+//! path str16; `PutAuthObject` = mount str16, kind u8, name str16, flags u8 (bit0: replaces
+//! [32] follows), record bytes32; `DeleteAuthObject` = the same without the record.
 //!
 //! `mac_term` is the key term whose event-authentication key made the tag: the active term of
 //! the writer when it appended the record. Every term derives from the root key, so a record
@@ -195,7 +196,40 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
             o.bytes32(record);
         }
         Operation::DeleteMount { path } => o.str16(path),
+        Operation::PutAuthObject { mount, kind, name, record, replaces } => {
+            encode_auth_object(o, mount, *kind, name, replaces.as_ref());
+            o.bytes32(record);
+        }
+        Operation::DeleteAuthObject { mount, kind, name, replaces } => {
+            encode_auth_object(o, mount, *kind, name, replaces.as_ref())
+        }
     }
+}
+
+fn encode_auth_object(o: &mut Out<'_>, mount: &str, kind: AuthObjectKind, name: &str, replaces: Option<&[u8; 32]>) {
+    o.str16(mount);
+    o.u8(kind.tag());
+    o.str16(name);
+    o.u8(u8::from(replaces.is_some()));
+    if let Some(r) = replaces {
+        o.raw(r);
+    }
+}
+
+/// The fields common to `PutAuthObject` and `DeleteAuthObject`.
+type AuthObjectHead = (String, AuthObjectKind, String, Option<[u8; 32]>);
+
+fn decode_auth_object(r: &mut In<'_>) -> Result<AuthObjectHead, DecodeError> {
+    let mount = r.str16("auth mount", crate::auth::MAX_AUTH_MOUNT_LEN)?.to_owned();
+    let kind = AuthObjectKind::from_tag(r.u8()?)
+        .ok_or(DecodeError::InvalidField { field: "auth object kind", reason: "unknown kind" })?;
+    let name = r.str16("auth object name", MAX_PATH_LEN)?.to_owned();
+    let replaces = match r.u8()? {
+        0 => None,
+        1 => Some(r.array()?),
+        _ => return Err(DecodeError::InvalidField { field: "auth object flags", reason: "unknown flag bits" }),
+    };
+    Ok((mount, kind, name, replaces))
 }
 
 fn decode_versions(r: &mut In<'_>) -> Result<Vec<u64>, DecodeError> {
@@ -313,6 +347,15 @@ pub(crate) fn decode_body(body: &[u8], version: u8) -> Result<Event, DecodeError
             Operation::PutMount { path, record: r.bytes32("mount record", MAX_CONTROL_DOC_LEN)?.to_vec() }
         }
         0x49 => Operation::DeleteMount { path: r.str16("mount path", MAX_PATH_LEN)?.to_owned() },
+        0x4A => {
+            let (mount, kind, name, replaces) = decode_auth_object(&mut r)?;
+            let record = r.bytes32("auth object record", MAX_CONTROL_DOC_LEN)?.to_vec();
+            Operation::PutAuthObject { mount, kind, name, record, replaces }
+        }
+        0x4B => {
+            let (mount, kind, name, replaces) = decode_auth_object(&mut r)?;
+            Operation::DeleteAuthObject { mount, kind, name, replaces }
+        }
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
@@ -400,7 +443,27 @@ mod tests {
             ("[a-z/-]{1,20}", proptest::collection::vec(any::<u8>(), 0..100))
                 .prop_map(|(path, record)| Operation::PutMount { path, record }),
             "[a-z/-]{1,20}".prop_map(|path| Operation::DeleteMount { path }),
+            (
+                "[a-z/]{1,20}",
+                arb_auth_kind(),
+                "[a-z0-9/-]{0,40}",
+                proptest::collection::vec(any::<u8>(), 0..100),
+                proptest::option::of(any::<[u8; 32]>())
+            )
+                .prop_map(|(mount, kind, name, record, replaces)| Operation::PutAuthObject {
+                    mount,
+                    kind,
+                    name,
+                    record,
+                    replaces
+                }),
+            ("[a-z/]{1,20}", arb_auth_kind(), "[a-z0-9/-]{0,40}", proptest::option::of(any::<[u8; 32]>()))
+                .prop_map(|(mount, kind, name, replaces)| Operation::DeleteAuthObject { mount, kind, name, replaces }),
         ]
+    }
+
+    fn arb_auth_kind() -> impl Strategy<Value = AuthObjectKind> {
+        (1u8..=4).prop_map(|t| AuthObjectKind::from_tag(t).expect("1..=4 are kinds"))
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
@@ -534,6 +597,19 @@ mod tests {
             Operation::RewrapValues { values: vec![Rewrapped { version: 2, replaces: [4; 32], sealed: vec![5; 40] }] },
             Operation::AddKeyTerm { term: 2 },
             Operation::RetireKeyTerm { term: 1 },
+            Operation::PutAuthObject {
+                mount: "approle/".into(),
+                kind: AuthObjectKind::SecretId,
+                name: "r/ab".into(),
+                record: b"{}".to_vec(),
+                replaces: Some([3; 32]),
+            },
+            Operation::DeleteAuthObject {
+                mount: "userpass/".into(),
+                kind: AuthObjectKind::User,
+                name: "u".into(),
+                replaces: None,
+            },
         ]
         .into_iter()
         .map(|op| {

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::auth::AuthObjectKind;
+
 /// Largest mount or path, in bytes.
 pub const MAX_PATH_LEN: usize = 1024;
 /// Largest sealed value an event may carry, in bytes (the writer's configurable limit for
@@ -109,6 +111,17 @@ pub enum Operation {
     /// Control: unmount `path`. Its secrets become unreachable at once; a mount enabled there
     /// again gets a new storage id and starts empty (Vault's rule).
     DeleteMount { path: String },
+    /// Control: create or replace auth object `name` of `kind` in auth mount `mount` (`approle/`)
+    /// — the mount itself, a role, a secret id or a user; `record` is its JSON record
+    /// ([`crate::auth`]). Keyed by [`crate::auth::control_name`] of the mount. With `replaces`,
+    /// it applies only if the stored record is exactly the one the writer decided against
+    /// (`replaces` = SHA-256 of its bytes; see [`Rewrapped::digest`]): a login that takes a use
+    /// of a limited secret id is refused everywhere alike if another login took it first.
+    PutAuthObject { mount: String, kind: AuthObjectKind, name: String, record: Vec<u8>, replaces: Option<[u8; 32]> },
+    /// Control: remove auth object `name` of `kind` from auth mount `mount`, conditional on
+    /// `replaces` as for `PutAuthObject`. Removing the mount (kind `Mount`) removes everything
+    /// under it; removing a role removes its secret ids.
+    DeleteAuthObject { mount: String, kind: AuthObjectKind, name: String, replaces: Option<[u8; 32]> },
 }
 
 /// One value of a [`Operation::RewrapValues`].
@@ -169,6 +182,8 @@ impl Operation {
             Operation::RetireKeyTerm { .. } => 0x47,
             Operation::PutMount { .. } => 0x48,
             Operation::DeleteMount { .. } => 0x49,
+            Operation::PutAuthObject { .. } => 0x4A,
+            Operation::DeleteAuthObject { .. } => 0x4B,
         }
     }
 
@@ -194,6 +209,8 @@ impl Operation {
             Operation::RetireKeyTerm { .. } => "retire_key_term",
             Operation::PutMount { .. } => "put_mount",
             Operation::DeleteMount { .. } => "delete_mount",
+            Operation::PutAuthObject { .. } => "put_auth_object",
+            Operation::DeleteAuthObject { .. } => "delete_auth_object",
         }
     }
 

@@ -144,6 +144,8 @@ pub struct Keyring {
     retired: RwLock<BTreeSet<u32>>,
     token: Zeroizing<[u8; 32]>,
     audit: Zeroizing<[u8; 32]>,
+    secret_id: Zeroizing<[u8; 32]>,
+    forwarded: Zeroizing<[u8; 32]>,
     key_check: [u8; 8],
 }
 
@@ -175,6 +177,8 @@ impl Keyring {
         let ring = Keyring {
             token: expand(&p, "token-hash"),
             audit: expand(&p, "audit-hmac"),
+            secret_id: expand(&p, "auth-secret-hash"),
+            forwarded: expand(&p, "forwarded-client"),
             prk: p,
             cache: RwLock::new(BTreeMap::new()),
             active: AtomicU32::new(1),
@@ -282,6 +286,27 @@ impl Keyring {
         format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
     }
 
+    /// The keyed hash under which an auth method's secret (an AppRole secret id) is stored and
+    /// replicated, under a key of its own (HKDF label `auth-secret-hash`): a secret id's hash is
+    /// never a token's, so neither can be presented as the other.
+    pub fn secret_hash(&self, secret: &str) -> [u8; 32] {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.secret_id[..]).expect("HMAC takes any key length");
+        mac.update(secret.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The tag a node puts on a request it forwards, vouching for the client address it saw
+    /// (HKDF label `forwarded-client`); only nodes holding the root key can make one. `parts`
+    /// are length-prefixed, so no two lists of parts give the same input.
+    pub fn forwarded_tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.forwarded[..]).expect("HMAC takes any key length");
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     /// Whether `token` hashes to `hash`, compared in constant time.
     pub fn token_matches(&self, token: &str, hash: &[u8; 32]) -> bool {
         self.token_hash(token).ct_eq(hash).into()
@@ -322,6 +347,17 @@ mod tests {
         assert!(a.token_matches("s.token", &h));
         assert!(!a.token_matches("s.tokem", &h));
         assert_ne!(h, b.token_hash("s.token"));
+    }
+
+    #[test]
+    fn secret_hash_and_forwarded_tag_are_keyed_and_distinct_from_the_token_hash() {
+        let a = Keyring::from_root(&RootKey::from_bytes([1; 32]));
+        let b = Keyring::from_root(&RootKey::from_bytes([2; 32]));
+        assert_eq!(a.secret_hash("sid"), a.secret_hash("sid"));
+        assert_ne!(a.secret_hash("sid"), a.token_hash("sid"));
+        assert_ne!(a.secret_hash("sid"), b.secret_hash("sid"));
+        assert_ne!(a.forwarded_tag(&[b"ab", b"c"]), a.forwarded_tag(&[b"a", b"bc"]));
+        assert_ne!(a.forwarded_tag(&[b"x"]), b.forwarded_tag(&[b"x"]));
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //!   derived from it for sealing, event authentication and token hashing;
 //! * [`topic`] — topic, header and record-key rules, and the consistency token;
 //! * [`path`] — which secret paths are valid;
+//! * [`auth`] — the records of auth methods (mounts, AppRole roles and secret ids, userpass
+//!   users) that auth-object control events carry.
 //! * [`mount`] — the mount table's records and mount path rules.
 
 pub mod archive;
+pub mod auth;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -290,3 +290,135 @@ fn golden_partitioning_never_moves_keys() {
     assert_eq!(parts, golden);
     assert!(golden.iter().collect::<std::collections::BTreeSet<_>>().len() == 6, "all partitions used");
 }
+
+/// Auth-object control events (tags 0x4A, 0x4B) in schema version 2, and the JSON of the records
+/// they carry: `event_v2_*_auth_object*.bin` and `auth_*_v1.json` must decode forever.
+#[test]
+fn golden_auth_object_vectors_decode_forever() {
+    use secretlog_schemas::auth::{AppRoleRecord, AuthMountRecord, AuthObjectKind, SecretIdRecord, UserRecord};
+    let ring = golden_ring();
+    let control = |op| Event {
+        event_id: [0x13; 16],
+        timestamp_ms: 1_763_856_000_000,
+        writer_epoch: 9,
+        revision: Some(5),
+        mount: String::new(),
+        path: auth::control_name("approle/"),
+        op,
+    };
+    let events = [
+        (
+            "put_auth_object",
+            control(Operation::PutAuthObject {
+                mount: "approle/".into(),
+                kind: AuthObjectKind::AppRoleRole,
+                name: "web".into(),
+                record: br#"{"role_id":"r"}"#.to_vec(),
+                replaces: None,
+            }),
+        ),
+        (
+            "put_auth_object_replacing",
+            control(Operation::PutAuthObject {
+                mount: "approle/".into(),
+                kind: AuthObjectKind::SecretId,
+                name: format!("web/{}", "ab".repeat(32)),
+                record: br#"{"uses_left":1}"#.to_vec(),
+                replaces: Some([0x55; 32]),
+            }),
+        ),
+        (
+            "delete_auth_object",
+            control(Operation::DeleteAuthObject {
+                mount: "approle/".into(),
+                kind: AuthObjectKind::Mount,
+                name: String::new(),
+                replaces: None,
+            }),
+        ),
+        (
+            "delete_auth_object_replacing",
+            control(Operation::DeleteAuthObject {
+                mount: "approle/".into(),
+                kind: AuthObjectKind::SecretId,
+                name: format!("web/{}", "cd".repeat(32)),
+                replaces: Some([0x66; 32]),
+            }),
+        ),
+    ];
+    for (name, event) in events {
+        let file = dir().join(format!("event_v2_{name}.bin"));
+        let encoded = encode_event(&ring, &event);
+        if bless() && !file.exists() {
+            std::fs::write(&file, &encoded).unwrap();
+        }
+        let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let decoded = decode_event(&ring, Some(&event.record_key()), &golden)
+            .unwrap_or_else(|e| panic!("{name}: golden vector no longer decodes: {e}"));
+        assert_eq!(decoded, event, "{name}: golden vector decodes differently");
+        assert_eq!(encoded, golden, "{name}: encoding changed; that is a new schema version");
+    }
+
+    fn record<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: T) {
+        let file = dir().join(format!("auth_{name}_v1.json"));
+        if bless() && !file.exists() {
+            std::fs::write(&file, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+        }
+        let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let back: T = serde_json::from_slice(&golden).unwrap_or_else(|e| panic!("{name}: no longer reads: {e}"));
+        assert_eq!(back, value, "{name}: the record's JSON changed meaning");
+    }
+    record(
+        "mount",
+        AuthMountRecord {
+            method: "approle".into(),
+            description: "apps".into(),
+            accessor: "auth_approle_0a1b2c3d".into(),
+            uuid: "6b1f8f2e-3c4d-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            created_ms: 1_763_856_000_000,
+            default_lease_ttl_secs: 0,
+            max_lease_ttl_secs: 0,
+        },
+    );
+    record(
+        "approle_role",
+        AppRoleRecord {
+            role_id: "9f0e1d2c-3b4a-4958-8776-655443322110".into(),
+            token_policies: vec!["app".into()],
+            token_ttl_secs: 3600,
+            token_max_ttl_secs: 7200,
+            bind_secret_id: true,
+            secret_id_num_uses: 3,
+            secret_id_ttl_secs: 600,
+            secret_id_bound_cidrs: vec!["10.0.0.0/8".into()],
+            token_bound_cidrs: vec!["127.0.0.1/32".into()],
+            token_no_default_policy: false,
+            token_explicit_max_ttl_secs: 0,
+        },
+    );
+    record(
+        "secret_id",
+        SecretIdRecord {
+            accessor: "1a2b3c4d-0000-4000-8000-000000000001".into(),
+            created_ms: 1_763_856_000_000,
+            expire_ms: Some(1_763_856_600_000),
+            uses_left: 2,
+            num_uses: 3,
+            cidr_list: vec![],
+            token_bound_cidrs: vec![],
+            metadata: BTreeMap::from([("host".into(), "web-1".into())]),
+        },
+    );
+    record(
+        "userpass_user",
+        UserRecord {
+            password_hash:
+                "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g".into(),
+            token_policies: vec!["dev".into()],
+            token_ttl_secs: 0,
+            token_max_ttl_secs: 0,
+            token_bound_cidrs: vec![],
+            token_no_default_policy: false,
+        },
+    );
+}

@@ -82,6 +82,8 @@ def main():
             return True
     eventually(gone, "metadata deleted")
 
+    approle_login(w, write_url, read_url)
+
     bad = hvac.Client(url=read_url, token="s.not-a-token")
     try:
         bad.secrets.kv.v2.read_secret_version(path="hvac/app", raise_on_deleted_version=True)
@@ -89,6 +91,34 @@ def main():
     except hvac.exceptions.Forbidden:
         pass
     print("hvac: all checks passed")
+
+
+def approle_login(w, write_url, read_url):
+    """AppRole as an app uses it with hvac: the operator enables it and writes a role (through
+    a reader); the app logs in with a role id and a secret id (through a reader) and reads with
+    the token it got from the other reader."""
+    w.sys.enable_auth_method("approle")
+    assert "approle/" in w.sys.list_auth_methods()["data"], "approle listed"
+    w.sys.create_or_update_acl_policy(name="hvac-app", policy='path "secret/data/hvac/approle" { capabilities = ["read"] }')
+    w.secrets.kv.v2.create_or_update_secret(path="hvac/approle", secret={"db": "pw"})
+    w.auth.approle.create_or_update_approle(role_name="hvac", token_policies=["hvac-app"], token_ttl="10m",
+                                            secret_id_num_uses=1)
+    role_id = eventually(lambda: w.auth.approle.read_role_id(role_name="hvac")["data"]["role_id"], "role id")
+    secret_id = w.auth.approle.generate_secret_id(role_name="hvac")["data"]["secret_id"]
+
+    app = hvac.Client(url=write_url)
+    app.auth.approle.login(role_id=role_id, secret_id=secret_id)
+    assert app.is_authenticated(), "the AppRole token works (lookup-self through the default policy)"
+    reader = hvac.Client(url=read_url, token=app.token)
+    got = eventually(lambda: reader.secrets.kv.v2.read_secret_version(path="hvac/approle",
+                                                                      raise_on_deleted_version=True),
+                     "the AppRole token on the other reader")
+    assert got["data"]["data"] == {"db": "pw"}, got
+    try:
+        hvac.Client(url=write_url).auth.approle.login(role_id=role_id, secret_id=secret_id)
+        raise AssertionError("a single-use secret id logged in twice")
+    except hvac.exceptions.InvalidRequest:
+        pass
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ pub enum Outcome {
     Answer(ApiResponse),
 }
 
-fn body(req: &ApiRequest) -> Result<Value, ApiError> {
+pub(crate) fn body(req: &ApiRequest) -> Result<Value, ApiError> {
     if req.body.is_empty() {
         return Ok(json!({}));
     }
@@ -34,7 +34,7 @@ fn body(req: &ApiRequest) -> Result<Value, ApiError> {
 }
 
 /// Vault durations: integer seconds, or `"90s"`, `"30m"`, `"1h"`.
-fn duration(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn duration(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
     match v {
         Value::Null => Ok(None),
         Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| ApiError::bad_request(format!("invalid {field}"))),
@@ -49,8 +49,8 @@ fn duration(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
     }
 }
 
-fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord) -> Value {
-    json!({
+pub(crate) fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord) -> Value {
+    let mut body = json!({
         "request_id": req.request_id,
         "lease_id": "",
         "renewable": false,
@@ -63,7 +63,7 @@ fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord) -> Val
             "accessor": record.accessor,
             "policies": record.policies,
             "token_policies": record.policies,
-            "metadata": null,
+            "metadata": record.meta,
             "lease_duration": record.ttl_left(now_ms()),
             "renewable": record.renewable,
             "entity_id": "",
@@ -72,7 +72,25 @@ fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord) -> Val
             "mfa_requirement": null,
             "num_uses": 0,
         }
-    })
+    });
+    // Vault leaves `token_policies` out of a token without policies.
+    if record.policies.is_empty() {
+        body["auth"].as_object_mut().expect("an object").remove("token_policies");
+    }
+    body
+}
+
+/// A token's policies as Vault settles them: sorted, without duplicates, with `default` added
+/// unless `no_default` (which also takes away a `default` asked for).
+pub(crate) fn settle_policies(mut policies: Vec<String>, no_default: bool) -> Vec<String> {
+    if no_default {
+        policies.retain(|p| p != "default");
+    } else {
+        policies.push("default".into());
+    }
+    policies.sort();
+    policies.dedup();
+    policies
 }
 
 /// Policy names: letters (lower-cased, as Vault does), digits, `-` and `_`; `root` is reserved.
@@ -83,6 +101,9 @@ fn policy_name(name: &str, delete: bool) -> Result<String, ApiError> {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !ok {
         return Err(ApiError::bad_request(format!("invalid policy name {name:?}")));
+    }
+    if name == "default" && delete {
+        return Err(ApiError::bad_request("cannot delete default policy"));
     }
     if name == "root" {
         return Err(ApiError::bad_request(if delete {
@@ -118,6 +139,26 @@ async fn target(
         }
         None => Ok(None),
     }
+}
+
+/// Go's multi-error text, as Vault wraps some token errors.
+fn multi(msg: &str) -> String {
+    format!("1 error occurred:\n\t* {msg}\n\n")
+}
+
+/// The token whose accessor the body names (`accessor`), through the accessor index; `None` when
+/// no live token has it.
+async fn by_accessor(ctx: &ReadContext, req: &ApiRequest) -> Result<Option<([u8; 32], TokenRecord)>, ApiError> {
+    let b = body(req)?;
+    let accessor = b["accessor"]
+        .as_str()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ApiError::bad_request(multi("missing accessor")))?;
+    let Some(hash) = ctx.store.get_raw(&keys::accessor(accessor)).await? else { return Ok(None) };
+    let hash: [u8; 32] = hash.try_into().map_err(|_| ApiError::internal())?;
+    let Some(raw) = ctx.store.get_raw(&keys::token(&hash)).await? else { return Ok(None) };
+    let record: TokenRecord = serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?;
+    Ok((!record.expired(now_ms()) && record.accessor == accessor).then_some((hash, record)))
 }
 
 /// Handle a token or policy write, if `req` is one.
@@ -176,6 +217,25 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
             let op = Operation::RevokeToken { token_hash: hash };
             Ok(Some(Outcome::Command(Command::Control { name: format!("token/{}", record.accessor), op, body: None })))
         }
+        "lookup-accessor" => {
+            let (_, record) =
+                by_accessor(ctx, req).await?.ok_or_else(|| ApiError::bad_request(multi("invalid accessor")))?;
+            Ok(Some(Outcome::Answer(ApiResponse::data(&req.request_id, lookup_data(&record)))))
+        }
+        "revoke-accessor" => {
+            let Some((hash, record)) = by_accessor(ctx, req).await? else {
+                // Vault: 200 with a warning.
+                return Ok(Some(Outcome::Answer(ApiResponse::json(
+                    200,
+                    &json!({
+                        "request_id": req.request_id, "lease_id": "", "renewable": false, "lease_duration": 0,
+                        "data": null, "wrap_info": null, "warnings": ["No token found with this accessor"], "auth": null,
+                    }),
+                ))));
+            };
+            let op = Operation::RevokeToken { token_hash: hash };
+            Ok(Some(Outcome::Command(Command::Control { name: format!("token/{}", record.accessor), op, body: None })))
+        }
         "lookup" => {
             // Vault refuses the lookup of an unknown token as a bad token.
             let (_, record) = target(ctx, req, who, false).await?.ok_or_else(|| ApiError::new(403, "bad token"))?;
@@ -187,53 +247,100 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
 
 fn create(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Outcome, ApiError> {
     let b = body(req)?;
-    let mut policies: Vec<String> = match &b["policies"] {
-        Value::Null => match who {
-            Identity::Root => vec!["root".into()],
-            Identity::Token { record, .. } => record.policies.clone(),
-        },
-        Value::Array(a) => a
-            .iter()
-            .map(|p| p.as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("policies must be strings")))
-            .collect::<Result<_, _>>()?,
+    let no_default = b["no_default_policy"].as_bool().unwrap_or(false);
+    let asked: Option<Vec<String>> = match &b["policies"] {
+        Value::Null => None,
+        Value::Array(a) if a.is_empty() => None,
+        Value::Array(a) => Some(
+            a.iter()
+                .map(|p| {
+                    p.as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("policies must be strings"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
         _ => return Err(ApiError::bad_request("policies must be a list")),
     };
-    policies.sort();
-    policies.dedup();
+    let policies = match (&asked, who) {
+        (None, Identity::Root) => vec!["root".to_string()],
+        (None, Identity::Token { record, .. }) => record.policies.clone(),
+        (Some(p), _) => p.clone(),
+    };
     if policies.iter().any(|p| p == "root") {
         if !who.is_root() {
             return Err(ApiError::permission_denied());
         }
         return Err(ApiError::bad_request("tokens with the root policy are not handed out; use named policies"));
     }
-    if let Identity::Token { record, .. } = who
-        && policies.iter().any(|p| !record.policies.contains(p))
-    {
-        return Err(ApiError::bad_request("child policies must be subset of parent"));
+    // Vault's subset rule: the policies asked for (with `default` when the parent has it) must
+    // all be the parent's.
+    if let (Some(asked), Identity::Token { record, .. }) = (&asked, who) {
+        let parent_default = record.policies.iter().any(|p| p == "default");
+        let wanted = settle_policies(asked.clone(), no_default || !parent_default);
+        if wanted.iter().any(|p| !record.policies.contains(p)) {
+            return Err(ApiError::bad_request("child policies must be subset of parent"));
+        }
     }
+    let policies = settle_policies(policies, no_default);
     let ttl = duration(&b["ttl"], "ttl")?.unwrap_or(32 * 24 * 3600);
     let max = duration(&b["explicit_max_ttl"], "explicit_max_ttl")?;
-    let now = now_ms();
-    let mut rng = rand::rngs::OsRng;
-    let token: String =
-        format!("hvs.{}", (0..24).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect::<String>());
-    let accessor: String = (0..24).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect();
-    let record = TokenRecord {
-        accessor: accessor.clone(),
-        policies,
-        display_name: format!("token-{}", b["display_name"].as_str().unwrap_or("")).trim_end_matches('-').to_string(),
-        created_ms: now,
-        expire_ms: Some(now + (ttl.min(max.unwrap_or(u64::MAX)) as i64) * 1000),
-        max_expire_ms: max.map(|m| now + (m as i64) * 1000),
-        ttl_secs: ttl,
-        renewable: b["renewable"].as_bool().unwrap_or(true),
-    };
+    let display = format!("token-{}", b["display_name"].as_str().unwrap_or("")).trim_end_matches('-').to_string();
+    let issued = Issue { policies, ttl, max_ttl: max, display_name: display, ..Default::default() }
+        .renewable(b["renewable"].as_bool().unwrap_or(true));
+    let (token, record) = issued.record();
     let reply = auth_body(req, Some(&token), &record);
     let op = Operation::PutToken {
         token_hash: ctx.keyring.token_hash(&token),
         record: serde_json::to_vec(&record).map_err(|_| ApiError::internal())?,
     };
-    Ok(Outcome::Command(Command::Control { name: format!("token/{accessor}"), op, body: Some(reply) }))
+    Ok(Outcome::Command(Command::Control { name: format!("token/{}", record.accessor), op, body: Some(reply) }))
+}
+
+/// A token about to be issued (by `auth/token/create` or a login).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Issue {
+    /// Settled already ([`settle_policies`]).
+    pub policies: Vec<String>,
+    pub ttl: u64,
+    /// A hard limit on its life (Vault's `explicit_max_ttl`, or a role's `token_max_ttl`).
+    pub max_ttl: Option<u64>,
+    pub display_name: String,
+    pub path: Option<String>,
+    pub meta: Option<std::collections::BTreeMap<String, String>>,
+    pub bound_cidrs: Vec<String>,
+    pub not_renewable: bool,
+}
+
+impl Issue {
+    pub fn renewable(mut self, renewable: bool) -> Self {
+        self.not_renewable = !renewable;
+        self
+    }
+
+    /// A fresh token and its record.
+    pub fn record(self) -> (String, TokenRecord) {
+        let now = now_ms();
+        let mut rng = rand::rngs::OsRng;
+        let token: String = format!(
+            "hvs.{}",
+            (0..24).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect::<String>()
+        );
+        let accessor: String = (0..24).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect();
+        let record = TokenRecord {
+            accessor,
+            policies: self.policies,
+            display_name: self.display_name,
+            created_ms: now,
+            expire_ms: Some(now + (self.ttl.min(self.max_ttl.unwrap_or(u64::MAX)) as i64) * 1000),
+            max_expire_ms: self.max_ttl.map(|m| now + (m as i64) * 1000),
+            ttl_secs: self.ttl,
+            renewable: !self.not_renewable,
+            self_by_policy: true,
+            path: self.path,
+            meta: self.meta,
+            bound_cidrs: self.bound_cidrs,
+        };
+        (token, record)
+    }
 }
 
 #[cfg(test)]
@@ -251,10 +358,21 @@ mod tests {
     }
 
     #[test]
+    fn policies_are_settled_as_vault_does() {
+        let v = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(settle_policies(v(&["b", "a"]), false), v(&["a", "b", "default"]));
+        assert_eq!(settle_policies(v(&["a", "default", "a"]), false), v(&["a", "default"]));
+        assert_eq!(settle_policies(v(&["default", "a"]), true), v(&["a"]));
+        assert!(settle_policies(v(&["default"]), true).is_empty());
+    }
+
+    #[test]
     fn policy_names_are_checked() {
         assert_eq!(policy_name("app-read_2", false).unwrap(), "app-read_2");
         assert_eq!(policy_name("App", false).unwrap(), "app", "lower-cased, as Vault does");
         assert!(policy_name("root", false).is_err());
+        assert_eq!(policy_name("default", false).unwrap(), "default", "default is editable");
+        assert_eq!(policy_name("default", true).unwrap_err().errors, vec!["cannot delete default policy"]);
         assert!(policy_name("ROOT", true).is_err());
         assert!(policy_name("", false).is_err());
         assert!(policy_name("a/b", false).is_err());

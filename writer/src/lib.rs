@@ -6,7 +6,9 @@
 //! which gives the writer the exact state every reader computes; `route` decides whether a
 //! write is decided there or forwarded, and holds it while leadership changes hands.
 
+pub mod approle;
 pub mod auth;
+pub mod auth_methods;
 pub mod committer;
 pub mod config;
 pub mod election;
@@ -20,6 +22,7 @@ pub mod restore;
 pub mod rotate;
 pub(crate) mod route;
 pub mod token;
+pub mod userpass;
 
 pub use config::WriterConfig;
 pub use error::WriterError;

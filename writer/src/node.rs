@@ -354,22 +354,34 @@ impl WriterNode {
         loop {
             match self.route_write(ctx, deadline, unreachable_epoch, req.forwarded).await? {
                 Route::Here => break,
-                Route::Forward(leader) => match self.forwarder.try_forward(&req, Some(&leader.url)).await {
-                    Ok(resp) => return Ok(resp),
-                    // Nothing left this node: it may wait for the next leader and go there.
-                    Err(unsent) => {
-                        tracing::info!(leader = %leader.url, epoch = leader.epoch, reason = %unsent.reason(),
+                Route::Forward(leader) => {
+                    match self.forwarder.vouching(ctx.keyring.clone()).try_forward(&req, Some(&leader.url)).await {
+                        Ok(resp) => return Ok(resp),
+                        // Nothing left this node: it may wait for the next leader and go there.
+                        Err(unsent) => {
+                            tracing::info!(leader = %leader.url, epoch = leader.epoch, reason = %unsent.reason(),
                             "the announced leader cannot be reached; holding the write for its successor");
-                        unreachable_epoch = Some(leader.epoch);
+                            unreachable_epoch = Some(leader.epoch);
+                        }
                     }
-                },
+                }
                 Route::Wait(why) => return Err(ApiError::unavailable(why)),
             }
         }
         // A write carrying an index (say, the first use of a token just created) is decided on
         // state that includes it: the writer's own copy applies its commits a moment after them.
         ctx.wait_for_index(&req).await?;
+        let timeout = Duration::from_millis(self.cfg.write_timeout_ms * 2 + 1000);
+        if secretlog_reader::api::auth_methods::is_login(ctx, &req).await? {
+            // No token: the login is what gets one.
+            let app = crate::auth_methods::Appender { ctx, queue: self.write_queue()?, timeout };
+            return crate::auth_methods::write(&app, &req, None).await;
+        }
         let who = secretlog_reader::api::auth::authorize(ctx, &req).await?;
+        if crate::auth_methods::handles(&req) {
+            let app = crate::auth_methods::Appender { ctx, queue: self.write_queue()?, timeout };
+            return crate::auth_methods::write(&app, &req, Some(&who)).await;
+        }
         if req.path == crate::restore::RESTORE_PATH {
             let cmds = crate::restore::parse(&req, &ctx.mount, &ctx.keyring)?;
             return self.restore(&req, cmds).await;

@@ -27,6 +27,20 @@ pub struct TokenRecord {
     /// The period a renewal extends it by.
     pub ttl_secs: u64,
     pub renewable: bool,
+    /// Whether its own lookup, renewal and revocation are decided by its policies (the `default`
+    /// policy grants them), as in Vault. `false` only in records written before secretlog had a
+    /// `default` policy: those tokens keep using the three `-self` endpoints as they always did.
+    #[serde(default)]
+    pub self_by_policy: bool,
+    /// Where it was issued (`auth/approle/login`); `None`: `auth/token/create`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// What its login recorded (`role_name`, `username`), shown by lookups as `meta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<std::collections::BTreeMap<String, String>>,
+    /// Client addresses (CIDR blocks) it may be used from; empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_cidrs: Vec<String>,
 }
 
 impl TokenRecord {
@@ -36,6 +50,21 @@ impl TokenRecord {
     /// Seconds left, 0 for a token that never expires.
     pub fn ttl_left(&self, now_ms: i64) -> i64 {
         self.expire_ms.map_or(0, |e| ((e - now_ms) / 1000).max(0))
+    }
+}
+
+/// Vault's built-in `default` policy, as OpenBao ships it: what every token gets unless created
+/// with `no_default_policy` — its own lookup, renewal and revocation, and paths secretlog does not
+/// serve (cubbyhole, wrapping, tools), kept so that the text reads back as Vault's does. Stored
+/// `default` policies (written by an operator) replace it.
+pub const DEFAULT_POLICY: &str = include_str!("default_policy.hcl");
+
+/// The text of policy `name`: stored, or the built-in `default`.
+pub async fn policy_text(ctx: &ReadContext, name: &str) -> Result<Option<String>, ApiError> {
+    match ctx.store.get_raw(&keys::policy(name)).await? {
+        Some(text) => Ok(Some(String::from_utf8_lossy(&text).into_owned())),
+        None if name == "default" => Ok(Some(DEFAULT_POLICY.to_string())),
+        None => Ok(None),
     }
 }
 
@@ -111,9 +140,10 @@ pub fn need(req: &ApiRequest, mount: Option<&str>, exists: impl FnOnce(&str) -> 
         "v1/sys/capabilities" => Need::Cap("sys/capabilities".into(), Capability::Update),
         // Vault's rule: reading the key status needs `read` on `sys/key-status`, not sudo.
         super::key_status::KEY_STATUS_PATH if m == "GET" => Need::Cap("sys/key-status".into(), Capability::Read),
-        "v1/auth/token/lookup-self" | "v1/auth/token/renew-self" | "v1/auth/token/revoke-self" => Need::AnyToken,
+        // Vault's rule: `GET lookup-self` needs `read`, every other `auth/token/*` call `update`.
+        "v1/auth/token/lookup-self" if m == "GET" => Need::Cap("auth/token/lookup-self".into(), Capability::Read),
         p if p.starts_with("v1/auth/token/") => Need::Cap(p["v1/".len()..].to_string(), Capability::Update),
-        _ => Need::Root,
+        p => super::auth_methods::need(p, m).unwrap_or(Need::Root),
     }
 }
 
@@ -138,6 +168,14 @@ pub async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, A
         tracing::info!(request_id = %req.request_id, accessor = %record.accessor, "permission denied: token expired");
         return Err(ApiError::permission_denied());
     }
+    if !record.bound_cidrs.is_empty() {
+        let client = super::auth_methods::client_ip(&ctx.keyring, req);
+        if !client.is_some_and(|ip| super::auth_methods::ip_in_any(ip, &record.bound_cidrs)) {
+            tracing::info!(request_id = %req.request_id, accessor = %record.accessor, client = ?client,
+                "permission denied: token used from outside its bound CIDRs");
+            return Err(ApiError::permission_denied());
+        }
+    }
     Ok(Identity::Token { hash, record })
 }
 
@@ -145,8 +183,8 @@ pub async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, A
 pub async fn acl_of(ctx: &ReadContext, record: &TokenRecord) -> Result<Acl, ApiError> {
     let mut policies = Vec::new();
     for name in &record.policies {
-        if let Some(text) = ctx.store.get_raw(&keys::policy(name)).await? {
-            match parse_policy(&String::from_utf8_lossy(&text)) {
+        if let Some(text) = policy_text(ctx, name).await? {
+            match parse_policy(&text) {
                 Ok(p) => policies.push(p),
                 Err(e) => {
                     tracing::error!(policy = %name, error = %e, "stored policy does not parse; it grants nothing")
@@ -156,6 +194,9 @@ pub async fn acl_of(ctx: &ReadContext, record: &TokenRecord) -> Result<Acl, ApiE
     }
     Ok(Acl::new(&policies))
 }
+
+/// The endpoints a token uses on itself, which the `default` policy grants.
+const SELF_PATHS: [&str; 3] = ["auth/token/lookup-self", "auth/token/renew-self", "auth/token/revoke-self"];
 
 /// Authenticate and authorize a request.
 pub async fn authorize(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, ApiError> {
@@ -174,6 +215,8 @@ pub async fn authorize(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, 
     let allowed = match need(req, mount.map(|m| m.path), |_| meta_exists.unwrap_or(false)) {
         Need::AnyToken => true,
         Need::Root => false,
+        // Tokens from before the `default` policy keep their own lookup, renewal and revocation.
+        Need::Cap(path, _) if !record.self_by_policy && SELF_PATHS.contains(&path.as_str()) => true,
         Need::Cap(path, cap) => acl_of(ctx, record).await?.allows(&path, cap),
     };
     if !allowed {
@@ -201,7 +244,14 @@ mod tests {
         assert_eq!(n("DELETE", "v1/secret/data/a", true), Need::Cap("secret/data/a".into(), Capability::Delete));
         assert_eq!(n("LIST", "v1/secret/metadata/a/", true), Need::Cap("secret/metadata/a/".into(), Capability::List));
         assert_eq!(n("POST", "v1/secret/destroy/a", true), Need::Cap("secret/destroy/a".into(), Capability::Update));
-        assert_eq!(n("GET", "v1/auth/token/lookup-self", true), Need::AnyToken);
+        assert_eq!(
+            n("GET", "v1/auth/token/lookup-self", true),
+            Need::Cap("auth/token/lookup-self".into(), Capability::Read)
+        );
+        assert_eq!(
+            n("POST", "v1/auth/token/renew-self", true),
+            Need::Cap("auth/token/renew-self".into(), Capability::Update)
+        );
         assert_eq!(n("POST", "v1/auth/token/create", true), Need::Cap("auth/token/create".into(), Capability::Update));
         assert_eq!(n("PUT", "v1/sys/policies/acl/p", true), Need::Cap("sys/policies/acl/p".into(), Capability::Update));
         assert_eq!(n("POST", "v1/sys/secretlog/restore", true), Need::Root);
@@ -219,6 +269,17 @@ mod tests {
             Need::Cap("team/data/a".into(), Capability::Read)
         );
         assert_eq!(need(&req("GET", "v1/team/data/a"), None, |_| false), Need::Root, "no mount serves it");
+    }
+
+    #[test]
+    fn the_built_in_default_policy_parses_and_grants_a_token_its_own_endpoints() {
+        let acl = Acl::new(&[parse_policy(DEFAULT_POLICY).expect("the default policy parses")]);
+        assert!(acl.allows("auth/token/lookup-self", Capability::Read));
+        assert!(!acl.allows("auth/token/lookup-self", Capability::Update), "POST lookup-self is refused, as in Vault");
+        assert!(acl.allows("auth/token/renew-self", Capability::Update));
+        assert!(acl.allows("auth/token/revoke-self", Capability::Update));
+        assert!(!acl.allows("secret/data/x", Capability::Read));
+        assert!(!acl.allows("auth/token/create", Capability::Update));
     }
 
     #[test]

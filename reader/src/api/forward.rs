@@ -37,6 +37,8 @@ pub struct Forwarder {
     client: reqwest::Client,
     targets: Vec<String>,
     timeout: Duration,
+    /// Vouches for the client address of what it forwards (see [`Forwarder::vouching`]).
+    keyring: Option<std::sync::Arc<secretlog_schemas::Keyring>>,
 }
 
 impl Forwarder {
@@ -53,6 +55,7 @@ impl Forwarder {
             client,
             targets: targets.into_iter().map(|t| t.trim_end_matches('/').to_string()).collect(),
             timeout,
+            keyring: None,
         }
     }
 
@@ -75,6 +78,13 @@ impl Forwarder {
             // sent on a connection the writer is closing that moment would have an unknown outcome.
             .pool_idle_timeout(super::IDLE_CONNECTION_TIMEOUT / 2)
             .redirect(reqwest::redirect::Policy::none())
+    }
+
+    /// The same forwarder, telling the writer the client address each request came from (the
+    /// [`super::auth_methods::CLIENT_HEADER`], tagged under `keyring`), so that CIDR bounds of
+    /// logins and tokens hold for requests that came through this node.
+    pub fn vouching(&self, keyring: std::sync::Arc<secretlog_schemas::Keyring>) -> Forwarder {
+        Forwarder { keyring: Some(keyring), ..self.clone() }
     }
 
     pub fn targets(&self) -> &[String] {
@@ -123,6 +133,9 @@ impl Forwarder {
             }
             if let Some(ct) = &req.content_type {
                 rb = rb.header("content-type", ct);
+            }
+            if let Some(client) = self.keyring.as_deref().and_then(|k| super::auth_methods::attest(k, req)) {
+                rb = rb.header(super::auth_methods::CLIENT_HEADER, client);
             }
             let failed = match rb.send().await {
                 Ok(resp) => {

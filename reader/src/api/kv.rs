@@ -174,6 +174,9 @@ impl ReadContext {
             }
             return Ok(self.lookup_self(req));
         }
+        if super::auth_methods::is_auth_read(req) {
+            return super::auth_methods::read(self, req).await;
+        }
         if req.path == super::key_status::KEY_STATUS_PATH {
             let resp = super::key_status::answer(self, req, None).await?;
             return Ok(resp.with_header(HEADER_APPLIED, self.applied_token()));

@@ -6,6 +6,7 @@
 //! plain function of a plain struct is easy to test.
 
 pub mod auth;
+pub mod auth_methods;
 pub mod error;
 pub mod forward;
 pub mod health;
@@ -188,6 +189,17 @@ tokio::task_local! {
     /// The peer of the connection a request came on, for the handler (the audit log) to read
     /// without a field on [`ApiRequest`].
     static REMOTE_ADDR: Option<SocketAddr>;
+}
+
+tokio::task_local! {
+    /// The [`auth_methods::CLIENT_HEADER`] of the request being handled: a forwarding node's word
+    /// for the client's address, checked where it is used ([`auth_methods::client_ip`]).
+    static FORWARDED_CLIENT: Option<String>;
+}
+
+/// The forwarding node's word for the client address of the request being handled, unchecked.
+pub fn forwarded_client() -> Option<String> {
+    FORWARDED_CLIENT.try_with(Clone::clone).ok().flatten()
 }
 
 /// The remote address of the request being handled, if known.
@@ -471,7 +483,8 @@ fn routes(
                 let started = std::time::Instant::now();
                 let route = route_label(&req);
                 let method = req.method.clone();
-                let resp = REMOTE_ADDR.scope(conn.map(|c| c.remote), handler(req)).await;
+                let client = headers.get(auth_methods::CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let resp = REMOTE_ADDR.scope(conn.map(|c| c.remote), FORWARDED_CLIENT.scope(client, handler(req))).await;
                 metrics::histogram!("secretlog_http_request_duration_seconds", "route" => route, "method" => method.clone())
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("secretlog_http_requests_total", "route" => route, "method" => method, "code" => resp.status.to_string())

@@ -8,7 +8,6 @@ use super::kv::ReadContext;
 use super::response::vault_time;
 use super::{ApiError, ApiRequest, ApiResponse};
 use crate::materializer::now_ms;
-use crate::store::keys;
 
 /// A token's lookup data (never the token itself: only its accessor).
 pub fn lookup_data(record: &TokenRecord) -> serde_json::Value {
@@ -22,10 +21,10 @@ pub fn lookup_data(record: &TokenRecord) -> serde_json::Value {
         "expire_time": record.expire_ms.map(|e| vault_time(Some(e))),
         "explicit_max_ttl": record.max_expire_ms.map_or(0, |m| (m - record.created_ms) / 1000),
         "issue_time": vault_time(Some(record.created_ms)),
-        "meta": null,
+        "meta": record.meta,
         "num_uses": 0,
         "orphan": true,
-        "path": "auth/token/create",
+        "path": record.path.as_deref().unwrap_or("auth/token/create"),
         "policies": record.policies,
         "renewable": record.renewable,
         "ttl": record.ttl_left(now),
@@ -45,14 +44,15 @@ pub async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiRespo
     if name.is_empty() || req.method == "LIST" {
         // Vault lists the stored policies in order, then `root`.
         let mut names = ctx.store.policy_names().await?;
+        // `default` exists from the start, stored or not.
+        names.push("default".into());
         names.sort();
+        names.dedup();
         names.push("root".into());
         return Ok(ApiResponse::data(&req.request_id, json!({ "keys": names })));
     }
-    match ctx.store.get_raw(&keys::policy(&name)).await? {
-        Some(text) => {
-            Ok(ApiResponse::data(&req.request_id, json!({ "name": name, "policy": String::from_utf8_lossy(&text) })))
-        }
+    match super::auth::policy_text(ctx, &name).await? {
+        Some(text) => Ok(ApiResponse::data(&req.request_id, json!({ "name": name, "policy": text }))),
         None => Err(ApiError::not_found()),
     }
 }

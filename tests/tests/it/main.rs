@@ -1,6 +1,7 @@
 //! secretlog's end-to-end tests: real processes, a real three-broker Kafka cluster.
 //! One binary; the cluster is started once per run (see `harness`).
 
+mod approle;
 mod audit;
 mod checker;
 mod differential;

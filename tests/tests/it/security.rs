@@ -52,7 +52,7 @@ async fn missing_wrong_expired_and_revoked_tokens_are_refused_on_writers_and_rea
         let a = call("GET", &format!("{url}/v1/secret/data/app/x"), Some(&live), Some(&i), None).await;
         assert_eq!(a.status, 200, "{url}: {:?}", a.body);
         let me = call("GET", &format!("{url}/v1/auth/token/lookup-self"), Some(&live), Some(&i), None).await;
-        assert_eq!(me.body["data"]["policies"], json!(["app"]), "{url}");
+        assert_eq!(me.body["data"]["policies"], json!(["app", "default"]), "{url}");
         assert!(!me.body.to_string().contains(&live), "lookup-self must not echo the token");
     }
 

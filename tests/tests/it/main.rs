@@ -24,3 +24,4 @@ mod security;
 mod stack_up;
 mod staleness;
 mod transport;
+mod vault_cli;

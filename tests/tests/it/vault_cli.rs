@@ -44,14 +44,14 @@ path "secret/metadata/*" { capabilities = ["list", "read"] }
 
 /// What one run of the CLI printed.
 #[derive(Debug, Clone)]
-pub struct CliOut {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
+struct CliOut {
+    code: i32,
+    stdout: String,
+    stderr: String,
 }
 
 /// Run `bao args...` against `addr` with `token`, `home` as its home and `stdin` as its input.
-pub async fn run_bao(addr: &str, token: &str, home: &std::path::Path, args: &[String], stdin: Option<&str>) -> CliOut {
+async fn run_bao(addr: &str, token: &str, home: &std::path::Path, args: &[String], stdin: Option<&str>) -> CliOut {
     let mut cmd = tokio::process::Command::new(crate::openbao::binary());
     cmd.args(args);
     for (k, _) in std::env::vars_os() {
@@ -92,7 +92,7 @@ pub async fn run_bao(addr: &str, token: &str, home: &std::path::Path, args: &[St
 /// One CLI command of a scenario. In `args`, `{NAME}` is a value captured by an earlier step on
 /// the same server (each server its own) and `{home}` the CLI's home directory.
 #[derive(Debug, Clone)]
-pub struct Step {
+struct Step {
     args: String,
     /// The captured token to run as; `None`: the root token.
     token: Option<&'static str>,
@@ -178,27 +178,27 @@ impl Target {
     }
 }
 
-/// Where the CLI is pointed on the secretlog side.
+/// The secretlog node the CLI is pointed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Node {
+enum Via {
     Leader,
     Reader,
 }
 
-/// Run `steps` against OpenBao and against a fresh secretlog stack's `node`, compare every
+/// Run `steps` against OpenBao and against a fresh secretlog stack's node `via`, compare every
 /// output, and panic with every difference.
-async fn run_group(group: &'static str, node: Node, steps: Vec<Step>) {
+async fn run_group(group: &'static str, via: Via, steps: Vec<Step>) {
     let (cluster, _g) = shared();
-    let name = match node {
-        Node::Leader => "cli-leader",
-        Node::Reader => "cli-reader",
+    let name = match via {
+        Via::Leader => "cli-leader",
+        Via::Reader => "cli-reader",
     };
-    let readers = usize::from(node == Node::Reader);
+    let readers = usize::from(via == Via::Reader);
     let (bao, stack) =
         tokio::join!(OpenBao::start(), Stack::start(cluster, StackOpts { name, readers, ..Default::default() }));
-    let ours_url = match node {
-        Node::Leader => stack.writer.url.clone(),
-        Node::Reader => stack.readers[0].url.clone(),
+    let ours_url = match via {
+        Via::Leader => stack.writer.url.clone(),
+        Via::Reader => stack.readers[0].url.clone(),
     };
     let mut theirs = Target::new("openbao", &bao.url, &bao.token).await;
     let mut ours = Target::new("secretlog", &ours_url, &stack.token).await;
@@ -227,7 +227,7 @@ async fn run_group(group: &'static str, node: Node, steps: Vec<Step>) {
             b_out.code,
             o_out.code
         ));
-        eprintln!("[vault_cli {group} {node:?}] {}", transcript.last().expect("just pushed"));
+        eprintln!("[vault_cli {group} {via:?}] {}", transcript.last().expect("just pushed"));
         let detail = format!(
             "step {i}: `{shown}`\n--- canonical ---\nopenbao:   {}\nsecretlog: {}\n{}\n{}",
             serde_json::to_string(&b).unwrap_or_default(),
@@ -235,7 +235,7 @@ async fn run_group(group: &'static str, node: Node, steps: Vec<Step>) {
             side("openbao", &b_out, &b_ex),
             side("secretlog", &o_out, &o_ex)
         );
-        report(group, node, same, &detail);
+        report(group, via, same, &detail);
         if !same {
             differences.push(detail);
         }
@@ -243,14 +243,14 @@ async fn run_group(group: &'static str, node: Node, steps: Vec<Step>) {
     assert!(broken.is_empty(), "{group}: the scenario does not hold on OpenBao:\n{}", broken.join("\n\n"));
     assert!(
         differences.is_empty(),
-        "{group} via the {node:?}: {} of {} CLI commands differ from OpenBao\n--- transcript ---\n{}\n\n{}\n--- secretlog node log ---\n{}",
+        "{group} via the {via:?}: {} of {} CLI commands differ from OpenBao\n--- transcript ---\n{}\n\n{}\n--- secretlog node log ---\n{}",
         differences.len(),
         steps.len(),
         transcript.join("\n"),
         differences.join("\n\n"),
-        match node {
-            Node::Leader => stack.writer.log_tail(),
-            Node::Reader => stack.readers[0].log_tail(),
+        match via {
+            Via::Leader => stack.writer.log_tail(),
+            Via::Reader => stack.readers[0].log_tail(),
         }
     );
 }
@@ -268,15 +268,12 @@ fn side(name: &str, out: &CliOut, exchanges: &[Exchange]) -> String {
 }
 
 /// Append a step to `SECRETLOG_CLI_REPORT`, when set.
-fn report(group: &str, node: Node, same: bool, detail: &str) {
+fn report(group: &str, via: Via, same: bool, detail: &str) {
     let Some(path) = std::env::var_os("SECRETLOG_CLI_REPORT") else { return };
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(
-            f,
-            "\n### {group} via the {node:?}: {}\n```\n{detail}\n```",
-            if same { "same" } else { "DIFFERS" }
-        );
+        let _ =
+            writeln!(f, "\n### {group} via the {via:?}: {}\n```\n{detail}\n```", if same { "same" } else { "DIFFERS" });
     }
 }
 
@@ -607,26 +604,26 @@ fn status_steps() -> Vec<Step> {
 }
 
 /// `bao status` answered by secretlog: exit 0, and `sys/leader` says whether this node leads.
-async fn status_reports_the_leader(node: Node) {
+async fn status_reports_the_leader(via: Via) {
     let (cluster, _g) = shared();
-    let readers = usize::from(node == Node::Reader);
+    let readers = usize::from(via == Via::Reader);
     let stack = Stack::start(cluster, StackOpts { name: "cli-status", readers, ..Default::default() }).await;
-    let url = match node {
-        Node::Leader => stack.writer.url.clone(),
-        Node::Reader => stack.readers[0].url.clone(),
+    let url = match via {
+        Via::Leader => stack.writer.url.clone(),
+        Via::Reader => stack.readers[0].url.clone(),
     };
     let home = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("home");
     let out = run_bao(&url, &stack.token, home.path(), &["status".into(), "-format=json".into()], None).await;
-    assert_eq!(out.code, 0, "bao status against the {node:?}: {out:?}");
+    assert_eq!(out.code, 0, "bao status against the {via:?}: {out:?}");
     let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("bao status output ({e}): {out:?}"));
     assert_eq!(v["sealed"], json!(false), "{v}");
     assert_eq!(v["initialized"], json!(true), "{v}");
     assert_eq!(v["ha_enabled"], json!(true), "secretlog's writers elect a leader: {v}");
-    assert_eq!(v["is_self"], json!(node == Node::Leader), "{v}");
+    assert_eq!(v["is_self"], json!(via == Via::Leader), "{v}");
     assert!(v["leader_address"].as_str().is_some_and(|a| !a.is_empty()), "the leader's address: {v}");
 }
 
-/// One test per command group and node: `<group>_through_the_leader` and `<group>_through_a_reader`.
+/// One test per command group and node: `through_the_leader::<group>` and `through_a_reader::<group>`.
 macro_rules! groups {
     ($($group:ident => $steps:expr;)*) => {
         mod through_the_leader {
@@ -634,7 +631,7 @@ macro_rules! groups {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $group() {
-                    run_group(stringify!($group), Node::Leader, $steps).await;
+                    run_group(stringify!($group), Via::Leader, $steps).await;
                 }
             )*
         }
@@ -643,7 +640,7 @@ macro_rules! groups {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $group() {
-                    run_group(stringify!($group), Node::Reader, $steps).await;
+                    run_group(stringify!($group), Via::Reader, $steps).await;
                 }
             )*
         }
@@ -664,10 +661,10 @@ groups! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_the_leader_through_the_leader() {
-    status_reports_the_leader(Node::Leader).await;
+    status_reports_the_leader(Via::Leader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_the_leader_through_a_reader() {
-    status_reports_the_leader(Node::Reader).await;
+    status_reports_the_leader(Via::Reader).await;
 }

@@ -11,7 +11,7 @@
 //! policies are compared the same way (`tokens`), with regressions in
 //! `differential_acl_regressions.json`.
 
-mod compare;
+pub(crate) mod compare;
 mod ops;
 mod tokens;
 

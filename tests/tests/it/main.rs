@@ -25,3 +25,4 @@ mod security;
 mod stack_up;
 mod staleness;
 mod transport;
+mod vault_cli;

@@ -24,7 +24,7 @@ pub struct OpenBao {
 }
 
 /// The binary to run: `SECRETLOG_IT_BAO`, else `bao` on the PATH.
-fn binary() -> String {
+pub(crate) fn binary() -> String {
     std::env::var("SECRETLOG_IT_BAO").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "bao".into())
 }
 

@@ -16,7 +16,7 @@ use object_store::ObjectStoreExt;
 use secretlog_ops::process;
 use secretlog_reader::objects::Objects;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::harness::{eventually, free_port};
@@ -104,10 +104,14 @@ pub async fn read_all(objects: &Objects, rel: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A TCP proxy that can cut every connection and refuse new ones (an outage), then heal.
+///
+/// Every connection belongs to the outage epoch it was accepted in and closes when a cut ends
+/// that epoch: a connection accepted while a cut is under way cannot slip through and keep
+/// serving a pooled client through the outage.
 pub struct Proxy {
     pub endpoint: String,
     up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<AbortHandle>>>,
+    epoch: watch::Sender<u64>,
     accept: AbortHandle,
 }
 
@@ -117,32 +121,35 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("proxy addr"));
         let up = Arc::new(AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (u, c) = (up.clone(), conns.clone());
+        let (epoch, _) = watch::channel(0u64);
+        let (u, e) = (up.clone(), epoch.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                // The epoch first, then the state: a cut that lands between the two is seen
+                // either as "down" here or as a changed epoch by the connection.
+                let mut cuts = e.subscribe();
+                let born = *cuts.borrow_and_update();
                 if !u.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees its connection closed
                 }
                 let upstream = upstream.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.wait_for(|now| *now != born) => {}
                     }
                 });
-                c.lock().await.push(task.abort_handle());
             }
         })
         .abort_handle();
-        Proxy { endpoint, up, conns, accept }
+        Proxy { endpoint, up, epoch, accept }
     }
 
     /// Cut: close every open connection and refuse new ones.
     pub async fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
-        for c in self.conns.lock().await.drain(..) {
-            c.abort();
-        }
+        self.epoch.send_modify(|e| *e += 1);
     }
 
     pub fn heal(&self) {

@@ -564,6 +564,9 @@ impl Materializer {
         states: &mut BTreeMap<i32, PartitionState>,
         msgs: Vec<OwnedMessage>,
     ) -> Result<(), ReaderError> {
+        if planted() == Some(PlantedBug::SlowApply) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let started = std::time::Instant::now();
         if let Some(ts) = msgs.first().and_then(|m| m.timestamp().to_millis()) {
             // From the producer's send to this node having it in hand: the log's part of a write.
@@ -964,6 +967,9 @@ enum PlantedBug {
     SkipEpochCheck,
     /// `no-revision-check`: a record applies whatever revision it was decided against.
     NoRevisionCheck,
+    /// `slow-apply`: every batch is applied 200 ms late, so a node that answers from its own
+    /// state without waiting for what a client already saw acknowledged serves it stale data.
+    SlowApply,
 }
 
 fn planted() -> Option<PlantedBug> {
@@ -972,10 +978,11 @@ fn planted() -> Option<PlantedBug> {
         let bug = match std::env::var("SECRETLOG_TEST_PLANTED_BUG").ok().as_deref() {
             Some("skip-epoch-check") => Some(PlantedBug::SkipEpochCheck),
             Some("no-revision-check") => Some(PlantedBug::NoRevisionCheck),
+            Some("slow-apply") => Some(PlantedBug::SlowApply),
             _ => None,
         };
         if let Some(b) = bug {
-            tracing::error!(bug = ?b, "SECRETLOG_TEST_PLANTED_BUG: this node applies records it must refuse (tests only)");
+            tracing::error!(bug = ?b, "SECRETLOG_TEST_PLANTED_BUG: this node misbehaves on purpose (tests only)");
         }
         bug
     })

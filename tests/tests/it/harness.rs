@@ -273,11 +273,21 @@ pub struct StackOpts {
     pub reader_args: Vec<String>,
     /// Extra environment of the writers (e.g. a test-only switch).
     pub writer_env: Vec<(String, String)>,
+    /// Extra environment of the readers.
+    pub reader_env: Vec<(String, String)>,
 }
 
 impl Default for StackOpts {
     fn default() -> Self {
-        StackOpts { name: "stack", partitions: 3, readers: 2, standbys: 0, reader_args: vec![], writer_env: vec![] }
+        StackOpts {
+            name: "stack",
+            partitions: 3,
+            readers: 2,
+            standbys: 0,
+            reader_args: vec![],
+            writer_env: vec![],
+            reader_env: vec![],
+        }
     }
 }
 
@@ -374,7 +384,8 @@ impl Stack {
                 writer_urls.join(","),
             ];
             args.extend(opts.reader_args.iter().cloned());
-            let mut r = node(dir.path(), &name, port, &envs, args);
+            let reader_envs: Vec<(String, String)> = envs.iter().chain(&opts.reader_env).cloned().collect();
+            let mut r = node(dir.path(), &name, port, &reader_envs, args);
             r.spawn();
             readers.push(r);
         }

@@ -104,7 +104,10 @@ async fn hvac_reads_its_own_writes_through_a_reader_without_a_header() {
 }
 
 /// The session check can fail: the same client against a reader told to serve `latest` (no
-/// session memory) is caught reading an older version than its own write.
+/// session memory) is caught reading an older version than its own write. The reader applies
+/// the log 200 ms late (planted `slow-apply`), so that whether it has caught up by the next read
+/// is not left to the machine's timing; the same lag does not fool a reader with session
+/// memory (`hvac_reads_its_own_writes_through_a_lagging_reader`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_after_write_catches_a_reader_without_session_memory() {
     let (cluster, _g) = shared();
@@ -112,6 +115,7 @@ async fn read_after_write_catches_a_reader_without_session_memory() {
         name: "hvac-latest",
         readers: 1,
         reader_args: vec!["--consistency".into(), "latest".into()],
+        reader_env: vec![("SECRETLOG_TEST_PLANTED_BUG".into(), "slow-apply".into())],
         ..Default::default()
     };
     let s = Stack::start(cluster, opts).await;
@@ -119,6 +123,24 @@ async fn read_after_write_catches_a_reader_without_session_memory() {
     eprintln!("{stdout}");
     assert!(!ok, "a reader without session memory went unnoticed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("\"stale\""), "the script reports what was stale, not a crash:\n{stdout}\n{stderr}");
+}
+
+/// Session memory holds against a reader that applies the log 200 ms late (planted
+/// `slow-apply`): each read waits for the token's own write. 100 rounds; 0 stale answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_reads_its_own_writes_through_a_lagging_reader() {
+    let (cluster, _g) = shared();
+    let opts = StackOpts {
+        name: "hvac-lagging",
+        readers: 1,
+        reader_env: vec![("SECRETLOG_TEST_PLANTED_BUG".into(), "slow-apply".into())],
+        ..Default::default()
+    };
+    let s = Stack::start(cluster, opts).await;
+    let (ok, stdout, stderr) = read_after_write(&s.readers[0].url, &s.token, 100).await;
+    eprintln!("{stdout}");
+    assert!(ok, "stale answers through a lagging reader with session memory:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("\"rounds\": 100"), "{stdout}");
 }
 
 /// Issue #20, strong reads: writes through the leader, each read at once from a reader with

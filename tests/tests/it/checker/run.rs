@@ -180,6 +180,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
             standbys: if opts.nemesis || opts.zombie { 1 } else { 0 },
             reader_args: vec![],
             writer_env: writer_env.collect(),
+            reader_env: vec![],
         },
         every_node.into_iter().collect(),
     )

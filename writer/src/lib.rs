@@ -14,6 +14,7 @@ pub mod config;
 pub mod election;
 pub mod epoch;
 pub mod error;
+pub mod mounts;
 pub mod node;
 pub mod plan;
 pub mod producer;

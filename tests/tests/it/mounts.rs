@@ -183,3 +183,52 @@ async fn a_second_kv_mount_is_enabled_tuned_configured_and_disabled_through_the_
     assert_eq!(a.body["data"]["version"], 1, "no cas required any more, numbering from 1");
     assert_eq!(get!(r, "team/data/x").body["data"]["data"]["v"], "fresh");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rewrap_moves_the_values_of_every_mount_disabled_ones_included_so_the_old_term_retires() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "mounts-rewrap", readers: 1, ..Default::default() }).await;
+    let (w, r, root) = (s.writer.url.clone(), s.readers[0].url.clone(), s.token.clone());
+    let root = root.as_str();
+    let mut index: Option<String> = None;
+    macro_rules! wr {
+        ($base:expr, $method:expr, $path:expr, $body:expr, $status:expr) => {{
+            let a = send(&$base, $method, $path, root, index.as_deref(), $body).await;
+            assert_eq!(a.status, $status, "{} {}: {:?}", $method, $path, a.body);
+            if a.index.is_some() {
+                index = a.index.clone();
+            }
+            a
+        }};
+    }
+    for mount in ["team", "old"] {
+        wr!(w, "POST", &format!("sys/mounts/{mount}"), Some(json!({"type": "kv-v2"})), 204);
+        for v in 1..=2 {
+            wr!(w, "POST", &format!("{mount}/data/a"), Some(json!({"data": {"v": format!("{mount}{v}")}})), 200);
+        }
+    }
+    wr!(w, "POST", "secret/data/a", Some(json!({"data": {"v": "secret1"}})), 200);
+    // A disabled mount's values stay stored (sealed): they too hold term 1 until rewrapped.
+    wr!(w, "DELETE", "sys/mounts/old", None, 204);
+    wr!(w, "POST", "sys/rotate", None, 204);
+    let status = crate::harness::eventually(
+        std::time::Duration::from_secs(120),
+        "the rewrap to move every mount's values off term 1",
+        || async {
+            let a = send(&w, "GET", "sys/key-status", root, None, None).await;
+            (a.status == 200 && a.body["rewrap"]["remaining"] == 0).then_some(a.body)
+        },
+    )
+    .await;
+    assert_eq!(status["term"], 2, "{status}");
+    wr!(w, "POST", "sys/secretlog/retire-term", Some(json!({"term": 1})), 204);
+    for base in [&w, &r] {
+        for (path, v) in [("team/data/a", "team2"), ("secret/data/a", "secret1")] {
+            let a = send(base, "GET", path, root, index.as_deref(), None).await;
+            assert_eq!(a.status, 200, "{base} {path}: {:?}", a.body);
+            assert_eq!(a.body["data"]["data"]["v"], v, "{base} {path}: opens after term 1 retired");
+        }
+        let a = send(base, "GET", "team/data/a?version=1", root, index.as_deref(), None).await;
+        assert_eq!(a.body["data"]["data"]["v"], "team1", "{base}");
+    }
+}

@@ -12,12 +12,16 @@
 //!
 //! **One unresolved record per secret.** A command on a secret whose record is not resolved yet
 //! waits, in order, behind it, and is then decided on state that includes it if it was accepted.
+//! A secret is a path in a mount's storage id ([`Pending::mount`]): the same path in two mounts
+//! is two secrets.
 //! No decision therefore depends on a write that might still be refused, and records of one
 //! secret reach the log in the order they were decided; every `Put` is conditional on the version
 //! it was decided against, so a record that lands out of turn is refused everywhere alike. Up to
 //! `--max-batches-in-flight` batches are in flight at once, on disjoint secrets. Control events
-//! (policies, tokens, key terms) and the rotation fence are *exclusive*: decided only when nothing
-//! is in flight, in a batch of their own, and nothing queued behind them overtakes them.
+//! (policies, tokens, key terms, mounts) and the rotation fence are *exclusive*: decided only when
+//! nothing is in flight, in a batch of their own, and nothing queued behind them overtakes them. A
+//! mount change is decided on the mount table this writer applied (`crate::mounts::decide`), and a
+//! secret command on the mount table too: the storage id it was parsed for must still be mounted.
 //!
 //! **Barriers.** A failed delivery report says nothing of its record: librdkafka may still deliver
 //! it. The committer then stops deciding, lets the batches in flight resolve, and writes a

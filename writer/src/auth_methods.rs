@@ -50,7 +50,9 @@ impl Appender<'_> {
     /// Queue `cmd` and wait for its answer.
     pub async fn submit(&self, cmd: Command) -> Result<ApiResponse, ApiError> {
         let (tx, rx) = oneshot::channel();
-        self.queue.try_send(Pending { cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
+        self.queue
+            .try_send(Pending { mount: String::new(), cmd, reply: tx })
+            .map_err(|_| ApiError::unavailable("write queue full"))?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(_)) => Err(ApiError::unavailable("writer stopped before answering")),

@@ -384,19 +384,23 @@ impl WriterNode {
         }
         if req.path == crate::restore::RESTORE_PATH {
             let cmds = crate::restore::parse(&req, &ctx.mount, &ctx.keyring)?;
-            return self.restore(&req, cmds).await;
+            return self.restore(&req, &ctx.mount, cmds).await;
         }
         if crate::rotate::is_rotation_path(&req.path) {
             return crate::rotate::write(ctx, &req, &who, self.write_queue()?, &self.cfg).await;
         }
-        let cmd = match crate::auth::handle(ctx, &req, &who).await? {
-            Some(crate::auth::Outcome::Answer(resp)) => return Ok(resp),
-            Some(crate::auth::Outcome::Command(cmd)) => cmd,
-            None => crate::request::parse(&req, &ctx.mount, self.cfg.max_value_bytes)?,
+        let (mount, cmd) = if crate::mounts::handles(&req) {
+            (String::new(), crate::mounts::parse(&req)?)
+        } else {
+            match crate::auth::handle(ctx, &req, &who).await? {
+                Some(crate::auth::Outcome::Answer(resp)) => return Ok(resp),
+                Some(crate::auth::Outcome::Command(cmd)) => (String::new(), cmd),
+                None => crate::request::parse_on(&req, &ctx.mounts(), &ctx.default_mount, self.cfg.max_value_bytes)?,
+            }
         };
         let queue = self.write_queue()?;
         let (tx, rx) = oneshot::channel();
-        queue.try_send(Pending { cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
+        queue.try_send(Pending { mount, cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
         let timeout = Duration::from_millis(self.cfg.write_timeout_ms * 2 + 1000);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
@@ -454,14 +458,19 @@ impl WriterNode {
     /// Queue every secret of a restore and answer once all committed: 200 with counts and the
     /// merged commit position, or the first failure (secrets before it may have committed; a
     /// restore is idempotent, so the operator runs it again).
-    async fn restore(&self, req: &ApiRequest, cmds: Vec<crate::request::Command>) -> Result<ApiResponse, ApiError> {
+    async fn restore(
+        &self,
+        req: &ApiRequest,
+        mount: &str,
+        cmds: Vec<crate::request::Command>,
+    ) -> Result<ApiResponse, ApiError> {
         let queue = self.write_queue()?;
         let total = cmds.len();
         let mut waiting = Vec::with_capacity(total);
         for cmd in cmds {
             let (tx, rx) = oneshot::channel();
             queue
-                .send(Pending { cmd, reply: tx })
+                .send(Pending { mount: mount.to_string(), cmd, reply: tx })
                 .await
                 .map_err(|_| ApiError::unavailable("writer stopped before the restore was queued"))?;
             waiting.push(rx);

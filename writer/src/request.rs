@@ -17,7 +17,7 @@ use secretlog_schemas::event::{MAX_CUSTOM_METADATA, MAX_CUSTOM_METADATA_LEN, MAX
 use secretlog_schemas::path::validate_secret_path;
 use serde_json::{Map, Value};
 
-mod fields;
+pub(crate) mod fields;
 
 use fields::{field_error, go_bool, go_duration_secs, go_int, go_type};
 

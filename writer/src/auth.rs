@@ -152,6 +152,19 @@ async fn target(
     }
 }
 
+/// Renew `record` at `now` by `increment` seconds, capped by its `explicit_max_ttl`. Without an
+/// increment (`0`, what `bao token renew` and Vault Agent send) by the lifetime it was last given,
+/// as Vault's lease keeps it: its creation TTL, or what its last renewal gave it.
+fn renew(record: &mut TokenRecord, increment: Option<u64>, now: i64) {
+    let secs = increment.unwrap_or_else(|| record.renewal_secs());
+    let mut expire = now + (secs as i64) * 1000;
+    if let Some(max) = record.max_expire_ms {
+        expire = expire.min(max);
+    }
+    record.expire_ms = Some(expire);
+    record.renewed_ttl_secs = Some(((expire - now) / 1000).max(0) as u64);
+}
+
 /// Go's multi-error text, as Vault wraps some token errors.
 fn multi(msg: &str) -> String {
     format!("1 error occurred:\n\t* {msg}\n\n")
@@ -202,14 +215,8 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
             if !record.renewable {
                 return Err(ApiError::bad_request("lease is not renewable"));
             }
-            // `increment: 0` (what `bao token renew` and Vault Agent send) is the token's own TTL.
-            let increment = nonzero_duration(&body(req)?["increment"], "increment")?.unwrap_or(record.ttl_secs);
-            let now = now_ms();
-            let mut expire = now + (increment as i64) * 1000;
-            if let Some(max) = record.max_expire_ms {
-                expire = expire.min(max);
-            }
-            record.expire_ms = Some(expire);
+            let increment = nonzero_duration(&body(req)?["increment"], "increment")?;
+            renew(&mut record, increment, now_ms());
             let reply = auth_body(req, None, &record);
             let op = Operation::PutToken {
                 token_hash: hash,
@@ -373,6 +380,7 @@ impl Issue {
             path: self.path,
             meta: self.meta,
             bound_cidrs: self.bound_cidrs,
+            renewed_ttl_secs: None,
         };
         (token, record)
     }
@@ -450,6 +458,22 @@ mod tests {
         assert_eq!(asked.ttl, 90);
         assert_eq!(CreateRequest::parse(&json!({"policies": ""})).unwrap().policies, None);
         assert!(CreateRequest::parse(&json!({"ttl": "soon"})).is_err());
+    }
+
+    #[test]
+    fn a_renewal_without_increment_gives_the_lifetime_last_given() {
+        let now = 1_000_000;
+        let mut r = TokenRecord { ttl_secs: 3600, created_ms: now, expire_ms: Some(now), ..Default::default() };
+        renew(&mut r, None, now);
+        assert_eq!(r.expire_ms, Some(now + 3_600_000), "increment 0 is the token's own TTL, not 0 s");
+        renew(&mut r, Some(7200), now);
+        assert_eq!(r.expire_ms, Some(now + 7_200_000));
+        renew(&mut r, None, now + 1000);
+        assert_eq!(r.expire_ms, Some(now + 1000 + 7_200_000), "then the 2h the last renewal gave, as OpenBao");
+        r.max_expire_ms = Some(now + 5_000_000);
+        renew(&mut r, Some(7200), now);
+        assert_eq!(r.expire_ms, Some(now + 5_000_000), "capped by explicit_max_ttl");
+        assert_eq!(r.renewed_ttl_secs, Some(5000));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::{Answer, Stack, StackOpts, shared};
+use crate::harness::{Answer, Stack, StackOpts, call, shared};
 use crate::openbao::OpenBao;
 use recorder::{Exchange, Recorder};
 
@@ -634,6 +634,16 @@ async fn status_reports_the_leader(via: Via) {
     // The CLI leaves `is_self: false` out (Go's `omitempty`), as it does against a Vault standby.
     assert_eq!(v["is_self"].as_bool().unwrap_or(false), via == Via::Leader, "{v}");
     assert!(v["leader_address"].as_str().is_some_and(|a| !a.is_empty()), "the leader's address: {v}");
+    // Without a token, as in Vault; and one cluster id, whichever node answers.
+    let leader = call("GET", &format!("{url}/v1/sys/leader"), None, None, None).await;
+    assert_eq!((leader.status, leader.body["is_self"].clone()), (200, json!(via == Via::Leader)), "{:?}", leader.body);
+    let mut ids = Vec::new();
+    for node in std::iter::once(&stack.writer.url).chain(stack.readers.iter().map(|r| &r.url)) {
+        let s = call("GET", &format!("{node}/v1/sys/seal-status"), None, None, None).await;
+        assert_eq!(s.status, 200, "{node}: {:?}", s.body);
+        ids.push(s.body["cluster_id"].as_str().unwrap_or("").to_string());
+    }
+    assert!(ids.iter().all(|id| !id.is_empty() && *id == ids[0]), "every node shows the same cluster id: {ids:?}");
 }
 
 /// One test per command group and node: `through_the_leader::<group>` and `through_a_reader::<group>`.

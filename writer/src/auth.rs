@@ -45,7 +45,8 @@ pub(crate) fn body(req: &ApiRequest) -> Result<Value, ApiError> {
 /// [`go_duration_secs`]): seconds as a number or a numeric string, `"<n>d"`, or a Go duration
 /// (`"90s"`, `"1h0m0s"` as the CLI sends it, `"1.5h"`). `None` when absent (`null` or `""`).
 /// What `0` means is each field's business: for a token's `ttl` the default, for its
-/// `explicit_max_ttl` and `period` no limit, for a renewal's `increment` the token's own TTL.
+/// `explicit_max_ttl` and `period` no limit, for a renewal's `increment` the lifetime the token
+/// was last given ([`renew`]).
 pub(crate) fn duration(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
     match v {
         Value::Null => Ok(None),

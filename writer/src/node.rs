@@ -2,7 +2,7 @@
 //! writes) or, with `--forward-to`, a standby that forwards writes; both serve reads from their
 //! own materialized state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ struct WriterNode {
     /// A watch channel, so that writes held while no leader can take them wake when it changes.
     state: watch::Sender<WriterState>,
     fenced: Arc<AtomicBool>,
+    /// When this node last became the leader (unix ms), for `sys/leader`'s `active_time`.
+    active_since_ms: AtomicI64,
     queue: RwLock<Option<mpsc::Sender<Pending>>>,
     forwarder: Forwarder,
     /// The URL announced in the log when this writer leads.
@@ -71,6 +73,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         advertise,
         state: watch::Sender::new(WriterState::Standby),
         fenced: Arc::new(AtomicBool::new(false)),
+        active_since_ms: AtomicI64::new(0),
         queue: RwLock::new(None),
         forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000))
             .trusting(cfg.http.tls_ca.as_deref())?,
@@ -192,11 +195,15 @@ impl WriterNode {
     }
 
     fn set_state(&self, s: WriterState) {
-        self.state.send_if_modified(|now| {
+        let active = s == WriterState::Active;
+        let changed = self.state.send_if_modified(|now| {
             let changed = *now != s;
             *now = s;
             changed
         });
+        if changed {
+            self.active_since_ms.store(if active { now_ms() } else { 0 }, Ordering::SeqCst);
+        }
     }
     fn state(&self) -> WriterState {
         self.state.borrow().clone()
@@ -312,6 +319,7 @@ impl WriterNode {
         match req.path.as_str() {
             "v1/sys/health" => return health(&self.health_input(), &req),
             "metrics" => return metrics_response(),
+            "v1/sys/leader" if req.method == "GET" => return self.leader_status(),
             _ => {}
         }
         if let Some(resp) = self.keys.answer(&mut req, |k, c| self.clone().open(k, c)).await {
@@ -339,6 +347,17 @@ impl WriterNode {
             max_staleness: None,
             unavailable,
         }
+    }
+
+    /// `sys/leader` (unauthenticated, as in Vault): this node while it leads, otherwise the
+    /// leader the log announced.
+    fn leader_status(&self) -> ApiResponse {
+        let leading = !self.fenced.load(Ordering::SeqCst) && self.state() == WriterState::Active;
+        if leading {
+            let since = self.active_since_ms.load(Ordering::SeqCst);
+            return secretlog_reader::api::sys::leader(true, Some(&self.advertise), Some(since));
+        }
+        secretlog_reader::api::sys::leader(false, self.leader_url().as_deref(), None)
     }
 
     /// The leader the log announced, unless that is this node.

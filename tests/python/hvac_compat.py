@@ -83,6 +83,7 @@ def main():
     eventually(gone, "metadata deleted")
 
     approle_login(w, write_url, read_url)
+    mount_management(w, r)
 
     bad = hvac.Client(url=read_url, token="s.not-a-token")
     try:
@@ -118,6 +119,52 @@ def approle_login(w, write_url, read_url):
         hvac.Client(url=write_url).auth.approle.login(role_id=role_id, secret_id=secret_id)
         raise AssertionError("a single-use secret id logged in twice")
     except hvac.exceptions.InvalidRequest:
+        pass
+
+
+def mount_management(w, r):
+    """A second KV v2 mount as an operator makes one with hvac: enable, configure, use, tune,
+    disable — written through one reader, seen on the other once it has applied it."""
+    def on_r(fn, ok, what):
+        return eventually(lambda: (lambda v: v if ok(v) else None)(fn()), what)
+
+    w.sys.enable_secrets_engine(backend_type="kv", path="hvac-team", options={"version": "2"},
+                                description="team secrets")
+    mounts = on_r(lambda: r.sys.list_mounted_secrets_engines()["data"], lambda m: "hvac-team/" in m, "the mount")
+    assert mounts["hvac-team/"]["type"] == "kv" and mounts["hvac-team/"]["options"]["version"] == "2", mounts
+    assert mounts["hvac-team/"]["description"] == "team secrets", mounts
+    try:
+        w.sys.enable_secrets_engine(backend_type="kv", path="hvac-team", options={"version": "2"})
+        raise AssertionError("a second mount at the same path accepted")
+    except hvac.exceptions.InvalidRequest:
+        pass
+
+    team_w, team_r = w.secrets.kv.v2, r.secrets.kv.v2
+    team_w.configure(max_versions=2, mount_point="hvac-team")
+    on_r(lambda: team_r.read_configuration(mount_point="hvac-team")["data"], lambda c: c["max_versions"] == 2,
+         "the mount's max_versions")
+    for i in range(3):
+        team_w.create_or_update_secret(path="db", secret={"i": i}, mount_point="hvac-team")
+    meta = on_r(lambda: team_r.read_secret_metadata(path="db", mount_point="hvac-team")["data"],
+                lambda m: m["current_version"] == 3, "version 3 on the team mount")
+    assert sorted(meta["versions"]) == ["2", "3"], meta
+    # The same path under secret/ is another secret.
+    try:
+        team_w.read_secret_version(path="db", raise_on_deleted_version=True)
+        raise AssertionError("hvac-team/db visible under secret/")
+    except hvac.exceptions.InvalidPath:
+        pass
+
+    w.sys.tune_mount_configuration(path="hvac-team", default_lease_ttl="1h", description="tuned")
+    on_r(lambda: r.sys.read_mount_configuration(path="hvac-team")["data"],
+         lambda t: t["default_lease_ttl"] == 3600 and t["description"] == "tuned", "the tuned mount")
+
+    w.sys.disable_secrets_engine(path="hvac-team")
+    on_r(lambda: r.sys.list_mounted_secrets_engines()["data"], lambda m: "hvac-team/" not in m, "the mount gone")
+    try:
+        team_r.read_secret_version(path="db", mount_point="hvac-team", raise_on_deleted_version=True)
+        raise AssertionError("a secret of a disabled mount is still served")
+    except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden):
         pass
 
 

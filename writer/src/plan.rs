@@ -193,6 +193,10 @@ pub fn plan(
             seal_put(keyring, mount, defaults, path, meta, data, ts)
         }
         Command::Patch { path, patch, cas } => {
+            // A secret that never had a version: Vault answers 404 with no body at all.
+            if !exists {
+                return Ok(Planned::Done { status: 404 });
+            }
             let Some(mut merged) = current else { return Err(ApiError::not_found()) };
             check_cas(meta, defaults, *cas)?;
             merge_patch(&mut merged, patch);
@@ -386,7 +390,14 @@ mod tests {
     #[test]
     fn patch_needs_a_live_current_version() {
         let cmd = Command::Patch { path: "p".into(), patch: Map::new(), cas: None };
-        assert_eq!(plan(&cmd, None, None, &ring(), "secret", &KvConfig::default(), 1).unwrap_err().status, 404);
+        // Never written: 404 with no body, as Vault.
+        assert!(matches!(
+            plan(&cmd, None, None, &ring(), "secret", &KvConfig::default(), 1).unwrap(),
+            Planned::Done { status: 404 }
+        ));
+        // Written, current version deleted: 404 with Vault's error list.
+        let m = meta(2, false);
+        assert_eq!(plan(&cmd, Some(&m), None, &ring(), "secret", &KvConfig::default(), 1).unwrap_err().status, 404);
     }
 
     #[test]

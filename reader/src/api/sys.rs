@@ -34,12 +34,47 @@ pub fn mount_json(record: &MountRecord) -> Value {
         "local": false,
         "options": { "version": record.version.to_string() },
         "plugin_version": "",
-        "running_plugin_version": "",
+        "running_plugin_version": running_plugin_version(),
         "running_sha256": "",
         "seal_wrap": false,
         "type": record.kind,
         "uuid": record.uuid,
     })
+}
+
+/// What a built-in engine reports as its plugin version (as the auth methods do).
+fn running_plugin_version() -> String {
+    format!("v{}+builtin.secretlog", env!("CARGO_PKG_VERSION"))
+}
+
+/// The `sys/` mount, which Vault lists beside the engines (its fields as OpenBao shows them).
+fn system_mount_json() -> Value {
+    json!({
+        "accessor": "system_00000000",
+        "config": {
+            "default_lease_ttl": 0,
+            "force_no_cache": false,
+            "max_lease_ttl": 0,
+            "passthrough_request_headers": ["Accept"],
+        },
+        "deprecation_status": "",
+        "description": "system endpoints used for control, policy and debugging",
+        "external_entropy_access": false,
+        "local": false,
+        "options": null,
+        "plugin_version": "",
+        "running_plugin_version": running_plugin_version(),
+        "running_sha256": "",
+        "seal_wrap": true,
+        "type": "system",
+        "uuid": "00000000-0000-0000-0000-000000000001",
+    })
+}
+
+/// A mount's lease TTL as `tune` answers it: 0 (unset) is the system default, 32 days.
+fn effective_ttl(secs: u64) -> u64 {
+    const SYSTEM_DEFAULT_TTL_SECS: u64 = 32 * 24 * 3600;
+    if secs == 0 { SYSTEM_DEFAULT_TTL_SECS } else { secs }
 }
 
 /// The token auth method, always enabled (what `sys/internal/ui/mounts` lists under `auth`).
@@ -94,6 +129,7 @@ pub async fn read(ctx: &ReadContext, req: &ApiRequest) -> Result<Option<ApiRespo
             for (path, record) in &live {
                 data.insert(format!("{path}/"), mount_json(record));
             }
+            data.insert("sys/".into(), system_mount_json());
             legacy(req, data)
         }
         ("GET", "internal/ui/mounts") => {
@@ -121,10 +157,10 @@ pub async fn read(ctx: &ReadContext, req: &ApiRequest) -> Result<Option<ApiRespo
                 return Err(ApiError::bad_request(format!("cannot fetch sysview for path \"{path}/\"")));
             };
             let mut data = Map::new();
-            data.insert("default_lease_ttl".into(), json!(record.default_lease_ttl_secs));
+            data.insert("default_lease_ttl".into(), json!(effective_ttl(record.default_lease_ttl_secs)));
             data.insert("description".into(), json!(record.description));
             data.insert("force_no_cache".into(), json!(false));
-            data.insert("max_lease_ttl".into(), json!(record.max_lease_ttl_secs));
+            data.insert("max_lease_ttl".into(), json!(effective_ttl(record.max_lease_ttl_secs)));
             data.insert("options".into(), json!({ "version": record.version.to_string() }));
             legacy(req, data)
         }

@@ -252,7 +252,7 @@ pub fn canonical(a: &Answer, openbao: bool, renewal: bool, own_lookup: bool) -> 
             *e = json!("");
         }
         // Values each server makes up: compared by presence.
-        for k in ["role_id", "secret_id", "secret_id_accessor"] {
+        for k in ["role_id", "secret_id", "secret_id_accessor", "uuid", "running_plugin_version"] {
             if let Some(Value::String(s)) = m.get_mut(k)
                 && !s.is_empty()
             {
@@ -468,6 +468,48 @@ pub fn curated() -> Vec<(&'static str, Vec<Step>)> {
                 step(Root, "DELETE", "auth/{p}-up/users/alice", None),
                 step(Root, "GET", "auth/{p}-up/users/alice", None),
                 step(Root, "DELETE", "sys/auth/{p}-up", None),
+            ],
+        ),
+        (
+            "mounts: enable, per-mount config and KV, tune, disable, enable again",
+            vec![
+                step(
+                    Root,
+                    "POST",
+                    "sys/mounts/{p}-kv",
+                    Some(json!({"type": "kv", "options": {"version": "2"},
+                                                                      "description": "team"})),
+                ),
+                step(Root, "POST", "sys/mounts/{p}-kv", Some(json!({"type": "kv", "options": {"version": "2"}}))),
+                step(Root, "POST", "sys/mounts/{p}-kv/inner", Some(json!({"type": "kv-v2"}))),
+                step(Root, "GET", "sys/mounts/{p}-kv/tune", None),
+                step(Root, "GET", "sys/internal/ui/mounts/{p}-kv/data/a", None),
+                step(Root, "POST", "{p}-kv/config", Some(json!({"max_versions": "2", "delete_version_after": "1h"}))),
+                step(Root, "GET", "{p}-kv/config", None),
+                step(Root, "POST", "{p}-kv/data/a", Some(json!({"data": {"v": 1}}))),
+                step(Root, "POST", "{p}-kv/data/a", Some(json!({"data": {"v": 2}}))),
+                step(Root, "POST", "{p}-kv/data/a", Some(json!({"data": {"v": 3}}))),
+                step(Root, "GET", "{p}-kv/metadata/a", None),
+                step(Root, "GET", "{p}-kv/data/a", None),
+                step(Root, "GET", "secret/data/{p}-kv/data/a", None),
+                step(
+                    Root,
+                    "POST",
+                    "sys/mounts/{p}-kv/tune",
+                    Some(json!({"description": "tuned",
+                                                                           "default_lease_ttl": "1h"})),
+                ),
+                step(Root, "GET", "sys/mounts/{p}-kv/tune", None),
+                step(Root, "POST", "{p}-kv/config", Some(json!({"cas_required": true}))),
+                step(Root, "POST", "{p}-kv/data/b", Some(json!({"data": {"v": 1}}))),
+                step(Root, "POST", "{p}-kv/data/b", Some(json!({"data": {"v": 1}, "options": {"cas": 0}}))),
+                step(Root, "DELETE", "sys/mounts/{p}-kv", None),
+                step(Root, "DELETE", "sys/mounts/{p}-kv", None),
+                step(Root, "GET", "sys/internal/ui/mounts/{p}-kv/data/a", None),
+                step(Root, "POST", "sys/mounts/{p}-kv", Some(json!({"type": "kv", "options": {"version": "2"}}))),
+                step(Root, "GET", "{p}-kv/data/a", None),
+                step(Root, "GET", "{p}-kv/config", None),
+                step(Root, "DELETE", "sys/mounts/{p}-kv", None),
             ],
         ),
         (

@@ -343,9 +343,11 @@ impl Keys {
     }
 
     fn status(&self) -> ApiResponse {
-        let sealed = self.current().is_none();
+        let current = self.current();
         let unsealer = self.unsealer.lock().unwrap_or_else(|e| e.into_inner());
-        ApiResponse::json(200, &SealStatus::of(sealed, unsealer.as_ref()).body())
+        let mut status = SealStatus::of(current.is_none(), unsealer.as_ref());
+        status.cluster_id = current.map(|u| crate::api::seal::cluster_id(&u.ctx.keyring));
+        ApiResponse::json(200, &status.body())
     }
 
     /// Answer the seal endpoints; `None` for any other path. `open` starts the node's state once
@@ -540,7 +542,7 @@ impl ReaderNode {
             "metrics" => return metrics_response(),
             "v1/sys/leader" if req.method == "GET" => {
                 let leader = self.keys.current().and_then(|u| self.leader_url(&u.ctx));
-                return crate::api::sys::leader(false, leader.as_deref());
+                return crate::api::sys::leader(false, leader.as_deref(), None);
             }
             _ => {}
         }

@@ -404,7 +404,8 @@ impl Store {
         Ok(counts)
     }
 
-    /// Up to `limit` stored values of `mount` in key order, starting after storage key `after`
+    /// Up to `limit` stored values of `mount` (of every mount when `mount` is empty) in key
+    /// order, starting after storage key `after`
     /// (from the first when `None`), keeping those `keep` accepts — a resumable walk that reads
     /// at most `limit * 4` keys per call. Returns the values and the key to resume after (`None`
     /// at the end).
@@ -416,7 +417,7 @@ impl Store {
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<(Vec<StoredValue>, Option<Vec<u8>>), ReaderError> {
         let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
-        let prefix = format!("v/{mount}/").into_bytes();
+        let prefix = if mount.is_empty() { b"v/".to_vec() } else { format!("v/{mount}/").into_bytes() };
         let mut it = match after.and_then(|a| a.strip_prefix(prefix.as_slice())) {
             Some(suffix) => self
                 .db

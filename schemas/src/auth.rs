@@ -90,6 +90,15 @@ pub struct AuthMountRecord {
     pub default_lease_ttl_secs: u64,
     #[serde(default)]
     pub max_lease_ttl_secs: u64,
+    /// `options` as the enable request gave them: `None` for an explicit `null` (what the CLI's
+    /// `auth enable` sends, and Vault then lists as `null`); records written before this field
+    /// read as `{}`, what an enable without `options` is listed with.
+    #[serde(default = "no_options")]
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+fn no_options() -> Option<BTreeMap<String, String>> {
+    Some(BTreeMap::new())
 }
 
 /// An AppRole role (`auth/<mount>/role/<name>`).

@@ -16,7 +16,9 @@ use secretlog_reader::store::keys;
 use secretlog_schemas::Operation;
 use serde_json::{Value, json};
 
+use crate::auth_methods::{boolean, string_list};
 use crate::request::Command;
+use crate::request::fields::go_duration_secs;
 
 /// What a token or policy request turns into.
 pub enum Outcome {
@@ -26,27 +28,37 @@ pub enum Outcome {
     Answer(ApiResponse),
 }
 
+/// A request's JSON body; an empty body and the literal `null` (what `bao write -f` sends) are
+/// an empty object, as Go decodes them into a map.
 pub(crate) fn body(req: &ApiRequest) -> Result<Value, ApiError> {
-    if req.body.is_empty() {
+    if req.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request(format!("failed to parse JSON input: {e}")))
+    match serde_json::from_slice(&req.body) {
+        Ok(Value::Null) => Ok(json!({})),
+        Ok(v) => Ok(v),
+        Err(e) => Err(ApiError::bad_request(format!("failed to parse JSON input: {e}"))),
+    }
 }
 
-/// Vault durations: integer seconds, or `"90s"`, `"30m"`, `"1h"`.
+/// A duration field as Vault's `TypeDurationSecond` reads it (Go's weak decoding, see
+/// [`go_duration_secs`]): seconds as a number or a numeric string, `"<n>d"`, or a Go duration
+/// (`"90s"`, `"1h0m0s"` as the CLI sends it, `"1.5h"`). `None` when absent (`null` or `""`).
+/// What `0` means is each field's business: for a token's `ttl` the default, for its
+/// `explicit_max_ttl` and `period` no limit, for a renewal's `increment` the lifetime the token
+/// was last given ([`renew`]).
 pub(crate) fn duration(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
     match v {
         Value::Null => Ok(None),
-        Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| ApiError::bad_request(format!("invalid {field}"))),
         Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => match s.parse::<u64>() {
-            Ok(n) => Ok(Some(n)),
-            Err(_) => humantime::parse_duration(s)
-                .map(|d| Some(d.as_secs()))
-                .map_err(|e| ApiError::bad_request(format!("invalid {field} {s:?}: {e}"))),
-        },
-        _ => Err(ApiError::bad_request(format!("invalid {field}"))),
+        _ => go_duration_secs(field, v).map(Some),
     }
+}
+
+/// A duration field where `0` means "not given", as Vault reads `ttl`, `explicit_max_ttl`,
+/// `period` and `increment`: the CLI sends `"0s"` for every flag left out.
+fn nonzero_duration(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
+    Ok(duration(v, field)?.filter(|secs| *secs > 0))
 }
 
 pub(crate) fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord) -> Value {
@@ -141,6 +153,19 @@ async fn target(
     }
 }
 
+/// Renew `record` at `now` by `increment` seconds, capped by its `explicit_max_ttl`. Without an
+/// increment (`0`, what `bao token renew` and Vault Agent send) by the lifetime it was last given,
+/// as Vault's lease keeps it: its creation TTL, or what its last renewal gave it.
+fn renew(record: &mut TokenRecord, increment: Option<u64>, now: i64) {
+    let secs = increment.unwrap_or_else(|| record.renewal_secs());
+    let mut expire = now + (secs as i64) * 1000;
+    if let Some(max) = record.max_expire_ms {
+        expire = expire.min(max);
+    }
+    record.expire_ms = Some(expire);
+    record.renewed_ttl_secs = Some(((expire - now) / 1000).max(0) as u64);
+}
+
 /// Go's multi-error text, as Vault wraps some token errors.
 fn multi(msg: &str) -> String {
     format!("1 error occurred:\n\t* {msg}\n\n")
@@ -191,13 +216,8 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
             if !record.renewable {
                 return Err(ApiError::bad_request("lease is not renewable"));
             }
-            let increment = duration(&body(req)?["increment"], "increment")?.unwrap_or(record.ttl_secs);
-            let now = now_ms();
-            let mut expire = now + (increment as i64) * 1000;
-            if let Some(max) = record.max_expire_ms {
-                expire = expire.min(max);
-            }
-            record.expire_ms = Some(expire);
+            let increment = nonzero_duration(&body(req)?["increment"], "increment")?;
+            renew(&mut record, increment, now_ms());
             let reply = auth_body(req, None, &record);
             let op = Operation::PutToken {
                 token_hash: hash,
@@ -245,22 +265,43 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
     }
 }
 
+/// What `auth/token/create` asks for, decoded as Vault decodes it (Go's weak typing: the CLI's
+/// `bao write auth/token/create policies=a,b renewable=false` sends every value as a string).
+#[derive(Debug, Clone, PartialEq)]
+struct CreateRequest {
+    /// `None`: the creator's own policies.
+    policies: Option<Vec<String>>,
+    no_default_policy: bool,
+    /// Seconds; `0s` and absent are the default TTL.
+    ttl: u64,
+    /// Seconds; `0s` and absent are no limit.
+    explicit_max_ttl: Option<u64>,
+    renewable: bool,
+    display_name: String,
+}
+
+impl CreateRequest {
+    fn parse(b: &Value) -> Result<CreateRequest, ApiError> {
+        let policies = string_list(&b["policies"], "policies")?.filter(|p| !p.is_empty());
+        // Periodic tokens are not served; `period: "0s"` (the CLI's, without `-period`) is none.
+        nonzero_duration(&b["period"], "period")?;
+        Ok(CreateRequest {
+            policies,
+            no_default_policy: boolean(&b["no_default_policy"], "no_default_policy")?.unwrap_or(false),
+            ttl: nonzero_duration(&b["ttl"], "ttl")?.unwrap_or_else(|| crate::auth_methods::default_ttl(None)),
+            explicit_max_ttl: nonzero_duration(&b["explicit_max_ttl"], "explicit_max_ttl")?,
+            renewable: boolean(&b["renewable"], "renewable")?.unwrap_or(true),
+            display_name: format!("token-{}", b["display_name"].as_str().unwrap_or(""))
+                .trim_end_matches('-')
+                .to_string(),
+        })
+    }
+}
+
 fn create(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Outcome, ApiError> {
-    let b = body(req)?;
-    let no_default = b["no_default_policy"].as_bool().unwrap_or(false);
-    let asked: Option<Vec<String>> = match &b["policies"] {
-        Value::Null => None,
-        Value::Array(a) if a.is_empty() => None,
-        Value::Array(a) => Some(
-            a.iter()
-                .map(|p| {
-                    p.as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("policies must be strings"))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        _ => return Err(ApiError::bad_request("policies must be a list")),
-    };
-    let policies = match (&asked, who) {
+    let asked = CreateRequest::parse(&body(req)?)?;
+    let no_default = asked.no_default_policy;
+    let policies = match (&asked.policies, who) {
         (None, Identity::Root) => vec!["root".to_string()],
         (None, Identity::Token { record, .. }) => record.policies.clone(),
         (Some(p), _) => p.clone(),
@@ -273,19 +314,21 @@ fn create(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Outcome
     }
     // Vault's subset rule: the policies asked for (with `default` when the parent has it) must
     // all be the parent's.
-    if let (Some(asked), Identity::Token { record, .. }) = (&asked, who) {
+    if let (Some(asked), Identity::Token { record, .. }) = (&asked.policies, who) {
         let parent_default = record.policies.iter().any(|p| p == "default");
         let wanted = settle_policies(asked.clone(), no_default || !parent_default);
         if wanted.iter().any(|p| !record.policies.contains(p)) {
             return Err(ApiError::bad_request("child policies must be subset of parent"));
         }
     }
-    let policies = settle_policies(policies, no_default);
-    let ttl = duration(&b["ttl"], "ttl")?.unwrap_or(32 * 24 * 3600);
-    let max = duration(&b["explicit_max_ttl"], "explicit_max_ttl")?;
-    let display = format!("token-{}", b["display_name"].as_str().unwrap_or("")).trim_end_matches('-').to_string();
-    let issued = Issue { policies, ttl, max_ttl: max, display_name: display, ..Default::default() }
-        .renewable(b["renewable"].as_bool().unwrap_or(true));
+    let issued = Issue {
+        policies: settle_policies(policies, no_default),
+        ttl: asked.ttl,
+        max_ttl: asked.explicit_max_ttl,
+        display_name: asked.display_name,
+        ..Default::default()
+    }
+    .renewable(asked.renewable);
     let (token, record) = issued.record();
     let reply = auth_body(req, Some(&token), &record);
     let op = Operation::PutToken {
@@ -338,6 +381,7 @@ impl Issue {
             path: self.path,
             meta: self.meta,
             bound_cidrs: self.bound_cidrs,
+            renewed_ttl_secs: None,
         };
         (token, record)
     }
@@ -352,9 +396,94 @@ mod tests {
         assert_eq!(duration(&json!(90), "ttl").unwrap(), Some(90));
         assert_eq!(duration(&json!("90"), "ttl").unwrap(), Some(90));
         assert_eq!(duration(&json!("1h"), "ttl").unwrap(), Some(3600));
+        assert_eq!(duration(&json!("1h0m0s"), "ttl").unwrap(), Some(3600), "as the CLI sends -ttl=1h");
+        assert_eq!(duration(&json!("0s"), "ttl").unwrap(), Some(0));
         assert_eq!(duration(&json!(null), "ttl").unwrap(), None);
+        assert_eq!(duration(&json!(""), "ttl").unwrap(), None);
+        assert_eq!(nonzero_duration(&json!("0s"), "ttl").unwrap(), None);
+        assert_eq!(nonzero_duration(&json!(0), "increment").unwrap(), None);
+        assert_eq!(nonzero_duration(&json!(7200), "increment").unwrap(), Some(7200));
         assert!(duration(&json!("soon"), "ttl").is_err());
         assert!(duration(&json!(-1), "ttl").is_err());
+    }
+
+    /// What `bao token create -policy=app -ttl=1h` sends.
+    fn cli_create_body(ttl: &str) -> Value {
+        json!({
+            "policies": ["app"], "metadata": null, "ttl": ttl, "explicit_max_ttl": "0s", "period": "0s",
+            "no_parent": false, "no_default_policy": false, "display_name": "", "num_uses": 0,
+            "renewable": true, "type": "service", "entity_alias": "",
+        })
+    }
+
+    #[test]
+    fn a_token_created_as_the_cli_asks_lives_for_its_ttl() {
+        let asked = CreateRequest::parse(&cli_create_body("1h0m0s")).unwrap();
+        assert_eq!(asked.ttl, 3600);
+        assert_eq!(asked.explicit_max_ttl, None, "explicit_max_ttl \"0s\" is no limit, not a limit of 0");
+        assert!(asked.renewable);
+        let before = now_ms();
+        let (_, record) = Issue {
+            policies: vec!["app".into()],
+            ttl: asked.ttl,
+            max_ttl: asked.explicit_max_ttl,
+            ..Default::default()
+        }
+        .record();
+        let expire = record.expire_ms.unwrap();
+        assert!(expire >= before + 3_600_000 && expire <= now_ms() + 3_600_000, "expires an hour from now");
+        assert_eq!(record.max_expire_ms, None);
+        assert!(!record.expired(now_ms()));
+    }
+
+    #[test]
+    fn a_zero_ttl_is_the_default_ttl() {
+        let asked = CreateRequest::parse(&cli_create_body("0s")).unwrap();
+        assert_eq!(asked.ttl, 32 * 24 * 3600, "Vault's system default, 768h");
+        assert_eq!(CreateRequest::parse(&json!({})).unwrap().ttl, 32 * 24 * 3600);
+        let capped = CreateRequest::parse(&json!({"ttl": "2h", "explicit_max_ttl": 3600})).unwrap();
+        assert_eq!(capped.explicit_max_ttl, Some(3600));
+        let (_, record) = Issue { ttl: capped.ttl, max_ttl: capped.explicit_max_ttl, ..Default::default() }.record();
+        assert!(record.expire_ms.unwrap() <= now_ms() + 3_600_000, "the TTL is capped by explicit_max_ttl");
+    }
+
+    #[test]
+    fn create_fields_decode_weakly_as_the_cli_sends_them() {
+        let asked = CreateRequest::parse(&json!({
+            "policies": "app,b", "no_default_policy": "true", "renewable": "false", "ttl": "90",
+        }))
+        .unwrap();
+        assert_eq!(asked.policies, Some(vec!["app".to_string(), "b".to_string()]));
+        assert!(asked.no_default_policy);
+        assert!(!asked.renewable);
+        assert_eq!(asked.ttl, 90);
+        assert_eq!(CreateRequest::parse(&json!({"policies": ""})).unwrap().policies, None);
+        assert!(CreateRequest::parse(&json!({"ttl": "soon"})).is_err());
+    }
+
+    #[test]
+    fn a_renewal_without_increment_gives_the_lifetime_last_given() {
+        let now = 1_000_000;
+        let mut r = TokenRecord { ttl_secs: 3600, created_ms: now, expire_ms: Some(now), ..Default::default() };
+        renew(&mut r, None, now);
+        assert_eq!(r.expire_ms, Some(now + 3_600_000), "increment 0 is the token's own TTL, not 0 s");
+        renew(&mut r, Some(7200), now);
+        assert_eq!(r.expire_ms, Some(now + 7_200_000));
+        renew(&mut r, None, now + 1000);
+        assert_eq!(r.expire_ms, Some(now + 1000 + 7_200_000), "then the 2h the last renewal gave, as OpenBao");
+        r.max_expire_ms = Some(now + 5_000_000);
+        renew(&mut r, Some(7200), now);
+        assert_eq!(r.expire_ms, Some(now + 5_000_000), "capped by explicit_max_ttl");
+        assert_eq!(r.renewed_ttl_secs, Some(5000));
+    }
+
+    #[test]
+    fn an_empty_or_null_body_is_an_empty_object() {
+        let req = |b: &'static [u8]| ApiRequest { body: bytes::Bytes::from_static(b), ..ApiRequest::default() };
+        assert_eq!(body(&req(b"")).unwrap(), json!({}));
+        assert_eq!(body(&req(b"null")).unwrap(), json!({}), "what `bao write -f` sends");
+        assert_eq!(body(&req(b" {\"a\":1}")).unwrap(), json!({"a": 1}));
+        assert!(body(&req(b"{")).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::body;
 use crate::committer::Pending;
 use crate::request::Command;
+use crate::request::fields::go_int;
 
 /// Whether `req` is a write this module answers: `sys/auth/<path>`, or anything under an auth
 /// method's path other than `auth/token/`.
@@ -50,7 +51,9 @@ impl Appender<'_> {
     /// Queue `cmd` and wait for its answer.
     pub async fn submit(&self, cmd: Command) -> Result<ApiResponse, ApiError> {
         let (tx, rx) = oneshot::channel();
-        self.queue.try_send(Pending { cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
+        self.queue
+            .try_send(Pending { mount: String::new(), cmd, reply: tx })
+            .map_err(|_| ApiError::unavailable("write queue full"))?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(_)) => Err(ApiError::unavailable("writer stopped before answering")),
@@ -132,6 +135,7 @@ async fn enable(app: &Appender<'_>, req: &ApiRequest, path: &str) -> Result<ApiR
         created_ms: now_ms(),
         default_lease_ttl_secs: ttl("default_lease_ttl")?,
         max_lease_ttl_secs: ttl("max_lease_ttl")?,
+        options: options(&b)?,
     };
     let op = Operation::PutAuthObject {
         mount: mount.clone(),
@@ -141,6 +145,18 @@ async fn enable(app: &Appender<'_>, req: &ApiRequest, path: &str) -> Result<ApiR
         replaces: None,
     };
     app.append(&mount, op, None).await
+}
+
+/// The `options` of an enable request, kept as given: absent is `{}`, `null` stays `null` (as
+/// Vault lists them), values are strings.
+fn options(b: &Value) -> Result<Option<std::collections::BTreeMap<String, String>>, ApiError> {
+    match b.get("options") {
+        None => Ok(Some(Default::default())),
+        Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("options must be a map of strings")),
+    }
 }
 
 /// `DELETE sys/auth/<path>`: the method and everything under it (its roles, secret ids and users;
@@ -200,7 +216,7 @@ pub fn cidrs(v: &Value, field: &str) -> Result<Option<Vec<String>>, ApiError> {
     Ok(Some(list))
 }
 
-/// A boolean as Vault takes it (`true`, `"true"`, `1`).
+/// A boolean as Vault takes it (`true`, `"true"`, `1`; `""` is false).
 pub fn boolean(v: &Value, field: &str) -> Result<Option<bool>, ApiError> {
     match v {
         Value::Null => Ok(None),
@@ -208,23 +224,22 @@ pub fn boolean(v: &Value, field: &str) -> Result<Option<bool>, ApiError> {
         Value::Number(n) => Ok(Some(n.as_f64() != Some(0.0))),
         Value::String(s) => match s.as_str() {
             "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(Some(true)),
-            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
+            "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
             _ => Err(ApiError::bad_request(format!("{field} must be a boolean"))),
         },
         _ => Err(ApiError::bad_request(format!("{field} must be a boolean"))),
     }
 }
 
-/// A non-negative integer as Vault takes it (a number or a numeric string).
+/// A non-negative integer as Vault takes it (Go's weak decoding, [`go_int`]): a number, a
+/// numeric string (`bao write` sends every value as one), `""` for 0.
 pub fn count(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Number(n) => {
-            n.as_u64().map(Some).ok_or_else(|| ApiError::bad_request(format!("{field} cannot be negative")))
-        }
-        Value::String(s) => s.parse().map(Some).map_err(|_| ApiError::bad_request(format!("{field} must be a number"))),
-        _ => Err(ApiError::bad_request(format!("{field} must be a number"))),
+    if v.is_null() {
+        return Ok(None);
     }
+    let n =
+        go_int(v).map_err(|e| ApiError::bad_request(format!("error converting input for field \"{field}\": {e}")))?;
+    u64::try_from(n).map(Some).map_err(|_| ApiError::bad_request(format!("{field} cannot be negative")))
 }
 
 /// Names of roles and users: lower-cased, as Vault keeps them; letters, digits, `-_.@`.
@@ -279,8 +294,17 @@ mod tests {
         assert!(cidrs(&json!(["10.0.0.0/8", "nope"]), "c").is_err());
         assert_eq!(boolean(&json!("true"), "b").unwrap(), Some(true));
         assert_eq!(count(&json!("3"), "n").unwrap(), Some(3));
+        assert_eq!(count(&json!(""), "n").unwrap(), Some(0));
+        assert_eq!(count(&json!(null), "n").unwrap(), None);
+        assert!(count(&json!("two"), "n").is_err());
+        assert_eq!(string_list(&json!("app,b"), "token_policies").unwrap(), Some(vec!["app".into(), "b".into()]));
+        assert_eq!(boolean(&json!("false"), "b").unwrap(), Some(false));
         assert!(count(&json!(-1), "n").is_err());
         assert_eq!(object_name("Web", "role").unwrap(), "web");
+        assert_eq!(options(&json!({"type": "approle"})).unwrap(), Some(Default::default()));
+        assert_eq!(options(&json!({"options": null})).unwrap(), None, "what `bao auth enable` sends");
+        assert_eq!(options(&json!({"options": {"a": "b"}})).unwrap().unwrap()["a"], "b");
+        assert!(options(&json!({"options": [1]})).is_err());
         assert!(object_name("a/b", "role").is_err());
     }
 }

@@ -12,12 +12,16 @@
 //!
 //! **One unresolved record per secret.** A command on a secret whose record is not resolved yet
 //! waits, in order, behind it, and is then decided on state that includes it if it was accepted.
+//! A secret is a path in a mount's storage id ([`Pending::mount`]): the same path in two mounts
+//! is two secrets.
 //! No decision therefore depends on a write that might still be refused, and records of one
 //! secret reach the log in the order they were decided; every `Put` is conditional on the version
 //! it was decided against, so a record that lands out of turn is refused everywhere alike. Up to
 //! `--max-batches-in-flight` batches are in flight at once, on disjoint secrets. Control events
-//! (policies, tokens, key terms) and the rotation fence are *exclusive*: decided only when nothing
-//! is in flight, in a batch of their own, and nothing queued behind them overtakes them.
+//! (policies, tokens, key terms, mounts) and the rotation fence are *exclusive*: decided only when
+//! nothing is in flight, in a batch of their own, and nothing queued behind them overtakes them. A
+//! mount change is decided on the mount table this writer applied (`crate::mounts::decide`), and a
+//! secret command on the mount table too: the storage id it was parsed for must still be mounted.
 //!
 //! **Barriers.** A failed delivery report says nothing of its record: librdkafka may still deliver
 //! it. The committer then stops deciding, lets the batches in flight resolve, and writes a
@@ -60,6 +64,7 @@ use crate::error::WriterError;
 use crate::plan::{Planned, Reply, plan};
 use crate::producer::{LogProducer, Record};
 use crate::request::Command;
+use secretlog_schemas::mount::KvConfig;
 
 /// Most batches in flight at once (`--max-batches-in-flight`).
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -104,8 +109,25 @@ enum Planted {
 
 /// A queued write and where its answer goes.
 pub struct Pending {
+    /// The storage id of the mount a secret command acts in (see `secretlog_schemas::mount`);
+    /// empty for control commands.
+    pub mount: String,
     pub cmd: Command,
     pub reply: oneshot::Sender<ApiResponse>,
+}
+
+impl Pending {
+    /// What this command holds while unresolved: its secret (mount and path), or its control
+    /// object.
+    fn key(&self) -> String {
+        open_key(&self.mount, self.cmd.path())
+    }
+}
+
+/// The key of a secret (or control object) in the committer's open set: the same path in two
+/// mounts is two secrets.
+fn open_key(mount: &str, path: &str) -> String {
+    format!("{mount}\0{path}")
 }
 
 /// A decided write waiting for its verdict: where its answer goes, the answer, its record key.
@@ -152,8 +174,9 @@ struct Unresolved {
 struct Prepared {
     records: Vec<(Record, [u8; 16])>,
     waiting: Vec<Waiting>,
-    /// The commands, to decide again if a barrier comes before the batch is sent.
-    cmds: Vec<Command>,
+    /// The commands (with their mounts), to decide again if a barrier comes before the batch
+    /// is sent.
+    cmds: Vec<(String, Command)>,
     /// The secrets (command paths) it holds.
     paths: Vec<String>,
     /// Only plain data writes (the planted test bug applies to these only).
@@ -175,7 +198,8 @@ impl Command {
     /// Decided only with nothing in flight, alone (see the module comment): control events and
     /// the rotation fence (a rewrap of nothing).
     fn is_exclusive(&self) -> bool {
-        matches!(self, Command::Control { .. }) || matches!(self, Command::Rewrap { path, .. } if path.is_empty())
+        matches!(self, Command::Control { .. } | Command::Mount { .. })
+            || matches!(self, Command::Rewrap { path, .. } if path.is_empty())
     }
 }
 
@@ -320,8 +344,8 @@ impl Committer {
                     for p in &r.paths {
                         self.open.remove(p);
                     }
-                    for (cmd, (reply, _, _)) in r.cmds.into_iter().zip(r.waiting).rev() {
-                        carry.push_front(Pending { cmd, reply });
+                    for ((mount, cmd), (reply, _, _)) in r.cmds.into_iter().zip(r.waiting).rev() {
+                        carry.push_front(Pending { mount, cmd, reply });
                     }
                 }
                 if let Err(why) = self.barrier(&cancel).await {
@@ -504,6 +528,7 @@ impl Committer {
 
     async fn current_value(
         &self,
+        mount: &str,
         path: &str,
         meta: Option<&secretlog_reader::state::SecretMeta>,
     ) -> Result<Option<Map<String, Value>>, ApiError> {
@@ -512,10 +537,10 @@ impl Committer {
         if !vm.is_live(now_ms()) {
             return Ok(None);
         }
-        let Some(sealed) = self.ctx.store.value(&self.ctx.mount, path, m.current_version).await? else {
+        let Some(sealed) = self.ctx.store.value(mount, path, m.current_version).await? else {
             return Ok(None);
         };
-        let ctx = SealContext { mount: &self.ctx.mount, path, version: m.current_version };
+        let ctx = SealContext { mount, path, version: m.current_version };
         let plain = SealedValue::decode(&sealed).and_then(|s| s.open(&self.ctx.keyring, &ctx)).map_err(|e| {
             tracing::error!(path, error = %e, "current value does not open");
             ApiError::internal()
@@ -526,12 +551,41 @@ impl Committer {
         }
     }
 
-    /// Decide one command: the record to append and the reply to give after commit.
-    async fn decide(&mut self, cmd: &Command, ts: i64) -> Result<Option<Decided>, ApiResponse> {
-        if let Command::Control { name, .. } = cmd {
-            return self.decide_control(name, cmd, ts).await;
+    /// The KV settings of the live mount whose storage id is `mount`; 404 if none is live any
+    /// more (disabled after the request was parsed). Rewraps and restores act on stored values
+    /// whatever is mounted, with no mount defaults.
+    fn mount_defaults(&self, mount: &str, cmd: &Command) -> Result<KvConfig, ApiResponse> {
+        if matches!(cmd, Command::Rewrap { .. } | Command::Restore { .. }) {
+            return Ok(KvConfig::default());
         }
-        let mount = self.ctx.mount.clone();
+        let mounts = self.ctx.mounts();
+        let live = mounts.live(&self.ctx.default_mount);
+        match live.values().find(|r| r.storage == mount) {
+            Some(r) => Ok(r.kv.clone()),
+            None => Err(ApiError::new(404, "the mount of this path was disabled before the write was decided").into()),
+        }
+    }
+
+    /// Decide one command: the record to append and the reply to give after commit.
+    async fn decide(&mut self, mount: &str, cmd: &Command, ts: i64) -> Result<Option<Decided>, ApiResponse> {
+        match cmd {
+            Command::Control { name, op, body } => {
+                let reply = body.clone().map_or(Reply::NoContent, Reply::Json);
+                return self.decide_control(name, op.clone(), reply, ts).await;
+            }
+            Command::Mount { path, change } => {
+                // Decided on the table this writer applied: with nothing in flight (a mount change
+                // is exclusive), every earlier mount change is in it.
+                let mounts = self.ctx.mounts();
+                let op =
+                    crate::mounts::decide(&mounts, &self.ctx.default_mount, path, change).map_err(ApiResponse::from)?;
+                let Some(op) = op else { return Err(ApiResponse::no_content()) };
+                return self.decide_control(crate::mounts::CONTROL_NAME, op, Reply::NoContent, ts).await;
+            }
+            _ => {}
+        }
+        let defaults = self.mount_defaults(mount, cmd)?;
+        let mount = mount.to_string();
         let path = cmd.path();
         let key = record_key(&mount, path);
         let partition = partition_for(&key, self.cfg.partitions);
@@ -541,13 +595,15 @@ impl Committer {
         self.wait_applied(&key).await.map_err(|e| ApiResponse::from(ApiError::from(e)))?;
         let meta = self.ctx.store.meta(&mount, path).await.map_err(|e| ApiResponse::from(ApiError::from(e)))?;
         let current = match cmd {
-            Command::Patch { .. } => self.current_value(path, meta.as_ref()).await.map_err(ApiResponse::from)?,
+            Command::Patch { .. } => {
+                self.current_value(&mount, path, meta.as_ref()).await.map_err(ApiResponse::from)?
+            }
             _ => None,
         };
-        match plan(cmd, meta.as_ref(), current, &self.ctx.keyring, &mount, ts).map_err(ApiResponse::from)? {
+        match plan(cmd, meta.as_ref(), current, &self.ctx.keyring, &mount, &defaults, ts).map_err(ApiResponse::from)? {
             Planned::Done { status } => Err(ApiResponse { status, headers: vec![], body: vec![] }),
             Planned::Append { op, reply } => {
-                let mut event = self.event(path, op, ts);
+                let mut event = self.event(&mount, path, op, ts);
                 event.revision = Some(self.revision(&key).await?);
                 let payload = encode_event(&self.ctx.keyring, &event);
                 Ok(Some((Record { key: key.clone(), payload, partition }, event.event_id, reply, key)))
@@ -556,20 +612,20 @@ impl Committer {
     }
 
     /// A control event: keyed by the control object, ordered after earlier events on it.
-    async fn decide_control(&mut self, name: &str, cmd: &Command, ts: i64) -> Result<Option<Decided>, ApiResponse> {
+    async fn decide_control(
+        &mut self,
+        name: &str,
+        op: Operation,
+        reply: Reply,
+        ts: i64,
+    ) -> Result<Option<Decided>, ApiResponse> {
         let key = secretlog_schemas::topic::control_key(name);
         let partition = partition_for(&key, self.cfg.partitions);
         if self.ctx.materializer.progress.borrow().halted.contains_key(&partition) {
             return Err(ApiError::from(WriterError::PartitionHalted { partition }).into());
         }
         self.wait_applied(&key).await.map_err(|e| ApiResponse::from(ApiError::from(e)))?;
-        let Planned::Append { op, reply } =
-            plan(cmd, None, None, &self.ctx.keyring, "", ts).map_err(ApiResponse::from)?
-        else {
-            return Ok(None);
-        };
-        let mut event = self.event(name, op, ts);
-        event.mount = String::new();
+        let mut event = self.event("", name, op, ts);
         event.revision = Some(self.revision(&key).await?);
         let payload = encode_event(&self.ctx.keyring, &event);
         Ok(Some((Record { key: key.clone(), payload, partition }, event.event_id, reply, key)))
@@ -580,7 +636,7 @@ impl Committer {
         self.ctx.store.revision(key).await.map_err(|e| ApiResponse::from(ApiError::from(e)))
     }
 
-    fn event(&self, path: &str, op: Operation, ts: i64) -> Event {
+    fn event(&self, mount: &str, path: &str, op: Operation, ts: i64) -> Event {
         let mut event_id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut event_id);
         Event {
@@ -588,7 +644,7 @@ impl Committer {
             timestamp_ms: ts,
             writer_epoch: self.epoch,
             revision: None,
-            mount: self.ctx.mount.clone(),
+            mount: mount.to_string(),
             path: path.to_string(),
             op,
         }
@@ -611,12 +667,12 @@ impl Committer {
         let mut paths = Vec::new();
         let mut cmds = Vec::new();
         for p in batch {
-            match self.decide(&p.cmd, ts).await {
+            match self.decide(&p.mount, &p.cmd, ts).await {
                 Ok(Some((record, event_id, reply, key))) => {
                     records.push((record, event_id));
+                    paths.push(p.key());
                     waiting.push((p.reply, reply, key));
-                    paths.push(p.cmd.path().to_string());
-                    cmds.push(p.cmd);
+                    cmds.push((p.mount, p.cmd));
                 }
                 Ok(None) => {}
                 Err(resp) => {
@@ -660,7 +716,7 @@ impl Committer {
         self.open.extend(paths.iter().cloned());
         // TEST ONLY (RESEND_FOR_TESTS): keep the first record's bytes; send the pending copies of
         // keys this batch holds again once it landed.
-        let (first, again) = match self.resend.as_mut().filter(|_| !cmds.iter().any(Command::is_exclusive)) {
+        let (first, again) = match self.resend.as_mut().filter(|_| !cmds.iter().any(|(_, c)| c.is_exclusive())) {
             Some(r) => {
                 let (due, wait) = std::mem::take(&mut r.pending)
                     .into_iter()
@@ -878,7 +934,7 @@ fn take_batch(
     let mut rest = VecDeque::with_capacity(carry.len());
     let mut blocked = false;
     for p in carry.drain(..) {
-        let first_on_secret = seen.insert(p.cmd.path().to_string());
+        let first_on_secret = seen.insert(p.key());
         let exclusive = p.cmd.is_exclusive();
         let fits = match exclusive_batch {
             None => !exclusive || nothing_open,
@@ -887,7 +943,7 @@ fn take_batch(
         if blocked || batch.len() >= max_batch || !fits {
             blocked |= exclusive || exclusive_batch == Some(true);
             rest.push_back(p);
-        } else if first_on_secret && !open.contains(p.cmd.path()) {
+        } else if first_on_secret && !open.contains(&p.key()) {
             exclusive_batch = Some(exclusive);
             batch.push(p);
         } else {
@@ -913,11 +969,19 @@ mod tests {
     use super::*;
 
     fn put(path: &str) -> Pending {
-        Pending { cmd: Command::Put { path: path.into(), data: Map::new(), cas: None }, reply: oneshot::channel().0 }
+        Pending {
+            mount: "secret".into(),
+            cmd: Command::Put { path: path.into(), data: Map::new(), cas: None },
+            reply: oneshot::channel().0,
+        }
     }
 
     fn fence() -> Pending {
-        Pending { cmd: Command::Rewrap { path: String::new(), values: vec![] }, reply: oneshot::channel().0 }
+        Pending {
+            mount: "secret".into(),
+            cmd: Command::Rewrap { path: String::new(), values: vec![] },
+            reply: oneshot::channel().0,
+        }
     }
 
     fn paths(v: &[Pending]) -> Vec<&str> {
@@ -930,7 +994,7 @@ mod tests {
 
     #[test]
     fn one_command_per_secret_and_none_on_an_open_secret_in_queue_order() {
-        let open: HashSet<String> = ["b".to_string()].into();
+        let open: HashSet<String> = [open_key("secret", "b")].into();
         let mut carry = queue(vec![put("a"), put("b"), put("a"), put("c"), put("b")]);
         let batch = take_batch(&mut carry, &open, 10, false);
         assert_eq!(paths(&batch), ["a", "c"]);
@@ -938,6 +1002,22 @@ mod tests {
         let batch = take_batch(&mut carry, &HashSet::new(), 10, true);
         assert_eq!(paths(&batch), ["b", "a"]);
         assert_eq!(paths(carry.make_contiguous()), ["b"]);
+    }
+
+    #[test]
+    fn the_same_path_in_two_mounts_is_two_secrets() {
+        let mut other = put("a");
+        other.mount = "kv-01".into();
+        let open: HashSet<String> = [open_key("kv-01", "b")].into();
+        let mut b = put("b");
+        b.mount = "kv-01".into();
+        let mut carry = queue(vec![put("a"), other, put("b"), b]);
+        let batch = take_batch(&mut carry, &open, 10, false);
+        assert_eq!(
+            batch.iter().map(|p| (p.mount.as_str(), p.cmd.path())).collect::<Vec<_>>(),
+            [("secret", "a"), ("kv-01", "a"), ("secret", "b")]
+        );
+        assert_eq!(carry.len(), 1, "kv-01's b is open");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! state with [`plan`], seal, group into one Kafka transaction via [`producer`]) → answer after
 //! commit with the log position. [`node`] puts it together with the reader crate's materializer,
 //! which gives the writer the exact state every reader computes; `route` decides whether a
-//! write is decided there or forwarded, and holds it while leadership changes hands.
+//! write is decided there or forwarded, and holds it while leadership changes hands. A KV write
+//! resolves the mount serving its path on the mount table the log built; [`mounts`] enables,
+//! tunes, configures and disables mounts.
 
 pub mod approle;
 pub mod auth;
@@ -14,6 +16,7 @@ pub mod config;
 pub mod election;
 pub mod epoch;
 pub mod error;
+pub mod mounts;
 pub mod node;
 pub mod plan;
 pub mod producer;

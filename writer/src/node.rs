@@ -2,7 +2,7 @@
 //! writes) or, with `--forward-to`, a standby that forwards writes; both serve reads from their
 //! own materialized state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ struct WriterNode {
     /// A watch channel, so that writes held while no leader can take them wake when it changes.
     state: watch::Sender<WriterState>,
     fenced: Arc<AtomicBool>,
+    /// When this node last became the leader (unix ms), for `sys/leader`'s `active_time`.
+    active_since_ms: AtomicI64,
     queue: RwLock<Option<mpsc::Sender<Pending>>>,
     forwarder: Forwarder,
     /// The URL announced in the log when this writer leads.
@@ -71,6 +73,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         advertise,
         state: watch::Sender::new(WriterState::Standby),
         fenced: Arc::new(AtomicBool::new(false)),
+        active_since_ms: AtomicI64::new(0),
         queue: RwLock::new(None),
         forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000))
             .trusting(cfg.http.tls_ca.as_deref())?,
@@ -192,11 +195,15 @@ impl WriterNode {
     }
 
     fn set_state(&self, s: WriterState) {
-        self.state.send_if_modified(|now| {
+        let active = s == WriterState::Active;
+        let changed = self.state.send_if_modified(|now| {
             let changed = *now != s;
             *now = s;
             changed
         });
+        if changed {
+            self.active_since_ms.store(if active { now_ms() } else { 0 }, Ordering::SeqCst);
+        }
     }
     fn state(&self) -> WriterState {
         self.state.borrow().clone()
@@ -312,6 +319,7 @@ impl WriterNode {
         match req.path.as_str() {
             "v1/sys/health" => return health(&self.health_input(), &req),
             "metrics" => return metrics_response(),
+            "v1/sys/leader" if req.method == "GET" => return self.leader_status(),
             _ => {}
         }
         if let Some(resp) = self.keys.answer(&mut req, |k, c| self.clone().open(k, c)).await {
@@ -339,6 +347,17 @@ impl WriterNode {
             max_staleness: None,
             unavailable,
         }
+    }
+
+    /// `sys/leader` (unauthenticated, as in Vault): this node while it leads, otherwise the
+    /// leader the log announced.
+    fn leader_status(&self) -> ApiResponse {
+        let leading = !self.fenced.load(Ordering::SeqCst) && self.state() == WriterState::Active;
+        if leading {
+            let since = self.active_since_ms.load(Ordering::SeqCst);
+            return secretlog_reader::api::sys::leader(true, Some(&self.advertise), Some(since));
+        }
+        secretlog_reader::api::sys::leader(false, self.leader_url().as_deref(), None)
     }
 
     /// The leader the log announced, unless that is this node.
@@ -384,19 +403,23 @@ impl WriterNode {
         }
         if req.path == crate::restore::RESTORE_PATH {
             let cmds = crate::restore::parse(&req, &ctx.mount, &ctx.keyring)?;
-            return self.restore(&req, cmds).await;
+            return self.restore(&req, &ctx.mount, cmds).await;
         }
         if crate::rotate::is_rotation_path(&req.path) {
             return crate::rotate::write(ctx, &req, &who, self.write_queue()?, &self.cfg).await;
         }
-        let cmd = match crate::auth::handle(ctx, &req, &who).await? {
-            Some(crate::auth::Outcome::Answer(resp)) => return Ok(resp),
-            Some(crate::auth::Outcome::Command(cmd)) => cmd,
-            None => crate::request::parse(&req, &ctx.mount, self.cfg.max_value_bytes)?,
+        let (mount, cmd) = if crate::mounts::handles(&req) {
+            (String::new(), crate::mounts::parse(&req)?)
+        } else {
+            match crate::auth::handle(ctx, &req, &who).await? {
+                Some(crate::auth::Outcome::Answer(resp)) => return Ok(resp),
+                Some(crate::auth::Outcome::Command(cmd)) => (String::new(), cmd),
+                None => crate::request::parse_on(&req, &ctx.mounts(), &ctx.default_mount, self.cfg.max_value_bytes)?,
+            }
         };
         let queue = self.write_queue()?;
         let (tx, rx) = oneshot::channel();
-        queue.try_send(Pending { cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
+        queue.try_send(Pending { mount, cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
         let timeout = Duration::from_millis(self.cfg.write_timeout_ms * 2 + 1000);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
@@ -454,14 +477,19 @@ impl WriterNode {
     /// Queue every secret of a restore and answer once all committed: 200 with counts and the
     /// merged commit position, or the first failure (secrets before it may have committed; a
     /// restore is idempotent, so the operator runs it again).
-    async fn restore(&self, req: &ApiRequest, cmds: Vec<crate::request::Command>) -> Result<ApiResponse, ApiError> {
+    async fn restore(
+        &self,
+        req: &ApiRequest,
+        mount: &str,
+        cmds: Vec<crate::request::Command>,
+    ) -> Result<ApiResponse, ApiError> {
         let queue = self.write_queue()?;
         let total = cmds.len();
         let mut waiting = Vec::with_capacity(total);
         for cmd in cmds {
             let (tx, rx) = oneshot::channel();
             queue
-                .send(Pending { cmd, reply: tx })
+                .send(Pending { mount: mount.to_string(), cmd, reply: tx })
                 .await
                 .map_err(|_| ApiError::unavailable("writer stopped before the restore was queued"))?;
             waiting.push(rx);

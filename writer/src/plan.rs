@@ -11,7 +11,10 @@ use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::{Event, Keyring, MetadataUpdate, Operation};
 use serde_json::{Map, Value, json};
 
-use crate::request::{Command, merge_patch};
+use secretlog_schemas::event::MAX_CUSTOM_METADATA;
+use secretlog_schemas::mount::KvConfig;
+
+use crate::request::{Command, MetadataPatch, merge_patch};
 
 /// What a command turns into.
 #[derive(Debug)]
@@ -36,18 +39,23 @@ pub enum Reply {
 const CAS_MISMATCH: &str = "check-and-set parameter did not match the current version";
 const CAS_REQUIRED: &str = "check-and-set parameter required for this call";
 
-fn check_cas(meta: Option<&SecretMeta>, cas: Option<i64>) -> Result<(), ApiError> {
+/// Vault's rule: a write needs `cas` when its secret or its mount requires it.
+fn check_cas(meta: Option<&SecretMeta>, mount: &KvConfig, cas: Option<i64>) -> Result<(), ApiError> {
     let current = meta.map_or(0, |m| m.current_version);
     match cas {
         Some(c) if u64::try_from(c).ok() != Some(current) => Err(ApiError::bad_request(CAS_MISMATCH)),
-        None if meta.is_some_and(|m| m.cas_required) => Err(ApiError::bad_request(CAS_REQUIRED)),
+        None if mount.cas_required || meta.is_some_and(|m| m.cas_required) => Err(ApiError::bad_request(CAS_REQUIRED)),
         _ => Ok(()),
     }
 }
 
+/// A new version sealed under `mount` (the storage id). When the mount sets KV defaults
+/// (`<mount>/config`), the event carries them (`PutWithDefaults`), so every node applies the
+/// same ones; the secret's own settings win over them.
 fn seal_put(
     keyring: &Keyring,
     mount: &str,
+    defaults: &KvConfig,
     path: &str,
     meta: Option<&SecretMeta>,
     data: &Map<String, Value>,
@@ -60,6 +68,7 @@ fn seal_put(
         ApiError::internal()
     })?;
     let dva = meta.map_or(0, |m| m.delete_version_after_secs);
+    let dva = if dva > 0 { dva } else { defaults.delete_version_after_secs };
     let deletion = (dva > 0).then(|| ts + dva as i64 * 1000);
     let reply = Reply::Version(json!({
         "created_time": vault_time(Some(ts)),
@@ -68,7 +77,48 @@ fn seal_put(
         "destroyed": false,
         "version": version,
     }));
-    Ok(Planned::Append { op: Operation::Put { version, sealed: sealed.encode() }, reply })
+    let sealed = sealed.encode();
+    let op = if defaults.max_versions == 0 && defaults.delete_version_after_secs == 0 {
+        Operation::Put { version, sealed }
+    } else {
+        Operation::PutWithDefaults {
+            version,
+            sealed,
+            max_versions: defaults.max_versions,
+            delete_version_after_secs: defaults.delete_version_after_secs,
+        }
+    };
+    Ok(Planned::Append { op, reply })
+}
+
+/// The metadata update a `PATCH metadata/:path` makes of `meta`: its fields as given, and the
+/// custom metadata merged key by key into the current one.
+fn patch_metadata(meta: &SecretMeta, patch: &MetadataPatch) -> Result<MetadataUpdate, ApiError> {
+    let custom_metadata = if patch.custom_metadata.is_empty() {
+        None
+    } else {
+        let mut merged = meta.custom_metadata.clone().unwrap_or_default();
+        for (k, v) in &patch.custom_metadata {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        if merged.len() > MAX_CUSTOM_METADATA {
+            return Err(ApiError::bad_request(format!(
+                "1 error occurred:\n\t* custom_metadata validation failed: payload must contain at most \
+                 {MAX_CUSTOM_METADATA} keys, provided {}\n\n",
+                merged.len()
+            )));
+        }
+        (meta.custom_metadata.as_ref() != Some(&merged)).then_some(merged)
+    };
+    Ok(MetadataUpdate {
+        max_versions: patch.max_versions.filter(|n| *n != meta.max_versions),
+        cas_required: patch.cas_required.filter(|b| *b != meta.cas_required),
+        delete_version_after_secs: patch.delete_version_after_secs.filter(|s| *s != meta.delete_version_after_secs),
+        custom_metadata,
+    })
 }
 
 /// Append `op` only if it changes the secret: deleting what is deleted (or does not exist),
@@ -125,26 +175,40 @@ fn values_under_active_term(
 }
 
 /// Decide `cmd` against `meta`. For a patch, `current` is the opened value of the current
-/// version (`None` if there is no live current version).
+/// version (`None` if there is no live current version). `mount` is the storage id of the mount
+/// the secret lives in, `defaults` that mount's KV settings.
 pub fn plan(
     cmd: &Command,
     meta: Option<&SecretMeta>,
     current: Option<Map<String, Value>>,
     keyring: &Keyring,
     mount: &str,
+    defaults: &KvConfig,
     ts: i64,
 ) -> Result<Planned, ApiError> {
     let exists = meta.is_some_and(|m| m.current_version > 0);
     match cmd {
         Command::Put { path, data, cas } => {
-            check_cas(meta, *cas)?;
-            seal_put(keyring, mount, path, meta, data, ts)
+            check_cas(meta, defaults, *cas)?;
+            seal_put(keyring, mount, defaults, path, meta, data, ts)
         }
         Command::Patch { path, patch, cas } => {
             let Some(mut merged) = current else { return Err(ApiError::not_found()) };
-            check_cas(meta, *cas)?;
+            check_cas(meta, defaults, *cas)?;
             merge_patch(&mut merged, patch);
-            seal_put(keyring, mount, path, meta, &merged, ts)
+            seal_put(keyring, mount, defaults, path, meta, &merged, ts)
+        }
+        Command::PatchMetadata { patch, .. } => {
+            let Some(m) = meta else { return Err(ApiError::not_found()) };
+            let update = patch_metadata(m, patch)?;
+            if update == MetadataUpdate::default() {
+                return Ok(Planned::Done { status: 204 });
+            }
+            Ok(Planned::Append { op: Operation::UpdateMetadata(update), reply: Reply::NoContent })
+        }
+        Command::Mount { .. } => {
+            tracing::error!("a mount change reached the secret planner; the committer decides those");
+            Err(ApiError::internal())
         }
         Command::DeleteLatest { .. } => match meta {
             Some(m) if exists => changing(meta, Operation::DeleteVersions { versions: vec![m.current_version] }, ts),
@@ -223,7 +287,8 @@ mod tests {
     #[test]
     fn cas_rules() {
         let r = ring();
-        let status = |c: &Command, m: Option<&SecretMeta>| match plan(c, m, None, &r, "secret", 1) {
+        let status = |c: &Command, m: Option<&SecretMeta>| match plan(c, m, None, &r, "secret", &KvConfig::default(), 1)
+        {
             Ok(_) => 200,
             Err(e) => e.status,
         };
@@ -236,12 +301,80 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_that_requires_cas_refuses_a_put_without_it() {
+        let r = ring();
+        let required = KvConfig { cas_required: true, ..Default::default() };
+        let status = |c: &Command, m: Option<&SecretMeta>| match plan(c, m, None, &r, "kv-1", &required, 1) {
+            Ok(_) => 200,
+            Err(e) => e.status,
+        };
+        assert_eq!(status(&put(None), None), 400);
+        assert_eq!(plan(&put(None), None, None, &r, "kv-1", &required, 1).unwrap_err().errors, vec![CAS_REQUIRED]);
+        assert_eq!(status(&put(Some(0)), None), 200);
+        assert_eq!(status(&put(Some(1)), Some(&meta(1, false))), 200);
+    }
+
+    #[test]
+    fn a_put_carries_the_mount_defaults_only_when_the_mount_sets_some() {
+        let r = ring();
+        let Planned::Append { op, .. } = plan(&put(None), None, None, &r, "kv-1", &KvConfig::default(), 1).unwrap()
+        else {
+            panic!()
+        };
+        assert!(matches!(op, Operation::Put { version: 1, .. }), "{op:?}");
+        let defaults = KvConfig { max_versions: 2, delete_version_after_secs: 60, ..Default::default() };
+        let Planned::Append { op, reply: Reply::Version(v) } =
+            plan(&put(None), Some(&meta(3, false)), None, &r, "kv-1", &defaults, 1000).unwrap()
+        else {
+            panic!()
+        };
+        assert!(
+            matches!(op, Operation::PutWithDefaults { version: 4, max_versions: 2, delete_version_after_secs: 60, .. }),
+            "{op:?}"
+        );
+        assert_eq!(v["deletion_time"], vault_time(Some(61_000)), "the mount's delete_version_after applies");
+        // The secret's own setting wins.
+        let own = SecretMeta { delete_version_after_secs: 10, ..meta(3, false) };
+        let Planned::Append { reply: Reply::Version(v), .. } =
+            plan(&put(None), Some(&own), None, &r, "kv-1", &defaults, 1000).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(v["deletion_time"], vault_time(Some(11_000)));
+    }
+
+    #[test]
+    fn a_metadata_patch_merges_custom_metadata_and_needs_the_secret() {
+        let mut m = meta(1, false);
+        m.custom_metadata = Some([("a".to_string(), "1".to_string()), ("b".into(), "2".into())].into());
+        let patch = MetadataPatch {
+            delete_version_after_secs: Some(3600),
+            custom_metadata: [("a".to_string(), None), ("c".into(), Some("3".into()))].into(),
+            ..Default::default()
+        };
+        let cmd = Command::PatchMetadata { path: "p".into(), patch };
+        let Planned::Append { op: Operation::UpdateMetadata(u), .. } =
+            plan(&cmd, Some(&m), None, &ring(), "secret", &KvConfig::default(), 1).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(u.custom_metadata, Some([("b".to_string(), "2".to_string()), ("c".into(), "3".into())].into()));
+        assert_eq!((u.delete_version_after_secs, u.max_versions, u.cas_required), (Some(3600), None, None));
+        assert_eq!(plan(&cmd, None, None, &ring(), "secret", &KvConfig::default(), 1).unwrap_err().status, 404);
+        let noop = Command::PatchMetadata { path: "p".into(), patch: MetadataPatch::default() };
+        assert!(matches!(
+            plan(&noop, Some(&m), None, &ring(), "secret", &KvConfig::default(), 1).unwrap(),
+            Planned::Done { status: 204 }
+        ));
+    }
+
+    #[test]
     fn put_takes_the_next_version_and_seals() {
         let r = ring();
         let data = serde_json::json!({"password":"hunter2"}).as_object().unwrap().clone();
         let cmd = Command::Put { path: "p".into(), data, cas: None };
         let Planned::Append { op: Operation::Put { version, sealed }, reply: Reply::Version(v) } =
-            plan(&cmd, Some(&meta(4, false)), None, &r, "secret", 1000).unwrap()
+            plan(&cmd, Some(&meta(4, false)), None, &r, "secret", &KvConfig::default(), 1000).unwrap()
         else {
             panic!("expected a put")
         };
@@ -253,7 +386,7 @@ mod tests {
     #[test]
     fn patch_needs_a_live_current_version() {
         let cmd = Command::Patch { path: "p".into(), patch: Map::new(), cas: None };
-        assert_eq!(plan(&cmd, None, None, &ring(), "secret", 1).unwrap_err().status, 404);
+        assert_eq!(plan(&cmd, None, None, &ring(), "secret", &KvConfig::default(), 1).unwrap_err().status, 404);
     }
 
     #[test]
@@ -264,8 +397,9 @@ mod tests {
             m.versions.insert(v, secretlog_reader::state::VersionMeta { created_ms: 1, ..Default::default() });
         }
         m.versions.get_mut(&1).unwrap().destroyed = true;
-        let appends =
-            |cmd: Command| matches!(plan(&cmd, Some(&m), None, &r, "secret", 5).unwrap(), Planned::Append { .. });
+        let appends = |cmd: Command| {
+            matches!(plan(&cmd, Some(&m), None, &r, "secret", &KvConfig::default(), 5).unwrap(), Planned::Append { .. })
+        };
         let p = || "p".to_string();
         assert!(!appends(Command::DeleteVersions { path: p(), versions: vec![1, 7] }), "destroyed, missing");
         assert!(!appends(Command::DeleteVersions { path: p(), versions: vec![] }));
@@ -280,18 +414,24 @@ mod tests {
     fn a_metadata_update_without_fields_appends_nothing() {
         let empty = Command::UpdateMetadata { path: "p".into(), update: MetadataUpdate::default() };
         for m in [None, Some(&meta(1, false))] {
-            assert!(matches!(plan(&empty, m, None, &ring(), "secret", 1).unwrap(), Planned::Done { status: 204 }));
+            assert!(matches!(
+                plan(&empty, m, None, &ring(), "secret", &KvConfig::default(), 1).unwrap(),
+                Planned::Done { status: 204 }
+            ));
         }
         let some = Command::UpdateMetadata {
             path: "p".into(),
             update: MetadataUpdate { max_versions: Some(0), ..Default::default() },
         };
-        assert!(matches!(plan(&some, None, None, &ring(), "secret", 1).unwrap(), Planned::Append { .. }));
+        assert!(matches!(
+            plan(&some, None, None, &ring(), "secret", &KvConfig::default(), 1).unwrap(),
+            Planned::Append { .. }
+        ));
     }
 
     #[test]
     fn a_negative_cas_never_matches() {
-        let status = plan(&put(Some(-1)), None, None, &ring(), "secret", 1).unwrap_err();
+        let status = plan(&put(Some(-1)), None, None, &ring(), "secret", &KvConfig::default(), 1).unwrap_err();
         assert_eq!(status.errors, vec![CAS_MISMATCH]);
     }
 
@@ -315,7 +455,7 @@ mod tests {
             values: vec![rw(1, sealed(&r, 1)), rw(2, sealed(&r, 2)), rw(3, old.clone()), rw(9, sealed(&r, 9))],
         };
         let Planned::Append { op: Operation::RewrapValues { values }, .. } =
-            plan(&cmd, Some(&m), None, &r, "secret", 1).unwrap()
+            plan(&cmd, Some(&m), None, &r, "secret", &KvConfig::default(), 1).unwrap()
         else {
             panic!("expected a rewrap")
         };
@@ -325,8 +465,14 @@ mod tests {
             "destroyed, old term, missing dropped"
         );
         let stale = Command::Rewrap { path: "p".into(), values: vec![rw(3, old)] };
-        assert!(matches!(plan(&stale, Some(&m), None, &r, "secret", 1).unwrap(), Planned::Done { status: 204 }));
-        assert!(matches!(plan(&cmd, None, None, &r, "secret", 1).unwrap(), Planned::Done { status: 204 }));
+        assert!(matches!(
+            plan(&stale, Some(&m), None, &r, "secret", &KvConfig::default(), 1).unwrap(),
+            Planned::Done { status: 204 }
+        ));
+        assert!(matches!(
+            plan(&cmd, None, None, &r, "secret", &KvConfig::default(), 1).unwrap(),
+            Planned::Done { status: 204 }
+        ));
     }
 
     #[test]
@@ -337,7 +483,7 @@ mod tests {
         r.retire(1);
         let cmd = Command::Restore { path: "p".into(), metadata: Some(b"{}".to_vec()), values: vec![(1, old.clone())] };
         let Planned::Append { op: Operation::RestoreSecret { values, .. }, .. } =
-            plan(&cmd, None, None, &r, "secret", 1).unwrap()
+            plan(&cmd, None, None, &r, "secret", &KvConfig::default(), 1).unwrap()
         else {
             panic!("expected a restore")
         };
@@ -353,7 +499,10 @@ mod tests {
             Command::DestroyVersions { path: "p".into(), versions: vec![1] },
             Command::DeleteMetadata { path: "p".into() },
         ] {
-            assert!(matches!(plan(&cmd, None, None, &ring(), "secret", 1).unwrap(), Planned::Done { status: 204 }));
+            assert!(matches!(
+                plan(&cmd, None, None, &ring(), "secret", &KvConfig::default(), 1).unwrap(),
+                Planned::Done { status: 204 }
+            ));
         }
     }
 }

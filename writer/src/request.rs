@@ -12,12 +12,13 @@
 use std::collections::BTreeMap;
 
 use secretlog_reader::api::{ApiError, ApiRequest};
+use secretlog_reader::mounts::{DefaultMount, Mounts};
 use secretlog_schemas::MetadataUpdate;
 use secretlog_schemas::event::{MAX_CUSTOM_METADATA, MAX_CUSTOM_METADATA_LEN, MAX_VERSIONS_PER_EVENT};
 use secretlog_schemas::path::validate_secret_path;
 use serde_json::{Map, Value};
 
-mod fields;
+pub(crate) mod fields;
 
 use fields::{field_error, go_bool, go_duration_secs, go_int, go_type};
 
@@ -52,6 +53,22 @@ pub enum Command {
     /// Re-seal stored values of one secret under the active key term (the background rewrap;
     /// see `crate::rotate`).
     Rewrap { path: String, values: Vec<secretlog_schemas::Rewrapped> },
+    /// Enable, tune, configure or disable the mount at `path` (see [`crate::mounts`]): a control
+    /// event, decided on the mount table when nothing else is in flight.
+    Mount { path: String, change: crate::mounts::MountChange },
+    /// `PATCH metadata/:path` (JSON merge patch of the metadata; see [`MetadataPatch`]).
+    PatchMetadata { path: String, patch: MetadataPatch },
+}
+
+/// A `PATCH metadata/:path`: the fields given change, the others stay; `custom_metadata` is
+/// merged key by key, a `null` value removing its key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetadataPatch {
+    pub max_versions: Option<u32>,
+    pub cas_required: Option<bool>,
+    pub delete_version_after_secs: Option<u64>,
+    /// Key → new value, or `None` to remove the key.
+    pub custom_metadata: BTreeMap<String, Option<String>>,
 }
 
 impl Command {
@@ -67,7 +84,9 @@ impl Command {
             | Command::UndeleteVersions { path, .. }
             | Command::DestroyVersions { path, .. }
             | Command::UpdateMetadata { path, .. }
-            | Command::DeleteMetadata { path } => path,
+            | Command::DeleteMetadata { path }
+            | Command::PatchMetadata { path, .. } => path,
+            Command::Mount { .. } => crate::mounts::CONTROL_NAME,
         }
     }
 }
@@ -238,22 +257,40 @@ fn parse_metadata(body: &Map<String, Value>) -> Result<MetadataUpdate, ApiError>
     Ok(u)
 }
 
-/// Parse a write request on `mount` into a [`Command`].
-pub fn parse(req: &ApiRequest, mount: &str, max_value_bytes: usize) -> Result<Command, ApiError> {
-    let segs = req.segments();
-    if segs.first() != Some(&mount) {
-        return Err(ApiError::no_route(req.path.strip_prefix("v1/").unwrap_or(&req.path)));
+/// Parse a KV write: resolve the mount serving it on `mounts` (the table this node applied, with
+/// its `default` mount), as every reader resolves reads, then [`parse`] it. Returns the mount's
+/// storage id — what the secret is keyed and sealed under — with the command. A path under no
+/// mount is Vault's 404 `no handler for route`.
+pub fn parse_on(
+    req: &ApiRequest,
+    mounts: &Mounts,
+    default: &DefaultMount,
+    max_value_bytes: usize,
+) -> Result<(String, Command), ApiError> {
+    let rel = req.path.strip_prefix("v1/").unwrap_or(&req.path);
+    let Some(m) = mounts.resolve(default, rel) else { return Err(ApiError::no_route(rel)) };
+    Ok((m.record.storage.clone(), parse(req, m.path, m.rest, max_value_bytes)?))
+}
+
+/// Parse a write to the KV mount at `mount` (its path) into a [`Command`]; `rest` is what
+/// follows the mount's path (`data/app/db`).
+pub fn parse(req: &ApiRequest, mount: &str, rest: &str, max_value_bytes: usize) -> Result<Command, ApiError> {
+    let (endpoint, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if endpoint.is_empty() {
+        return Err(ApiError::unsupported_path());
     }
-    let Some(&endpoint) = segs.get(1) else { return Err(ApiError::unsupported_path()) };
-    let path = segs.get(2..).map(|s| s.join("/")).unwrap_or_default();
-    if segs[2..].iter().any(|s| *s == "." || *s == "..") {
+    let path = path.to_string();
+    if path.split('/').any(|s| s == "." || s == "..") {
         return Err(ApiError::relative_path());
     }
     let method = req.method.as_str();
+    if endpoint == "config" && path.is_empty() && matches!(method, "POST" | "PUT") {
+        return crate::mounts::parse_config_write(req, mount);
+    }
     match (endpoint, method) {
         ("data", "POST" | "PUT" | "PATCH" | "DELETE")
         | ("delete" | "undelete" | "destroy", "POST" | "PUT")
-        | ("metadata", "POST" | "PUT" | "DELETE") => {}
+        | ("metadata", "POST" | "PUT" | "PATCH" | "DELETE") => {}
         ("data" | "delete" | "undelete" | "destroy" | "metadata" | "config", _) => {
             return Err(ApiError::method_not_allowed());
         }
@@ -279,13 +316,7 @@ pub fn parse(req: &ApiRequest, mount: &str, max_value_bytes: usize) -> Result<Co
             Ok(Command::Put { path, data, cas })
         }
         ("data", "PATCH") => {
-            let ct = req.content_type.as_deref().unwrap_or("");
-            if !ct.starts_with("application/merge-patch+json") {
-                return Err(ApiError::new(
-                    415,
-                    format!("PATCH requires Content-Type of application/merge-patch+json, provided {ct}"),
-                ));
-            }
+            merge_patch_content_type(req)?;
             let (patch, cas) = parse_data_and_cas(&parse_json(&req.body)?)?;
             Ok(Command::Patch { path, patch, cas })
         }
@@ -300,8 +331,55 @@ pub fn parse(req: &ApiRequest, mount: &str, max_value_bytes: usize) -> Result<Co
             Ok(Command::DestroyVersions { path, versions: parse_versions(&parse_json(&req.body)?, endpoint)? })
         }
         ("metadata", "DELETE") => Ok(Command::DeleteMetadata { path }),
+        ("metadata", "PATCH") => {
+            merge_patch_content_type(req)?;
+            Ok(Command::PatchMetadata { path, patch: parse_metadata_patch(&parse_json(&req.body)?)? })
+        }
         _ => Ok(Command::UpdateMetadata { path, update: parse_metadata(&parse_json(&req.body)?)? }),
     }
+}
+
+/// A PATCH must say it carries a JSON merge patch (415 otherwise, as Vault).
+fn merge_patch_content_type(req: &ApiRequest) -> Result<(), ApiError> {
+    let ct = req.content_type.as_deref().unwrap_or("");
+    if ct.starts_with("application/merge-patch+json") {
+        return Ok(());
+    }
+    Err(ApiError::new(415, format!("PATCH requires Content-Type of application/merge-patch+json, provided {ct}")))
+}
+
+/// The fields of a `PATCH metadata/:path`, decoded like [`parse_metadata`]'s, except that a
+/// `null` field changes nothing and a `null` custom-metadata value removes its key.
+fn parse_metadata_patch(body: &Map<String, Value>) -> Result<MetadataPatch, ApiError> {
+    let present = |k: &str| body.get(k).filter(|v| !v.is_null());
+    let mut plain = Map::new();
+    for k in ["max_versions", "cas_required", "delete_version_after"] {
+        if let Some(v) = present(k) {
+            plain.insert(k.to_string(), v.clone());
+        }
+    }
+    let u = parse_metadata(&plain)?;
+    let mut patch = MetadataPatch {
+        max_versions: u.max_versions,
+        cas_required: u.cas_required,
+        delete_version_after_secs: u.delete_version_after_secs,
+        custom_metadata: BTreeMap::new(),
+    };
+    if let Some(v) = present("custom_metadata") {
+        let Value::Object(m) = v else {
+            return Err(field_error(
+                "custom_metadata",
+                format!("'' expected type 'map[string]interface {{}}', got unconvertible type '{}'", go_type(v)),
+            ));
+        };
+        let (removed, set): (Map<String, Value>, Map<String, Value>) =
+            m.clone().into_iter().partition(|(_, v)| v.is_null());
+        // The values set are checked as a write's custom metadata is.
+        let set = if set.is_empty() { BTreeMap::new() } else { parse_custom_metadata(&Value::Object(set))? };
+        patch.custom_metadata.extend(removed.into_iter().map(|(k, _)| (k, None)));
+        patch.custom_metadata.extend(set.into_iter().map(|(k, v)| (k, Some(v))));
+    }
+    Ok(patch)
 }
 
 /// RFC 7386 JSON merge patch: `null` removes a key, objects merge recursively, anything else
@@ -350,7 +428,15 @@ mod tests {
         }
     }
     fn p(method: &str, path: &str, body: &str) -> Result<Command, ApiError> {
-        parse(&req(method, path, body), "secret", 100)
+        let mut mounts = Mounts::default();
+        let team = secretlog_schemas::mount::MountRecord::new_kv([1; 16], String::new(), 1);
+        mounts
+            .apply(&secretlog_schemas::Operation::PutMount { path: "team/kv".into(), record: team.encode() })
+            .unwrap();
+        let (storage, cmd) = parse_on(&req(method, path, body), &mounts, &DefaultMount::new("secret"), 100)?;
+        let expected = if path.starts_with("v1/team/kv/") { team.storage } else { "secret".to_string() };
+        assert_eq!(storage, expected, "{path}");
+        Ok(cmd)
     }
 
     #[test]
@@ -520,7 +606,53 @@ mod tests {
             "no handler for route \"nomount/data/x\". route entry not found."
         );
         assert_eq!(p("DELETE", "v1/secret/destroy/x", "").unwrap_err().status, 405);
-        assert_eq!(p("POST", "v1/secret/config", "{}").unwrap_err().status, 405);
+        assert_eq!(p("GET", "v1/secret/config", "").unwrap_err().status, 405);
+        assert!(
+            matches!(p("POST", "v1/secret/config", "{}").unwrap(), Command::Mount { path, .. } if path == "secret")
+        );
+    }
+
+    #[test]
+    fn writes_resolve_to_the_mount_serving_them() {
+        assert_eq!(
+            p("PUT", "v1/team/kv/data/x", r#"{"data":{}}"#).unwrap(),
+            Command::Put { path: "x".into(), data: Map::new(), cas: None }
+        );
+        assert_eq!(
+            err(p("PUT", "v1/team/data/x", r#"{"data":{}}"#)),
+            "no handler for route \"team/data/x\". route entry not found."
+        );
+        let Command::Mount { path, change: crate::mounts::MountChange::Config(c) } =
+            p("PUT", "v1/team/kv/config", r#"{"max_versions":"3","cas_required":"false","delete_version_after":"1h"}"#)
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(path, "team/kv");
+        assert_eq!((c.max_versions, c.cas_required, c.delete_version_after_secs), (Some(3), Some(false), Some(3600)));
+    }
+
+    #[test]
+    fn a_metadata_patch_merges_custom_metadata_and_null_removes_a_key() {
+        let patch = |body: &str, ct: &str| {
+            let mut r = req("PATCH", "v1/secret/metadata/a/b", body);
+            r.content_type = Some(ct.into());
+            parse(&r, "secret", "metadata/a/b", 100)
+        };
+        let Command::PatchMetadata { path, patch: m } = patch(
+            r#"{"custom_metadata":{"team":"t","old":null},"delete_version_after":"1h0m0s","max_versions":null}"#,
+            "application/merge-patch+json",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(path, "a/b");
+        assert_eq!(m.delete_version_after_secs, Some(3600));
+        assert_eq!(m.max_versions, None, "null changes nothing");
+        assert_eq!(m.cas_required, None);
+        assert_eq!(m.custom_metadata, BTreeMap::from([("old".into(), None), ("team".into(), Some("t".into()))]));
+        assert_eq!(patch("{}", "application/json").unwrap_err().status, 415);
+        assert_eq!(patch(r#"{"custom_metadata":"x"}"#, "application/merge-patch+json").unwrap_err().status, 400);
     }
 
     #[test]

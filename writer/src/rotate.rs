@@ -154,7 +154,10 @@ fn body(req: &ApiRequest) -> Result<Value, ApiError> {
 /// Queue `cmd` and wait for its answer.
 async fn submit(queue: &mpsc::Sender<Pending>, cmd: Command, timeout: Duration) -> Result<ApiResponse, ApiError> {
     let (tx, rx) = oneshot::channel();
-    queue.send(Pending { cmd, reply: tx }).await.map_err(|_| ApiError::unavailable("writer stopped"))?;
+    queue
+        .send(Pending { mount: String::new(), cmd, reply: tx })
+        .await
+        .map_err(|_| ApiError::unavailable("writer stopped"))?;
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(_)) => Err(ApiError::unavailable("writer stopped before answering")),
@@ -338,15 +341,17 @@ async fn rewrap_step(
     let started = Instant::now();
     let step = usize::try_from(rate).unwrap_or(usize::MAX).clamp(1, REWRAP_STEP);
     let older = |v: &[u8]| SealedValue::term_of(v).is_some_and(|t| t < active);
-    let (values, next) = ctx.store.values_after(&ctx.mount, after.as_deref(), step, older).await?;
+    // Every mount's values, those of disabled mounts too: each counts against retiring its term.
+    let (values, next) = ctx.store.values_after("", after.as_deref(), step, older).await?;
     let pass_ended = next.is_none();
     *after = next;
-    let mut by_path: BTreeMap<String, Vec<Rewrapped>> = BTreeMap::new();
+    // Keyed by (storage id, path): the same path in two mounts is two secrets.
+    let mut by_path: BTreeMap<(String, String), Vec<Rewrapped>> = BTreeMap::new();
     let n = values.len();
     for v in values {
-        let sctx = SealContext { mount: &ctx.mount, path: &v.path, version: v.version };
+        let sctx = SealContext { mount: &v.mount, path: &v.path, version: v.version };
         match SealedValue::decode(&v.sealed).and_then(|s| s.reseal(&ctx.keyring, &sctx)) {
-            Ok(new) => by_path.entry(v.path).or_default().push(Rewrapped {
+            Ok(new) => by_path.entry((v.mount, v.path)).or_default().push(Rewrapped {
                 version: v.version,
                 replaces: Rewrapped::digest(&v.sealed),
                 sealed: new.encode(),
@@ -357,11 +362,11 @@ async fn rewrap_step(
         }
     }
     let mut waiting = Vec::with_capacity(by_path.len());
-    for (path, values) in by_path {
+    for ((mount, path), values) in by_path {
         let (tx, rx) = oneshot::channel();
         tokio::select! {
             _ = cancel.cancelled() => return Ok(Step::Idle),
-            sent = queue.send(Pending { cmd: Command::Rewrap { path, values }, reply: tx }) => {
+            sent = queue.send(Pending { mount, cmd: Command::Rewrap { path, values }, reply: tx }) => {
                 sent.map_err(|_| ApiError::unavailable("writer stopped"))?;
             }
         }

@@ -43,7 +43,8 @@ fn request_parsing_survives_generated_requests() {
             req.query.insert("version".into(), String::from_utf8_lossy(&m.bytes(4)).into_owned());
         }
         let _ = need(&req, Some("secret"), |_| m.below(2) == 0);
-        match secretlog_writer::request::parse(&req, "secret", 64 * 1024) {
+        let (mounts, default) = (Default::default(), secretlog_reader::mounts::DefaultMount::new("secret"));
+        match secretlog_writer::request::parse_on(&req, &mounts, &default, 64 * 1024) {
             Ok(_) => ok += 1,
             Err(e) => {
                 refused += 1;

@@ -24,7 +24,8 @@ pub struct TokenRecord {
     pub expire_ms: Option<i64>,
     /// Renewals never extend past this; `None` unbounded.
     pub max_expire_ms: Option<i64>,
-    /// The period a renewal extends it by.
+    /// Its TTL when created (lookups' `creation_ttl`); a renewal without an increment extends it
+    /// by this until it was renewed with one ([`TokenRecord::renewal_secs`]).
     pub ttl_secs: u64,
     pub renewable: bool,
     /// Whether its own lookup, renewal and revocation are decided by its policies (the `default`
@@ -41,11 +42,19 @@ pub struct TokenRecord {
     /// Client addresses (CIDR blocks) it may be used from; empty: anywhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bound_cidrs: Vec<String>,
+    /// The lifetime its last renewal gave it, seconds; `None` until renewed. A renewal without an
+    /// increment gives it again, as Vault's does (its lease keeps the last TTL granted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_ttl_secs: Option<u64>,
 }
 
 impl TokenRecord {
     pub fn expired(&self, now_ms: i64) -> bool {
         self.expire_ms.is_some_and(|e| e <= now_ms)
+    }
+    /// What a renewal without an increment extends it by: the lifetime it was last given.
+    pub fn renewal_secs(&self) -> u64 {
+        self.renewed_ttl_secs.unwrap_or(self.ttl_secs)
     }
     /// Seconds left, 0 for a token that never expires.
     pub fn ttl_left(&self, now_ms: i64) -> i64 {

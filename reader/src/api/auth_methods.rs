@@ -118,7 +118,7 @@ fn mount_json(r: &AuthMountRecord, builtin: bool) -> Value {
         "description": r.description,
         "external_entropy_access": false,
         "local": false,
-        "options": if builtin { Value::Null } else { json!({}) },
+        "options": if builtin { Value::Null } else { json!(r.options) },
         "plugin_version": "",
         "running_plugin_version": format!("v{}+builtin.secretlog", env!("CARGO_PKG_VERSION")),
         "running_sha256": "",

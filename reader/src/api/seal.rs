@@ -224,6 +224,16 @@ pub struct SealStatus {
     pub shares: u8,
     pub progress: usize,
     pub nonce: String,
+    /// The cluster's id ([`cluster_id`]); shown once unsealed, as Vault does.
+    pub cluster_id: Option<String>,
+}
+
+/// This cluster's id, as `seal-status` shows it once unsealed: a UUID derived from the root key
+/// through a keyed hash (so it tells nothing about the key), the same on every node of the
+/// cluster and across restarts, and another for a cluster with another root key.
+pub fn cluster_id(keyring: &Keyring) -> String {
+    let h = hex::encode(keyring.secret_hash("sys/seal-status/cluster_id"));
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 impl SealStatus {
@@ -236,14 +246,15 @@ impl SealStatus {
                 shares: u.config.shares,
                 progress: if sealed { u.progress() } else { 0 },
                 nonce: if sealed { u.nonce.clone() } else { String::new() },
+                cluster_id: None,
             },
-            None => SealStatus { sealed, threshold: 1, shares: 1, progress: 0, nonce: String::new() },
+            None => SealStatus { sealed, threshold: 1, shares: 1, progress: 0, nonce: String::new(), cluster_id: None },
         }
     }
 
     /// Vault's seal-status body.
     pub fn body(&self) -> Value {
-        json!({
+        let mut body = json!({
             "type": "shamir",
             "initialized": true,
             "sealed": self.sealed,
@@ -257,7 +268,11 @@ impl SealStatus {
             "cluster_name": "secretlog",
             "recovery_seal": false,
             "storage_type": "kafka",
-        })
+        });
+        if let Some(id) = &self.cluster_id {
+            body["cluster_id"] = json!(id);
+        }
+        body
     }
 }
 
@@ -429,6 +444,19 @@ mod tests {
         assert_eq!((b["sealed"].clone(), b["progress"].clone()), (json!(false), json!(0)));
         let b = SealStatus::of(false, None).body();
         assert_eq!((b["t"].clone(), b["n"].clone()), (json!(1), json!(1)));
+        assert!(b.get("cluster_id").is_none(), "no cluster id unless given (a sealed node has none)");
+    }
+
+    #[test]
+    fn the_cluster_id_is_a_uuid_of_the_root_key_the_same_on_every_node() {
+        let (key, _, _) = setup();
+        let id = cluster_id(&Keyring::from_root(&key));
+        assert_eq!(id, cluster_id(&Keyring::from_root(&key)), "stable: every node derives the same");
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        assert_ne!(id, cluster_id(&Keyring::from_root(&RootKey::generate())), "another cluster, another id");
+        let mut status = SealStatus::of(false, None);
+        status.cluster_id = Some(id.clone());
+        assert_eq!(status.body()["cluster_id"], json!(id));
     }
 
     #[test]

@@ -183,13 +183,14 @@ async fn capabilities(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse
     Ok(legacy(req, data))
 }
 
-/// `sys/leader`, as a node with role `is_self` (the active writer) and the leader the log
-/// announced answers it. Unauthenticated, as in Vault.
-pub fn leader(is_self: bool, leader_url: Option<&str>) -> ApiResponse {
+/// `sys/leader`, as a node with role `is_self` (the active writer, leading since `active_ms`)
+/// and the leader the log announced answers it. Unauthenticated, as in Vault.
+pub fn leader(is_self: bool, leader_url: Option<&str>, active_ms: Option<i64>) -> ApiResponse {
     let body = json!({
         "ha_enabled": true,
         "is_self": is_self,
-        "active_time": "0001-01-01T00:00:00Z",
+        // Go's zero time, as a Vault standby answers it.
+        "active_time": active_ms.map_or_else(|| "0001-01-01T00:00:00Z".to_string(), |ms| super::response::vault_time(Some(ms))),
         "leader_address": leader_url.unwrap_or(""),
         "leader_cluster_address": leader_url.unwrap_or(""),
         "performance_standby": false,

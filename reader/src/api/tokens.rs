@@ -32,9 +32,14 @@ pub fn lookup_data(record: &TokenRecord) -> serde_json::Value {
     })
 }
 
-/// `GET /v1/auth/token/lookup-self` for a (non-root) token.
+/// `GET /v1/auth/token/lookup-self` for a (non-root) token: its lookup data with `id`, the
+/// caller's own token, as Vault answers it — Vault Agent's `token_file` auto-auth reads the token
+/// back from there. Nothing is revealed that the caller does not hold already; the lookup of
+/// another token and the accessor lookups keep leaving `id` out (docs/compatibility.md#token-echo).
 pub fn lookup_response(req: &ApiRequest, record: &TokenRecord) -> ApiResponse {
-    ApiResponse::data(&req.request_id, lookup_data(record))
+    let mut data = lookup_data(record);
+    data["id"] = json!(req.token.as_deref().unwrap_or(""));
+    ApiResponse::data(&req.request_id, data)
 }
 
 /// `GET /v1/sys/policies/acl/:name` and `LIST /v1/sys/policies/acl`.
@@ -54,5 +59,39 @@ pub async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiRespo
     match super::auth::policy_text(ctx, &name).await? {
         Some(text) => Ok(ApiResponse::data(&req.request_id, json!({ "name": name, "policy": text }))),
         None => Err(ApiError::not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> TokenRecord {
+        TokenRecord {
+            accessor: "acc".into(),
+            policies: vec!["app".into(), "default".into()],
+            created_ms: now_ms(),
+            expire_ms: Some(now_ms() + 3_600_000),
+            ttl_secs: 3600,
+            renewable: true,
+            ..Default::default()
+        }
+    }
+
+    fn body(resp: &ApiResponse) -> serde_json::Value {
+        serde_json::from_slice(&resp.body).expect("a JSON body")
+    }
+
+    #[test]
+    fn lookup_self_answers_the_callers_own_token_as_id() {
+        let req = ApiRequest { token: Some("hvs.mine".into()), ..ApiRequest::default() };
+        let b = body(&lookup_response(&req, &record()));
+        assert_eq!(b["data"]["id"], json!("hvs.mine"), "Vault Agent reads its token back from data.id");
+        assert_eq!(b["data"]["accessor"], json!("acc"));
+    }
+
+    #[test]
+    fn the_lookup_of_another_token_has_no_id() {
+        assert!(lookup_data(&record()).get("id").is_none());
     }
 }

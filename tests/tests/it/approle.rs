@@ -202,6 +202,12 @@ async fn approle_and_userpass_logins_through_a_reader_give_tokens_every_node_hon
     assert_eq!(a.body["auth"]["metadata"], json!({"username": "alice"}));
     let alice = token_of(&a);
     assert_eq!(send(&r, "GET", "secret/data/app/db", Some(&alice), index.as_deref(), None).await.status, 200);
+    // A token sent with a login is ignored there, as in Vault, even one that is no token.
+    for base in [&r, &w] {
+        let body = Some(json!({"password": "correct horse"}));
+        let a = wr!(base, "POST", "auth/people/login/alice", Some("hvs.not-a-token"), body, 200);
+        assert_eq!(a.body["auth"]["metadata"], json!({"username": "alice"}), "{base}");
+    }
     // A wrong password and an unknown user get the same answer.
     for who in ["alice", "bob"] {
         let a = wr!(r, "POST", &format!("auth/people/login/{who}"), None, Some(json!({"password": "wrong"})), 400);

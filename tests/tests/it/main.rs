@@ -15,6 +15,7 @@ mod kafka_auth;
 mod kafka_faults;
 mod kv_api;
 mod metrics;
+mod mounts;
 mod openbao;
 mod recovery;
 mod replication;

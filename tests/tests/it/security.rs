@@ -46,15 +46,26 @@ async fn missing_wrong_expired_and_revoked_tokens_are_refused_on_writers_and_rea
     }
     put_policy(&s, "app", POLICY).await;
 
-    // A live token reads on both; lookup-self shows its policies, never the token.
+    // A live token reads on both; lookup-self shows its policies and the caller's own token (as
+    // `id`, which Vault Agent reads); the lookup of it by another token never shows it.
     let (live, i) = token(&s, json!({ "policies": ["app"], "ttl": "1h" })).await;
     for url in nodes {
         let a = call("GET", &format!("{url}/v1/secret/data/app/x"), Some(&live), Some(&i), None).await;
         assert_eq!(a.status, 200, "{url}: {:?}", a.body);
         let me = call("GET", &format!("{url}/v1/auth/token/lookup-self"), Some(&live), Some(&i), None).await;
         assert_eq!(me.body["data"]["policies"], json!(["app", "default"]), "{url}");
-        assert!(!me.body.to_string().contains(&live), "lookup-self must not echo the token");
+        assert_eq!(me.body["data"]["id"], json!(live), "{url}: lookup-self answers the caller's own token");
     }
+    let other = call(
+        "POST",
+        &format!("{}/v1/auth/token/lookup", s.writer.url),
+        Some(&s.token),
+        Some(&i),
+        Some(json!({ "token": live })),
+    )
+    .await;
+    assert_eq!(other.status, 200, "{:?}", other.body);
+    assert!(!other.body.to_string().contains(&live), "the lookup of another token must not echo it");
 
     // Expired: a 2 s token stops working everywhere, by each node's own clock.
     let (short, i) = token(&s, json!({ "policies": ["app"], "ttl": 2 })).await;

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::{Answer, Stack, StackOpts, shared};
+use crate::harness::{Answer, Stack, StackOpts, call, shared};
 use crate::openbao::OpenBao;
 use recorder::{Exchange, Recorder};
 
@@ -306,8 +306,9 @@ const DURATIONS: [&str; 4] = ["ttl", "creation_ttl", "lease_duration", "explicit
 /// docs/compatibility.md#error-messages does not compare either).
 fn canonical(step: &Step, out: &CliOut, exchanges: &[Exchange], addr: &str, openbao: bool) -> Value {
     let text = |s: &str| s.replace(addr, "$VAULT_ADDR");
+    let own_lookup = exchanges.iter().any(|e| e.target.starts_with("/v1/auth/token/lookup-self"));
     let stdout = match serde_json::from_str::<Value>(&out.stdout) {
-        Ok(v) => canonical_json(step, v, openbao),
+        Ok(v) => canonical_json(step, v, openbao, own_lookup),
         Err(_) => Value::String(text(&out.stdout)),
     };
     let stderr = text(&out.stderr).replace("* 1 error occurred:\n\t* ", "* ").trim_end().to_string();
@@ -316,12 +317,13 @@ fn canonical(step: &Step, out: &CliOut, exchanges: &[Exchange], addr: &str, open
     json!({ "requests": requests, "exit": out.code, "stdout": stdout, "stderr": stderr })
 }
 
-fn canonical_json(step: &Step, v: Value, openbao: bool) -> Value {
+/// `own_lookup`: the CLI asked `auth/token/lookup-self`.
+fn canonical_json(step: &Step, v: Value, openbao: bool, own_lookup: bool) -> Value {
     // The KV rules: request ids, `mount_type`, OpenBao's metadata CAS fields, error wording,
     // times by order (docs/compatibility.md#response-envelope, #openbao-extensions,
     // #timestamps, #error-messages).
     let mut v = crate::differential::compare::canonical(&Answer { status: 0, index: None, body: v })["body"].take();
-    normalise(&mut v, openbao, step.is_renewal());
+    normalise(&mut v, openbao, step.is_renewal(), own_lookup);
     if let Value::Object(m) = &mut v {
         // `secrets list` and `auth list`: OpenBao's built-in `cubbyhole/` and `identity/`
         // engines, which secretlog does not have (no per-token storage, no identity store).
@@ -332,7 +334,7 @@ fn canonical_json(step: &Step, v: Value, openbao: bool) -> Value {
     v
 }
 
-fn normalise(v: &mut Value, openbao: bool, renewal: bool) {
+fn normalise(v: &mut Value, openbao: bool, renewal: bool, own_lookup: bool) {
     match v {
         Value::Object(m) => {
             for k in BY_PRESENCE {
@@ -353,10 +355,20 @@ fn normalise(v: &mut Value, openbao: bool, renewal: bool) {
             if m.get("creation_time").is_some_and(Value::is_number) {
                 m.insert("creation_time".into(), json!("<unix time>"));
             }
+            if m.contains_key("creation_ttl")
+                && own_lookup
+                && let Some(Value::String(id)) = m.get_mut("id")
+                && !id.is_empty()
+            {
+                // docs/compatibility.md#token-echo: `lookup-self` answers the caller's own token,
+                // on both: by presence.
+                *id = "<id>".into();
+            }
             if openbao {
-                // docs/compatibility.md#token-echo: no `id` in lookups, an empty `client_token`
-                // from renewals.
-                if m.contains_key("creation_ttl") {
+                // docs/compatibility.md#token-echo: no `id` in the lookup of another token (an
+                // empty one from OpenBao's accessor lookup), an empty `client_token` from
+                // renewals.
+                if m.contains_key("creation_ttl") && !own_lookup {
                     m.remove("id");
                 }
                 if renewal && m.contains_key("client_token") {
@@ -383,10 +395,10 @@ fn normalise(v: &mut Value, openbao: bool, renewal: bool) {
                 m.remove("orphan");
             }
             for (_, v) in m.iter_mut() {
-                normalise(v, openbao, renewal);
+                normalise(v, openbao, renewal, own_lookup);
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|v| normalise(v, openbao, renewal)),
+        Value::Array(a) => a.iter_mut().for_each(|v| normalise(v, openbao, renewal, own_lookup)),
         _ => {}
     }
 }
@@ -619,8 +631,19 @@ async fn status_reports_the_leader(via: Via) {
     assert_eq!(v["sealed"], json!(false), "{v}");
     assert_eq!(v["initialized"], json!(true), "{v}");
     assert_eq!(v["ha_enabled"], json!(true), "secretlog's writers elect a leader: {v}");
-    assert_eq!(v["is_self"], json!(via == Via::Leader), "{v}");
+    // The CLI leaves `is_self: false` out (Go's `omitempty`), as it does against a Vault standby.
+    assert_eq!(v["is_self"].as_bool().unwrap_or(false), via == Via::Leader, "{v}");
     assert!(v["leader_address"].as_str().is_some_and(|a| !a.is_empty()), "the leader's address: {v}");
+    // Without a token, as in Vault; and one cluster id, whichever node answers.
+    let leader = call("GET", &format!("{url}/v1/sys/leader"), None, None, None).await;
+    assert_eq!((leader.status, leader.body["is_self"].clone()), (200, json!(via == Via::Leader)), "{:?}", leader.body);
+    let mut ids = Vec::new();
+    for node in std::iter::once(&stack.writer.url).chain(stack.readers.iter().map(|r| &r.url)) {
+        let s = call("GET", &format!("{node}/v1/sys/seal-status"), None, None, None).await;
+        assert_eq!(s.status, 200, "{node}: {:?}", s.body);
+        ids.push(s.body["cluster_id"].as_str().unwrap_or("").to_string());
+    }
+    assert!(ids.iter().all(|id| !id.is_empty() && *id == ids[0]), "every node shows the same cluster id: {ids:?}");
 }
 
 /// One test per command group and node: `through_the_leader::<group>` and `through_a_reader::<group>`.

@@ -5,12 +5,12 @@ use secretlog_reader::api::ApiError;
 use serde_json::Value;
 
 /// 400 for a field whose value does not decode, worded as Vault's request framework words it.
-pub(super) fn field_error(field: &str, detail: impl std::fmt::Display) -> ApiError {
+pub(crate) fn field_error(field: &str, detail: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("error converting input for field \"{field}\": {detail}"))
 }
 
 /// The Go type a JSON value decodes to, for messages.
-pub(super) fn go_type(v: &Value) -> &'static str {
+pub(crate) fn go_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "<nil>",
         Value::Bool(_) => "bool",
@@ -23,7 +23,7 @@ pub(super) fn go_type(v: &Value) -> &'static str {
 
 /// An integer field, decoded as Vault decodes one (Go's weak typing): integers and decimal
 /// strings; `""`, `null` and `false` are 0, `true` is 1. Fractions are refused.
-pub(super) fn go_int(v: &Value) -> Result<i64, String> {
+pub(crate) fn go_int(v: &Value) -> Result<i64, String> {
     let syntax = || "cannot parse value as 'int': strconv.ParseInt: invalid syntax".to_string();
     match v {
         Value::Null => Ok(0),
@@ -42,7 +42,7 @@ pub(super) fn go_int(v: &Value) -> Result<i64, String> {
 
 /// A boolean field, decoded as Vault decodes one: booleans, and the strings and numbers Go's
 /// `strconv.ParseBool` takes ("true", "t", "1", "false", "f", "0"...); `""` and `null` are false.
-pub(super) fn go_bool(v: &Value) -> Result<bool, String> {
+pub(crate) fn go_bool(v: &Value) -> Result<bool, String> {
     let text = match v {
         Value::Null => return Ok(false),
         Value::Bool(b) => return Ok(*b),
@@ -63,7 +63,7 @@ pub(super) fn go_bool(v: &Value) -> Result<bool, String> {
 /// A duration in seconds, as Vault's `TypeDurationSecond` reads one: a number or numeric string
 /// of seconds, `"<n>d"` days, or a Go duration (`"1h30m"`, `"1.5h"`, `"90s"`), truncated to
 /// whole seconds. `""` is 0; negative values are refused.
-pub(super) fn go_duration_secs(field: &str, v: &Value) -> Result<u64, ApiError> {
+pub(crate) fn go_duration_secs(field: &str, v: &Value) -> Result<u64, ApiError> {
     let text = match v {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
@@ -85,7 +85,7 @@ pub(super) fn go_duration_secs(field: &str, v: &Value) -> Result<u64, ApiError> 
 }
 
 /// Go's `time.ParseDuration`, in nanoseconds, with its error messages.
-pub(super) fn go_parse_duration(orig: &str) -> Result<i128, String> {
+pub(crate) fn go_parse_duration(orig: &str) -> Result<i128, String> {
     let invalid = || format!("time: invalid duration {orig:?}");
     let (neg, mut s) = match orig.as_bytes().first() {
         Some(b'-') => (true, &orig[1..]),

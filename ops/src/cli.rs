@@ -110,6 +110,22 @@ enum KafkaCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch the broker jars into the cache (with Maven, once per machine) and print their
+    /// directory: the class path `kafka up` runs, and what compose/kafka's image copies.
+    Jars,
+    /// Create the mutation topic on a running cluster (RF 3, min ISR 2, no unclean election), as
+    /// `kafka up` does on its own brokers; a topic that exists is left alone.
+    CreateTopic {
+        /// Brokers of the cluster.
+        #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:19092")]
+        bootstrap_servers: String,
+        /// Topic to create.
+        #[arg(long, default_value = secretlog_schemas::topic::MUTATIONS_TOPIC)]
+        topic: String,
+        /// Partitions of a topic created here.
+        #[arg(long, default_value_t = secretlog_schemas::topic::DEFAULT_PARTITIONS)]
+        partitions: i32,
+    },
 }
 
 /// Entry point of the `secretlog` binary.
@@ -196,6 +212,17 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     cfg.sasl_ssl_bootstrap_servers(),
                     cfg.ssl_ca_file().display()
                 );
+                Ok(())
+            }
+            KafkaCmd::Jars => {
+                let cfg = KafkaConfig::new(".");
+                crate::kafka::ensure_jars(&cfg)?;
+                println!("{}", cfg.libs_dir().display());
+                Ok(())
+            }
+            KafkaCmd::CreateTopic { bootstrap_servers, topic, partitions } => {
+                ensure_topic(&bootstrap_servers, &topic, partitions).await?;
+                println!("topic {topic} is there on {bootstrap_servers}");
                 Ok(())
             }
             KafkaCmd::Down { dir: DataDir { data_dir } } => {

@@ -450,7 +450,7 @@ pub fn sasl_password(cfg: &KafkaConfig) -> Result<String, KafkaError> {
 
 /// Fetch the broker jars with Maven unless `<cache>/libs/kafka_2.13-4.1.1.jar` exists. Maven
 /// writes into a private temp dir that is renamed to `libs` only after it succeeded.
-pub(crate) fn ensure_jars(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+pub fn ensure_jars(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     let libs = cfg.libs_dir();
     if libs.join(MARKER_JAR).is_file() {
         return Ok(());

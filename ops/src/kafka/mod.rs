@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use client::ensure_topic;
-pub use config::{DEFAULT_BASE_PORT, KAFKA_VERSION, KafkaConfig, NODE_IDS};
+pub use config::{DEFAULT_BASE_PORT, KAFKA_VERSION, KafkaConfig, NODE_IDS, ensure_jars};
 use process::{Mode, Node, kill_pid, live_pid, terminate};
 
 /// How long a node may take from spawn to an open client port (JVM start, KRaft election,

@@ -34,6 +34,9 @@ pub enum MountChange {
     Config(KvConfigUpdate),
     /// `secrets disable`: nothing to do if nothing is mounted there.
     Disable,
+    /// A restore: mount exactly this record (its storage id, accessor and uuid) at the path,
+    /// replacing what is there; refused if the path overlaps another live mount.
+    Put(MountRecord),
 }
 
 /// The fields of a `secrets tune`; `None` leaves a field as it is.
@@ -249,6 +252,14 @@ pub fn decide(
                 next.kv.delete_version_after_secs = s;
             }
             Ok((next != *current).then(|| put(&next)))
+        }
+        MountChange::Put(record) => {
+            if let Some(taken) = mounts.live(default).keys().find(|p| **p != path && overlaps(p, path)) {
+                return Err(ApiError::bad_request(format!(
+                    "cannot mount {path}/ again: the path overlaps the mount at {taken}/"
+                )));
+            }
+            Ok((mounts.get(default, path) != Some(record)).then(|| put(record)))
         }
         MountChange::Disable => {
             Ok(mounts.get(default, path).is_some().then(|| Operation::DeleteMount { path: path.to_string() }))

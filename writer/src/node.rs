@@ -402,8 +402,8 @@ impl WriterNode {
             return crate::auth_methods::write(&app, &req, Some(&who)).await;
         }
         if req.path == crate::restore::RESTORE_PATH {
-            let cmds = crate::restore::parse(&req, &ctx.mount, &ctx.keyring)?;
-            return self.restore(&req, &ctx.mount, cmds).await;
+            let cmds = crate::restore::parse(&req, &ctx.mounts(), &ctx.default_mount, &ctx.keyring)?;
+            return self.restore(&req, cmds).await;
         }
         if crate::rotate::is_rotation_path(&req.path) {
             return crate::rotate::write(ctx, &req, &who, self.write_queue()?, &self.cfg).await;
@@ -480,16 +480,16 @@ impl WriterNode {
     async fn restore(
         &self,
         req: &ApiRequest,
-        mount: &str,
-        cmds: Vec<crate::request::Command>,
+        cmds: Vec<(String, crate::request::Command)>,
     ) -> Result<ApiResponse, ApiError> {
         let queue = self.write_queue()?;
-        let total = cmds.len();
-        let mut waiting = Vec::with_capacity(total);
-        for cmd in cmds {
+        let mounts = cmds.iter().filter(|(_, c)| matches!(c, crate::request::Command::Mount { .. })).count();
+        let total = cmds.len() - mounts;
+        let mut waiting = Vec::with_capacity(cmds.len());
+        for (mount, cmd) in cmds {
             let (tx, rx) = oneshot::channel();
             queue
-                .send(Pending { mount: mount.to_string(), cmd, reply: tx })
+                .send(Pending { mount, cmd, reply: tx })
                 .await
                 .map_err(|_| ApiError::unavailable("writer stopped before the restore was queued"))?;
             waiting.push(rx);
@@ -515,8 +515,11 @@ impl WriterNode {
                 }
             }
         }
-        tracing::info!(secrets = total, changed, "restore committed");
-        let mut resp = ApiResponse::data(&req.request_id, serde_json::json!({ "secrets": total, "appended": changed }));
+        tracing::info!(secrets = total, mounts, changed, "restore committed");
+        let mut resp = ApiResponse::data(
+            &req.request_id,
+            serde_json::json!({ "secrets": total, "mounts": mounts, "appended": changed }),
+        );
         if !index.0.is_empty() {
             resp.headers.push((HEADER_INDEX.to_string(), index.to_string()));
         }

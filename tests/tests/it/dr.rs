@@ -97,19 +97,30 @@ async fn snapshot_now(s: &Stack, rep: &Node) -> String {
     m["id"].as_str().expect("snapshot id").to_string()
 }
 
-/// Data and version of every path, as a reader answers it.
+/// Data and version of every path of the default mount, as a reader answers it.
 async fn read_all(url: &str, token: &str, paths: &[String], index: Option<&str>) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for p in paths {
-        let a = call("GET", &format!("{url}/v1/secret/data/{p}"), Some(token), index, None).await;
-        let v = if a.status == 200 {
-            json!({ "data": a.body["data"]["data"], "version": a.body["data"]["metadata"]["version"] })
-        } else {
-            json!({ "status": a.status })
-        };
-        out.insert(p.clone(), v);
+        out.insert(p.clone(), read(url, token, "secret", p, index).await);
     }
     out
+}
+
+/// Data and version of `path` in `mount`, or the status.
+async fn read(url: &str, token: &str, mount: &str, path: &str, index: Option<&str>) -> Value {
+    let a = call("GET", &format!("{url}/v1/{mount}/data/{path}"), Some(token), index, None).await;
+    if a.status == 200 {
+        json!({ "data": a.body["data"]["data"], "version": a.body["data"]["metadata"]["version"] })
+    } else {
+        json!({ "status": a.status })
+    }
+}
+
+/// A write through the leader that must succeed; returns its index.
+async fn write(s: &Stack, method: &str, path: &str, body: Option<Value>) -> Option<String> {
+    let a = call(method, &format!("{}/v1/{path}", s.writer.url), Some(&s.token), None, body).await;
+    assert!(a.status < 300, "{method} {path}: {} {}", a.status, a.body);
+    a.index
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,6 +285,96 @@ async fn restore_to_an_offset_gives_exactly_that_state_and_a_selective_restore_l
         let expected = if p.starts_with("app/") { &reads_b[p] } else { &before[p] };
         assert_eq!(&now[p], expected, "{p} after restoring only app/");
     }
+}
+
+/// A full point-in-time restore puts the mount table back with the secrets of every mount: a
+/// mount disabled since is mounted again (same accessor and uuid, same settings) with its secrets
+/// as they were, one enabled since is disabled, and one path in two mounts is two secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_in_time_restore_brings_back_every_mount_with_its_secrets() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "pitr-mounts", readers: 1, ..Default::default() }).await;
+    let reader = &s.readers[0];
+    let rep = s.new_replicator(&objects_url(&s), &[]);
+    rep.wait_health(200, Duration::from_secs(60)).await;
+    let kv2 = |description: &str| json!({ "type": "kv", "options": { "version": "2" }, "description": description });
+    let data = |g: &str| Some(json!({ "data": { "gen": g } }));
+
+    // A: a second mount with its own settings; the same path written in both mounts.
+    write(&s, "POST", "sys/mounts/team", Some(kv2("team kv"))).await;
+    write(&s, "POST", "team/config", Some(json!({ "max_versions": 3 }))).await;
+    write(&s, "POST", "team/data/x", data("a")).await;
+    write(&s, "POST", "secret/data/x", data("a")).await;
+    let snap = snapshot_now(&s, &rep).await;
+    // B: only in the archive.
+    write(&s, "POST", "team/data/x", data("b")).await;
+    let last = write(&s, "POST", "team/data/y", data("b")).await.expect("an index");
+    let _ = digest(&reader.url, &s.token, Some(&last)).await;
+    let at_b = applied(reader).await;
+    let secrets = [("secret", "x"), ("team", "x"), ("team", "y")];
+    let mut reads_b = Vec::new();
+    for (m, p) in secrets {
+        reads_b.push(read(&reader.url, &s.token, m, p, Some(&last)).await);
+    }
+    assert_eq!(reads_b[1], json!({ "data": { "gen": "b" }, "version": 2 }));
+    let mounts = |index: Option<String>| {
+        let url = format!("{}/v1/sys/mounts", reader.url);
+        let token = s.token.clone();
+        async move { call("GET", &url, Some(&token), index.as_deref(), None).await.body["data"].clone() }
+    };
+    let team_b = mounts(None).await["team/"].clone();
+    assert_eq!(team_b["description"], "team kv", "{team_b}");
+
+    // C: team disabled, a mount enabled, team enabled again (a new, empty mount), more writes.
+    write(&s, "DELETE", "sys/mounts/team", None).await;
+    write(&s, "POST", "sys/mounts/later", Some(kv2("later"))).await;
+    write(&s, "POST", "later/data/z", data("c")).await;
+    write(&s, "POST", "sys/mounts/team", Some(kv2("team again"))).await;
+    write(&s, "POST", "team/data/x", data("c")).await;
+    let last = write(&s, "POST", "secret/data/x", data("c")).await.expect("an index");
+    let _ = digest(&reader.url, &s.token, Some(&last)).await;
+    assert_eq!(read(&reader.url, &s.token, "team", "y", Some(&last)).await, json!({ "status": 404 }));
+    archived_up_to(&rep, &applied(reader).await).await;
+
+    let tf = token_file(&s);
+    let args = [
+        "restore",
+        "--snapshot",
+        &snap,
+        "--to-offset",
+        &at_b,
+        "--writer",
+        &s.writer.url,
+        "--replicator",
+        &rep.url,
+        "--token-file",
+        tf.to_str().unwrap(),
+        "--work-dir",
+        &work_dir(&s),
+        "--json",
+    ];
+    let (code, r, err) = cli(&s, &args, &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["mounts_restored"], json!(["team"]), "{r}");
+    assert_eq!(r["mounts_disabled"], json!(["later"]), "{r}");
+    assert_eq!(r["secrets_in_target_by_mount"], json!({ "secret": 1, "team": 2 }), "{r}");
+    let index = r["index"].as_str().expect("the restore's index").to_string();
+    for ((m, p), expected) in secrets.iter().zip(&reads_b) {
+        assert_eq!(&read(&reader.url, &s.token, m, p, Some(&index)).await, expected, "{m}/{p} after the restore");
+    }
+    let now = mounts(Some(index.clone())).await;
+    assert_eq!(now["team/"], team_b, "team/ is mounted again as it was");
+    assert!(now.get("later/").is_none(), "later/ was enabled after the restore point: {now}");
+    let config = call("GET", &format!("{}/v1/team/config", reader.url), Some(&s.token), Some(&index), None).await;
+    assert_eq!(config.body["data"]["max_versions"], 3, "{}", config.body);
+    let z = call("GET", &format!("{}/v1/later/data/z", reader.url), Some(&s.token), Some(&index), None).await;
+    assert_eq!(z.status, 404, "{}", z.body);
+
+    // Running it again changes nothing.
+    let (code, r, err) = cli(&s, &args, &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!((&r["restored"], &r["removed"]), (&json!(0), &json!(0)), "{r}");
+    assert_eq!((&r["mounts_restored"], &r["mounts_disabled"]), (&json!([]), &json!([])), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

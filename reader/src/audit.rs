@@ -149,6 +149,17 @@ impl Device {
         }
     }
 
+    /// Its path under `sys/audit`, type and options, as `GET sys/audit` lists it.
+    fn listing(&self) -> (String, &'static str, Value) {
+        match self {
+            Device::File(s) => {
+                let path = s.path().map(|p| p.display().to_string()).unwrap_or_default();
+                ("file".into(), "file", serde_json::json!({ "file_path": path }))
+            }
+            Device::Kafka(k) => ("kafka".into(), "kafka", serde_json::json!({ "topic": k.topic() })),
+        }
+    }
+
     /// What the sink is, for messages: `file /var/log/audit.log`, `kafka topic audit`.
     fn describe(&self) -> String {
         match self {
@@ -404,7 +415,10 @@ impl Auditor {
             return ApiError::unavailable(format!("audit log unavailable: {e}")).into();
         }
         let key = req.request_id.clone();
-        let resp = inner(req).await;
+        let resp = match self.answer(&req).await {
+            Some(resp) => resp,
+            None => inner(req).await,
+        };
         let entry = Entry {
             time: now(),
             kind: "response",
@@ -423,6 +437,33 @@ impl Auditor {
             .into();
         }
         resp
+    }
+
+    /// `GET sys/audit` and `sys/audit-hash/<device>`, answered with this node's devices (audited
+    /// like any request); `None` for every other request.
+    async fn answer(&self, req: &ApiRequest) -> Option<ApiResponse> {
+        let list = req.method == "GET" && req.path == "v1/sys/audit";
+        let hash =
+            crate::api::sys::audit_hash_device(&req.path).filter(|_| matches!(req.method.as_str(), "POST" | "PUT"));
+        if !list && hash.is_none() {
+            return None;
+        }
+        let Some(ctx) = &self.ctx else {
+            return Some(ApiError::unavailable("the node is sealed").into());
+        };
+        if let Err(e) = crate::api::auth::authorize(ctx, req).await {
+            return Some(e.into());
+        }
+        let listing: Vec<_> = self.sinks.iter().map(|d| d.listing()).collect();
+        if list {
+            return Some(crate::api::sys::audit_list(req, &listing));
+        }
+        let known = listing.iter().any(|(path, _, _)| Some(path.as_str()) == hash);
+        let hmac = |input: &[u8]| self.redactor.hmac(input);
+        Some(
+            crate::api::sys::audit_hash(req, known.then_some(&hmac as &dyn Fn(&[u8]) -> String))
+                .unwrap_or_else(Into::into),
+        )
     }
 
     /// Record one entry (`key`: the request id, which keeps a request's two entries in one

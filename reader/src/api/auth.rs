@@ -146,6 +146,10 @@ pub fn need(req: &ApiRequest, mount: Option<&str>, exists: impl FnOnce(&str) -> 
         // capability under the mount; see docs/compatibility.md).
         p if p.starts_with("v1/sys/internal/ui/mounts") && m == "GET" => Need::AnyToken,
         "v1/sys/capabilities-self" => Need::AnyToken,
+        "v1/sys/audit" if m == "GET" => Need::Cap("sys/audit".into(), Capability::Sudo),
+        p if p.starts_with(super::sys::AUDIT_HASH_PREFIX) => {
+            Need::Cap(p["v1/".len()..].trim_end_matches('/').to_string(), Capability::Update)
+        }
         "v1/sys/capabilities" => Need::Cap("sys/capabilities".into(), Capability::Update),
         // Vault's rule: reading the key status needs `read` on `sys/key-status`, not sudo.
         super::key_status::KEY_STATUS_PATH if m == "GET" => Need::Cap("sys/key-status".into(), Capability::Read),
@@ -264,6 +268,11 @@ mod tests {
         assert_eq!(n("POST", "v1/auth/token/create", true), Need::Cap("auth/token/create".into(), Capability::Update));
         assert_eq!(n("PUT", "v1/sys/policies/acl/p", true), Need::Cap("sys/policies/acl/p".into(), Capability::Update));
         assert_eq!(n("POST", "v1/sys/secretlog/restore", true), Need::Root);
+        assert_eq!(n("GET", "v1/sys/audit", true), Need::Cap("sys/audit".into(), Capability::Sudo));
+        assert_eq!(
+            n("POST", "v1/sys/audit-hash/file", true),
+            Need::Cap("sys/audit-hash/file".into(), Capability::Update)
+        );
         assert_eq!(n("GET", "v1/sys/key-status", true), Need::Cap("sys/key-status".into(), Capability::Read));
         assert_eq!(n("POST", "v1/sys/rotate", true), Need::Root);
         assert_eq!(n("POST", "v1/sys/key-status", true), Need::Root);

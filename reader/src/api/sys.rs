@@ -16,7 +16,46 @@ use super::{ApiError, ApiRequest, ApiResponse};
 /// Requests that are POSTs in Vault's API but change nothing: served where they arrive, never
 /// forwarded to the leader.
 pub fn is_read_only_post(path: &str) -> bool {
-    matches!(path, "v1/sys/capabilities-self" | "v1/sys/capabilities")
+    matches!(path, "v1/sys/capabilities-self" | "v1/sys/capabilities") || path.starts_with(AUDIT_HASH_PREFIX)
+}
+
+/// `sys/audit-hash/<device>`: the HMAC an audit device writes for an input.
+pub const AUDIT_HASH_PREFIX: &str = "v1/sys/audit-hash/";
+
+/// The device named by a `sys/audit-hash/<device>` path (`file`), without slashes.
+pub fn audit_hash_device(path: &str) -> Option<&str> {
+    path.strip_prefix(AUDIT_HASH_PREFIX).map(|d| d.trim_matches('/'))
+}
+
+/// `GET sys/audit`: the node's audit devices (`path/` → `type`, `description`, `options`,
+/// `local`, `path`), in Vault's shape.
+pub fn audit_list(req: &ApiRequest, devices: &[(String, &'static str, Value)]) -> ApiResponse {
+    let data = devices
+        .iter()
+        .map(|(path, kind, options)| {
+            let key = format!("{path}/");
+            let d = json!({ "description": "", "local": true, "options": options, "path": key, "type": kind });
+            (key, d)
+        })
+        .collect();
+    legacy(req, data)
+}
+
+/// `POST sys/audit-hash/<device>` with `{"input": ...}`: the hash the device writes for that input
+/// (`hash`: one entry `hmac-sha256:<hex>`), so an operator can find a token or value in the audit
+/// trail without the trail holding it. `hmac` is `None` when the node has no such device.
+pub fn audit_hash(req: &ApiRequest, hmac: Option<&dyn Fn(&[u8]) -> String>) -> Result<ApiResponse, ApiError> {
+    let device = audit_hash_device(&req.path).unwrap_or_default();
+    let Some(hmac) = hmac else {
+        return Err(ApiError::bad_request(format!("unknown audit backend {device}/")));
+    };
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let Some(input) = body.get("input").and_then(Value::as_str) else {
+        return Err(ApiError::bad_request("the input parameter is required (a string)"));
+    };
+    let mut data = Map::new();
+    data.insert("hash".into(), json!(hmac(input.as_bytes())));
+    Ok(legacy(req, data))
 }
 
 /// A mount as `sys/mounts` and `sys/internal/ui/mounts` show it (OpenBao's fields and order).
@@ -165,6 +204,10 @@ pub async fn read(ctx: &ReadContext, req: &ApiRequest) -> Result<Option<ApiRespo
             legacy(req, data)
         }
         ("POST" | "PUT", "capabilities-self" | "capabilities") => capabilities(ctx, req).await?,
+        // A node that audits answers these in its auditor (`crate::audit`); here it has no
+        // device.
+        ("GET", "audit") => audit_list(req, &[]),
+        ("POST" | "PUT", r) if r.starts_with("audit-hash/") => audit_hash(req, None)?,
         _ => return Ok(None),
     };
     Ok(Some(resp))

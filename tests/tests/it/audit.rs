@@ -90,6 +90,101 @@ async fn writes_and_reads_are_audited_without_plaintext_secrets_or_tokens() {
     assert!(!text.contains("v1/sys/health"), "{text}");
 }
 
+/// `GET sys/audit` lists a node's devices and `sys/audit-hash/<device>` gives the hash its trail
+/// holds for an input, so an operator can find a value or a token in the trail without it
+/// holding them; both need their capability, and a node without the device says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_a_value_and_a_token_in_the_trail_through_sys_audit_hash() {
+    let (cluster, _g) = shared();
+    let logs =
+        tempfile::Builder::new().prefix("it-audit-hash-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let audit_file = logs.path().join("audit-reader.log");
+    let s = Stack::start(
+        cluster,
+        StackOpts {
+            name: "audit-hash",
+            readers: 1,
+            reader_args: vec!["--audit-file".into(), audit_file.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let reader = &s.readers[0].url;
+    let w = call(
+        "POST",
+        &format!("{reader}/v1/secret/data/audit/hash"),
+        Some(&s.token),
+        None,
+        Some(json!({ "data": { "password": SECRET } })),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{:?}", w.body);
+
+    let list = call("GET", &format!("{reader}/v1/sys/audit"), Some(&s.token), None, None).await;
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    let file = &list.body["data"]["file/"];
+    assert_eq!(file["type"], "file", "{}", list.body);
+    assert_eq!(file["options"]["file_path"], audit_file.display().to_string(), "{}", list.body);
+    assert_eq!(list.body["file/"], *file, "Vault answers the devices at the top level too");
+
+    let hash = |input: &str| {
+        let url = format!("{reader}/v1/sys/audit-hash/file");
+        let token = s.token.clone();
+        let body = json!({ "input": input });
+        async move {
+            let a = call("POST", &url, Some(&token), None, Some(body)).await;
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            a.body["data"]["hash"].as_str().expect("a hash").to_string()
+        }
+    };
+    let (of_secret, of_token) = (hash(SECRET).await, hash(&s.token).await);
+    let text = std::fs::read_to_string(&audit_file).expect("the audit log exists");
+    let write = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .find(|l| l["type"] == "request" && l["request"]["path"] == "v1/secret/data/audit/hash")
+        .expect("the write's request entry");
+    assert_eq!(write["request"]["data"]["data"]["password"], of_secret.as_str(), "{write}");
+    assert_eq!(write["auth"]["client_token"], of_token.as_str(), "{write}");
+    assert!(!text.contains(SECRET) && !text.contains(&s.token), "the hash requests left plaintext in the trail");
+
+    let unknown =
+        call("POST", &format!("{reader}/v1/sys/audit-hash/nope"), Some(&s.token), None, Some(json!({ "input": "x" })))
+            .await;
+    assert_eq!(unknown.status, 400, "{:?}", unknown.body);
+    // The writer of this stack audits nowhere: it lists no device and knows none to hash with.
+    let none = call("GET", &format!("{}/v1/sys/audit", s.writer.url), Some(&s.token), None, None).await;
+    assert_eq!((none.status, &none.body["data"]), (200, &json!({})), "{:?}", none.body);
+    let none = call(
+        "POST",
+        &format!("{}/v1/sys/audit-hash/file", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({ "input": "x" })),
+    )
+    .await;
+    assert_eq!(none.status, 400, "{:?}", none.body);
+
+    // A token without the capabilities is refused both.
+    let created = call(
+        "POST",
+        &format!("{}/v1/auth/token/create", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({ "policies": ["default"] })),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let weak = created.body["auth"]["client_token"].as_str().expect("a token").to_string();
+    let index = created.index.as_deref();
+    let a = call("GET", &format!("{reader}/v1/sys/audit"), Some(&weak), index, None).await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    let a =
+        call("POST", &format!("{reader}/v1/sys/audit-hash/file"), Some(&weak), index, Some(json!({ "input": "x" })))
+            .await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_cannot_audit_refuses_reads_unless_fail_open() {
     let (cluster, _g) = shared();

@@ -52,7 +52,7 @@ impl Appender<'_> {
     pub async fn submit(&self, cmd: Command) -> Result<ApiResponse, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .try_send(Pending { mount: String::new(), cmd, reply: tx })
+            .try_send(Pending { mount: String::new(), cmd, reply: tx, request_id: String::new() })
             .map_err(|_| ApiError::unavailable("write queue full"))?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),

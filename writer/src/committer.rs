@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use secretlog_reader::api::kv::ReadContext;
+use secretlog_reader::api::response::Envelope;
 use secretlog_reader::api::{ApiError, ApiResponse};
 use secretlog_reader::materializer::now_ms;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
@@ -114,6 +115,9 @@ pub struct Pending {
     pub mount: String,
     pub cmd: Command,
     pub reply: oneshot::Sender<ApiResponse>,
+    /// The id of the request it answers (its audit entries carry it), for the answer's
+    /// `request_id`; empty for the writer's own commands.
+    pub request_id: String,
 }
 
 impl Pending {
@@ -174,9 +178,9 @@ struct Unresolved {
 struct Prepared {
     records: Vec<(Record, [u8; 16])>,
     waiting: Vec<Waiting>,
-    /// The commands (with their mounts), to decide again if a barrier comes before the batch
-    /// is sent.
-    cmds: Vec<(String, Command)>,
+    /// The commands (with their mounts and request ids), to decide again if a barrier comes
+    /// before the batch is sent.
+    cmds: Vec<(String, Command, String)>,
     /// The secrets (command paths) it holds.
     paths: Vec<String>,
     /// Only plain data writes (the planted test bug applies to these only).
@@ -344,8 +348,8 @@ impl Committer {
                     for p in &r.paths {
                         self.open.remove(p);
                     }
-                    for ((mount, cmd), (reply, _, _)) in r.cmds.into_iter().zip(r.waiting).rev() {
-                        carry.push_front(Pending { mount, cmd, reply });
+                    for ((mount, cmd, request_id), (reply, _, _)) in r.cmds.into_iter().zip(r.waiting).rev() {
+                        carry.push_front(Pending { mount, cmd, reply, request_id });
                     }
                 }
                 if let Err(why) = self.barrier(&cancel).await {
@@ -671,8 +675,8 @@ impl Committer {
                 Ok(Some((record, event_id, reply, key))) => {
                     records.push((record, event_id));
                     paths.push(p.key());
-                    waiting.push((p.reply, reply, key));
-                    cmds.push((p.mount, p.cmd));
+                    waiting.push((p.reply, for_request(reply, &p.request_id), key));
+                    cmds.push((p.mount, p.cmd, p.request_id));
                 }
                 Ok(None) => {}
                 Err(resp) => {
@@ -716,7 +720,7 @@ impl Committer {
         self.open.extend(paths.iter().cloned());
         // TEST ONLY (RESEND_FOR_TESTS): keep the first record's bytes; send the pending copies of
         // keys this batch holds again once it landed.
-        let (first, again) = match self.resend.as_mut().filter(|_| !cmds.iter().any(|(_, c)| c.is_exclusive())) {
+        let (first, again) = match self.resend.as_mut().filter(|_| !cmds.iter().any(|(_, c, _)| c.is_exclusive())) {
             Some(r) => {
                 let (due, wait) = std::mem::take(&mut r.pending)
                     .into_iter()
@@ -955,6 +959,18 @@ fn take_batch(
     batch
 }
 
+/// `reply` answering the request `request_id`: a version's metadata in the Vault envelope
+/// carrying that id, so the answer and the request's audit entries name the same request.
+fn for_request(reply: Reply, request_id: &str) -> Reply {
+    match reply {
+        Reply::Version(v) => match serde_json::to_value(Envelope::new(request_id, v)) {
+            Ok(body) => Reply::Json(body),
+            Err(_) => Reply::NoContent,
+        },
+        other => other,
+    }
+}
+
 /// The success answer of a committed write.
 fn answer(reply: Reply) -> ApiResponse {
     match reply {
@@ -973,6 +989,7 @@ mod tests {
             mount: "secret".into(),
             cmd: Command::Put { path: path.into(), data: Map::new(), cas: None },
             reply: oneshot::channel().0,
+            request_id: String::new(),
         }
     }
 
@@ -981,6 +998,7 @@ mod tests {
             mount: "secret".into(),
             cmd: Command::Rewrap { path: String::new(), values: vec![] },
             reply: oneshot::channel().0,
+            request_id: String::new(),
         }
     }
 

@@ -419,7 +419,9 @@ impl WriterNode {
         };
         let queue = self.write_queue()?;
         let (tx, rx) = oneshot::channel();
-        queue.try_send(Pending { mount, cmd, reply: tx }).map_err(|_| ApiError::unavailable("write queue full"))?;
+        queue
+            .try_send(Pending { mount, cmd, reply: tx, request_id: req.request_id.clone() })
+            .map_err(|_| ApiError::unavailable("write queue full"))?;
         let timeout = Duration::from_millis(self.cfg.write_timeout_ms * 2 + 1000);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
@@ -489,7 +491,7 @@ impl WriterNode {
         for (mount, cmd) in cmds {
             let (tx, rx) = oneshot::channel();
             queue
-                .send(Pending { mount, cmd, reply: tx })
+                .send(Pending { mount, cmd, reply: tx, request_id: req.request_id.clone() })
                 .await
                 .map_err(|_| ApiError::unavailable("writer stopped before the restore was queued"))?;
             waiting.push(rx);

@@ -155,7 +155,7 @@ fn body(req: &ApiRequest) -> Result<Value, ApiError> {
 async fn submit(queue: &mpsc::Sender<Pending>, cmd: Command, timeout: Duration) -> Result<ApiResponse, ApiError> {
     let (tx, rx) = oneshot::channel();
     queue
-        .send(Pending { mount: String::new(), cmd, reply: tx })
+        .send(Pending { mount: String::new(), cmd, reply: tx, request_id: String::new() })
         .await
         .map_err(|_| ApiError::unavailable("writer stopped"))?;
     match tokio::time::timeout(timeout, rx).await {
@@ -366,7 +366,7 @@ async fn rewrap_step(
         let (tx, rx) = oneshot::channel();
         tokio::select! {
             _ = cancel.cancelled() => return Ok(Step::Idle),
-            sent = queue.send(Pending { mount, cmd: Command::Rewrap { path, values }, reply: tx }) => {
+            sent = queue.send(Pending { mount, cmd: Command::Rewrap { path, values }, reply: tx, request_id: String::new() }) => {
                 sent.map_err(|_| ApiError::unavailable("writer stopped"))?;
             }
         }

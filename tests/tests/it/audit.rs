@@ -90,6 +90,54 @@ async fn writes_and_reads_are_audited_without_plaintext_secrets_or_tokens() {
     assert!(!text.contains("v1/sys/health"), "{text}");
 }
 
+/// A write's answer carries the id of the request its audit entries record, so a client's
+/// `request_id` finds the request in the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writes_answer_names_the_request_its_audit_entries_record() {
+    let (cluster, _g) = shared();
+    let logs =
+        tempfile::Builder::new().prefix("it-audit-id-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let audit_file = logs.path().join("audit-writer.log");
+    let s = Stack::start(
+        cluster,
+        StackOpts {
+            name: "audit-id",
+            readers: 0,
+            writer_env: vec![("SECRETLOG_AUDIT_FILE".into(), audit_file.display().to_string())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let url = format!("{}/v1/secret/data/audit/id", s.writer.url);
+    let mut ids = Vec::new();
+    for (method, content_type) in [("POST", "application/json"), ("PATCH", "application/merge-patch+json")] {
+        let a = client()
+            .request(method.parse().expect("a method"), &url)
+            .header("X-Vault-Token", &s.token)
+            .header("Content-Type", content_type)
+            .body(json!({ "data": { "n": method } }).to_string())
+            .send()
+            .await
+            .expect("the write");
+        assert_eq!(a.status(), 200, "{method}");
+        let body: Value = a.json().await.expect("JSON");
+        ids.push((method, body["request_id"].as_str().expect("request_id").to_string()));
+    }
+    let text = std::fs::read_to_string(&audit_file).expect("the audit log exists");
+    let entries: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    for (method, id) in ids {
+        for kind in ["request", "response"] {
+            assert!(
+                entries.iter().any(|e| e["type"] == kind
+                    && e["request"]["method"] == method
+                    && e["request"]["path"] == "v1/secret/data/audit/id"
+                    && e["request"]["id"] == id.as_str()),
+                "no {kind} entry of the {method} with the answer's request_id {id}:\n{text}"
+            );
+        }
+    }
+}
+
 /// `GET sys/audit` lists a node's devices and `sys/audit-hash/<device>` gives the hash its trail
 /// holds for an input, so an operator can find a value or a token in the trail without it
 /// holding them; both need their capability, and a node without the device says so.

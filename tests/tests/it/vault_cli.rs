@@ -611,8 +611,9 @@ fn userpass_steps() -> Vec<Step> {
 
 fn status_steps() -> Vec<Step> {
     // `bao operator seal-status` is not a command (Vault has none either); `bao status` reads
-    // `sys/seal-status` and `sys/leader`, and `read sys/seal-status` is the raw answer.
-    vec![cmd("status -format=json"), cmd("read -format=json sys/seal-status")]
+    // `sys/seal-status` and `sys/leader`, and `read sys/seal-status` is the raw answer. Neither
+    // side audits here: `audit list` shows no device on both.
+    vec![cmd("status -format=json"), cmd("read -format=json sys/seal-status"), cmd("audit list -format=json")]
 }
 
 /// `bao status` answered by secretlog: exit 0, and `sys/leader` says whether this node leads.

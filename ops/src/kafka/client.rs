@@ -95,8 +95,11 @@ async fn fetch_metadata(admin: &Arc<Admin>, topic: Option<&str>) -> Result<Metad
         .map_err(|e| KafkaError::Client { op: "fetch metadata".into(), source: e })
 }
 
-/// One readiness attempt; `Err` says what is not ready yet.
-pub(crate) async fn probe(bootstrap: &str, attempt_timeout: Duration) -> Result<(), String> {
+/// One readiness attempt against any three-broker cluster at `bootstrap` (ours or, say, the test
+/// harness's brokers in containers): all three brokers registered, every partition fully in sync,
+/// an acks=all produce acknowledged on every partition of a probe topic. `Err` says what is not
+/// ready yet.
+pub async fn probe(bootstrap: &str, attempt_timeout: Duration) -> Result<(), String> {
     let admin = Arc::new(admin(bootstrap).map_err(|e| e.to_string())?);
     let md = fetch_metadata(&admin, None).await.map_err(|e| e.to_string())?;
     ClusterView::from_metadata(&md).check_brokers()?;

@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use client::ensure_topic;
+pub use client::{ensure_topic, probe};
 pub use config::{DEFAULT_BASE_PORT, KAFKA_VERSION, KafkaConfig, NODE_IDS, ensure_jars};
 use process::{Mode, Node, kill_pid, live_pid, terminate};
 

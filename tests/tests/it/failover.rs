@@ -198,9 +198,9 @@ pub async fn leader_failover(cluster: &Cluster, name: &'static str, kill_broker:
         (load.successes().await >= 100).then_some(())
     })
     .await;
-    let mut faults = cluster.local.as_ref().map(crate::harness::BrokerFaults::new);
+    let mut faults = cluster.brokers().map(crate::harness::BrokerFaults::new);
     if kill_broker {
-        faults.as_mut().expect("local cluster").kill(2);
+        faults.as_mut().expect("brokers the harness started").kill(2);
         let before = load.successes().await;
         eventually(Duration::from_secs(30), "writes to continue with a broker down", || async {
             (load.successes().await >= before + 50).then_some(())
@@ -316,7 +316,7 @@ async fn failover_rounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_with_a_broker_down_loses_nothing() {
     let Some((cluster, _g)) = crate::harness::exclusive() else {
-        panic!("this test kills a broker: it needs the local cluster, not KAFKA_BOOTSTRAP_SERVERS");
+        panic!("this test kills a broker: it needs brokers the harness started, not KAFKA_BOOTSTRAP_SERVERS");
     };
     leader_failover(cluster, "failover-broker", true, Departure::Killed).await;
 }

@@ -1,14 +1,21 @@
 //! The test harness: one real three-broker Kafka cluster per test run, a fresh topic per test,
 //! and real node processes (the `secretlog-it` binary, built from the operator CLI's main.rs).
 //!
-//! The cluster is `KAFKA_BOOTSTRAP_SERVERS` when set; otherwise the harness starts the local
-//! cluster of `secretlog_ops::kafka` *attached*: its brokers die with this test process however it
-//! ends, so nothing is left running after the test command exits. (A Docker/testcontainers
-//! cluster is not used: the Kafka module gives one broker, and secretlog's durability settings
-//! — RF 3, min.insync.replicas 2 — need three.)
+//! The cluster is `KAFKA_BOOTSTRAP_SERVERS` when set; otherwise the harness starts one, on the
+//! backend `SECRETLOG_TEST_BACKEND` names ([`backend`]):
 //!
-//! Tests that kill brokers take the cluster exclusively ([`exclusive`]); all others share it
-//! ([`shared`]), so fault injection never disturbs a test that is not about faults.
+//! - `local` (the default): the local cluster of `secretlog_ops::kafka` (three broker JVMs),
+//!   started *attached*: its brokers die with this test process however it ends, so nothing is
+//!   left running after the test command exits. moto's S3 server runs as a local process.
+//! - `containers`: the three brokers and moto's S3 server as Docker containers, started through
+//!   `testcontainers` from the local images (crate::containers), removed when the process exits.
+//!   The end-to-end tests run against them unchanged; the SASL and TLS listeners of the local
+//!   cluster are not there, and the tests that need them fail saying so.
+//! - `auto`: `containers` when a Docker engine answers and has the images, else `local`.
+//!
+//! Tests that kill brokers take the cluster exclusively ([`exclusive`]) and kill them through
+//! [`BrokerFaults`], on either backend; all others share it ([`shared`]), so fault injection never
+//! disturbs a test that is not about faults.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,30 +23,114 @@ use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use secretlog_ops::kafka::{KafkaConfig, LocalKafka, ensure_topic};
+
+use crate::containers::ContainerKafka;
 use secretlog_ops::process;
 use serde_json::{Value, json};
+
+/// Where the harness runs the brokers and the S3 server (`SECRETLOG_TEST_BACKEND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Broker JVMs and `moto_server` as local processes.
+    Local,
+    /// Docker containers, through testcontainers.
+    Containers,
+}
+
+/// The backend of this run: `SECRETLOG_TEST_BACKEND` = `local` (also when unset), `containers`,
+/// or `auto` (`containers` when Docker answers and has the images, else `local`).
+pub fn backend() -> Backend {
+    static B: OnceLock<Backend> = OnceLock::new();
+    *B.get_or_init(|| match std::env::var("SECRETLOG_TEST_BACKEND").unwrap_or_default().as_str() {
+        "" | "local" => Backend::Local,
+        "containers" => Backend::Containers,
+        "auto" => {
+            let b = if crate::containers::available() { Backend::Containers } else { Backend::Local };
+            eprintln!("[harness] SECRETLOG_TEST_BACKEND=auto: {b:?}");
+            b
+        }
+        other => panic!("SECRETLOG_TEST_BACKEND={other:?}: expected local, containers or auto"),
+    })
+}
 
 /// The cluster of this test run.
 pub struct Cluster {
     pub bootstrap: String,
-    /// Present when the harness started the brokers itself (fault tests need it).
+    /// Present when the harness started the brokers itself as local processes.
     pub local: Option<LocalKafka>,
+    /// Present when the harness started the brokers itself as containers.
+    pub containers: Option<ContainerKafka>,
 }
 
 impl Cluster {
+    /// The brokers, to kill and restart (fault tests); `None` for an external cluster.
+    pub fn brokers(&self) -> Option<&dyn Brokers> {
+        match (&self.local, &self.containers) {
+            (Some(k), _) => Some(k),
+            (None, Some(c)) => Some(c),
+            (None, None) => None,
+        }
+    }
+
     /// The local cluster's SASL_PLAINTEXT listener (SASL/PLAIN) and its user's password;
-    /// `None` for an external cluster.
+    /// `None` for an external cluster. The containers backend has no such listener: the test
+    /// fails, saying so, rather than passing without testing anything.
     pub fn sasl(&self) -> Option<(String, String)> {
+        self.no_auth_listeners_in_containers();
         let k = self.local.as_ref()?;
         let password = secretlog_ops::kafka::config::sasl_password(k.config()).expect("the SASL password");
         Some((k.config().sasl_bootstrap_servers(), password))
     }
 
     /// The local cluster's SSL listener, its SASL_SSL listener and the CA certificate (PEM file)
-    /// that signed the brokers' certificate; `None` for an external cluster.
+    /// that signed the brokers' certificate; `None` for an external cluster. As [`Cluster::sasl`],
+    /// fails on the containers backend.
     pub fn ssl(&self) -> Option<(String, String, PathBuf)> {
+        self.no_auth_listeners_in_containers();
         let c = self.local.as_ref()?.config();
         Some((c.ssl_bootstrap_servers(), c.sasl_ssl_bootstrap_servers(), c.ssl_ca_file()))
+    }
+
+    fn no_auth_listeners_in_containers(&self) {
+        assert!(
+            self.containers.is_none(),
+            "the containers backend runs PLAINTEXT listeners only: this test needs the local cluster's \
+             SASL/TLS listeners (run it with SECRETLOG_TEST_BACKEND=local)"
+        );
+    }
+}
+
+/// Kill and restart brokers, whichever backend runs them.
+pub trait Brokers: Sync {
+    /// A crash: SIGKILL, not a clean shutdown; returns once the broker is down.
+    fn kill_broker(&self, node: u32) -> Result<(), String>;
+    /// Start a killed broker again, on the same address and with its data.
+    fn restart_broker(&self, node: u32) -> Result<(), String>;
+    /// Block until all three brokers take acks=all writes.
+    fn wait_ready(&self, timeout: Duration) -> Result<(), String>;
+}
+
+impl Brokers for LocalKafka {
+    fn kill_broker(&self, node: u32) -> Result<(), String> {
+        LocalKafka::kill_broker(self, node).map_err(|e| e.to_string())
+    }
+    fn restart_broker(&self, node: u32) -> Result<(), String> {
+        LocalKafka::restart_broker(self, node).map_err(|e| e.to_string())
+    }
+    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        LocalKafka::wait_ready(self, timeout).map_err(|e| e.to_string())
+    }
+}
+
+impl Brokers for ContainerKafka {
+    fn kill_broker(&self, node: u32) -> Result<(), String> {
+        ContainerKafka::kill_broker(self, node)
+    }
+    fn restart_broker(&self, node: u32) -> Result<(), String> {
+        ContainerKafka::restart_broker(self, node)
+    }
+    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        ContainerKafka::wait_ready(self, timeout)
     }
 }
 
@@ -50,7 +141,18 @@ fn start_cluster() -> Cluster {
     if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
         && !b.is_empty()
     {
-        return Cluster { bootstrap: b, local: None };
+        return Cluster { bootstrap: b, local: None, containers: None };
+    }
+    if backend() == Backend::Containers {
+        let started = Instant::now();
+        let k = ContainerKafka::start();
+        k.wait_ready(Duration::from_secs(240)).expect("three-broker Kafka in containers ready");
+        eprintln!(
+            "[harness] three-broker Kafka in containers ready at {} in {:?}",
+            k.bootstrap_servers(),
+            started.elapsed()
+        );
+        return Cluster { bootstrap: k.bootstrap_servers(), local: None, containers: Some(k) };
     }
     // `SECRETLOG_IT_KAFKA_DIR` (with `SECRETLOG_IT_KAFKA_PORT`) lets two test runs share a
     // machine without sharing a cluster directory.
@@ -67,7 +169,7 @@ fn start_cluster() -> Cluster {
     let k = LocalKafka::start_attached(cfg).expect("starting the local three-broker Kafka cluster");
     k.wait_ready(Duration::from_secs(240)).expect("local Kafka cluster ready");
     eprintln!("[harness] three-broker Kafka ready at {} in {:?}", k.bootstrap_servers(), started.elapsed());
-    Cluster { bootstrap: k.bootstrap_servers(), local: Some(k) }
+    Cluster { bootstrap: k.bootstrap_servers(), local: Some(k), containers: None }
 }
 
 /// The cluster, started on first use.
@@ -85,19 +187,19 @@ pub fn shared() -> (&'static Cluster, RwLockReadGuard<'static, ()>) {
 pub fn exclusive() -> Option<(&'static Cluster, RwLockWriteGuard<'static, ()>)> {
     let c = cluster();
     let guard = FAULTS.write().unwrap_or_else(|e| e.into_inner());
-    c.local.as_ref()?;
+    c.brokers()?;
     Some((c, guard))
 }
 
 /// Kills brokers for a fault test and brings them back when dropped — also when the test panics,
 /// so one failing fault test cannot take the shared cluster down for the tests after it.
 pub struct BrokerFaults<'a> {
-    kafka: &'a LocalKafka,
+    kafka: &'a dyn Brokers,
     down: Vec<u32>,
 }
 
 impl<'a> BrokerFaults<'a> {
-    pub fn new(kafka: &'a LocalKafka) -> Self {
+    pub fn new(kafka: &'a dyn Brokers) -> Self {
         BrokerFaults { kafka, down: Vec::new() }
     }
 

@@ -32,7 +32,7 @@ async fn acks_all_produce_survives_one_broker_down_and_fails_fast_with_two_down(
         eprintln!("external cluster: broker faults are not injected");
         return;
     };
-    let kafka = cluster.local.as_ref().expect("local cluster");
+    let kafka = cluster.brokers().expect("brokers the harness started");
     let topic = fresh_topic(&cluster.bootstrap, "faults", 3).await;
     // Patient while partition leadership moves away from a killed broker...
     let p = producer(&cluster.bootstrap, 60_000);

@@ -4,6 +4,7 @@
 mod approle;
 mod audit;
 mod checker;
+mod containers;
 mod differential;
 mod dr;
 mod failover;

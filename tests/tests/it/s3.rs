@@ -1,6 +1,8 @@
 //! A real S3-compatible server for the tests: moto's server (`moto_server`, installed by
 //! `scripts/bootstrap` from PyPI), one per test, on loopback — and a TCP proxy in front of it
-//! that a test can cut and heal to simulate an object-storage outage.
+//! that a test can cut and heal to simulate an object-storage outage. On the containers backend
+//! (`SECRETLOG_TEST_BACKEND=containers`) the server is the `secretlog-local/moto` image in a
+//! container instead, published on a loopback port the same way.
 //!
 //! moto was chosen over MinIO because it installs from the package registries reachable here;
 //! secretlog does not rely on S3 conditional writes (object names are derived from offsets and
@@ -19,15 +21,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::harness::{eventually, free_port};
+use crate::harness::{Backend, eventually, free_port};
 
 /// Credentials moto accepts (it does not check them); passed to nodes through the environment.
 const KEY_ID: &str = "secretlog-test";
 const SECRET: &str = "secretlog-test-secret";
 
-/// A moto S3 server with one bucket, killed when dropped.
+/// How the server runs.
+enum Moto {
+    Process(Child),
+    /// Held for its drop, which removes the container.
+    Container(#[allow(dead_code)] crate::containers::MotoContainer),
+}
+
+/// A moto S3 server with one bucket, killed (or its container removed) when dropped.
 pub struct S3Server {
-    child: Child,
+    moto: Moto,
     /// The server's own endpoint.
     pub endpoint: String,
     pub bucket: String,
@@ -35,21 +44,30 @@ pub struct S3Server {
 
 impl S3Server {
     pub async fn start() -> S3Server {
-        let port = free_port();
-        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("moto-{port}.log"));
-        let mut cmd = Command::new("moto_server");
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("moto log"));
-        let child = process::spawn_attached(cmd).unwrap_or_else(|e| {
-            panic!("starting moto_server (the S3-compatible test server; scripts/bootstrap installs it): {e}")
-        });
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let (moto, endpoint) = match crate::harness::backend() {
+            Backend::Local => {
+                let port = free_port();
+                let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("moto-{port}.log"));
+                let mut cmd = Command::new("moto_server");
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).expect("moto log"));
+                let child = process::spawn_attached(cmd).unwrap_or_else(|e| {
+                    panic!("starting moto_server (the S3-compatible test server; scripts/bootstrap installs it): {e}")
+                });
+                (Moto::Process(child), format!("http://127.0.0.1:{port}"))
+            }
+            Backend::Containers => {
+                let c = tokio::task::block_in_place(crate::containers::MotoContainer::start);
+                let endpoint = c.endpoint.clone();
+                (Moto::Container(c), endpoint)
+            }
+        };
         let bucket = "secretlog".to_string();
-        let server = S3Server { child, endpoint: endpoint.clone(), bucket: bucket.clone() };
+        let server = S3Server { moto, endpoint: endpoint.clone(), bucket: bucket.clone() };
         let http = reqwest::Client::new();
-        eventually(Duration::from_secs(30), "moto_server to answer", || {
+        eventually(Duration::from_secs(60), "moto_server to answer", || {
             let (http, endpoint) = (http.clone(), endpoint.clone());
             async move { http.get(&endpoint).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
         })
@@ -85,8 +103,11 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A container is removed by its own drop.
+        if let Moto::Process(child) = &mut self.moto {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -246,8 +246,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         faults.push(line);
     };
     let pause = |secs: u64| tokio::time::sleep(Duration::from_secs(secs));
-    let kafka = cluster.local.as_ref();
-    let mut brokers = kafka.map(BrokerFaults::new);
+    let mut brokers = cluster.brokers().map(BrokerFaults::new);
     let mut healing: Option<tokio::task::JoinHandle<(BrokerFaults<'static>, u32, Duration, Duration)>> = None;
     let mut broker_kills: Vec<Instant> = Vec::new();
     let mut bursts = Vec::new();

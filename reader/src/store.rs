@@ -116,6 +116,8 @@ pub mod keys {
     pub fn token(hash: &[u8; 32]) -> Vec<u8> {
         format!("c/token/{}", hex::encode(hash)).into_bytes()
     }
+    pub const TOKEN_PREFIX: &[u8] = b"c/token/";
+    pub const ACCESSOR_PREFIX: &[u8] = b"c/accessor/";
     /// The keyed hash of the token with accessor `accessor` (raw 32 bytes).
     pub fn accessor(accessor: &str) -> Vec<u8> {
         format!("c/accessor/{accessor}").into_bytes()

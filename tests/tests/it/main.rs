@@ -25,5 +25,6 @@ mod seal;
 mod security;
 mod stack_up;
 mod staleness;
+mod tidy;
 mod transport;
 mod vault_cli;

@@ -23,6 +23,7 @@ mod rotation;
 mod s3;
 mod seal;
 mod security;
+mod soak;
 mod stack_up;
 mod staleness;
 mod tidy;

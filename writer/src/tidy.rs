@@ -170,11 +170,18 @@ mod tests {
 
     #[test]
     fn a_token_is_expired_once_its_expiry_has_passed_and_never_without_one() {
-        let rec = |expire: &str| format!(r#"{{"accessor":"acc","policies":[],"expire_ms":{expire}}}"#).into_bytes();
-        assert_eq!(expired(&key([1; 32]), &rec("100"), 100), Some(Expired { hash: [1; 32], accessor: "acc".into() }));
-        assert_eq!(expired(&key([1; 32]), &rec("101"), 100), None);
-        assert_eq!(expired(&key([1; 32]), &rec("null"), i64::MAX), None, "no expiry: never tidied");
-        assert_eq!(expired(b"c/token/zz", &rec("1"), 100), None, "not a token key");
+        let rec = |expire_ms: Option<i64>| {
+            let r =
+                secretlog_reader::api::auth::TokenRecord { accessor: "acc".into(), expire_ms, ..Default::default() };
+            serde_json::to_vec(&r).unwrap()
+        };
+        assert_eq!(
+            expired(&key([1; 32]), &rec(Some(100)), 100),
+            Some(Expired { hash: [1; 32], accessor: "acc".into() })
+        );
+        assert_eq!(expired(&key([1; 32]), &rec(Some(101)), 100), None);
+        assert_eq!(expired(&key([1; 32]), &rec(None), i64::MAX), None, "no expiry: never tidied");
+        assert_eq!(expired(b"c/token/zz", &rec(Some(1)), 100), None, "not a token key");
         assert_eq!(expired(&key([1; 32]), b"{", 100), None, "unreadable: left alone");
     }
 

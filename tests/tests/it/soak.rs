@@ -62,9 +62,9 @@ async fn a_compressed_soak_keeps_every_bound_and_a_restarted_reader_catches_up()
     ])
     .soak;
     let verdict = secretlog_ops::soak::run(args).await;
-    if verdict.is_err() {
-        // Keep what explains it: the results and every node's log.
-        let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("soak-last-failure");
+    {
+        // Keep the last run's results and every node's log (the stack's directory goes with it).
+        let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("soak-last");
         let _ = std::fs::remove_dir_all(&keep);
         std::fs::create_dir_all(&keep).unwrap();
         for e in std::fs::read_dir(s.dir.path()).unwrap().flatten() {

@@ -90,6 +90,26 @@ pub(crate) fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Keys plus values in `store`, by what they are: secret metadata (`s/`), sealed values (`v/`),
+/// key revisions (`c/rev/`), the rest of the control state (`c/`), partition positions (`o/`).
+async fn logical_bytes(store: &Store) -> anyhow::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for (name, prefix) in
+        [("metadata", &b"s/"[..]), ("values", b"v/"), ("revisions", b"c/rev/"), ("control", b"c/"), ("offsets", b"o/")]
+    {
+        let rows = store.scan(prefix).await?;
+        let mut bytes: u64 = rows.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        if name == "control" {
+            // `c/rev/` is counted on its own.
+            let revs: u64 =
+                rows.iter().filter(|(k, _)| k.starts_with(b"c/rev/")).map(|(k, v)| (k.len() + v.len()) as u64).sum();
+            bytes -= revs;
+        }
+        out.insert(name.into(), json!(bytes));
+    }
+    Ok(Value::Object(out))
+}
+
 /// Run the scenario for each size; one JSON result per size.
 pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Result<Vec<Value>> {
     let keyring = Keyring::from_root(&RootKey::generate());
@@ -114,14 +134,21 @@ pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Re
         anyhow::ensure!(id.as_deref() == Some(manifest.id.as_str()), "bootstrap did not pick the new snapshot");
         let (a, b) = (source.digest().await?, target.digest().await?);
         anyhow::ensure!(a == b, "bootstrapped state differs from its source ({} vs {})", a.0, b.0);
+        let logical = logical_bytes(&source).await?;
         source.close().await?;
         target.close().await?;
+        // What the live data costs on disk: SlateDB's files (WAL and SSTs, as the store left them
+        // on close) over the secrets they hold, and where the logical bytes go.
+        let store_bytes = dir_bytes(&dir.path().join("source"));
         let r = json!({
             "scenario": "snapshot",
             "secrets": n,
             "values": manifest.values,
             "value_bytes": value_bytes,
             "snapshot_bytes": snapshot_bytes,
+            "store_bytes": store_bytes,
+            "store_bytes_per_secret": store_bytes as f64 / n.max(1) as f64,
+            "logical_bytes": logical,
             "create_secs": create_secs,
             "bootstrap_secs": bootstrap_secs,
             "create_secrets_per_sec": n as f64 / create_secs,
@@ -135,12 +162,21 @@ pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Re
 
 /// The results as a table.
 pub fn table(results: &[Value]) -> comfy_table::Table {
-    let mut t = crate::output::table(&["secrets", "snapshot MB", "create s", "bootstrap s", "create/s", "bootstrap/s"]);
+    let mut t = crate::output::table(&[
+        "secrets",
+        "snapshot MB",
+        "store B/secret",
+        "create s",
+        "bootstrap s",
+        "create/s",
+        "bootstrap/s",
+    ]);
     for r in results {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         t.add_row(vec![
             r["secrets"].to_string(),
             format!("{:.1}", f("snapshot_bytes") / 1e6),
+            format!("{:.0}", f("store_bytes_per_secret")),
             format!("{:.2}", f("create_secs")),
             format!("{:.2}", f("bootstrap_secs")),
             format!("{:.0}", f("create_secrets_per_sec")),

@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 const SECRETLOG: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const SECRETLOG_2: RGBColor = RGBColor(0x6b, 0xae, 0xd6);
 const ETCD: RGBColor = RGBColor(0xd6, 0x27, 0x28);
@@ -24,7 +24,7 @@ const GREY: RGBColor = RGBColor(0x55, 0x55, 0x55);
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 type Series = (String, RGBColor, Vec<(f64, f64)>);
 
-fn register_font() -> anyhow::Result<()> {
+pub(crate) fn register_font() -> anyhow::Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     anyhow::ensure!(ok, "the embedded chart font does not load");

@@ -53,6 +53,9 @@ enum Cmd {
     },
     /// Measure a running stack: acknowledged writes, reads, write-to-visible lag.
     Bench(crate::bench::BenchArgs),
+    /// A month in an hour: steady mixed load against a running stack while every node's RSS,
+    /// file descriptors, disk per directory, p99 and lag are sampled; fails when one grows.
+    Soak(crate::soak::SoakArgs),
     /// Snapshots in object storage: list, create, verify (--deep restores into an isolated store).
     Snapshot {
         #[command(subcommand)]
@@ -170,6 +173,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Down { dir } => stack::down(&dir.data_dir),
         Cmd::Status { dir, json } => crate::status::status(&dir.data_dir, json).await,
         Cmd::Bench(args) => crate::bench::run(args).await,
+        Cmd::Soak(args) => crate::soak::run(args).await,
         Cmd::Snapshot { action } => crate::dr::snapshot::run(action).await,
         Cmd::Restore(args) => crate::dr::restore::run(args).await,
         Cmd::Reseed(args) => crate::dr::reseed::run(args).await,

@@ -124,6 +124,20 @@ fn accessor_of(record: &[u8]) -> Option<String> {
     serde_json::from_slice::<Accessor>(record).ok().map(|a| a.accessor).filter(|a| !a.is_empty())
 }
 
+/// The part of a token record a tidy needs.
+#[derive(Deserialize)]
+struct Expiry {
+    #[serde(default)]
+    expire_ms: Option<i64>,
+}
+
+/// Whether a stored token `record` had expired by `at_ms` (a tidy event's timestamp). A token
+/// without an expiry, an unreadable record and no record at all are not expired: a tidy of them
+/// is refused.
+pub fn expired_by(record: Option<&[u8]>, at_ms: i64) -> bool {
+    record.and_then(|r| serde_json::from_slice::<Expiry>(r).ok()).and_then(|e| e.expire_ms).is_some_and(|e| e <= at_ms)
+}
+
 /// Keep `c/accessor/<accessor>` with the token it names: set by a `PutToken` (`record`), removed
 /// by a `RevokeToken` (`None`) along with the token.
 pub async fn index_accessor(
@@ -276,5 +290,50 @@ mod tests {
             None
         );
         assert_eq!(store.get_raw(&keys::accessor("acc1")).await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tidy_drops_an_expired_token_whole_and_refuses_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path()).await;
+        let ring = Keyring::from_root(&RootKey::from_bytes([8; 32]));
+        let mut st = PartitionState::default();
+        // `apply` stamps its events at 1000 ms: the first token expired before, the second after.
+        let (dead, live) = ([1u8; 32], [2u8; 32]);
+        let dead_rec = br#"{"accessor":"dead","policies":[],"expire_ms":999}"#.to_vec();
+        let live_rec = br#"{"accessor":"live","policies":[],"expire_ms":1001}"#.to_vec();
+        let forever = br#"{"accessor":"forever","policies":[]}"#.to_vec();
+        for (name, hash, record) in
+            [("token/dead", dead, dead_rec), ("token/live", live, live_rec), ("token/forever", [3; 32], forever)]
+        {
+            assert_eq!(
+                apply(&store, &ring, &mut st, name, Operation::PutToken { token_hash: hash, record }).await,
+                None
+            );
+        }
+        let rev = |name: &str| keys::revision(&secretlog_schemas::topic::control_key(name));
+        assert!(store.get_raw(&rev("token/dead")).await.unwrap().is_some());
+
+        assert_eq!(apply(&store, &ring, &mut st, "token/dead", Operation::TidyToken { token_hash: dead }).await, None);
+        assert_eq!(store.get_raw(&keys::token(&dead)).await.unwrap(), None);
+        assert_eq!(store.get_raw(&keys::accessor("dead")).await.unwrap(), None);
+        assert_eq!(store.get_raw(&rev("token/dead")).await.unwrap(), None, "nothing of the token is left");
+
+        for (name, hash) in [("token/live", live), ("token/forever", [3; 32]), ("token/gone", [4; 32])] {
+            let refused = apply(&store, &ring, &mut st, name, Operation::TidyToken { token_hash: hash }).await;
+            assert!(matches!(refused, Some(Refusal::Conflict(_))), "{name}: {refused:?}");
+        }
+        assert!(store.get_raw(&keys::token(&live)).await.unwrap().is_some());
+        assert!(store.get_raw(&keys::accessor("live")).await.unwrap().is_some());
+        assert!(store.get_raw(&keys::accessor("forever")).await.unwrap().is_some());
+    }
+
+    #[test]
+    fn expiry_is_judged_at_the_events_time_only() {
+        assert!(expired_by(Some(br#"{"expire_ms":10}"#), 10));
+        assert!(!expired_by(Some(br#"{"expire_ms":11}"#), 10));
+        assert!(!expired_by(Some(br#"{"expire_ms":null}"#), i64::MAX));
+        assert!(!expired_by(Some(b"not json"), i64::MAX));
+        assert!(!expired_by(None, i64::MAX));
     }
 }

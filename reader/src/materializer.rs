@@ -824,6 +824,17 @@ impl Staging {
                 crate::auth_objects::index_accessor(self, store, token_hash, None).await?;
                 self.batch.writes.insert(keys::token(token_hash), None);
             }
+            Operation::TidyToken { token_hash } => {
+                let stored = self.stored_value(store, &keys::token(token_hash)).await?;
+                if !crate::auth_objects::expired_by(stored.as_deref(), event.timestamp_ms) {
+                    return Ok(staged(Some(Refusal::Conflict(
+                        "the token was not expired (or not there) when the tidy was decided".into(),
+                    ))));
+                }
+                crate::auth_objects::index_accessor(self, store, token_hash, None).await?;
+                self.batch.writes.insert(keys::token(token_hash), None);
+                metrics::counter!("secretlog_tokens_tidied_total").increment(1);
+            }
             Operation::PutAuthObject { .. } | Operation::DeleteAuthObject { .. } => {
                 if let Some(refusal) = crate::auth_objects::stage(self, store, &event).await? {
                     return Ok(staged(Some(refusal)));
@@ -923,7 +934,14 @@ impl Staging {
         }
         st.max_epoch = st.max_epoch.max(event.writer_epoch);
         if let Some(k) = revision_key {
-            self.batch.writes.insert(k, Some((revision + 1).to_be_bytes().to_vec()));
+            // A tidied token's key is gone for good (accessors are random, never reused), so its
+            // revision goes too: nothing of a token outlives its tidy. A copy of the token's
+            // first record sent again after this (revision 0) would bring back the expired record
+            // it carries — on every node alike, refused by every token check, tidied again by the
+            // next pass — never a live token.
+            let next =
+                (!matches!(event.op, Operation::TidyToken { .. })).then(|| (revision + 1).to_be_bytes().to_vec());
+            self.batch.writes.insert(k, next);
         }
         Ok(staged(None))
     }

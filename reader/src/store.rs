@@ -116,6 +116,8 @@ pub mod keys {
     pub fn token(hash: &[u8; 32]) -> Vec<u8> {
         format!("c/token/{}", hex::encode(hash)).into_bytes()
     }
+    pub const TOKEN_PREFIX: &[u8] = b"c/token/";
+    pub const ACCESSOR_PREFIX: &[u8] = b"c/accessor/";
     /// The keyed hash of the token with accessor `accessor` (raw 32 bytes).
     pub fn accessor(accessor: &str) -> Vec<u8> {
         format!("c/accessor/{accessor}").into_bytes()
@@ -210,13 +212,49 @@ pub struct Store {
     fill_lock: RwLock<()>,
 }
 
+/// SlateDB's compaction and garbage collection, set on purpose rather than inherited, so that a
+/// node's `slatedb/` directory stays bounded by the live data plus a few minutes of churn
+/// (`secretlog soak` checks it):
+/// * the compactor runs in-process (SlateDB's default options): L0 files are merged into sorted
+///   runs, so overwritten versions and deletions stop taking space;
+/// * the garbage collector deletes what compaction and flushes left behind — WAL files after a
+///   minute, compacted SSTs and old manifests after five — checking every minute, not SlateDB's
+///   default ten: superseded files then live at most ~6 minutes instead of ~15. Five minutes stays
+///   the floor for compacted SSTs: a scan open in this process (a snapshot export, a rewrap pass)
+///   may still read files the compactor has replaced, and the longest of those scans must end
+///   well within it.
+fn slatedb_settings() -> slatedb::Settings {
+    use slatedb::config::{CompactorOptions, GarbageCollectorDirectoryOptions, GarbageCollectorOptions};
+    use std::time::Duration;
+    let every_minute = |min_age_secs| GarbageCollectorDirectoryOptions {
+        interval: Some(Duration::from_secs(60)),
+        min_age: Duration::from_secs(min_age_secs),
+        dry_run: false,
+    };
+    slatedb::Settings {
+        compactor_options: Some(CompactorOptions::default()),
+        garbage_collector_options: Some(GarbageCollectorOptions {
+            wal_options: Some(every_minute(60)),
+            compacted_options: Some(every_minute(300)),
+            manifest_options: Some(every_minute(300)),
+            compactions_options: Some(every_minute(300)),
+            ..GarbageCollectorOptions::default()
+        }),
+        ..slatedb::Settings::default()
+    }
+}
+
 impl Store {
     /// Open (or create) the store under `cfg.dir`.
     pub async fn open(cfg: &StoreConfig) -> Result<Arc<Self>, ReaderError> {
         let db_dir = cfg.dir.join("slatedb");
         std::fs::create_dir_all(&db_dir).map_err(|e| ReaderError::io(&db_dir, e))?;
         let fs = LocalFileSystem::new_with_prefix(&db_dir).map_err(|e| ReaderError::Storage(e.to_string()))?;
-        let db = Db::builder("state", Arc::new(fs)).build().await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let db = Db::builder("state", Arc::new(fs))
+            .with_settings(slatedb_settings())
+            .build()
+            .await
+            .map_err(|e| ReaderError::Storage(e.to_string()))?;
         let builder = HybridCacheBuilder::new()
             .with_name("secretlog-reader")
             .memory(cfg.cache_memory_bytes.max(1024 * 1024))

@@ -16,7 +16,8 @@
 //! `RetireKeyTerm` = term u32; `PutWithDefaults` = version u64, sealed bytes32, max_versions u32,
 //! delete_version_after u64 seconds; `PutMount` = path str16, record bytes32; `DeleteMount` =
 //! path str16; `PutAuthObject` = mount str16, kind u8, name str16, flags u8 (bit0: replaces
-//! [32] follows), record bytes32; `DeleteAuthObject` = the same without the record.
+//! [32] follows), record bytes32; `DeleteAuthObject` = the same without the record;
+//! `TidyToken` = hash [32].
 //!
 //! `mac_term` is the key term whose event-authentication key made the tag: the active term of
 //! the writer when it appended the record. Every term derives from the root key, so a record
@@ -190,7 +191,7 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
             o.raw(token_hash);
             o.bytes32(record);
         }
-        Operation::RevokeToken { token_hash } => o.raw(token_hash),
+        Operation::RevokeToken { token_hash } | Operation::TidyToken { token_hash } => o.raw(token_hash),
         Operation::PutMount { path, record } => {
             o.str16(path);
             o.bytes32(record);
@@ -356,6 +357,7 @@ pub(crate) fn decode_body(body: &[u8], version: u8) -> Result<Event, DecodeError
             let (mount, kind, name, replaces) = decode_auth_object(&mut r)?;
             Operation::DeleteAuthObject { mount, kind, name, replaces }
         }
+        0x4C => Operation::TidyToken { token_hash: r.array()? },
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
@@ -420,6 +422,7 @@ mod tests {
             (any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..100))
                 .prop_map(|(token_hash, record)| Operation::PutToken { token_hash, record }),
             any::<[u8; 32]>().prop_map(|token_hash| Operation::RevokeToken { token_hash }),
+            any::<[u8; 32]>().prop_map(|token_hash| Operation::TidyToken { token_hash }),
             proptest::collection::vec(
                 (any::<u64>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..100)),
                 0..5
@@ -594,6 +597,7 @@ mod tests {
             Operation::PutPolicy { name: "p".into(), policy: "path \"a\" {}".into() },
             Operation::PutToken { token_hash: [8; 32], record: b"{}".to_vec() },
             Operation::RevokeToken { token_hash: [9; 32] },
+            Operation::TidyToken { token_hash: [10; 32] },
             Operation::RewrapValues { values: vec![Rewrapped { version: 2, replaces: [4; 32], sealed: vec![5; 40] }] },
             Operation::AddKeyTerm { term: 2 },
             Operation::RetireKeyTerm { term: 1 },

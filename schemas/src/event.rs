@@ -96,6 +96,13 @@ pub enum Operation {
     PutToken { token_hash: [u8; 32], record: Vec<u8> },
     /// Control: revoke a token.
     RevokeToken { token_hash: [u8; 32] },
+    /// Control: drop an expired token from state (Vault's `auth/token/tidy`): its record, its
+    /// accessor and the revision of its control key. The leader decides which tokens are expired;
+    /// a node applies it only if the stored record had expired by the event's own timestamp (the
+    /// leader's clock when it decided, the same for every node), so a tidy can never remove a
+    /// live token, whatever the applying node's clock says. Keyed by the token's own control
+    /// object (`token/{accessor}`), so it is ordered with the token's renewals and revocation.
+    TidyToken { token_hash: [u8; 32] },
     /// Control: key term `term` exists from here on; once a node has applied it, it seals new
     /// values and authenticates new events under it (when it is the newest term). Adding a term
     /// that is not newer than the newest changes nothing.
@@ -184,6 +191,7 @@ impl Operation {
             Operation::DeleteMount { .. } => 0x49,
             Operation::PutAuthObject { .. } => 0x4A,
             Operation::DeleteAuthObject { .. } => 0x4B,
+            Operation::TidyToken { .. } => 0x4C,
         }
     }
 
@@ -211,6 +219,7 @@ impl Operation {
             Operation::DeleteMount { .. } => "delete_mount",
             Operation::PutAuthObject { .. } => "put_auth_object",
             Operation::DeleteAuthObject { .. } => "delete_auth_object",
+            Operation::TidyToken { .. } => "tidy_token",
         }
     }
 

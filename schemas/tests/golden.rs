@@ -291,6 +291,34 @@ fn golden_partitioning_never_moves_keys() {
     assert!(golden.iter().collect::<std::collections::BTreeSet<_>>().len() == 6, "all partitions used");
 }
 
+/// The token tidy (tag 0x4C), in schema version 2 (the writer always decides it against the
+/// revision of the token's key): `event_v2_tidy_token.bin` must decode forever.
+#[test]
+fn golden_tidy_token_vector_decodes_forever() {
+    let ring = golden_ring();
+    let event = Event {
+        event_id: [0x14; 16],
+        timestamp_ms: 1_763_856_000_000,
+        writer_epoch: 9,
+        revision: Some(2),
+        mount: String::new(),
+        path: "token/AbCdEfGhIjKlMnOpQrStUvWx".into(),
+        op: Operation::TidyToken { token_hash: [0x44; 32] },
+    };
+    let file = dir().join("event_v2_tidy_token.bin");
+    let encoded = encode_event(&ring, &event);
+    if bless() && !file.exists() {
+        std::fs::write(&file, &encoded).unwrap();
+    }
+    let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let decoded = decode_event(&ring, Some(&event.record_key()), &golden)
+        .unwrap_or_else(|e| panic!("tidy_token: golden vector no longer decodes: {e}"));
+    assert_eq!(decoded, event, "tidy_token: golden vector decodes differently");
+    assert_eq!(encoded, golden, "tidy_token: encoding changed; that is a new schema version");
+    assert_eq!(golden[2], 2, "schema version 2");
+    assert_eq!(golden[golden.len() - 32 - 33], 0x4C, "the tidy tag");
+}
+
 /// Auth-object control events (tags 0x4A, 0x4B) in schema version 2, and the JSON of the records
 /// they carry: `event_v2_*_auth_object*.bin` and `auth_*_v1.json` must decode forever.
 #[test]

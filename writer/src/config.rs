@@ -74,6 +74,10 @@ pub struct WriterConfig {
         value_parser = crate::rotate::parse_rewrap_rate,
     )]
     pub rewrap_rate: u64,
+    /// How often the leader tidies expired tokens out of every node's state (through the log,
+    /// as `POST /v1/auth/token/tidy` does), seconds. 0: only when asked.
+    #[arg(long, env = "SECRETLOG_TOKEN_TIDY_INTERVAL_SECS", value_name = "SECS", default_value_t = 3600)]
+    pub token_tidy_interval_secs: u64,
     #[command(flatten)]
     pub http: HttpConfig,
     #[command(flatten)]

@@ -24,6 +24,7 @@ pub mod request;
 pub mod restore;
 pub mod rotate;
 pub(crate) mod route;
+pub mod tidy;
 pub mod token;
 pub mod userpass;
 

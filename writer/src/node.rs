@@ -49,6 +49,8 @@ struct WriterNode {
     /// When this node last became the leader (unix ms), for `sys/leader`'s `active_time`.
     active_since_ms: AtomicI64,
     queue: RwLock<Option<mpsc::Sender<Pending>>>,
+    /// Tidies expired tokens while this node leads (see `crate::tidy`).
+    tidier: Arc<crate::tidy::Tidier>,
     forwarder: Forwarder,
     /// The URL announced in the log when this writer leads.
     advertise: String,
@@ -75,6 +77,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         fenced: Arc::new(AtomicBool::new(false)),
         active_since_ms: AtomicI64::new(0),
         queue: RwLock::new(None),
+        tidier: Arc::default(),
         forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000))
             .trusting(cfg.http.tls_ca.as_deref())?,
     });
@@ -282,6 +285,9 @@ impl WriterNode {
             self.fenced.clone(),
         );
         let rewrap = tokio::spawn(crate::rotate::rewrap(ctx.clone(), tx.clone(), cancel.child_token()));
+        let tidy_every =
+            (self.cfg.token_tidy_interval_secs > 0).then(|| Duration::from_secs(self.cfg.token_tidy_interval_secs));
+        let tidy = tokio::spawn(self.tidier.clone().run(ctx.clone(), tx.clone(), tidy_every, cancel.child_token()));
         *self.queue.write().expect("queue lock") = Some(tx);
         self.set_state(WriterState::Active);
         metrics::gauge!("secretlog_writer_epoch").set(epoch as f64);
@@ -289,6 +295,7 @@ impl WriterNode {
         tracing::info!(epoch, partitions, "leader: accepting writes");
         let stopped = committer.run(rx, cancel).await;
         rewrap.abort();
+        tidy.abort();
         *self.queue.write().expect("queue lock") = None;
         metrics::gauge!("secretlog_writer_is_leader").set(0.0);
         match stopped {
@@ -400,6 +407,11 @@ impl WriterNode {
         if crate::auth_methods::handles(&req) {
             let app = crate::auth_methods::Appender { ctx, queue: self.write_queue()?, timeout };
             return crate::auth_methods::write(&app, &req, Some(&who)).await;
+        }
+        if req.path == crate::tidy::TIDY_PATH && matches!(req.method.as_str(), "POST" | "PUT") {
+            // Only the leader tidies (its committer takes the tidies); the answer comes at once.
+            self.write_queue()?;
+            return Ok(self.tidier.request(&req));
         }
         if req.path == crate::restore::RESTORE_PATH {
             let cmds = crate::restore::parse(&req, &ctx.mounts(), &ctx.default_mount, &ctx.keyring)?;

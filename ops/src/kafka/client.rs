@@ -29,14 +29,40 @@ fn admin(bootstrap: &str) -> Result<Admin, KafkaError> {
         .map_err(|e| KafkaError::Client { op: format!("admin client for {bootstrap}"), source: e })
 }
 
-/// Create a topic the way secretlog needs it: RF=3, min.insync.replicas=2,
-/// unclean.leader.election.enable=false, `partitions` partitions. Idempotent (an existing topic is
-/// left as it is); returns once every partition has a leader, so producers can start at once.
+/// How long the mutation topic keeps records: 7 days. A decision, not a broker default
+/// (docs/operations.md, "Kafka retention of the mutation topic"): history older than this lives
+/// in object storage (the log archive for PITR, snapshots for bootstrap), so the log dirs stay
+/// bounded; it must exceed the longest reader outage to survive without a rebuild (a reader whose
+/// next record is gone halts on *offset out of range* — `auto.offset.reset=error`, nothing skipped
+/// — and is rebuilt from the newest snapshot), and be far above the snapshot interval and the
+/// archive lag.
+pub const MUTATION_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The topic settings [`ensure_topic`] creates the mutation topic with.
+pub fn mutation_topic_config() -> [(&'static str, String); 5] {
+    [
+        ("min.insync.replicas", "2".into()),
+        ("unclean.leader.election.enable", "false".into()),
+        // Never `compact`: compaction drops records in the middle of a key's history, and the
+        // log is the history readers, PITR and the archive replay.
+        ("cleanup.policy", "delete".into()),
+        ("retention.ms", MUTATION_RETENTION_MS.to_string()),
+        // No size-based deletion: it drops records with no regard to their age.
+        ("retention.bytes", "-1".into()),
+    ]
+}
+
+/// Create a topic the way secretlog needs it: RF=3, `partitions` partitions, the settings of
+/// [`mutation_topic_config`] (min.insync.replicas=2, unclean.leader.election.enable=false, an
+/// explicit time retention). Idempotent (an existing topic is left as it is); returns once every
+/// partition has a leader, so producers can start at once.
 pub async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), KafkaError> {
     let admin = Arc::new(admin(bootstrap)?);
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(3))
-        .set("min.insync.replicas", "2")
-        .set("unclean.leader.election.enable", "false");
+    let config = mutation_topic_config();
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(3));
+    for (k, v) in &config {
+        new = new.set(k, v);
+    }
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(30)))
         .request_timeout(Some(Duration::from_secs(30)));
@@ -215,6 +241,16 @@ impl ClusterView {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_mutation_topic_keeps_a_week_deletes_by_age_only_and_is_never_compacted() {
+        let cfg: std::collections::BTreeMap<_, _> = super::mutation_topic_config().into_iter().collect();
+        assert_eq!(cfg["retention.ms"], "604800000");
+        assert_eq!(cfg["retention.bytes"], "-1");
+        assert_eq!(cfg["cleanup.policy"], "delete");
+        assert_eq!(cfg["min.insync.replicas"], "2");
+        assert_eq!(cfg["unclean.leader.election.enable"], "false");
+    }
     use super::*;
 
     fn part(leader: i32, isr: &[i32]) -> PartitionView {

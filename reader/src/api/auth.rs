@@ -155,6 +155,8 @@ pub fn need(req: &ApiRequest, mount: Option<&str>, exists: impl FnOnce(&str) -> 
         super::key_status::KEY_STATUS_PATH if m == "GET" => Need::Cap("sys/key-status".into(), Capability::Read),
         // Vault's rule: `GET lookup-self` needs `read`, every other `auth/token/*` call `update`.
         "v1/auth/token/lookup-self" if m == "GET" => Need::Cap("auth/token/lookup-self".into(), Capability::Read),
+        // Vault asks `list` and `sudo`; here the root token only.
+        "v1/auth/token/accessors" if m == "LIST" => Need::Root,
         p if p.starts_with("v1/auth/token/") => Need::Cap(p["v1/".len()..].to_string(), Capability::Update),
         p => super::auth_methods::need(p, m).unwrap_or(Need::Root),
     }

@@ -168,6 +168,9 @@ impl ReadContext {
         if req.path.starts_with("v1/sys/policies/acl") {
             return super::tokens::read_policy(self, req).await;
         }
+        if req.path == "v1/auth/token/accessors" && req.method == "LIST" {
+            return super::tokens::list_accessors(self, req).await;
+        }
         if req.path == "v1/auth/token/lookup-self" {
             if let super::auth::Identity::Token { record, .. } = super::auth::identify(self, req).await? {
                 return Ok(super::tokens::lookup_response(req, &record));

@@ -42,6 +42,26 @@ pub fn lookup_response(req: &ApiRequest, record: &TokenRecord) -> ApiResponse {
     ApiResponse::data(&req.request_id, data)
 }
 
+/// `LIST /v1/auth/token/accessors`: the accessor of every token this node's state holds —
+/// expired ones too, until a tidy removes them (what an operator checks a tidy by). 404 when
+/// there is none, as Vault answers an empty list.
+pub async fn list_accessors(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+    let keys: Vec<String> = ctx
+        .store
+        .scan(crate::store::keys::ACCESSOR_PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let acc = k.strip_prefix(crate::store::keys::ACCESSOR_PREFIX)?;
+            String::from_utf8(acc.to_vec()).ok()
+        })
+        .collect();
+    if keys.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    Ok(ApiResponse::data(&req.request_id, json!({ "keys": keys })))
+}
+
 /// `GET /v1/sys/policies/acl/:name` and `LIST /v1/sys/policies/acl`.
 pub async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
     // Names are lower-cased, as Vault does.

@@ -10,7 +10,7 @@ use crate::harness::{Stack, StackOpts, call, client, eventually, shared};
 
 /// The sum of every sample of `name` (over all label sets) in a Prometheus text page; `None`
 /// when the series is absent.
-fn sample(page: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(page: &str, name: &str) -> Option<f64> {
     let values: Vec<f64> = page
         .lines()
         .filter(|l| !l.starts_with('#'))

@@ -142,7 +142,7 @@ async fn pass(
             };
             tokio::select! {
                 _ = cancel.cancelled() => return Ok((found.len(), tidied)),
-                sent = queue.send(Pending { mount: String::new(), cmd, reply: tx }) => {
+                sent = queue.send(Pending { mount: String::new(), cmd, reply: tx, request_id: String::new() }) => {
                     sent.map_err(|_| ApiError::unavailable("writer stopped"))?;
                 }
             }

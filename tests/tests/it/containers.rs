@@ -203,6 +203,8 @@ pub struct ContainerKafka {
 impl ContainerKafka {
     /// Start the three brokers (not waiting for them: see [`ContainerKafka::wait_ready`]).
     pub fn start() -> ContainerKafka {
+        // Docker checked, and what dead runs left (maybe on these very ports) removed, first.
+        cli();
         let base = base_port();
         let ports: Vec<u16> = (0..3).map(|i| base + i).collect();
         for &p in &ports {

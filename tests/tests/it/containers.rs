@@ -11,6 +11,13 @@
 //! its host port and its data across a kill and a start (the container is not removed), so the
 //! clients reconnect to it as to a restarted local broker.
 //!
+//! It keeps its address on the Docker network too: Docker hands a restarted container the lowest
+//! free address, so two brokers killed and started in another order swap addresses, and a broker
+//! that had connected to one by name goes on talking to the other (same port, the wrong node) and
+//! never resolves the name again (seen: ISR stuck at one broker for minutes). So the network
+//! has a subnet of ours (Docker pins addresses only on such networks) and a broker's start puts
+//! it back on its first address.
+//!
 //! testcontainers version: 0.15, the last whose client drives the `docker` CLI (which negotiates
 //! the engine's API version); later ones speak to the engine through bollard at a fixed API
 //! version newer than Debian bookworm's engine (API 1.41) accepts. testcontainers-rs has no
@@ -157,11 +164,33 @@ extern "C" fn remove_all_at_exit() {
     });
 }
 
+/// This run's Docker network, created on first use with a subnet of its own (10.213.N.0/24, the
+/// first free one), so a container's address can be pinned (`docker network connect --ip`).
+fn network() -> &'static str {
+    static NET: OnceLock<String> = OnceLock::new();
+    NET.get_or_init(|| {
+        cli(); // Docker checked and dead runs' leftovers removed first.
+        let name = run_name();
+        let start = std::process::id() % 200;
+        let mut last = String::new();
+        for n in (0..50).map(|i| (start + i) % 250 + 1) {
+            let subnet = format!("10.213.{n}.0/24");
+            let out = docker(&["network", "create", "--subnet", &subnet, &name]);
+            if out.status.success() {
+                return name;
+            }
+            last = text(&out);
+        }
+        panic!("creating the containers' network {name}: no free 10.213.N.0/24 subnet; last: {last}")
+    })
+}
+
 /// Start `image` as container `name` on this run's network, `host_port` published to
 /// `container_port`; registered for removal at exit. Returns the container's id.
 fn run(image: GenericImage, name: &str, host_port: u16, container_port: u16) -> String {
+    // Ours, with its subnet, before testcontainers would create one without.
     let image = RunnableImage::from(image)
-        .with_network(run_name())
+        .with_network(network())
         .with_container_name(name)
         .with_mapped_port((host_port, container_port));
     let container = cli().run(image);
@@ -189,6 +218,15 @@ fn running(id: &str) -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "true"
 }
 
+/// A container's address on this run's network.
+fn address(id: &str) -> String {
+    let format = format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", network());
+    let out = docker(&["inspect", "--format", &format, id]);
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && !ip.is_empty(), "the address of container {id}: {}", text(&out));
+    ip
+}
+
 fn logs_tail(id: &str) -> String {
     text(&docker(&["logs", "--tail", "30", id]))
 }
@@ -198,6 +236,8 @@ pub struct ContainerKafka {
     bootstrap: String,
     /// Container ids of nodes 1, 2, 3.
     ids: Vec<String>,
+    /// Their addresses on the network, which a start gives back (see the module's comment).
+    addresses: Vec<String>,
 }
 
 impl ContainerKafka {
@@ -272,8 +312,9 @@ impl ContainerKafka {
                 .fold(GenericImage::new(KAFKA_IMAGE.0, KAFKA_IMAGE.1), |image, (k, v)| image.with_env_var(k, v));
             ids.push(run(image, name, port, EXTERNAL_PORT));
         }
+        let addresses = ids.iter().map(|id| address(id)).collect();
         let bootstrap = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        ContainerKafka { bootstrap, ids }
+        ContainerKafka { bootstrap, ids, addresses }
     }
 
     pub fn bootstrap_servers(&self) -> String {
@@ -352,6 +393,16 @@ impl ContainerKafka {
         let id = self.id(node)?;
         if running(id) {
             return Ok(());
+        }
+        // Back on its own address before it starts, not on whichever is free.
+        let ip = &self.addresses[node as usize - 1];
+        let out = docker(&["network", "disconnect", "--force", network(), id]);
+        if !out.status.success() {
+            return Err(format!("docker network disconnect: {}", text(&out)));
+        }
+        let out = docker(&["network", "connect", "--ip", ip, network(), id]);
+        if !out.status.success() {
+            return Err(format!("docker network connect --ip {ip}: {}", text(&out)));
         }
         {
             let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());

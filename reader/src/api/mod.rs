@@ -581,12 +581,14 @@ mod tests {
         };
         let opts = ServeOptions::new(1024, &http).unwrap();
         let release = Arc::new(tokio::sync::Notify::new());
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
         let handler: Handler = {
             let release = release.clone();
             Arc::new(move |req: ApiRequest| {
-                let release = release.clone();
+                let (release, entered_tx) = (release.clone(), entered_tx.clone());
                 Box::pin(async move {
                     if req.path == "v1/secret/data/slow" {
+                        let _ = entered_tx.send(());
                         release.notified().await;
                     }
                     ApiResponse::json(200, &serde_json::json!({"path": req.path}))
@@ -636,18 +638,15 @@ mod tests {
         assert_eq!(get("v1/secret/data/a", Some("b")).await.unwrap().status(), 200);
 
         // One slow read fills kv-read (1 slot, no queue): the next read gets 503, health and
-        // writes answer.
+        // writes answer. Nothing else is in flight when it is sent, so it takes the slot; the
+        // handler says when it holds it.
         let slow = tokio::spawn(get("v1/secret/data/slow", None));
-        // Generous: on a loaded 2-core machine the slow read's connection can take seconds.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let refused = loop {
-            let r = get("v1/secret/data/other", None).await.unwrap();
-            if r.status() == 503 {
-                break r;
-            }
-            assert!(Instant::now() < deadline, "the slow read never took the slot");
-            tokio::task::yield_now().await;
-        };
+        tokio::time::timeout(Duration::from_secs(60), entered.recv())
+            .await
+            .expect("the slow read reached the handler within 60 s")
+            .unwrap();
+        let refused = get("v1/secret/data/other", None).await.unwrap();
+        assert_eq!(refused.status(), 503);
         assert_eq!(refused.headers()["retry-after"], "1");
         assert_eq!(get("v1/sys/health", None).await.unwrap().status(), 200);
         let w = client.post(format!("{base}/v1/secret/data/w")).body("{}").send().await.unwrap();

@@ -245,7 +245,21 @@ impl ReplicatorNode {
             Err(e) => return e.into(),
         }
         if let Err(e) = ctx.authorize(&req).await {
-            return e.into();
+            if e.status != 403 {
+                return e.into();
+            }
+            // A token this node does not know (yet): a replicator that started or fell behind
+            // moments ago may not have applied it. Catch up with the log's end as of now and
+            // decide once more.
+            if let Err(why) = catch_up(ctx).await {
+                return ApiError::unavailable(format!(
+                    "this replicator cannot tell yet whether the token is valid: {why}"
+                ))
+                .into();
+            }
+            if let Err(e) = ctx.authorize(&req).await {
+                return e.into();
+            }
         }
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "v1/sys/secretlog/digest") => ctx.read(&req).await.unwrap_or_else(ApiResponse::from),
@@ -296,5 +310,22 @@ impl ReplicatorNode {
                 }
             }),
         )
+    }
+}
+
+/// How long a replicator tries to catch up with the log before it decides on a token it does not
+/// know: its API serves operators (snapshots, digests), who can wait for a right answer.
+const CATCH_UP_FOR_A_TOKEN: Duration = Duration::from_secs(15);
+
+/// Consume up to the log's end as of now (each attempt asks the brokers anew), within
+/// [`CATCH_UP_FOR_A_TOKEN`]; the last attempt's reason if it could not.
+async fn catch_up(ctx: &secretlog_reader::api::kv::ReadContext) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_FOR_A_TOKEN;
+    loop {
+        match ctx.wait_strong().await {
+            Ok(()) => return Ok(()),
+            Err(why) if tokio::time::Instant::now() >= deadline => return Err(why),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }

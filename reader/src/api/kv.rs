@@ -91,7 +91,16 @@ impl ReadContext {
     /// acknowledged before the read arrived. Up to the consistency wait; else why not.
     pub async fn wait_strong(&self) -> Result<(), String> {
         let started = Instant::now();
-        let ends = self.materializer.ends.after_now(self.consistency_wait).await?;
+        // A node still positioning on the log (just started) has no partitions to ask about yet.
+        let (positioned, _) = self.materializer.wait_for(self.consistency_wait, |p| p.partitions > 0).await;
+        if !positioned {
+            return Err(format!(
+                "this node was not positioned on the log within {} ms",
+                self.consistency_wait.as_millis()
+            ));
+        }
+        let left = self.consistency_wait.saturating_sub(started.elapsed());
+        let ends = self.materializer.ends.after_now(left).await?;
         let left = self.consistency_wait.saturating_sub(started.elapsed());
         let (reached, p) = self.materializer.wait_for(left, |p| p.has_consumed(&ends)).await;
         if reached {

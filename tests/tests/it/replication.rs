@@ -313,3 +313,39 @@ async fn a_reader_bootstraps_from_a_snapshot_after_kafka_deleted_the_records_bef
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["data"]["metadata"]["version"], 3);
 }
+
+/// A replicator behind the log does not refuse a token the log already holds: before it refuses
+/// one it catches up with the log's end as of the request. Started with the planted `slow-apply`
+/// (each batch applied 200 ms late), it is asked with the root token from the moment it answers
+/// at all: its first answer other than "starting" is the digest, never a 403. A token nobody
+/// created is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replicator_honours_a_token_the_log_already_holds() {
+    let (cluster, _g) = shared();
+    let s = Stack::start(cluster, StackOpts { name: "replag", readers: 0, ..Default::default() }).await;
+    for i in 0..30 {
+        s.put(&format!("backlog/{i}"), json!({"i": i})).await;
+    }
+    let objects = format!("file://{}", s.dir.path().join("objects").display());
+    let rep = s.new_replicator(&objects, &[("SECRETLOG_TEST_PLANTED_BUG", "slow-apply")]);
+    let url = format!("{}/v1/sys/secretlog/digest", rep.url);
+    let first = eventually(Duration::from_secs(60), "the replicator's first answer past its start", || {
+        let (url, token) = (url.clone(), s.token.clone());
+        async move {
+            let a = reqwest::Client::new()
+                .get(&url)
+                .header("X-Vault-Token", token)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .ok()?;
+            let status = a.status().as_u16();
+            let body = a.text().await.unwrap_or_default();
+            (status != 503).then_some((status, body))
+        }
+    })
+    .await;
+    assert_eq!(first.0, 200, "the first answer with the root token: {}\n{}", first.1, rep.log_tail());
+    let a = call("GET", &url, Some("hvs.not-a-token"), None, None).await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+}

@@ -90,6 +90,26 @@ pub(crate) fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of the files under `dir` by SlateDB directory: `wal` (write-ahead log SSTs, garbage once
+/// flushed into the tree and past the collector's minimum age) apart from everything else.
+fn store_bytes_by_kind(dir: &Path) -> (u64, u64) {
+    fn walk(dir: &Path, in_wal: bool, out: &mut (u64, u64)) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let wal = in_wal || e.file_name() == "wal";
+            match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path(), wal, out),
+                Ok(m) if wal => out.0 += m.len(),
+                Ok(m) => out.1 += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    let mut out = (0, 0);
+    walk(dir, false, &mut out);
+    out
+}
+
 /// Keys plus values in `store`, by what they are: secret metadata (`s/`), sealed values (`v/`),
 /// key revisions (`c/rev/`), the rest of the control state (`c/`), partition positions (`o/`).
 async fn logical_bytes(store: &Store) -> anyhow::Result<Value> {
@@ -140,6 +160,7 @@ pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Re
         // What the live data costs on disk: SlateDB's files (WAL and SSTs, as the store left them
         // on close) over the secrets they hold, and where the logical bytes go.
         let store_bytes = dir_bytes(&dir.path().join("source"));
+        let (wal_bytes, tree_bytes) = store_bytes_by_kind(&dir.path().join("source"));
         let r = json!({
             "scenario": "snapshot",
             "secrets": n,
@@ -148,6 +169,9 @@ pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Re
             "snapshot_bytes": snapshot_bytes,
             "store_bytes": store_bytes,
             "store_bytes_per_secret": store_bytes as f64 / n.max(1) as f64,
+            "store_wal_bytes": wal_bytes,
+            "store_tree_bytes": tree_bytes,
+            "store_tree_bytes_per_secret": tree_bytes as f64 / n.max(1) as f64,
             "logical_bytes": logical,
             "create_secs": create_secs,
             "bootstrap_secs": bootstrap_secs,

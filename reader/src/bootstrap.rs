@@ -74,7 +74,9 @@ pub async fn fetch_snapshot(objects: &Objects, m: &Manifest) -> Result<SnapshotD
 pub async fn install(store: &Store, m: &Manifest, data: SnapshotData) -> Result<u64, ReaderError> {
     let mut batch = ApplyBatch::default();
     for (mount, path, meta) in data.secrets {
-        batch.writes.insert(keys::meta(&mount, &path), Some(meta.into_bytes()));
+        // As this release stores it (a snapshot may come from an earlier one).
+        let stored = crate::state::SecretMeta::canonical(meta.as_bytes()).unwrap_or_else(|| meta.into_bytes());
+        batch.writes.insert(keys::meta(&mount, &path), Some(stored));
     }
     for (mount, path, version, sealed) in data.values {
         batch.writes.insert(keys::value(&mount, &path, version), Some(sealed));

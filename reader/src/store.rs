@@ -222,9 +222,19 @@ pub struct Store {
 ///   default ten: superseded files then live at most ~6 minutes instead of ~15. Five minutes stays
 ///   the floor for compacted SSTs: a scan open in this process (a snapshot export, a rewrap pass)
 ///   may still read files the compactor has replaced, and the longest of those scans must end
-///   well within it.
+///   well within it;
+/// * SSTs (the WAL's, L0's and the compactor's) are LZ4-compressed block by block: the sealed values do not compress,
+///   but the keys and metadata JSON around them do — at 100k secrets of 64 bytes the tree went
+///   from 309 to 169 bytes per secret, the WAL from 301 to 151 (docs/benchmarks.md, issue #24),
+///   for LZ4's few hundred MB/s per core of decompression on a block read. SlateDB records each
+///   SST's codec, so stores written before read on; a release without LZ4 cannot read this one
+///   (going back means a new data directory, rebuilt from a snapshot and the log).
 fn slatedb_settings() -> slatedb::Settings {
-    use slatedb::config::{CompactorOptions, GarbageCollectorDirectoryOptions, GarbageCollectorOptions};
+    use slatedb::config::{
+        CompactionWorkerOptions, CompactorOptions, CompressionCodec, GarbageCollectorDirectoryOptions,
+        GarbageCollectorOptions,
+    };
+    const CODEC: CompressionCodec = CompressionCodec::Lz4;
     use std::time::Duration;
     let every_minute = |min_age_secs| GarbageCollectorDirectoryOptions {
         interval: Some(Duration::from_secs(60)),
@@ -232,7 +242,13 @@ fn slatedb_settings() -> slatedb::Settings {
         dry_run: false,
     };
     slatedb::Settings {
-        compactor_options: Some(CompactorOptions::default()),
+        // The in-process compaction worker writes with its own codec, which must be the
+        // store's: else every compacted SST would be uncompressed.
+        compactor_options: Some(CompactorOptions {
+            worker: Some(CompactionWorkerOptions { compression_codec: Some(CODEC), ..Default::default() }),
+            ..CompactorOptions::default()
+        }),
+        compression_codec: Some(CODEC),
         garbage_collector_options: Some(GarbageCollectorOptions {
             wal_options: Some(every_minute(60)),
             compacted_options: Some(every_minute(300)),
@@ -586,10 +602,17 @@ impl Store {
                 if kv.key.starts_with(keys::REVISION_PREFIX) {
                     continue;
                 }
+                // Metadata as this release stores it: a record an earlier release wrote (with
+                // every field) and its compact form are the same state.
+                let canonical = match prefix {
+                    b"s/" => crate::state::SecretMeta::canonical(&kv.value),
+                    _ => None,
+                };
+                let value = canonical.as_deref().unwrap_or(&kv.value);
                 h.update((kv.key.len() as u64).to_be_bytes());
                 h.update(&kv.key);
-                h.update((kv.value.len() as u64).to_be_bytes());
-                h.update(&kv.value);
+                h.update((value.len() as u64).to_be_bytes());
+                h.update(value);
                 n += 1;
             }
         }

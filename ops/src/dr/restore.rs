@@ -76,7 +76,12 @@ type SecretKey = (String, String);
 pub fn by_path(data: &SnapshotData, prefix: &str, storages: &BTreeSet<String>) -> BTreeMap<SecretKey, SecretState> {
     let mut out: BTreeMap<SecretKey, SecretState> = BTreeMap::new();
     for (mount, path, meta) in data.secrets.iter().filter(|s| under(&s.1, prefix) && storages.contains(&s.0)) {
-        out.insert((mount.clone(), path.clone()), (meta.clone(), BTreeMap::new()));
+        // As this release stores it, so a restore point taken by an earlier release (every field
+        // written out) compares equal to the same live state.
+        let meta = secretlog_reader::state::SecretMeta::canonical(meta.as_bytes())
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| meta.clone());
+        out.insert((mount.clone(), path.clone()), (meta, BTreeMap::new()));
     }
     for (mount, path, v, sealed) in &data.values {
         if let Some(s) = out.get_mut(&(mount.clone(), path.clone())) {

@@ -159,8 +159,8 @@ pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Re
         target.close().await?;
         // What the live data costs on disk: SlateDB's files (WAL and SSTs, as the store left them
         // on close) over the secrets they hold, and where the logical bytes go.
-        let store_bytes = dir_bytes(&dir.path().join("source"));
         let (wal_bytes, tree_bytes) = store_bytes_by_kind(&dir.path().join("source"));
+        let store_bytes = wal_bytes + tree_bytes;
         let r = json!({
             "scenario": "snapshot",
             "secrets": n,

@@ -223,12 +223,13 @@ pub struct Store {
 ///   the floor for compacted SSTs: a scan open in this process (a snapshot export, a rewrap pass)
 ///   may still read files the compactor has replaced, and the longest of those scans must end
 ///   well within it;
-/// * SSTs (the WAL's, L0's and the compactor's) are LZ4-compressed block by block: the sealed values do not compress,
-///   but the keys and metadata JSON around them do — at 100k secrets of 64 bytes the tree went
-///   from 309 to 169 bytes per secret, the WAL from 301 to 151 (docs/benchmarks.md, issue #24),
-///   for LZ4's few hundred MB/s per core of decompression on a block read. SlateDB records each
-///   SST's codec, so stores written before read on; a release without LZ4 cannot read this one
-///   (going back means a new data directory, rebuilt from a snapshot and the log).
+/// * SSTs (the WAL's, L0's and the compactor's) are LZ4-compressed block by block: the sealed
+///   values do not compress, but the keys and metadata JSON around them do — at 100k secrets of
+///   64 bytes the tree went from 309 to 169 bytes per secret, the WAL from 301 to 151
+///   (docs/benchmarks.md, issue #24), for LZ4's few hundred MB/s per core of decompression on a
+///   block read. SlateDB records each SST's codec, so stores written before read on; a release
+///   without LZ4 cannot read this one (going back means a new data directory, rebuilt from a
+///   snapshot and the log).
 fn slatedb_settings() -> slatedb::Settings {
     use slatedb::config::{
         CompactionWorkerOptions, CompactorOptions, CompressionCodec, GarbageCollectorDirectoryOptions,

@@ -332,7 +332,7 @@ async fn a_lagging_replicator_honours_a_token_the_log_already_holds() {
     let first = eventually(Duration::from_secs(60), "the replicator's first answer past its start", || {
         let (url, token) = (url.clone(), s.token.clone());
         async move {
-            let a = reqwest::Client::new()
+            let a = crate::harness::client()
                 .get(&url)
                 .header("X-Vault-Token", token)
                 .timeout(Duration::from_secs(30))

@@ -8,6 +8,9 @@ pub enum ReplicatorError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("object store: {0}")]
     Objects(String),
+    /// The object store prefix belongs to another Kafka cluster or topic: retrying cannot help.
+    #[error("{0}")]
+    ForeignStore(String),
     #[error("snapshot format: {0}")]
     Format(#[from] secretlog_schemas::archive::FormatError),
     #[error(transparent)]

@@ -117,18 +117,31 @@ impl ReplicatorNode {
         if prog.partitions == 0 {
             return;
         }
-        let claimed = tokio::select! {
-            _ = cancel.cancelled() => return,
-            claimed = self.claim_store() => claimed,
-        };
-        let cluster = match claimed {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "the archive cannot start");
-                self.archive_tx.send_modify(|s| s.last_error = Some(e.to_string()));
-                return;
+        // Kafka or object storage being unreachable at start is an outage like any other: keep
+        // trying (health reports it meanwhile). Only a store owned by another cluster is final.
+        let cluster = loop {
+            let claimed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                claimed = self.claim_store() => claimed,
+            };
+            match claimed {
+                Ok(c) => break c,
+                Err(e @ ReplicatorError::ForeignStore(_)) => {
+                    tracing::error!(error = %e, "the archive cannot start");
+                    self.archive_tx.send_modify(|s| s.last_error = Some(e.to_string()));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the archive cannot start yet; retrying");
+                    self.archive_tx.send_modify(|s| s.last_error = Some(e.to_string()));
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
+        self.archive_tx.send_modify(|s| s.last_error = None);
         let _ = self.cluster.set(cluster);
         let res = crate::archive::run(
             &self.cfg.log.bootstrap,
@@ -206,7 +219,7 @@ impl ReplicatorNode {
                 let bytes = r.bytes().await.map_err(|e| ReplicatorError::Objects(e.to_string()))?;
                 let found: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 if found != owner {
-                    return Err(ReplicatorError::Objects(format!(
+                    return Err(ReplicatorError::ForeignStore(format!(
                         "{} belongs to {found}, not to {owner}: give this cluster its own object store prefix",
                         self.objects.url
                     )));

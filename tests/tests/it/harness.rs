@@ -331,9 +331,19 @@ impl Node {
         self.spawn();
     }
 
-    /// The tail of the node's log, for assertion messages.
+    /// The last lines of the node's log; if the node panicked, the lines up to the panic and its
+    /// message instead of the backtrace that follows it.
     pub fn log_tail(&self) -> String {
-        process::tail_file(&self.log, 30)
+        let tail = process::tail_file(&self.log, 400);
+        let lines: Vec<&str> = tail.lines().collect();
+        match lines.iter().rposition(|l| l.contains("panicked at")) {
+            Some(at) => {
+                let end =
+                    lines[at..].iter().position(|l| l.starts_with("stack backtrace")).map_or(lines.len(), |e| at + e);
+                lines[at.saturating_sub(25)..end].join("\n")
+            }
+            None => lines[lines.len().saturating_sub(30)..].join("\n"),
+        }
     }
 
     /// Wait until `/v1/sys/health` answers `code`.

@@ -143,8 +143,14 @@ async fn archive_rides_out_an_object_storage_outage_and_catches_up_with_no_gap()
     let proxy = Proxy::start(&s3.endpoint).await;
     let objects = s3.objects("outage");
     let s = Stack::start(cluster, StackOpts { name: "s3-outage", readers: 1, ..Default::default() }).await;
-    let rep = s3_replicator(&s, &s3, &proxy.endpoint, "outage");
-    rep.wait_health(200, Duration::from_secs(60)).await;
+    let mut rep = s3_replicator(&s, &s3, &proxy.endpoint, "outage");
+    // Health answers before the archive has claimed the store and positioned itself; the outage
+    // below is meant to hit a running archive.
+    eventually(Duration::from_secs(60), "the archive to start", || async {
+        let (code, h) = health(&rep).await;
+        (code == 200 && h["secretlog"]["archive"]["archived"].as_object().is_some_and(|a| !a.is_empty())).then_some(())
+    })
+    .await;
     for i in 0..40 {
         s.put(&format!("o/{i}"), json!({"i": i})).await;
     }
@@ -158,12 +164,20 @@ async fn archive_rides_out_an_object_storage_outage_and_catches_up_with_no_gap()
         call("GET", &format!("{}/v1/secret/data/o/119", s.readers[0].url), Some(&s.token), last.as_deref(), None).await;
     assert_eq!(read.status, 200, "{:?}", read.body);
     // The replicator reports the outage and a growing archive lag.
-    let (lag_during, h) = eventually(Duration::from_secs(60), "the replicator to report the outage", || async {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (lag_during, h) = loop {
         let (code, h) = health(&rep).await;
         let lag = h["secretlog"]["archive_lag_seconds"].as_f64().unwrap_or(0.0);
-        (code == 503 && lag > 0.0 && h["secretlog"]["archive"]["buffered"].as_u64() > Some(0)).then_some((lag, h))
-    })
-    .await;
+        if code == 503 && lag > 0.0 && h["secretlog"]["archive"]["buffered"].as_u64() > Some(0) {
+            break (lag, h);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicator did not report the outage in 60 s; last health {code} {h}\n{}",
+            rep.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(h["secretlog"]["problem"].as_str().unwrap_or("").contains("object store"), "{h}");
     let later = eventually(Duration::from_secs(30), "the archive lag to grow", || async {
         let (_, h) = health(&rep).await;
@@ -171,6 +185,18 @@ async fn archive_rides_out_an_object_storage_outage_and_catches_up_with_no_gap()
     })
     .await;
     assert!(later > lag_during);
+    // A replicator restarted while the store is down (its local state is not empty, so it opens
+    // without the store) cannot claim the store: it says so and keeps trying, it does not give
+    // up on the archive.
+    rep.kill9();
+    rep.restart();
+    eventually(Duration::from_secs(60), "the restarted replicator to retry claiming the store", || async {
+        let (code, h) = health(&rep).await;
+        let retrying = std::fs::read_to_string(&rep.log).unwrap_or_default().contains("the archive cannot start yet");
+        (code == 503 && retrying && h["secretlog"]["problem"].as_str().unwrap_or("").contains("object store"))
+            .then_some(())
+    })
+    .await;
     proxy.heal();
     rep.wait_health(200, Duration::from_secs(90)).await;
     assert_archive_complete(&s, &objects, last.as_deref().unwrap()).await;

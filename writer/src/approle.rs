@@ -319,7 +319,7 @@ pub async fn login(app: &Appender<'_>, req: &ApiRequest, at: &At<'_>) -> Result<
 /// Issue the token of a login: a `PutToken` keyed by its accessor, as `auth/token/create` does.
 pub(crate) async fn issue(app: &Appender<'_>, req: &ApiRequest, issued: Issue) -> Result<ApiResponse, ApiError> {
     let (token, record) = issued.record();
-    let reply = auth_body(req, Some(&token), &record);
+    let reply = auth_body(req, Some(&token), &record, record.created_ms);
     let op = Operation::PutToken {
         token_hash: app.ctx.keyring.token_hash(&token),
         record: serde_json::to_vec(&record).map_err(|_| ApiError::internal())?,

@@ -61,7 +61,10 @@ fn nonzero_duration(v: &Value, field: &str) -> Result<Option<u64>, ApiError> {
     Ok(duration(v, field)?.filter(|secs| *secs > 0))
 }
 
-pub(crate) fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord) -> Value {
+/// The `auth` answer for `record` as issued or renewed at `now_ms` (the instant its expiry was
+/// computed from, so that a token issued for an hour is answered as an hour, not 3599 s when the
+/// clock ticked over a millisecond in between).
+pub(crate) fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRecord, now_ms: i64) -> Value {
     let mut body = json!({
         "request_id": req.request_id,
         "lease_id": "",
@@ -76,7 +79,7 @@ pub(crate) fn auth_body(req: &ApiRequest, token: Option<&str>, record: &TokenRec
             "policies": record.policies,
             "token_policies": record.policies,
             "metadata": record.meta,
-            "lease_duration": record.ttl_left(now_ms()),
+            "lease_duration": record.ttl_left(now_ms),
             "renewable": record.renewable,
             "entity_id": "",
             "token_type": "service",
@@ -217,8 +220,9 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
                 return Err(ApiError::bad_request("lease is not renewable"));
             }
             let increment = nonzero_duration(&body(req)?["increment"], "increment")?;
-            renew(&mut record, increment, now_ms());
-            let reply = auth_body(req, None, &record);
+            let now = now_ms();
+            renew(&mut record, increment, now);
+            let reply = auth_body(req, None, &record, now);
             let op = Operation::PutToken {
                 token_hash: hash,
                 record: serde_json::to_vec(&record).map_err(|_| ApiError::internal())?,
@@ -330,7 +334,7 @@ fn create(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Outcome
     }
     .renewable(asked.renewable);
     let (token, record) = issued.record();
-    let reply = auth_body(req, Some(&token), &record);
+    let reply = auth_body(req, Some(&token), &record, record.created_ms);
     let op = Operation::PutToken {
         token_hash: ctx.keyring.token_hash(&token),
         record: serde_json::to_vec(&record).map_err(|_| ApiError::internal())?,
@@ -434,6 +438,18 @@ mod tests {
         assert!(expire >= before + 3_600_000 && expire <= now_ms() + 3_600_000, "expires an hour from now");
         assert_eq!(record.max_expire_ms, None);
         assert!(!record.expired(now_ms()));
+    }
+
+    #[test]
+    fn a_token_is_answered_with_the_lifetime_it_was_given_however_late_the_answer() {
+        let (_, record) = Issue { ttl: 3600, ..Default::default() }.record();
+        let req = ApiRequest::default();
+        assert_eq!(auth_body(&req, Some("t"), &record, record.created_ms)["auth"]["lease_duration"], 3600);
+        // Renewed: the lifetime from the renewal's instant.
+        let mut renewed = record.clone();
+        let later = record.created_ms + 1_234;
+        renew(&mut renewed, Some(600), later);
+        assert_eq!(auth_body(&req, None, &renewed, later)["auth"]["lease_duration"], 600);
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub struct LogConfig {
     /// given directly is checked against it.
     #[arg(long, env = "SECRETLOG_SEAL_CONFIG")]
     pub seal_config: Option<PathBuf>,
-    /// In-memory cache size, MiB.
+    /// In-memory cache size, MiB: the value cache in front of the store; SlateDB's block and
+    /// index caches get a quarter and an eighth of it besides.
     #[arg(long, env = "SECRETLOG_CACHE_MEMORY_MB", default_value_t = 64)]
     pub cache_memory_mb: usize,
     /// Object store holding snapshots (`file:///dir` or `s3://bucket/prefix`, S3 credentials from

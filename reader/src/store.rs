@@ -229,7 +229,16 @@ pub struct Store {
 ///   (docs/benchmarks.md, issue #24), for LZ4's few hundred MB/s per core of decompression on a
 ///   block read. SlateDB records each SST's codec, so stores written before read on; a release
 ///   without LZ4 cannot read this one (going back means a new data directory, rebuilt from a
-///   snapshot and the log).
+///   snapshot and the log);
+/// * memory is bounded on purpose too. SlateDB's defaults suit a large database of its own: a
+///   memtable grows to 64 MiB before it becomes an L0 file, and the block and index caches may
+///   hold 512 + 128 MiB. Every node applies the same log, so every node's memtable filled and
+///   flushed in step — the 30-minute soak's sawtooth (RSS climbing ~5 MiB a minute on every
+///   node, dropping every 7 minutes on all at once), and its rising peaks were the block cache
+///   filling with blocks of files compaction had already replaced. Here a memtable becomes an
+///   L0 file at 8 MiB (a restart replays at most that much WAL, and L0 files stay small for the
+///   compactor), writers are held back past 64 MiB unflushed, and SlateDB's caches are sized
+///   from the node's `--cache-memory-mb` ([`slatedb_cache`]).
 fn slatedb_settings() -> slatedb::Settings {
     use slatedb::config::{
         CompactionWorkerOptions, CompactorOptions, CompressionCodec, GarbageCollectorDirectoryOptions,
@@ -264,8 +273,32 @@ fn slatedb_settings() -> slatedb::Settings {
             boundary_files_enabled: false,
             ..GarbageCollectorOptions::default()
         }),
+        l0_sst_size_bytes: 8 * 1024 * 1024,
+        max_unflushed_bytes: 64 * 1024 * 1024,
         ..slatedb::Settings::default()
     }
+}
+
+/// SlateDB's block and index/filter caches, in memory, sized from the node's memory cache
+/// budget (`--cache-memory-mb`, which our own value cache in front of SlateDB also gets): a
+/// quarter of it for data blocks, an eighth for indexes and filters, at least 1 MiB each. Our
+/// cache answers repeated reads; these serve what misses it without re-reading and decoding a
+/// file's index for each read.
+fn slatedb_cache(memory_budget: usize) -> Arc<dyn slatedb::db_cache::DbCache> {
+    use slatedb::db_cache::SplitCache;
+    use slatedb::db_cache::foyer::{FoyerCache, FoyerCacheOptions};
+    let foyer = |bytes: usize| -> Arc<dyn slatedb::db_cache::DbCache> {
+        Arc::new(FoyerCache::new_with_opts(FoyerCacheOptions {
+            max_capacity: bytes.max(1024 * 1024) as u64,
+            ..FoyerCacheOptions::default()
+        }))
+    };
+    Arc::new(
+        SplitCache::new()
+            .with_block_cache(Some(foyer(memory_budget / 4)))
+            .with_meta_cache(Some(foyer(memory_budget / 8)))
+            .build(),
+    )
 }
 
 impl Store {
@@ -276,6 +309,7 @@ impl Store {
         let fs = LocalFileSystem::new_with_prefix(&db_dir).map_err(|e| ReaderError::Storage(e.to_string()))?;
         let db = Db::builder("state", Arc::new(fs))
             .with_settings(slatedb_settings())
+            .with_db_cache(slatedb_cache(cfg.cache_memory_bytes), 0)
             .build()
             .await
             .map_err(|e| ReaderError::Storage(e.to_string()))?;

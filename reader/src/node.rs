@@ -530,6 +530,7 @@ impl ReaderNode {
         match req.path.as_str() {
             "v1/sys/health" => {
                 let input = HealthInput {
+                    lease_left: None,
                     role: Role::Reader { region: self.region.clone() },
                     sealed: self.keys.sealed_reason(),
                     progress: self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone()),

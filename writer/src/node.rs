@@ -56,6 +56,8 @@ struct WriterNode {
     advertise: String,
     /// The materializer's name in logs.
     name: String,
+    /// While it holds, the leader answers reads from its own state (`crate::election`).
+    lease: Arc<crate::election::Lease>,
 }
 
 /// Start a writer; it runs until `cancel` fires.
@@ -78,6 +80,7 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         active_since_ms: AtomicI64::new(0),
         queue: RwLock::new(None),
         tidier: Arc::default(),
+        lease: Arc::default(),
         forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000))
             .trusting(cfg.http.tls_ca.as_deref())?,
     });
@@ -124,7 +127,7 @@ impl WriterNode {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
-        let (mut elected, join) = match crate::election::spawn(election, cancel.clone()) {
+        let (mut elected, join) = match crate::election::spawn(election, self.lease.clone(), cancel.clone()) {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot join the leader election");
@@ -340,6 +343,7 @@ impl WriterNode {
 
     fn health_input(&self) -> HealthInput {
         let state = if self.fenced.load(Ordering::SeqCst) { WriterState::Fenced } else { self.state() };
+        let lease_left = self.lease.left().filter(|_| state == WriterState::Active);
         let (role, unavailable) = match state {
             WriterState::Active => (Role::ActiveWriter, None),
             WriterState::Standby => (Role::StandbyWriter { leader: self.leader_url() }, None),
@@ -353,6 +357,7 @@ impl WriterNode {
             max_lag_seconds: 30.0,
             max_staleness: None,
             unavailable,
+            lease_left,
         }
     }
 
@@ -546,13 +551,20 @@ impl WriterNode {
             Some(m) => m.parse::<ReadMode>().map_err(ApiError::bad_request)? == ReadMode::Strong,
             None => false,
         };
-        if freshness == Freshness::Fresh && self.state() != WriterState::Active {
-            // The leader answers from its own state: it acknowledged nothing it had not applied,
-            // and it stops leading when it applies a newer epoch or loses its group session. A
-            // standby vouches for its state only as a reader does.
-            freshness = if strong {
+        let active = self.state() == WriterState::Active;
+        if freshness == Freshness::Fresh && !(active && self.lease.left().is_some()) {
+            // The leader answers from its own state within its lease: it acknowledged nothing it
+            // had not applied, it stops leading when it applies a newer epoch, and no other
+            // writer can have been elected while the lease holds. A leader whose lease lapsed
+            // (its group membership unconfirmed for half a session) reads as strongly as it
+            // answers: it confirms the log's end first. A standby vouches for its state only as
+            // a reader does.
+            freshness = if strong || active {
                 match ctx.wait_strong().await {
                     Ok(()) => Freshness::Fresh,
+                    Err(why) if active => Freshness::Unconfirmed(format!(
+                        "this leader's lease has lapsed (its group membership is unconfirmed) and {why}"
+                    )),
                     Err(why) => Freshness::Unconfirmed(why),
                 }
             } else {

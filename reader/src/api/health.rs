@@ -37,6 +37,9 @@ pub struct HealthInput {
     pub max_staleness: Option<std::time::Duration>,
     /// Extra reason the node cannot serve (e.g. the writer cannot reach Kafka).
     pub unavailable: Option<String>,
+    /// The leader's lease left (writers; `None` elsewhere and when lapsed): while it holds, the
+    /// leader answers reads from its own state.
+    pub lease_left: Option<std::time::Duration>,
 }
 
 fn code(req: &ApiRequest, name: &str, default: u16) -> u16 {
@@ -111,6 +114,7 @@ pub fn health(input: &HealthInput, req: &ApiRequest) -> ApiResponse {
             "lag_records": lag_records,
             "lag_seconds": lag_seconds,
             "staleness_seconds": staleness.map(|d| d.as_secs_f64()),
+            "lease_seconds_left": input.lease_left.map(|d| d.as_secs_f64()),
             "halted": halted,
             "consumer_error": input.progress.as_ref().and_then(|p| p.consumer_error.clone()),
         }
@@ -146,6 +150,7 @@ mod tests {
     }
     fn input(role: Role) -> HealthInput {
         HealthInput {
+            lease_left: None,
             role,
             sealed: None,
             progress: Some(Progress { partitions: 1, high: BTreeMap::from([(0, 0)]), ..Default::default() }),

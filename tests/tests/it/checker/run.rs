@@ -72,32 +72,9 @@ pub(crate) async fn netns_reader(
     planted: Option<&str>,
     extra_args: &[&str],
 ) -> Node {
-    let port_of = |url: &str| url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
-    for addr in s.bootstrap.split(',') {
-        ns.forward_in(port_of(addr).expect("broker port")).expect("forwarding a broker port into the namespace");
-    }
-    for w in writers {
-        ns.forward_in(port_of(w).expect("writer port")).expect("forwarding a writer port into the namespace");
-    }
-    // Inside the namespace every port is free.
-    let port = 18200;
-    let host_port = ns.expose(port).await.expect("exposing the reader's port");
     let name = "reader-ns";
-    let envs: Vec<(String, String)> = [
-        ("KAFKA_BOOTSTRAP_SERVERS", s.bootstrap.clone()),
-        ("SECRETLOG_ROOT_KEY_FILE", s.root_key_file.display().to_string()),
-        ("SECRETLOG_TOPIC", s.topic.clone()),
-        ("SECRETLOG_CACHE_DISK_MB", "16".into()),
-        ("SECRETLOG_CACHE_MEMORY_MB", "16".into()),
-    ]
-    .into_iter()
-    .chain(planted.map(|p| ("SECRETLOG_TEST_PLANTED_BUG", p.to_string())))
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
     let mut args: Vec<String> = vec![
         "reader".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
         "--region".into(),
         "region-ns".into(),
         "--data-dir".into(),
@@ -106,8 +83,63 @@ pub(crate) async fn netns_reader(
         writers.join(","),
     ];
     args.extend(extra_args.iter().map(|a| a.to_string()));
-    let mut n = crate::harness::node(s.dir.path(), name, port, &envs, args)
-        .with_prefix(ns.prefix(), format!("http://127.0.0.1:{host_port}"));
+    let envs: Vec<(String, String)> =
+        planted.map(|p| ("SECRETLOG_TEST_PLANTED_BUG".to_string(), p.to_string())).into_iter().collect();
+    netns_node(s, ns, name, writers, &envs, args).await
+}
+
+/// A writer of `s` (in its election, under its transactional id) inside `ns`, announcing the
+/// host's end of its exposed port so that the other nodes can forward to it.
+pub(crate) async fn netns_writer(s: &Stack, ns: &mut Netns, envs: &[(String, String)]) -> Node {
+    let name = "writer-ns";
+    let args: Vec<String> = vec![
+        "writer".into(),
+        "--data-dir".into(),
+        s.dir.path().join(name).display().to_string(),
+        "--transactional-id".into(),
+        format!("{}-writer", s.topic),
+    ];
+    netns_node(s, ns, name, &[], envs, args).await
+}
+
+/// Start the node `args` (a subcommand and its flags, `--listen` added here) of `s` inside
+/// `ns`: the brokers and the `forward` URLs' ports reachable through the namespace's bridge, its
+/// HTTP port exposed on the host. `envs` go on top of the stack's defaults.
+async fn netns_node(
+    s: &Stack,
+    ns: &mut Netns,
+    name: &str,
+    forward: &[String],
+    envs: &[(String, String)],
+    mut args: Vec<String>,
+) -> Node {
+    let port_of = |url: &str| url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+    for addr in s.bootstrap.split(',') {
+        ns.forward_in(port_of(addr).expect("broker port")).expect("forwarding a broker port into the namespace");
+    }
+    for w in forward {
+        ns.forward_in(port_of(w).expect("writer port")).expect("forwarding a writer port into the namespace");
+    }
+    // Inside the namespace every port is free.
+    let port = 18200;
+    let host_port = ns.expose(port).await.expect("exposing the node's port");
+    let url = format!("http://127.0.0.1:{host_port}");
+    let envs: Vec<(String, String)> = [
+        ("KAFKA_BOOTSTRAP_SERVERS", s.bootstrap.clone()),
+        ("SECRETLOG_ROOT_KEY_FILE", s.root_key_file.display().to_string()),
+        ("SECRETLOG_TOPIC", s.topic.clone()),
+        ("SECRETLOG_CACHE_DISK_MB", "16".into()),
+        ("SECRETLOG_CACHE_MEMORY_MB", "16".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .chain(envs.iter().cloned())
+    .collect();
+    args.splice(1..1, ["--listen".to_string(), format!("127.0.0.1:{port}")]);
+    if args[0] == "writer" {
+        args.extend(["--advertise-url".to_string(), url.clone()]);
+    }
+    let mut n = crate::harness::node(s.dir.path(), name, port, &envs, args).with_prefix(ns.prefix(), url);
     n.spawn();
     n
 }

@@ -576,6 +576,7 @@ impl Store {
             };
             self.cache.insert(k, cached);
         }
+        metrics::gauge!("secretlog_store_cache_memory_bytes").set(self.cache.memory().usage() as f64);
         Ok(())
     }
 

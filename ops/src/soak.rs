@@ -7,8 +7,8 @@
 //! tokens held in state, read and write p99 and the readers' replication lag.
 //!
 //! It writes `soak.json` (every sample, and the verdict) and `soak.png`, and judges the run:
-//! after the baseline window, every bounded series stays within `--factor` of its value at the
-//! end of that window; the p99 of the last window is within `--latency-factor` of the first's;
+//! after the baseline window, every bounded series stays within `--factor` of its level at the
+//! end of that window (its peak over the window's second half: see [`judge`]); the p99 of the last window is within `--latency-factor` of the first's;
 //! and nothing failed that the load did not ask for. Series that grow with the log by design (the
 //! Kafka log dirs, the log archive: see docs/operations.md) are reported, not bounded. A broken
 //! bound is a table and a non-zero exit.
@@ -42,7 +42,8 @@ pub struct SoakArgs {
     /// How long the load runs.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// The baseline window: bounded series are compared with their value at its end, and the
+    /// The baseline window: bounded series are compared with their level at its end (the peak
+    /// over its second half), and the
     /// p99 of the last window of this length with the p99 of the first.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub baseline: Duration,
@@ -687,16 +688,28 @@ const FDS_FLOOR: f64 = 32.0;
 const DIR_FLOOR: f64 = 8.0 * 1024.0 * 1024.0;
 const TOKENS_FLOOR: f64 = 50.0;
 
-/// Judge the samples: every bounded series against its value at the end of the baseline, and the
+/// Judge the samples: every bounded series against its level at the end of the baseline, and the
 /// last window's p99 against the first's.
+///
+/// A series' level at the end of the baseline is its peak over the second half of the baseline
+/// window, not the one sample at its end: the series a soak watches are sawtooths (tokens rise
+/// between two tidies, RSS between two memtable flushes, SlateDB's directory between two
+/// compactions), and one sample lands anywhere in a tooth — at its foot, it would hold the
+/// series' next peak to 1.5x of its trough. Peaks compared with a peak still show growth: a
+/// series whose peaks climb past the bound breaks it.
 fn judge(args: &SoakArgs, samples: &[Sample], rec: &Recorder) -> (Vec<Bound>, Value) {
     let base_at = args.baseline.as_secs_f64();
     let Some(base_idx) = samples.iter().position(|s| s.t >= base_at) else { return (vec![], json!({})) };
     let base = &samples[base_idx];
+    let settled = samples.iter().position(|s| s.t >= base_at / 2.0).unwrap_or(base_idx);
+    let window = &samples[settled..=base_idx];
     let after = &samples[base_idx..];
     let mut bounds = Vec::new();
     let mut series = |name: String, get: &dyn Fn(&Sample) -> Option<f64>, floor: f64, exempt: bool| {
-        let Some(b) = get(base) else { return };
+        if get(base).is_none() {
+            return;
+        }
+        let b = window.iter().filter_map(get).fold(f64::MIN, f64::max);
         let worst = after.iter().filter_map(get).fold(b, f64::max);
         let limit = (!exempt).then(|| args.factor * b.max(floor));
         bounds.push(Bound {
@@ -829,6 +842,28 @@ mod tests {
         assert!(get("disk kafka").ok && get("disk kafka").limit.is_none(), "the log grows by design");
         assert!(get("fds reader-a").ok);
         assert!(get("tokens in state").ok, "10 tokens: under the floor");
+    }
+
+    #[test]
+    fn a_sawtooth_is_judged_by_its_peaks_and_climbing_peaks_break_the_bound() {
+        let args = Cli::parse_from(["soak", "--baseline", "40s", "--duration", "80s"]).soak;
+        let mib = 1024 * 1024;
+        // RSS: teeth of 60 -> 100 MiB; the sample at 40 s is a foot (60 MiB), the peak before
+        // it 100 MiB. Afterwards the same teeth: within the bound. Another node's peaks climb.
+        let rss = [60, 100, 60, 100, 60, 100, 60, 100, 60];
+        let climbing = [60, 100, 60, 100, 60, 120, 60, 140, 160];
+        let samples: Vec<Sample> = (0..9)
+            .map(|i| {
+                let mut s = sample(i as f64 * 10.0, rss[i] * mib, mib, mib);
+                s.rss.insert("reader-b".into(), climbing[i] * mib);
+                s
+            })
+            .collect();
+        let (bounds, _) = judge(&args, &samples, &recorder());
+        let get = |name: &str| bounds.iter().find(|b| b.series == name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(get("rss reader-a").baseline, (100 * mib) as f64, "the peak of the window's second half");
+        assert!(get("rss reader-a").ok, "the same teeth after the baseline");
+        assert!(!get("rss reader-b").ok, "160 MiB is past 1.5 x the 100 MiB peak");
     }
 
     #[test]

@@ -142,3 +142,22 @@ pub fn tail_file(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Opt this process (and the processes it starts) out of transparent huge pages.
+///
+/// mimalloc asks for huge pages on its arena (`MADV_HUGEPAGE`), and with THP in `madvise` mode (a
+/// common default, Debian's among them) every 2 MiB region it touches becomes resident whole, and
+/// khugepaged collapses regions that mimalloc had partly returned back into huge pages. In a soak
+/// three readers started side by side from the same log grew in 24 minutes: with THP 110 -> 218
+/// MiB (`AnonHugePages` 18 -> 92 MiB), without 98 -> 135 and 84 -> 122 MiB (the value cache
+/// filling; docs/operations.md, "A node's memory"). The nodes'
+/// heaps are some 100 MiB: huge pages buy them nothing measurable. Databases that allocate as we
+/// do advise the same (Redis, MongoDB). Done first, before the heap grows; failure (an old
+/// kernel) leaves THP as the system has it.
+pub fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}

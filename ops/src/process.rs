@@ -150,10 +150,10 @@ pub fn tail_file(path: &Path, n: usize) -> String {
 /// khugepaged collapses regions that mimalloc had partly returned back into huge pages. In a soak
 /// three readers started side by side from the same log grew in 24 minutes: with THP 110 -> 218
 /// MiB (`AnonHugePages` 18 -> 92 MiB), without 98 -> 135 and 84 -> 122 MiB (the value cache
-/// filling; docs/operations.md, "A node's memory"). The nodes'
-/// heaps are some 100 MiB: huge pages buy them nothing measurable. Databases that allocate as we
-/// do advise the same (Redis, MongoDB). Done first, before the heap grows; failure (an old
-/// kernel) leaves THP as the system has it.
+/// filling; docs/operations.md, "A node's memory"). The nodes' heaps are some 100 MiB: huge pages
+/// buy them nothing measurable. Databases that allocate as we do advise the same (Redis,
+/// MongoDB). Done first, before the heap grows; failure (an old kernel) leaves THP as the system
+/// has it.
 pub fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes an integer flag and touches no memory of ours.

@@ -8,8 +8,8 @@
 //!
 //! It writes `soak.json` (every sample, and the verdict) and `soak.png`, and judges the run:
 //! after the baseline window, every bounded series stays within `--factor` of its level at the
-//! end of that window (its peak over the window's second half: see [`judge`]); the p99 of the last window is within `--latency-factor` of the first's;
-//! and nothing failed that the load did not ask for. Series that grow with the log by design (the
+//! end of that window (its peak over the window's second half: see [`judge`]); the p99 of the
+//! last window is within `--latency-factor` of the first's; and nothing failed that the load did not ask for. Series that grow with the log by design (the
 //! Kafka log dirs, the log archive: see docs/operations.md) are reported, not bounded. A broken
 //! bound is a table and a non-zero exit.
 //!
@@ -43,8 +43,8 @@ pub struct SoakArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// The baseline window: bounded series are compared with their level at its end (the peak
-    /// over its second half), and the
-    /// p99 of the last window of this length with the p99 of the first.
+    /// over its second half), and the p99 of the last window of this length with the p99 of the
+    /// first.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub baseline: Duration,
     /// How often every series is sampled.

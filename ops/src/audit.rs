@@ -14,8 +14,8 @@ use anyhow::{Context, bail};
 use crate::process;
 use crate::stack::StackFile;
 
-/// What every secretlog node's command line contains (`secretlog reader ...`,
-/// `secretlog-reader ...`).
+/// What every secretlog node's command line contains (`secretlog reader ...`, or the tests'
+/// `secretlog-it reader ...`).
 const MARKER: &str = "secretlog";
 
 #[derive(Debug, clap::Subcommand)]

@@ -977,8 +977,10 @@ impl Refusal {
     }
 }
 
-/// Bugs planted in tests only, never anywhere else (`SECRETLOG_TEST_PLANTED_BUG`); the
+/// Bugs planted in tests only, never anywhere else (`SECRETLOG_TEST_PLANTED_BUG`, read only in
+/// builds with the `planted-faults` feature, which only the end-to-end tests turn on); the
 /// fault-injection checker must catch each.
+#[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PlantedBug {
     /// `skip-epoch-check`: records of a deposed leader (or sent before a barrier) are applied.
@@ -990,6 +992,14 @@ enum PlantedBug {
     SlowApply,
 }
 
+/// Without the `planted-faults` feature (every build but the tests') there is nothing to plant and
+/// no environment variable is read.
+#[cfg(not(feature = "planted-faults"))]
+fn planted() -> Option<PlantedBug> {
+    None
+}
+
+#[cfg(feature = "planted-faults")]
 fn planted() -> Option<PlantedBug> {
     static PLANTED: std::sync::OnceLock<Option<PlantedBug>> = std::sync::OnceLock::new();
     *PLANTED.get_or_init(|| {

@@ -897,3 +897,34 @@ fn dockerfile_builds_one_image_whose_entrypoint_is_secretlog() {
         assert!(ignore.contains(must), ".dockerignore does not exclude {must}");
     }
 }
+
+/// The features cargo turns on for `package` when it alone is built (as the release build and
+/// the Dockerfile build `secretlog-ops`), as `cargo tree` resolves them from Cargo.lock.
+fn features_of_build(package: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["tree", "--locked", "--offline", "-p", package, "-e", "features", "--prefix", "none"])
+        .current_dir(repo())
+        .output()
+        .expect("run cargo tree");
+    assert!(out.status.success(), "cargo tree -p {package}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("cargo tree prints UTF-8")
+}
+
+/// The test-only faults (planted bugs, re-sends, a reseed that dies mid-transaction) are compiled
+/// only into the tests' binary: the released `secretlog` reads no `SECRETLOG_TEST_*` switch.
+#[test]
+fn planted_faults_are_in_the_tests_build_only() {
+    let release = features_of_build("secretlog-ops");
+    assert!(
+        !release.contains("planted-faults"),
+        "a build of secretlog-ops alone turns on the test-only faults:\n{release}"
+    );
+    let tests = features_of_build("secretlog-tests");
+    for crate_ in ["secretlog-ops", "secretlog-writer", "secretlog-reader"] {
+        assert!(
+            tests.lines().any(|l| l.starts_with(&format!("{crate_} feature \"planted-faults\""))),
+            "the tests' build must plant faults in {crate_}:\n{tests}"
+        );
+    }
+}

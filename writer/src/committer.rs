@@ -76,6 +76,7 @@ pub const MAX_IN_FLIGHT: usize = 64;
 ///   sent — a writer that acknowledges and loses the write;
 /// * `ack-before-apply`: writes are answered once delivered, before the materializer applied them
 ///   — a client that writes and reads back may see the previous version.
+#[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
 const PLANTED_BUG_FOR_TESTS: &str = "SECRETLOG_TEST_PLANTED_BUG";
 
 /// Set in tests only, never anywhere else: `N` makes the committer send again, once, the exact
@@ -86,9 +87,43 @@ const PLANTED_BUG_FOR_TESTS: &str = "SECRETLOG_TEST_PLANTED_BUG";
 /// Every node must refuse it by its per-key revision (DESIGN.md, write path, rule 3); the
 /// fault-injection checker (tests/tests/it/checker) runs with it, and with the revision check
 /// planted away must see an acknowledged write undone.
+#[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
 const RESEND_FOR_TESTS: &str = "SECRETLOG_TEST_RESEND";
 
+/// The test hooks the environment asks for ([`PLANTED_BUG_FOR_TESTS`], [`RESEND_FOR_TESTS`]), in
+/// builds with the `planted-faults` feature, which only the end-to-end tests turn on.
+#[cfg(feature = "planted-faults")]
+fn planted_faults() -> (Option<Planted>, Option<Resend>) {
+    let planted = match std::env::var(PLANTED_BUG_FOR_TESTS).ok().as_deref() {
+        Some("ack-before-commit") => {
+            tracing::error!(
+                "{PLANTED_BUG_FOR_TESTS} set: this writer LOSES ACKNOWLEDGED WRITES on purpose (tests only)"
+            );
+            Some(Planted::AckBeforeCommit(0))
+        }
+        Some("ack-before-apply") => {
+            tracing::error!(
+                "{PLANTED_BUG_FOR_TESTS} set: this writer ACKNOWLEDGES BEFORE APPLYING on purpose (tests only)"
+            );
+            Some(Planted::AckBeforeApply)
+        }
+        _ => None,
+    };
+    let resend = std::env::var(RESEND_FOR_TESTS).ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).map(|every| {
+        tracing::error!("{RESEND_FOR_TESTS}={every}: this writer SENDS RECORDS TWICE on purpose (tests only)");
+        Resend { every, accepted: 0, pending: Vec::new() }
+    });
+    (planted, resend)
+}
+
+/// Release builds: no test hook, and no environment variable read.
+#[cfg(not(feature = "planted-faults"))]
+fn planted_faults() -> (Option<Planted>, Option<Resend>) {
+    (None, None)
+}
+
 /// The state of the re-send test hook ([`RESEND_FOR_TESTS`]).
+#[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
 struct Resend {
     every: u64,
     /// Batches accepted so far (their first record accepted).
@@ -98,9 +133,11 @@ struct Resend {
 }
 
 /// Copies the re-send hook keeps at most ([`RESEND_FOR_TESTS`]).
+#[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
 const RESEND_PENDING: usize = 16;
 
 /// Which planted bug is on.
+#[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Planted {
     /// `ack-before-commit`; counts the data-write batches decided so far.
@@ -261,26 +298,7 @@ impl Committer {
         cfg: CommitterConfig,
         fenced: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
-        let planted = match std::env::var(PLANTED_BUG_FOR_TESTS).ok().as_deref() {
-            Some("ack-before-commit") => {
-                tracing::error!(
-                    "{PLANTED_BUG_FOR_TESTS} set: this writer LOSES ACKNOWLEDGED WRITES on purpose (tests only)"
-                );
-                Some(Planted::AckBeforeCommit(0))
-            }
-            Some("ack-before-apply") => {
-                tracing::error!(
-                    "{PLANTED_BUG_FOR_TESTS} set: this writer ACKNOWLEDGES BEFORE APPLYING on purpose (tests only)"
-                );
-                Some(Planted::AckBeforeApply)
-            }
-            _ => None,
-        };
-        let resend =
-            std::env::var(RESEND_FOR_TESTS).ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).map(|every| {
-                tracing::error!("{RESEND_FOR_TESTS}={every}: this writer SENDS RECORDS TWICE on purpose (tests only)");
-                Resend { every, accepted: 0, pending: Vec::new() }
-            });
+        let (planted, resend) = planted_faults();
         let epoch = cfg.epoch;
         Committer {
             ctx,
@@ -904,7 +922,6 @@ pub async fn append_accepted(
         .collect()
 }
 
-/// The same record, byte for byte (tests only: [`RESEND_FOR_TESTS`]).
 /// The answer to a write accepted at `offset` of `partition`, with its position.
 fn accepted(reply: Reply, partition: i32, offset: i64) -> ApiResponse {
     let token = ConsistencyToken([(partition, offset + 1)].into_iter().collect()).to_string();

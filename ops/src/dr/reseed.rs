@@ -27,9 +27,12 @@ use super::rebuild::PointArgs;
 use super::{StoreArgs, emit};
 
 /// Set in tests only: the reseed appends its records in a transaction and then dies without
-/// committing, as a reseed killed at the worst moment would.
+/// committing, as a reseed killed at the worst moment would. Read only in builds with the
+/// `planted-faults` feature, which only the end-to-end tests turn on.
+#[cfg(feature = "planted-faults")]
 const CRASH_FOR_TESTS: &str = "SECRETLOG_TEST_RESEED_CRASH";
 
+#[cfg(feature = "planted-faults")]
 fn crash_mid_transaction(bootstrap: &str, topic: &str, records: &[Record]) -> anyhow::Result<()> {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let config = secretlog_writer::producer::producer_config(bootstrap, &format!("secretlog-reseed-{topic}"), 600_000);
@@ -226,6 +229,7 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
         records.push(Record { partition: p, key: control_key(&name), payload: encode_event(&keyring, &e) });
     }
     let n = records.len();
+    #[cfg(feature = "planted-faults")]
     if std::env::var_os(CRASH_FOR_TESTS).is_some() {
         crash_mid_transaction(&args.bootstrap, &args.topic, &records)?;
     }

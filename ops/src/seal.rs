@@ -21,8 +21,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-pub use secretlog_reader::api::seal::SealConfig;
-use secretlog_reader::api::seal::parse_share;
+pub use secretlog_reader::unseal::SealConfig;
+use secretlog_reader::unseal::parse_share;
 use secretlog_schemas::{Keyring, RootKey};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -68,13 +68,13 @@ pub struct UnsealArgs {
 
 /// Split `key` into `n` shares (hex text), any `k` of which reconstruct it.
 pub fn split(key: &RootKey, n: u8, k: u8) -> anyhow::Result<Vec<Zeroizing<String>>> {
-    Ok(secretlog_reader::api::seal::split(key, n, k)?)
+    Ok(secretlog_reader::unseal::split(key, n, k)?)
 }
 
 /// Reconstruct the key from shares (hex or base64 text), needing `k` distinct ones.
 pub fn combine(shares: &[Zeroizing<String>], k: u8) -> anyhow::Result<RootKey> {
     let parsed = shares.iter().map(|s| parse_share(s)).collect::<Result<Vec<_>, _>>()?;
-    Ok(secretlog_reader::api::seal::combine(&parsed, k)?)
+    Ok(secretlog_reader::unseal::combine(&parsed, k)?)
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 //!   queries rather than by the age of records;
 //! * [`api`] is the Vault-compatible HTTP surface (reads, health, forwarding);
 //! * [`audit`] is the audit log every node's handler goes through;
+//! * [`unseal`] is the root key as Shamir shares and the unseal that collects them;
 //! * [`node`] puts them together as a read node.
 
 pub mod acl;
@@ -26,6 +27,7 @@ pub mod objects;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod unseal;
 
 pub use config::{LogConfig, ReaderConfig};
 pub use error::ReaderError;

@@ -21,7 +21,7 @@ use zeroize::Zeroize;
 
 use crate::api::health::{HealthInput, Role, health};
 use crate::api::kv::{Freshness, ReadContext};
-use crate::api::seal::{SealConfig, SealStatus, UnsealRequest, Unsealer, authorize_seal, parse_unseal};
+use crate::api::seal::{SealStatus, UnsealRequest, authorize_seal, parse_unseal};
 use crate::api::session::Sessions;
 use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, forward::Forwarder, node_handler};
 use crate::audit::Auditor;
@@ -29,6 +29,7 @@ use crate::config::{LogConfig, OnStale, ReadMode, ReaderConfig};
 use crate::error::ReaderError;
 use crate::materializer::{self, MaterializerConfig};
 use crate::store::{Store, StoreConfig};
+use crate::unseal::{SealConfig, Unsealer};
 use secretlog_schemas::ConsistencyToken;
 use secretlog_schemas::topic::HEADER_INDEX;
 
@@ -45,39 +46,6 @@ impl RunningNode {
     pub async fn wait(self) {
         let _ = self.join.await;
     }
-}
-
-/// Serve `handler` until `cancel` fires; then let the node's background tasks finish and close
-/// its store, in that order, so the last applied batch is flushed before the process exits.
-/// With an `audit` device every request and answer goes through it first (see [`crate::audit`]).
-#[allow(clippy::too_many_arguments)]
-pub fn supervise(
-    role: &'static str,
-    addr: SocketAddr,
-    listener: tokio::net::TcpListener,
-    handler: Handler,
-    audit: Option<Auditor>,
-    max_body: impl Into<crate::api::ServeOptions>,
-    cancel: CancellationToken,
-    mut background: tokio::task::JoinSet<()>,
-    store: Option<Arc<Store>>,
-) -> RunningNode {
-    let handler = match audit {
-        Some(a) => Arc::new(a).wrap(handler),
-        None => handler,
-    };
-    let server = crate::api::spawn_server(listener, handler, max_body, cancel.clone());
-    let join = tokio::spawn(async move {
-        let _ = server.await;
-        while background.join_next().await.is_some() {}
-        if let Some(store) = store
-            && let Err(e) = store.close().await
-        {
-            tracing::warn!(error = %e, "closing the store");
-        }
-        tracing::info!(role, "stopped");
-    });
-    RunningNode { addr, cancel, join }
 }
 
 /// Load the keyring, or say why the node is sealed; either way `secretlog_sealed` says so (the
@@ -350,6 +318,20 @@ impl Keys {
         ApiResponse::json(200, &status.body())
     }
 
+    /// The opening steps every node runs on a request, in this order, once the paths it answers
+    /// before anything else (health, metrics, `sys/leader`) are done: the seal endpoints, then
+    /// nothing while sealed — no key, or a key the log's records were not written under. `Ok` is
+    /// the lifetime to serve from; `Err` the answer already decided.
+    pub async fn open_request(&self, req: &mut ApiRequest, open: impl Opener) -> Result<Arc<Unsealed>, ApiResponse> {
+        if let Some(resp) = self.answer(req, open).await {
+            return Err(resp);
+        }
+        match self.current() {
+            Some(u) if u.ctx.materializer.progress.borrow().wrong_key.is_none() => Ok(u),
+            _ => Err(sealed_response()),
+        }
+    }
+
     /// Answer the seal endpoints; `None` for any other path. `open` starts the node's state once
     /// enough shares are in.
     pub async fn answer(&self, req: &mut ApiRequest, open: impl Opener) -> Option<ApiResponse> {
@@ -406,7 +388,7 @@ impl Keys {
         let Some(key) = key else { return self.status() };
         match self.unseal_with(key, open).await {
             Ok(()) => self.status(),
-            Err(OpenError::Mismatch) => ApiError::from(crate::api::seal::UnsealError::WrongKey).into(),
+            Err(OpenError::Mismatch) => ApiError::from(crate::unseal::UnsealError::WrongKey).into(),
             Err(OpenError::ShuttingDown) => ApiError::unavailable("shutting down").into(),
             Err(OpenError::Failed(e)) => {
                 tracing::error!(error = %e, "the key was reconstructed but the node could not start: still sealed");
@@ -547,13 +529,10 @@ impl ReaderNode {
             }
             _ => {}
         }
-        if let Some(resp) = self.keys.answer(&mut req, |k, c| self.open(k, c)).await {
-            return resp;
-        }
-        let Some(unsealed) = self.keys.current() else { return sealed_response() };
-        if self.keys.sealed_reason().is_some() {
-            return sealed_response();
-        }
+        let unsealed = match self.keys.open_request(&mut req, |k, c| self.open(k, c)).await {
+            Ok(u) => u,
+            Err(resp) => return resp,
+        };
         let ctx = &unsealed.ctx;
         if req.is_write() {
             let forwarder = self.forwarder.vouching(ctx.keyring.clone());

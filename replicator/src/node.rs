@@ -15,7 +15,7 @@ use object_store::ObjectStoreExt;
 use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, node_handler};
 use secretlog_reader::materializer::now_ms;
-use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state, sealed_response};
+use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
 use secretlog_reader::objects::Objects;
 use secretlog_reader::{LogConfig, ReaderError};
 use secretlog_schemas::Keyring;
@@ -243,20 +243,18 @@ impl ReplicatorNode {
             "metrics" => return metrics_response(),
             _ => {}
         }
-        if let Some(resp) = self.keys.answer(&mut req, |k, c| self.clone().open(k, c)).await {
-            return resp;
-        }
-        let Some(unsealed) = self.keys.current() else { return sealed_response() };
-        if self.keys.sealed_reason().is_some() {
-            return sealed_response();
-        }
+        let unsealed = match self.keys.open_request(&mut req, |k, c| self.clone().open(k, c)).await {
+            Ok(u) => u,
+            Err(resp) => return resp,
+        };
         let ctx = &unsealed.ctx;
-        // An `X-Secretlog-Index` makes a snapshot (or digest) include that write.
-        match ctx.wait_for_index(&req).await {
-            Ok(secretlog_reader::api::kv::Freshness::Fresh) => {}
-            Ok(_) => return ApiError::new(412, "the replicator has not yet applied the requested index").into(),
+        // An `X-Secretlog-Index` makes a snapshot (or digest) include that write. The wait comes
+        // first (the index may carry the token just created) but a caller learns whether it was
+        // met only once authorized, as on a reader.
+        let fresh = match ctx.wait_for_index(&req).await {
+            Ok(f) => f == secretlog_reader::api::kv::Freshness::Fresh,
             Err(e) => return e.into(),
-        }
+        };
         if let Err(e) = ctx.authorize(&req).await {
             if e.status != 403 {
                 return e.into();
@@ -273,6 +271,9 @@ impl ReplicatorNode {
             if let Err(e) = ctx.authorize(&req).await {
                 return e.into();
             }
+        }
+        if !fresh {
+            return ApiError::new(412, "the replicator has not yet applied the requested index").into();
         }
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "v1/sys/secretlog/digest") => ctx.read(&req).await.unwrap_or_else(ApiResponse::from),

@@ -13,7 +13,7 @@ use secretlog_reader::api::kv::{Freshness, ReadContext};
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, node_handler};
 use secretlog_reader::config::ReadMode;
 use secretlog_reader::materializer::now_ms;
-use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state, sealed_response};
+use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
 use secretlog_schemas::topic::HEADER_INDEX;
 use secretlog_schemas::{Event, Keyring, Operation, encode_event};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -332,10 +332,10 @@ impl WriterNode {
             "v1/sys/leader" if req.method == "GET" => return self.leader_status(),
             _ => {}
         }
-        if let Some(resp) = self.keys.answer(&mut req, |k, c| self.clone().open(k, c)).await {
-            return resp;
-        }
-        let Some(unsealed) = self.keys.current() else { return sealed_response() };
+        let unsealed = match self.keys.open_request(&mut req, |k, c| self.clone().open(k, c)).await {
+            Ok(u) => u,
+            Err(resp) => return resp,
+        };
         let ctx = &unsealed.ctx;
         let resp = if req.is_write() { self.write(ctx, req).await } else { self.read(ctx, &req).await };
         resp.unwrap_or_else(ApiResponse::from)

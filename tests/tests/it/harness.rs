@@ -571,6 +571,32 @@ impl Stack {
         .collect()
     }
 
+    /// A writer joining this stack (a standby while the stack's leader leads), started.
+    pub fn new_writer(&self, name: &str, extra_env: &[(&str, &str)]) -> Node {
+        let port = free_port();
+        let mut envs = self.envs();
+        envs.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut n = node(
+            self.dir.path(),
+            name,
+            port,
+            &envs,
+            vec![
+                "writer".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                self.dir.path().join(name).display().to_string(),
+                "--root-token-file".into(),
+                self.dir.path().join(format!("{name}-root-token")).display().to_string(),
+                "--transactional-id".into(),
+                format!("{}-writer", self.topic),
+            ],
+        );
+        n.spawn();
+        n
+    }
+
     /// A replicator archiving into `objects` (a `file://` or `s3://` URL), started.
     pub fn new_replicator(&self, objects: &str, extra_env: &[(&str, &str)]) -> Node {
         let port = free_port();

@@ -173,4 +173,28 @@ async fn a_node_without_the_right_key_is_sealed_and_serves_nothing() {
     assert!(h["secretlog"]["problem"].as_str().unwrap_or("").contains("different root key"), "{h}");
     let r = call("GET", &format!("{}/v1/secret/data/x", wrongkey.url), Some(&s.token), None, None).await;
     assert_eq!(r.status, 503, "a node with the wrong key serves nothing");
+    // Every role runs the same opening steps: a writer and a replicator under the wrong key
+    // serve nothing either — the writer neither decides nor forwards a write.
+    let objects = format!("file://{}", s.dir.path().join("objects").display());
+    let wrong_env = [("SECRETLOG_ROOT_KEY_FILE", wrong.to_str().unwrap())];
+    for node in [s.new_writer("wrongkey-writer", &wrong_env), s.new_replicator(&objects, &wrong_env)] {
+        crate::harness::eventually(Duration::from_secs(30), "the wrong-key node to seal itself", || async {
+            let r = crate::harness::client().get(format!("{}/v1/sys/health", node.url)).send().await.ok()?;
+            let code = r.status().as_u16();
+            let h: serde_json::Value = r.json().await.ok()?;
+            (code == 503 && h["sealed"] == true).then_some(())
+        })
+        .await;
+        for (method, path, body) in [
+            ("GET", "v1/secret/data/x", None),
+            ("POST", "v1/secret/data/x", Some(json!({"data": {"a": 2}}))),
+            ("GET", "v1/sys/secretlog/digest", None),
+        ] {
+            let r = call(method, &format!("{}/{path}", node.url), Some(&s.token), None, body).await;
+            assert_eq!(r.status, 503, "{method} {path} on {}: {:?}", node.url, r.body);
+            assert_eq!(r.body["errors"], json!(["Vault is sealed"]), "{method} {path}");
+        }
+    }
+    let r = call("GET", &format!("{}/v1/secret/data/x", s.writer.url), Some(&s.token), None, None).await;
+    assert_eq!(r.body["data"]["data"], json!({"a": 1}), "nothing the wrong-key nodes were asked changed the secret");
 }

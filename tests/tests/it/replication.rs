@@ -374,4 +374,11 @@ async fn a_lagging_replicator_honours_a_token_the_log_already_holds() {
     assert_eq!(first.0, 200, "the first answer with the root token: {}\n{}", first.1, rep.log_tail());
     let a = call("GET", &url, Some("hvs.not-a-token"), None, None).await;
     assert_eq!(a.status, 403, "{:?}", a.body);
+    // The opening steps in a reader's order: an index it will not reach within its wait is 412
+    // to a caller it authorized, and nothing but 403 to one it did not.
+    let far = Some("0:999999999");
+    let a = call("GET", &url, Some("hvs.not-a-token"), far, None).await;
+    assert_eq!(a.status, 403, "an unauthorized caller learns nothing of the index: {:?}", a.body);
+    let a = call("GET", &url, Some(&s.token), far, None).await;
+    assert_eq!(a.status, 412, "{:?}", a.body);
 }

@@ -43,10 +43,11 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 
 use secretlog_schemas::Keyring;
+use secretlog_schemas::auth::TokenRecord;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::api::auth::{Identity, TokenRecord};
+use crate::api::auth::Identity;
 use crate::api::kv::ReadContext;
 use crate::api::{ApiError, ApiRequest, ApiResponse, Handler};
 use crate::config::LogConfig;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use secretlog_schemas::archive::{Manifest, SnapshotData, check_format, decode_snapshot, verify_file};
+use secretlog_schemas::metadata::SecretMeta;
 
 use crate::error::ReaderError;
 use crate::objects::Objects;
@@ -75,7 +76,7 @@ pub async fn install(store: &Store, m: &Manifest, data: SnapshotData) -> Result<
     let mut batch = ApplyBatch::default();
     for (mount, path, meta) in data.secrets {
         // As this release stores it (a snapshot may come from an earlier one).
-        let stored = crate::state::SecretMeta::canonical(meta.as_bytes()).unwrap_or_else(|| meta.into_bytes());
+        let stored = SecretMeta::canonical(meta.as_bytes()).unwrap_or_else(|| meta.into_bytes());
         batch.writes.insert(keys::meta(&mount, &path), Some(stored));
     }
     for (mount, path, version, sealed) in data.values {

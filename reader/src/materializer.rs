@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use secretlog_schemas::metadata::SecretMeta;
 use secretlog_schemas::{Keyring, Operation, decode_event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ReaderError;
 use crate::freshness::Confirmations;
 use crate::kafka::LogContext;
-use crate::state::{KeyTerms, SecretMeta, apply, apply_rewrap};
+use crate::state::{KeyTerms, apply, apply_rewrap};
 use crate::store::{ApplyBatch, LeaderRecord, PartitionState, Store, TermCounts, keys};
 
 /// Most records applied in one atomic batch.

@@ -31,13 +31,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, PsyncIoEngineConfig};
+use secretlog_schemas::metadata::SecretMeta;
 use sha2::{Digest, Sha256};
 use slatedb::object_store::local::LocalFileSystem;
 use slatedb::{Db, WriteBatch};
 use tokio::sync::RwLock;
 
 use crate::error::ReaderError;
-use crate::state::{KeyTerms, SecretMeta};
+use crate::state::KeyTerms;
 
 /// Where and how big.
 #[derive(Debug, Clone)]
@@ -648,7 +649,7 @@ impl Store {
                 // Metadata as this release stores it: a record an earlier release wrote (with
                 // every field) and its compact form are the same state.
                 let canonical = match prefix {
-                    b"s/" => crate::state::SecretMeta::canonical(&kv.value),
+                    b"s/" => SecretMeta::canonical(&kv.value),
                     _ => None,
                 };
                 let value = canonical.as_deref().unwrap_or(&kv.value);

@@ -1,5 +1,6 @@
 //! Auth methods in the log: the records that [`crate::Operation::PutAuthObject`] carries for
-//! `sys/auth` mounts, AppRole roles and secret ids, and userpass users.
+//! `sys/auth` mounts, AppRole roles and secret ids, and userpass users; and the token record
+//! ([`TokenRecord`]) that [`crate::Operation::PutToken`] carries.
 //!
 //! Every change to one auth mount — the mount itself and every object under it — is keyed by one
 //! control object, [`control_name`] (`auth/<mount>`), so all of them are totally ordered in one
@@ -7,8 +8,8 @@
 //! secret id for it, or the mount's disable and a user written under it, cannot be seen in two
 //! orders by two readers.
 //!
-//! Records are JSON (`serde`), as token records are; the JSON of each is pinned by golden files
-//! in `schemas/tests/golden/` (`auth_*_v1.json`). New fields are added with `#[serde(default)]`,
+//! Records are JSON (`serde`); the JSON of each is pinned by golden files in
+//! `schemas/tests/golden/` (`auth_*_v1.json`, `token_*_v1.json`). New fields are added with `#[serde(default)]`,
 //! never renamed. Secrets never appear in a record: a secret id is known only by its keyed hash
 //! ([`crate::Keyring::secret_hash`], the record's name), a password only by its Argon2id PHC
 //! string.
@@ -160,6 +161,56 @@ pub struct UserRecord {
     pub token_no_default_policy: bool,
 }
 
+/// A token's record, as the log carries it ([`crate::Operation::PutToken`]) and every store and
+/// snapshot holds it, under the token's keyed hash ([`crate::Keyring::token_hash`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub accessor: String,
+    pub policies: Vec<String>,
+    pub display_name: String,
+    pub created_ms: i64,
+    /// When it stops working; `None` never.
+    pub expire_ms: Option<i64>,
+    /// Renewals never extend past this; `None` unbounded.
+    pub max_expire_ms: Option<i64>,
+    /// Its TTL when created (lookups' `creation_ttl`); a renewal without an increment extends it
+    /// by this until it was renewed with one ([`TokenRecord::renewal_secs`]).
+    pub ttl_secs: u64,
+    pub renewable: bool,
+    /// Whether its own lookup, renewal and revocation are decided by its policies (the `default`
+    /// policy grants them), as in Vault. `false` only in records written before secretlog had a
+    /// `default` policy: those tokens keep using the three `-self` endpoints as they always did.
+    #[serde(default)]
+    pub self_by_policy: bool,
+    /// Where it was issued (`auth/approle/login`); `None`: `auth/token/create`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// What its login recorded (`role_name`, `username`), shown by lookups as `meta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<BTreeMap<String, String>>,
+    /// Client addresses (CIDR blocks) it may be used from; empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_cidrs: Vec<String>,
+    /// The lifetime its last renewal gave it, seconds; `None` until renewed. A renewal without an
+    /// increment gives it again, as Vault's does (its lease keeps the last TTL granted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_ttl_secs: Option<u64>,
+}
+
+impl TokenRecord {
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expire_ms.is_some_and(|e| e <= now_ms)
+    }
+    /// What a renewal without an increment extends it by: the lifetime it was last given.
+    pub fn renewal_secs(&self) -> u64 {
+        self.renewed_ttl_secs.unwrap_or(self.ttl_secs)
+    }
+    /// Seconds left, 0 for a token that never expires.
+    pub fn ttl_left(&self, now_ms: i64) -> i64 {
+        self.expire_ms.map_or(0, |e| ((e - now_ms) / 1000).max(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +233,12 @@ mod tests {
         )
         .unwrap();
         assert!(!role.token_no_default_policy);
+    }
+
+    #[test]
+    fn token_expiry_is_checked_against_the_clock() {
+        let r = TokenRecord { expire_ms: Some(1000), ..Default::default() };
+        assert!(!r.expired(999) && r.expired(1000));
+        assert!(!TokenRecord::default().expired(i64::MAX));
     }
 }

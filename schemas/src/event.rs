@@ -67,11 +67,11 @@ pub enum Operation {
     UpdateMetadata(MetadataUpdate),
     /// Remove the secret: every version and its metadata.
     DeleteMetadata,
-    /// Replace the secret's whole state — metadata (the reader's `SecretMeta`, as JSON, exactly
-    /// as snapshots carry it) and the sealed value of every version that has one — with a state
-    /// taken from a snapshot or a point-in-time rebuild. Written by `secretlog restore` (through
-    /// the leader, ordered with every other write to the secret) and by `secretlog reseed`.
-    /// Values stay sealed: they were sealed for this mount, path and version.
+    /// Replace the secret's whole state — metadata (a [`crate::metadata::SecretMeta`], as JSON,
+    /// exactly as snapshots carry it) and the sealed value of every version that has one — with a
+    /// state taken from a snapshot or a point-in-time rebuild. Written by `secretlog restore`
+    /// (through the leader, ordered with every other write to the secret) and by `secretlog
+    /// reseed`. Values stay sealed: they were sealed for this mount, path and version.
     RestoreSecret { metadata: Vec<u8>, values: Vec<(u64, Vec<u8>)> },
     /// Re-seal stored values under the active key term (the background rewrap after a rotation).
     /// Each entry replaces the stored value of its version only if that value is still exactly
@@ -92,7 +92,7 @@ pub enum Operation {
     /// Control: remove ACL policy `name`.
     DeletePolicy { name: String },
     /// Control: create, renew or replace a token, known only by its keyed hash; `record` is the
-    /// token's record (policies, expiry, ...) as JSON.
+    /// token's record (policies, expiry, ...) as JSON: a [`crate::auth::TokenRecord`].
     PutToken { token_hash: [u8; 32], record: Vec<u8> },
     /// Control: revoke a token.
     RevokeToken { token_hash: [u8; 32] },

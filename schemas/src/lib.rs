@@ -12,8 +12,9 @@
 //! * [`topic`] — topic, header and record-key rules, and the consistency token;
 //! * [`path`] — which secret paths are valid;
 //! * [`auth`] — the records of auth methods (mounts, AppRole roles and secret ids, userpass
-//!   users) that auth-object control events carry.
-//! * [`mount`] — the mount table's records and mount path rules.
+//!   users) that auth-object control events carry, and the token records token events carry;
+//! * [`mount`] — the mount table's records and mount path rules;
+//! * [`metadata`] — a secret's metadata, as stores, snapshots and restore events hold it.
 
 pub mod archive;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod event;
 pub mod fuzz;
 pub mod keyring;
+pub mod metadata;
 pub mod mount;
 pub mod path;
 pub mod sealed;

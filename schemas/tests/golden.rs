@@ -452,3 +452,143 @@ fn golden_auth_object_vectors_decode_forever() {
         },
     );
 }
+
+/// The JSON of a record that log records and snapshots carry, pinned by `{name}_v1.json`: the
+/// golden file must read back as `value`, and `value` must still be written as exactly that file
+/// (field names and order, which defaults are left out), so a changed serde attribute fails here.
+fn check_record_json<T>(name: &str, value: &T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let file = dir().join(format!("{name}_v1.json"));
+    let encoded = serde_json::to_string_pretty(value).unwrap();
+    if bless() && !file.exists() {
+        std::fs::write(&file, &encoded).unwrap();
+    }
+    let golden = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let back: T = serde_json::from_str(&golden).unwrap_or_else(|e| panic!("{name}: no longer reads: {e}"));
+    assert_eq!(&back, value, "{name}: the record's JSON changed meaning");
+    assert_eq!(encoded, golden, "{name}: the record's JSON encoding changed");
+}
+
+/// A record as an earlier release wrote it, `{name}_v1.json`: written by hand (this release
+/// cannot produce it, so blessing never writes it), it must still read as `value`.
+fn check_older_record_json<T>(name: &str, value: &T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let file = dir().join(format!("{name}_v1.json"));
+    let golden = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let back: T = serde_json::from_str(&golden).unwrap_or_else(|e| panic!("{name}: no longer reads: {e}"));
+    assert_eq!(&back, value, "{name}: a record of an earlier release reads differently");
+    assert_ne!(serde_json::to_string_pretty(value).unwrap(), golden, "{name}: not an older shape");
+}
+
+/// The token record a `PutToken` carries (and `c/token/` rows of stores and snapshots hold):
+/// `token_*_v1.json` must read forever.
+#[test]
+fn golden_token_record_json_reads_forever() {
+    use secretlog_schemas::auth::TokenRecord;
+    check_record_json(
+        "token_full",
+        &TokenRecord {
+            accessor: "8f6f5d3e-2c1b-4a09-9e8d-7c6b5a493827".into(),
+            policies: vec!["app-read".into(), "default".into()],
+            display_name: "approle".into(),
+            created_ms: 1_763_856_000_000,
+            expire_ms: Some(1_763_863_200_000),
+            max_expire_ms: Some(1_763_942_400_000),
+            ttl_secs: 3600,
+            renewable: true,
+            self_by_policy: true,
+            path: Some("auth/approle/login".into()),
+            meta: Some(BTreeMap::from([("role_name".into(), "web".into())])),
+            bound_cidrs: vec!["10.0.0.0/8".into()],
+            renewed_ttl_secs: Some(7200),
+        },
+    );
+    // Only the fields without a default: `path`, `meta`, `bound_cidrs` and `renewed_ttl_secs`
+    // are left out, the expiries are written as `null`.
+    let minimal = TokenRecord {
+        accessor: "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d".into(),
+        policies: vec!["default".into()],
+        display_name: "token".into(),
+        created_ms: 1_763_856_000_000,
+        expire_ms: None,
+        max_expire_ms: None,
+        ttl_secs: 0,
+        renewable: false,
+        self_by_policy: true,
+        ..Default::default()
+    };
+    check_record_json("token_minimal", &minimal);
+    // As releases before the `default` policy wrote it: no `self_by_policy`, which reads `false`
+    // (such a token keeps using its `-self` endpoints whatever its policies).
+    check_older_record_json(
+        "token_before_self_by_policy",
+        &TokenRecord {
+            accessor: "5d4c3b2a-1908-4f7e-8d6c-5b4a39281706".into(),
+            policies: vec!["app-read".into()],
+            display_name: "token".into(),
+            created_ms: 1_763_856_000_000,
+            expire_ms: Some(1_763_859_600_000),
+            max_expire_ms: Some(1_763_942_400_000),
+            ttl_secs: 3600,
+            renewable: true,
+            self_by_policy: false,
+            ..Default::default()
+        },
+    );
+}
+
+/// A secret's metadata, as stores (`s/`), snapshots (`secrets.arrow`) and `RestoreSecret` events
+/// carry it: `secret_meta_*_v1.json` must read forever.
+#[test]
+fn golden_secret_metadata_json_reads_forever() {
+    use secretlog_schemas::metadata::{SecretMeta, VersionMeta};
+    check_record_json(
+        "secret_meta_full",
+        &SecretMeta {
+            current_version: 3,
+            oldest_version: 2,
+            max_versions: 2,
+            cas_required: true,
+            delete_version_after_secs: 86_400,
+            custom_metadata: Some(BTreeMap::from([("owner".into(), "payments".into())])),
+            created_ms: 1_763_856_000_000,
+            updated_ms: 1_763_856_120_000,
+            versions: BTreeMap::from([
+                (
+                    2,
+                    VersionMeta {
+                        created_ms: 1_763_856_060_000,
+                        deletion_ms: Some(1_763_856_090_000),
+                        destroyed: true,
+                    },
+                ),
+                (
+                    3,
+                    VersionMeta {
+                        created_ms: 1_763_856_120_000,
+                        deletion_ms: Some(1_763_942_520_000),
+                        destroyed: false,
+                    },
+                ),
+            ]),
+        },
+    );
+    // Every field at its default is left out.
+    let minimal = SecretMeta {
+        current_version: 1,
+        created_ms: 1_763_856_000_000,
+        updated_ms: 1_763_856_000_000,
+        versions: BTreeMap::from([(1, VersionMeta { created_ms: 1_763_856_000_000, ..Default::default() })]),
+        ..Default::default()
+    };
+    check_record_json("secret_meta_minimal", &minimal);
+    // As releases before issue #24 wrote it, every default field present: the same metadata, and
+    // stored (and digested) in the minimal form.
+    check_older_record_json("secret_meta_defaults_written", &minimal);
+    let older = std::fs::read(dir().join("secret_meta_defaults_written_v1.json")).unwrap();
+    assert_eq!(SecretMeta::canonical(&older), Some(serde_json::to_vec(&minimal).unwrap()));
+}

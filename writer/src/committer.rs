@@ -552,7 +552,7 @@ impl Committer {
         &self,
         mount: &str,
         path: &str,
-        meta: Option<&secretlog_reader::state::SecretMeta>,
+        meta: Option<&secretlog_schemas::metadata::SecretMeta>,
     ) -> Result<Option<Map<String, Value>>, ApiError> {
         let Some(m) = meta else { return Ok(None) };
         let Some(vm) = m.versions.get(&m.current_version) else { return Ok(None) };

@@ -6,7 +6,8 @@
 
 use secretlog_reader::api::ApiError;
 use secretlog_reader::api::response::vault_time;
-use secretlog_reader::state::{self, SecretMeta};
+use secretlog_reader::state;
+use secretlog_schemas::metadata::SecretMeta;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::{Event, Keyring, MetadataUpdate, Operation};
 use serde_json::{Map, Value, json};
@@ -405,7 +406,7 @@ mod tests {
         let r = ring();
         let mut m = meta(2, false);
         for v in 1..=2 {
-            m.versions.insert(v, secretlog_reader::state::VersionMeta { created_ms: 1, ..Default::default() });
+            m.versions.insert(v, secretlog_schemas::metadata::VersionMeta { created_ms: 1, ..Default::default() });
         }
         m.versions.get_mut(&1).unwrap().destroyed = true;
         let appends = |cmd: Command| {
@@ -455,7 +456,7 @@ mod tests {
         let r = ring();
         let mut m = meta(3, false);
         for v in 1..=3 {
-            m.versions.insert(v, secretlog_reader::state::VersionMeta { created_ms: 1, ..Default::default() });
+            m.versions.insert(v, secretlog_schemas::metadata::VersionMeta { created_ms: 1, ..Default::default() });
         }
         m.versions.get_mut(&2).unwrap().destroyed = true;
         let old = sealed(&r, 1);

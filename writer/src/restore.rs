@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use secretlog_reader::api::{ApiError, ApiRequest};
 use secretlog_reader::mounts::{DefaultMount, Mounts};
-use secretlog_reader::state::SecretMeta;
 use secretlog_schemas::Keyring;
+use secretlog_schemas::metadata::SecretMeta;
 use secretlog_schemas::mount::{KV, MountRecord, normalize_mount_path};
 use secretlog_schemas::path::validate_secret_path;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
@@ -179,8 +179,8 @@ fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secretlog_reader::state::VersionMeta;
     use secretlog_schemas::RootKey;
+    use secretlog_schemas::metadata::VersionMeta;
 
     fn default() -> DefaultMount {
         DefaultMount::new("secret")

@@ -115,7 +115,7 @@ async fn expired_tokens(ctx: &ReadContext, now_ms: i64) -> Result<Vec<Expired>, 
 fn expired(key: &[u8], record: &[u8], now_ms: i64) -> Option<Expired> {
     let hex = key.strip_prefix(keys::TOKEN_PREFIX)?;
     let hash: [u8; 32] = hex::decode(hex).ok()?.try_into().ok()?;
-    let record: secretlog_reader::api::auth::TokenRecord = serde_json::from_slice(record).ok()?;
+    let record: secretlog_schemas::auth::TokenRecord = serde_json::from_slice(record).ok()?;
     // The same judgement every node makes when it applies the tidy (at the event's later time).
     (record.expire_ms.is_some_and(|e| e <= now_ms) && !record.accessor.is_empty())
         .then_some(Expired { hash, accessor: record.accessor })
@@ -171,8 +171,7 @@ mod tests {
     #[test]
     fn a_token_is_expired_once_its_expiry_has_passed_and_never_without_one() {
         let rec = |expire_ms: Option<i64>| {
-            let r =
-                secretlog_reader::api::auth::TokenRecord { accessor: "acc".into(), expire_ms, ..Default::default() };
+            let r = secretlog_schemas::auth::TokenRecord { accessor: "acc".into(), expire_ms, ..Default::default() };
             serde_json::to_vec(&r).unwrap()
         };
         assert_eq!(

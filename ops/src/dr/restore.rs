@@ -78,7 +78,7 @@ pub fn by_path(data: &SnapshotData, prefix: &str, storages: &BTreeSet<String>) -
     for (mount, path, meta) in data.secrets.iter().filter(|s| under(&s.1, prefix) && storages.contains(&s.0)) {
         // As this release stores it, so a restore point taken by an earlier release (every field
         // written out) compares equal to the same live state.
-        let meta = secretlog_reader::state::SecretMeta::canonical(meta.as_bytes())
+        let meta = secretlog_schemas::metadata::SecretMeta::canonical(meta.as_bytes())
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_else(|| meta.clone());
         out.insert((mount.clone(), path.clone()), (meta, BTreeMap::new()));

@@ -5,62 +5,13 @@
 //! the root token's hash is `c/root_token`. Expiry is checked against this node's clock on every
 //! request. Policies live at `c/policy/<name>`.
 
-use serde::{Deserialize, Serialize};
+use secretlog_schemas::auth::TokenRecord;
 
 use super::kv::ReadContext;
 use super::{ApiError, ApiRequest};
 use crate::acl::{Acl, Capability, parse_policy};
 use crate::materializer::now_ms;
 use crate::store::keys;
-
-/// A token's record, as the log carries it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub accessor: String,
-    pub policies: Vec<String>,
-    pub display_name: String,
-    pub created_ms: i64,
-    /// When it stops working; `None` never.
-    pub expire_ms: Option<i64>,
-    /// Renewals never extend past this; `None` unbounded.
-    pub max_expire_ms: Option<i64>,
-    /// Its TTL when created (lookups' `creation_ttl`); a renewal without an increment extends it
-    /// by this until it was renewed with one ([`TokenRecord::renewal_secs`]).
-    pub ttl_secs: u64,
-    pub renewable: bool,
-    /// Whether its own lookup, renewal and revocation are decided by its policies (the `default`
-    /// policy grants them), as in Vault. `false` only in records written before secretlog had a
-    /// `default` policy: those tokens keep using the three `-self` endpoints as they always did.
-    #[serde(default)]
-    pub self_by_policy: bool,
-    /// Where it was issued (`auth/approle/login`); `None`: `auth/token/create`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// What its login recorded (`role_name`, `username`), shown by lookups as `meta`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<std::collections::BTreeMap<String, String>>,
-    /// Client addresses (CIDR blocks) it may be used from; empty: anywhere.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bound_cidrs: Vec<String>,
-    /// The lifetime its last renewal gave it, seconds; `None` until renewed. A renewal without an
-    /// increment gives it again, as Vault's does (its lease keeps the last TTL granted).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub renewed_ttl_secs: Option<u64>,
-}
-
-impl TokenRecord {
-    pub fn expired(&self, now_ms: i64) -> bool {
-        self.expire_ms.is_some_and(|e| e <= now_ms)
-    }
-    /// What a renewal without an increment extends it by: the lifetime it was last given.
-    pub fn renewal_secs(&self) -> u64 {
-        self.renewed_ttl_secs.unwrap_or(self.ttl_secs)
-    }
-    /// Seconds left, 0 for a token that never expires.
-    pub fn ttl_left(&self, now_ms: i64) -> i64 {
-        self.expire_ms.map_or(0, |e| ((e - now_ms) / 1000).max(0))
-    }
-}
 
 /// Vault's built-in `default` policy, as OpenBao ships it: what every token gets unless created
 /// with `no_default_policy` — its own lookup, renewal and revocation, and paths secretlog does not
@@ -300,12 +251,5 @@ mod tests {
         assert!(acl.allows("auth/token/revoke-self", Capability::Update));
         assert!(!acl.allows("secret/data/x", Capability::Read));
         assert!(!acl.allows("auth/token/create", Capability::Update));
-    }
-
-    #[test]
-    fn expiry_is_checked_against_the_clock() {
-        let r = TokenRecord { expire_ms: Some(1000), ..Default::default() };
-        assert!(!r.expired(999) && r.expired(1000));
-        assert!(!TokenRecord::default().expired(i64::MAX));
     }
 }

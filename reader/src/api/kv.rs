@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use secretlog_schemas::metadata::SecretMeta;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::topic::HEADER_APPLIED;
 use secretlog_schemas::{ConsistencyToken, Keyring};
@@ -14,7 +15,6 @@ use serde_json::{Map, Value, json};
 use super::response::{Envelope, vault_duration, vault_time};
 use super::{ApiError, ApiRequest, ApiResponse};
 use crate::materializer::{MaterializerHandle, now_ms};
-use crate::state::SecretMeta;
 use crate::store::Store;
 
 /// What a node needs to answer reads.
@@ -387,7 +387,7 @@ pub fn metadata_json(meta: &SecretMeta) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::VersionMeta;
+    use secretlog_schemas::metadata::VersionMeta;
 
     fn get(query: &str) -> ApiRequest {
         ApiRequest {

@@ -1,9 +1,9 @@
 //! Token and policy answers shared by readers and writers: token lookups shaped as Vault's, and
 //! reads of ACL policies (`/v1/sys/policies/acl`).
 
+use secretlog_schemas::auth::TokenRecord;
 use serde_json::json;
 
-use super::auth::TokenRecord;
 use super::kv::ReadContext;
 use super::response::vault_time;
 use super::{ApiError, ApiRequest, ApiResponse};

@@ -11,15 +11,15 @@
 //!   includes the write's own commit), and from the writer's acknowledgement
 //!   (`ack_to_visible`: how far the reader trails the leader's commit, replication lag proper);
 //! * `snapshot` — snapshot create and reader bootstrap time at N secrets (needs no stack; see
-//!   [`crate::bench_snapshot`]);
+//!   [`crate::bench::snapshot`]);
 //! * `peer etcd` — writes and reads side by side with a three-member etcd cluster the run starts
 //!   on loopback, through the same client and closed loop, with ratios secretlog/etcd (see
-//!   [`crate::bench_etcd`]);
+//!   [`crate::bench::etcd`]);
 //! * `peer openbao` — the same against OpenBao in dev mode (`bao server -dev`, in memory), which
-//!   speaks the same API, so both get identical requests (see [`crate::bench_openbao`]);
+//!   speaks the same API, so both get identical requests (see [`crate::bench::openbao`]);
 //! * `suite` — all of the above that issue #9 asks for in one run, against a stack and an etcd
 //!   cluster it starts itself, plus writer failover and reader memory; one table, `results.json`
-//!   and `bench.png` (see [`crate::bench_suite`]).
+//!   and `bench.png` (see [`crate::bench::suite`]).
 //!
 //! Absolute numbers on a shared 2-core machine are noise; compare runs side by side.
 
@@ -32,6 +32,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+
+pub mod etcd;
+pub mod openbao;
+pub mod snapshot;
+pub mod suite;
 
 /// Options shared by every scenario.
 #[derive(Debug, Clone, Args)]
@@ -92,11 +97,11 @@ pub enum Scenario {
     },
     /// Writes and reads side by side with a peer system started for the run, each figure with
     /// its ratio secretlog/peer.
-    Peer(crate::bench_etcd::PeerArgs),
+    Peer(crate::bench::etcd::PeerArgs),
     /// Every scenario of issue #9 in one run against a stack and a three-member etcd cluster it
     /// starts itself (the options above that name a running stack are not used): one table, and
     /// `results.json` and `bench.png` in `--dir`.
-    Suite(crate::bench_suite::SuiteArgs),
+    Suite(crate::bench::suite::SuiteArgs),
 }
 
 pub(crate) fn hist() -> Histogram<u64> {
@@ -169,12 +174,12 @@ where
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Scenario::Snapshot { secrets, work_dir } = &args.scenario {
         std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
-        let results = crate::bench_snapshot::run(secrets, args.value_bytes, work_dir).await?;
-        println!("{}", crate::bench_snapshot::table(&results));
+        let results = crate::bench::snapshot::run(secrets, args.value_bytes, work_dir).await?;
+        println!("{}", crate::bench::snapshot::table(&results));
         return append_results(args.out.as_deref(), &results);
     }
     if let Scenario::Suite(suite) = &args.scenario {
-        return crate::bench_suite::run(&args, suite).await;
+        return crate::bench::suite::run(&args, suite).await;
     }
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("reading the token from {}", args.token_file.display()))?
@@ -199,8 +204,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Scenario::Peer(peer) => {
             return match peer.system {
-                crate::bench_etcd::PeerSystem::Etcd => crate::bench_etcd::run(&args, peer, &token, &value).await,
-                crate::bench_etcd::PeerSystem::Openbao => crate::bench_openbao::run(&args, peer, &token, &value).await,
+                crate::bench::etcd::PeerSystem::Etcd => crate::bench::etcd::run(&args, peer, &token, &value).await,
+                crate::bench::etcd::PeerSystem::Openbao => {
+                    crate::bench::openbao::run(&args, peer, &token, &value).await
+                }
             };
         }
         Scenario::Snapshot { .. } | Scenario::Suite(_) => {

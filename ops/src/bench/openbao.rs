@@ -12,7 +12,7 @@
 //! `{"data": {"v": value}}`, `GET /v1/secret/data/<key>`, the token in `X-Vault-Token`). Each
 //! scenario and concurrency is measured on secretlog and at once after on each OpenBao; every
 //! figure is reported with its ratio secretlog/OpenBao from the same run (see
-//! [`crate::bench_etcd::run_pairs`]).
+//! [`crate::bench::etcd::run_pairs`]).
 //!
 //! What is paired (the `--runs` of `bench peer`):
 //! * **writes** — secretlog: an acknowledged write to the leader writer (a Kafka transaction,
@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::bench::etcd::{Peer, PeerArgs, PeerRun};
 use crate::bench::{BenchArgs, client, closed_loop, read_key, summary, write_key};
-use crate::bench_etcd::{Peer, PeerArgs, PeerRun};
 
 /// Run `bench peer openbao`: start the dev server (and with `--raft` the cluster), measure each
 /// pair, print the table, append JSON lines.
@@ -60,7 +60,7 @@ pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) ->
     } else {
         None
     };
-    let result = crate::bench_etcd::run_pairs(
+    let result = crate::bench::etcd::run_pairs(
         args,
         peer,
         token,

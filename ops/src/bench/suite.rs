@@ -6,7 +6,7 @@
 //!    brokers, two writers, readers in two regions, the replicator) in `--work-dir`;
 //! 2. **writes** at 1/16/64 clients and **reads** at 1/16/64/256 connections (plain and token
 //!    reads), each measured on secretlog and at once after on a three-member etcd cluster, with
-//!    ratios — that is `bench peer etcd` ([`crate::bench_etcd::run`]), called as is;
+//!    ratios — that is `bench peer etcd` ([`crate::bench::etcd::run`]), called as is;
 //! 3. **replication lag** at a fixed write rate, write start → visible and acknowledged → visible
 //!    ([`crate::bench::measure_lag`]);
 //! 4. **failover**: `kill -9` of the leader writer under a write load, time to the next
@@ -16,7 +16,7 @@
 //!    way `bench snapshot` builds its source, sealed under the stack's key), consuming the stack's
 //!    topic; its VmRSS idle, under reads over all N keys, and its peak;
 //! 6. stops the stack, then **snapshot** create and bootstrap at N secrets
-//!    ([`crate::bench_snapshot::run`]).
+//!    ([`crate::bench::snapshot::run`]).
 //!
 //! Absolute numbers on a shared machine are noise; the load average is recorded at every phase,
 //! and the ratios secretlog/etcd come from measurements made back to back in the same minute.
@@ -34,8 +34,8 @@ use secretlog_schemas::keyring::{Keyring, RootKey};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::bench::etcd::PeerArgs;
 use crate::bench::{BenchArgs, client};
-use crate::bench_etcd::PeerArgs;
 use crate::stack::{StackFile, UpArgs};
 
 /// Options of `bench suite`.
@@ -279,7 +279,7 @@ async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
     let peer_out = work.join("peer-etcd.jsonl");
     bench.out = Some(peer_out.clone());
     let peer = peer_args(&plan, suite, &work.join("etcd"))?;
-    crate::bench_etcd::run(&bench, &peer, &token, &value).await.context("writes and reads beside etcd")?;
+    crate::bench::etcd::run(&bench, &peer, &token, &value).await.context("writes and reads beside etcd")?;
     let peer_rows: Vec<Value> = std::fs::read_to_string(&peer_out)?
         .lines()
         .map(serde_json::from_str)
@@ -305,7 +305,7 @@ async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
     eprintln!("== snapshot create and bootstrap at {} secrets (stack stopped)", plan.snapshot_secrets);
     let snap_dir = work.join("snapshot");
     std::fs::create_dir_all(&snap_dir)?;
-    let snapshot = crate::bench_snapshot::run(&[plan.snapshot_secrets], plan.value_bytes, &snap_dir).await?;
+    let snapshot = crate::bench::snapshot::run(&[plan.snapshot_secrets], plan.value_bytes, &snap_dir).await?;
     std::fs::remove_dir_all(&snap_dir).ok();
     loads.push(load("end"));
 
@@ -599,9 +599,9 @@ async fn memory(
     let keyring = Keyring::from_root(&key);
     let filling = Instant::now();
     {
-        let store = secretlog_reader::store::Store::open(&crate::bench_snapshot::store_config(&data_dir)).await?;
+        let store = secretlog_reader::store::Store::open(&crate::bench::snapshot::store_config(&data_dir)).await?;
         let path = |i: usize| format!("bench/memory/k{i}");
-        crate::bench_snapshot::fill(&store, &keyring, n, plan.value_bytes, &path, false).await?;
+        crate::bench::snapshot::fill(&store, &keyring, n, plan.value_bytes, &path, false).await?;
         store.close().await?;
     }
     let fill_secs = filling.elapsed().as_secs_f64();
@@ -671,7 +671,7 @@ async fn memory(
         "value_bytes": plan.value_bytes,
         "fill_secs": fill_secs,
         "ready_secs": ready_secs,
-        "store_bytes": crate::bench_snapshot::dir_bytes(&data_dir),
+        "store_bytes": crate::bench::snapshot::dir_bytes(&data_dir),
         "rss_idle_mb": idle,
         "rss_under_reads_mb": loaded,
         "rss_peak_mb": peak,
@@ -895,7 +895,7 @@ pub(crate) mod tests {
             etcd_bin: "/usr/bin/etcd".into(),
         };
         let p = peer_args(&plan, &suite, Path::new("/tmp/e")).unwrap();
-        assert_eq!(p.system, crate::bench_etcd::PeerSystem::Etcd);
+        assert_eq!(p.system, crate::bench::etcd::PeerSystem::Etcd);
         assert_eq!((p.clients, p.connections, p.keys), (vec![1, 16], vec![1, 256], 1234));
         assert_eq!(p.runs.len(), 3);
         assert_eq!(p.etcd_dir.as_deref(), Some(Path::new("/tmp/e")));

@@ -350,7 +350,7 @@ mod tests {
     fn a_run_draws_to_a_png_with_text() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bench.png");
-        render(&crate::bench_suite::tests::sample(), &path).unwrap();
+        render(&crate::bench::suite::tests::sample(), &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         assert!(bytes.len() > 20_000, "a chart, not an empty page: {} bytes", bytes.len());

@@ -8,10 +8,6 @@
 
 pub mod audit;
 pub mod bench;
-pub mod bench_etcd;
-pub mod bench_openbao;
-pub mod bench_snapshot;
-pub mod bench_suite;
 pub mod chart;
 pub mod cli;
 pub mod dr;

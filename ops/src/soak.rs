@@ -29,8 +29,8 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::{client, hist};
-use crate::bench_snapshot::dir_bytes;
+use crate::bench::load::{client, hist};
+use crate::bench::snapshot::dir_bytes;
 use crate::stack::StackFile;
 
 /// `secretlog soak` options.

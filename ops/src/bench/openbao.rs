@@ -12,7 +12,7 @@
 //! `{"data": {"v": value}}`, `GET /v1/secret/data/<key>`, the token in `X-Vault-Token`). Each
 //! scenario and concurrency is measured on secretlog and at once after on each OpenBao; every
 //! figure is reported with its ratio secretlog/OpenBao from the same run (see
-//! [`crate::bench_etcd::run_pairs`]).
+//! [`super::peer::run_pairs`]).
 //!
 //! What is paired (the `--runs` of `bench peer`):
 //! * **writes** — secretlog: an acknowledged write to the leader writer (a Kafka transaction,
@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{BenchArgs, client, closed_loop, read_key, summary, write_key};
-use crate::bench_etcd::{Peer, PeerArgs, PeerRun};
+use super::load::{LoadArgs, client, closed_loop, read_key, summary, write_key};
+use super::peer::{Peer, PeerArgs, PeerRun};
 
 /// Run `bench peer openbao`: start the dev server (and with `--raft` the cluster), measure each
 /// pair, print the table, append JSON lines.
-pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) -> anyhow::Result<()> {
+pub(super) async fn run(args: &LoadArgs, peer: &PeerArgs, token: &str, value: &str) -> anyhow::Result<()> {
     let spinner = crate::output::spinner("starting `bao server -dev` on loopback");
     let dev = OpenBao::start(&peer.bao_bin).await?;
     spinner.finish_and_clear();
@@ -60,7 +60,7 @@ pub async fn run(args: &BenchArgs, peer: &PeerArgs, token: &str, value: &str) ->
     } else {
         None
     };
-    let result = crate::bench_etcd::run_pairs(
+    let result = super::peer::run_pairs(
         args,
         peer,
         token,
@@ -323,7 +323,7 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 /// environment (`BAO_DEV_ROOT_TOKEN_ID`), never its command line. The process is attached (it
 /// dies with this process) and is stopped when this is dropped, after which its temporary HOME
 /// is removed.
-pub struct OpenBao {
+pub(super) struct OpenBao {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     /// The dev root token.
@@ -379,7 +379,7 @@ impl Drop for OpenBao {
 /// API with one unseal key, node 0 unsealed and active, nodes 1 and 2 joined to it and unsealed,
 /// every node a raft voter, KV v2 mounted at `secret/`. Node 0 is the active node. Dropping it
 /// stops the nodes (they also die with this process) and removes the directory.
-pub struct OpenBaoRaft {
+pub(super) struct OpenBaoRaft {
     /// Node 0 is the active node.
     pub nodes: Vec<BaoNode>,
     /// The root token `sys/init` returned.
@@ -389,7 +389,7 @@ pub struct OpenBaoRaft {
 }
 
 /// One node of [`OpenBaoRaft`].
-pub struct BaoNode {
+pub(super) struct BaoNode {
     /// API address, `http://127.0.0.1:<port>`.
     pub url: String,
     log: PathBuf,

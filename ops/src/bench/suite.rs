@@ -6,9 +6,9 @@
 //!    brokers, two writers, readers in two regions, the replicator) in `--work-dir`;
 //! 2. **writes** at 1/16/64 clients and **reads** at 1/16/64/256 connections (plain and token
 //!    reads), each measured on secretlog and at once after on a three-member etcd cluster, with
-//!    ratios — that is `bench peer etcd` ([`crate::bench_etcd::run`]), called as is;
+//!    ratios — that is `bench peer etcd` ([`super::etcd::run`]), called as is;
 //! 3. **replication lag** at a fixed write rate, write start → visible and acknowledged → visible
-//!    ([`crate::bench::measure_lag`]);
+//!    ([`super::load::measure_lag`]);
 //! 4. **failover**: `kill -9` of the leader writer under a write load, time to the next
 //!    acknowledged write, several rounds (the killed writer is restarted between rounds and
 //!    stands by), then a check that every acknowledged write is readable;
@@ -16,7 +16,7 @@
 //!    way `bench snapshot` builds its source, sealed under the stack's key), consuming the stack's
 //!    topic; its VmRSS idle, under reads over all N keys, and its peak;
 //! 6. stops the stack, then **snapshot** create and bootstrap at N secrets
-//!    ([`crate::bench_snapshot::run`]).
+//!    ([`super::snapshot::run`]).
 //!
 //! Absolute numbers on a shared machine are noise; the load average is recorded at every phase,
 //! and the ratios secretlog/etcd come from measurements made back to back in the same minute.
@@ -34,8 +34,8 @@ use secretlog_schemas::keyring::{Keyring, RootKey};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::bench::{BenchArgs, client};
-use crate::bench_etcd::PeerArgs;
+use super::load::{LoadArgs, client};
+use super::peer::PeerArgs;
 use crate::stack::{StackFile, UpArgs};
 
 /// Options of `bench suite`.
@@ -114,7 +114,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(args: &BenchArgs, s: &SuiteArgs) -> Plan {
+    fn new(args: &LoadArgs, s: &SuiteArgs) -> Plan {
         let q = s.quick;
         Plan {
             seconds: if q { 2 } else { args.seconds },
@@ -135,7 +135,7 @@ impl Plan {
 }
 
 /// Run the suite (or only redraw its chart).
-pub async fn run(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: &LoadArgs, suite: &SuiteArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&suite.dir).with_context(|| format!("creating {}", suite.dir.display()))?;
     let results_path = suite.dir.join("results.json");
     let chart_path = suite.dir.join("bench.png");
@@ -228,7 +228,7 @@ impl Drop for Started {
 }
 
 /// Run every scenario; the whole result document.
-async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
+async fn measure(args: &LoadArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
     let plan = Plan::new(args, suite);
     let work = &suite.work_dir;
     let stack_dir = work.join("stack");
@@ -273,13 +273,13 @@ async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
     eprintln!("== warm-up: {} s of writes at {warm_clients} clients (not measured)", plan.warm_up_seconds);
     let mut warm = bench.clone();
     warm.seconds = plan.warm_up_seconds;
-    crate::bench::measure_writes(&warm, &token, &value, warm_clients).await.context("warm-up writes")?;
+    super::load::measure_writes(&warm, &token, &value, warm_clients).await.context("warm-up writes")?;
 
     eprintln!("== writes and reads, secretlog and etcd");
     let peer_out = work.join("peer-etcd.jsonl");
     bench.out = Some(peer_out.clone());
     let peer = peer_args(&plan, suite, &work.join("etcd"))?;
-    crate::bench_etcd::run(&bench, &peer, &token, &value).await.context("writes and reads beside etcd")?;
+    super::etcd::run(&bench, &peer, &token, &value).await.context("writes and reads beside etcd")?;
     let peer_rows: Vec<Value> = std::fs::read_to_string(&peer_out)?
         .lines()
         .map(serde_json::from_str)
@@ -289,8 +289,8 @@ async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
 
     eprintln!("== replication lag at {} writes/s", plan.lag_rate);
     bench.seconds = plan.lag_seconds;
-    let lag = crate::bench::measure_lag(&bench, &token, &value, plan.lag_rate).await?;
-    println!("{}", crate::bench::table(&lag));
+    let lag = super::load::measure_lag(&bench, &token, &value, plan.lag_rate).await?;
+    println!("{}", super::load::table(&lag));
     loads.push(load("after lag"));
 
     eprintln!("== failover: kill -9 the leader writer, {} rounds", plan.failover_rounds);
@@ -305,7 +305,7 @@ async fn measure(args: &BenchArgs, suite: &SuiteArgs) -> anyhow::Result<Value> {
     eprintln!("== snapshot create and bootstrap at {} secrets (stack stopped)", plan.snapshot_secrets);
     let snap_dir = work.join("snapshot");
     std::fs::create_dir_all(&snap_dir)?;
-    let snapshot = crate::bench_snapshot::run(&[plan.snapshot_secrets], plan.value_bytes, &snap_dir).await?;
+    let snapshot = super::snapshot::run(&[plan.snapshot_secrets], plan.value_bytes, &snap_dir).await?;
     std::fs::remove_dir_all(&snap_dir).ok();
     loads.push(load("end"));
 
@@ -599,9 +599,9 @@ async fn memory(
     let keyring = Keyring::from_root(&key);
     let filling = Instant::now();
     {
-        let store = secretlog_reader::store::Store::open(&crate::bench_snapshot::store_config(&data_dir)).await?;
+        let store = secretlog_reader::store::Store::open(&super::snapshot::store_config(&data_dir)).await?;
         let path = |i: usize| format!("bench/memory/k{i}");
-        crate::bench_snapshot::fill(&store, &keyring, n, plan.value_bytes, &path, false).await?;
+        super::snapshot::fill(&store, &keyring, n, plan.value_bytes, &path, false).await?;
         store.close().await?;
     }
     let fill_secs = filling.elapsed().as_secs_f64();
@@ -654,7 +654,7 @@ async fn memory(
     .await?;
     let ready_secs = starting.elapsed().as_secs_f64();
     let (idle, _) = rss_mb(pid)?;
-    let reads = crate::bench::measure_reads_under(
+    let reads = super::load::measure_reads_under(
         &url,
         "bench/memory",
         plan.seconds.max(5),
@@ -671,7 +671,7 @@ async fn memory(
         "value_bytes": plan.value_bytes,
         "fill_secs": fill_secs,
         "ready_secs": ready_secs,
-        "store_bytes": crate::bench_snapshot::dir_bytes(&data_dir),
+        "store_bytes": super::snapshot::dir_bytes(&data_dir),
         "rss_idle_mb": idle,
         "rss_under_reads_mb": loaded,
         "rss_peak_mb": peak,
@@ -710,7 +710,7 @@ fn dist_cell(v: &Value) -> String {
 
 /// The one table of a run: a row per scenario and concurrency, secretlog's figures, etcd's and
 /// their ratio where etcd has one.
-pub fn table(r: &Value) -> comfy_table::Table {
+pub(super) fn table(r: &Value) -> comfy_table::Table {
     let mut t = crate::output::table(&["scenario", "at", "figures", "secretlog", "etcd", "ratio s/e"]);
     let r2 = [2, 2, 2, 2];
     let dist_fig = "ops/s · p50 · p99 · p99.9 ms";
@@ -895,7 +895,7 @@ pub(crate) mod tests {
             etcd_bin: "/usr/bin/etcd".into(),
         };
         let p = peer_args(&plan, &suite, Path::new("/tmp/e")).unwrap();
-        assert_eq!(p.system, crate::bench_etcd::PeerSystem::Etcd);
+        assert_eq!(p.system, crate::bench::peer::PeerSystem::Etcd);
         assert_eq!((p.clients, p.connections, p.keys), (vec![1, 16], vec![1, 256], 1234));
         assert_eq!(p.runs.len(), 3);
         assert_eq!(p.etcd_dir.as_deref(), Some(Path::new("/tmp/e")));

@@ -1,41 +1,21 @@
-//! `secretlog bench`: load against a running stack, measured on the client side.
-//!
-//! Scenarios (each prints a table and, with `--out`, appends JSON):
-//! * `writes` — acknowledged writes/s and latency at N concurrent clients (each client writes its
-//!   own keys, so no CAS conflicts; every write is a Kafka transaction commit before the answer);
-//! * `reads` — reads/s and latency at N keep-alive connections against one reader, over a key
-//!   set preloaded through the writer;
-//! * `lag` — at a fixed write rate, two delays per write, both ending when a reader answers it
-//!   (the read carries the write's consistency index, so the reader answers the moment it has
-//!   applied the write): from sending the write (`write_to_visible`, the client's view, which
-//!   includes the write's own commit), and from the writer's acknowledgement
-//!   (`ack_to_visible`: how far the reader trails the leader's commit, replication lag proper);
-//! * `snapshot` — snapshot create and reader bootstrap time at N secrets (needs no stack; see
-//!   [`crate::bench_snapshot`]);
-//! * `peer etcd` — writes and reads side by side with a three-member etcd cluster the run starts
-//!   on loopback, through the same client and closed loop, with ratios secretlog/etcd (see
-//!   [`crate::bench_etcd`]);
-//! * `peer openbao` — the same against OpenBao in dev mode (`bao server -dev`, in memory), which
-//!   speaks the same API, so both get identical requests (see [`crate::bench_openbao`]);
-//! * `suite` — all of the above that issue #9 asks for in one run, against a stack and an etcd
-//!   cluster it starts itself, plus writer failover and reader memory; one table, `results.json`
-//!   and `bench.png` (see [`crate::bench_suite`]).
-//!
-//! Absolute numbers on a shared 2-core machine are noise; compare runs side by side.
+//! Load against a running stack, measured on the client side: what every scenario and peer of
+//! `secretlog bench` is built from — the options naming the stack ([`LoadArgs`]), the HTTP client,
+//! the closed loop, histograms and their summaries, secretlog's own writes, reads and lag
+//! measurements, preloading, and appending results. It imports nothing else of `bench`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use anyhow::bail;
+use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 /// Options shared by every scenario.
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+pub struct LoadArgs {
     /// Writer URL.
     #[arg(long, default_value = "http://127.0.0.1:8200")]
     pub writer: String,
@@ -54,56 +34,13 @@ pub struct BenchArgs {
     /// Append results as JSON lines to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[command(subcommand)]
-    pub scenario: Scenario,
-}
-
-/// What to measure.
-#[derive(Debug, Clone, Subcommand)]
-pub enum Scenario {
-    /// Acknowledged writes at each concurrency.
-    Writes {
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-        clients: Vec<usize>,
-    },
-    /// Reads at each number of connections, over `keys` preloaded secrets.
-    Reads {
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
-        connections: Vec<usize>,
-        #[arg(long, default_value_t = 100_000)]
-        keys: usize,
-        /// Skip preloading (the keys already exist from an earlier run).
-        #[arg(long)]
-        no_preload: bool,
-    },
-    /// Write-to-visible and acknowledged-to-visible latency at a fixed write rate.
-    Lag {
-        #[arg(long, default_value_t = 500)]
-        rate: u64,
-    },
-    /// Snapshot create and bootstrap time at each number of secrets (runs in-process; needs no
-    /// running stack).
-    Snapshot {
-        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
-        secrets: Vec<usize>,
-        /// Directory for the temporary stores and object store.
-        #[arg(long, default_value = "./.secretlog/bench")]
-        work_dir: PathBuf,
-    },
-    /// Writes and reads side by side with a peer system started for the run, each figure with
-    /// its ratio secretlog/peer.
-    Peer(crate::bench_etcd::PeerArgs),
-    /// Every scenario of issue #9 in one run against a stack and a three-member etcd cluster it
-    /// starts itself (the options above that name a running stack are not used): one table, and
-    /// `results.json` and `bench.png` in `--dir`.
-    Suite(crate::bench_suite::SuiteArgs),
 }
 
 pub(crate) fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-pub(crate) fn summary(name: &str, param: usize, ops: u64, errors: u64, secs: f64, h: &Histogram<u64>) -> Value {
+pub(super) fn summary(name: &str, param: usize, ops: u64, errors: u64, secs: f64, h: &Histogram<u64>) -> Value {
     json!({
         "scenario": name,
         "concurrency": param,
@@ -126,7 +63,7 @@ pub(crate) fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Run a closed loop of `conc` workers for `secs`, each calling `op(worker, i)`.
-pub(crate) async fn closed_loop<F, Fut>(conc: usize, secs: u64, op: F) -> (u64, u64, f64, Histogram<u64>)
+pub(super) async fn closed_loop<F, Fut>(conc: usize, secs: u64, op: F) -> (u64, u64, f64, Histogram<u64>)
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -165,55 +102,8 @@ where
     (h.len(), errors.load(Ordering::Relaxed), elapsed, h)
 }
 
-/// Run the chosen scenario.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Scenario::Snapshot { secrets, work_dir } = &args.scenario {
-        std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
-        let results = crate::bench_snapshot::run(secrets, args.value_bytes, work_dir).await?;
-        println!("{}", crate::bench_snapshot::table(&results));
-        return append_results(args.out.as_deref(), &results);
-    }
-    if let Scenario::Suite(suite) = &args.scenario {
-        return crate::bench_suite::run(&args, suite).await;
-    }
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("reading the token from {}", args.token_file.display()))?
-        .trim()
-        .to_string();
-    let value = "v".repeat(args.value_bytes);
-    let mut results = Vec::new();
-    match &args.scenario {
-        Scenario::Writes { clients } => {
-            for &c in clients {
-                results.push(measure_writes(&args, &token, &value, c).await?);
-            }
-        }
-        Scenario::Reads { connections, keys, no_preload } => {
-            if !no_preload {
-                preload(&args.writer, &token, *keys, &value).await?;
-            }
-            wait_for_preloaded(&args.reader, &token, *keys).await?;
-            for &c in connections {
-                results.push(measure_reads(&args, &token, *keys, None, c).await?);
-            }
-        }
-        Scenario::Peer(peer) => {
-            return match peer.system {
-                crate::bench_etcd::PeerSystem::Etcd => crate::bench_etcd::run(&args, peer, &token, &value).await,
-                crate::bench_etcd::PeerSystem::Openbao => crate::bench_openbao::run(&args, peer, &token, &value).await,
-            };
-        }
-        Scenario::Snapshot { .. } | Scenario::Suite(_) => {
-            unreachable!("the snapshot and suite scenarios return before the token is read")
-        }
-        Scenario::Lag { rate } => results.extend(measure_lag(&args, &token, &value, *rate).await?),
-    }
-    println!("{}", table(&results));
-    append_results(args.out.as_deref(), &results)
-}
-
 /// Summaries as a table.
-pub(crate) fn table(results: &[Value]) -> comfy_table::Table {
+pub(super) fn table(results: &[Value]) -> comfy_table::Table {
     let mut t =
         crate::output::table(&["scenario", "concurrency/rate", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"]);
     for r in results {
@@ -242,7 +132,7 @@ pub(crate) fn table(results: &[Value]) -> comfy_table::Table {
 ///
 /// A reader that has not applied the write within its wait bound (2 s) forwards the read to the
 /// leader, which would hide the lag: such reads are not counted as visible but as errors.
-pub(crate) async fn measure_lag(args: &BenchArgs, token: &str, value: &str, rate: u64) -> anyhow::Result<Vec<Value>> {
+pub(super) async fn measure_lag(args: &LoadArgs, token: &str, value: &str, rate: u64) -> anyhow::Result<Vec<Value>> {
     const WAIT_BOUND: Duration = Duration::from_secs(2);
     let http = client(64)?;
     let (mut from_start, mut from_ack) = (hist(), hist());
@@ -300,7 +190,7 @@ pub(crate) async fn measure_lag(args: &BenchArgs, token: &str, value: &str, rate
 
 /// Acknowledged writes through the writer for `args.seconds` at `c` clients: each client writes
 /// its own 1000 keys in turn, so there are no CAS conflicts.
-pub(crate) async fn measure_writes(args: &BenchArgs, token: &str, value: &str, c: usize) -> anyhow::Result<Value> {
+pub(super) async fn measure_writes(args: &LoadArgs, token: &str, value: &str, c: usize) -> anyhow::Result<Value> {
     let http = client(c)?;
     let (w, t, v) = (args.writer.clone(), token.to_string(), value.to_string());
     let run = format!("{:08x}", rand::random::<u32>());
@@ -320,26 +210,26 @@ pub(crate) async fn measure_writes(args: &BenchArgs, token: &str, value: &str, c
 
 /// The key the writes scenarios write for worker `worker`'s `i`-th request of run `run`: each
 /// worker cycles through 1000 keys of its own.
-pub(crate) fn write_key(run: &str, worker: usize, i: u64) -> String {
+pub(super) fn write_key(run: &str, worker: usize, i: u64) -> String {
     format!("bench/{run}/w{worker}/k{}", i % 1000)
 }
 
 /// The key the reads scenarios read for worker `worker`'s `i`-th request, out of `n` preloaded
 /// ones `bench/keys/k{0..n}`: a spread-out walk, the same for every system measured.
-pub(crate) fn read_key(worker: usize, i: u64, n: u64) -> String {
+pub(super) fn read_key(worker: usize, i: u64, n: u64) -> String {
     read_key_under("bench/keys", worker, i, n)
 }
 
 /// [`read_key`] over the keys `{prefix}/k{0..n}`.
-pub(crate) fn read_key_under(prefix: &str, worker: usize, i: u64, n: u64) -> String {
+pub(super) fn read_key_under(prefix: &str, worker: usize, i: u64, n: u64) -> String {
     format!("{prefix}/k{}", (i.wrapping_mul(2_654_435_761).wrapping_add(worker as u64 * 7919)) % n)
 }
 
 /// Reads from the reader for `args.seconds` over `c` keep-alive connections, over `keys`
 /// preloaded secrets. With `header`, every read carries it (`X-Secretlog-Consistency: strong`
 /// for linearizable reads, `X-Secretlog-Index` for a position).
-pub(crate) async fn measure_reads(
-    args: &BenchArgs,
+pub(super) async fn measure_reads(
+    args: &LoadArgs,
     token: &str,
     keys: usize,
     header: Option<(&'static str, String)>,
@@ -349,7 +239,7 @@ pub(crate) async fn measure_reads(
 }
 
 /// [`measure_reads`] from the reader at `reader`, over the keys `{prefix}/k{0..keys}`, for `secs`.
-pub(crate) async fn measure_reads_under(
+pub(super) async fn measure_reads_under(
     reader: &str,
     prefix: &str,
     secs: u64,
@@ -380,7 +270,7 @@ pub(crate) async fn measure_reads_under(
 
 /// Wait until the reader has every preloaded key (the last one written is enough: one writer,
 /// per-key order; every key is checked by the reads themselves too).
-pub(crate) async fn wait_for_preloaded(reader: &str, token: &str, keys: usize) -> anyhow::Result<()> {
+pub(super) async fn wait_for_preloaded(reader: &str, token: &str, keys: usize) -> anyhow::Result<()> {
     let http = client(4)?;
     let last = format!("{reader}/v1/secret/data/bench/keys/k{}", keys.saturating_sub(1));
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -394,7 +284,7 @@ pub(crate) async fn wait_for_preloaded(reader: &str, token: &str, keys: usize) -
 }
 
 /// Append results as JSON lines to `out`, if given.
-pub(crate) fn append_results(out: Option<&std::path::Path>, results: &[Value]) -> anyhow::Result<()> {
+pub(super) fn append_results(out: Option<&std::path::Path>, results: &[Value]) -> anyhow::Result<()> {
     if let Some(out) = out {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
@@ -406,7 +296,7 @@ pub(crate) fn append_results(out: Option<&std::path::Path>, results: &[Value]) -
 }
 
 /// Write `keys` secrets through the writer, 64 at a time, with a progress bar.
-pub(crate) async fn preload(writer: &str, token: &str, keys: usize, value: &str) -> anyhow::Result<()> {
+pub(super) async fn preload(writer: &str, token: &str, keys: usize, value: &str) -> anyhow::Result<()> {
     let http = client(64)?;
     let pb = indicatif::ProgressBar::new(keys as u64);
     pb.set_style(

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 const TOPIC: &str = "bench.snapshot";
 const BATCH: usize = 10_000;
 
-pub(crate) fn store_config(dir: &Path) -> StoreConfig {
+pub(super) fn store_config(dir: &Path) -> StoreConfig {
     StoreConfig { dir: dir.to_path_buf(), cache_memory_bytes: 64 << 20, cache_disk_bytes: 0 }
 }
 
@@ -31,7 +31,7 @@ pub(crate) fn store_config(dir: &Path) -> StoreConfig {
 /// `keyring` as the writer seals them. With `at_offsets`, partition 0 is recorded as applied up to
 /// offset `secrets` (a snapshot's source needs a log position); without, no log position is
 /// recorded, so a reader started on the store consumes its topic from the start, on top of it.
-pub(crate) async fn fill(
+pub(super) async fn fill(
     store: &Store,
     keyring: &Keyring,
     secrets: usize,
@@ -131,7 +131,7 @@ async fn logical_bytes(store: &Store) -> anyhow::Result<Value> {
 }
 
 /// Run the scenario for each size; one JSON result per size.
-pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Result<Vec<Value>> {
+pub(super) async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Result<Vec<Value>> {
     let keyring = Keyring::from_root(&RootKey::generate());
     let mut out = Vec::new();
     for &n in sizes {
@@ -185,7 +185,7 @@ pub async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> anyhow::Re
 }
 
 /// The results as a table.
-pub fn table(results: &[Value]) -> comfy_table::Table {
+pub(super) fn table(results: &[Value]) -> comfy_table::Table {
     let mut t = crate::output::table(&[
         "secrets",
         "snapshot MB",

@@ -40,6 +40,12 @@ pub enum ReaderError {
 }
 
 impl ReaderError {
+    /// Whether a client should simply retry: Kafka unreachable or slow, the topic not there yet.
+    /// Everything else is a halt, a bad configuration or a bug, for an operator to see.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReaderError::Kafka(_) | ReaderError::Timeout { .. } | ReaderError::NoTopic { .. })
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         ReaderError::Io { path: path.display().to_string(), source }
     }

@@ -392,7 +392,15 @@ impl Keys {
             Err(OpenError::ShuttingDown) => ApiError::unavailable("shutting down").into(),
             Err(OpenError::Failed(e)) => {
                 tracing::error!(error = %e, "the key was reconstructed but the node could not start: still sealed");
-                ApiError::new(500, format!("unsealing failed: {e}")).into()
+                // What failed is in the log; the client learns whether to retry, not the detail.
+                if e.is_transient() {
+                    ApiError::unavailable(
+                        "unsealing could not start the node yet (Kafka unavailable); submit the shares again",
+                    )
+                } else {
+                    ApiError::internal()
+                }
+                .into()
             }
         }
     }

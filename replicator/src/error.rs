@@ -8,6 +8,8 @@ pub enum ReplicatorError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("object store: {0}")]
     Objects(String),
+    #[error("the API listener: {0}")]
+    Listener(#[source] std::io::Error),
     /// The object store prefix belongs to another Kafka cluster or topic: retrying cannot help.
     #[error("{0}")]
     ForeignStore(String),

@@ -48,7 +48,7 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
     secretlog_reader::telemetry::prometheus();
     secretlog_reader::kafka::configure(cfg.log.kafka_config.as_deref())?;
     let listener = secretlog_reader::api::bind(cfg.listen).await?;
-    let addr = listener.local_addr().map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+    let addr = listener.local_addr().map_err(ReplicatorError::Listener)?;
     let serve = secretlog_reader::api::ServeOptions::new(64 * 1024, &cfg.http)?;
     let objects = Objects::open(&cfg.object_store_url())?;
     let mut log = cfg.log.clone();

@@ -71,9 +71,7 @@ impl From<ReaderError> for ApiError {
     fn from(e: ReaderError) -> Self {
         match &e {
             ReaderError::Halted { .. } => ApiError::unavailable(e.to_string()),
-            ReaderError::Kafka(_) | ReaderError::Timeout { .. } | ReaderError::NoTopic { .. } => {
-                ApiError::unavailable(e.to_string())
-            }
+            _ if e.is_transient() => ApiError::unavailable(e.to_string()),
             _ => {
                 tracing::error!(error = %e, "internal error");
                 ApiError::internal()

@@ -48,9 +48,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::auth::Identity;
-use crate::api::kv::ReadContext;
 use crate::api::{ApiError, ApiRequest, ApiResponse, Handler};
 use crate::config::LogConfig;
+use crate::context::ReadContext;
 use crate::error::ReaderError;
 
 /// Counter of audit entries that could not be written.

@@ -6,6 +6,8 @@
 //!   too, so validation and materialization can never disagree;
 //! * [`freshness`] says how far behind the log a node may be, measured by last-stable-offset
 //!   queries rather than by the age of records;
+//! * [`context`] is an unsealed node's state (store, keyring, materializer) and the waits on the
+//!   log that every read mode is built of;
 //! * [`api`] is the Vault-compatible HTTP surface (reads, health, forwarding);
 //! * [`audit`] is the audit log every node's handler goes through;
 //! * [`unseal`] is the root key as Shamir shares and the unseal that collects them;
@@ -17,6 +19,7 @@ pub mod audit;
 pub mod auth_objects;
 pub mod bootstrap;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod freshness;
 pub mod kafka;

@@ -20,12 +20,13 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroize;
 
 use crate::api::health::{HealthInput, Role, health};
-use crate::api::kv::{Freshness, ReadContext};
+use crate::api::kv::Freshness;
 use crate::api::seal::{SealStatus, UnsealRequest, authorize_seal, parse_unseal};
 use crate::api::session::Sessions;
 use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, forward::Forwarder, node_handler};
 use crate::audit::Auditor;
 use crate::config::{LogConfig, OnStale, ReadMode, ReaderConfig};
+use crate::context::ReadContext;
 use crate::error::ReaderError;
 use crate::materializer::{self, MaterializerConfig};
 use crate::store::{Store, StoreConfig};

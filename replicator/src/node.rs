@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStoreExt;
-use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, node_handler};
+use secretlog_reader::context::ReadContext;
 use secretlog_reader::materializer::now_ms;
 use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
 use secretlog_reader::objects::Objects;
@@ -333,7 +333,7 @@ const CATCH_UP_FOR_A_TOKEN: Duration = Duration::from_secs(15);
 
 /// Consume up to the log's end as of now (each attempt asks the brokers anew), within
 /// [`CATCH_UP_FOR_A_TOKEN`]; the last attempt's reason if it could not.
-async fn catch_up(ctx: &secretlog_reader::api::kv::ReadContext) -> Result<(), String> {
+async fn catch_up(ctx: &secretlog_reader::context::ReadContext) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + CATCH_UP_FOR_A_TOKEN;
     loop {
         match ctx.wait_strong().await {

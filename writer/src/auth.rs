@@ -8,9 +8,9 @@
 use rand::Rng;
 use secretlog_reader::acl::parse_policy;
 use secretlog_reader::api::auth::Identity;
-use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::tokens::lookup_data;
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_reader::context::ReadContext;
 use secretlog_reader::materializer::now_ms;
 use secretlog_reader::store::keys;
 use secretlog_schemas::Operation;

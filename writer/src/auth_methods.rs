@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use secretlog_reader::api::auth::Identity;
 use secretlog_reader::api::auth_methods::{METHODS, mount_of, mounts, parse_cidr};
-use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_reader::context::ReadContext;
 use secretlog_reader::materializer::now_ms;
 use secretlog_schemas::Operation;
 use secretlog_schemas::auth::{AuthMountRecord, AuthObjectKind, MAX_AUTH_MOUNT_LEN, control_name};

@@ -47,9 +47,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::response::Envelope;
 use secretlog_reader::api::{ApiError, ApiResponse};
+use secretlog_reader::context::ReadContext;
 use secretlog_reader::materializer::now_ms;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::topic::{HEADER_INDEX, partition_for, record_key};

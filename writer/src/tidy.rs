@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use secretlog_reader::api::kv::ReadContext;
 use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_reader::context::ReadContext;
 use secretlog_reader::materializer::now_ms;
 use secretlog_reader::store::keys;
 use secretlog_schemas::Operation;

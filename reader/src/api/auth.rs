@@ -7,9 +7,9 @@
 
 use secretlog_schemas::auth::TokenRecord;
 
-use super::kv::ReadContext;
 use super::{ApiError, ApiRequest};
 use crate::acl::{Acl, Capability, parse_policy};
+use crate::context::ReadContext;
 use crate::materializer::now_ms;
 use crate::store::keys;
 

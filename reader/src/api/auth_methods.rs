@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::auth::Need;
-use super::kv::ReadContext;
 use super::{ApiError, ApiRequest, ApiResponse};
 use crate::acl::Capability;
+use crate::context::ReadContext;
 use crate::store::keys;
 
 /// The auth method types that can be enabled.

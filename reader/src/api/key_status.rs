@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::kv::ReadContext;
 use super::response::vault_time;
 use super::{ApiError, ApiRequest, ApiResponse};
+use crate::context::ReadContext;
 use crate::state::KeyTerms;
 use crate::store::TermCounts;
 

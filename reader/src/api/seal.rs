@@ -19,9 +19,9 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::auth::{Identity, acl_of, identify};
-use super::kv::ReadContext;
 use super::{ApiError, ApiRequest};
 use crate::acl::Capability;
+use crate::context::ReadContext;
 use crate::unseal::{UnsealError, Unsealer};
 
 impl From<UnsealError> for ApiError {

@@ -9,9 +9,9 @@ use secretlog_schemas::mount::MountRecord;
 use serde_json::{Map, Value, json};
 
 use super::auth::{Identity, acl_of, identify};
-use super::kv::ReadContext;
 use super::response::Envelope;
 use super::{ApiError, ApiRequest, ApiResponse};
+use crate::context::ReadContext;
 
 /// Requests that are POSTs in Vault's API but change nothing: served where they arrive, never
 /// forwarded to the leader.

@@ -4,9 +4,9 @@
 use secretlog_schemas::auth::TokenRecord;
 use serde_json::json;
 
-use super::kv::ReadContext;
 use super::response::vault_time;
 use super::{ApiError, ApiRequest, ApiResponse};
+use crate::context::ReadContext;
 use crate::materializer::now_ms;
 
 /// A token's lookup data (never the token itself: only its accessor).

@@ -79,7 +79,7 @@ pub struct Policy {
 }
 
 /// Most policy text accepted.
-pub const MAX_POLICY_LEN: usize = 32 * 1024;
+pub(crate) const MAX_POLICY_LEN: usize = 32 * 1024;
 
 /// Parse a policy in Vault HCL or JSON.
 pub fn parse_policy(text: &str) -> Result<Policy, PolicyError> {

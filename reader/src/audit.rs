@@ -29,7 +29,8 @@
 mod file;
 mod kafka;
 
-pub use file::{BYTES_METRIC, FS_AVAIL_METRIC, FS_SIZE_METRIC, FileSink, Rotation, reopen_all, reopen_on_hangup};
+pub(crate) use file::{BYTES_METRIC, reopen_on_hangup};
+pub use file::{FileSink, Rotation};
 pub use kafka::KafkaSink;
 
 use std::io::Write;
@@ -54,7 +55,7 @@ use crate::context::ReadContext;
 use crate::error::ReaderError;
 
 /// Counter of audit entries that could not be written.
-pub const FAILURES_METRIC: &str = "secretlog_audit_failures_total";
+pub(crate) const FAILURES_METRIC: &str = "secretlog_audit_failures_total";
 
 /// What replaces secrets when the node has no keyring to HMAC them with (a sealed node).
 const NO_KEY: &str = "hmac-sha256:unavailable-node-sealed";

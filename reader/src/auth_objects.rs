@@ -20,7 +20,7 @@ use crate::materializer::{Refusal, Staging};
 use crate::store::{Store, keys};
 
 /// The storage key of an auth object.
-pub fn object_key(mount: &str, kind: AuthObjectKind, name: &str) -> Vec<u8> {
+pub(crate) fn object_key(mount: &str, kind: AuthObjectKind, name: &str) -> Vec<u8> {
     match kind {
         AuthObjectKind::Mount => keys::auth_mount(mount),
         _ => keys::auth_object(mount, kind.name(), name),
@@ -134,13 +134,13 @@ struct Expiry {
 /// Whether a stored token `record` had expired by `at_ms` (a tidy event's timestamp). A token
 /// without an expiry, an unreadable record and no record at all are not expired: a tidy of them
 /// is refused.
-pub fn expired_by(record: Option<&[u8]>, at_ms: i64) -> bool {
+pub(crate) fn expired_by(record: Option<&[u8]>, at_ms: i64) -> bool {
     record.and_then(|r| serde_json::from_slice::<Expiry>(r).ok()).and_then(|e| e.expire_ms).is_some_and(|e| e <= at_ms)
 }
 
 /// Keep `c/accessor/<accessor>` with the token it names: set by a `PutToken` (`record`), removed
 /// by a `RevokeToken` (`None`) along with the token.
-pub async fn index_accessor(
+pub(crate) async fn index_accessor(
     staging: &mut Staging,
     store: &Store,
     token_hash: &[u8; 32],

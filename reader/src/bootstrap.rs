@@ -36,7 +36,7 @@ pub async fn list_snapshots(objects: &Objects) -> Result<Vec<Manifest>, ReaderEr
 }
 
 /// The manifest of snapshot `id`, if it is complete.
-pub async fn read_manifest(objects: &Objects, id: &str) -> Result<Option<Manifest>, ReaderError> {
+pub(crate) async fn read_manifest(objects: &Objects, id: &str) -> Result<Option<Manifest>, ReaderError> {
     match objects.store.get(&objects.path(&format!("snapshots/{id}/manifest.json"))).await {
         Ok(r) => {
             let bytes = r.bytes().await.map_err(storage)?;

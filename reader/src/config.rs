@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use secretlog_schemas::topic::MUTATIONS_TOPIC;
 
 /// Default bootstrap servers: the local three-broker cluster of `secretlog kafka up`.
-pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094";
+pub(crate) const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094";
 
 /// What a reader does when a read's consistency token is not reached within the wait bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

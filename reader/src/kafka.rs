@@ -30,14 +30,11 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::ReaderError;
 
-/// Environment variable every secretlog process reads its Kafka bootstrap servers from.
-pub const BOOTSTRAP_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
-
 /// Environment variable naming the Kafka client properties file (also `--kafka-config`).
-pub const CONFIG_ENV: &str = "SECRETLOG_KAFKA_CONFIG";
+pub(crate) const CONFIG_ENV: &str = "SECRETLOG_KAFKA_CONFIG";
 
 /// Secret client properties and the environment variables they are taken from.
-pub const SECRET_ENV: &[(&str, &str)] = &[
+pub(crate) const SECRET_ENV: &[(&str, &str)] = &[
     ("SECRETLOG_KAFKA_SASL_PASSWORD", "sasl.password"),
     ("SECRETLOG_KAFKA_SSL_KEY_PASSWORD", "ssl.key.password"),
     ("SECRETLOG_KAFKA_SSL_KEYSTORE_PASSWORD", "ssl.keystore.password"),
@@ -49,7 +46,7 @@ pub const SECRET_ENV: &[(&str, &str)] = &[
 /// auto-commit and no silent `auto.offset.reset`), read_committed isolation, the producer's
 /// durability and fencing (`acks=all`, idempotence, one `transactional.id`), and the election's
 /// group settings.
-pub const PROTECTED: &[&str] = &[
+pub(crate) const PROTECTED: &[&str] = &[
     "bootstrap.servers",
     "metadata.broker.list",
     "group.id",
@@ -77,7 +74,7 @@ pub const PROTECTED: &[&str] = &[
 ];
 
 /// Whether a librdkafka property holds a secret (its value is never logged or shown).
-pub fn is_secret(key: &str) -> bool {
+pub(crate) fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECRET_ENV.iter().any(|(_, k)| *k == key)
         || ["password", "secret", "passphrase", "jaas"].iter().any(|w| key.contains(w))
@@ -310,10 +307,10 @@ pub fn consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
 /// was measured) the consumers of a local stack kept three idle brokers busy at 12.4% of a core
 /// each answering empty fetches (now 3–7%); acknowledged → visible lag did not depend on it
 /// (docs/benchmarks.md, "Reads at 100k secrets, and idle fetches").
-pub const FETCH_WAIT_MAX_MS: u32 = 500;
+pub(crate) const FETCH_WAIT_MAX_MS: u32 = 500;
 
 /// Whether a client error means the cluster refused our credentials.
-pub fn is_authentication_error(error: &KafkaError) -> bool {
+pub(crate) fn is_authentication_error(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
@@ -322,7 +319,7 @@ pub fn is_authentication_error(error: &KafkaError) -> bool {
 
 /// Whether a client error is a failed TLS connection (`security.protocol=SSL|SASL_SSL`): most
 /// often a broker certificate that does not verify against `ssl.ca.location`.
-pub fn is_tls_error(error: &KafkaError) -> bool {
+pub(crate) fn is_tls_error(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::SSL)
 }
 

@@ -49,16 +49,6 @@ impl RunningNode {
     }
 }
 
-/// Load the keyring, or say why the node is sealed; either way `secretlog_sealed` says so (the
-/// materializer raises it later if the log turns out to be sealed under another key).
-pub fn load_keyring(log: &LogConfig) -> Result<Arc<Keyring>, String> {
-    let keyring = RootKey::load(log.root_key_file.as_deref())
-        .map(|k| Arc::new(Keyring::from_root(&k)))
-        .map_err(|e| e.to_string());
-    crate::telemetry::set_sealed(keyring.is_err());
-    keyring
-}
-
 /// Open the store and start the materializer for a node.
 pub async fn open_state(
     log: &LogConfig,
@@ -110,7 +100,7 @@ pub async fn open_state(
 }
 
 /// Answer for every API path of a sealed node.
-pub fn sealed_response() -> ApiResponse {
+pub(crate) fn sealed_response() -> ApiResponse {
     ApiError::new(503, "Vault is sealed").into()
 }
 

@@ -11,7 +11,7 @@ use secretlog_schemas::{Event, MetadataUpdate, Operation, Rewrapped};
 use serde::{Deserialize, Serialize};
 
 /// Versions kept when neither the secret nor the mount sets `max_versions` (Vault's default).
-pub const DEFAULT_MAX_VERSIONS: u32 = 10;
+pub(crate) const DEFAULT_MAX_VERSIONS: u32 = 10;
 
 /// What applying one event to one secret changes in storage.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -168,7 +168,7 @@ pub fn apply(current: Option<&SecretMeta>, event: &Event) -> Result<Effect, Appl
 /// one the rewrap read. `stored(version)` gives the sealed value stored now. Anything that
 /// reached the secret before the rewrap wins; so does a newer term (a value the rewrap read
 /// under term 1 and someone re-sealed since is left alone). Returns the values to store.
-pub fn apply_rewrap<'a>(
+pub(crate) fn apply_rewrap<'a>(
     meta: Option<&SecretMeta>,
     values: &[Rewrapped],
     stored: impl Fn(u64) -> Option<&'a [u8]>,

@@ -157,7 +157,7 @@ pub mod keys {
 }
 
 /// A stored revision (8 bytes, big-endian); absent is 0.
-pub fn decode_revision(stored: Option<&[u8]>) -> u64 {
+pub(crate) fn decode_revision(stored: Option<&[u8]>) -> u64 {
     stored.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 

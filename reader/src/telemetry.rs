@@ -33,10 +33,10 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
 }
 
 /// Publish `secretlog_sealed`: 1 while this node has no usable root key (none, or not the one
-/// the log was written with), else 0. Set where each cause is found — loading the key at start
-/// ([`crate::node::load_keyring`]) and the materializer meeting a record sealed under another
-/// key — so reader, writer and replicator all report it without code of their own.
-pub fn set_sealed(sealed: bool) {
+/// the log was written with), else 0. Set where each cause is found — the node's keys sealed,
+/// unsealed or missing ([`crate::node::Keys`]) and the materializer meeting a record sealed under
+/// another key — so reader, writer and replicator all report it without code of their own.
+pub(crate) fn set_sealed(sealed: bool) {
     metrics::gauge!("secretlog_sealed").set(if sealed { 1.0 } else { 0.0 });
 }
 

@@ -17,10 +17,10 @@ use crate::store::keys;
 /// with `no_default_policy` — its own lookup, renewal and revocation, and paths secretlog does not
 /// serve (cubbyhole, wrapping, tools), kept so that the text reads back as Vault's does. Stored
 /// `default` policies (written by an operator) replace it.
-pub const DEFAULT_POLICY: &str = include_str!("default_policy.hcl");
+pub(crate) const DEFAULT_POLICY: &str = include_str!("default_policy.hcl");
 
 /// The text of policy `name`: stored, or the built-in `default`.
-pub async fn policy_text(ctx: &ReadContext, name: &str) -> Result<Option<String>, ApiError> {
+pub(crate) async fn policy_text(ctx: &ReadContext, name: &str) -> Result<Option<String>, ApiError> {
     match ctx.store.get_raw(&keys::policy(name)).await? {
         Some(text) => Ok(Some(String::from_utf8_lossy(&text).into_owned())),
         None if name == "default" => Ok(Some(DEFAULT_POLICY.to_string())),
@@ -114,7 +114,7 @@ pub fn need(req: &ApiRequest, mount: Option<&str>, exists: impl FnOnce(&str) -> 
 }
 
 /// Resolve the request's token, or refuse (403, as Vault answers a missing or bad token).
-pub async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, ApiError> {
+pub(crate) async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, ApiError> {
     let token = req.token.as_deref().filter(|t| !t.is_empty()).ok_or_else(ApiError::permission_denied)?;
     let hash = ctx.keyring.token_hash(token);
     match ctx.store.root_token_hash().await? {
@@ -146,7 +146,7 @@ pub async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Identity, A
 }
 
 /// The merged ACL of a token's policies (policies that no longer exist grant nothing).
-pub async fn acl_of(ctx: &ReadContext, record: &TokenRecord) -> Result<Acl, ApiError> {
+pub(crate) async fn acl_of(ctx: &ReadContext, record: &TokenRecord) -> Result<Acl, ApiError> {
     let mut policies = Vec::new();
     for name in &record.policies {
         if let Some(text) = policy_text(ctx, name).await? {

@@ -27,7 +27,7 @@ use crate::store::keys;
 pub const METHODS: [&str; 2] = ["approle", "userpass"];
 
 /// Header carrying a forwarding node's word for the client address: `<ip> <unix secs> <hex tag>`.
-pub const CLIENT_HEADER: &str = "x-secretlog-client";
+pub(crate) const CLIENT_HEADER: &str = "x-secretlog-client";
 
 /// How long a forwarding node's word for a client address holds, seconds.
 const ATTESTATION_SECS: u64 = 120;
@@ -66,7 +66,7 @@ pub async fn is_login(ctx: &ReadContext, req: &ApiRequest) -> Result<bool, ApiEr
 }
 
 /// Whether `tail` (the path after the mount) is the login endpoint of a method of type `method`.
-pub fn is_login_tail(method: &str, tail: &str) -> bool {
+pub(crate) fn is_login_tail(method: &str, tail: &str) -> bool {
     match method {
         "approle" => tail == "login",
         "userpass" => tail.strip_prefix("login/").is_some_and(|u| !u.is_empty() && !u.contains('/')),
@@ -166,7 +166,7 @@ async fn list_mounts(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse,
 }
 
 /// Whether this node answers `req` here (a read of `sys/auth` or of an auth method's objects).
-pub fn is_auth_read(req: &ApiRequest) -> bool {
+pub(crate) fn is_auth_read(req: &ApiRequest) -> bool {
     req.path == "v1/sys/auth" || (req.path.starts_with("v1/auth/") && !req.path.starts_with("v1/auth/token/"))
 }
 
@@ -272,7 +272,7 @@ fn token_fields(
 }
 
 /// A role as `GET role/<name>` shows it.
-pub fn role_json(r: &AppRoleRecord) -> Value {
+pub(crate) fn role_json(r: &AppRoleRecord) -> Value {
     let mut v = token_fields(
         &r.token_policies,
         r.token_ttl_secs,
@@ -325,7 +325,7 @@ fn attested_parts(ip: &str, secs: &str, req: &ApiRequest) -> [Vec<u8>; 6] {
 }
 
 /// The [`CLIENT_HEADER`] value a node forwarding `req` sends: the client address it sees.
-pub fn attest(keyring: &Keyring, req: &ApiRequest) -> Option<String> {
+pub(crate) fn attest(keyring: &Keyring, req: &ApiRequest) -> Option<String> {
     let ip = client_ip(keyring, req)?.to_string();
     let secs = unix_secs().to_string();
     let parts = attested_parts(&ip, &secs, req);

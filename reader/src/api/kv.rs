@@ -288,7 +288,7 @@ fn is_secret_path(path: &str) -> Result<bool, ApiError> {
 }
 
 /// The body of `GET metadata`, as Vault shapes it.
-pub fn metadata_json(meta: &SecretMeta) -> Value {
+pub(crate) fn metadata_json(meta: &SecretMeta) -> Value {
     let versions: Map<String, Value> = meta
         .versions
         .iter()

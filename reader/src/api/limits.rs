@@ -47,7 +47,7 @@ impl Refusal {
 }
 
 /// Count a refusal (and the group it was in).
-pub fn count_refusal(reason: Refusal, group: RouteGroup) {
+pub(crate) fn count_refusal(reason: Refusal, group: RouteGroup) {
     metrics::counter!("secretlog_requests_refused_total", "reason" => reason.label(), "group" => group.label())
         .increment(1);
 }
@@ -98,7 +98,7 @@ impl RouteGroup {
 pub type TokenKey = [u8; 16];
 
 /// The rate limiter's key for a token. The token is hashed at once and never kept.
-pub fn token_key(token: &str) -> TokenKey {
+pub(crate) fn token_key(token: &str) -> TokenKey {
     let digest = Sha256::digest(token.as_bytes());
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
@@ -206,7 +206,7 @@ pub enum Admission {
 }
 
 /// The bulkhead's decision, as a pure function of what it holds.
-pub fn admission(free_slots: usize, queued: usize, max_queued: usize) -> Admission {
+pub(crate) fn admission(free_slots: usize, queued: usize, max_queued: usize) -> Admission {
     if free_slots > 0 && queued == 0 {
         Admission::Now
     } else if queued < max_queued {
@@ -356,7 +356,7 @@ impl Limits {
 }
 
 /// The size of a request head as the limit counts it: request line and header lines.
-pub fn head_size(method: &str, path_and_query: usize, headers: &warp::http::HeaderMap) -> usize {
+pub(crate) fn head_size(method: &str, path_and_query: usize, headers: &warp::http::HeaderMap) -> usize {
     let line = method.len() + path_and_query + " HTTP/1.1\r\n".len() + 1;
     headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4) + 2
 }

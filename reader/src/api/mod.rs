@@ -198,12 +198,12 @@ tokio::task_local! {
 }
 
 /// The forwarding node's word for the client address of the request being handled, unchecked.
-pub fn forwarded_client() -> Option<String> {
+pub(crate) fn forwarded_client() -> Option<String> {
     FORWARDED_CLIENT.try_with(Clone::clone).ok().flatten()
 }
 
 /// The remote address of the request being handled, if known.
-pub fn remote_addr() -> Option<SocketAddr> {
+pub(crate) fn remote_addr() -> Option<SocketAddr> {
     REMOTE_ADDR.try_with(|a| *a).ok().flatten()
 }
 
@@ -212,7 +212,7 @@ pub fn remote_addr() -> Option<SocketAddr> {
 pub(crate) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Header a node adds to a request it forwards.
-pub const FORWARDED_HEADER: &str = "x-secretlog-forwarded";
+pub(crate) const FORWARDED_HEADER: &str = "x-secretlog-forwarded";
 
 /// How a listener serves: the body limit, TLS, and the request limits.
 #[derive(Clone)]
@@ -275,7 +275,7 @@ impl From<u64> for ServeOptions {
 /// warp 0.4's filter futures cannot be proven `Send` in a generic context (a higher-ranked
 /// lifetime limitation), so the accept loop cannot go to `tokio::spawn`. It runs on a thread of
 /// its own, driving the *current* runtime's handle; connections are still tasks on the runtime.
-pub fn spawn_server(
+pub(crate) fn spawn_server(
     listener: tokio::net::TcpListener,
     handler: Handler,
     opts: impl Into<ServeOptions>,

@@ -107,7 +107,7 @@ pub fn vault_time(ms: Option<i64>) -> String {
 }
 
 /// Vault's duration format for `delete_version_after` ("0s", "1h0m0s", "90s" → "1m30s").
-pub fn vault_duration(secs: u64) -> String {
+pub(crate) fn vault_duration(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
     match (h, m) {
         (0, 0) => format!("{s}s"),

@@ -98,7 +98,7 @@ pub enum UnsealRequest {
 }
 
 /// Parse an `unseal` body. The share text is moved into zeroizing memory at once.
-pub fn parse_unseal(body: &[u8]) -> Result<UnsealRequest, ApiError> {
+pub(crate) fn parse_unseal(body: &[u8]) -> Result<UnsealRequest, ApiError> {
     #[derive(Deserialize)]
     struct Body {
         key: Option<String>,
@@ -122,7 +122,7 @@ pub fn parse_unseal(body: &[u8]) -> Result<UnsealRequest, ApiError> {
 
 /// Whether the caller may seal the node: the root token, or a token whose policies grant both
 /// `update` and `sudo` on `sys/seal` (as Vault requires).
-pub async fn authorize_seal(ctx: &ReadContext, req: &ApiRequest) -> Result<(), ApiError> {
+pub(crate) async fn authorize_seal(ctx: &ReadContext, req: &ApiRequest) -> Result<(), ApiError> {
     match identify(ctx, req).await? {
         Identity::Root => Ok(()),
         Identity::Token { record, .. } => {

@@ -15,21 +15,21 @@ use crate::context::ReadContext;
 
 /// Requests that are POSTs in Vault's API but change nothing: served where they arrive, never
 /// forwarded to the leader.
-pub fn is_read_only_post(path: &str) -> bool {
+pub(crate) fn is_read_only_post(path: &str) -> bool {
     matches!(path, "v1/sys/capabilities-self" | "v1/sys/capabilities") || path.starts_with(AUDIT_HASH_PREFIX)
 }
 
 /// `sys/audit-hash/<device>`: the HMAC an audit device writes for an input.
-pub const AUDIT_HASH_PREFIX: &str = "v1/sys/audit-hash/";
+pub(crate) const AUDIT_HASH_PREFIX: &str = "v1/sys/audit-hash/";
 
 /// The device named by a `sys/audit-hash/<device>` path (`file`), without slashes.
-pub fn audit_hash_device(path: &str) -> Option<&str> {
+pub(crate) fn audit_hash_device(path: &str) -> Option<&str> {
     path.strip_prefix(AUDIT_HASH_PREFIX).map(|d| d.trim_matches('/'))
 }
 
 /// `GET sys/audit`: the node's audit devices (`path/` → `type`, `description`, `options`,
 /// `local`, `path`), in Vault's shape.
-pub fn audit_list(req: &ApiRequest, devices: &[(String, &'static str, Value)]) -> ApiResponse {
+pub(crate) fn audit_list(req: &ApiRequest, devices: &[(String, &'static str, Value)]) -> ApiResponse {
     let data = devices
         .iter()
         .map(|(path, kind, options)| {
@@ -44,7 +44,7 @@ pub fn audit_list(req: &ApiRequest, devices: &[(String, &'static str, Value)]) -
 /// `POST sys/audit-hash/<device>` with `{"input": ...}`: the hash the device writes for that input
 /// (`hash`: one entry `hmac-sha256:<hex>`), so an operator can find a token or value in the audit
 /// trail without the trail holding it. `hmac` is `None` when the node has no such device.
-pub fn audit_hash(req: &ApiRequest, hmac: Option<&dyn Fn(&[u8]) -> String>) -> Result<ApiResponse, ApiError> {
+pub(crate) fn audit_hash(req: &ApiRequest, hmac: Option<&dyn Fn(&[u8]) -> String>) -> Result<ApiResponse, ApiError> {
     let device = audit_hash_device(&req.path).unwrap_or_default();
     let Some(hmac) = hmac else {
         return Err(ApiError::bad_request(format!("unknown audit backend {device}/")));
@@ -59,7 +59,7 @@ pub fn audit_hash(req: &ApiRequest, hmac: Option<&dyn Fn(&[u8]) -> String>) -> R
 }
 
 /// A mount as `sys/mounts` and `sys/internal/ui/mounts` show it (OpenBao's fields and order).
-pub fn mount_json(record: &MountRecord) -> Value {
+pub(crate) fn mount_json(record: &MountRecord) -> Value {
     json!({
         "accessor": record.accessor,
         "config": {

@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 
 /// Environment variable naming a CA file the CLI's and nodes' HTTP clients trust (as Vault's
 /// `VAULT_CACERT`).
-pub const CACERT_ENV: &str = "SECRETLOG_CACERT";
+pub(crate) const CACERT_ENV: &str = "SECRETLOG_CACERT";
 
 /// Why a certificate, key or CA file cannot be used. Never carries key material.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,7 @@ fn build(files: &TlsFiles, cert: &[u8], key: &[u8]) -> Result<Arc<ServerConfig>,
 }
 
 /// The CA certificates of a PEM file, for a client to trust.
-pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
+pub(crate) fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
     let ca = |reason: String| TlsError::Ca { path: path.display().to_string(), reason };
     let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca(e.to_string()))?;

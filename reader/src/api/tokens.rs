@@ -36,7 +36,7 @@ pub fn lookup_data(record: &TokenRecord) -> serde_json::Value {
 /// caller's own token, as Vault answers it — Vault Agent's `token_file` auto-auth reads the token
 /// back from there. Nothing is revealed that the caller does not hold already; the lookup of
 /// another token and the accessor lookups keep leaving `id` out (docs/compatibility.md#token-echo).
-pub fn lookup_response(req: &ApiRequest, record: &TokenRecord) -> ApiResponse {
+pub(crate) fn lookup_response(req: &ApiRequest, record: &TokenRecord) -> ApiResponse {
     let mut data = lookup_data(record);
     data["id"] = json!(req.token.as_deref().unwrap_or(""));
     ApiResponse::data(&req.request_id, data)
@@ -45,7 +45,7 @@ pub fn lookup_response(req: &ApiRequest, record: &TokenRecord) -> ApiResponse {
 /// `LIST /v1/auth/token/accessors`: the accessor of every token this node's state holds —
 /// expired ones too, until a tidy removes them (what an operator checks a tidy by). 404 when
 /// there is none, as Vault answers an empty list.
-pub async fn list_accessors(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+pub(crate) async fn list_accessors(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
     let keys: Vec<String> = ctx
         .store
         .scan(crate::store::keys::ACCESSOR_PREFIX)
@@ -63,7 +63,7 @@ pub async fn list_accessors(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiRe
 }
 
 /// `GET /v1/sys/policies/acl/:name` and `LIST /v1/sys/policies/acl`.
-pub async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+pub(crate) async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
     // Names are lower-cased, as Vault does.
     let name = req.path.strip_prefix("v1/sys/policies/acl").unwrap_or("").trim_matches('/').to_ascii_lowercase();
     if name.is_empty() || req.method == "LIST" {

@@ -33,11 +33,11 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes of audit entries a sink recorded (counter, `sink` label).
-pub const BYTES_METRIC: &str = "secretlog_audit_bytes_total";
+pub(crate) const BYTES_METRIC: &str = "secretlog_audit_bytes_total";
 /// Space left for unprivileged writers on the audit file's filesystem (gauge).
-pub const FS_AVAIL_METRIC: &str = "secretlog_audit_filesystem_avail_bytes";
+pub(crate) const FS_AVAIL_METRIC: &str = "secretlog_audit_filesystem_avail_bytes";
 /// Size of the audit file's filesystem (gauge).
-pub const FS_SIZE_METRIC: &str = "secretlog_audit_filesystem_size_bytes";
+pub(crate) const FS_SIZE_METRIC: &str = "secretlog_audit_filesystem_size_bytes";
 
 /// How often, at most, the filesystem gauges are refreshed on a successful write, ms (on every
 /// failed one).
@@ -256,7 +256,7 @@ impl FileSink {
 
 /// Reopen every audit file of the process (SIGHUP, `secretlog audit reopen`); what happened to
 /// each is logged.
-pub fn reopen_all() -> usize {
+pub(crate) fn reopen_all() -> usize {
     let devices: Vec<Arc<FileSink>> = {
         let d = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
         d.iter().filter_map(Weak::upgrade).collect()
@@ -276,7 +276,7 @@ pub fn reopen_all() -> usize {
 
 /// Reopen the audit files on every SIGHUP until `cancel`. The handler is installed before this
 /// returns, so a SIGHUP that comes once the node serves never takes the default action (exit).
-pub fn reopen_on_hangup(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub(crate) fn reopen_on_hangup(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tokio::spawn(async move {
         let mut hup = match hup {

@@ -61,6 +61,11 @@ impl ApiError {
     pub fn unavailable(msg: impl Into<String>) -> Self {
         ApiError { status: 503, errors: vec![msg.into()], retry_after: Some(1) }
     }
+    /// 503 for a halted partition: nothing changes until an operator repairs the log, so no
+    /// `Retry-After` invites clients to come back in a second.
+    pub fn halted(msg: impl Into<String>) -> Self {
+        ApiError::new(503, msg)
+    }
     /// 500: a bug or an unexpected internal failure. Details go to the log, not the client.
     pub fn internal() -> Self {
         ApiError::new(500, "internal error; see the node's log")
@@ -70,12 +75,29 @@ impl ApiError {
 impl From<ReaderError> for ApiError {
     fn from(e: ReaderError) -> Self {
         match &e {
-            ReaderError::Halted { .. } => ApiError::unavailable(e.to_string()),
+            ReaderError::Halted { .. } => ApiError::halted(e.to_string()),
             _ if e.is_transient() => ApiError::unavailable(e.to_string()),
             _ => {
                 tracing::error!(error = %e, "internal error");
                 ApiError::internal()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_halt_is_not_retried_in_a_second_and_a_transient_failure_is() {
+        let halted = ApiError::from(ReaderError::Halted { partition: 1, offset: 7, reason: "bad mac".into() });
+        assert_eq!((halted.status, halted.retry_after), (503, None));
+        assert!(halted.errors[0].contains("partition 1 halted at offset 7"), "{:?}", halted.errors);
+        let transient = ApiError::from(ReaderError::Timeout { what: "the log's end".into(), secs: 5 });
+        assert_eq!((transient.status, transient.retry_after), (503, Some(1)));
+        let internal = ApiError::from(ReaderError::Storage("disk on fire at /var/lib/x".into()));
+        assert_eq!(internal.status, 500);
+        assert!(!internal.errors[0].contains("/var/lib/x"), "details go to the log, not the client");
     }
 }

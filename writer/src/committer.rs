@@ -171,8 +171,18 @@ fn open_key(mount: &str, path: &str) -> String {
     format!("{mount}\0{path}")
 }
 
-/// A decided write waiting for its verdict: where its answer goes, the answer, its record key.
-type Waiting = (oneshot::Sender<ApiResponse>, Reply, Vec<u8>);
+/// A decided write waiting for its verdict: where its answer goes, the answer (already bound to
+/// its request's id, [`for_request`]), its record key.
+type Waiting = (oneshot::Sender<ApiResponse>, Answer, Vec<u8>);
+
+/// The body of a write's success answer, bound to its request: a version's metadata is wrapped
+/// in the envelope carrying the request's id ([`for_request`]), so no answer can leave with an id
+/// other than the one its audit entries record.
+#[derive(Debug)]
+enum Answer {
+    NoContent,
+    Json(Value),
+}
 
 /// A decided command: its record, the record's event id, the answer to give once it is
 /// accepted, its record key.
@@ -923,7 +933,7 @@ pub async fn append_accepted(
 }
 
 /// The answer to a write accepted at `offset` of `partition`, with its position.
-fn accepted(reply: Reply, partition: i32, offset: i64) -> ApiResponse {
+fn accepted(reply: Answer, partition: i32, offset: i64) -> ApiResponse {
     let token = ConsistencyToken([(partition, offset + 1)].into_iter().collect()).to_string();
     answer(reply).with_header(HEADER_INDEX, token)
 }
@@ -978,22 +988,22 @@ fn take_batch(
 
 /// `reply` answering the request `request_id`: a version's metadata in the Vault envelope
 /// carrying that id, so the answer and the request's audit entries name the same request.
-fn for_request(reply: Reply, request_id: &str) -> Reply {
+fn for_request(reply: Reply, request_id: &str) -> Answer {
     match reply {
         Reply::Version(v) => match serde_json::to_value(Envelope::new(request_id, v)) {
-            Ok(body) => Reply::Json(body),
-            Err(_) => Reply::NoContent,
+            Ok(body) => Answer::Json(body),
+            Err(_) => Answer::NoContent,
         },
-        other => other,
+        Reply::NoContent => Answer::NoContent,
+        Reply::Json(v) => Answer::Json(v),
     }
 }
 
 /// The success answer of a committed write.
-fn answer(reply: Reply) -> ApiResponse {
-    match reply {
-        Reply::Version(v) => ApiResponse::data(&uuid::Uuid::new_v4().to_string(), v),
-        Reply::NoContent => ApiResponse::no_content(),
-        Reply::Json(v) => ApiResponse::json(200, &v),
+fn answer(answer: Answer) -> ApiResponse {
+    match answer {
+        Answer::NoContent => ApiResponse::no_content(),
+        Answer::Json(v) => ApiResponse::json(200, &v),
     }
 }
 

@@ -199,15 +199,21 @@ impl Unsealer {
     }
 }
 
+/// Tests' fixture: a fresh key split 3 of 5, and its init record.
+#[cfg(test)]
+pub(crate) fn three_of_five() -> (RootKey, Vec<Zeroizing<String>>, SealConfig) {
+    let key = RootKey::generate();
+    let shares = split(&key, 5, 3).unwrap();
+    let cfg = SealConfig { shares: 5, threshold: 3, key_check: hex::encode(Keyring::from_root(&key).key_check()) };
+    (key, shares, cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn setup() -> (RootKey, Vec<Zeroizing<String>>, SealConfig) {
-        let key = RootKey::generate();
-        let shares = split(&key, 5, 3).unwrap();
-        let cfg = SealConfig { shares: 5, threshold: 3, key_check: hex::encode(Keyring::from_root(&key).key_check()) };
-        (key, shares, cfg)
+        three_of_five()
     }
 
     fn check(key: &RootKey) -> [u8; 8] {

@@ -142,13 +142,10 @@ mod tests {
     use secretlog_schemas::RootKey;
 
     use super::*;
-    use crate::unseal::{SealConfig, split};
+    use crate::unseal::SealConfig;
 
     fn setup() -> (RootKey, Vec<Zeroizing<String>>, SealConfig) {
-        let key = RootKey::generate();
-        let shares = split(&key, 5, 3).unwrap();
-        let cfg = SealConfig { shares: 5, threshold: 3, key_check: hex::encode(Keyring::from_root(&key).key_check()) };
-        (key, shares, cfg)
+        crate::unseal::three_of_five()
     }
 
     #[test]

@@ -517,26 +517,26 @@ impl Stack {
         }
     }
 
-    /// A reader node spec sharing this stack's settings, not yet started (for extra readers).
+    /// A reader node spec sharing this stack's settings, started (for extra readers).
     pub fn new_reader(&self, name: &str, extra_env: &[(&str, &str)]) -> Node {
+        self.spawn_role("reader", name, extra_env, vec!["--writer-url".into(), self.writer.url.clone()])
+    }
+
+    /// Start a `role` node named `name` with this stack's environment plus `extra_env`, listening
+    /// on a free port, its data under the stack's directory, with `args` after those.
+    fn spawn_role(&self, role: &str, name: &str, extra_env: &[(&str, &str)], args: Vec<String>) -> Node {
         let port = free_port();
         let mut envs = self.envs();
         envs.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut n = node(
-            self.dir.path(),
-            name,
-            port,
-            &envs,
-            vec![
-                "reader".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                self.dir.path().join(name).display().to_string(),
-                "--writer-url".into(),
-                self.writer.url.clone(),
-            ],
-        );
+        let mut argv = vec![
+            role.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            self.dir.path().join(name).display().to_string(),
+        ];
+        argv.extend(args);
+        let mut n = node(self.dir.path(), name, port, &envs, argv);
         n.spawn();
         n
     }
@@ -573,56 +573,27 @@ impl Stack {
 
     /// A writer joining this stack (a standby while the stack's leader leads), started.
     pub fn new_writer(&self, name: &str, extra_env: &[(&str, &str)]) -> Node {
-        let port = free_port();
-        let mut envs = self.envs();
-        envs.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut n = node(
-            self.dir.path(),
-            name,
-            port,
-            &envs,
-            vec![
-                "writer".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                self.dir.path().join(name).display().to_string(),
-                "--root-token-file".into(),
-                self.dir.path().join(format!("{name}-root-token")).display().to_string(),
-                "--transactional-id".into(),
-                format!("{}-writer", self.topic),
-            ],
-        );
-        n.spawn();
-        n
+        let token_file = self.dir.path().join(format!("{name}-root-token"));
+        let args = vec![
+            "--root-token-file".into(),
+            token_file.display().to_string(),
+            "--transactional-id".into(),
+            format!("{}-writer", self.topic),
+        ];
+        self.spawn_role("writer", name, extra_env, args)
     }
 
     /// A replicator archiving into `objects` (a `file://` or `s3://` URL), started.
     pub fn new_replicator(&self, objects: &str, extra_env: &[(&str, &str)]) -> Node {
-        let port = free_port();
-        let mut envs = self.envs();
-        envs.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut n = node(
-            self.dir.path(),
-            "replicator",
-            port,
-            &envs,
-            vec![
-                "replicator".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                self.dir.path().join("replicator").display().to_string(),
-                "--object-store".into(),
-                objects.to_string(),
-                "--segment-max-records".into(),
-                "50".into(),
-                "--snapshot-interval-secs".into(),
-                "0".into(),
-            ],
-        );
-        n.spawn();
-        n
+        let args = vec![
+            "--object-store".into(),
+            objects.to_string(),
+            "--segment-max-records".into(),
+            "50".into(),
+            "--snapshot-interval-secs".into(),
+            "0".into(),
+        ];
+        self.spawn_role("replicator", "replicator", extra_env, args)
     }
 }
 

@@ -2,6 +2,9 @@
 
 // Every node role runs in this binary. glibc's allocator showed up as ~15% of a reader's CPU
 // under concurrent reads (arena locks, consolidation); mimalloc's per-thread heaps do not.
+// `--features system-allocator` builds with glibc's instead, for heap profilers that hook malloc
+// (heaptrack; docs/operations.md "Finding where memory goes").
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -17,7 +17,8 @@
 //! delete_version_after u64 seconds; `PutMount` = path str16, record bytes32; `DeleteMount` =
 //! path str16; `PutAuthObject` = mount str16, kind u8, name str16, flags u8 (bit0: replaces
 //! [32] follows), record bytes32; `DeleteAuthObject` = the same without the record;
-//! `TidyToken` = hash [32].
+//! `TidyToken` = hash [32]; `PutAuditDevice` = path str16, record bytes32; `DeleteAuditDevice` =
+//! path str16.
 //!
 //! `mac_term` is the key term whose event-authentication key made the tag: the active term of
 //! the writer when it appended the record. Every term derives from the root key, so a record
@@ -196,7 +197,11 @@ fn encode_body(e: &Event, o: &mut Out<'_>) {
             o.str16(path);
             o.bytes32(record);
         }
-        Operation::DeleteMount { path } => o.str16(path),
+        Operation::DeleteMount { path } | Operation::DeleteAuditDevice { path } => o.str16(path),
+        Operation::PutAuditDevice { path, record } => {
+            o.str16(path);
+            o.bytes32(record);
+        }
         Operation::PutAuthObject { mount, kind, name, record, replaces } => {
             encode_auth_object(o, mount, *kind, name, replaces.as_ref());
             o.bytes32(record);
@@ -358,6 +363,11 @@ pub(crate) fn decode_body(body: &[u8], version: u8) -> Result<Event, DecodeError
             Operation::DeleteAuthObject { mount, kind, name, replaces }
         }
         0x4C => Operation::TidyToken { token_hash: r.array()? },
+        0x4D => {
+            let path = r.str16("audit device path", MAX_PATH_LEN)?.to_owned();
+            Operation::PutAuditDevice { path, record: r.bytes32("audit device record", MAX_CONTROL_DOC_LEN)?.to_vec() }
+        }
+        0x4E => Operation::DeleteAuditDevice { path: r.str16("audit device path", MAX_PATH_LEN)?.to_owned() },
         tag => return Err(DecodeError::UnknownOperation { tag }),
     };
     r.finish()?;
@@ -446,6 +456,9 @@ mod tests {
             ("[a-z/-]{1,20}", proptest::collection::vec(any::<u8>(), 0..100))
                 .prop_map(|(path, record)| Operation::PutMount { path, record }),
             "[a-z/-]{1,20}".prop_map(|path| Operation::DeleteMount { path }),
+            ("[a-z/-]{1,20}", proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(path, record)| Operation::PutAuditDevice { path, record }),
+            "[a-z/-]{1,20}".prop_map(|path| Operation::DeleteAuditDevice { path }),
             (
                 "[a-z/]{1,20}",
                 arb_auth_kind(),
@@ -598,6 +611,8 @@ mod tests {
             Operation::PutToken { token_hash: [8; 32], record: b"{}".to_vec() },
             Operation::RevokeToken { token_hash: [9; 32] },
             Operation::TidyToken { token_hash: [10; 32] },
+            Operation::PutAuditDevice { path: "trail".into(), record: b"{}".to_vec() },
+            Operation::DeleteAuditDevice { path: "trail".into() },
             Operation::RewrapValues { values: vec![Rewrapped { version: 2, replaces: [4; 32], sealed: vec![5; 40] }] },
             Operation::AddKeyTerm { term: 2 },
             Operation::RetireKeyTerm { term: 1 },

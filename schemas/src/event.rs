@@ -115,6 +115,12 @@ pub enum Operation {
     /// `record` is its [`crate::mount::MountRecord`] as JSON. Keyed by [`MOUNTS_CONTROL_NAME`],
     /// so every change to the mount table is ordered in one partition.
     PutMount { path: String, record: Vec<u8> },
+    /// Control: enable the audit device at `path` (no trailing slash); `record` is its
+    /// [`crate::audit::AuditDeviceRecord`] as JSON. Keyed by [`AUDIT_CONTROL_NAME`], so every
+    /// change to the device table is ordered in one partition.
+    PutAuditDevice { path: String, record: Vec<u8> },
+    /// Control: disable the audit device at `path`.
+    DeleteAuditDevice { path: String },
     /// Control: unmount `path`. Its secrets become unreachable at once; a mount enabled there
     /// again gets a new storage id and starts empty (Vault's rule).
     DeleteMount { path: String },
@@ -192,6 +198,8 @@ impl Operation {
             Operation::PutAuthObject { .. } => 0x4A,
             Operation::DeleteAuthObject { .. } => 0x4B,
             Operation::TidyToken { .. } => 0x4C,
+            Operation::PutAuditDevice { .. } => 0x4D,
+            Operation::DeleteAuditDevice { .. } => 0x4E,
         }
     }
 
@@ -220,6 +228,8 @@ impl Operation {
             Operation::PutAuthObject { .. } => "put_auth_object",
             Operation::DeleteAuthObject { .. } => "delete_auth_object",
             Operation::TidyToken { .. } => "tidy_token",
+            Operation::PutAuditDevice { .. } => "put_audit_device",
+            Operation::DeleteAuditDevice { .. } => "delete_audit_device",
         }
     }
 
@@ -235,6 +245,9 @@ pub const KEYRING_CONTROL_NAME: &str = "keyring";
 
 /// The control object every mount-table event is keyed by.
 pub const MOUNTS_CONTROL_NAME: &str = "mounts";
+
+/// The control object every audit-device event is keyed by.
+pub const AUDIT_CONTROL_NAME: &str = "audit-devices";
 
 impl Event {
     /// The Kafka record key of this event: `mount/path`, or for control events a NUL byte and the

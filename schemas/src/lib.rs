@@ -14,9 +14,11 @@
 //! * [`auth`] — the records of auth methods (mounts, AppRole roles and secret ids, userpass
 //!   users) that auth-object control events carry, and the token records token events carry;
 //! * [`mount`] — the mount table's records and mount path rules;
-//! * [`metadata`] — a secret's metadata, as stores, snapshots and restore events hold it.
+//! * [`metadata`] — a secret's metadata, as stores, snapshots and restore events hold it;
+//! * [`audit`] — the audit devices enabled through the log.
 
 pub mod archive;
+pub mod audit;
 pub mod auth;
 pub mod envelope;
 pub mod error;

@@ -319,6 +319,47 @@ fn golden_tidy_token_vector_decodes_forever() {
     assert_eq!(golden[golden.len() - 32 - 33], 0x4C, "the tidy tag");
 }
 
+/// Audit-device control events (tags 0x4D, 0x4E) in schema version 2, and the JSON of the record
+/// they carry: `event_v2_*_audit_device.bin` and `audit_device_v1.json` must decode forever.
+#[test]
+fn golden_audit_device_vectors_decode_forever() {
+    use secretlog_schemas::audit::AuditDeviceRecord;
+    use secretlog_schemas::event::AUDIT_CONTROL_NAME;
+    let ring = golden_ring();
+    let record = AuditDeviceRecord {
+        kind: "file".into(),
+        description: "the trail".into(),
+        options: [("file_path".to_string(), "/var/log/secretlog/audit.log".to_string())].into(),
+        created_ms: 1_763_856_000_000,
+    };
+    let control = |op| Event {
+        event_id: [0x15; 16],
+        timestamp_ms: 1_763_856_000_000,
+        writer_epoch: 9,
+        revision: Some(3),
+        mount: String::new(),
+        path: AUDIT_CONTROL_NAME.into(),
+        op,
+    };
+    let events = [
+        ("put_audit_device", control(Operation::PutAuditDevice { path: "trail".into(), record: record.encode() })),
+        ("delete_audit_device", control(Operation::DeleteAuditDevice { path: "trail".into() })),
+    ];
+    for (name, event) in events {
+        let file = dir().join(format!("event_v2_{name}.bin"));
+        let encoded = encode_event(&ring, &event);
+        if bless() && !file.exists() {
+            std::fs::write(&file, &encoded).unwrap();
+        }
+        let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let decoded = decode_event(&ring, Some(&event.record_key()), &golden)
+            .unwrap_or_else(|e| panic!("{name}: golden vector no longer decodes: {e}"));
+        assert_eq!(decoded, event, "{name}: golden vector decodes differently");
+        assert_eq!(encoded, golden, "{name}: encoding changed; that is a new schema version");
+    }
+    check_record_json("audit_device", &record);
+}
+
 /// Auth-object control events (tags 0x4A, 0x4B) in schema version 2, and the JSON of the records
 /// they carry: `event_v2_*_auth_object*.bin` and `auth_*_v1.json` must decode forever.
 #[test]

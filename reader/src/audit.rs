@@ -17,7 +17,9 @@
 //!
 //! Entries go to one or more sinks: a file ([`FileSink`], `--audit-file`; reopened on SIGHUP and
 //! rotated by size with `--audit-max-bytes`) and a Kafka topic
-//! ([`KafkaSink`], `--audit-kafka-topic`, acks=all). As in Vault, an entry is on record once *one*
+//! ([`KafkaSink`], `--audit-kafka-topic`, acks=all) — the node's own devices — and every device
+//! enabled through the log (`bao audit enable`, [`AuditDevices`]), opened when the node applied
+//! the event and closed when it applied the disable. As in Vault, an entry is on record once *one*
 //! sink has recorded it; the other sinks finish in the background and their failures are counted.
 //! A request no sink could record is refused (503, `audit log unavailable: …`) and not executed;
 //! an answer no sink could record is withheld the same way (the request may have taken effect: a
@@ -26,8 +28,11 @@
 //! Health and metrics are not audited (they are polled
 //! constantly and carry no secret).
 
+mod devices;
 mod file;
 mod kafka;
+
+pub use devices::AuditDevices;
 
 pub(crate) use file::{BYTES_METRIC, reopen_on_hangup};
 pub use file::{FileSink, Rotation};
@@ -37,13 +42,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 
 use secretlog_schemas::Keyring;
+use secretlog_schemas::audit::{self, AuditDeviceRecord};
 use secretlog_schemas::auth::TokenRecord;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -140,6 +146,12 @@ struct Entry<'a> {
 enum Device {
     File(Sink),
     Kafka(KafkaSink),
+    /// A device enabled through the log that this node could not open: every entry it is given
+    /// fails with `reason` (and is tried again, see [`Auditor::devices`]).
+    Unavailable {
+        kind: &'static str,
+        reason: String,
+    },
 }
 
 impl Device {
@@ -148,17 +160,7 @@ impl Device {
         match self {
             Device::File(_) => "file",
             Device::Kafka(_) => "kafka",
-        }
-    }
-
-    /// Its path under `sys/audit`, type and options, as `GET sys/audit` lists it.
-    fn listing(&self) -> (String, &'static str, Value) {
-        match self {
-            Device::File(s) => {
-                let path = s.path().map(|p| p.display().to_string()).unwrap_or_default();
-                ("file".into(), "file", serde_json::json!({ "file_path": path }))
-            }
-            Device::Kafka(k) => ("kafka".into(), "kafka", serde_json::json!({ "topic": k.topic() })),
+            Device::Unavailable { kind, .. } => kind,
         }
     }
 
@@ -167,6 +169,7 @@ impl Device {
         match self {
             Device::File(s) => format!("file {}", s.path().map(|p| p.display().to_string()).unwrap_or_default()),
             Device::Kafka(k) => format!("kafka topic {}", k.topic()),
+            Device::Unavailable { kind, .. } => format!("{kind}, not open"),
         }
     }
 
@@ -179,9 +182,96 @@ impl Device {
                 Box::pin(std::future::ready(res))
             }
             Device::Kafka(k) => k.send(line, key),
+            Device::Unavailable { reason, .. } => Box::pin(std::future::ready(Err(reason.clone()))),
         }
     }
 }
+
+/// A device under its `sys/audit` path: one of the node's own (its flags: `local`) or one
+/// enabled through the log (`record`).
+struct Mounted {
+    path: String,
+    device: Device,
+    record: Option<AuditDeviceRecord>,
+}
+
+impl Mounted {
+    fn local(path: &str, device: Device) -> Mounted {
+        Mounted { path: path.into(), device, record: None }
+    }
+
+    /// Open the device `record` describes, or one that refuses every entry saying why not.
+    fn open(path: &str, record: &AuditDeviceRecord, kafka: Option<&KafkaSettings>) -> Mounted {
+        let device = match open_device(record, kafka) {
+            Ok(d) => {
+                tracing::info!(device = %path, sink = %d.describe(), "audit device enabled through the log is open");
+                d
+            }
+            Err(reason) => {
+                let kind = if record.kind == audit::KAFKA { "kafka" } else { "file" };
+                tracing::error!(device = %path, %reason, "cannot open an audit device enabled through the log: requests are refused while it is the only device");
+                Device::Unavailable { kind, reason }
+            }
+        };
+        Mounted { path: path.into(), device, record: Some(record.clone()) }
+    }
+
+    /// Its entry in `GET sys/audit`.
+    fn listing(&self) -> crate::api::sys::AuditListing {
+        let (kind, options) = match (&self.record, &self.device) {
+            (Some(r), _) => (r.kind.clone(), json!(r.options)),
+            (None, Device::File(s)) => {
+                let path = s.path().map(|p| p.display().to_string()).unwrap_or_default();
+                ("file".into(), json!({ "file_path": path }))
+            }
+            (None, Device::Kafka(k)) => ("kafka".into(), json!({ "topic": k.topic() })),
+            (None, Device::Unavailable { kind, .. }) => (kind.to_string(), json!({})),
+        };
+        crate::api::sys::AuditListing {
+            path: self.path.clone(),
+            kind,
+            description: self.record.as_ref().map(|r| r.description.clone()).unwrap_or_default(),
+            options,
+            local: self.record.is_none(),
+        }
+    }
+}
+
+/// What a Kafka device enabled through the log needs from the node's flags.
+#[derive(Clone)]
+struct KafkaSettings {
+    bootstrap: String,
+    timeout: Duration,
+}
+
+fn open_device(record: &AuditDeviceRecord, kafka: Option<&KafkaSettings>) -> Result<Device, String> {
+    match record.kind.as_str() {
+        audit::FILE => {
+            let path = Path::new(record.option("file_path"));
+            let sink = Sink::open(path, None).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            Ok(Device::File(sink))
+        }
+        audit::KAFKA => {
+            let k = kafka.ok_or("this node has no Kafka settings")?;
+            let topic = record.option("topic");
+            let sink = KafkaSink::new(&k.bootstrap, topic, k.timeout).map_err(|e| e.to_string())?;
+            sink.check_topic_in_background(k.bootstrap.clone());
+            Ok(Device::Kafka(sink))
+        }
+        other => Err(format!("unknown audit device type {other:?}")),
+    }
+}
+
+/// The devices of the moment: the node's own, then those of the log's table `table`.
+struct Opened {
+    table: Arc<AuditDevices>,
+    all: Arc<Vec<Arc<Mounted>>>,
+    /// When to try again to open a device that could not be opened.
+    retry_at: Option<Instant>,
+}
+
+/// How long a device that could not be opened waits before it is tried again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 /// HMACs tokens and secret values, under the keyring's audit key.
 #[derive(Clone)]
@@ -310,22 +400,30 @@ fn error_of(resp: &ApiResponse) -> String {
         .unwrap_or_default()
 }
 
-/// The audit device of a node: its sinks, and the redaction every entry goes through.
+/// The audit devices of a node — its own ([`Auditor::from_config`]) and those enabled through the
+/// log ([`AuditDevices`]) — and the redaction every entry goes through.
 pub struct Auditor {
     node: String,
-    sinks: Vec<Arc<Device>>,
+    local: Vec<Arc<Mounted>>,
+    opened: std::sync::Mutex<Opened>,
+    kafka: Option<KafkaSettings>,
     redactor: Redactor,
     ctx: Option<ReadContext>,
     fail_open: bool,
 }
 
 impl Auditor {
-    /// The node's auditor if `--audit-file` or `--audit-kafka-topic` is set. An unopenable file
-    /// stops the node from starting (better than a node that refuses every request); a Kafka
+    /// The node's auditor, with a device for `--audit-file` and for `--audit-kafka-topic` if set
+    /// (and, once given the node's state, every device enabled through the log). An unopenable
+    /// file stops the node from starting (better than a node that refuses every request); a Kafka
     /// topic is checked in the background (Kafka may come up after the node) and a missing one
     /// reported loudly.
-    pub fn from_config(log: &LogConfig, node: &str) -> Result<Option<Auditor>, ReaderError> {
+    pub fn from_config(log: &LogConfig, node: &str) -> Result<Auditor, ReaderError> {
         let mut auditor = Auditor::without_sinks(node, log.audit_fail_open);
+        auditor.kafka = Some(KafkaSettings {
+            bootstrap: log.bootstrap.clone(),
+            timeout: Duration::from_millis(log.audit_kafka_timeout_ms),
+        });
         if let Some(path) = &log.audit_file {
             let rotation = match (log.audit_max_bytes, log.audit_keep) {
                 (0, _) => None,
@@ -342,43 +440,89 @@ impl Auditor {
                 reason: format!("cannot open the audit log {}: {e}", path.display()),
             })?;
             tracing::info!(file = %path.display(), ?rotation, "auditing every request to a file");
-            auditor = auditor.with_sink(Device::File(sink));
+            auditor = auditor.with_sink("file", Device::File(sink));
         }
         if let Some(topic) = &log.audit_kafka_topic {
             let sink = KafkaSink::new(&log.bootstrap, topic, Duration::from_millis(log.audit_kafka_timeout_ms))?;
             sink.check_topic_in_background(log.bootstrap.clone());
             tracing::info!(%topic, "auditing every request to a Kafka topic");
-            auditor = auditor.with_sink(Device::Kafka(sink));
+            auditor = auditor.with_sink("kafka", Device::Kafka(sink));
         }
-        if auditor.sinks.is_empty() {
-            return Ok(None);
-        }
-        if log.audit_fail_open {
+        if log.audit_fail_open && auditor.has_own_devices() {
             tracing::warn!("--audit-fail-open: requests are served even when they cannot be audited");
         }
-        Ok(Some(auditor))
+        Ok(auditor)
+    }
+
+    /// Whether the node's flags gave it a device (a sealed node audits only to those).
+    pub fn has_own_devices(&self) -> bool {
+        !self.local.is_empty()
     }
 
     /// An auditor writing to `sink` (more sinks: [`Auditor::with_kafka`]).
     pub fn new(node: &str, sink: Sink, fail_open: bool) -> Auditor {
-        Auditor::without_sinks(node, fail_open).with_sink(Device::File(sink))
+        Auditor::without_sinks(node, fail_open).with_sink("file", Device::File(sink))
     }
 
     /// Also record every entry in a Kafka topic.
     pub fn with_kafka(self, sink: KafkaSink) -> Auditor {
-        self.with_sink(Device::Kafka(sink))
+        self.with_sink("kafka", Device::Kafka(sink))
     }
 
     fn without_sinks(node: &str, fail_open: bool) -> Auditor {
-        Auditor { node: node.to_string(), sinks: Vec::new(), redactor: Redactor::new(None), ctx: None, fail_open }
+        Auditor {
+            node: node.to_string(),
+            local: Vec::new(),
+            opened: std::sync::Mutex::new(Opened { table: Arc::default(), all: Arc::default(), retry_at: None }),
+            kafka: None,
+            redactor: Redactor::new(None),
+            ctx: None,
+            fail_open,
+        }
     }
 
-    fn with_sink(mut self, device: Device) -> Auditor {
+    fn with_sink(mut self, path: &str, device: Device) -> Auditor {
         // Exported at 0 from the start, so an alert on it has a series to watch.
         metrics::counter!(FAILURES_METRIC, "sink" => device.label()).increment(0);
         metrics::counter!(BYTES_METRIC, "sink" => device.label()).increment(0);
-        self.sinks.push(Arc::new(device));
+        self.local.push(Arc::new(Mounted::local(path, device)));
+        let opened = self.opened.get_mut().unwrap_or_else(|e| e.into_inner());
+        opened.all = Arc::new(self.local.clone());
         self
+    }
+
+    /// The devices to record to now: the node's own, then every device of the log's table as
+    /// this node applied it. A table that changed since the last call is opened again (devices
+    /// whose record is unchanged are kept as they are); one that could not be opened is tried
+    /// again every [`REOPEN_EVERY`].
+    fn devices(&self) -> Arc<Vec<Arc<Mounted>>> {
+        let table = self.ctx.as_ref().map(ReadContext::audit_devices);
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(table) = table else { return opened.all.clone() };
+        let retry = opened.retry_at.is_some_and(|t| Instant::now() >= t);
+        if !Arc::ptr_eq(&opened.table, &table) || retry {
+            let mut all = self.local.clone();
+            let mut unavailable = false;
+            for (path, record) in table.iter() {
+                let kept = opened.all.iter().find(|m| {
+                    m.path == path
+                        && m.record.as_ref() == Some(record)
+                        && !matches!(m.device, Device::Unavailable { .. })
+                });
+                let m = match kept {
+                    Some(m) => m.clone(),
+                    None => Arc::new(Mounted::open(path, record, self.kafka.as_ref())),
+                };
+                unavailable |= matches!(m.device, Device::Unavailable { .. });
+                all.push(m);
+            }
+            for gone in opened.all.iter().filter(|m| m.record.is_some() && !table.iter().any(|(p, _)| p == m.path)) {
+                tracing::info!(device = %gone.path, "audit device disabled through the log is closed");
+            }
+            *opened =
+                Opened { table, all: Arc::new(all), retry_at: unavailable.then(|| Instant::now() + REOPEN_EVERY) };
+        }
+        opened.all.clone()
     }
 
     /// The node's state: its keyring HMACs entries, its token records name the caller.
@@ -400,6 +544,14 @@ impl Auditor {
         if !audited(&req) {
             return inner(req).await;
         }
+        let devices = self.devices();
+        if devices.is_empty() {
+            // No device at all: nothing to record, as in Vault without an audit device.
+            return match self.answer(&req, &devices).await {
+                Some(resp) => resp,
+                None => inner(req).await,
+            };
+        }
         let auth = self.auth(&req).await;
         let request = self.request_entry(&req, crate::api::remote_addr());
         let entry = Entry {
@@ -411,13 +563,13 @@ impl Auditor {
             response: None,
             error: None,
         };
-        if let Err(e) = self.record(&entry, "request", &req.request_id).await
+        if let Err(e) = self.record_to(&devices, &entry, "request", &req.request_id).await
             && !self.fail_open
         {
             return ApiError::unavailable(format!("audit log unavailable: {e}")).into();
         }
         let key = req.request_id.clone();
-        let resp = match self.answer(&req).await {
+        let resp = match self.answer(&req, &devices).await {
             Some(resp) => resp,
             None => inner(req).await,
         };
@@ -430,7 +582,7 @@ impl Auditor {
             response: Some(self.response_entry(&resp)),
             error: Some(error_of(&resp)),
         };
-        if let Err(e) = self.record(&entry, "response", &key).await
+        if let Err(e) = self.record_to(&devices, &entry, "response", &key).await
             && !self.fail_open
         {
             return ApiError::unavailable(format!(
@@ -443,7 +595,7 @@ impl Auditor {
 
     /// `GET sys/audit` and `sys/audit-hash/<device>`, answered with this node's devices (audited
     /// like any request); `None` for every other request.
-    async fn answer(&self, req: &ApiRequest) -> Option<ApiResponse> {
+    async fn answer(&self, req: &ApiRequest, devices: &[Arc<Mounted>]) -> Option<ApiResponse> {
         let list = req.method == "GET" && req.path == "v1/sys/audit";
         let hash =
             crate::api::sys::audit_hash_device(&req.path).filter(|_| matches!(req.method.as_str(), "POST" | "PUT"));
@@ -456,11 +608,11 @@ impl Auditor {
         if let Err(e) = crate::api::auth::authorize(ctx, req).await {
             return Some(e.into());
         }
-        let listing: Vec<_> = self.sinks.iter().map(|d| d.listing()).collect();
         if list {
+            let listing: Vec<_> = devices.iter().map(|d| d.listing()).collect();
             return Some(crate::api::sys::audit_list(req, &listing));
         }
-        let known = listing.iter().any(|(path, _, _)| Some(path.as_str()) == hash);
+        let known = devices.iter().any(|d| Some(d.path.as_str()) == hash);
         let hmac = |input: &[u8]| self.redactor.hmac(input);
         Some(
             crate::api::sys::audit_hash(req, known.then_some(&hmac as &dyn Fn(&[u8]) -> String))
@@ -473,28 +625,37 @@ impl Auditor {
     /// in the background. `Err` lists why each sink failed. Every failure is counted and logged
     /// (without the entry).
     pub async fn record(&self, entry: &impl Serialize, kind: &'static str, key: &str) -> Result<(), String> {
+        self.record_to(&self.devices(), entry, kind, key).await
+    }
+
+    async fn record_to(
+        &self,
+        devices: &[Arc<Mounted>],
+        entry: &impl Serialize,
+        kind: &'static str,
+        key: &str,
+    ) -> Result<(), String> {
         let line = line_of(entry).map_err(|e| e.to_string())?;
-        let mut pending: FuturesUnordered<_> = self
-            .sinks
+        let mut pending: FuturesUnordered<_> = devices
             .iter()
-            .map(|d| {
-                let (d, fut) = (d.clone(), d.start(&line, key));
-                async move { (d, fut.await) }
+            .map(|m| {
+                let (m, fut) = (m.clone(), m.device.start(&line, key));
+                async move { (m, fut.await) }
             })
             .collect();
         let mut errors = Vec::new();
         let bytes = line.len() as u64;
-        while let Some((device, res)) = pending.next().await {
+        while let Some((m, res)) = pending.next().await {
             match res {
                 Ok(()) => {
-                    sink_recorded(&device, bytes);
+                    sink_recorded(&m.device, bytes);
                     if !pending.is_empty() {
                         let fail_open = self.fail_open;
                         tokio::spawn(async move {
-                            while let Some((device, res)) = pending.next().await {
+                            while let Some((m, res)) = pending.next().await {
                                 match res {
-                                    Ok(()) => sink_recorded(&device, bytes),
-                                    Err(e) => sink_failed(&device, kind, &e, fail_open),
+                                    Ok(()) => sink_recorded(&m.device, bytes),
+                                    Err(e) => sink_failed(&m.device, kind, &e, fail_open),
                                 }
                             }
                         });
@@ -502,8 +663,8 @@ impl Auditor {
                     return Ok(());
                 }
                 Err(e) => {
-                    sink_failed(&device, kind, &e, self.fail_open);
-                    errors.push(format!("{}: {e}", device.describe()));
+                    sink_failed(&m.device, kind, &e, self.fail_open);
+                    errors.push(format!("device {}/ ({}): {e}", m.path, m.device.describe()));
                 }
             }
         }
@@ -750,7 +911,7 @@ mod tests {
     async fn one_sink_that_records_an_entry_is_enough_and_none_refuses_naming_each() {
         let buf = Buf::default();
         let mut a = Auditor::new("test", Sink::from_writer(Broken), false)
-            .with_sink(Device::File(Sink::from_writer(buf.clone())));
+            .with_sink("file", Device::File(Sink::from_writer(buf.clone())));
         a.redactor = redactor();
         let handler = Arc::new(a).wrap(ok_handler());
         assert_eq!(handler(req("GET", "v1/secret/data/x", Value::Null)).await.status, 200);

@@ -75,6 +75,11 @@ impl ReadContext {
         self.materializer.progress.borrow().mounts.clone()
     }
 
+    /// The audit devices enabled through the log, as this node applied them.
+    pub fn audit_devices(&self) -> Arc<crate::audit::AuditDevices> {
+        self.materializer.progress.borrow().audit_devices.clone()
+    }
+
     /// This node's applied position, as a consistency token string.
     pub fn applied_token(&self) -> String {
         ConsistencyToken(self.materializer.progress.borrow().applied.clone()).to_string()

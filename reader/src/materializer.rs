@@ -70,6 +70,8 @@ pub struct Progress {
     /// The mount table as of `applied` (published with the batch that changed it, so a read that
     /// waited for a position sees the mounts enabled before it).
     pub mounts: Arc<crate::mounts::Mounts>,
+    /// The audit devices enabled through the log, as of `applied` (published like `mounts`).
+    pub audit_devices: Arc<crate::audit::AuditDevices>,
 }
 
 impl Progress {
@@ -351,6 +353,7 @@ pub async fn spawn(
         applied: stored.iter().map(|(p, s)| (*p, s.next_offset)).collect(),
         leader: store.leader().await?,
         mounts: Arc::new(store.mounts().await?),
+        audit_devices: Arc::new(store.audit_devices().await?),
         ..Default::default()
     };
     // Halts are not stored: a restarted node halts again at the same record. Until then, none.
@@ -622,6 +625,7 @@ impl Materializer {
         let staged_leader = staging.leader.take();
         let staged_terms = staging.key_terms_changed.take();
         let staged_mounts = staging.mounts_changed.take();
+        let staged_audit = staging.audit_changed.take();
         let staged_counts = staging.counts_changed.then(|| staging.counts.clone()).flatten();
         self.store.commit(staging.batch).await?;
         // Only once the batch is durable does the keyring follow it: a node never seals under a
@@ -669,6 +673,9 @@ impl Materializer {
             if let Some(m) = staged_mounts {
                 prog.mounts = Arc::new(m);
             }
+            if let Some(a) = staged_audit {
+                prog.audit_devices = Arc::new(a);
+            }
         });
         // Only now, with the batch durable and its progress published, is any record of it
         // acknowledged: what a waiting client is told, reads on this node already see.
@@ -697,6 +704,8 @@ pub struct Staging {
     pub counts_changed: bool,
     /// The mount table as this batch leaves it, when it changed it.
     pub mounts_changed: Option<crate::mounts::Mounts>,
+    /// The audit devices as this batch leaves them, when it changed them.
+    pub audit_changed: Option<crate::audit::AuditDevices>,
 }
 
 impl Staging {
@@ -710,6 +719,7 @@ impl Staging {
             counts: None,
             counts_changed: false,
             mounts_changed: None,
+            audit_changed: None,
         }
     }
 
@@ -888,6 +898,21 @@ impl Staging {
                     self.batch.writes.insert(keys::mount(&path), Some(value));
                 }
                 self.mounts_changed = Some(mounts);
+            }
+            Operation::PutAuditDevice { .. } | Operation::DeleteAuditDevice { .. } => {
+                let mut devices = match self.audit_changed.take() {
+                    Some(d) => d,
+                    None => store.audit_devices().await?,
+                };
+                let changed = devices.apply(&event.op).map_err(|reason| ReaderError::Corrupt {
+                    key: format!("audit device event at partition {partition} offset {offset}"),
+                    reason,
+                })?;
+                if let Some((path, value)) = changed {
+                    tracing::info!(partition, offset, device = %path, op = event.op.name(), "audit devices changed");
+                    self.batch.writes.insert(keys::audit_device(&path), value);
+                }
+                self.audit_changed = Some(devices);
             }
             Operation::RewrapValues { values } => {
                 let mkey = keys::meta(&event.mount, &event.path);

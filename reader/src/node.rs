@@ -182,7 +182,7 @@ impl Keys {
     /// A sealed node's key state. `shutdown` is the node's token: lifetimes are its children.
     pub fn new(role: &'static str, log: &LogConfig, shutdown: CancellationToken) -> Result<Arc<Keys>, ReaderError> {
         let seal = log.seal_config.as_deref().map(SealConfig::load).transpose()?;
-        let sealed_auditor = Auditor::from_config(log, role)?.map(Arc::new);
+        let sealed_auditor = Some(Auditor::from_config(log, role)?).filter(Auditor::has_own_devices).map(Arc::new);
         let why = match &seal {
             Some(c) => format!("waiting for {} of {} key shares (PUT /v1/sys/unseal)", c.threshold, c.shares),
             None => "no root key".to_string(),
@@ -269,7 +269,7 @@ impl Keys {
                 return Err(OpenError::Failed(e));
             }
         };
-        unsealed.auditor = auditor.map(|a| Arc::new(a.with_context(Some(unsealed.ctx.clone()))));
+        unsealed.auditor = Some(Arc::new(auditor.with_context(Some(unsealed.ctx.clone()))));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(unsealed));
         crate::telemetry::set_sealed(false);
         tracing::info!(role = self.role, "unsealed");

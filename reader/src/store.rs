@@ -113,6 +113,11 @@ pub mod keys {
         format!("c/mount/{path}").into_bytes()
     }
     pub const MOUNT_PREFIX: &[u8] = b"c/mount/";
+    /// An audit device enabled through the log (`secretlog_schemas::audit::AuditDeviceRecord` JSON).
+    pub fn audit_device(path: &str) -> Vec<u8> {
+        format!("c/audit/{path}").into_bytes()
+    }
+    pub const AUDIT_DEVICE_PREFIX: &[u8] = b"c/audit/";
     /// A token's record, by the hex of its keyed hash.
     pub fn token(hash: &[u8; 32]) -> Vec<u8> {
         format!("c/token/{}", hex::encode(hash)).into_bytes()
@@ -421,6 +426,17 @@ impl Store {
         }
         crate::mounts::Mounts::from_stored(pairs)
             .map_err(|reason| ReaderError::Corrupt { key: "c/mount/".into(), reason })
+    }
+
+    /// The audit devices this state holds.
+    pub async fn audit_devices(&self) -> Result<crate::audit::AuditDevices, ReaderError> {
+        let pairs = self
+            .scan(keys::AUDIT_DEVICE_PREFIX)
+            .await?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k[keys::AUDIT_DEVICE_PREFIX.len()..]).into_owned(), v));
+        crate::audit::AuditDevices::from_stored(pairs)
+            .map_err(|reason| ReaderError::Corrupt { key: "c/audit/".into(), reason })
     }
 
     pub async fn policy_names(&self) -> Result<Vec<String>, ReaderError> {

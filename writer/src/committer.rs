@@ -249,7 +249,7 @@ impl Command {
     /// Decided only with nothing in flight, alone (see the module comment): control events and
     /// the rotation fence (a rewrap of nothing).
     fn is_exclusive(&self) -> bool {
-        matches!(self, Command::Control { .. } | Command::Mount { .. })
+        matches!(self, Command::Control { .. } | Command::Mount { .. } | Command::AuditDevice { .. })
             || matches!(self, Command::Rewrap { path, .. } if path.is_empty())
     }
 }
@@ -613,6 +613,13 @@ impl Committer {
                     crate::mounts::decide(&mounts, &self.ctx.default_mount, path, change).map_err(ApiResponse::from)?;
                 let Some(op) = op else { return Err(ApiResponse::no_content()) };
                 return self.decide_control(crate::mounts::CONTROL_NAME, op, Reply::NoContent, ts).await;
+            }
+            Command::AuditDevice { path, change } => {
+                // Decided on the table this writer applied, like a mount change (exclusive too).
+                let devices = self.ctx.audit_devices();
+                let op = crate::audit_devices::decide(&devices, path, change).map_err(ApiResponse::from)?;
+                let Some(op) = op else { return Err(ApiResponse::no_content()) };
+                return self.decide_control(crate::audit_devices::CONTROL_NAME, op, Reply::NoContent, ts).await;
             }
             _ => {}
         }

@@ -9,6 +9,7 @@
 //! tunes, configures and disables mounts.
 
 pub mod approle;
+pub mod audit_devices;
 pub mod auth;
 pub mod auth_methods;
 pub mod committer;

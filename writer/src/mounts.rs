@@ -79,7 +79,7 @@ pub fn parse(req: &ApiRequest) -> Result<Command, ApiError> {
 }
 
 /// The JSON object of a request (an empty body is no fields).
-fn body(req: &ApiRequest) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn body(req: &ApiRequest) -> Result<Map<String, Value>, ApiError> {
     if req.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -127,7 +127,7 @@ fn only_kv2(kind: &str) -> ApiError {
     ))
 }
 
-fn description(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+pub(crate) fn description(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     match body.get("description") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),

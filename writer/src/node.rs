@@ -428,6 +428,8 @@ impl WriterNode {
         }
         let (mount, cmd) = if crate::mounts::handles(&req) {
             (String::new(), crate::mounts::parse(&req)?)
+        } else if crate::audit_devices::handles(&req) {
+            (String::new(), crate::audit_devices::parse(&req)?)
         } else {
             match crate::auth::handle(ctx, &req, &who).await? {
                 Some(crate::auth::Outcome::Answer(resp)) => return Ok(resp),

@@ -211,8 +211,8 @@ pub fn plan(
             }
             Ok(Planned::Append { op: Operation::UpdateMetadata(update), reply: Reply::NoContent })
         }
-        Command::Mount { .. } => {
-            tracing::error!("a mount change reached the secret planner; the committer decides those");
+        Command::Mount { .. } | Command::AuditDevice { .. } => {
+            tracing::error!("a mount or audit-device change reached the secret planner; the committer decides those");
             Err(ApiError::internal())
         }
         Command::DeleteLatest { .. } => match meta {

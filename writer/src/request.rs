@@ -56,6 +56,9 @@ pub enum Command {
     /// Enable, tune, configure or disable the mount at `path` (see [`crate::mounts`]): a control
     /// event, decided on the mount table when nothing else is in flight.
     Mount { path: String, change: crate::mounts::MountChange },
+    /// Enable or disable the audit device at `path` (see [`crate::audit_devices`]): a control
+    /// event, decided on the device table when nothing else is in flight.
+    AuditDevice { path: String, change: crate::audit_devices::AuditChange },
     /// `PATCH metadata/:path` (JSON merge patch of the metadata; see [`MetadataPatch`]).
     PatchMetadata { path: String, patch: MetadataPatch },
 }
@@ -87,6 +90,7 @@ impl Command {
             | Command::DeleteMetadata { path }
             | Command::PatchMetadata { path, .. } => path,
             Command::Mount { .. } => crate::mounts::CONTROL_NAME,
+            Command::AuditDevice { .. } => crate::audit_devices::CONTROL_NAME,
         }
     }
 }

@@ -98,6 +98,10 @@ pub fn need(req: &ApiRequest, mount: Option<&str>, exists: impl FnOnce(&str) -> 
         p if p.starts_with("v1/sys/internal/ui/mounts") && m == "GET" => Need::AnyToken,
         "v1/sys/capabilities-self" => Need::AnyToken,
         "v1/sys/audit" if m == "GET" => Need::Cap("sys/audit".into(), Capability::Sudo),
+        // Enabling and disabling a device: sudo, as in Vault.
+        p if p.starts_with("v1/sys/audit/") => {
+            Need::Cap(p["v1/".len()..].trim_end_matches('/').to_string(), Capability::Sudo)
+        }
         p if p.starts_with(super::sys::AUDIT_HASH_PREFIX) => {
             Need::Cap(p["v1/".len()..].trim_end_matches('/').to_string(), Capability::Update)
         }
@@ -222,6 +226,8 @@ mod tests {
         assert_eq!(n("PUT", "v1/sys/policies/acl/p", true), Need::Cap("sys/policies/acl/p".into(), Capability::Update));
         assert_eq!(n("POST", "v1/sys/secretlog/restore", true), Need::Root);
         assert_eq!(n("GET", "v1/sys/audit", true), Need::Cap("sys/audit".into(), Capability::Sudo));
+        assert_eq!(n("PUT", "v1/sys/audit/trail/", true), Need::Cap("sys/audit/trail".into(), Capability::Sudo));
+        assert_eq!(n("DELETE", "v1/sys/audit/trail", true), Need::Cap("sys/audit/trail".into(), Capability::Sudo));
         assert_eq!(
             n("POST", "v1/sys/audit-hash/file", true),
             Need::Cap("sys/audit-hash/file".into(), Capability::Update)

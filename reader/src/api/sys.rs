@@ -27,15 +27,33 @@ pub(crate) fn audit_hash_device(path: &str) -> Option<&str> {
     path.strip_prefix(AUDIT_HASH_PREFIX).map(|d| d.trim_matches('/'))
 }
 
+/// One audit device as `GET sys/audit` lists it.
+pub(crate) struct AuditListing {
+    /// Without the trailing slash.
+    pub path: String,
+    pub kind: String,
+    pub description: String,
+    pub options: Value,
+    /// A device of the node's own flags, not enabled through the log (Vault's local devices are
+    /// not replicated either).
+    pub local: bool,
+}
+
 /// `GET sys/audit`: the node's audit devices (`path/` → `type`, `description`, `options`,
 /// `local`, `path`), in Vault's shape.
-pub(crate) fn audit_list(req: &ApiRequest, devices: &[(String, &'static str, Value)]) -> ApiResponse {
+pub(crate) fn audit_list(req: &ApiRequest, devices: &[AuditListing]) -> ApiResponse {
     let data = devices
         .iter()
-        .map(|(path, kind, options)| {
-            let key = format!("{path}/");
-            let d = json!({ "description": "", "local": true, "options": options, "path": key, "type": kind });
-            (key, d)
+        .map(|d| {
+            let key = format!("{}/", d.path);
+            let entry = json!({
+                "description": d.description,
+                "local": d.local,
+                "options": d.options,
+                "path": key,
+                "type": d.kind,
+            });
+            (key, entry)
         })
         .collect();
     legacy(req, data)

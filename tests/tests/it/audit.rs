@@ -2,6 +2,7 @@
 //! secret value in plaintext; and failing closed — a node that cannot write its audit log serves
 //! nothing, unless `--audit-fail-open`.
 
+mod devices;
 mod rotation;
 
 use std::time::Duration;

@@ -42,8 +42,13 @@ impl OpenBao {
         for _ in 0..3 {
             let port = free_port();
             let out = std::fs::File::create(&log).expect("bao log file");
+            // Vault enables audit devices through the API; OpenBao does only when told to (it
+            // prefers devices declared in its configuration), and the CLI tests compare with that.
+            let config = dir.path().join("dev.hcl");
+            std::fs::write(&config, "unsafe_allow_api_audit_creation = true\n").expect("bao config");
             let mut cmd = Command::new(&bin);
             cmd.args(["server", "-dev", &format!("-dev-listen-address=127.0.0.1:{port}")])
+                .arg(format!("-config={}", config.display()))
                 .env("BAO_DEV_ROOT_TOKEN_ID", &token)
                 .env("HOME", dir.path())
                 .env_remove("BAO_ADDR")

@@ -616,6 +616,36 @@ fn status_steps() -> Vec<Step> {
     vec![cmd("status -format=json"), cmd("read -format=json sys/seal-status"), cmd("audit list -format=json")]
 }
 
+fn audit_steps() -> Vec<Step> {
+    // Both servers open the same files (a device's path is printed by `audit list`), under a
+    // directory of this run.
+    let dir = audit_dir();
+    vec![
+        cmd("audit list -format=json"),
+        cmd(&format!("audit enable file file_path={dir}/file.log")),
+        cmd("audit list -detailed -format=json"),
+        cmd(&format!("audit enable file file_path={dir}/again.log")).fails(),
+        cmd(&format!("audit enable -path=trail -description=second file file_path={dir}/trail.log")),
+        cmd("audit list -format=json"),
+        cmd("audit disable file"),
+        cmd("audit disable nothere"),
+        cmd("audit list -detailed -format=json"),
+        cmd("audit disable trail"),
+        cmd("audit list -format=json"),
+    ]
+}
+
+/// A directory for the audit files of `audit_steps`, one per test process.
+fn audit_dir() -> String {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        tempfile::Builder::new().prefix("it-cli-audit-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir")
+    })
+    .path()
+    .display()
+    .to_string()
+}
+
 /// `bao status` answered by secretlog: exit 0, and `sys/leader` says whether this node leads.
 async fn status_reports_the_leader(via: Via) {
     let (cluster, _g) = shared();
@@ -681,6 +711,7 @@ groups! {
     token_commands_print_like_openbao => token_steps();
     approle_enable_role_secret_id_and_login_print_like_openbao => approle_steps();
     userpass_enable_user_and_login_print_like_openbao => userpass_steps();
+    audit_enable_list_disable_print_like_openbao => audit_steps();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

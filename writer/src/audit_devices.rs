@@ -78,7 +78,10 @@ fn parse_enable(body: &Map<String, Value>) -> Result<AuditDeviceRecord, ApiError
         match v {
             Value::String(s) => opts.insert(k, s),
             v => {
-                return Err(field_error("options", format!("the value of {k:?} must be a string, not {}", go_type(&v))));
+                return Err(field_error(
+                    "options",
+                    format!("the value of {k:?} must be a string, not {}", go_type(&v)),
+                ));
             }
         };
     }

@@ -143,6 +143,104 @@ pub async fn run(args: ReseedArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The control events that build `control` (a snapshot's `c/` records) again on an empty log,
+/// each with its control object's name and the time to give it (`now`, or the time a key term
+/// was added or retired, so the new site's key history is the old one's), in an order that
+/// applies (an auth mount before its roles, a role before its secret ids, a key term added before
+/// it is retired). Records a node derives while applying (accessor and role-id indexes, key
+/// revisions) and the old site's leader are not events; any other record this release does not
+/// know how to carry stops the reseed, naming it, rather than leave it behind.
+pub fn control_events(control: &[(Vec<u8>, Vec<u8>)], now: i64) -> anyhow::Result<Vec<(String, i64, Operation)>> {
+    use secretlog_schemas::auth::{AuthObjectKind, control_name};
+    use secretlog_schemas::event::{AUDIT_CONTROL_NAME, KEYRING_CONTROL_NAME, MOUNTS_CONTROL_NAME};
+    let mut out = Vec::new();
+    let mut auth_objects = Vec::new();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for (k, v) in control {
+        let key = text(k);
+        if k.as_slice() == keys::ROOT_TOKEN {
+            let token_hash: [u8; 32] =
+                v.as_slice().try_into().context("the snapshot's root token hash is malformed")?;
+            out.push(("root-token".to_string(), now, Operation::SetRootToken { token_hash }));
+        } else if let Some(name) = key.strip_prefix("c/policy/") {
+            let op = Operation::PutPolicy { name: name.to_string(), policy: text(v) };
+            out.push((format!("policy/{name}"), now, op));
+        } else if let Some(h) = key.strip_prefix("c/token/") {
+            let token_hash: [u8; 32] = hex::decode(h)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .with_context(|| format!("the snapshot's token record {key:?} is not named by a hash"))?;
+            let accessor = serde_json::from_slice::<serde_json::Value>(v)
+                .ok()
+                .and_then(|r| r["accessor"].as_str().map(str::to_string))
+                .unwrap_or_else(|| h[..16].to_string());
+            out.push((format!("token/{accessor}"), now, Operation::PutToken { token_hash, record: v.clone() }));
+        } else if let Some(path) = key.strip_prefix("c/mount/") {
+            // An empty record is a disabled mount (the default one, disabled, stays disabled).
+            let op = if v.is_empty() {
+                Operation::DeleteMount { path: path.to_string() }
+            } else {
+                Operation::PutMount { path: path.to_string(), record: v.clone() }
+            };
+            out.push((MOUNTS_CONTROL_NAME.to_string(), now, op));
+        } else if let Some(path) = key.strip_prefix("c/audit/") {
+            let op = Operation::PutAuditDevice { path: path.to_string(), record: v.clone() };
+            out.push((AUDIT_CONTROL_NAME.to_string(), now, op));
+        } else if let Some(mount) = key.strip_prefix("c/auth-mount/") {
+            let op = Operation::PutAuthObject {
+                mount: mount.to_string(),
+                kind: AuthObjectKind::Mount,
+                name: String::new(),
+                record: v.clone(),
+                replaces: None,
+            };
+            out.push((control_name(mount), now, op));
+        } else if let Some(rest) = key.strip_prefix("c/auth/") {
+            let (mount, object) =
+                rest.split_once('\0').with_context(|| format!("auth record {key:?} names no mount"))?;
+            let (kind, name) = object.split_once('/').with_context(|| format!("auth record {key:?} names no kind"))?;
+            let kind = match kind {
+                // The role-id index: written by a node applying the role.
+                "role-id" => continue,
+                "role" => AuthObjectKind::AppRoleRole,
+                "secret-id" => AuthObjectKind::SecretId,
+                "user" => AuthObjectKind::User,
+                other => bail!("the snapshot holds auth records of a kind this release cannot carry: {other:?}"),
+            };
+            let op = Operation::PutAuthObject {
+                mount: mount.to_string(),
+                kind,
+                name: name.to_string(),
+                record: v.clone(),
+                replaces: None,
+            };
+            // A secret id after its role (and every object after its mount, above).
+            auth_objects.push((kind == AuthObjectKind::SecretId, control_name(mount), op));
+        } else if k.as_slice() == keys::KEY_TERMS {
+            let terms: secretlog_reader::state::KeyTerms =
+                serde_json::from_slice(v).context("the snapshot's key terms are malformed")?;
+            for (term, info) in &terms.terms {
+                if *term > 1 {
+                    out.push((KEYRING_CONTROL_NAME.to_string(), info.added_ms, Operation::AddKeyTerm { term: *term }));
+                }
+            }
+            for (term, info) in &terms.terms {
+                if let Some(at) = info.retired_ms {
+                    out.push((KEYRING_CONTROL_NAME.to_string(), at, Operation::RetireKeyTerm { term: *term }));
+                }
+            }
+        } else if key.starts_with("c/accessor/") || k.starts_with(keys::REVISION_PREFIX) || k.as_slice() == keys::LEADER
+        {
+            // Derived while applying, or the old site's own.
+        } else {
+            bail!("the snapshot holds a control record this release cannot carry to a new log: {key:?}");
+        }
+    }
+    auth_objects.sort_by_key(|(secret_id, _, _)| *secret_id);
+    out.extend(auth_objects.into_iter().map(|(_, name, op)| (name, now, op)));
+    Ok(out)
+}
+
 /// Do the reseed; the report says what was written (or that it was already done).
 pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
@@ -196,32 +294,14 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
         let key = record_key(mount, path);
         records.push(Record { partition: partition_for(&key, partitions), key, payload: encode_event(&keyring, &e) });
     }
-    if let Some((_, hash)) = data.control.iter().find(|(k, _)| k.as_slice() == keys::ROOT_TOKEN) {
-        let token_hash: [u8; 32] = hash.as_slice().try_into().context("the snapshot's root token hash is malformed")?;
-        let e = event("", "root-token", Operation::SetRootToken { token_hash });
-        let key = control_key("root-token");
-        records.push(Record { partition: partition_for(&key, partitions), key, payload: encode_event(&keyring, &e) });
-    }
-    // Policies and tokens come along (a token keeps working on the new site until it expires).
-    let mut control = |name: String, op: Operation| {
-        let e = event("", &name, op);
+    // Every control record comes along: the root token, policies and tokens (a token keeps
+    // working on the new site until it expires), mounts, auth methods with their roles, secret
+    // ids and users, key terms, audit devices.
+    for (name, at, op) in control_events(&data.control, ts)? {
+        let mut e = event("", &name, op);
+        e.timestamp_ms = at;
         let key = control_key(&name);
         records.push(Record { partition: partition_for(&key, partitions), key, payload: encode_event(&keyring, &e) });
-    };
-    for (k, v) in &data.control {
-        let k = String::from_utf8_lossy(k);
-        if let Some(name) = k.strip_prefix("c/policy/") {
-            let op = Operation::PutPolicy { name: name.to_string(), policy: String::from_utf8_lossy(v).into_owned() };
-            control(format!("policy/{name}"), op);
-        } else if let Some(h) = k.strip_prefix("c/token/")
-            && let Ok(Ok(token_hash)) = hex::decode(h).map(<[u8; 32]>::try_from)
-        {
-            let accessor = serde_json::from_slice::<serde_json::Value>(v)
-                .ok()
-                .and_then(|r| r["accessor"].as_str().map(str::to_string))
-                .unwrap_or_else(|| h[..16].to_string());
-            control(format!("token/{accessor}"), Operation::PutToken { token_hash, record: v.clone() });
-        }
     }
     for p in 0..partitions {
         let name = leader_epoch_name(p);
@@ -254,4 +334,150 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
         "seconds": started.elapsed().as_secs_f64(),
     });
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secretlog_reader::materializer::Staging;
+    use secretlog_reader::store::{PartitionState, Store, StoreConfig};
+    use secretlog_schemas::auth::{
+        AppRoleRecord, AuthMountRecord, AuthObjectKind, SecretIdRecord, TokenRecord, UserRecord, control_name,
+    };
+    use secretlog_schemas::event::{AUDIT_CONTROL_NAME, KEYRING_CONTROL_NAME, MOUNTS_CONTROL_NAME};
+    use secretlog_schemas::mount::MountRecord;
+    use secretlog_schemas::{RootKey, audit::AuditDeviceRecord};
+    use std::sync::Arc;
+
+    async fn store(dir: &std::path::Path) -> Arc<Store> {
+        Store::open(&StoreConfig { dir: dir.to_path_buf(), cache_memory_bytes: 1 << 20, cache_disk_bytes: 0 })
+            .await
+            .unwrap()
+    }
+
+    /// Apply `events` (control name, time, op) to `store` as one partition's records, in order;
+    /// every one must be accepted.
+    async fn apply(store: &Store, ring: &Keyring, events: &[(String, i64, Operation)]) {
+        let mut st = PartitionState::default();
+        for (name, at, op) in events {
+            let e = Event {
+                event_id: rand::random(),
+                timestamp_ms: *at,
+                writer_epoch: 1,
+                revision: None,
+                mount: String::new(),
+                path: name.clone(),
+                op: op.clone(),
+            };
+            let key = control_key(name);
+            let mut staging = Staging::new(None);
+            let offset = st.next_offset;
+            let staged = staging
+                .stage(store, ring, 0, offset, Some(&key), &encode_event(ring, &e), &mut st)
+                .await
+                .unwrap_or_else(|err| panic!("{} of {name}: {err}", op.name()));
+            assert!(staged.refused.is_none(), "{} of {name} refused: {:?}", op.name(), staged.refused);
+            st.next_offset = offset + 1;
+            staging.batch.partitions.insert(0, st);
+            store.commit(staging.batch).await.unwrap();
+        }
+    }
+
+    /// The control records a reseed must carry, as `store` holds them (positions, revisions and
+    /// the leader are the site's own).
+    async fn control(store: &Store) -> Vec<(String, Vec<u8>)> {
+        let (data, _) = store.export().await.unwrap();
+        data.control
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(keys::REVISION_PREFIX) && k.as_slice() != keys::LEADER)
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_events_of_a_sites_control_records_build_the_same_records_on_a_new_log() {
+        let ring = Keyring::from_root(&RootKey::from_bytes([5; 32]));
+        let json = |v: &dyn erased::Json| v.bytes();
+        let (t0, t1, t2) = (1_700_000_000_000, 1_700_000_100_000, 1_700_000_200_000);
+        let token = TokenRecord { accessor: "acc1".into(), policies: vec!["app".into()], ..Default::default() };
+        let approle =
+            AuthMountRecord { method: "approle".into(), accessor: "auth_approle_1".into(), ..Default::default() };
+        let userpass =
+            AuthMountRecord { method: "userpass".into(), accessor: "auth_userpass_1".into(), ..Default::default() };
+        let role = AppRoleRecord { role_id: "rid-1".into(), token_policies: vec!["app".into()], ..Default::default() };
+        let secret_id = SecretIdRecord { accessor: "sid-acc".into(), uses_left: 2, ..Default::default() };
+        let user = UserRecord { password_hash: "$argon2id$x".into(), ..Default::default() };
+        let device = AuditDeviceRecord {
+            kind: "file".into(),
+            description: "trail".into(),
+            options: [("file_path".to_string(), "/var/log/a.log".to_string())].into(),
+            created_ms: t0,
+        };
+        let object = |mount: &str, kind, name: &str, record: Vec<u8>| {
+            (
+                control_name(mount),
+                t0,
+                Operation::PutAuthObject { mount: mount.into(), kind, name: name.into(), record, replaces: None },
+            )
+        };
+        let history = vec![
+            ("root-token".to_string(), t0, Operation::SetRootToken { token_hash: [1; 32] }),
+            ("policy/app".to_string(), t0, Operation::PutPolicy { name: "app".into(), policy: "path \"x\" {}".into() }),
+            ("token/acc1".to_string(), t0, Operation::PutToken { token_hash: [2; 32], record: json(&token) }),
+            (
+                MOUNTS_CONTROL_NAME.to_string(),
+                t0,
+                Operation::PutMount {
+                    path: "team".into(),
+                    record: MountRecord::new_kv([3; 16], "t".into(), t0).encode(),
+                },
+            ),
+            (MOUNTS_CONTROL_NAME.to_string(), t0, Operation::DeleteMount { path: "secret".into() }),
+            (
+                AUDIT_CONTROL_NAME.to_string(),
+                t0,
+                Operation::PutAuditDevice { path: "trail".into(), record: device.encode() },
+            ),
+            object("approle/", AuthObjectKind::Mount, "", json(&approle)),
+            object("approle/", AuthObjectKind::AppRoleRole, "web", json(&role)),
+            object("approle/", AuthObjectKind::SecretId, &format!("web/{}", "ab".repeat(32)), json(&secret_id)),
+            object("userpass/", AuthObjectKind::Mount, "", json(&userpass)),
+            object("userpass/", AuthObjectKind::User, "alice", json(&user)),
+            (KEYRING_CONTROL_NAME.to_string(), t1, Operation::AddKeyTerm { term: 2 }),
+            (KEYRING_CONTROL_NAME.to_string(), t2, Operation::RetireKeyTerm { term: 1 }),
+        ];
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let old = store(a.path()).await;
+        apply(&old, &ring, &history).await;
+        let (data, _) = old.export().await.unwrap();
+        let before = control(&old).await;
+        for prefix in ["c/root_token", "c/policy/", "c/token/", "c/accessor/", "c/mount/", "c/audit/", "c/auth-mount/"]
+        {
+            assert!(before.iter().any(|(k, _)| k.starts_with(prefix)), "the history wrote no {prefix} record");
+        }
+        assert!(before.iter().any(|(k, _)| k.contains("\0role-id/")), "the role's role-id index");
+
+        let events = control_events(&data.control, t2 + 1).unwrap();
+        let new = store(b.path()).await;
+        apply(&new, &ring, &events).await;
+        assert_eq!(control(&new).await, before, "the reseeded control records differ from the site's");
+
+        // A record it does not know stops it, naming the record.
+        let mut unknown = data.control.clone();
+        unknown.push((b"c/something-new/x".to_vec(), b"{}".to_vec()));
+        let err = control_events(&unknown, 0).unwrap_err().to_string();
+        assert!(err.contains("c/something-new/x"), "{err}");
+    }
+
+    /// JSON of a record, for the test's events.
+    mod erased {
+        pub trait Json {
+            fn bytes(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Json for T {
+            fn bytes(&self) -> Vec<u8> {
+                serde_json::to_vec(self).unwrap()
+            }
+        }
+    }
 }

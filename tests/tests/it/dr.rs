@@ -387,6 +387,19 @@ async fn an_interrupted_reseed_completes_when_run_again_and_a_promoted_site_serv
     for p in &paths {
         s.put(p, json!({ "v": 1 })).await;
     }
+    // Control state beyond policies and tokens: a second mount with a secret, an auth method
+    // with a user, a key rotation. A reseed carries all of it.
+    let w = &s.writer.url;
+    for (path, body) in [
+        ("sys/mounts/team", json!({ "type": "kv", "options": { "version": "2" } })),
+        ("team/data/x", json!({ "data": { "v": "team" } })),
+        ("sys/auth/userpass", json!({ "type": "userpass" })),
+        ("auth/userpass/users/alice", json!({ "password": "correct horse", "token_policies": "default" })),
+        ("sys/rotate", json!({})),
+    ] {
+        let a = call("POST", &format!("{w}/v1/{path}"), Some(&s.token), None, Some(body)).await;
+        assert!(a.status < 300, "{path}: {:?}", a.body);
+    }
     snapshot_now(&s, &rep).await;
     let mut last = String::new();
     for p in &paths[..15] {
@@ -403,7 +416,7 @@ async fn an_interrupted_reseed_completes_when_run_again_and_a_promoted_site_serv
     let (code, r, err) = cli(&s, &args, &[]);
     assert_eq!(code, 0, "{r} {err}");
     assert_eq!(r["already_done"], false, "{r}");
-    assert_eq!(r["secrets"], 40, "{r}");
+    assert_eq!(r["secrets"], 41, "the 40 and the second mount's: {r}");
     let (code, r, err) = cli(&s, &args, &[]);
     assert_eq!(code, 0, "{r} {err}");
     assert_eq!(r["already_done"], true, "a completed reseed is recognised: {r}");
@@ -453,6 +466,14 @@ async fn an_interrupted_reseed_completes_when_run_again_and_a_promoted_site_serv
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(got, expected, "the reseeded site never converged to the old state");
+    let team = eventually(Duration::from_secs(30), "the reseeded site to serve the second mount", || async {
+        let r = call("GET", &format!("{}/v1/team/data/x", fresh.url), Some(&s.token), None, None).await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(team.body["data"]["data"]["v"], "team", "{:?}", team.body);
+    let status = call("GET", &format!("{}/v1/sys/key-status", fresh.url), Some(&s.token), None, None).await;
+    assert_eq!(status.body["data"]["term"], 2, "the rotation came along: {:?}", status.body);
     let w = call(
         "POST",
         &format!("{new_writer}/v1/secret/data/r/0"),
@@ -465,6 +486,15 @@ async fn an_interrupted_reseed_completes_when_run_again_and_a_promoted_site_serv
     assert_eq!(w.body["data"]["version"], 3);
     let r0 = call("GET", &format!("{}/v1/secret/data/r/0", fresh.url), Some(&s.token), w.index.as_deref(), None).await;
     assert_eq!(r0.body["data"]["data"]["v"], 3);
+    let login = call(
+        "POST",
+        &format!("{new_writer}/v1/auth/userpass/login/alice"),
+        None,
+        None,
+        Some(json!({ "password": "correct horse" })),
+    )
+    .await;
+    assert_eq!(login.status, 200, "the userpass user came along: {:?}", login.body);
     fresh.kill9();
     // The promoted writer runs detached (it must outlive `secretlog promote`): stop it.
     stop_detached_under(&dr);

@@ -950,7 +950,7 @@ mod tests {
 
     #[test]
     fn errors_and_operations() {
-        let resp: ApiResponse = ApiError::new(403, "permission denied").into();
+        let resp: ApiResponse = ApiError::permission_denied().into();
         assert_eq!(error_of(&resp), "permission denied");
         assert_eq!(error_of(&ApiResponse::no_content()), "");
         assert_eq!(operation("LIST"), "list");

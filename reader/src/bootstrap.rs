@@ -14,8 +14,8 @@ use crate::error::ReaderError;
 use crate::objects::Objects;
 use crate::store::{ApplyBatch, PartitionState, Store, keys};
 
-fn storage(e: impl std::fmt::Display) -> ReaderError {
-    ReaderError::Storage(format!("object store: {e}"))
+fn storage(e: object_store::Error) -> ReaderError {
+    ReaderError::Objects(e)
 }
 
 /// Every snapshot's manifest, oldest first. Directories without a manifest (an interrupted

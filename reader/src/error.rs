@@ -12,7 +12,17 @@ pub enum ReaderError {
     #[error("I/O error on {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("local state store: {0}")]
-    Storage(String),
+    Storage(#[from] slatedb::Error),
+    #[error("value cache: {0}")]
+    Cache(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+    /// State this node could not print as JSON to store it (a bug).
+    #[error("encoding {what}: {source}")]
+    Encode { what: &'static str, source: serde_json::Error },
+    /// A blocking task (a Kafka metadata query, closing the store) panicked or was cancelled.
+    #[error("a blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("kafka: {0}")]
@@ -44,6 +54,16 @@ impl ReaderError {
     /// Everything else is a halt, a bad configuration or a bug, for an operator to see.
     pub fn is_transient(&self) -> bool {
         matches!(self, ReaderError::Kafka(_) | ReaderError::Timeout { .. } | ReaderError::NoTopic { .. })
+    }
+
+    /// What kind of failure this is for a client: a halt, one to retry, or an internal one
+    /// (mapped to a status in one place: `api::ErrorKind`).
+    pub fn kind(&self) -> crate::api::ErrorKind {
+        match self {
+            ReaderError::Halted { .. } => crate::api::ErrorKind::Halted,
+            _ if self.is_transient() => crate::api::ErrorKind::Transient,
+            _ => crate::api::ErrorKind::Internal,
+        }
     }
 
     pub fn io(path: &Path, source: std::io::Error) -> Self {

@@ -365,7 +365,8 @@ pub async fn spawn(
         // Counted from the values (a store bootstrapped from a snapshot, or older than the
         // counts): keep the count, so later starts and batches need not count again.
         let mut batch = ApplyBatch::default();
-        let encoded = serde_json::to_vec(&counts).map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let encoded = serde_json::to_vec(&counts)
+            .map_err(|source| ReaderError::Encode { what: "values per key term", source })?;
         batch.writes.insert(keys::SEALED_PER_TERM.to_vec(), Some(encoded));
         store.commit(batch).await?;
     }
@@ -425,8 +426,7 @@ impl Materializer {
         let partitions = loop {
             let (b, t) = (self.cfg.bootstrap.clone(), self.cfg.topic.clone());
             match tokio::task::spawn_blocking(move || crate::kafka::partition_count(&b, &t, Duration::from_secs(5)))
-                .await
-                .map_err(|e| ReaderError::Storage(e.to_string()))?
+                .await?
             {
                 Ok(n) => break n,
                 Err(e) => {
@@ -514,8 +514,7 @@ impl Materializer {
         let bootstrap = self.cfg.bootstrap.clone();
         let current =
             tokio::task::spawn_blocking(move || crate::kafka::cluster_id(&bootstrap, Duration::from_secs(30)))
-                .await
-                .map_err(|e| ReaderError::Storage(e.to_string()))??;
+                .await??;
         match self.store.get_raw(keys::CLUSTER).await? {
             Some(stored) if stored != current.as_bytes() => Ok(Some(format!(
                 "this node's state was read from Kafka cluster {}, not {current}; start it with an empty data directory",
@@ -746,7 +745,8 @@ impl Staging {
             counts.remove(&term);
         }
         self.counts_changed = true;
-        let encoded = serde_json::to_vec(&*counts).map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let encoded = serde_json::to_vec(&*counts)
+            .map_err(|source| ReaderError::Encode { what: "values per key term", source })?;
         self.batch.writes.insert(keys::SEALED_PER_TERM.to_vec(), Some(encoded));
         Ok(())
     }
@@ -879,7 +879,8 @@ impl Staging {
                         active = terms.active(),
                         "key terms changed"
                     );
-                    let encoded = serde_json::to_vec(&terms).map_err(|e| ReaderError::Storage(e.to_string()))?;
+                    let encoded = serde_json::to_vec(&terms)
+                        .map_err(|source| ReaderError::Encode { what: "key terms", source })?;
                     self.batch.writes.insert(keys::KEY_TERMS.to_vec(), Some(encoded));
                     self.key_terms_changed = Some(terms);
                 }
@@ -951,7 +952,10 @@ impl Staging {
                         .await?;
                 }
                 let encoded = match &effect.meta {
-                    Some(m) => Some(serde_json::to_vec(m).map_err(|e| ReaderError::Storage(e.to_string()))?),
+                    Some(m) => Some(
+                        serde_json::to_vec(m)
+                            .map_err(|source| ReaderError::Encode { what: "secret metadata", source })?,
+                    ),
                     None => None,
                 };
                 self.batch.writes.insert(mkey.clone(), encoded);

@@ -69,8 +69,7 @@ pub async fn open_state(
             let bootstrap = log.bootstrap.clone();
             let cluster =
                 tokio::task::spawn_blocking(move || crate::kafka::cluster_id(&bootstrap, Duration::from_secs(60)))
-                    .await
-                    .map_err(|e| ReaderError::Storage(e.to_string()))??;
+                    .await??;
             crate::bootstrap::bootstrap_if_empty(&store, &objects, &cluster, &log.topic).await?;
         }
     }
@@ -101,7 +100,7 @@ pub async fn open_state(
 
 /// Answer for every API path of a sealed node.
 pub(crate) fn sealed_response() -> ApiResponse {
-    ApiError::new(503, "Vault is sealed").into()
+    ApiError::new(crate::api::ErrorKind::Sealed, "Vault is sealed").into()
 }
 
 /// Render `/metrics`.
@@ -623,7 +622,10 @@ impl ReaderNode {
                 metrics::counter!("secretlog_reader_stale_reads_total").increment(1);
                 match self.cfg.on_stale {
                     OnStale::Forward => Ok(self.forwarder.forward(req, self.leader_url(ctx).as_deref()).await),
-                    OnStale::Fail => Err(ApiError::new(412, "this reader has not yet applied the requested index")),
+                    OnStale::Fail => Err(ApiError::new(
+                        crate::api::ErrorKind::NotYetApplied,
+                        "this reader has not yet applied the requested index",
+                    )),
                 }
             }
             Freshness::Unconfirmed(why) => {

@@ -312,13 +312,13 @@ impl Store {
     pub async fn open(cfg: &StoreConfig) -> Result<Arc<Self>, ReaderError> {
         let db_dir = cfg.dir.join("slatedb");
         std::fs::create_dir_all(&db_dir).map_err(|e| ReaderError::io(&db_dir, e))?;
-        let fs = LocalFileSystem::new_with_prefix(&db_dir).map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let fs = LocalFileSystem::new_with_prefix(&db_dir)?;
         let db = Db::builder("state", Arc::new(fs))
             .with_settings(slatedb_settings())
             .with_db_cache(slatedb_cache(cfg.cache_memory_bytes), 0)
             .build()
             .await
-            .map_err(|e| ReaderError::Storage(e.to_string()))?;
+            .map_err(ReaderError::from)?;
         let builder = HybridCacheBuilder::new()
             .with_name("secretlog-reader")
             .memory(cfg.cache_memory_bytes.max(1024 * 1024))
@@ -330,7 +330,7 @@ impl Store {
             let device = FsDeviceBuilder::new(&cache_dir)
                 .with_capacity(cfg.cache_disk_bytes)
                 .build()
-                .map_err(|e| ReaderError::Storage(format!("disk cache: {e}")))?;
+                .map_err(|e| ReaderError::Cache(Box::new(e)))?;
             builder
                 .with_io_engine_config(PsyncIoEngineConfig::new())
                 .with_engine_config(BlockEngineConfig::new(device).with_block_size(1024 * 1024))
@@ -339,7 +339,7 @@ impl Store {
         } else {
             builder.build().await
         }
-        .map_err(|e| ReaderError::Storage(format!("cache: {e}")))?;
+        .map_err(|e| ReaderError::Cache(Box::new(e)))?;
         Ok(Arc::new(Store { db, cache, fill_lock: RwLock::new(()) }))
     }
 
@@ -354,7 +354,7 @@ impl Store {
         }
         metrics::counter!("secretlog_reader_cache_misses_total").increment(1);
         let _fill = self.fill_lock.read().await;
-        let v = self.db.get(&key).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let v = self.db.get(&key).await.map_err(ReaderError::from)?;
         let cached = match &v {
             Some(b) => {
                 let mut c = Vec::with_capacity(b.len() + 1);
@@ -387,9 +387,9 @@ impl Store {
     /// names ending in `/`, sorted — what Vault's LIST returns.
     pub async fn list(&self, mount: &str, folder: &str) -> Result<Vec<String>, ReaderError> {
         let prefix = keys::meta_prefix(mount, folder);
-        let mut it = self.db.scan_prefix(&prefix, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let mut it = self.db.scan_prefix(&prefix, ..).await.map_err(ReaderError::from)?;
         let mut out: Vec<String> = Vec::new();
-        while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+        while let Some(kv) = it.next().await.map_err(ReaderError::from)? {
             let rest = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
             let child = match rest.find('/') {
                 Some(i) => rest[..=i].to_string(),
@@ -405,7 +405,7 @@ impl Store {
 
     /// Every stored key under `prefix` with its value, in key order.
     pub async fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReaderError> {
-        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let err = ReaderError::from;
         let mut it = self.db.scan_prefix(prefix, ..).await.map_err(err)?;
         let mut out = Vec::new();
         while let Some(kv) = it.next().await.map_err(err)? {
@@ -417,7 +417,7 @@ impl Store {
     /// Names of every ACL policy.
     /// The mount table this state holds.
     pub async fn mounts(&self) -> Result<crate::mounts::Mounts, ReaderError> {
-        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let err = ReaderError::from;
         let mut it = self.db.scan_prefix(keys::MOUNT_PREFIX, ..).await.map_err(err)?;
         let mut pairs = Vec::new();
         while let Some(kv) = it.next().await.map_err(err)? {
@@ -440,10 +440,9 @@ impl Store {
     }
 
     pub async fn policy_names(&self) -> Result<Vec<String>, ReaderError> {
-        let mut it =
-            self.db.scan_prefix(keys::POLICY_PREFIX, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let mut it = self.db.scan_prefix(keys::POLICY_PREFIX, ..).await.map_err(ReaderError::from)?;
         let mut out = Vec::new();
-        while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+        while let Some(kv) = it.next().await.map_err(ReaderError::from)? {
             out.push(String::from_utf8_lossy(&kv.key[keys::POLICY_PREFIX.len()..]).into_owned());
         }
         Ok(out)
@@ -451,10 +450,9 @@ impl Store {
 
     /// Stored progress of every partition seen so far.
     pub async fn partitions(&self) -> Result<BTreeMap<i32, PartitionState>, ReaderError> {
-        let mut it =
-            self.db.scan_prefix(keys::PARTITION_PREFIX, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        let mut it = self.db.scan_prefix(keys::PARTITION_PREFIX, ..).await.map_err(ReaderError::from)?;
         let mut out = BTreeMap::new();
-        while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+        while let Some(kv) = it.next().await.map_err(ReaderError::from)? {
             let p = kv.key.get(2..6).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
             let st = PartitionState::decode(&kv.value);
             match (p, st) {
@@ -508,7 +506,7 @@ impl Store {
     /// Count stored values per key term by reading every one (a value whose header does not
     /// parse is counted under term 0).
     pub async fn count_per_term(&self) -> Result<TermCounts, ReaderError> {
-        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let err = ReaderError::from;
         let mut it = self.db.scan_prefix(keys::VALUE_PREFIX, ..).await.map_err(err)?;
         let mut counts = TermCounts::new();
         while let Some(kv) = it.next().await.map_err(err)? {
@@ -529,7 +527,7 @@ impl Store {
         limit: usize,
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<(Vec<StoredValue>, Option<Vec<u8>>), ReaderError> {
-        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let err = ReaderError::from;
         let prefix = if mount.is_empty() { b"v/".to_vec() } else { format!("v/{mount}/").into_bytes() };
         let mut it = match after.and_then(|a| a.strip_prefix(prefix.as_slice())) {
             Some(suffix) => self
@@ -561,7 +559,7 @@ impl Store {
     }
 
     pub async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReaderError> {
-        Ok(self.db.get(key).await.map_err(|e| ReaderError::Storage(e.to_string()))?.map(|b| b.to_vec()))
+        Ok(self.db.get(key).await.map_err(ReaderError::from)?.map(|b| b.to_vec()))
     }
 
     /// Write state and partition positions atomically, then bring the cache up to date.
@@ -580,7 +578,7 @@ impl Store {
             wb.put(keys::partition(*p), st.encode());
         }
         let _exclusive = self.fill_lock.write().await;
-        self.db.write(wb).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
+        self.db.write(wb).await.map_err(ReaderError::from)?;
         for (k, v) in batch.writes {
             let cached = match v {
                 Some(v) => {
@@ -603,8 +601,8 @@ impl Store {
     pub async fn export(
         &self,
     ) -> Result<(secretlog_schemas::archive::SnapshotData, BTreeMap<i32, PartitionState>), ReaderError> {
-        let snap = self.db.snapshot().map_err(|e| ReaderError::Storage(e.to_string()))?;
-        let err = |e: slatedb::Error| ReaderError::Storage(e.to_string());
+        let snap = self.db.snapshot().map_err(ReaderError::from)?;
+        let err = ReaderError::from;
         let mut data = secretlog_schemas::archive::SnapshotData::default();
         let mut partitions = BTreeMap::new();
         let mut it = snap.scan_prefix(b"o/", ..).await.map_err(err)?;
@@ -657,8 +655,8 @@ impl Store {
         let mut h = Sha256::new();
         let mut n = 0u64;
         for prefix in [&b"c/"[..], b"s/", b"v/"] {
-            let mut it = self.db.scan_prefix(prefix, ..).await.map_err(|e| ReaderError::Storage(e.to_string()))?;
-            while let Some(kv) = it.next().await.map_err(|e| ReaderError::Storage(e.to_string()))? {
+            let mut it = self.db.scan_prefix(prefix, ..).await.map_err(ReaderError::from)?;
+            while let Some(kv) = it.next().await.map_err(ReaderError::from)? {
                 if kv.key.starts_with(keys::REVISION_PREFIX) {
                     continue;
                 }
@@ -688,10 +686,9 @@ impl Store {
         tokio::task::spawn_blocking(move || {
             tokio::runtime::Handle::current().block_on(async {
                 let _ = me.cache.close().await;
-                me.db.close().await.map_err(|e| ReaderError::Storage(e.to_string()))
+                me.db.close().await.map_err(ReaderError::from)
             })
         })
-        .await
-        .map_err(|e| ReaderError::Storage(format!("close task: {e}")))?
+        .await?
     }
 }

@@ -51,13 +51,8 @@ pub async fn resume_points(objects: &Objects, partitions: i32) -> Result<BTreeMa
     let mut out = BTreeMap::new();
     for p in 0..partitions {
         let prefix = objects.path(&format!("archive/p{p:05}"));
-        let names: Vec<String> = objects
-            .store
-            .list(Some(&prefix))
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-            .map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+        let names: Vec<String> =
+            objects.store.list(Some(&prefix)).map_ok(|m| m.location.to_string()).try_collect().await?;
         if let Some(last) = names.iter().filter_map(|n| parse_segment_name(n)).map(|(_, last)| last).max() {
             out.insert(p, last + 1);
         }

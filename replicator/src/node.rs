@@ -189,7 +189,7 @@ impl ReplicatorNode {
             match self.cluster.get() {
                 Some(c) => break c,
                 None if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-                None => return Err(ReplicatorError::Objects("the Kafka cluster id is not known yet".into())),
+                None => return Err(ReplicatorError::NoClusterId),
             }
         };
         let m = crate::snapshot::create(&ctx.store, &self.objects, cluster, &self.cfg.log.topic).await?;
@@ -210,13 +210,12 @@ impl ReplicatorNode {
         let cluster = tokio::task::spawn_blocking(move || {
             secretlog_reader::kafka::cluster_id(&bootstrap, Duration::from_secs(60))
         })
-        .await
-        .map_err(|e| ReplicatorError::Objects(e.to_string()))??;
+        .await??;
         let owner = json!({ "cluster": cluster, "topic": self.cfg.log.topic });
         let path = self.objects.path("cluster.json");
         match self.objects.store.get(&path).await {
             Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+                let bytes = r.bytes().await?;
                 let found: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 if found != owner {
                     return Err(ReplicatorError::ForeignStore(format!(
@@ -226,13 +225,9 @@ impl ReplicatorNode {
                 }
             }
             Err(object_store::Error::NotFound { .. }) => {
-                self.objects
-                    .store
-                    .put(&path, object_store::PutPayload::from(owner.to_string().into_bytes()))
-                    .await
-                    .map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+                self.objects.store.put(&path, object_store::PutPayload::from(owner.to_string().into_bytes())).await?;
             }
-            Err(e) => return Err(ReplicatorError::Objects(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
         Ok(cluster)
     }
@@ -273,7 +268,11 @@ impl ReplicatorNode {
             }
         }
         if !fresh {
-            return ApiError::new(412, "the replicator has not yet applied the requested index").into();
+            return ApiError::new(
+                secretlog_reader::api::ErrorKind::NotYetApplied,
+                "the replicator has not yet applied the requested index",
+            )
+            .into();
         }
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "v1/sys/secretlog/digest") => ctx.read(&req).await.unwrap_or_else(ApiResponse::from),

@@ -19,18 +19,12 @@ pub async fn create(store: &Store, objects: &Objects, cluster: &str, topic: &str
     let started = std::time::Instant::now();
     let (data, partitions) = store.export().await?;
     let (secrets, values) = (data.secrets.len() as u64, data.values.len() as u64);
-    let (files, entries, key_terms) = tokio::task::spawn_blocking(move || encode_snapshot(&data))
-        .await
-        .map_err(|e| ReplicatorError::Objects(e.to_string()))??;
+    let (files, entries, key_terms) = tokio::task::spawn_blocking(move || encode_snapshot(&data)).await??;
     let created_ms = now_ms();
     let digest = entries.iter().map(|e| &e.sha256[..8]).collect::<String>();
     let id = format!("{created_ms:013}-{}", &digest[..8]);
     for (name, bytes) in files {
-        objects
-            .store
-            .put(&objects.path(&format!("snapshots/{id}/{name}")), PutPayload::from(bytes))
-            .await
-            .map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+        objects.store.put(&objects.path(&format!("snapshots/{id}/{name}")), PutPayload::from(bytes)).await?;
     }
     let manifest = Manifest {
         format_version: SNAPSHOT_FORMAT_VERSION,
@@ -48,12 +42,8 @@ pub async fn create(store: &Store, objects: &Objects, cluster: &str, topic: &str
         secrets,
         values,
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| ReplicatorError::Objects(e.to_string()))?;
-    objects
-        .store
-        .put(&objects.path(&format!("snapshots/{id}/manifest.json")), PutPayload::from(json))
-        .await
-        .map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(ReplicatorError::Manifest)?;
+    objects.store.put(&objects.path(&format!("snapshots/{id}/manifest.json")), PutPayload::from(json)).await?;
     let took = started.elapsed();
     metrics::histogram!("secretlog_snapshot_duration_seconds").record(took.as_secs_f64());
     publish_created(created_ms);
@@ -103,11 +93,7 @@ pub async fn apply_retention(
     let all = list_snapshots(objects).await?;
     let gone = expired(&all, keep, max_age, now_ms());
     for id in &gone {
-        objects
-            .store
-            .delete(&objects.path(&format!("snapshots/{id}/manifest.json")))
-            .await
-            .map_err(|e| ReplicatorError::Objects(e.to_string()))?;
+        objects.store.delete(&objects.path(&format!("snapshots/{id}/manifest.json"))).await?;
         delete_prefix(objects, &format!("snapshots/{id}")).await?;
         tracing::info!(snapshot = %id, "snapshot expired by retention");
     }

@@ -263,7 +263,9 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
         }
         "lookup" => {
             // Vault refuses the lookup of an unknown token as a bad token.
-            let (_, record) = target(ctx, req, who, false).await?.ok_or_else(|| ApiError::new(403, "bad token"))?;
+            let (_, record) = target(ctx, req, who, false)
+                .await?
+                .ok_or_else(|| ApiError::new(secretlog_reader::api::ErrorKind::PermissionDenied, "bad token"))?;
             Ok(Some(Outcome::Answer(ApiResponse::data(&req.request_id, lookup_data(&record)))))
         }
         _ => Ok(None),

@@ -594,7 +594,11 @@ impl Committer {
         let live = mounts.live(&self.ctx.default_mount);
         match live.values().find(|r| r.storage == mount) {
             Some(r) => Ok(r.kv.clone()),
-            None => Err(ApiError::new(404, "the mount of this path was disabled before the write was decided").into()),
+            None => Err(ApiError::new(
+                secretlog_reader::api::ErrorKind::NotFound,
+                "the mount of this path was disabled before the write was decided",
+            )
+            .into()),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Errors of the write path.
 
 use secretlog_reader::ReaderError;
-use secretlog_reader::api::ApiError;
+use secretlog_reader::api::{ApiError, ErrorKind};
 
 /// What can stop a write; mapped to HTTP once, in `From<WriterError> for ApiError`.
 #[derive(Debug, thiserror::Error)]
@@ -24,15 +24,26 @@ pub enum WriterError {
     TokenFile { path: String, source: std::io::Error },
 }
 
+impl WriterError {
+    /// What kind of failure this is for a client (mapped to a status in one place:
+    /// `secretlog_reader::api::ErrorKind`): a failure of the log or of leadership is worth a
+    /// retry, a halted partition is not, a sealing or token-file failure is internal.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            WriterError::Reader(r) => r.kind(),
+            WriterError::Seal(_) | WriterError::TokenFile { .. } => ErrorKind::Internal,
+            // Nothing changes for its keys until an operator repairs the log: no retry in a second.
+            WriterError::PartitionHalted { .. } => ErrorKind::Halted,
+            WriterError::Transaction(_)
+            | WriterError::Fenced
+            | WriterError::NotReady(_)
+            | WriterError::Timeout { .. } => ErrorKind::Transient,
+        }
+    }
+}
+
 impl From<WriterError> for ApiError {
     fn from(e: WriterError) -> Self {
-        match e {
-            WriterError::Reader(r) => r.into(),
-            WriterError::Seal(_) | WriterError::TokenFile { .. } => {
-                tracing::error!(error = %e, "internal error");
-                ApiError::internal()
-            }
-            other => ApiError::unavailable(other.to_string()),
-        }
+        ApiError::of_domain(e.kind(), e.to_string())
     }
 }

@@ -577,7 +577,12 @@ impl WriterNode {
         ctx.authorize(req).await?;
         match freshness {
             Freshness::Fresh => {}
-            Freshness::Stale => return Err(ApiError::new(412, "this node has not yet applied the requested index")),
+            Freshness::Stale => {
+                return Err(ApiError::new(
+                    secretlog_reader::api::ErrorKind::NotYetApplied,
+                    "this node has not yet applied the requested index",
+                ));
+            }
             Freshness::Unconfirmed(why) => return Err(ApiError::unavailable(why)),
         }
         if crate::rotate::is_rotation_path(&req.path) {

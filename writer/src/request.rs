@@ -315,7 +315,10 @@ pub fn parse(req: &ApiRequest, mount: &str, rest: &str, max_value_bytes: usize) 
             let (data, cas) = parse_data_and_cas(&parse_json(&req.body)?)?;
             let size = serde_json::to_vec(&data).map(|v| v.len()).unwrap_or(usize::MAX);
             if size > max_value_bytes {
-                return Err(ApiError::new(413, format!("secret data is {size} bytes; the limit is {max_value_bytes}")));
+                return Err(ApiError::new(
+                    secretlog_reader::api::ErrorKind::TooLarge,
+                    format!("secret data is {size} bytes; the limit is {max_value_bytes}"),
+                ));
             }
             Ok(Command::Put { path, data, cas })
         }
@@ -349,7 +352,10 @@ fn merge_patch_content_type(req: &ApiRequest) -> Result<(), ApiError> {
     if ct.starts_with("application/merge-patch+json") {
         return Ok(());
     }
-    Err(ApiError::new(415, format!("PATCH requires Content-Type of application/merge-patch+json, provided {ct}")))
+    Err(ApiError::new(
+        secretlog_reader::api::ErrorKind::UnsupportedMediaType,
+        format!("PATCH requires Content-Type of application/merge-patch+json, provided {ct}"),
+    ))
 }
 
 /// The fields of a `PATCH metadata/:path`, decoded like [`parse_metadata`]'s, except that a

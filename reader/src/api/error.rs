@@ -7,37 +7,106 @@ use secretlog_schemas::path::PathError;
 
 use crate::error::ReaderError;
 
-/// An HTTP error answer.
+/// What went wrong, as the node decides it — the one place a kind becomes an HTTP status and a
+/// `Retry-After` ([`ErrorKind::status`], [`ErrorKind::retry_after`]). Domain errors say their
+/// kind (`ReaderError::kind`, the writer's `WriterError::kind`); handlers pick one; nothing
+/// else chooses a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Input that is wrong by itself (and, as in Vault, a CAS mismatch): 400.
+    InvalidRequest,
+    /// No token, a wrong or expired one, or a capability the token lacks: 403.
+    PermissionDenied,
+    /// Nothing there, or no route to it: 404.
+    NotFound,
+    /// The path does not take that method: 405.
+    MethodNotAllowed,
+    /// This node has not applied the position the request asked for (and may not forward it):
+    /// 412, as a Vault standby answers a client ahead of it.
+    NotYetApplied,
+    /// A body or value over its limit: 413.
+    TooLarge,
+    /// A body in a type the endpoint does not take: 415.
+    UnsupportedMediaType,
+    /// The token spent its rate; it may come back after that many seconds: 429.
+    RateLimited { retry_after_secs: u32 },
+    /// A request head over its limit: 431.
+    HeadersTooLarge,
+    /// A bug or an unexpected failure; details go to the log, never to the client: 500.
+    Internal,
+    /// Worth retrying in a moment (Kafka unavailable, no leader yet, overloaded): 503 with
+    /// `Retry-After: 1`.
+    Transient,
+    /// The node holds no key (Vault's "Vault is sealed"): 503, no `Retry-After` — an operator
+    /// must unseal it.
+    Sealed,
+    /// A partition stopped at a record it cannot apply: 503, no `Retry-After` — nothing changes
+    /// until an operator repairs the log.
+    Halted,
+}
+
+impl ErrorKind {
+    /// The HTTP status of this kind.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::PermissionDenied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::NotYetApplied => 412,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::RateLimited { .. } => 429,
+            ErrorKind::HeadersTooLarge => 431,
+            ErrorKind::Internal => 500,
+            ErrorKind::Transient | ErrorKind::Sealed | ErrorKind::Halted => 503,
+        }
+    }
+
+    /// The `Retry-After` seconds to send with it, if a client should come back by itself.
+    pub fn retry_after(self) -> Option<u32> {
+        match self {
+            ErrorKind::Transient => Some(1),
+            ErrorKind::RateLimited { retry_after_secs } => Some(retry_after_secs.max(1)),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP error answer: its kind, and the messages sent as Vault sends them
+/// (`{"errors": [...]}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    pub kind: ErrorKind,
+    /// `kind.status()`.
     pub status: u16,
     pub errors: Vec<String>,
-    /// Seconds, for 503s a client should retry.
+    /// `kind.retry_after()`.
     pub retry_after: Option<u32>,
 }
 
 impl ApiError {
-    pub fn new(status: u16, msg: impl Into<String>) -> Self {
-        ApiError { status, errors: vec![msg.into()], retry_after: None }
+    pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
+        ApiError { kind, status: kind.status(), errors: vec![msg.into()], retry_after: kind.retry_after() }
     }
     /// 400, the answer to invalid input (and, as in Vault, to a CAS mismatch).
     pub fn bad_request(msg: impl Into<String>) -> Self {
-        ApiError::new(400, msg)
+        ApiError::new(ErrorKind::InvalidRequest, msg)
     }
     /// 403 with Vault's wording, for a missing, wrong or expired token.
     pub fn permission_denied() -> Self {
-        ApiError::new(403, "permission denied")
+        ApiError::new(ErrorKind::PermissionDenied, "permission denied")
     }
     /// 404 with an empty error list, as Vault answers a missing secret.
     pub fn not_found() -> Self {
-        ApiError { status: 404, errors: vec![], retry_after: None }
+        ApiError { errors: vec![], ..ApiError::new(ErrorKind::NotFound, "") }
     }
     pub fn unsupported_path() -> Self {
-        ApiError::new(404, "1 error occurred:\n\t* unsupported path\n\n")
+        ApiError::new(ErrorKind::NotFound, "1 error occurred:\n\t* unsupported path\n\n")
     }
     /// 404 for a path under no mount, as Vault's router words it. `path` is without `v1/`.
     pub fn no_route(path: &str) -> Self {
-        ApiError::new(404, format!("no handler for route {path:?}. route entry not found."))
+        ApiError::new(ErrorKind::NotFound, format!("no handler for route {path:?}. route entry not found."))
     }
     /// 400 for a path with a `.` or `..` segment (Vault's wording).
     pub fn relative_path() -> Self {
@@ -51,37 +120,42 @@ impl ApiError {
         }
     }
     pub fn method_not_allowed() -> Self {
-        ApiError::new(405, "1 error occurred:\n\t* unsupported operation\n\n")
+        ApiError::new(ErrorKind::MethodNotAllowed, "1 error occurred:\n\t* unsupported operation\n\n")
     }
     /// 413 for a body over the limit, worded as Go's HTTP server (and so Vault) words it.
     pub fn too_large() -> Self {
-        ApiError::new(413, "http: request body too large")
+        ApiError::new(ErrorKind::TooLarge, "http: request body too large")
     }
     /// 503 the client should retry after a moment (Kafka unavailable, no leader yet).
     pub fn unavailable(msg: impl Into<String>) -> Self {
-        ApiError { status: 503, errors: vec![msg.into()], retry_after: Some(1) }
+        ApiError::new(ErrorKind::Transient, msg)
     }
     /// 503 for a halted partition: nothing changes until an operator repairs the log, so no
     /// `Retry-After` invites clients to come back in a second.
     pub fn halted(msg: impl Into<String>) -> Self {
-        ApiError::new(503, msg)
+        ApiError::new(ErrorKind::Halted, msg)
     }
     /// 500: a bug or an unexpected internal failure. Details go to the log, not the client.
     pub fn internal() -> Self {
-        ApiError::new(500, "internal error; see the node's log")
+        ApiError::new(ErrorKind::Internal, "internal error; see the node's log")
+    }
+
+    /// The answer to a domain error of `kind` whose text is `text`: the text for the client,
+    /// except for an internal error, whose text is logged and replaced.
+    pub fn of_domain(kind: ErrorKind, text: String) -> Self {
+        match kind {
+            ErrorKind::Internal => {
+                tracing::error!(error = %text, "internal error");
+                ApiError::internal()
+            }
+            kind => ApiError::new(kind, text),
+        }
     }
 }
 
 impl From<ReaderError> for ApiError {
     fn from(e: ReaderError) -> Self {
-        match &e {
-            ReaderError::Halted { .. } => ApiError::halted(e.to_string()),
-            _ if e.is_transient() => ApiError::unavailable(e.to_string()),
-            _ => {
-                tracing::error!(error = %e, "internal error");
-                ApiError::internal()
-            }
-        }
+        ApiError::of_domain(e.kind(), e.to_string())
     }
 }
 
@@ -96,8 +170,38 @@ mod tests {
         assert!(halted.errors[0].contains("partition 1 halted at offset 7"), "{:?}", halted.errors);
         let transient = ApiError::from(ReaderError::Timeout { what: "the log's end".into(), secs: 5 });
         assert_eq!((transient.status, transient.retry_after), (503, Some(1)));
-        let internal = ApiError::from(ReaderError::Storage("disk on fire at /var/lib/x".into()));
+        let internal =
+            ApiError::from(ReaderError::Corrupt { key: "s/x".into(), reason: "disk on fire at /var/lib/x".into() });
         assert_eq!(internal.status, 500);
         assert!(!internal.errors[0].contains("/var/lib/x"), "details go to the log, not the client");
+    }
+
+    #[test]
+    fn each_kind_has_one_status_and_only_the_retryable_ones_a_retry_after() {
+        use ErrorKind::*;
+        let table = [
+            (InvalidRequest, 400, None),
+            (PermissionDenied, 403, None),
+            (NotFound, 404, None),
+            (MethodNotAllowed, 405, None),
+            (NotYetApplied, 412, None),
+            (TooLarge, 413, None),
+            (UnsupportedMediaType, 415, None),
+            (RateLimited { retry_after_secs: 0 }, 429, Some(1)),
+            (RateLimited { retry_after_secs: 7 }, 429, Some(7)),
+            (HeadersTooLarge, 431, None),
+            (Internal, 500, None),
+            (Transient, 503, Some(1)),
+            (Sealed, 503, None),
+            (Halted, 503, None),
+        ];
+        for (kind, status, retry) in table {
+            let e = ApiError::new(kind, "m");
+            assert_eq!((e.status, e.retry_after), (status, retry), "{kind:?}");
+            assert_eq!((kind.status(), kind.retry_after()), (status, retry), "{kind:?}");
+        }
+        let hidden = ApiError::of_domain(Internal, "secret path /x".into());
+        assert_eq!(hidden.errors, ["internal error; see the node's log"]);
+        assert_eq!(ApiError::of_domain(NotYetApplied, "behind".into()).errors, ["behind"]);
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::ApiError;
+use super::{ApiError, ErrorKind};
 use crate::config::HttpConfig;
 
 /// Why a request was refused before its handler ran: the `reason` label of
@@ -319,7 +319,7 @@ impl Limits {
     /// 431 when the request head is larger than allowed.
     pub fn check_head(&self, head_bytes: usize) -> Result<(), ApiError> {
         if head_bytes > self.max_header_bytes {
-            return Err(ApiError::new(431, "request header fields too large"));
+            return Err(ApiError::new(ErrorKind::HeadersTooLarge, "request header fields too large"));
         }
         Ok(())
     }
@@ -328,10 +328,9 @@ impl Limits {
     /// (they are refused by authorization, or are health checks).
     pub fn check_rate(&self, token: Option<&str>, now: Instant) -> Result<(), ApiError> {
         let (Some(rate), Some(token)) = (&self.rate, token) else { return Ok(()) };
-        rate.check(token_key(token), now).map_err(|wait| ApiError {
-            status: 429,
-            errors: vec!["rate limit quota exceeded".into()],
-            retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u32),
+        rate.check(token_key(token), now).map_err(|wait| {
+            let retry_after_secs = wait.as_secs_f64().ceil().max(1.0) as u32;
+            ApiError::new(ErrorKind::RateLimited { retry_after_secs }, "rate limit quota exceeded")
         })
     }
 
@@ -346,11 +345,10 @@ impl Limits {
         };
         match bulkhead.enter().await {
             Some(slot) => Ok(Some(slot)),
-            None => Err(ApiError {
-                status: 503,
-                errors: vec![format!("overloaded, try again later: too many {} requests in flight", group.label())],
-                retry_after: Some(1),
-            }),
+            None => Err(ApiError::unavailable(format!(
+                "overloaded, try again later: too many {} requests in flight",
+                group.label()
+            ))),
         }
     }
 }

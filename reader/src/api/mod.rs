@@ -34,7 +34,7 @@ use warp::Filter;
 use crate::config::HttpConfig;
 use crate::error::ReaderError;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorKind};
 pub use limits::Limits;
 pub use response::ApiResponse;
 

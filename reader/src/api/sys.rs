@@ -197,7 +197,7 @@ pub async fn read(ctx: &ReadContext, req: &ApiRequest) -> Result<Option<ApiRespo
             let path = &r["internal/ui/mounts/".len()..];
             let Some(m) = mounts.resolve(&ctx.default_mount, path.trim_end_matches('/')) else {
                 return Err(ApiError::new(
-                    403,
+                    super::ErrorKind::PermissionDenied,
                     format!(
                         "preflight capability check returned 403, please ensure client's policies grant access to path \"{}/\"",
                         path.trim_end_matches('/')

@@ -214,8 +214,9 @@ impl Mounted {
         Mounted::new(path, device, None)
     }
 
-    /// Open the device `record` describes, or one that refuses every entry saying why not.
-    fn open(path: &str, record: &AuditDeviceRecord, kafka: Option<&KafkaSettings>) -> Mounted {
+    /// Open the device `record` describes, or one that refuses every entry saying why not
+    /// (logged as an error unless `retrying`: the retries every second are not).
+    fn open(path: &str, record: &AuditDeviceRecord, kafka: Option<&KafkaSettings>, retrying: bool) -> Mounted {
         let device = match open_device(record, kafka) {
             Ok(d) => {
                 tracing::info!(device = %path, sink = %d.describe(), "audit device enabled through the log is open");
@@ -223,7 +224,11 @@ impl Mounted {
             }
             Err(reason) => {
                 let kind = if record.kind == audit::KAFKA { "kafka" } else { "file" };
-                tracing::error!(device = %path, %reason, "cannot open an audit device enabled through the log: requests are refused while it is the only device");
+                if retrying {
+                    tracing::debug!(device = %path, %reason, "audit device still cannot be opened");
+                } else {
+                    tracing::error!(device = %path, %reason, "cannot open an audit device enabled through the log: requests are refused while it is the only device; retried every second");
+                }
                 Device::Unavailable { kind, reason }
             }
         };
@@ -502,6 +507,28 @@ impl Auditor {
         self
     }
 
+    /// Open and close devices as the node applies their events (and retry one that could not be
+    /// opened), until `cancel`.
+    pub async fn follow_the_log(self: Arc<Self>, ctx: ReadContext, cancel: tokio_util::sync::CancellationToken) {
+        let mut progress = ctx.materializer.progress.clone();
+        loop {
+            self.devices();
+            let table = ctx.audit_devices();
+            // Woken by a change of the table, or every REOPEN_EVERY to retry a device that
+            // could not be opened.
+            let changed =
+                tokio::time::timeout(REOPEN_EVERY, progress.wait_for(|p| !Arc::ptr_eq(&p.audit_devices, &table)));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = changed => {
+                    if matches!(changed, Ok(Err(_))) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// The devices to record to now: the node's own, then every device of the log's table as
     /// this node applied it. A table that changed since the last call is opened again (devices
     /// whose record is unchanged are kept as they are); one that could not be opened is tried
@@ -520,9 +547,14 @@ impl Auditor {
                         && m.record.as_ref() == Some(record)
                         && !matches!(m.device, Device::Unavailable { .. })
                 });
+                let retrying = opened.all.iter().any(|m| {
+                    m.path == path
+                        && m.record.as_ref() == Some(record)
+                        && matches!(m.device, Device::Unavailable { .. })
+                });
                 let m = match kept {
                     Some(m) => m.clone(),
-                    None => Arc::new(Mounted::open(path, record, self.kafka.as_ref())),
+                    None => Arc::new(Mounted::open(path, record, self.kafka.as_ref(), retrying)),
                 };
                 unavailable |= matches!(m.device, Device::Unavailable { .. });
                 all.push(m);

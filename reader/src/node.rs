@@ -268,7 +268,11 @@ impl Keys {
                 return Err(OpenError::Failed(e));
             }
         };
-        unsealed.auditor = Some(Arc::new(auditor.with_context(Some(unsealed.ctx.clone()))));
+        let auditor = Arc::new(auditor.with_context(Some(unsealed.ctx.clone())));
+        // Devices enabled through the log are opened as the node applies them (not only when a
+        // request first meets them), so a device this node cannot open is reported at once.
+        unsealed.spawn(auditor.clone().follow_the_log(unsealed.ctx.clone(), unsealed.cancel_token()));
+        unsealed.auditor = Some(auditor);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(unsealed));
         crate::telemetry::set_sealed(false);
         tracing::info!(role = self.role, "unsealed");

@@ -135,7 +135,7 @@ async fn a_node_that_cannot_open_an_enabled_device_refuses_naming_it_until_it_ca
     assert_eq!(on.status, 204, "{:?}", on.body);
     let on_index = on.index.expect("a position");
 
-    // The leader has the device open (a node opens a device when a request first meets it).
+    // The leader has the device open (a node opens it once it applied the enable).
     let id = read_on(&s.writer.url, &s.token, &on_index).await;
     assert_eq!(recorded(&trail, &id), (1, 1));
 
@@ -144,6 +144,11 @@ async fn a_node_that_cannot_open_an_enabled_device_refuses_naming_it_until_it_ca
     std::fs::create_dir(&trail).expect("a directory in its place");
     let mut reader = s.new_reader("reader-no-device", &[]);
     reader.wait_health(473, Duration::from_secs(60)).await;
+    // It says so in its log once it applied the enable, before any request meets the device.
+    eventually(Duration::from_secs(30), "the reader to report the device it cannot open", || async {
+        reader.log_tail().contains("cannot open an audit device enabled through the log").then_some(())
+    })
+    .await;
     let url = format!("{}/v1/secret/data/audit/devices", reader.url);
     let refused = eventually(Duration::from_secs(30), "the reader to apply the enable and refuse", || async {
         let r = call("GET", &url, Some(&s.token), Some(&first), None).await;

@@ -3,8 +3,10 @@ leader writer), reads back from another reader. Exits non-zero on any difference
 
 Usage: python3 hvac_compat.py WRITE_URL READ_URL   (token in VAULT_TOKEN)
 """
+import json
 import os
 import sys
+import tempfile
 import time
 
 import hvac
@@ -84,6 +86,7 @@ def main():
 
     approle_login(w, write_url, read_url)
     mount_management(w, r)
+    audit_devices(w, r)
 
     bad = hvac.Client(url=read_url, token="s.not-a-token")
     try:
@@ -166,6 +169,44 @@ def mount_management(w, r):
         raise AssertionError("a secret of a disabled mount is still served")
     except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden):
         pass
+
+
+def audit_devices(w, r):
+    """An audit device as an operator manages it with hvac: enabled through one reader, followed
+    by the other (which records its answers there, HMACed), found by its hash, disabled again."""
+    def on_r(fn, ok, what):
+        return eventually(lambda: (lambda v: v if ok(v) else None)(fn()), what)
+
+    trail = os.path.join(tempfile.mkdtemp(prefix="hvac-audit-"), "trail.log")
+    w.sys.enable_audit_device(device_type="file", path="hvac-trail", description="from hvac",
+                              options={"file_path": trail})
+    devices = on_r(lambda: r.sys.list_enabled_audit_devices()["data"], lambda d: "hvac-trail/" in d,
+                   "the device on the other reader")
+    d = devices["hvac-trail/"]
+    assert (d["type"], d["description"], d["options"]["file_path"]) == ("file", "from hvac", trail), d
+    try:
+        w.sys.enable_audit_device(device_type="file", path="hvac-trail", options={"file_path": trail})
+        raise AssertionError("a second device at the same path accepted")
+    except hvac.exceptions.InvalidRequest:
+        pass
+
+    w.secrets.kv.v2.create_or_update_secret(path="hvac/audited", secret={"pin": "4321"})
+    read = eventually(lambda: r.secrets.kv.v2.read_secret_version(path="hvac/audited",
+                                                                    raise_on_deleted_version=True),
+                      "the audited secret on the other reader")
+    with open(trail) as f:
+        entries = [json.loads(line) for line in f]
+    mine = [e for e in entries if e["request"]["id"] == read["request_id"]]
+    assert sorted(e["type"] for e in mine) == ["request", "response"], mine
+    answer = next(e for e in mine if e["type"] == "response")
+    recorded = answer["response"]["body"]["data"]["data"]["pin"]
+    assert "4321" not in json.dumps(entries), "a value in plaintext in the trail"
+    hashed = r.sys.calculate_hash(path="hvac-trail", input_to_hash="4321")["data"]["hash"]
+    assert recorded == hashed, (recorded, hashed)
+
+    w.sys.disable_audit_device(path="hvac-trail")
+    on_r(lambda: r.sys.list_enabled_audit_devices()["data"], lambda d: "hvac-trail/" not in d,
+         "the device gone on the other reader")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,23 @@ fn golden_events() -> Vec<(&'static str, Event)> {
     ]
 }
 
+/// Each event must encode byte for byte as `event_v2_{name}.bin` (written once when blessing)
+/// and decode from it to itself.
+fn check_v2_vectors(ring: &Keyring, events: impl IntoIterator<Item = (&'static str, Event)>) {
+    for (name, event) in events {
+        let file = dir().join(format!("event_v2_{name}.bin"));
+        let encoded = encode_event(ring, &event);
+        if bless() && !file.exists() {
+            std::fs::write(&file, &encoded).unwrap();
+        }
+        let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let decoded = decode_event(ring, Some(&event.record_key()), &golden)
+            .unwrap_or_else(|e| panic!("{name}: golden vector no longer decodes: {e}"));
+        assert_eq!(decoded, event, "{name}: golden vector decodes differently");
+        assert_eq!(encoded, golden, "{name}: encoding changed; that is a new schema version");
+    }
+}
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
@@ -345,18 +362,7 @@ fn golden_audit_device_vectors_decode_forever() {
         ("put_audit_device", control(Operation::PutAuditDevice { path: "trail".into(), record: record.encode() })),
         ("delete_audit_device", control(Operation::DeleteAuditDevice { path: "trail".into() })),
     ];
-    for (name, event) in events {
-        let file = dir().join(format!("event_v2_{name}.bin"));
-        let encoded = encode_event(&ring, &event);
-        if bless() && !file.exists() {
-            std::fs::write(&file, &encoded).unwrap();
-        }
-        let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let decoded = decode_event(&ring, Some(&event.record_key()), &golden)
-            .unwrap_or_else(|e| panic!("{name}: golden vector no longer decodes: {e}"));
-        assert_eq!(decoded, event, "{name}: golden vector decodes differently");
-        assert_eq!(encoded, golden, "{name}: encoding changed; that is a new schema version");
-    }
+    check_v2_vectors(&ring, events);
     check_record_json("audit_device", &record);
 }
 
@@ -415,18 +421,7 @@ fn golden_auth_object_vectors_decode_forever() {
             }),
         ),
     ];
-    for (name, event) in events {
-        let file = dir().join(format!("event_v2_{name}.bin"));
-        let encoded = encode_event(&ring, &event);
-        if bless() && !file.exists() {
-            std::fs::write(&file, &encoded).unwrap();
-        }
-        let golden = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let decoded = decode_event(&ring, Some(&event.record_key()), &golden)
-            .unwrap_or_else(|e| panic!("{name}: golden vector no longer decodes: {e}"));
-        assert_eq!(decoded, event, "{name}: golden vector decodes differently");
-        assert_eq!(encoded, golden, "{name}: encoding changed; that is a new schema version");
-    }
+    check_v2_vectors(&ring, events);
 
     fn record<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: T) {
         let file = dir().join(format!("auth_{name}_v1.json"));

@@ -174,20 +174,7 @@ mod tests {
     use serde_json::json;
 
     fn req(method: &str, path: &str, body: Value) -> ApiRequest {
-        ApiRequest {
-            method: method.into(),
-            path: path.into(),
-            raw_path: path.into(),
-            raw_query: String::new(),
-            query: Default::default(),
-            token: Some("t".into()),
-            index: None,
-            consistency: None,
-            content_type: Some("application/json".into()),
-            body: serde_json::to_vec(&body).unwrap().into(),
-            request_id: "r".into(),
-            forwarded: false,
-        }
+        crate::request::test_request(method, path, &serde_json::to_vec(&body).unwrap())
     }
 
     fn change(method: &str, path: &str, body: Value) -> Result<(String, AuditChange), ApiError> {

@@ -416,26 +416,32 @@ pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) 
     }
 }
 
+/// A JSON request as a client sends it (for the parsers' tests).
+#[cfg(test)]
+pub(crate) fn test_request(method: &str, path: &str, body: &[u8]) -> ApiRequest {
+    ApiRequest {
+        method: method.into(),
+        path: path.into(),
+        raw_path: path.into(),
+        raw_query: String::new(),
+        query: Default::default(),
+        token: Some("t".into()),
+        index: None,
+        consistency: None,
+        content_type: Some("application/json".into()),
+        body: body.to_vec().into(),
+        request_id: "r".into(),
+        forwarded: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn req(method: &str, path: &str, body: &str) -> ApiRequest {
-        ApiRequest {
-            method: method.into(),
-            path: path.into(),
-            raw_path: path.into(),
-            raw_query: String::new(),
-            query: Default::default(),
-            token: Some("t".into()),
-            index: None,
-            consistency: None,
-            content_type: Some("application/json".into()),
-            body: body.as_bytes().to_vec().into(),
-            request_id: "r".into(),
-            forwarded: false,
-        }
+        test_request(method, path, body.as_bytes())
     }
     fn p(method: &str, path: &str, body: &str) -> Result<Command, ApiError> {
         let mut mounts = Mounts::default();

@@ -6,8 +6,16 @@ use secretlog_reader::api::{ApiError, ErrorKind};
 /// What can stop a write; mapped to HTTP once, in `From<WriterError> for ApiError`.
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
-    #[error("kafka transaction failed: {0}")]
-    Transaction(String),
+    /// A step of producing to the log failed (creating the producer, `init_transactions`,
+    /// begin, enqueue, commit, a delivery).
+    #[error("kafka {step}: {source}")]
+    Kafka { step: &'static str, source: rdkafka::error::KafkaError },
+    /// Every producer of the reseed's ring is in a transaction.
+    #[error("more concurrent transactions than producers")]
+    RingExhausted,
+    /// A blocking producer call panicked or was cancelled.
+    #[error("a blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("this writer was fenced by a newer leader; it no longer accepts writes")]
     Fenced,
     #[error("the writer is not ready: {0}")]
@@ -34,7 +42,8 @@ impl WriterError {
             WriterError::Seal(_) | WriterError::TokenFile { .. } => ErrorKind::Internal,
             // Nothing changes for its keys until an operator repairs the log: no retry in a second.
             WriterError::PartitionHalted { .. } => ErrorKind::Halted,
-            WriterError::Transaction(_)
+            WriterError::RingExhausted | WriterError::Task(_) => ErrorKind::Internal,
+            WriterError::Kafka { .. }
             | WriterError::Fenced
             | WriterError::NotReady(_)
             | WriterError::Timeout { .. } => ErrorKind::Transient,

@@ -166,7 +166,7 @@ impl LogProducer {
     pub fn new(bootstrap: &str, message_timeout_ms: u64, topic: &str) -> Result<Self, WriterError> {
         let producer = idempotent_config(bootstrap, message_timeout_ms)
             .create_with_context(LogContext)
-            .map_err(|e| WriterError::Transaction(format!("creating producer: {e}")))?;
+            .map_err(|source| WriterError::Kafka { step: "creating the producer", source })?;
         Ok(LogProducer { producer, topic: topic.to_string() })
     }
 
@@ -221,12 +221,12 @@ pub async fn fence_transactional_ids(bootstrap: &str, ids: &[String], timeout: D
         tokio::task::spawn_blocking(move || {
             let p: FutureProducer<LogContext> = cfg
                 .create_with_context(LogContext)
-                .map_err(|e| WriterError::Transaction(format!("creating producer: {e}")))?;
-            p.init_transactions(timeout).map_err(|e| WriterError::Transaction(format!("init_transactions: {e}")))
+                .map_err(|source| WriterError::Kafka { step: "creating the producer", source })?;
+            p.init_transactions(timeout).map_err(|source| WriterError::Kafka { step: "init_transactions", source })
         })
     });
     for res in join_all(inits).await {
-        res.map_err(|e| WriterError::Transaction(e.to_string()))??;
+        res??;
     }
     Ok(())
 }
@@ -241,7 +241,7 @@ impl TxProducer {
             .map(|i| {
                 producer_config(bootstrap, &ring_transactional_id(transactional_id, i), txn_timeout_ms)
                     .create_with_context(LogContext)
-                    .map_err(|e| WriterError::Transaction(format!("creating producer: {e}")))
+                    .map_err(|source| WriterError::Kafka { step: "creating the producer", source })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TxProducer {
@@ -257,8 +257,7 @@ impl TxProducer {
         let inits =
             self.ring.iter().cloned().map(|p| tokio::task::spawn_blocking(move || p.init_transactions(timeout)));
         for res in join_all(inits).await {
-            res.map_err(|e| WriterError::Transaction(e.to_string()))?
-                .map_err(|e| WriterError::Transaction(format!("init_transactions: {e}")))?;
+            res?.map_err(|source| WriterError::Kafka { step: "init_transactions", source })?;
         }
         Ok(())
     }
@@ -267,12 +266,7 @@ impl TxProducer {
     /// longest ago. Returns each record's (partition, offset) only once the transaction
     /// committed. At most [`MAX_IN_FLIGHT`] commits may run at once.
     pub async fn commit(&self, records: Vec<Record>, timeout: Duration) -> Result<Vec<(i32, i64)>, WriterError> {
-        let index = self
-            .idle
-            .lock()
-            .expect("producer ring lock")
-            .pop_front()
-            .ok_or_else(|| WriterError::Transaction("more concurrent transactions than producers".into()))?;
+        let index = self.idle.lock().expect("producer ring lock").pop_front().ok_or(WriterError::RingExhausted)?;
         let result = self.commit_on(&self.ring[index], records, timeout).await;
         self.idle.lock().expect("producer ring lock").push_back(index);
         result
@@ -303,13 +297,13 @@ impl TxProducer {
         for res in delivered {
             match res {
                 Ok(Ok(d)) => positions.push((d.partition, d.offset)),
-                Ok(Err((e, _))) => failure = Some(e.to_string()),
-                Err(_) => failure = Some("delivery cancelled".into()),
+                Ok(Err((e, _))) => failure = Some(e),
+                Err(_) => failure = Some(KafkaError::Canceled),
             }
         }
-        if let Some(f) = failure {
+        if let Some(source) = failure {
             Self::abort(producer).await;
-            return Err(WriterError::Transaction(format!("record not delivered: {f}")));
+            return Err(WriterError::Kafka { step: "delivering a record", source });
         }
         // Commit; retry while the error says retrying is safe. A commit that timed out is still in
         // progress inside librdkafka (every later `begin_transaction` would be refused as
@@ -321,9 +315,7 @@ impl TxProducer {
         loop {
             let p = producer.clone();
             let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-            let res = tokio::task::spawn_blocking(move || p.commit_transaction(left))
-                .await
-                .map_err(|e| WriterError::Transaction(e.to_string()))?;
+            let res = tokio::task::spawn_blocking(move || p.commit_transaction(left)).await?;
             match res {
                 Ok(()) => return Ok(positions),
                 Err(KafkaError::Transaction(t)) if t.is_retriable() && Instant::now() < deadline => continue,
@@ -337,19 +329,20 @@ impl TxProducer {
                 }
                 Err(KafkaError::Transaction(t)) if t.txn_requires_abort() => {
                     Self::abort(producer).await;
-                    return Err(WriterError::Transaction(format!("commit failed, transaction aborted: {t}")));
+                    let source = KafkaError::Transaction(t);
+                    return Err(WriterError::Kafka { step: "commit (the transaction was aborted)", source });
                 }
                 Err(e) => return Err(self.failed("commit", e)),
             }
         }
     }
 
-    fn failed(&self, step: &str, e: KafkaError) -> WriterError {
-        if is_fatal(&e) {
-            tracing::error!(step, error = %e, "producer fenced or failed fatally");
+    fn failed(&self, step: &'static str, source: KafkaError) -> WriterError {
+        if is_fatal(&source) {
+            tracing::error!(step, error = %source, "producer fenced or failed fatally");
             WriterError::Fenced
         } else {
-            WriterError::Transaction(format!("{step}: {e}"))
+            WriterError::Kafka { step, source }
         }
     }
 

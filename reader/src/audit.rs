@@ -289,6 +289,18 @@ struct Opened {
     retry_at: Option<Instant>,
 }
 
+/// Who each token is, as printed in `auth`, by its audit HMAC (never the token itself), while the
+/// node's tokens are as they were (`Progress::tokens_version`): a revocation, a renewal, a new
+/// token or a new root token empties it.
+#[derive(Default)]
+struct AuthCache {
+    version: u64,
+    entries: std::collections::HashMap<String, Arc<RawValue>>,
+}
+
+/// Tokens whose `auth` is kept at most; past it the cache starts again empty.
+const AUTH_CACHE_ENTRIES: usize = 4096;
+
 /// How long a device that could not be opened waits before it is tried again.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -425,6 +437,7 @@ pub struct Auditor {
     node: String,
     local: Vec<Arc<Mounted>>,
     opened: std::sync::Mutex<Opened>,
+    auth_cache: std::sync::Mutex<AuthCache>,
     kafka: Option<KafkaSettings>,
     redactor: Redactor,
     ctx: Option<ReadContext>,
@@ -493,6 +506,7 @@ impl Auditor {
             node: node.to_string(),
             local: Vec::new(),
             opened: std::sync::Mutex::new(Opened { table: Arc::default(), all: Arc::default(), retry_at: None }),
+            auth_cache: std::sync::Mutex::new(AuthCache::default()),
             kafka: None,
             redactor: Redactor::new(None),
             ctx: None,
@@ -597,7 +611,7 @@ impl Auditor {
         }
         // Printed once, written in both entries.
         let (auth, request) = match (
-            serde_json::value::to_raw_value(&self.auth(&req).await),
+            self.auth(&req).await,
             serde_json::value::to_raw_value(&self.request_entry(&req, crate::api::remote_addr())),
         ) {
             (Ok(a), Ok(r)) => (a, r),
@@ -610,7 +624,7 @@ impl Auditor {
             time: now(),
             kind: "request",
             node: &self.node,
-            auth: &auth,
+            auth: &*auth,
             request: &request,
             response: None,
             error: None,
@@ -629,7 +643,7 @@ impl Auditor {
             time: now(),
             kind: "response",
             node: &self.node,
-            auth: &auth,
+            auth: &*auth,
             request: &request,
             response: Some(self.response_entry(&resp)),
             error: Some(error_of(&resp)),
@@ -726,10 +740,36 @@ impl Auditor {
     /// Who is calling, as far as this node can tell before executing the request. Looked up
     /// quietly: a token this node has not applied yet (the request may wait for it) is no
     /// "permission denied" here — the handler decides that.
-    async fn auth(&self, req: &ApiRequest) -> Value {
-        let Some(token) = req.token.as_deref().filter(|t| !t.is_empty()) else { return Value::Null };
+    async fn auth(&self, req: &ApiRequest) -> serde_json::Result<Arc<RawValue>> {
+        let Some(token) = req.token.as_deref().filter(|t| !t.is_empty()) else {
+            return serde_json::value::to_raw_value(&Value::Null).map(Arc::from);
+        };
+        let client_token = self.redactor.hmac(token.as_bytes());
+        let version = self.ctx.as_ref().map(|c| c.materializer.progress.borrow().tokens_version);
+        if let Some(v) = version {
+            let cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.version == v
+                && let Some(hit) = cache.entries.get(&client_token)
+            {
+                return Ok(hit.clone());
+            }
+        }
+        let printed: Arc<RawValue> =
+            serde_json::value::to_raw_value(&self.lookup_auth(token, &client_token).await)?.into();
+        if let Some(v) = version {
+            let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.version != v || cache.entries.len() >= AUTH_CACHE_ENTRIES {
+                *cache = AuthCache { version: v, entries: Default::default() };
+            }
+            cache.entries.insert(client_token, printed.clone());
+        }
+        Ok(printed)
+    }
+
+    /// [`Auditor::auth`] looked up in the node's state.
+    async fn lookup_auth(&self, token: &str, client_token: &str) -> Value {
         let mut auth = Map::new();
-        auth.insert("client_token".into(), self.redactor.hmac(token.as_bytes()).into());
+        auth.insert("client_token".into(), client_token.into());
         if let Some(ctx) = &self.ctx {
             match lookup(ctx, token).await {
                 Some(Identity::Root) => {

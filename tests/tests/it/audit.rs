@@ -407,3 +407,66 @@ async fn a_kafka_audit_sink_that_cannot_record_refuses_requests_alone_but_not_be
     alone.stop();
     both.stop();
 }
+
+/// Who a token is, as an entry's `auth` says, follows the log: after the token is revoked the
+/// next entry no longer names its policies (the node caches `auth` per token until a token
+/// changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_names_a_tokens_policies_until_the_token_is_revoked() {
+    let (cluster, _g) = shared();
+    let logs =
+        tempfile::Builder::new().prefix("it-audit-auth-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let audit_file = logs.path().join("audit-reader.log");
+    let s = Stack::start(
+        cluster,
+        StackOpts {
+            name: "audit-auth",
+            readers: 1,
+            reader_args: vec!["--audit-file".into(), audit_file.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let w = &s.writer.url;
+    let policy = json!({ "policy": "path \"secret/data/audit/*\" { capabilities = [\"read\"] }" });
+    let p = call("PUT", &format!("{w}/v1/sys/policies/acl/auditor"), Some(&s.token), None, Some(policy)).await;
+    assert_eq!(p.status, 204, "{:?}", p.body);
+    let created = call(
+        "POST",
+        &format!("{w}/v1/auth/token/create"),
+        Some(&s.token),
+        None,
+        Some(json!({ "policies": ["auditor"] })),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let token = created.body["auth"]["client_token"].as_str().expect("a token").to_string();
+    let index = s.put("audit/who", json!({ "k": "v" })).await;
+    let read = |index: String| {
+        let (url, token) = (format!("{}/v1/secret/data/audit/who", s.readers[0].url), token.clone());
+        async move { call("GET", &url, Some(&token), Some(&index), None).await }
+    };
+    let last_request_auth = || {
+        let text = std::fs::read_to_string(&audit_file).expect("the audit log");
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+            .filter(|e| e["type"] == "request" && e["request"]["path"] == "v1/secret/data/audit/who")
+            .last()
+            .expect("the read's request entry")["auth"]
+            .clone()
+    };
+    for _ in 0..2 {
+        let r = read(index.clone()).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let auth = last_request_auth();
+        assert_eq!(auth["policies"], json!(["auditor", "default"]), "{auth}");
+    }
+    let revoked =
+        call("POST", &format!("{w}/v1/auth/token/revoke"), Some(&s.token), None, Some(json!({ "token": token }))).await;
+    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+    let r = read(revoked.index.clone().expect("the revocation's position")).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    let auth = last_request_auth();
+    assert!(auth["client_token"].as_str().is_some_and(|t| t.starts_with("hmac-sha256:")), "{auth}");
+    assert!(auth.get("policies").is_none(), "a revoked token's entry still names its policies: {auth}");
+}

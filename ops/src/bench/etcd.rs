@@ -10,8 +10,8 @@
 //! keys and values base64), the same transport secretlog's clients use.
 //!
 //! What is paired:
-//! * **writes** — secretlog: an acknowledged write to the leader writer (a Kafka transaction,
-//!   acks=all, committed before the answer); etcd: a put to the raft leader (committed by a
+//! * **writes** — secretlog: an acknowledged write to the leader writer (one idempotent
+//!   produce, acks=all, answered once the leader applied it); etcd: a put to the raft leader (committed by a
 //!   quorum, each member fsyncing its log before it acknowledges);
 //! * **reads, serializable** — secretlog: a reader's local state, no consistency token; etcd: a
 //!   `serializable` range on a follower, from its local state;

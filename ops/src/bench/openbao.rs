@@ -15,8 +15,8 @@
 //! [`super::peer::run_pairs`]).
 //!
 //! What is paired (the `--runs` of `bench peer`):
-//! * **writes** — secretlog: an acknowledged write to the leader writer (a Kafka transaction,
-//!   acks=all, committed before the answer); OpenBao dev: a write held in memory; OpenBao raft: a
+//! * **writes** — secretlog: an acknowledged write to the leader writer (one idempotent
+//!   produce, acks=all, answered once the leader applied it); OpenBao dev: a write held in memory; OpenBao raft: a
 //!   write to the active node, committed by a raft quorum;
 //! * **reads, serializable** — secretlog: a reader's local state, no consistency token; OpenBao
 //!   dev: the one node; OpenBao raft: a standby's local state (OpenBao's standby reads);
@@ -68,8 +68,8 @@ pub(super) async fn run(args: &LoadArgs, peer: &PeerArgs, token: &str, value: &s
         &mut peers,
         "ratio = secretlog / OpenBao, measured back to back in this run: ops/s above 1 and latency below 1 favour \
          secretlog. OpenBao dev: one node, storage in memory (no fsync, no replication). OpenBao raft: three \
-         nodes, writes committed by a raft quorum (fsync), reads on a standby. secretlog's writes are Kafka \
-         transactions with acks=all.",
+         nodes, writes committed by a raft quorum (fsync), reads on a standby. secretlog's writes are an \
+         idempotent produce with acks=all, answered once the leader applied them.",
     )
     .await;
     drop((dev, raft));

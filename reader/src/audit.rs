@@ -556,19 +556,11 @@ impl Auditor {
             let mut all = self.local.clone();
             let mut unavailable = false;
             for (path, record) in table.iter() {
-                let kept = opened.all.iter().find(|m| {
-                    m.path == path
-                        && m.record.as_ref() == Some(record)
-                        && !matches!(m.device, Device::Unavailable { .. })
-                });
-                let retrying = opened.all.iter().any(|m| {
-                    m.path == path
-                        && m.record.as_ref() == Some(record)
-                        && matches!(m.device, Device::Unavailable { .. })
-                });
-                let m = match kept {
-                    Some(m) => m.clone(),
-                    None => Arc::new(Mounted::open(path, record, self.kafka.as_ref(), retrying)),
+                let previous = opened.all.iter().find(|m| m.path == path && m.record.as_ref() == Some(record));
+                let m = match previous {
+                    Some(m) if !matches!(m.device, Device::Unavailable { .. }) => m.clone(),
+                    // Opened again; quietly if it already failed.
+                    previous => Arc::new(Mounted::open(path, record, self.kafka.as_ref(), previous.is_some())),
                 };
                 unavailable |= matches!(m.device, Device::Unavailable { .. });
                 all.push(m);
@@ -629,7 +621,7 @@ impl Auditor {
             response: None,
             error: None,
         };
-        if let Err(e) = self.record_to(&devices, &entry, "request", &req.request_id).await
+        if let Err(e) = self.record(&devices, &entry, "request", &req.request_id).await
             && !self.fail_open
         {
             return ApiError::unavailable(format!("audit log unavailable: {e}")).into();
@@ -648,7 +640,7 @@ impl Auditor {
             response: Some(self.response_entry(&resp)),
             error: Some(error_of(&resp)),
         };
-        if let Err(e) = self.record_to(&devices, &entry, "response", &key).await
+        if let Err(e) = self.record(&devices, &entry, "response", &key).await
             && !self.fail_open
         {
             return ApiError::unavailable(format!(
@@ -686,15 +678,11 @@ impl Auditor {
         )
     }
 
-    /// Record one entry (`key`: the request id, which keeps a request's two entries in one
+    /// Record one entry on `devices` (`key`: the request id, which keeps a request's two entries in one
     /// Kafka partition, in order). `Ok` as soon as one sink has recorded it; the others finish
     /// in the background. `Err` lists why each sink failed. Every failure is counted and logged
     /// (without the entry).
-    pub async fn record(&self, entry: &impl Serialize, kind: &'static str, key: &str) -> Result<(), String> {
-        self.record_to(&self.devices(), entry, kind, key).await
-    }
-
-    async fn record_to(
+    async fn record(
         &self,
         devices: &[Arc<Mounted>],
         entry: &impl Serialize,

@@ -317,8 +317,7 @@ impl Store {
             .with_settings(slatedb_settings())
             .with_db_cache(slatedb_cache(cfg.cache_memory_bytes), 0)
             .build()
-            .await
-            .map_err(ReaderError::from)?;
+            .await?;
         let builder = HybridCacheBuilder::new()
             .with_name("secretlog-reader")
             .memory(cfg.cache_memory_bytes.max(1024 * 1024))
@@ -354,7 +353,7 @@ impl Store {
         }
         metrics::counter!("secretlog_reader_cache_misses_total").increment(1);
         let _fill = self.fill_lock.read().await;
-        let v = self.db.get(&key).await.map_err(ReaderError::from)?;
+        let v = self.db.get(&key).await?;
         let cached = match &v {
             Some(b) => {
                 let mut c = Vec::with_capacity(b.len() + 1);
@@ -387,9 +386,9 @@ impl Store {
     /// names ending in `/`, sorted — what Vault's LIST returns.
     pub async fn list(&self, mount: &str, folder: &str) -> Result<Vec<String>, ReaderError> {
         let prefix = keys::meta_prefix(mount, folder);
-        let mut it = self.db.scan_prefix(&prefix, ..).await.map_err(ReaderError::from)?;
+        let mut it = self.db.scan_prefix(&prefix, ..).await?;
         let mut out: Vec<String> = Vec::new();
-        while let Some(kv) = it.next().await.map_err(ReaderError::from)? {
+        while let Some(kv) = it.next().await? {
             let rest = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
             let child = match rest.find('/') {
                 Some(i) => rest[..=i].to_string(),
@@ -405,10 +404,9 @@ impl Store {
 
     /// Every stored key under `prefix` with its value, in key order.
     pub async fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReaderError> {
-        let err = ReaderError::from;
-        let mut it = self.db.scan_prefix(prefix, ..).await.map_err(err)?;
+        let mut it = self.db.scan_prefix(prefix, ..).await?;
         let mut out = Vec::new();
-        while let Some(kv) = it.next().await.map_err(err)? {
+        while let Some(kv) = it.next().await? {
             out.push((kv.key.to_vec(), kv.value.to_vec()));
         }
         Ok(out)
@@ -417,10 +415,9 @@ impl Store {
     /// Names of every ACL policy.
     /// The mount table this state holds.
     pub async fn mounts(&self) -> Result<crate::mounts::Mounts, ReaderError> {
-        let err = ReaderError::from;
-        let mut it = self.db.scan_prefix(keys::MOUNT_PREFIX, ..).await.map_err(err)?;
+        let mut it = self.db.scan_prefix(keys::MOUNT_PREFIX, ..).await?;
         let mut pairs = Vec::new();
-        while let Some(kv) = it.next().await.map_err(err)? {
+        while let Some(kv) = it.next().await? {
             let path = String::from_utf8_lossy(&kv.key[keys::MOUNT_PREFIX.len()..]).into_owned();
             pairs.push((path, kv.value.to_vec()));
         }
@@ -440,9 +437,9 @@ impl Store {
     }
 
     pub async fn policy_names(&self) -> Result<Vec<String>, ReaderError> {
-        let mut it = self.db.scan_prefix(keys::POLICY_PREFIX, ..).await.map_err(ReaderError::from)?;
+        let mut it = self.db.scan_prefix(keys::POLICY_PREFIX, ..).await?;
         let mut out = Vec::new();
-        while let Some(kv) = it.next().await.map_err(ReaderError::from)? {
+        while let Some(kv) = it.next().await? {
             out.push(String::from_utf8_lossy(&kv.key[keys::POLICY_PREFIX.len()..]).into_owned());
         }
         Ok(out)
@@ -450,9 +447,9 @@ impl Store {
 
     /// Stored progress of every partition seen so far.
     pub async fn partitions(&self) -> Result<BTreeMap<i32, PartitionState>, ReaderError> {
-        let mut it = self.db.scan_prefix(keys::PARTITION_PREFIX, ..).await.map_err(ReaderError::from)?;
+        let mut it = self.db.scan_prefix(keys::PARTITION_PREFIX, ..).await?;
         let mut out = BTreeMap::new();
-        while let Some(kv) = it.next().await.map_err(ReaderError::from)? {
+        while let Some(kv) = it.next().await? {
             let p = kv.key.get(2..6).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
             let st = PartitionState::decode(&kv.value);
             match (p, st) {
@@ -506,10 +503,9 @@ impl Store {
     /// Count stored values per key term by reading every one (a value whose header does not
     /// parse is counted under term 0).
     pub async fn count_per_term(&self) -> Result<TermCounts, ReaderError> {
-        let err = ReaderError::from;
-        let mut it = self.db.scan_prefix(keys::VALUE_PREFIX, ..).await.map_err(err)?;
+        let mut it = self.db.scan_prefix(keys::VALUE_PREFIX, ..).await?;
         let mut counts = TermCounts::new();
-        while let Some(kv) = it.next().await.map_err(err)? {
+        while let Some(kv) = it.next().await? {
             *counts.entry(secretlog_schemas::SealedValue::term_of(&kv.value).unwrap_or(0)).or_insert(0) += 1;
         }
         Ok(counts)
@@ -527,20 +523,17 @@ impl Store {
         limit: usize,
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<(Vec<StoredValue>, Option<Vec<u8>>), ReaderError> {
-        let err = ReaderError::from;
         let prefix = if mount.is_empty() { b"v/".to_vec() } else { format!("v/{mount}/").into_bytes() };
         let mut it = match after.and_then(|a| a.strip_prefix(prefix.as_slice())) {
-            Some(suffix) => self
-                .db
-                .scan_prefix(&prefix, (std::ops::Bound::Excluded(suffix), std::ops::Bound::Unbounded))
-                .await
-                .map_err(err)?,
-            None => self.db.scan_prefix(&prefix, ..).await.map_err(err)?,
+            Some(suffix) => {
+                self.db.scan_prefix(&prefix, (std::ops::Bound::Excluded(suffix), std::ops::Bound::Unbounded)).await?
+            }
+            None => self.db.scan_prefix(&prefix, ..).await?,
         };
         let (mut out, mut read) = (Vec::new(), 0usize);
         let mut last = None;
         while out.len() < limit && read < limit.saturating_mul(4).max(1) {
-            let Some(kv) = it.next().await.map_err(err)? else { return Ok((out, None)) };
+            let Some(kv) = it.next().await? else { return Ok((out, None)) };
             read += 1;
             last = Some(kv.key.to_vec());
             if !keep(&kv.value) {
@@ -559,7 +552,7 @@ impl Store {
     }
 
     pub async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReaderError> {
-        Ok(self.db.get(key).await.map_err(ReaderError::from)?.map(|b| b.to_vec()))
+        Ok(self.db.get(key).await?.map(|b| b.to_vec()))
     }
 
     /// Write state and partition positions atomically, then bring the cache up to date.
@@ -578,7 +571,7 @@ impl Store {
             wb.put(keys::partition(*p), st.encode());
         }
         let _exclusive = self.fill_lock.write().await;
-        self.db.write(wb).await.map_err(ReaderError::from)?;
+        self.db.write(wb).await?;
         for (k, v) in batch.writes {
             let cached = match v {
                 Some(v) => {
@@ -601,23 +594,22 @@ impl Store {
     pub async fn export(
         &self,
     ) -> Result<(secretlog_schemas::archive::SnapshotData, BTreeMap<i32, PartitionState>), ReaderError> {
-        let snap = self.db.snapshot().map_err(ReaderError::from)?;
-        let err = ReaderError::from;
+        let snap = self.db.snapshot()?;
         let mut data = secretlog_schemas::archive::SnapshotData::default();
         let mut partitions = BTreeMap::new();
-        let mut it = snap.scan_prefix(b"o/", ..).await.map_err(err)?;
-        while let Some(kv) = it.next().await.map_err(err)? {
+        let mut it = snap.scan_prefix(b"o/", ..).await?;
+        while let Some(kv) = it.next().await? {
             let p = kv.key.get(2..6).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
             if let (Some(p), Some(st)) = (p, PartitionState::decode(&kv.value)) {
                 partitions.insert(p as i32, st);
             }
         }
-        let mut it = snap.scan_prefix(b"c/", ..).await.map_err(err)?;
-        while let Some(kv) = it.next().await.map_err(err)? {
+        let mut it = snap.scan_prefix(b"c/", ..).await?;
+        while let Some(kv) = it.next().await? {
             data.control.push((kv.key.to_vec(), kv.value.to_vec()));
         }
-        let mut it = snap.scan_prefix(b"s/", ..).await.map_err(err)?;
-        while let Some(kv) = it.next().await.map_err(err)? {
+        let mut it = snap.scan_prefix(b"s/", ..).await?;
+        while let Some(kv) = it.next().await? {
             let rest = String::from_utf8_lossy(&kv.key[2..]).into_owned();
             if let Some((mount, path)) = rest.split_once('/') {
                 data.secrets.push((
@@ -627,8 +619,8 @@ impl Store {
                 ));
             }
         }
-        let mut it = snap.scan_prefix(b"v/", ..).await.map_err(err)?;
-        while let Some(kv) = it.next().await.map_err(err)? {
+        let mut it = snap.scan_prefix(b"v/", ..).await?;
+        while let Some(kv) = it.next().await? {
             // `v/{mount}/{path}\0{version: 8 bytes BE}`: the version is the last 8 bytes (it may
             // itself contain zero bytes), preceded by the NUL separator.
             let k = &kv.key[2..];
@@ -655,8 +647,8 @@ impl Store {
         let mut h = Sha256::new();
         let mut n = 0u64;
         for prefix in [&b"c/"[..], b"s/", b"v/"] {
-            let mut it = self.db.scan_prefix(prefix, ..).await.map_err(ReaderError::from)?;
-            while let Some(kv) = it.next().await.map_err(ReaderError::from)? {
+            let mut it = self.db.scan_prefix(prefix, ..).await?;
+            while let Some(kv) = it.next().await? {
                 if kv.key.starts_with(keys::REVISION_PREFIX) {
                     continue;
                 }

@@ -5,11 +5,12 @@
 mod devices;
 mod rotation;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Stack, StackOpts, call, client, shared};
+use crate::harness::{Cluster, Stack, StackOpts, call, client, shared};
 
 const SECRET: &str = "correct-horse-battery-staple-0xA0D17";
 
@@ -22,21 +23,31 @@ async fn audit_failures(url: &str) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_and_reads_are_audited_without_plaintext_secrets_or_tokens() {
-    let (cluster, _g) = shared();
-    let logs = tempfile::Builder::new().prefix("it-audit-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+/// A stack (named `name`) whose one reader audits to a file: the directory holding the file (kept
+/// while the stack runs), the file, and the stack.
+async fn with_audited_reader(cluster: &'static Cluster, name: &'static str) -> (tempfile::TempDir, PathBuf, Stack) {
+    let logs = tempfile::Builder::new()
+        .prefix(&format!("it-{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir");
     let audit_file = logs.path().join("audit-reader.log");
     let s = Stack::start(
         cluster,
         StackOpts {
-            name: "audit",
+            name,
             readers: 1,
             reader_args: vec!["--audit-file".into(), audit_file.display().to_string()],
             ..Default::default()
         },
     )
     .await;
+    (logs, audit_file, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_reads_are_audited_without_plaintext_secrets_or_tokens() {
+    let (cluster, _g) = shared();
+    let (_logs, audit_file, s) = with_audited_reader(cluster, "audit").await;
     let reader = &s.readers[0].url;
 
     // A write through the reader (audited there, then forwarded) and a read on it.
@@ -145,19 +156,7 @@ async fn a_writes_answer_names_the_request_its_audit_entries_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_finds_a_value_and_a_token_in_the_trail_through_sys_audit_hash() {
     let (cluster, _g) = shared();
-    let logs =
-        tempfile::Builder::new().prefix("it-audit-hash-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let audit_file = logs.path().join("audit-reader.log");
-    let s = Stack::start(
-        cluster,
-        StackOpts {
-            name: "audit-hash",
-            readers: 1,
-            reader_args: vec!["--audit-file".into(), audit_file.display().to_string()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let (_logs, audit_file, s) = with_audited_reader(cluster, "audit-hash").await;
     let reader = &s.readers[0].url;
     let w = call(
         "POST",
@@ -414,19 +413,7 @@ async fn a_kafka_audit_sink_that_cannot_record_refuses_requests_alone_but_not_be
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_names_a_tokens_policies_until_the_token_is_revoked() {
     let (cluster, _g) = shared();
-    let logs =
-        tempfile::Builder::new().prefix("it-audit-auth-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let audit_file = logs.path().join("audit-reader.log");
-    let s = Stack::start(
-        cluster,
-        StackOpts {
-            name: "audit-auth",
-            readers: 1,
-            reader_args: vec!["--audit-file".into(), audit_file.display().to_string()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let (_logs, audit_file, s) = with_audited_reader(cluster, "audit-auth").await;
     let w = &s.writer.url;
     let policy = json!({ "policy": "path \"secret/data/audit/*\" { capabilities = [\"read\"] }" });
     let p = call("PUT", &format!("{w}/v1/sys/policies/acl/auditor"), Some(&s.token), None, Some(policy)).await;

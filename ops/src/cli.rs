@@ -85,7 +85,7 @@ enum Cmd {
     /// Run a writer node.
     Writer(secretlog_writer::WriterConfig),
     /// Run a reader node.
-    Reader(secretlog_reader::ReaderConfig),
+    Reader(secretlog_reader::config::ReaderConfig),
     /// Run the replicator: log archive and snapshots in object storage.
     Replicator(secretlog_replicator::ReplicatorConfig),
 }
@@ -134,7 +134,7 @@ enum KafkaCmd {
 /// Entry point of the `secretlog` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    secretlog_reader::telemetry::init_logging();
+    secretlog_node::telemetry::init_logging();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -160,7 +160,7 @@ async fn until_signal() {
 }
 
 /// Run a started node until SIGTERM or Ctrl-C, then drain it.
-async fn until_stopped(node: secretlog_reader::node::RunningNode, cancel: CancellationToken) -> anyhow::Result<()> {
+async fn until_stopped(node: secretlog_node::node::RunningNode, cancel: CancellationToken) -> anyhow::Result<()> {
     until_signal().await;
     cancel.cancel();
     node.wait().await;

@@ -14,15 +14,15 @@
 //!   against `seal.json`, and write the key file nodes can start from (0600).
 //!
 //! Shares are read from files (`-` is standard input), never taken from the command line.
-//! The share logic itself lives in [`secretlog_reader::api::seal`], beside the nodes' unseal.
+//! The share logic itself lives in [`secretlog_node::api::seal`], beside the nodes' unseal.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-pub use secretlog_reader::unseal::SealConfig;
-use secretlog_reader::unseal::parse_share;
+pub use secretlog_node::unseal::SealConfig;
+use secretlog_node::unseal::parse_share;
 use secretlog_schemas::{Keyring, RootKey};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -68,13 +68,13 @@ pub struct UnsealArgs {
 
 /// Split `key` into `n` shares (hex text), any `k` of which reconstruct it.
 pub fn split(key: &RootKey, n: u8, k: u8) -> anyhow::Result<Vec<Zeroizing<String>>> {
-    Ok(secretlog_reader::unseal::split(key, n, k)?)
+    Ok(secretlog_node::unseal::split(key, n, k)?)
 }
 
 /// Reconstruct the key from shares (hex or base64 text), needing `k` distinct ones.
 pub fn combine(shares: &[Zeroizing<String>], k: u8) -> anyhow::Result<RootKey> {
     let parsed = shares.iter().map(|s| parse_share(s)).collect::<Result<Vec<_>, _>>()?;
-    Ok(secretlog_reader::unseal::combine(&parsed, k)?)
+    Ok(secretlog_node::unseal::combine(&parsed, k)?)
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -166,7 +166,7 @@ async fn unseal_online(addr: &str, args: &UnsealArgs) -> anyhow::Result<()> {
     };
     let url = format!("{}/v1/sys/unseal", addr.trim_end_matches('/'));
     // Trusts the CA named by SECRETLOG_CACERT, as every other command does.
-    let resp = secretlog_reader::api::tls::client_builder(None)?
+    let resp = secretlog_node::api::tls::client_builder(None)?
         .build()?
         .put(&url)
         .header("content-type", "application/json")

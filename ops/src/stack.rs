@@ -193,7 +193,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let attached = !args.detach;
     let objects_url = format!("file://{}", dir.join("objects").display());
 
-    let client = secretlog_reader::api::tls::client_builder(None)?.timeout(Duration::from_secs(2)).build()?;
+    let client = secretlog_node::api::tls::client_builder(None)?.timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut nodes: Vec<NodeProc> = Vec::new();
     let writer_urls: Vec<String> = (0..2).map(|i| format!("http://127.0.0.1:{}", args.writer_port + i)).collect();

@@ -16,7 +16,7 @@ pub async fn status(data_dir: &Path, as_json: bool) -> anyhow::Result<()> {
         &std::fs::read(&path)
             .with_context(|| format!("no running stack described at {} (run `secretlog up`)", path.display()))?,
     )?;
-    let client = secretlog_reader::api::tls::client_builder(None)?.timeout(Duration::from_secs(2)).build()?;
+    let client = secretlog_node::api::tls::client_builder(None)?.timeout(Duration::from_secs(2)).build()?;
     let mut rows = Vec::new();
     for n in stack.writers.iter().chain(stack.readers.iter()).chain(stack.replicator.iter()) {
         let (code, body) = match client.get(format!("{}/v1/sys/health", n.url)).send().await {
@@ -103,10 +103,10 @@ async fn key_terms(stack: &StackFile) -> Value {
 /// The newest snapshot in the stack's object store: id, age, and whether it is stale.
 async fn newest_snapshot(stack: &StackFile) -> Value {
     let Some(url) = &stack.object_store else { return Value::Null };
-    let Ok(objects) = secretlog_reader::objects::Objects::open(url) else { return Value::Null };
-    match secretlog_reader::bootstrap::list_snapshots(&objects).await {
+    let Ok(objects) = secretlog_state::objects::Objects::open(url) else { return Value::Null };
+    match secretlog_state::bootstrap::list_snapshots(&objects).await {
         Ok(all) => all.last().map_or(Value::Null, |m| {
-            let age = Duration::from_millis((secretlog_reader::materializer::now_ms() - m.created_ms).max(0) as u64);
+            let age = Duration::from_millis((secretlog_state::materializer::now_ms() - m.created_ms).max(0) as u64);
             json!({
                 "id": m.id,
                 "age_seconds": age.as_secs(),

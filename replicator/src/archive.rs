@@ -16,10 +16,10 @@ use object_store::{ObjectStoreExt, PutPayload};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use secretlog_reader::kafka::LogContext;
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::objects::Objects;
 use secretlog_schemas::archive::{ArchivedRecord, encode_segment, parse_segment_name, segment_path};
+use secretlog_state::kafka::LogContext;
+use secretlog_state::materializer::now_ms;
+use secretlog_state::objects::Objects;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +89,7 @@ pub async fn run(
         }
     };
     let consumer: Arc<StreamConsumer<LogContext>> = Arc::new(
-        secretlog_reader::kafka::consumer_config(bootstrap, "secretlog-archiver").create_with_context(LogContext)?,
+        secretlog_state::kafka::consumer_config(bootstrap, "secretlog-archiver").create_with_context(LogContext)?,
     );
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

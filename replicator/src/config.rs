@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use secretlog_reader::LogConfig;
-use secretlog_reader::config::HttpConfig;
+use secretlog_node::config::HttpConfig;
+use secretlog_node::config::LogConfig;
 
 /// `secretlog-replicator` / `secretlog replicator`.
 #[derive(Debug, Clone, Args)]

@@ -1,6 +1,6 @@
 //! Errors of the replicator.
 
-use secretlog_reader::ReaderError;
+use secretlog_state::NodeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicatorError {
@@ -25,5 +25,5 @@ pub enum ReplicatorError {
     #[error("snapshot format: {0}")]
     Format(#[from] secretlog_schemas::archive::FormatError),
     #[error(transparent)]
-    Reader(#[from] ReaderError),
+    Reader(#[from] NodeError),
 }

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStoreExt;
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, node_handler};
-use secretlog_reader::context::ReadContext;
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
-use secretlog_reader::objects::Objects;
-use secretlog_reader::{LogConfig, ReaderError};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, node_handler};
+use secretlog_node::config::LogConfig;
+use secretlog_node::context::ReadContext;
+use secretlog_node::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
 use secretlog_schemas::Keyring;
+use secretlog_state::NodeError;
+use secretlog_state::materializer::now_ms;
+use secretlog_state::objects::Objects;
 use serde_json::json;
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
@@ -45,11 +46,11 @@ struct ReplicatorNode {
 
 /// Start the replicator; it runs until `cancel` fires.
 pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<RunningNode, ReplicatorError> {
-    secretlog_reader::telemetry::prometheus();
-    secretlog_reader::kafka::configure(cfg.log.kafka_config.as_deref())?;
-    let listener = secretlog_reader::api::bind(cfg.listen).await?;
+    secretlog_node::telemetry::prometheus();
+    secretlog_state::kafka::configure(cfg.log.kafka_config.as_deref())?;
+    let listener = secretlog_node::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(ReplicatorError::Listener)?;
-    let serve = secretlog_reader::api::ServeOptions::new(64 * 1024, &cfg.http)?;
+    let serve = secretlog_node::api::ServeOptions::new(64 * 1024, &cfg.http)?;
     let objects = Objects::open(&cfg.object_store_url())?;
     let mut log = cfg.log.clone();
     log.object_store = Some(cfg.object_store_url());
@@ -74,7 +75,7 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
 impl ReplicatorNode {
     /// What the replicator runs while unsealed: the materializer, the archiver, the snapshot
     /// schedule and the report of the newest snapshot — all stopped by sealing.
-    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, ReaderError> {
+    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, NodeError> {
         let (ctx, join) = open_state(&self.log, &self.cfg.data_dir, "replicator", keyring, cancel.clone()).await?;
         let unsealed = Unsealed::new(ctx.clone(), cancel.clone());
         unsealed.spawn(async move {
@@ -208,7 +209,7 @@ impl ReplicatorNode {
     async fn claim_store(&self) -> Result<String, ReplicatorError> {
         let bootstrap = self.cfg.log.bootstrap.clone();
         let cluster = tokio::task::spawn_blocking(move || {
-            secretlog_reader::kafka::cluster_id(&bootstrap, Duration::from_secs(60))
+            secretlog_state::kafka::cluster_id(&bootstrap, Duration::from_secs(60))
         })
         .await??;
         let owner = json!({ "cluster": cluster, "topic": self.cfg.log.topic });
@@ -247,7 +248,7 @@ impl ReplicatorNode {
         // first (the index may carry the token just created) but a caller learns whether it was
         // met only once authorized, as on a reader.
         let fresh = match ctx.wait_for_index(&req).await {
-            Ok(f) => f == secretlog_reader::api::kv::Freshness::Fresh,
+            Ok(f) => f == secretlog_node::api::kv::Freshness::Fresh,
             Err(e) => return e.into(),
         };
         if let Err(e) = ctx.authorize(&req).await {
@@ -269,7 +270,7 @@ impl ReplicatorNode {
         }
         if !fresh {
             return ApiError::new(
-                secretlog_reader::api::ErrorKind::NotYetApplied,
+                secretlog_state::ErrorKind::NotYetApplied,
                 "the replicator has not yet applied the requested index",
             )
             .into();
@@ -281,7 +282,7 @@ impl ReplicatorNode {
                 Err(e) => ApiError::unavailable(format!("snapshot failed: {e}")).into(),
             },
             ("GET" | "LIST", "v1/sys/secretlog/snapshots") => {
-                match secretlog_reader::bootstrap::list_snapshots(&self.objects).await {
+                match secretlog_state::bootstrap::list_snapshots(&self.objects).await {
                     Ok(list) => ApiResponse::data(&req.request_id, json!({ "snapshots": list })),
                     Err(e) => ApiError::unavailable(e.to_string()).into(),
                 }
@@ -332,7 +333,7 @@ const CATCH_UP_FOR_A_TOKEN: Duration = Duration::from_secs(15);
 
 /// Consume up to the log's end as of now (each attempt asks the brokers anew), within
 /// [`CATCH_UP_FOR_A_TOKEN`]; the last attempt's reason if it could not.
-async fn catch_up(ctx: &secretlog_reader::context::ReadContext) -> Result<(), String> {
+async fn catch_up(ctx: &secretlog_node::context::ReadContext) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + CATCH_UP_FOR_A_TOKEN;
     loop {
         match ctx.wait_strong().await {

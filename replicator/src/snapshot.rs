@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use object_store::{ObjectStoreExt, PutPayload};
-use secretlog_reader::bootstrap::{delete_prefix, list_snapshots};
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::objects::Objects;
-use secretlog_reader::store::Store;
 use secretlog_schemas::archive::{Manifest, PartitionPosition, SNAPSHOT_FORMAT_VERSION, encode_snapshot};
+use secretlog_state::bootstrap::{delete_prefix, list_snapshots};
+use secretlog_state::materializer::now_ms;
+use secretlog_state::objects::Objects;
+use secretlog_state::store::Store;
 
 use crate::error::ReplicatorError;
 

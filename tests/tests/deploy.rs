@@ -57,7 +57,7 @@ const REQUIRED_ALERTS: &[(&str, &str)] = &[
 const NODE_COMMANDS: &[&str] = &["writer", "reader", "replicator"];
 
 /// Variables a secretlog node reads that are not its own flags: object_store's S3 settings (the
-/// ones reader/src/objects.rs names are added from that file) and the log filter.
+/// ones state/src/objects.rs names are added from that file) and the log filter.
 const OTHER_NODE_ENV: &[&str] = &["AWS_SKIP_SIGNATURE", "RUST_LOG"];
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ fn exported_metrics() -> BTreeSet<String> {
         }
     }
     let mut out = BTreeSet::new();
-    for krate in ["schemas", "reader", "writer", "replicator", "ops"] {
+    for krate in ["schemas", "state", "node", "reader", "writer", "replicator", "ops"] {
         walk(&repo().join(krate).join("src"), &mut out);
     }
     assert!(out.contains("secretlog_http_requests_total"), "the source scan found no metrics: {out:?}");
@@ -735,7 +735,7 @@ fn compose_gives_nodes_only_flags_and_variables_the_binary_documents() {
     let compose = Compose::load();
     let nodes = compose.nodes();
     assert!(nodes.len() >= 5, "compose runs {} secretlog nodes", nodes.len());
-    let mut aws: BTreeSet<String> = words_with_prefix(&read("reader/src/objects.rs"), "AWS_");
+    let mut aws: BTreeSet<String> = words_with_prefix(&read("state/src/objects.rs"), "AWS_");
     aws.extend(OTHER_NODE_ENV.iter().map(|s| s.to_string()));
     let mut helps = BTreeMap::new();
     for node in &nodes {
@@ -921,7 +921,7 @@ fn planted_faults_are_in_the_tests_build_only() {
         "a build of secretlog-ops alone turns on the test-only faults:\n{release}"
     );
     let tests = features_of_build("secretlog-tests");
-    for crate_ in ["secretlog-ops", "secretlog-writer", "secretlog-reader"] {
+    for crate_ in ["secretlog-ops", "secretlog-writer", "secretlog-state"] {
         assert!(
             tests.lines().any(|l| l.starts_with(&format!("{crate_} feature \"planted-faults\""))),
             "the tests' build must plant faults in {crate_}:\n{tests}"

@@ -8,13 +8,13 @@
 //! a token: the log accepts one and refuses the other everywhere alike (the loser is answered
 //! 503 and, trying again, finds the secret id spent).
 
-use secretlog_reader::api::auth_methods::{client_ip, ip_in_any, role};
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
-use secretlog_reader::auth_objects::role_id_key;
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::store::keys;
+use secretlog_node::api::auth_methods::{client_ip, ip_in_any, role};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse};
 use secretlog_schemas::auth::{AppRoleRecord, AuthObjectKind, SecretIdRecord};
 use secretlog_schemas::{Operation, Rewrapped};
+use secretlog_state::auth_objects::role_id_key;
+use secretlog_state::materializer::now_ms;
+use secretlog_state::store::keys;
 use serde_json::{Value, json};
 
 use crate::auth::{Issue, auth_body, body, duration, settle_policies};

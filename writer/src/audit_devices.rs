@@ -5,18 +5,18 @@
 //! `PutAuditDevice` or `DeleteAuditDevice` event with [`decide`], against the device table its
 //! own materializer applied, with nothing else in flight (as mount changes are), so two enables
 //! of one path cannot both pass the "already in use" check. Every node opens the device once it
-//! applied the event (`secretlog_reader::audit`): its file path is opened on every node's host.
+//! applied the event (`secretlog_node::audit`): its file path is opened on every node's host.
 //!
 //! As in Vault, the leader opens a file device before it is enabled, so a path it cannot write is
 //! refused at once rather than enabled and failing on every node.
 
 use std::path::Path;
 
-use secretlog_reader::api::{ApiError, ApiRequest};
-use secretlog_reader::audit::AuditDevices;
-use secretlog_reader::materializer::now_ms;
+use secretlog_node::api::{ApiError, ApiRequest};
 use secretlog_schemas::Operation;
 use secretlog_schemas::audit::{self, AuditDeviceRecord, normalize_device_path};
+use secretlog_state::audit_devices::AuditDevices;
+use secretlog_state::materializer::now_ms;
 use serde_json::{Map, Value};
 
 use crate::mounts::{body, description};

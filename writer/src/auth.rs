@@ -6,15 +6,15 @@
 //! keyed hash. A caller that is not root can only give a new token policies it holds itself.
 
 use rand::Rng;
-use secretlog_reader::acl::parse_policy;
-use secretlog_reader::api::auth::Identity;
-use secretlog_reader::api::tokens::lookup_data;
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
-use secretlog_reader::context::ReadContext;
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::store::keys;
+use secretlog_node::api::auth::Identity;
+use secretlog_node::api::tokens::lookup_data;
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_node::context::ReadContext;
 use secretlog_schemas::Operation;
 use secretlog_schemas::auth::TokenRecord;
+use secretlog_state::acl::parse_policy;
+use secretlog_state::materializer::now_ms;
+use secretlog_state::store::keys;
 use serde_json::{Value, json};
 
 use crate::auth_methods::{boolean, string_list};
@@ -265,7 +265,7 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
             // Vault refuses the lookup of an unknown token as a bad token.
             let (_, record) = target(ctx, req, who, false)
                 .await?
-                .ok_or_else(|| ApiError::new(secretlog_reader::api::ErrorKind::PermissionDenied, "bad token"))?;
+                .ok_or_else(|| ApiError::new(secretlog_state::ErrorKind::PermissionDenied, "bad token"))?;
             Ok(Some(Outcome::Answer(ApiResponse::data(&req.request_id, lookup_data(&record)))))
         }
         _ => Ok(None),

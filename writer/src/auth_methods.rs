@@ -3,7 +3,7 @@
 //! [`crate::userpass`]. Each change is one control event keyed by the auth mount
 //! ([`secretlog_schemas::auth::control_name`]), appended through the committer like token and
 //! policy changes, so every node follows it from the log; reads are answered by every node
-//! (`secretlog_reader::api::auth_methods`).
+//! (`secretlog_node::api::auth_methods`).
 //!
 //! A login is a write: it is decided here, on the leader (readers forward it), takes a use of a
 //! limited AppRole secret id as an event conditional on the secret id's stored record (two logins
@@ -12,13 +12,13 @@
 
 use std::time::Duration;
 
-use secretlog_reader::api::auth::Identity;
-use secretlog_reader::api::auth_methods::{METHODS, mount_of, mounts, parse_cidr};
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
-use secretlog_reader::context::ReadContext;
-use secretlog_reader::materializer::now_ms;
+use secretlog_node::api::auth::Identity;
+use secretlog_node::api::auth_methods::{METHODS, mount_of, mounts, parse_cidr};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_node::context::ReadContext;
 use secretlog_schemas::Operation;
 use secretlog_schemas::auth::{AuthMountRecord, AuthObjectKind, MAX_AUTH_MOUNT_LEN, control_name};
+use secretlog_state::materializer::now_ms;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 

@@ -47,19 +47,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use secretlog_reader::api::response::Envelope;
-use secretlog_reader::api::{ApiError, ApiResponse};
-use secretlog_reader::context::ReadContext;
-use secretlog_reader::materializer::now_ms;
+use secretlog_node::api::response::Envelope;
+use secretlog_node::api::{ApiError, ApiResponse};
+use secretlog_node::context::ReadContext;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::topic::{HEADER_INDEX, partition_for, record_key};
 use secretlog_schemas::{ConsistencyToken, Event, Operation, encode_event};
+use secretlog_state::materializer::now_ms;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use secretlog_reader::materializer::Verdict;
+use secretlog_state::materializer::Verdict;
 
 use crate::error::WriterError;
 use crate::plan::{Planned, Reply, plan};
@@ -595,7 +595,7 @@ impl Committer {
         match live.values().find(|r| r.storage == mount) {
             Some(r) => Ok(r.kv.clone()),
             None => Err(ApiError::new(
-                secretlog_reader::api::ErrorKind::NotFound,
+                secretlog_state::ErrorKind::NotFound,
                 "the mount of this path was disabled before the write was decided",
             )
             .into()),

@@ -104,7 +104,7 @@ impl ElectionContext {
 
 impl ClientContext for ElectionContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        secretlog_reader::kafka::log_client_error("election", &error, reason);
+        secretlog_state::kafka::log_client_error("election", &error, reason);
     }
 }
 
@@ -145,7 +145,7 @@ impl ConsumerContext for ElectionContext {
 
 /// Create the election topic if it does not exist: one partition, replicated like the log.
 pub async fn ensure_election_topic(bootstrap: &str, topic: &str) -> Result<(), WriterError> {
-    let admin: AdminClient<DefaultClientContext> = secretlog_reader::kafka::client_config(bootstrap)
+    let admin: AdminClient<DefaultClientContext> = secretlog_state::kafka::client_config(bootstrap)
         .create()
         .map_err(|e| WriterError::NotReady(format!("admin client: {e}")))?;
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(3))
@@ -174,7 +174,7 @@ pub fn spawn(
 ) -> Result<(watch::Receiver<bool>, tokio::task::JoinHandle<()>), WriterError> {
     let (tx, rx) = watch::channel(false);
     lease.end();
-    let consumer: StreamConsumer<ElectionContext> = secretlog_reader::kafka::client_config(&cfg.bootstrap)
+    let consumer: StreamConsumer<ElectionContext> = secretlog_state::kafka::client_config(&cfg.bootstrap)
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
@@ -253,9 +253,9 @@ fn renew_lease(
 /// are never read back; their offsets only ever grow.
 pub async fn claim(bootstrap: &str, topic: &str, leader_url: &str, timeout: Duration) -> Result<i64, WriterError> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer<secretlog_reader::kafka::LogContext> =
+    let producer: FutureProducer<secretlog_state::kafka::LogContext> =
         crate::producer::idempotent_config(bootstrap, timeout.as_millis() as u64)
-            .create_with_context(secretlog_reader::kafka::LogContext)
+            .create_with_context(secretlog_state::kafka::LogContext)
             .map_err(|e| WriterError::NotReady(format!("claim producer: {e}")))?;
     let record = FutureRecord::<[u8], [u8]>::to(topic).payload(leader_url.as_bytes()).partition(0);
     match producer.send(record, timeout).await {

@@ -1,7 +1,7 @@
 //! Errors of the write path.
 
-use secretlog_reader::ReaderError;
-use secretlog_reader::api::{ApiError, ErrorKind};
+use secretlog_node::api::{ApiError, ErrorKind};
+use secretlog_state::NodeError;
 
 /// What can stop a write; mapped to HTTP once, in `From<WriterError> for ApiError`.
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +27,14 @@ pub enum WriterError {
     #[error("sealing failed: {0}")]
     Seal(#[from] secretlog_schemas::SealError),
     #[error(transparent)]
-    Reader(#[from] ReaderError),
+    Reader(#[from] NodeError),
     #[error("root token file {path}: {source}")]
     TokenFile { path: String, source: std::io::Error },
 }
 
 impl WriterError {
     /// What kind of failure this is for a client (mapped to a status in one place:
-    /// `secretlog_reader::api::ErrorKind`): a failure of the log or of leadership is worth a
+    /// `secretlog_state::ErrorKind`): a failure of the log or of leadership is worth a
     /// retry, a halted partition is not, a sealing or token-file failure is internal.
     pub fn kind(&self) -> ErrorKind {
         match self {

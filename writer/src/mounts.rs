@@ -12,12 +12,12 @@
 //! Only KV version 2 is served: an enable of anything else is refused, saying so.
 
 use rand::RngCore;
-use secretlog_reader::api::{ApiError, ApiRequest};
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::mounts::{DefaultMount, Mounts};
+use secretlog_node::api::{ApiError, ApiRequest};
 use secretlog_schemas::Operation;
 use secretlog_schemas::event::MOUNTS_CONTROL_NAME;
 use secretlog_schemas::mount::{MountRecord, normalize_mount_path, overlaps};
+use secretlog_state::materializer::now_ms;
+use secretlog_state::mounts::{DefaultMount, Mounts};
 use serde_json::{Map, Value};
 
 use crate::request::Command;

@@ -6,17 +6,17 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use secretlog_reader::ReaderError;
-use secretlog_reader::api::forward::Forwarder;
-use secretlog_reader::api::health::{HealthInput, Role, health};
-use secretlog_reader::api::kv::Freshness;
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse, node_handler};
-use secretlog_reader::config::ReadMode;
-use secretlog_reader::context::ReadContext;
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
+use secretlog_node::api::forward::Forwarder;
+use secretlog_node::api::health::{HealthInput, Role, health};
+use secretlog_node::api::kv::Freshness;
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, node_handler};
+use secretlog_node::config::ReadMode;
+use secretlog_node::context::ReadContext;
+use secretlog_node::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
 use secretlog_schemas::topic::HEADER_INDEX;
 use secretlog_schemas::{Event, Keyring, Operation, encode_event};
+use secretlog_state::NodeError;
+use secretlog_state::materializer::now_ms;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -63,12 +63,12 @@ struct WriterNode {
 
 /// Start a writer; it runs until `cancel` fires.
 pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<RunningNode, WriterError> {
-    secretlog_reader::telemetry::prometheus();
-    secretlog_reader::kafka::configure(cfg.log.kafka_config.as_deref())?;
+    secretlog_node::telemetry::prometheus();
+    secretlog_state::kafka::configure(cfg.log.kafka_config.as_deref())?;
     crate::rotate::set_rewrap_rate(cfg.rewrap_rate);
-    let listener = secretlog_reader::api::bind(cfg.listen).await?;
+    let listener = secretlog_node::api::bind(cfg.listen).await?;
     let addr = listener.local_addr().map_err(|e| WriterError::NotReady(e.to_string()))?;
-    let serve = secretlog_reader::api::ServeOptions::new(cfg.log_max_request_bytes(), &cfg.http)?;
+    let serve = secretlog_node::api::ServeOptions::new(cfg.log_max_request_bytes(), &cfg.http)?;
     let keys = Keys::new("writer", &cfg.log, cancel.clone())?;
     let advertise = cfg.advertise_url.clone().unwrap_or_else(|| format!("{}://{addr}", cfg.http.scheme()));
     let node = Arc::new(WriterNode {
@@ -100,7 +100,7 @@ impl WriterConfig {
 impl WriterNode {
     /// What a writer runs while unsealed: its materializer and its election campaign. Sealing
     /// cancels both — a leader steps down and leaves the group, so another writer takes over.
-    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, ReaderError> {
+    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, NodeError> {
         let (ctx, join) = open_state(&self.cfg.log, &self.cfg.data_dir, &self.name, keyring, cancel.clone()).await?;
         let unsealed = Unsealed::new(ctx.clone(), cancel.clone());
         unsealed.spawn(async move {
@@ -222,7 +222,7 @@ impl WriterNode {
         let log = &self.cfg.log;
         let (b, t) = (log.bootstrap.clone(), log.topic.clone());
         let partitions = tokio::task::spawn_blocking(move || {
-            secretlog_reader::kafka::partition_count(&b, &t, Duration::from_secs(5))
+            secretlog_state::kafka::partition_count(&b, &t, Duration::from_secs(5))
         })
         .await
         .map_err(|e| WriterError::NotReady(e.to_string()))??;
@@ -368,9 +368,9 @@ impl WriterNode {
         let leading = !self.fenced.load(Ordering::SeqCst) && self.state() == WriterState::Active;
         if leading {
             let since = self.active_since_ms.load(Ordering::SeqCst);
-            return secretlog_reader::api::sys::leader(true, Some(&self.advertise), Some(since));
+            return secretlog_node::api::sys::leader(true, Some(&self.advertise), Some(since));
         }
-        secretlog_reader::api::sys::leader(false, self.leader_url().as_deref(), None)
+        secretlog_node::api::sys::leader(false, self.leader_url().as_deref(), None)
     }
 
     /// The leader the log announced, unless that is this node.
@@ -404,12 +404,12 @@ impl WriterNode {
         // state that includes it: the writer's own copy applies its commits a moment after them.
         ctx.wait_for_index(&req).await?;
         let timeout = Duration::from_millis(self.cfg.write_timeout_ms * 2 + 1000);
-        if secretlog_reader::api::auth_methods::is_login(ctx, &req).await? {
+        if secretlog_node::api::auth_methods::is_login(ctx, &req).await? {
             // No token: the login is what gets one.
             let app = crate::auth_methods::Appender { ctx, queue: self.write_queue()?, timeout };
             return crate::auth_methods::write(&app, &req, None).await;
         }
-        let who = secretlog_reader::api::auth::authorize(ctx, &req).await?;
+        let who = secretlog_node::api::auth::authorize(ctx, &req).await?;
         if crate::auth_methods::handles(&req) {
             let app = crate::auth_methods::Appender { ctx, queue: self.write_queue()?, timeout };
             return crate::auth_methods::write(&app, &req, Some(&who)).await;
@@ -579,7 +579,7 @@ impl WriterNode {
             Freshness::Fresh => {}
             Freshness::Stale => {
                 return Err(ApiError::new(
-                    secretlog_reader::api::ErrorKind::NotYetApplied,
+                    secretlog_state::ErrorKind::NotYetApplied,
                     "this node has not yet applied the requested index",
                 ));
             }

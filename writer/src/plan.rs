@@ -4,12 +4,12 @@
 //! The state comes from the writer's own materializer, which runs the reader crate's code, so
 //! what is checked here is exactly what every reader will compute.
 
-use secretlog_reader::api::ApiError;
-use secretlog_reader::api::response::vault_time;
-use secretlog_reader::state;
+use secretlog_node::api::ApiError;
+use secretlog_node::api::response::vault_time;
 use secretlog_schemas::metadata::SecretMeta;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::{Event, Keyring, MetadataUpdate, Operation};
+use secretlog_state::model;
 use serde_json::{Map, Value, json};
 
 use secretlog_schemas::event::MAX_CUSTOM_METADATA;
@@ -136,7 +136,7 @@ fn changing(meta: Option<&SecretMeta>, op: Operation, ts: i64) -> Result<Planned
         path: String::new(),
         op,
     };
-    match state::apply(Some(m), &probe) {
+    match model::apply(Some(m), &probe) {
         Ok(effect) if effect.meta.as_ref() == Some(m) && effect.remove_values.is_empty() => {
             Ok(Planned::Done { status: 204 })
         }

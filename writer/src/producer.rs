@@ -36,7 +36,7 @@ use futures::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use secretlog_reader::kafka::LogContext;
+use secretlog_state::kafka::LogContext;
 
 use crate::error::WriterError;
 
@@ -78,7 +78,7 @@ pub struct TxProducer {
 
 /// Producer settings for the leader writer.
 pub fn producer_config(bootstrap: &str, transactional_id: &str, txn_timeout_ms: u64) -> ClientConfig {
-    let mut c = secretlog_reader::kafka::client_config(bootstrap);
+    let mut c = secretlog_state::kafka::client_config(bootstrap);
     c.set("transactional.id", transactional_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -136,7 +136,7 @@ async fn serve_deliveries<F: Future + Unpin>(
 /// delivery report, re-sends deduplicated by the broker, order kept per partition with up to five
 /// requests in flight. `message_timeout_ms` bounds how long librdkafka retries a record.
 pub fn idempotent_config(bootstrap: &str, message_timeout_ms: u64) -> ClientConfig {
-    let mut c = secretlog_reader::kafka::client_config(bootstrap);
+    let mut c = secretlog_state::kafka::client_config(bootstrap);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")

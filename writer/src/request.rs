@@ -11,11 +11,11 @@
 
 use std::collections::BTreeMap;
 
-use secretlog_reader::api::{ApiError, ApiRequest};
-use secretlog_reader::mounts::{DefaultMount, Mounts};
+use secretlog_node::api::{ApiError, ApiRequest};
 use secretlog_schemas::MetadataUpdate;
 use secretlog_schemas::event::{MAX_CUSTOM_METADATA, MAX_CUSTOM_METADATA_LEN, MAX_VERSIONS_PER_EVENT};
 use secretlog_schemas::path::validate_secret_path;
+use secretlog_state::mounts::{DefaultMount, Mounts};
 use serde_json::{Map, Value};
 
 pub(crate) mod fields;
@@ -316,7 +316,7 @@ pub fn parse(req: &ApiRequest, mount: &str, rest: &str, max_value_bytes: usize) 
             let size = serde_json::to_vec(&data).map(|v| v.len()).unwrap_or(usize::MAX);
             if size > max_value_bytes {
                 return Err(ApiError::new(
-                    secretlog_reader::api::ErrorKind::TooLarge,
+                    secretlog_state::ErrorKind::TooLarge,
                     format!("secret data is {size} bytes; the limit is {max_value_bytes}"),
                 ));
             }
@@ -353,7 +353,7 @@ fn merge_patch_content_type(req: &ApiRequest) -> Result<(), ApiError> {
         return Ok(());
     }
     Err(ApiError::new(
-        secretlog_reader::api::ErrorKind::UnsupportedMediaType,
+        secretlog_state::ErrorKind::UnsupportedMediaType,
         format!("PATCH requires Content-Type of application/merge-patch+json, provided {ct}"),
     ))
 }

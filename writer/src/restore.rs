@@ -19,13 +19,13 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use secretlog_reader::api::{ApiError, ApiRequest};
-use secretlog_reader::mounts::{DefaultMount, Mounts};
+use secretlog_node::api::{ApiError, ApiRequest};
 use secretlog_schemas::Keyring;
 use secretlog_schemas::metadata::SecretMeta;
 use secretlog_schemas::mount::{KV, MountRecord, normalize_mount_path};
 use secretlog_schemas::path::validate_secret_path;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
+use secretlog_state::mounts::{DefaultMount, Mounts};
 use serde::{Deserialize, Serialize};
 
 use crate::mounts::MountChange;

@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use secretlog_reader::api::auth::Identity;
-use secretlog_reader::api::key_status::{self, Throttle, remaining};
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
-use secretlog_reader::context::ReadContext;
+use secretlog_node::api::auth::Identity;
+use secretlog_node::api::key_status::{self, Throttle, remaining};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_node::context::ReadContext;
 use secretlog_schemas::event::KEYRING_CONTROL_NAME;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::topic::HEADER_INDEX;
@@ -53,7 +53,7 @@ use crate::request::Command;
 /// Vault's rotate endpoint.
 pub const ROTATE_PATH: &str = "v1/sys/rotate";
 /// Vault's key-status endpoint, with secretlog's per-term counts (answered by
-/// [`secretlog_reader::api::key_status`], on readers too).
+/// [`secretlog_node::api::key_status`], on readers too).
 pub const KEY_STATUS_PATH: &str = key_status::KEY_STATUS_PATH;
 /// Retire a key term nothing is sealed under any more.
 pub const RETIRE_PATH: &str = "v1/sys/secretlog/retire-term";
@@ -282,12 +282,12 @@ fn check_retire(term: u32, active: u32, retired: bool, values: u64) -> Result<Re
 async fn high_watermarks(cfg: &WriterConfig) -> Result<BTreeMap<i32, i64>, ApiError> {
     let (bootstrap, topic) = (cfg.log.bootstrap.clone(), cfg.log.topic.clone());
     tokio::task::spawn_blocking(move || {
-        let n = secretlog_reader::kafka::partition_count(&bootstrap, &topic, Duration::from_secs(5))?;
+        let n = secretlog_state::kafka::partition_count(&bootstrap, &topic, Duration::from_secs(5))?;
         let consumer: BaseConsumer =
-            secretlog_reader::kafka::consumer_config(&bootstrap, "secretlog-rotate-watermarks").create()?;
+            secretlog_state::kafka::consumer_config(&bootstrap, "secretlog-rotate-watermarks").create()?;
         (0..n)
             .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))?.1)))
-            .collect::<Result<BTreeMap<i32, i64>, secretlog_reader::ReaderError>>()
+            .collect::<Result<BTreeMap<i32, i64>, secretlog_state::NodeError>>()
     })
     .await
     .map_err(|e| ApiError::unavailable(format!("reading the log's end: {e}")))?

@@ -15,11 +15,11 @@
 //! applied) allows a route: both are watch channels, nothing polls on a timer. After
 //! `--leader-wait-ms` the write is answered 503, saying what it waited for. Holding happens before
 //! any byte of the request is sent anywhere, and a forward is sent again after a wait only when it
-//! provably never left ([`secretlog_reader::api::forward::NotSent`]), so rule 7 (forward at most
+//! provably never left ([`secretlog_node::api::forward::NotSent`]), so rule 7 (forward at most
 //! once) holds.
 
-use secretlog_reader::materializer::Progress;
-use secretlog_reader::store::LeaderRecord;
+use secretlog_state::materializer::Progress;
+use secretlog_state::store::LeaderRecord;
 use tokio::sync::watch;
 use tokio::time::Instant;
 

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
-use secretlog_reader::context::ReadContext;
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::store::keys;
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_node::context::ReadContext;
 use secretlog_schemas::Operation;
+use secretlog_state::materializer::now_ms;
+use secretlog_state::store::keys;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;

@@ -11,11 +11,11 @@ use std::sync::OnceLock;
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use secretlog_reader::api::auth_methods::{client_ip, ip_in_any};
-use secretlog_reader::api::{ApiError, ApiRequest, ApiResponse};
-use secretlog_reader::store::keys;
+use secretlog_node::api::auth_methods::{client_ip, ip_in_any};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse};
 use secretlog_schemas::Operation;
 use secretlog_schemas::auth::{AuthObjectKind, UserRecord};
+use secretlog_state::store::keys;
 use zeroize::Zeroizing;
 
 use crate::auth::{Issue, body, duration, settle_policies};

@@ -3,8 +3,8 @@
 //! writer's parser and the ACL requirement mapping every node uses. No panic, and every refusal
 //! is a 4xx with a reason — bad input never becomes a 5xx.
 
-use secretlog_reader::api::ApiRequest;
-use secretlog_reader::api::auth::need;
+use secretlog_node::api::ApiRequest;
+use secretlog_node::api::auth::need;
 use secretlog_schemas::fuzz::Mutator;
 
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "LIST", "HEAD"];
@@ -43,7 +43,7 @@ fn request_parsing_survives_generated_requests() {
             req.query.insert("version".into(), String::from_utf8_lossy(&m.bytes(4)).into_owned());
         }
         let _ = need(&req, Some("secret"), |_| m.below(2) == 0);
-        let (mounts, default) = (Default::default(), secretlog_reader::mounts::DefaultMount::new("secret"));
+        let (mounts, default) = (Default::default(), secretlog_state::mounts::DefaultMount::new("secret"));
         match secretlog_writer::request::parse_on(&req, &mounts, &default, 64 * 1024) {
             Ok(_) => ok += 1,
             Err(e) => {

@@ -56,7 +56,7 @@ pub(super) fn summary(name: &str, param: usize, ops: u64, errors: u64, secs: f64
 }
 
 pub(crate) fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(secretlog_reader::api::tls::client_builder(None)?
+    Ok(secretlog_node::api::tls::client_builder(None)?
         .pool_max_idle_per_host(pool)
         .timeout(Duration::from_secs(30))
         .build()?)

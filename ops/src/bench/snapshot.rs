@@ -1,6 +1,6 @@
 //! `secretlog bench snapshot`: how long a snapshot of N secrets takes to create, and how long a
 //! new reader takes to bootstrap from it — the replicator's and the reader's own code paths
-//! ([`secretlog_replicator::snapshot::create`], [`secretlog_reader::bootstrap::bootstrap_if_empty`]),
+//! ([`secretlog_replicator::snapshot::create`], [`secretlog_state::bootstrap::bootstrap_if_empty`]),
 //! run in this process against a real SlateDB store and a real object store.
 //!
 //! The source state is built by applying `Put` events through the materializer's pure `apply`
@@ -12,12 +12,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use secretlog_reader::objects::Objects;
-use secretlog_reader::state::apply;
-use secretlog_reader::store::{ApplyBatch, PartitionState, Store, StoreConfig, keys};
 use secretlog_schemas::keyring::{Keyring, RootKey};
 use secretlog_schemas::sealed::{SealContext, SealedValue};
 use secretlog_schemas::{Event, Operation};
+use secretlog_state::model::apply;
+use secretlog_state::objects::Objects;
+use secretlog_state::store::{ApplyBatch, PartitionState, Store, StoreConfig, keys};
 use serde_json::{Value, json};
 
 const TOPIC: &str = "bench.snapshot";
@@ -51,7 +51,7 @@ pub(super) async fn fill(
             let sealed = SealedValue::seal(keyring, &ctx, &plaintext)?.encode();
             let event = Event {
                 event_id: rand::random(),
-                timestamp_ms: secretlog_reader::materializer::now_ms(),
+                timestamp_ms: secretlog_state::materializer::now_ms(),
                 writer_epoch: 1,
                 revision: None,
                 mount: "secret".into(),
@@ -149,7 +149,7 @@ pub(super) async fn run(sizes: &[usize], value_bytes: usize, work: &Path) -> any
 
         let target = Store::open(&store_config(&dir.path().join("target"))).await?;
         let started = Instant::now();
-        let id = secretlog_reader::bootstrap::bootstrap_if_empty(&target, &objects, "bench", TOPIC).await?;
+        let id = secretlog_state::bootstrap::bootstrap_if_empty(&target, &objects, "bench", TOPIC).await?;
         let bootstrap_secs = started.elapsed().as_secs_f64();
         anyhow::ensure!(id.as_deref() == Some(manifest.id.as_str()), "bootstrap did not pick the new snapshot");
         let (a, b) = (source.digest().await?, target.digest().await?);

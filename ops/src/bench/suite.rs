@@ -599,7 +599,7 @@ async fn memory(
     let keyring = Keyring::from_root(&key);
     let filling = Instant::now();
     {
-        let store = secretlog_reader::store::Store::open(&super::snapshot::store_config(&data_dir)).await?;
+        let store = secretlog_state::store::Store::open(&super::snapshot::store_config(&data_dir)).await?;
         let path = |i: usize| format!("bench/memory/k{i}");
         super::snapshot::fill(&store, &keyring, n, plan.value_bytes, &path, false).await?;
         store.close().await?;

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use secretlog_reader::objects::Objects;
 use secretlog_schemas::archive::Manifest;
 use secretlog_schemas::{Keyring, RootKey};
+use secretlog_state::objects::Objects;
 
 /// Where the restore points are, and the key that opens them.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,7 +58,7 @@ impl StoreArgs {
 
 /// The snapshot `id`, or the newest when `id` is `latest`.
 pub async fn find_snapshot(objects: &Objects, id: &str) -> anyhow::Result<Manifest> {
-    let all = secretlog_reader::bootstrap::list_snapshots(objects).await?;
+    let all = secretlog_state::bootstrap::list_snapshots(objects).await?;
     if all.is_empty() {
         bail!("no snapshot in {}", objects.url);
     }
@@ -68,7 +68,7 @@ pub async fn find_snapshot(objects: &Objects, id: &str) -> anyhow::Result<Manife
 
 /// An HTTP client for the nodes.
 pub fn http(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(secretlog_reader::api::tls::client_builder(None)?.timeout(timeout).build()?)
+    Ok(secretlog_node::api::tls::client_builder(None)?.timeout(timeout).build()?)
 }
 
 /// Read a token file (tokens never come from the command line).

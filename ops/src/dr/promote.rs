@@ -118,7 +118,7 @@ pub async fn run(args: PromoteArgs) -> anyhow::Result<()> {
         (Some(a), true) => eprintln!("WARNING: promoting although the old primary answers ({a}) because of --force"),
         (None, _) => {}
     }
-    let partitions = secretlog_reader::kafka::partition_count(&args.bootstrap, &args.topic, Duration::from_secs(10))
+    let partitions = secretlog_state::kafka::partition_count(&args.bootstrap, &args.topic, Duration::from_secs(10))
         .with_context(|| {
             format!("the DR cluster {} has no topic {} (run `secretlog reseed` first)", args.bootstrap, args.topic)
         })?;

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-use secretlog_reader::bootstrap::{fetch_snapshot, install};
-use secretlog_reader::materializer::Staging;
-use secretlog_reader::objects::Objects;
-use secretlog_reader::store::{PartitionState, Store, StoreConfig};
 use secretlog_schemas::archive::{Manifest, SnapshotData, decode_segment, parse_segment_name};
 use secretlog_schemas::{ConsistencyToken, Keyring};
+use secretlog_state::bootstrap::{fetch_snapshot, install};
+use secretlog_state::materializer::Staging;
+use secretlog_state::objects::Objects;
+use secretlog_state::store::{PartitionState, Store, StoreConfig};
 
 /// Which state to rebuild: a snapshot, and where the archive replay after it stops.
 #[derive(Debug, Clone, clap::Args)]

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::store::keys;
 use secretlog_schemas::topic::{
     DEFAULT_PARTITIONS, MUTATIONS_TOPIC, control_key, leader_epoch_name, partition_for, record_key,
 };
 use secretlog_schemas::{Event, Keyring, Operation, decode_event, encode_event};
+use secretlog_state::materializer::now_ms;
+use secretlog_state::store::keys;
 use secretlog_writer::producer::{Record, TxProducer};
 use serde_json::json;
 
@@ -80,7 +80,7 @@ enum Found {
 
 /// Read every committed record of `topic` (a fresh cluster's topic is small or empty).
 fn inspect(bootstrap: &str, topic: &str, keyring: &Keyring, marker: &str) -> anyhow::Result<Found> {
-    let c: BaseConsumer = secretlog_reader::kafka::consumer_config(bootstrap, "secretlog-reseed-inspect").create()?;
+    let c: BaseConsumer = secretlog_state::kafka::consumer_config(bootstrap, "secretlog-reseed-inspect").create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
     let mut tpl = TopicPartitionList::new();
@@ -217,7 +217,7 @@ pub fn control_events(control: &[(Vec<u8>, Vec<u8>)], now: i64) -> anyhow::Resul
             // A secret id after its role (and every object after its mount, above).
             auth_objects.push((kind == AuthObjectKind::SecretId, control_name(mount), op));
         } else if k.as_slice() == keys::KEY_TERMS {
-            let terms: secretlog_reader::state::KeyTerms =
+            let terms: secretlog_state::model::KeyTerms =
                 serde_json::from_slice(v).context("the snapshot's key terms are malformed")?;
             for (term, info) in &terms.terms {
                 if *term > 1 {
@@ -257,7 +257,7 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
     crate::kafka::ensure_topic(&args.bootstrap, &args.topic, args.partitions)
         .await
         .with_context(|| format!("creating {} on {}", args.topic, args.bootstrap))?;
-    let partitions = secretlog_reader::kafka::partition_count(&args.bootstrap, &args.topic, Duration::from_secs(10))?;
+    let partitions = secretlog_state::kafka::partition_count(&args.bootstrap, &args.topic, Duration::from_secs(10))?;
     let (b, t, k, s) = (args.bootstrap.clone(), args.topic.clone(), args.store.keyring()?, source.clone());
     match tokio::task::spawn_blocking(move || inspect(&b, &t, &k, &s)).await?? {
         Found::Empty => {}
@@ -339,14 +339,14 @@ pub async fn reseed(args: &ReseedArgs) -> anyhow::Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secretlog_reader::materializer::Staging;
-    use secretlog_reader::store::{PartitionState, Store, StoreConfig};
     use secretlog_schemas::auth::{
         AppRoleRecord, AuthMountRecord, AuthObjectKind, SecretIdRecord, TokenRecord, UserRecord, control_name,
     };
     use secretlog_schemas::event::{AUDIT_CONTROL_NAME, KEYRING_CONTROL_NAME, MOUNTS_CONTROL_NAME};
     use secretlog_schemas::mount::MountRecord;
     use secretlog_schemas::{RootKey, audit::AuditDeviceRecord};
+    use secretlog_state::materializer::Staging;
+    use secretlog_state::store::{PartitionState, Store, StoreConfig};
     use std::sync::Arc;
 
     async fn store(dir: &std::path::Path) -> Arc<Store> {

@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use secretlog_reader::bootstrap::fetch_snapshot;
-use secretlog_reader::mounts::{DefaultMount, Mounts};
-use secretlog_reader::store::keys::MOUNT_PREFIX;
 use secretlog_schemas::ConsistencyToken;
 use secretlog_schemas::archive::SnapshotData;
 use secretlog_schemas::mount::MountRecord;
+use secretlog_state::bootstrap::fetch_snapshot;
+use secretlog_state::mounts::{DefaultMount, Mounts};
+use secretlog_state::store::keys::MOUNT_PREFIX;
 use secretlog_writer::restore::{RestoreRequest, RestoredMount, RestoredSecret};
 use serde_json::{Value, json};
 

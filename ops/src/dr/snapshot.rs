@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use object_store::ObjectStoreExt;
-use secretlog_reader::bootstrap::{install, list_snapshots};
-use secretlog_reader::materializer::now_ms;
-use secretlog_reader::store::{Store, StoreConfig};
 use secretlog_schemas::archive::{Manifest, check_format, decode_snapshot};
 use secretlog_schemas::metadata::SecretMeta;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
+use secretlog_state::bootstrap::{install, list_snapshots};
+use secretlog_state::materializer::now_ms;
+use secretlog_state::store::{Store, StoreConfig};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

@@ -24,7 +24,7 @@ const TOPIC_VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
 type Admin = AdminClient<DefaultClientContext>;
 
 fn admin(bootstrap: &str) -> Result<Admin, KafkaError> {
-    secretlog_reader::kafka::client_config(bootstrap)
+    secretlog_state::kafka::client_config(bootstrap)
         .create()
         .map_err(|e| KafkaError::Client { op: format!("admin client for {bootstrap}"), source: e })
 }
@@ -135,7 +135,7 @@ pub async fn probe(bootstrap: &str, attempt_timeout: Duration) -> Result<(), Str
     view.check_brokers()?;
     view.check_topics()?;
 
-    let producer: FutureProducer = secretlog_reader::kafka::client_config(bootstrap)
+    let producer: FutureProducer = secretlog_state::kafka::client_config(bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "0")

@@ -88,12 +88,12 @@ async fn no_plaintext_in_kafka_slatedb_or_the_disk_cache() {
     s.writer.stop();
     s.readers[0].stop();
     for name in [s.writer.name.clone(), s.readers[0].name.clone()] {
-        let cfg = secretlog_reader::store::StoreConfig {
+        let cfg = secretlog_state::store::StoreConfig {
             dir: s.dir.path().join(&name),
             cache_memory_bytes: 1 << 20,
             cache_disk_bytes: 0,
         };
-        let store = secretlog_reader::store::Store::open(&cfg).await.expect("opening a stopped node's store");
+        let store = secretlog_state::store::Store::open(&cfg).await.expect("opening a stopped node's store");
         let rows = store.scan(b"").await.unwrap();
         // The paths are in the keys: the scan sees the store's decoded contents.
         assert!(rows.iter().any(|(k, _)| contains(k, b"canary/19")), "{name}: the scan saw no canary path");

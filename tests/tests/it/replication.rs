@@ -8,8 +8,8 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use secretlog_reader::objects::Objects;
 use secretlog_schemas::archive::{decode_segment, parse_segment_name};
+use secretlog_state::objects::Objects;
 use serde_json::{Value, json};
 
 use crate::harness::{Node, Stack, StackOpts, call, eventually, shared};

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use secretlog_ops::process;
-use secretlog_reader::objects::Objects;
+use secretlog_state::objects::Objects;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;

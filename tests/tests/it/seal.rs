@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use secretlog_reader::unseal::{combine, parse_share};
+use secretlog_node::unseal::{combine, parse_share};
 use serde_json::{Value, json};
 
 use crate::harness::{Node, call, node, shared};

@@ -50,7 +50,7 @@ async fn secretlog_up_runs_the_stack_and_stops_it_cleanly() {
     })
     .await;
     assert_eq!(stack["topic"], topic.as_str());
-    let partitions = secretlog_reader::kafka::partition_count(&cluster.bootstrap, &topic, Duration::from_secs(10));
+    let partitions = secretlog_state::kafka::partition_count(&cluster.bootstrap, &topic, Duration::from_secs(10));
     assert_eq!(partitions.unwrap(), 2, "`up --partitions 2` creates the topic with 2 partitions");
     assert_eq!(stack["writers"].as_array().unwrap().len(), 2);
     let readers = stack["readers"].as_array().unwrap();

@@ -14,7 +14,7 @@ use crate::harness::{Answer, Stack, StackOpts, call, client, shared, try_call};
 
 /// `--max-staleness` of the reader under test, seconds.
 const BOUND_S: f64 = 3.0;
-/// The reader's last-stable-offset query timeout (reader/src/materializer.rs `QUERY_TIMEOUT`).
+/// The reader's last-stable-offset query timeout (state/src/materializer.rs `QUERY_TIMEOUT`).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// `--consistency-wait-ms`: how long a read past the bound waits for a confirmation before 503.
 const CONSISTENCY_WAIT: Duration = Duration::from_millis(500);

@@ -1,7 +1,7 @@
 //! Field values decoded as Vault's request framework decodes them (Go's weakly typed decoding),
 //! with its error messages: integers, booleans and durations.
 
-use secretlog_reader::api::ApiError;
+use secretlog_node::api::ApiError;
 use serde_json::Value;
 
 /// 400 for a field whose value does not decode, worded as Vault's request framework words it.

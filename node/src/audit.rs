@@ -57,7 +57,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::api::auth::Identity;
-use crate::api::{ApiError, ApiRequest, ApiResponse, Handler};
+use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, Route};
 use crate::config::LogConfig;
 use crate::context::ReadContext;
 use secretlog_state::error::NodeError;
@@ -662,9 +662,9 @@ impl Auditor {
     /// `GET sys/audit` and `sys/audit-hash/<device>`, answered with this node's devices (audited
     /// like any request); `None` for every other request.
     async fn answer(&self, req: &ApiRequest, devices: &[Arc<Mounted>]) -> Option<ApiResponse> {
-        let list = req.method == "GET" && req.path == "v1/sys/audit";
-        let hash =
-            crate::api::sys::audit_hash_device(&req.path).filter(|_| matches!(req.method.as_str(), "POST" | "PUT"));
+        let list = req.method == "GET" && req.route() == Route::Audit;
+        let hash = crate::api::sys::audit_hash_device(&req.path)
+            .filter(|_| req.route() == Route::AuditHash && matches!(req.method.as_str(), "POST" | "PUT"));
         if !list && hash.is_none() {
             return None;
         }

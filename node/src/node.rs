@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroize;
 
 use crate::api::seal::{SealStatus, UnsealRequest, authorize_seal, parse_unseal};
-use crate::api::{ApiError, ApiRequest, ApiResponse, Handler};
+use crate::api::{ApiError, ApiRequest, ApiResponse, Handler, Route, node_handler};
 use crate::audit::Auditor;
 use crate::config::LogConfig;
 use crate::context::ReadContext;
@@ -106,6 +106,57 @@ pub fn metrics_response() -> ApiResponse {
         headers: vec![("content-type".into(), "text/plain; version=0.0.4".into())],
         body: text.into_bytes(),
     }
+}
+
+/// What a node adds to the runtime: how it reports its health (and the leader), how it opens its
+/// state for an unsealed lifetime, and how it answers a request once the opening steps every node
+/// shares have passed ([`serve`]).
+pub trait Role: Send + Sync + 'static {
+    /// Its root-key state.
+    fn keys(&self) -> &Arc<Keys>;
+    /// `sys/health` as this node answers it.
+    fn health(&self, req: &ApiRequest) -> ApiResponse;
+    /// `GET sys/leader`, if this node answers it.
+    fn leader(&self) -> Option<ApiResponse> {
+        None
+    }
+    /// Start its state for one unsealed lifetime.
+    fn open(
+        self: Arc<Self>,
+        keyring: Arc<Keyring>,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<Unsealed, NodeError>> + Send;
+    /// Answer a request from the unsealed lifetime (the role's own steps: the consistency wait,
+    /// authorization, staleness, then the route's handler).
+    fn answer(self: Arc<Self>, unsealed: Arc<Unsealed>, req: ApiRequest) -> impl Future<Output = ApiResponse> + Send;
+}
+
+/// The handler of a node: every request goes through [`serve`].
+pub fn handler<R: Role>(node: Arc<R>) -> Handler {
+    node_handler(node, serve)
+}
+
+/// The opening steps every node runs on a request, in one order, by its [`Route`]: health,
+/// metrics and `sys/leader` (no token, answered while sealed); then the seal endpoints, and
+/// nothing while sealed ([`Keys::open_request`]); then the role's answer.
+pub async fn serve<R: Role>(node: Arc<R>, mut req: ApiRequest) -> ApiResponse {
+    match req.route() {
+        Route::Health => return node.health(&req),
+        Route::Metrics => return metrics_response(),
+        Route::Leader if req.method == "GET" => {
+            if let Some(resp) = node.leader() {
+                return resp;
+            }
+        }
+        _ => {}
+    }
+    let keys = node.keys().clone();
+    let opener = node.clone();
+    let unsealed = match keys.open_request(&mut req, move |k, c| opener.open(k, c)).await {
+        Ok(u) => u,
+        Err(resp) => return resp,
+    };
+    node.answer(unsealed, req).await
 }
 
 /// What a node runs while it holds the root key: the state it answers from, the audit device
@@ -325,11 +376,11 @@ impl Keys {
     /// enough shares are in.
     pub async fn answer(&self, req: &mut ApiRequest, open: impl Opener) -> Option<ApiResponse> {
         let (get, put) = (req.method == "GET", matches!(req.method.as_str(), "PUT" | "POST"));
-        Some(match req.path.as_str() {
-            "v1/sys/seal-status" if get => self.status(),
-            "v1/sys/unseal" if put => self.unseal_api(req, open).await,
-            "v1/sys/seal" if put => self.seal_api(req).await,
-            "v1/sys/seal-status" | "v1/sys/unseal" | "v1/sys/seal" => ApiError::method_not_allowed().into(),
+        Some(match req.route() {
+            Route::SealStatus if get => self.status(),
+            Route::Unseal if put => self.unseal_api(req, open).await,
+            Route::Seal if put => self.seal_api(req).await,
+            Route::SealStatus | Route::Unseal | Route::Seal => ApiError::method_not_allowed().into(),
             _ => return None,
         })
     }

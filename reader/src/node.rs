@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use secretlog_node::api::health::{HealthInput, Role, health};
 use secretlog_node::api::kv::Freshness;
-use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, ErrorKind, forward::Forwarder, node_handler};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, ErrorKind, forward::Forwarder};
 use secretlog_node::config::ReadMode;
 use secretlog_node::context::ReadContext;
-use secretlog_node::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
+use secretlog_node::node::{Keys, Role as NodeRole, RunningNode, Unsealed, open_state};
 use secretlog_schemas::topic::HEADER_INDEX;
 use secretlog_schemas::{ConsistencyToken, Keyring};
 use secretlog_state::NodeError;
@@ -38,8 +38,9 @@ pub async fn start(cfg: ReaderConfig, cancel: CancellationToken) -> Result<Runni
     let sessions = Sessions::new(cfg.session_max_tokens, SESSION_TTL);
     let node =
         Arc::new(ReaderNode { keys: keys.clone(), forwarder, region, name, cfg: cfg.clone(), max_staleness, sessions });
-    keys.start(|k, c| node.open(k, c)).await?;
-    let handler = node_handler(node.clone(), |node, req| async move { node.handle(req).await });
+    let opener = node.clone();
+    keys.start(move |k, c| opener.open(k, c)).await?;
+    let handler = secretlog_node::node::handler(node.clone());
     tracing::info!(%addr, region = %node.region, "reader listening");
     Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
 }
@@ -60,9 +61,31 @@ struct ReaderNode {
 /// having, so an entry only expires on a node that would not serve locally anyway.
 const SESSION_TTL: Duration = Duration::from_secs(60);
 
-impl ReaderNode {
+impl NodeRole for ReaderNode {
+    fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    fn health(&self, req: &ApiRequest) -> ApiResponse {
+        let input = HealthInput {
+            lease_left: None,
+            role: Role::Reader { region: self.region.clone() },
+            sealed: self.keys.sealed_reason(),
+            progress: self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone()),
+            max_lag_seconds: self.cfg.max_lag_seconds,
+            max_staleness: Some(self.max_staleness),
+            unavailable: None,
+        };
+        health(&input, req)
+    }
+
+    fn leader(&self) -> Option<ApiResponse> {
+        let leader = self.keys.current().and_then(|u| self.leader_url(&u.ctx));
+        Some(secretlog_node::api::sys::leader(false, leader.as_deref(), None))
+    }
+
     /// Start materializing: what a reader runs while unsealed.
-    async fn open(&self, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, NodeError> {
+    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, NodeError> {
         let (mut ctx, join) =
             open_state(&self.cfg.log, &self.cfg.data_dir, &self.name, keyring, cancel.clone()).await?;
         ctx.consistency_wait = Duration::from_millis(self.cfg.consistency_wait_ms);
@@ -74,35 +97,8 @@ impl ReaderNode {
         Ok(unsealed)
     }
 
-    fn leader_url(&self, ctx: &ReadContext) -> Option<String> {
-        ctx.materializer.progress.borrow().leader.as_ref().map(|l| l.url.clone())
-    }
-
-    async fn handle(&self, mut req: ApiRequest) -> ApiResponse {
-        match req.path.as_str() {
-            "v1/sys/health" => {
-                let input = HealthInput {
-                    lease_left: None,
-                    role: Role::Reader { region: self.region.clone() },
-                    sealed: self.keys.sealed_reason(),
-                    progress: self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone()),
-                    max_lag_seconds: self.cfg.max_lag_seconds,
-                    max_staleness: Some(self.max_staleness),
-                    unavailable: None,
-                };
-                return health(&input, &req);
-            }
-            "metrics" => return metrics_response(),
-            "v1/sys/leader" if req.method == "GET" => {
-                let leader = self.keys.current().and_then(|u| self.leader_url(&u.ctx));
-                return secretlog_node::api::sys::leader(false, leader.as_deref(), None);
-            }
-            _ => {}
-        }
-        let unsealed = match self.keys.open_request(&mut req, |k, c| self.open(k, c)).await {
-            Ok(u) => u,
-            Err(resp) => return resp,
-        };
+    /// A write goes to the leader; a read is answered here as its mode allows.
+    async fn answer(self: Arc<Self>, unsealed: Arc<Unsealed>, req: ApiRequest) -> ApiResponse {
         let ctx = &unsealed.ctx;
         if req.is_write() {
             let forwarder = self.forwarder.vouching(ctx.keyring.clone());
@@ -114,6 +110,12 @@ impl ReaderNode {
             Ok(r) => r,
             Err(e) => ApiResponse::from(e).with_header(secretlog_schemas::topic::HEADER_APPLIED, ctx.applied_token()),
         }
+    }
+}
+
+impl ReaderNode {
+    fn leader_url(&self, ctx: &ReadContext) -> Option<String> {
+        ctx.materializer.progress.borrow().leader.as_ref().map(|l| l.url.clone())
     }
 
     /// Note where a forwarded write landed for its token's session reads: its index when

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStoreExt;
-use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, node_handler};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, Route};
 use secretlog_node::config::LogConfig;
 use secretlog_node::context::ReadContext;
-use secretlog_node::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
+use secretlog_node::node::{Keys, Role as NodeRole, RunningNode, Unsealed, open_state};
 use secretlog_schemas::Keyring;
 use secretlog_state::NodeError;
 use secretlog_state::materializer::now_ms;
@@ -66,16 +66,39 @@ pub async fn start(cfg: ReplicatorConfig, cancel: CancellationToken) -> Result<R
         snapshot_lock: Mutex::new(()),
         cluster: std::sync::OnceLock::new(),
     });
-    keys.start(|k, c| node.clone().open(k, c)).await?;
-    let handler = node_handler(node.clone(), |node, req| async move { node.handle(req).await });
+    let opener = node.clone();
+    keys.start(move |k, c| opener.open(k, c)).await?;
+    let handler = secretlog_node::node::handler(node.clone());
     tracing::info!(%addr, objects = %node.objects.url, "replicator listening");
     Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
+}
+
+impl NodeRole for ReplicatorNode {
+    fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    fn health(&self, _req: &ApiRequest) -> ApiResponse {
+        self.health_response()
+    }
+
+    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, NodeError> {
+        self.open_lifetime(keyring, cancel).await
+    }
+
+    async fn answer(self: Arc<Self>, unsealed: Arc<Unsealed>, req: ApiRequest) -> ApiResponse {
+        self.answer_unsealed(&unsealed.ctx, req).await
+    }
 }
 
 impl ReplicatorNode {
     /// What the replicator runs while unsealed: the materializer, the archiver, the snapshot
     /// schedule and the report of the newest snapshot — all stopped by sealing.
-    async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, NodeError> {
+    async fn open_lifetime(
+        self: Arc<Self>,
+        keyring: Arc<Keyring>,
+        cancel: CancellationToken,
+    ) -> Result<Unsealed, NodeError> {
         let (ctx, join) = open_state(&self.log, &self.cfg.data_dir, "replicator", keyring, cancel.clone()).await?;
         let unsealed = Unsealed::new(ctx.clone(), cancel.clone());
         unsealed.spawn(async move {
@@ -233,17 +256,9 @@ impl ReplicatorNode {
         Ok(cluster)
     }
 
-    async fn handle(self: &Arc<Self>, mut req: ApiRequest) -> ApiResponse {
-        match req.path.as_str() {
-            "v1/sys/health" => return self.health(),
-            "metrics" => return metrics_response(),
-            _ => {}
-        }
-        let unsealed = match self.keys.open_request(&mut req, |k, c| self.clone().open(k, c)).await {
-            Ok(u) => u,
-            Err(resp) => return resp,
-        };
-        let ctx = &unsealed.ctx;
+    /// The replicator's own steps once unsealed: the consistency wait, authorization (catching
+    /// up with the log once before refusing a token it does not know), then the snapshot routes.
+    async fn answer_unsealed(&self, ctx: &ReadContext, req: ApiRequest) -> ApiResponse {
         // An `X-Secretlog-Index` makes a snapshot (or digest) include that write. The wait comes
         // first (the index may carry the token just created) but a caller learns whether it was
         // met only once authorized, as on a reader.
@@ -275,13 +290,13 @@ impl ReplicatorNode {
             )
             .into();
         }
-        match (req.method.as_str(), req.path.as_str()) {
-            ("GET", "v1/sys/secretlog/digest") => ctx.read(&req).await.unwrap_or_else(ApiResponse::from),
-            ("POST" | "PUT", "v1/sys/secretlog/snapshot") => match self.snapshot(ctx).await {
+        match (req.method.as_str(), req.route()) {
+            ("GET", Route::Digest) => ctx.read(&req).await.unwrap_or_else(ApiResponse::from),
+            ("POST" | "PUT", Route::Snapshot) => match self.snapshot(ctx).await {
                 Ok(m) => ApiResponse::data(&req.request_id, serde_json::to_value(&m).unwrap_or_default()),
                 Err(e) => ApiError::unavailable(format!("snapshot failed: {e}")).into(),
             },
-            ("GET" | "LIST", "v1/sys/secretlog/snapshots") => {
+            ("GET" | "LIST", Route::Snapshots) => {
                 match secretlog_state::bootstrap::list_snapshots(&self.objects).await {
                     Ok(list) => ApiResponse::data(&req.request_id, json!({ "snapshots": list })),
                     Err(e) => ApiError::unavailable(e.to_string()).into(),
@@ -291,7 +306,7 @@ impl ReplicatorNode {
         }
     }
 
-    fn health(&self) -> ApiResponse {
+    fn health_response(&self) -> ApiResponse {
         let status = self.archive.borrow().clone();
         let lag = status.lag_seconds(now_ms());
         let progress = self.keys.current().map(|u| u.ctx.materializer.progress.borrow().clone());

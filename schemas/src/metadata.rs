@@ -1,6 +1,6 @@
 //! A secret's metadata, as JSON: what a store holds under the secret's `s/` key, what snapshots
 //! carry (`secrets.arrow`) and what a [`crate::Operation::RestoreSecret`] carries. The KV v2
-//! state model that changes it (`reader::state`) lives in the reader.
+//! state model that changes it (`state::model`) lives in the reader.
 //!
 //! The JSON is pinned by golden files in `schemas/tests/golden/` (`secret_meta_*_v1.json`). A
 //! field at its default is left out and read back as the default; records written with every

@@ -37,11 +37,6 @@ pub enum AuditChange {
     Disable,
 }
 
-/// Whether `req` is a `sys/audit/<path>` write.
-pub fn handles(req: &ApiRequest) -> bool {
-    req.path.starts_with(PREFIX) && matches!(req.method.as_str(), "POST" | "PUT" | "DELETE")
-}
-
 /// Parse a `sys/audit/<path>` write into its command.
 pub fn parse(req: &ApiRequest) -> Result<Command, ApiError> {
     let raw = req.path.strip_prefix(PREFIX).unwrap_or_default();

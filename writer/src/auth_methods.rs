@@ -27,13 +27,6 @@ use crate::committer::Pending;
 use crate::request::Command;
 use crate::request::fields::go_int;
 
-/// Whether `req` is a write this module answers: `sys/auth/<path>`, or anything under an auth
-/// method's path other than `auth/token/`.
-pub fn handles(req: &ApiRequest) -> bool {
-    req.path.starts_with("v1/sys/auth/")
-        || (req.path.starts_with("v1/auth/") && !req.path.starts_with("v1/auth/token/"))
-}
-
 /// What a handler needs to append events and wait for their answers.
 pub struct Appender<'a> {
     pub ctx: &'a ReadContext,

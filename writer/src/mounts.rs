@@ -55,11 +55,6 @@ pub struct KvConfigUpdate {
     pub delete_version_after_secs: Option<u64>,
 }
 
-/// Whether `path` (with `v1/`) is one of the `sys/mounts` write endpoints.
-pub fn handles(req: &ApiRequest) -> bool {
-    req.path.starts_with("v1/sys/mounts/") && matches!(req.method.as_str(), "POST" | "PUT" | "DELETE")
-}
-
 /// Parse a `sys/mounts/...` write into its command.
 pub fn parse(req: &ApiRequest) -> Result<Command, ApiError> {
     let rest = req.path.strip_prefix("v1/sys/mounts/").unwrap_or_default();

@@ -9,10 +9,10 @@ use std::time::Duration;
 use secretlog_node::api::forward::Forwarder;
 use secretlog_node::api::health::{HealthInput, Role, health};
 use secretlog_node::api::kv::Freshness;
-use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, node_handler};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, Route as ApiRoute};
 use secretlog_node::config::ReadMode;
 use secretlog_node::context::ReadContext;
-use secretlog_node::node::{Keys, RunningNode, Unsealed, metrics_response, open_state};
+use secretlog_node::node::{Keys, Role as NodeRole, RunningNode, Unsealed, open_state};
 use secretlog_schemas::topic::HEADER_INDEX;
 use secretlog_schemas::{Event, Keyring, Operation, encode_event};
 use secretlog_state::NodeError;
@@ -25,7 +25,7 @@ use crate::config::WriterConfig;
 use crate::election::ElectionConfig;
 use crate::error::WriterError;
 use crate::producer::{LogProducer, Record};
-use crate::route::{Route, Standing};
+use crate::route::{Destination, Standing};
 
 /// Where the node stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +85,9 @@ pub async fn start(cfg: WriterConfig, cancel: CancellationToken) -> Result<Runni
         forwarder: Forwarder::new(vec![], Duration::from_millis(cfg.write_timeout_ms + 5000))
             .trusting(cfg.http.tls_ca.as_deref())?,
     });
-    keys.start(|k, c| node.clone().open(k, c)).await?;
-    let handler = node_handler(node.clone(), |node, req| async move { node.handle(req).await });
+    let opener = node.clone();
+    keys.start(move |k, c| opener.open(k, c)).await?;
+    let handler = secretlog_node::node::handler(node.clone());
     tracing::info!(%addr, advertise = %node.advertise, "writer listening");
     Ok(keys.supervise(addr, listener, keys.audited(handler), serve, cancel))
 }
@@ -97,7 +98,19 @@ impl WriterConfig {
     }
 }
 
-impl WriterNode {
+impl NodeRole for WriterNode {
+    fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    fn health(&self, req: &ApiRequest) -> ApiResponse {
+        health(&self.health_input(), req)
+    }
+
+    fn leader(&self) -> Option<ApiResponse> {
+        Some(self.leader_status())
+    }
+
     /// What a writer runs while unsealed: its materializer and its election campaign. Sealing
     /// cancels both — a leader steps down and leaves the group, so another writer takes over.
     async fn open(self: Arc<Self>, keyring: Arc<Keyring>, cancel: CancellationToken) -> Result<Unsealed, NodeError> {
@@ -110,6 +123,16 @@ impl WriterNode {
         Ok(unsealed)
     }
 
+    /// A write is decided here (or forwarded to the leader); a read is answered from this node's
+    /// state as its lease allows.
+    async fn answer(self: Arc<Self>, unsealed: Arc<Unsealed>, req: ApiRequest) -> ApiResponse {
+        let ctx = &unsealed.ctx;
+        let resp = if req.is_write() { self.write(ctx, req).await } else { self.read(ctx, &req).await };
+        resp.unwrap_or_else(ApiResponse::from)
+    }
+}
+
+impl WriterNode {
     /// Take part in the election for as long as the node is unsealed: lead while elected, step
     /// down at once when deposed, leave the group when sealed or shut down.
     async fn campaign(self: Arc<Self>, ctx: ReadContext, cancel: CancellationToken) {
@@ -326,22 +349,6 @@ impl WriterNode {
         }
     }
 
-    async fn handle(self: &Arc<Self>, mut req: ApiRequest) -> ApiResponse {
-        match req.path.as_str() {
-            "v1/sys/health" => return health(&self.health_input(), &req),
-            "metrics" => return metrics_response(),
-            "v1/sys/leader" if req.method == "GET" => return self.leader_status(),
-            _ => {}
-        }
-        let unsealed = match self.keys.open_request(&mut req, |k, c| self.clone().open(k, c)).await {
-            Ok(u) => u,
-            Err(resp) => return resp,
-        };
-        let ctx = &unsealed.ctx;
-        let resp = if req.is_write() { self.write(ctx, req).await } else { self.read(ctx, &req).await };
-        resp.unwrap_or_else(ApiResponse::from)
-    }
-
     fn health_input(&self) -> HealthInput {
         let state = if self.fenced.load(Ordering::SeqCst) { WriterState::Fenced } else { self.state() };
         let lease_left = self.lease.left().filter(|_| state == WriterState::Active);
@@ -385,8 +392,8 @@ impl WriterNode {
         let mut unreachable_epoch = None;
         loop {
             match self.route_write(ctx, deadline, unreachable_epoch, req.forwarded).await? {
-                Route::Here => break,
-                Route::Forward(leader) => {
+                Destination::Here => break,
+                Destination::Forward(leader) => {
                     match self.forwarder.vouching(ctx.keyring.clone()).try_forward(&req, Some(&leader.url)).await {
                         Ok(resp) => return Ok(resp),
                         // Nothing left this node: it may wait for the next leader and go there.
@@ -397,7 +404,7 @@ impl WriterNode {
                         }
                     }
                 }
-                Route::Wait(why) => return Err(ApiError::unavailable(why)),
+                Destination::Wait(why) => return Err(ApiError::unavailable(why)),
             }
         }
         // A write carrying an index (say, the first use of a token just created) is decided on
@@ -410,32 +417,35 @@ impl WriterNode {
             return crate::auth_methods::write(&app, &req, None).await;
         }
         let who = secretlog_node::api::auth::authorize(ctx, &req).await?;
-        if crate::auth_methods::handles(&req) {
-            let app = crate::auth_methods::Appender { ctx, queue: self.write_queue()?, timeout };
-            return crate::auth_methods::write(&app, &req, Some(&who)).await;
-        }
-        if req.path == crate::tidy::TIDY_PATH && matches!(req.method.as_str(), "POST" | "PUT") {
+        let method = req.method.as_str();
+        let (mount, cmd) = match req.route() {
+            ApiRoute::AuthMount | ApiRoute::AuthMethod => {
+                let app = crate::auth_methods::Appender { ctx, queue: self.write_queue()?, timeout };
+                return crate::auth_methods::write(&app, &req, Some(&who)).await;
+            }
             // Only the leader tidies (its committer takes the tidies); the answer comes at once.
-            self.write_queue()?;
-            return Ok(self.tidier.request(&req));
-        }
-        if req.path == crate::restore::RESTORE_PATH {
-            let cmds = crate::restore::parse(&req, &ctx.mounts(), &ctx.default_mount, &ctx.keyring)?;
-            return self.restore(&req, cmds).await;
-        }
-        if crate::rotate::is_rotation_path(&req.path) {
-            return crate::rotate::write(ctx, &req, &who, self.write_queue()?, &self.cfg).await;
-        }
-        let (mount, cmd) = if crate::mounts::handles(&req) {
-            (String::new(), crate::mounts::parse(&req)?)
-        } else if crate::audit_devices::handles(&req) {
-            (String::new(), crate::audit_devices::parse(&req)?)
-        } else {
-            match crate::auth::handle(ctx, &req, &who).await? {
+            ApiRoute::TokenTidy if matches!(method, "POST" | "PUT") => {
+                self.write_queue()?;
+                return Ok(self.tidier.request(&req));
+            }
+            ApiRoute::Restore => {
+                let cmds = crate::restore::parse(&req, &ctx.mounts(), &ctx.default_mount, &ctx.keyring)?;
+                return self.restore(&req, cmds).await;
+            }
+            r if r.is_rotation() => {
+                return crate::rotate::write(ctx, &req, &who, self.write_queue()?, &self.cfg).await;
+            }
+            ApiRoute::Mount if matches!(method, "POST" | "PUT" | "DELETE") => {
+                (String::new(), crate::mounts::parse(&req)?)
+            }
+            ApiRoute::AuditDevice if matches!(method, "POST" | "PUT" | "DELETE") => {
+                (String::new(), crate::audit_devices::parse(&req)?)
+            }
+            _ => match crate::auth::handle(ctx, &req, &who).await? {
                 Some(crate::auth::Outcome::Answer(resp)) => return Ok(resp),
                 Some(crate::auth::Outcome::Command(cmd)) => (String::new(), cmd),
                 None => crate::request::parse_on(&req, &ctx.mounts(), &ctx.default_mount, self.cfg.max_value_bytes)?,
-            }
+            },
         };
         let queue = self.write_queue()?;
         let (tx, rx) = oneshot::channel();
@@ -459,7 +469,7 @@ impl WriterNode {
         deadline: tokio::time::Instant,
         unreachable: Option<u64>,
         forwarded: bool,
-    ) -> Result<Route, ApiError> {
+    ) -> Result<Destination, ApiError> {
         let (mut state, mut progress) = (self.state.subscribe(), ctx.materializer.progress.clone());
         let routed = crate::route::until_routed(&mut state, &mut progress, deadline, |state, announced| {
             let node = Standing {
@@ -585,7 +595,7 @@ impl WriterNode {
             }
             Freshness::Unconfirmed(why) => return Err(ApiError::unavailable(why)),
         }
-        if crate::rotate::is_rotation_path(&req.path) {
+        if req.route().is_rotation() {
             return crate::rotate::read(ctx, req).await;
         }
         ctx.read(req).await

@@ -432,6 +432,7 @@ pub(crate) fn test_request(method: &str, path: &str, body: &[u8]) -> ApiRequest 
         body: body.to_vec().into(),
         request_id: "r".into(),
         forwarded: false,
+        parsed_route: Default::default(),
     }
 }
 

@@ -31,9 +31,6 @@ use serde::{Deserialize, Serialize};
 use crate::mounts::MountChange;
 use crate::request::Command;
 
-/// Path of the endpoint, without the leading slash.
-pub const RESTORE_PATH: &str = "v1/sys/secretlog/restore";
-
 /// Most secrets in one request.
 pub const MAX_SECRETS_PER_REQUEST: usize = 1000;
 
@@ -193,7 +190,7 @@ mod tests {
     fn req(body: serde_json::Value) -> ApiRequest {
         ApiRequest {
             method: "POST".into(),
-            path: RESTORE_PATH.into(),
+            path: "v1/sys/secretlog/restore".into(),
             body: body.to_string().into(),
             ..Default::default()
         }

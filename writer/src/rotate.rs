@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use secretlog_node::api::auth::Identity;
 use secretlog_node::api::key_status::{self, Throttle, remaining};
-use secretlog_node::api::{ApiError, ApiRequest, ApiResponse};
+use secretlog_node::api::{ApiError, ApiRequest, ApiResponse, Route};
 use secretlog_node::context::ReadContext;
 use secretlog_schemas::event::KEYRING_CONTROL_NAME;
 use secretlog_schemas::sealed::{SealContext, SealedValue};
@@ -50,15 +50,6 @@ use crate::committer::Pending;
 use crate::config::WriterConfig;
 use crate::request::Command;
 
-/// Vault's rotate endpoint.
-pub const ROTATE_PATH: &str = "v1/sys/rotate";
-/// Vault's key-status endpoint, with secretlog's per-term counts (answered by
-/// [`secretlog_node::api::key_status`], on readers too).
-pub const KEY_STATUS_PATH: &str = key_status::KEY_STATUS_PATH;
-/// Retire a key term nothing is sealed under any more.
-pub const RETIRE_PATH: &str = "v1/sys/secretlog/retire-term";
-/// Read or set the rewrap throttle.
-pub const REWRAP_PATH: &str = "v1/sys/secretlog/rewrap";
 /// Environment variable of `--rewrap-rate`: the rewrap rate at start (values per second; 0
 /// starts the rewrap paused).
 pub const REWRAP_RATE_ENV: &str = "SECRETLOG_REWRAP_RATE";
@@ -66,11 +57,6 @@ pub const REWRAP_RATE_ENV: &str = "SECRETLOG_REWRAP_RATE";
 pub const DEFAULT_REWRAP_RATE: u64 = 500;
 /// Most values one rewrap step reads and queues.
 const REWRAP_STEP: usize = 256;
-
-/// Whether `path` is one of this module's endpoints.
-pub fn is_rotation_path(path: &str) -> bool {
-    matches!(path, ROTATE_PATH | KEY_STATUS_PATH | RETIRE_PATH | REWRAP_PATH)
-}
 
 /// The rewrap rate, values per second (0: paused). One writer per process, so one setting per
 /// process; it is the leader's that counts, and a new leader starts from its own `--rewrap-rate`.
@@ -101,9 +87,9 @@ pub fn parse_rewrap_rate(text: &str) -> Result<u64, String> {
 /// The ACL lets the root token read them, and a token with `read` on `sys/key-status` the key
 /// status.
 pub async fn read(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
-    match (req.method.as_str(), req.path.as_str()) {
-        ("GET", KEY_STATUS_PATH) => key_status::answer(ctx, req, Some(Throttle { rate: rewrap_rate() })).await,
-        ("GET", REWRAP_PATH) => {
+    match (req.method.as_str(), req.route()) {
+        ("GET", Route::KeyStatus) => key_status::answer(ctx, req, Some(Throttle { rate: rewrap_rate() })).await,
+        ("GET", Route::Rewrap) => {
             let counts = ctx.store.sealed_per_term().await?;
             let data = json!({
                 "rate": rewrap_rate(),
@@ -128,10 +114,10 @@ pub async fn write(
         return Err(ApiError::permission_denied());
     }
     let timeout = Duration::from_millis(cfg.write_timeout_ms * 2 + 1000);
-    match (req.method.as_str(), req.path.as_str()) {
-        ("POST" | "PUT", ROTATE_PATH) => rotate(ctx, &queue, timeout).await,
-        ("POST" | "PUT", RETIRE_PATH) => retire(ctx, req, &queue, cfg, timeout).await,
-        ("POST" | "PUT", REWRAP_PATH) => {
+    match (req.method.as_str(), req.route()) {
+        ("POST" | "PUT", Route::Rotate) => rotate(ctx, &queue, timeout).await,
+        ("POST" | "PUT", Route::RetireTerm) => retire(ctx, req, &queue, cfg, timeout).await,
+        ("POST" | "PUT", Route::Rewrap) => {
             let rate = body(req)?
                 .get("rate")
                 .and_then(Value::as_u64)
@@ -420,10 +406,10 @@ mod tests {
 
     #[test]
     fn every_endpoint_is_routed_here_and_nothing_else() {
-        for p in [ROTATE_PATH, KEY_STATUS_PATH, RETIRE_PATH, REWRAP_PATH] {
-            assert!(is_rotation_path(p), "{p}");
+        for p in ["v1/sys/rotate", "v1/sys/key-status", "v1/sys/secretlog/retire-term", "v1/sys/secretlog/rewrap"] {
+            assert!(Route::of(p).is_rotation(), "{p}");
         }
-        assert!(!is_rotation_path("v1/sys/secretlog/restore"));
-        assert!(!is_rotation_path("v1/secret/data/sys/rotate"));
+        assert!(!Route::of("v1/sys/secretlog/restore").is_rotation());
+        assert!(!Route::of("v1/secret/data/sys/rotate").is_rotation());
     }
 }

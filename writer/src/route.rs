@@ -27,7 +27,7 @@ use crate::node::WriterState;
 
 /// Where a write goes now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Route {
+pub(crate) enum Destination {
     /// This node leads and its committer takes writes: decide the write here.
     Here,
     /// Another writer leads, as the log announced: forward the write there.
@@ -54,9 +54,9 @@ pub(crate) struct Standing<'a> {
 /// Route a write, given the leader the log `announced` and the epoch of a leader already found
 /// `unreachable` for this write (a dead leader stays announced until its successor's epoch is
 /// applied).
-pub(crate) fn route(node: Standing<'_>, announced: Option<&LeaderRecord>, unreachable: Option<u64>) -> Route {
+pub(crate) fn route(node: Standing<'_>, announced: Option<&LeaderRecord>, unreachable: Option<u64>) -> Destination {
     if *node.state == WriterState::Active && node.accepting && !node.fenced {
-        return Route::Here;
+        return Destination::Here;
     }
     // Only a writer that is not taking leadership itself forwards: one that is elected (Starting)
     // would send the write to the leader it is replacing.
@@ -64,20 +64,20 @@ pub(crate) fn route(node: Standing<'_>, announced: Option<&LeaderRecord>, unreac
     let other = announced.filter(|l| l.url != node.me);
     match (other, node.state) {
         (Some(_), _) if deposed && node.forwarded => {
-            Route::Wait("this writer does not lead and the write was already forwarded once".into())
+            Destination::Wait("this writer does not lead and the write was already forwarded once".into())
         }
-        (Some(l), _) if deposed && Some(l.epoch) != unreachable => Route::Forward(l.clone()),
+        (Some(l), _) if deposed && Some(l.epoch) != unreachable => Destination::Forward(l.clone()),
         (Some(l), _) if deposed => {
-            Route::Wait(format!("the leader the log announces ({}, epoch {}) cannot be reached", l.url, l.epoch))
+            Destination::Wait(format!("the leader the log announces ({}, epoch {}) cannot be reached", l.url, l.epoch))
         }
-        (_, WriterState::Starting(why)) => Route::Wait(format!("this writer is taking leadership ({why})")),
-        (_, WriterState::Fenced) => Route::Wait("fenced by a newer leader the log has not announced yet".into()),
-        _ if node.fenced => Route::Wait("fenced by a newer leader the log has not announced yet".into()),
-        (_, WriterState::Active) => Route::Wait("this writer is stepping down or taking leadership anew".into()),
+        (_, WriterState::Starting(why)) => Destination::Wait(format!("this writer is taking leadership ({why})")),
+        (_, WriterState::Fenced) => Destination::Wait("fenced by a newer leader the log has not announced yet".into()),
+        _ if node.fenced => Destination::Wait("fenced by a newer leader the log has not announced yet".into()),
+        (_, WriterState::Active) => Destination::Wait("this writer is stepping down or taking leadership anew".into()),
         (_, WriterState::Standby) if announced.is_some() => {
-            Route::Wait("this writer lost its election session and no leader has taken over yet".into())
+            Destination::Wait("this writer lost its election session and no leader has taken over yet".into())
         }
-        (_, WriterState::Standby) => Route::Wait("no leader writer is known yet".into()),
+        (_, WriterState::Standby) => Destination::Wait("no leader writer is known yet".into()),
     }
 }
 
@@ -87,8 +87,8 @@ pub(crate) async fn until_routed(
     state: &mut watch::Receiver<WriterState>,
     progress: &mut watch::Receiver<Progress>,
     deadline: Instant,
-    mut decide: impl FnMut(&WriterState, Option<&LeaderRecord>) -> Route,
-) -> Result<Route, String> {
+    mut decide: impl FnMut(&WriterState, Option<&LeaderRecord>) -> Destination,
+) -> Result<Destination, String> {
     let mut held = None;
     loop {
         // Marked seen before deciding: a change after the decision wakes the wait below.
@@ -97,7 +97,7 @@ pub(crate) async fn until_routed(
             let p = progress.borrow_and_update();
             decide(&s, p.leader.as_ref())
         };
-        let Route::Wait(why) = route else { return Ok(route) };
+        let Destination::Wait(why) = route else { return Ok(route) };
         held.get_or_insert_with(Held::new);
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Err(why),
@@ -143,9 +143,9 @@ mod tests {
         Standing { state, fenced: false, accepting: false, me: ME, forwarded: false }
     }
 
-    fn waits(r: Route) -> String {
+    fn waits(r: Destination) -> String {
         match r {
-            Route::Wait(why) => why,
+            Destination::Wait(why) => why,
             other => panic!("expected a wait, got {other:?}"),
         }
     }
@@ -155,7 +155,7 @@ mod tests {
         let active = WriterState::Active;
         let node = Standing { accepting: true, ..standing(&active) };
         for announced in [None, Some(leader(ME, 7)), Some(leader("http://w2:8200", 3))] {
-            assert_eq!(route(node, announced.as_ref(), None), Route::Here);
+            assert_eq!(route(node, announced.as_ref(), None), Destination::Here);
         }
     }
 
@@ -179,12 +179,12 @@ mod tests {
     fn a_standby_forwards_to_the_announced_leader_until_that_leader_proved_unreachable() {
         let standby = WriterState::Standby;
         let other = leader("http://w2:8200", 9);
-        assert_eq!(route(standing(&standby), Some(&other), None), Route::Forward(other.clone()));
+        assert_eq!(route(standing(&standby), Some(&other), None), Destination::Forward(other.clone()));
         let why = waits(route(standing(&standby), Some(&other), Some(9)));
         assert!(why.contains("http://w2:8200, epoch 9") && why.contains("cannot be reached"), "{why}");
         // Its successor announced: forwarded there.
         let next = leader("http://w3:8200", 12);
-        assert_eq!(route(standing(&standby), Some(&next), Some(9)), Route::Forward(next));
+        assert_eq!(route(standing(&standby), Some(&next), Some(9)), Destination::Forward(next));
     }
 
     #[test]
@@ -198,7 +198,7 @@ mod tests {
         // Once it leads, it decides the write.
         let active = WriterState::Active;
         let node = Standing { state: &active, accepting: true, forwarded: true, ..standing(&active) };
-        assert_eq!(route(node, Some(&leader("http://w2:8200", 9)), None), Route::Here);
+        assert_eq!(route(node, Some(&leader("http://w2:8200", 9)), None), Destination::Here);
     }
 
     #[test]
@@ -214,7 +214,7 @@ mod tests {
             let why = waits(route(node, Some(&leader(ME, 7)), None));
             assert!(why.starts_with("fenced by a newer leader"), "{state:?}: {why}");
             let next = leader("http://w2:8200", 8);
-            assert_eq!(route(node, Some(&next), None), Route::Forward(next), "{state:?}");
+            assert_eq!(route(node, Some(&next), None), Destination::Forward(next), "{state:?}");
         }
     }
 
@@ -228,7 +228,7 @@ mod tests {
     }
 
     /// Route as the writer does, with its queue open exactly when it is Active.
-    fn decide(s: &WriterState, announced: Option<&LeaderRecord>) -> Route {
+    fn decide(s: &WriterState, announced: Option<&LeaderRecord>) -> Destination {
         let node = Standing { accepting: *s == WriterState::Active, ..standing(s) };
         route(node, announced, None)
     }
@@ -252,7 +252,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "held while taking leadership");
         state.send_replace(WriterState::Active);
-        assert_eq!(waiting.await.unwrap(), Ok(Route::Here));
+        assert_eq!(waiting.await.unwrap(), Ok(Destination::Here));
     }
 
     #[tokio::test]
@@ -263,7 +263,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "held while no leader is known");
         progress.send_modify(|p| p.leader = Some(leader("http://w2:8200", 3)));
-        assert_eq!(waiting.await.unwrap(), Ok(Route::Forward(leader("http://w2:8200", 3))));
+        assert_eq!(waiting.await.unwrap(), Ok(Destination::Forward(leader("http://w2:8200", 3))));
     }
 
     #[tokio::test]

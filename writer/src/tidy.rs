@@ -30,9 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::committer::Pending;
 use crate::request::Command;
 
-/// The endpoint, as Vault names it.
-pub const TIDY_PATH: &str = "v1/auth/token/tidy";
-
 /// Tidies queued at once: a pass of any size goes through the committer in exclusive batches of
 /// at most this many, without filling its queue.
 const TIDY_CHUNK: usize = 256;

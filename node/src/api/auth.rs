@@ -7,7 +7,7 @@
 
 use secretlog_schemas::auth::TokenRecord;
 
-use super::{ApiError, ApiRequest};
+use super::{ApiError, ApiRequest, Route};
 use crate::context::ReadContext;
 use secretlog_state::acl::{Acl, Capability, parse_policy};
 use secretlog_state::materializer::now_ms;
@@ -51,69 +51,73 @@ pub enum Need {
     Root,
 }
 
-/// The capability a request needs. `exists` tells create from update for writes.
-/// `mount` is the path of the mount that serves the request, if one does.
+/// The capability a request needs, by its [`Route`]. `exists` tells create from update for
+/// writes. `mount` is the path of the KV mount that serves a [`Route::Mounted`] request, if one
+/// does (none: only root may go on, to be told there is no such route).
 pub fn need(req: &ApiRequest, mount: Option<&str>, exists: impl FnOnce(&str) -> bool) -> Need {
     let path = req.path.as_str();
+    let acl = || path.strip_prefix("v1/").unwrap_or(path).to_string();
     let m = req.method.as_str();
-    let write = |acl: String, rel: &str| -> Need {
-        Need::Cap(acl, if exists(rel) { Capability::Update } else { Capability::Create })
+    let by_method = |read: Capability| match m {
+        "GET" => read,
+        "LIST" => Capability::List,
+        "DELETE" => Capability::Delete,
+        _ => Capability::Update,
     };
-    if let Some(mount) = mount
-        && let Some(rest) =
-            path.strip_prefix("v1/").and_then(|p| p.strip_prefix(mount)).and_then(|p| p.strip_prefix('/'))
-    {
-        let (kind, rel) = rest.split_once('/').unwrap_or((rest, ""));
-        let acl = if kind == "config" { format!("{mount}/config") } else { format!("{mount}/{kind}/{rel}") };
-        return match (kind, m) {
-            ("data", "GET") | ("metadata", "GET") | ("config", "GET") => Need::Cap(acl, Capability::Read),
-            ("metadata", "LIST") => Need::Cap(acl, Capability::List),
-            ("data" | "metadata", "POST" | "PUT") => write(acl, rel),
-            ("data" | "metadata", "PATCH") => Need::Cap(acl, Capability::Patch),
-            ("data" | "metadata", "DELETE") => Need::Cap(acl, Capability::Delete),
-            ("delete" | "undelete" | "destroy", _) | ("config", "POST" | "PUT") => Need::Cap(acl, Capability::Update),
-            _ => Need::Cap(acl, Capability::Sudo),
-        };
-    }
-    if let Some(name) = path.strip_prefix("v1/sys/policies/acl") {
-        let acl = format!("sys/policies/acl{name}");
-        return match m {
-            "GET" => Need::Cap(acl, Capability::Read),
-            "LIST" => Need::Cap(acl, Capability::List),
-            "DELETE" => Need::Cap(acl, Capability::Delete),
-            _ => Need::Cap(acl, Capability::Update),
-        };
-    }
-    if let Some(rest) = path.strip_prefix("v1/sys/mounts") {
-        let acl = format!("sys/mounts{rest}");
-        return match m {
-            "GET" | "LIST" => Need::Cap(acl, Capability::Read),
-            "DELETE" => Need::Cap(acl, Capability::Delete),
-            _ => Need::Cap(acl, Capability::Update),
-        };
-    }
-    match path {
+    match req.route() {
+        Route::Mounted => {
+            let Some(mount) = mount else { return Need::Root };
+            let rest = path.strip_prefix("v1/").and_then(|p| p.strip_prefix(mount)).and_then(|p| p.strip_prefix('/'));
+            let Some(rest) = rest else { return Need::Root };
+            let (kind, rel) = rest.split_once('/').unwrap_or((rest, ""));
+            let acl = if kind == "config" { format!("{mount}/config") } else { format!("{mount}/{kind}/{rel}") };
+            let write = |acl: String| Need::Cap(acl, if exists(rel) { Capability::Update } else { Capability::Create });
+            match (kind, m) {
+                ("data", "GET") | ("metadata", "GET") | ("config", "GET") => Need::Cap(acl, Capability::Read),
+                ("metadata", "LIST") => Need::Cap(acl, Capability::List),
+                ("data" | "metadata", "POST" | "PUT") => write(acl),
+                ("data" | "metadata", "PATCH") => Need::Cap(acl, Capability::Patch),
+                ("data" | "metadata", "DELETE") => Need::Cap(acl, Capability::Delete),
+                ("delete" | "undelete" | "destroy", _) | ("config", "POST" | "PUT") => {
+                    Need::Cap(acl, Capability::Update)
+                }
+                _ => Need::Cap(acl, Capability::Sudo),
+            }
+        }
+        Route::Policies | Route::Policy => Need::Cap(acl(), by_method(Capability::Read)),
+        Route::Mounts | Route::Mount => Need::Cap(
+            acl(),
+            match m {
+                "GET" | "LIST" => Capability::Read,
+                "DELETE" => Capability::Delete,
+                _ => Capability::Update,
+            },
+        ),
         // Which mount serves a path: any token may ask (Vault checks the token has some
         // capability under the mount; see docs/compatibility.md).
-        p if p.starts_with("v1/sys/internal/ui/mounts") && m == "GET" => Need::AnyToken,
-        "v1/sys/capabilities-self" => Need::AnyToken,
-        "v1/sys/audit" if m == "GET" => Need::Cap("sys/audit".into(), Capability::Sudo),
+        Route::UiMounts if m == "GET" => Need::AnyToken,
+        Route::CapabilitiesSelf => Need::AnyToken,
+        Route::Audit if m == "GET" => Need::Cap("sys/audit".into(), Capability::Sudo),
         // Enabling and disabling a device: sudo, as in Vault.
-        p if p.starts_with("v1/sys/audit/") => {
-            Need::Cap(p["v1/".len()..].trim_end_matches('/').to_string(), Capability::Sudo)
-        }
-        p if p.starts_with(super::sys::AUDIT_HASH_PREFIX) => {
-            Need::Cap(p["v1/".len()..].trim_end_matches('/').to_string(), Capability::Update)
-        }
-        "v1/sys/capabilities" => Need::Cap("sys/capabilities".into(), Capability::Update),
+        Route::AuditDevice => Need::Cap(acl().trim_end_matches('/').to_string(), Capability::Sudo),
+        Route::AuditHash => Need::Cap(acl().trim_end_matches('/').to_string(), Capability::Update),
+        Route::Capabilities => Need::Cap("sys/capabilities".into(), Capability::Update),
         // Vault's rule: reading the key status needs `read` on `sys/key-status`, not sudo.
-        super::key_status::KEY_STATUS_PATH if m == "GET" => Need::Cap("sys/key-status".into(), Capability::Read),
+        Route::KeyStatus if m == "GET" => Need::Cap("sys/key-status".into(), Capability::Read),
         // Vault's rule: `GET lookup-self` needs `read`, every other `auth/token/*` call `update`.
-        "v1/auth/token/lookup-self" if m == "GET" => Need::Cap("auth/token/lookup-self".into(), Capability::Read),
+        Route::TokenLookupSelf if m == "GET" => Need::Cap("auth/token/lookup-self".into(), Capability::Read),
         // Vault asks `list` and `sudo`; here the root token only.
-        "v1/auth/token/accessors" if m == "LIST" => Need::Root,
-        p if p.starts_with("v1/auth/token/") => Need::Cap(p["v1/".len()..].to_string(), Capability::Update),
-        p => super::auth_methods::need(p, m).unwrap_or(Need::Root),
+        Route::TokenAccessors if m == "LIST" => Need::Root,
+        Route::TokenLookupSelf | Route::TokenAccessors | Route::TokenTidy | Route::Token => {
+            Need::Cap(acl(), Capability::Update)
+        }
+        Route::AuthMethods => Need::Cap("sys/auth".into(), Capability::Read),
+        // Vault: enabling and disabling an auth method needs `sudo` on `sys/auth/<path>`.
+        Route::AuthMount => Need::Cap(acl(), Capability::Sudo),
+        Route::AuthMethod => Need::Cap(acl(), by_method(Capability::Read)),
+        // Operator endpoints (rotation, restore, digest, snapshots), and the seal endpoints'
+        // methods that are answered before this: root only.
+        _ => Need::Root,
     }
 }
 
@@ -246,6 +250,22 @@ mod tests {
             Need::Cap("team/data/a".into(), Capability::Read)
         );
         assert_eq!(need(&req("GET", "v1/team/data/a"), None, |_| false), Need::Root, "no mount serves it");
+        assert_eq!(n("GET", "v1/sys/auth", true), Need::Cap("sys/auth".into(), Capability::Read));
+        assert_eq!(n("POST", "v1/sys/auth/approle", true), Need::Cap("sys/auth/approle".into(), Capability::Sudo));
+        assert_eq!(
+            n("POST", "v1/auth/approle/role/web", true),
+            Need::Cap("auth/approle/role/web".into(), Capability::Update)
+        );
+        assert_eq!(n("LIST", "v1/auth/approle/role", true), Need::Cap("auth/approle/role".into(), Capability::List));
+        assert_eq!(n("GET", "v1/sys/policies/acl", true), Need::Cap("sys/policies/acl".into(), Capability::Read));
+        assert_eq!(n("LIST", "v1/sys/policies/acl", true), Need::Cap("sys/policies/acl".into(), Capability::List));
+        assert_eq!(
+            n("GET", "v1/auth/token/accessors", true),
+            Need::Cap("auth/token/accessors".into(), Capability::Update)
+        );
+        assert_eq!(n("LIST", "v1/auth/token/accessors", true), Need::Root);
+        assert_eq!(n("POST", "v1/sys/secretlog/snapshot", true), Need::Root);
+        assert_eq!(n("GET", "v1/sys/nothing", true), Need::Root, "no route: root only, to be told so");
     }
 
     #[test]

@@ -17,10 +17,8 @@ use secretlog_schemas::auth::{AppRoleRecord, AuthMountRecord, AuthObjectKind, Se
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::auth::Need;
-use super::{ApiError, ApiRequest, ApiResponse};
+use super::{ApiError, ApiRequest, ApiResponse, Route};
 use crate::context::ReadContext;
-use secretlog_state::acl::Capability;
 use secretlog_state::store::keys;
 
 /// The auth method types that can be enabled.
@@ -32,33 +30,10 @@ pub(crate) const CLIENT_HEADER: &str = "x-secretlog-client";
 /// How long a forwarding node's word for a client address holds, seconds.
 const ATTESTATION_SECS: u64 = 120;
 
-/// The ACL path and capability an auth-method request needs, if `path` (`v1/...`) is one;
-/// logins need none (see [`is_login`]).
-pub fn need(path: &str, method: &str) -> Option<Need> {
-    let rest = path.strip_prefix("v1/")?;
-    if rest == "sys/auth" {
-        return Some(Need::Cap("sys/auth".into(), Capability::Read));
-    }
-    if rest.starts_with("sys/auth/") {
-        // Vault: enabling and disabling an auth method needs `sudo` on `sys/auth/<path>`.
-        return Some(Need::Cap(rest.to_string(), Capability::Sudo));
-    }
-    if !rest.starts_with("auth/") {
-        return None;
-    }
-    let cap = match method {
-        "GET" => Capability::Read,
-        "LIST" => Capability::List,
-        "DELETE" => Capability::Delete,
-        _ => Capability::Update,
-    };
-    Some(Need::Cap(rest.to_string(), cap))
-}
-
 /// Whether `req` is a login (AppRole `login`, userpass `login/<user>` of an enabled method):
 /// answered without a token, as in Vault.
 pub async fn is_login(ctx: &ReadContext, req: &ApiRequest) -> Result<bool, ApiError> {
-    if !matches!(req.method.as_str(), "POST" | "PUT") || req.path.starts_with("v1/auth/token/") {
+    if !matches!(req.method.as_str(), "POST" | "PUT") || req.route() != Route::AuthMethod {
         return Ok(false);
     }
     let Some(rest) = req.path.strip_prefix("v1/auth/") else { return Ok(false) };
@@ -163,11 +138,6 @@ async fn list_mounts(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse,
     body.insert("warnings".into(), Value::Null);
     body.insert("auth".into(), Value::Null);
     Ok(ApiResponse::json(200, &Value::Object(body)))
-}
-
-/// Whether this node answers `req` here (a read of `sys/auth` or of an auth method's objects).
-pub(crate) fn is_auth_read(req: &ApiRequest) -> bool {
-    req.path == "v1/sys/auth" || (req.path.starts_with("v1/auth/") && !req.path.starts_with("v1/auth/token/"))
 }
 
 /// Answer a read of `sys/auth` or of an auth method's objects.
@@ -380,18 +350,6 @@ mod tests {
         assert!(!is_login_tail("userpass", "login/a/b"));
         assert!(!is_login_tail("approle", "login/x"));
         assert!(!is_login_tail("userpass", "users/login"));
-    }
-
-    #[test]
-    fn auth_requests_map_to_vault_acl_paths() {
-        assert_eq!(need("v1/sys/auth", "GET"), Some(Need::Cap("sys/auth".into(), Capability::Read)));
-        assert_eq!(need("v1/sys/auth/approle", "POST"), Some(Need::Cap("sys/auth/approle".into(), Capability::Sudo)));
-        assert_eq!(
-            need("v1/auth/approle/role/web", "POST"),
-            Some(Need::Cap("auth/approle/role/web".into(), Capability::Update))
-        );
-        assert_eq!(need("v1/auth/approle/role", "LIST"), Some(Need::Cap("auth/approle/role".into(), Capability::List)));
-        assert_eq!(need("v1/secret/data/x", "GET"), None);
     }
 
     #[test]

@@ -146,6 +146,7 @@ mod tests {
             body: Default::default(),
             request_id: "r".into(),
             forwarded: false,
+            parsed_route: Default::default(),
         }
     }
     fn input(role: Role) -> HealthInput {

@@ -19,9 +19,6 @@ use crate::context::ReadContext;
 use secretlog_state::model::KeyTerms;
 use secretlog_state::store::TermCounts;
 
-/// Vault's key-status endpoint.
-pub const KEY_STATUS_PATH: &str = "v1/sys/key-status";
-
 /// The background rewrap's throttle, as the writer running it knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttle {

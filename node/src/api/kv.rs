@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::response::{Envelope, vault_duration, vault_time};
-use super::{ApiError, ApiRequest, ApiResponse};
+use super::{ApiError, ApiRequest, ApiResponse, Route};
 use crate::context::ReadContext;
 use secretlog_state::materializer::now_ms;
 
@@ -104,39 +104,41 @@ impl ReadContext {
         })
     }
 
-    /// Answer a KV read (after authorization and any consistency wait).
+    /// Answer a read (after authorization and any consistency wait), by its route.
     pub async fn read(&self, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
-        if req.path.starts_with("v1/sys/policies/acl") {
-            return super::tokens::read_policy(self, req).await;
-        }
-        if req.path == "v1/auth/token/accessors" && req.method == "LIST" {
-            return super::tokens::list_accessors(self, req).await;
-        }
-        if req.path == "v1/auth/token/lookup-self" {
-            if let super::auth::Identity::Token { record, .. } = super::auth::identify(self, req).await? {
-                return Ok(super::tokens::lookup_response(req, &record));
+        let resp = match req.route() {
+            Route::Policies | Route::Policy => return super::tokens::read_policy(self, req).await,
+            Route::TokenAccessors if req.method == "LIST" => return super::tokens::list_accessors(self, req).await,
+            Route::TokenLookupSelf => {
+                if let super::auth::Identity::Token { record, .. } = super::auth::identify(self, req).await? {
+                    return Ok(super::tokens::lookup_response(req, &record));
+                }
+                return Ok(self.lookup_self(req));
             }
-            return Ok(self.lookup_self(req));
-        }
-        if super::auth_methods::is_auth_read(req) {
-            return super::auth_methods::read(self, req).await;
-        }
-        if req.path == super::key_status::KEY_STATUS_PATH {
-            let resp = super::key_status::answer(self, req, None).await?;
-            return Ok(resp.with_header(HEADER_APPLIED, self.applied_token()));
-        }
-        if req.path == "v1/sys/secretlog/digest" {
-            let (digest, records) = self.store.digest().await?;
-            let applied = self.materializer.progress.borrow().applied.clone();
-            return Ok(ApiResponse::data(
-                &req.request_id,
-                json!({ "digest": digest, "records": records, "applied": applied }),
-            )
-            .with_header(HEADER_APPLIED, self.applied_token()));
-        }
-        if let Some(resp) = super::sys::read(self, req).await? {
-            return Ok(resp.with_header(HEADER_APPLIED, self.applied_token()));
-        }
+            Route::AuthMethods | Route::AuthMethod => return super::auth_methods::read(self, req).await,
+            Route::KeyStatus => super::key_status::answer(self, req, None).await?,
+            Route::Digest => {
+                let (digest, records) = self.store.digest().await?;
+                let applied = self.materializer.progress.borrow().applied.clone();
+                ApiResponse::data(&req.request_id, json!({ "digest": digest, "records": records, "applied": applied }))
+            }
+            Route::Mounts
+            | Route::Mount
+            | Route::UiMounts
+            | Route::Capabilities
+            | Route::CapabilitiesSelf
+            | Route::Audit
+            | Route::AuditHash => match super::sys::read(self, req).await? {
+                Some(resp) => resp,
+                None => self.read_kv(req).await?,
+            },
+            _ => self.read_kv(req).await?,
+        };
+        Ok(resp.with_header(HEADER_APPLIED, self.applied_token()))
+    }
+
+    /// A read under a KV v2 mount, or Vault's 404 for a path no mount serves.
+    async fn read_kv(&self, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
         let rel = req.path.strip_prefix("v1/").unwrap_or(&req.path);
         let mounts = self.mounts();
         let Some(m) = mounts.resolve(&self.default_mount, rel) else { return Err(ApiError::no_route(rel)) };
@@ -148,17 +150,16 @@ impl ReadContext {
             return Err(ApiError::relative_path());
         }
         let storage = m.record.storage.as_str();
-        let resp = match (req.method.as_str(), endpoint) {
-            ("GET", "data") => self.read_data(req, storage, rest).await?,
-            ("GET", "metadata") => self.read_metadata(req, storage, rest).await?,
-            ("LIST", "metadata") => self.list(req, storage, rest).await?,
-            ("GET" | "LIST", "config") => self.read_config(req, m.record),
+        match (req.method.as_str(), endpoint) {
+            ("GET", "data") => self.read_data(req, storage, rest).await,
+            ("GET", "metadata") => self.read_metadata(req, storage, rest).await,
+            ("LIST", "metadata") => self.list(req, storage, rest).await,
+            ("GET" | "LIST", "config") => Ok(self.read_config(req, m.record)),
             (_, "data" | "metadata" | "config" | "delete" | "undelete" | "destroy") => {
-                return Err(ApiError::method_not_allowed());
+                Err(ApiError::method_not_allowed())
             }
-            _ => return Err(ApiError::unsupported_path()),
-        };
-        Ok(resp.with_header(HEADER_APPLIED, self.applied_token()))
+            _ => Err(ApiError::unsupported_path()),
+        }
     }
 
     async fn read_data(&self, req: &ApiRequest, mount: &str, path: &str) -> Result<ApiResponse, ApiError> {
@@ -335,6 +336,7 @@ mod tests {
             body: Default::default(),
             request_id: "r".into(),
             forwarded: false,
+            parsed_route: Default::default(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod key_status;
 pub mod kv;
 pub mod limits;
 pub mod response;
+pub mod route;
 pub mod seal;
 pub mod sys;
 pub mod tls;
@@ -36,6 +37,7 @@ use secretlog_state::error::NodeError;
 pub use error::{ApiError, ErrorKind};
 pub use limits::Limits;
 pub use response::ApiResponse;
+pub use route::Route;
 
 /// A request as the handlers see it.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +65,8 @@ pub struct ApiRequest {
     /// Set when another secretlog node forwarded this request: it is never forwarded again, so
     /// two nodes with stale ideas of the leader cannot bounce a write between them.
     pub forwarded: bool,
+    /// The request's [`Route`], parsed from `path` the first time [`ApiRequest::route`] asks.
+    pub parsed_route: std::sync::OnceLock<Route>,
 }
 
 impl ApiRequest {
@@ -70,9 +74,13 @@ impl ApiRequest {
     pub fn segments(&self) -> Vec<&str> {
         self.path.strip_prefix("v1/").unwrap_or("").split('/').collect()
     }
+    /// What this request is for: its path parsed once into the route table's [`Route`].
+    pub fn route(&self) -> Route {
+        *self.parsed_route.get_or_init(|| Route::of(&self.path))
+    }
     /// Whether this request changes state (and must go to the leader writer).
     pub fn is_write(&self) -> bool {
-        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") && !sys::is_read_only_post(&self.path)
+        self.route().is_write(&self.method)
     }
     pub(crate) fn query_bool(&self, name: &str) -> Option<bool> {
         self.query.get(name).map(|v| matches!(v.as_str(), "" | "true" | "1" | "yes"))
@@ -181,6 +189,7 @@ fn build_request(
         body,
         request_id: uuid::Uuid::new_v4().to_string(),
         forwarded: header(FORWARDED_HEADER).is_some(),
+        parsed_route: Default::default(),
     }
 }
 

@@ -13,12 +13,6 @@ use super::response::Envelope;
 use super::{ApiError, ApiRequest, ApiResponse};
 use crate::context::ReadContext;
 
-/// Requests that are POSTs in Vault's API but change nothing: served where they arrive, never
-/// forwarded to the leader.
-pub(crate) fn is_read_only_post(path: &str) -> bool {
-    matches!(path, "v1/sys/capabilities-self" | "v1/sys/capabilities") || path.starts_with(AUDIT_HASH_PREFIX)
-}
-
 /// `sys/audit-hash/<device>`: the HMAC an audit device writes for an input.
 pub(crate) const AUDIT_HASH_PREFIX: &str = "v1/sys/audit-hash/";
 

@@ -3,7 +3,7 @@
 //!
 //! **The model.** Each key is a KV v2 register with versions. A write that takes effect sets the
 //! value and makes the version the previous one plus one: the materializer refuses a `Put` of any
-//! other version (`reader::state::apply`), so the versions of a key have no gaps. A read sees the
+//! other version (`state::model::apply`), so the versions of a key have no gaps. A read sees the
 //! current version and its value, or 404 before the first write. The clients never delete these
 //! keys (their deletes go to keys of their own: `Kind::Delete`).
 //! Linearizability is local (Herlihy & Wing): a history is linearizable if and only if each key's

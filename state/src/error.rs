@@ -73,7 +73,7 @@ impl NodeError {
 }
 
 /// What went wrong, as the node decides it — the one place a kind becomes an HTTP status and a
-/// `Retry-After` (`secretlog_node::api::error::status` and `retry_after`). Domain errors say their
+/// `Retry-After` (the node runtime's `api::error::status` and `retry_after`). Domain errors say their
 /// kind (`NodeError::kind`, the writer's `WriterError::kind`); handlers pick one; nothing
 /// else chooses a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use secretlog_node::context::ReadContext;
 use secretlog_schemas::Operation;
 use secretlog_schemas::auth::{AuthMountRecord, AuthObjectKind, MAX_AUTH_MOUNT_LEN, control_name};
 use secretlog_state::materializer::now_ms;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::body;
@@ -257,19 +257,10 @@ pub fn display_prefix(mount: &str) -> String {
     mount.trim_end_matches('/').replace('/', "-")
 }
 
-/// An answer whose `data` is `data` (200).
-pub fn data(req: &ApiRequest, data: Value) -> ApiResponse {
-    ApiResponse::data(&req.request_id, data)
-}
-
-/// `{}` for an empty body, so that `json!` field lookups work on it.
-pub fn empty_object() -> Value {
-    json!({})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn mount_paths_are_normalised_and_checked() {

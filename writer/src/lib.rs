@@ -1,33 +1,39 @@
-//! secretlog's leader write node.
+//! secretlog's leader write node, on the node runtime (`secretlog-node`) and the state
+//! (`secretlog-state`).
 //!
-//! A write travels: HTTP → [`request`] (parse, validate input) → [`committer`] (decide against
-//! state with [`plan`], seal, group into one Kafka transaction via [`producer`]) → answer after
-//! commit with the log position. [`node`] puts it together with the reader crate's materializer,
-//! which gives the writer the exact state every reader computes; `route` decides whether a
-//! write is decided there or forwarded, and holds it while leadership changes hands. A KV write
-//! resolves the mount serving its path on the mount table the log built; [`mounts`] enables,
-//! tunes, configures and disables mounts.
+//! A write travels: HTTP → [`request`] (parse, validate input) → `committer` (decide against
+//! state with `plan`, seal, append through [`producer`]) → answered once the writer's own
+//! materializer applied it, with its log position. `route` decides whether a write is decided
+//! here or forwarded, and holds it while leadership changes hands; `election` and `epoch` make
+//! one leader, ever. A KV write resolves the mount serving its path on the mount table the log
+//! built; `mounts`, `auth`, `auth_methods`, `audit_devices` and `rotate` turn the other writes
+//! into events.
+//!
+//! Its public surface: [`node`] (`node::start`), [`config`] ([`WriterConfig`]), [`error`]
+//! ([`WriterError`]), [`producer`] (the idempotent producer `secretlog reseed` appends with),
+//! [`restore`] (the wire form of `sys/secretlog/restore`, which `secretlog restore` sends) and
+//! [`request`] (the parser of KV writes, fuzzed on its own).
 
-pub mod approle;
-pub mod audit_devices;
-pub mod auth;
-pub mod auth_methods;
-pub mod committer;
+pub(crate) mod approle;
+pub(crate) mod audit_devices;
+pub(crate) mod auth;
+pub(crate) mod auth_methods;
+pub(crate) mod committer;
 pub mod config;
-pub mod election;
-pub mod epoch;
+pub(crate) mod election;
+pub(crate) mod epoch;
 pub mod error;
-pub mod mounts;
+pub(crate) mod mounts;
 pub mod node;
-pub mod plan;
+pub(crate) mod plan;
 pub mod producer;
 pub mod request;
 pub mod restore;
-pub mod rotate;
+pub(crate) mod rotate;
 pub(crate) mod route;
-pub mod tidy;
-pub mod token;
-pub mod userpass;
+pub(crate) mod tidy;
+pub(crate) mod token;
+pub(crate) mod userpass;
 
 pub use config::WriterConfig;
 pub use error::WriterError;

@@ -72,9 +72,9 @@ impl NodeError {
     }
 }
 
-/// What went wrong, as the node decides it — the one place a kind becomes an HTTP status and a
-/// `Retry-After` (the node runtime's `api::error::status` and `retry_after`). Domain errors say their
-/// kind (`NodeError::kind`, the writer's `WriterError::kind`); handlers pick one; nothing
+/// What went wrong, as the node decides it. The node runtime maps a kind to an HTTP status and a
+/// `Retry-After` in one place (its `api::error::status` and `retry_after`). Domain errors say
+/// their kind (`NodeError::kind`, the writer's `WriterError::kind`); handlers pick one; nothing
 /// else chooses a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

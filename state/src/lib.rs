@@ -14,8 +14,8 @@
 //! * [`freshness`] — how far behind the log a node may be, measured by last-stable-offset queries;
 //! * [`bootstrap`] — a new node's state from a snapshot in [`objects`] (object storage);
 //! * [`kafka`] — the Kafka client configuration every node uses;
-//! * [`error`]: [`NodeError`] and [`ErrorKind`] — what can go wrong, and the kind a client is told (the node
-//!   runtime maps a kind to an HTTP status in one place).
+//! * [`error`] — [`NodeError`] and [`ErrorKind`]: what can go wrong, and the kind a client is
+//!   told (the node runtime maps a kind to an HTTP status in one place).
 //!
 //! Nothing here speaks HTTP. The node runtime (`secretlog-node`) serves from it; the reader,
 //! writer and replicator run on both.

@@ -405,7 +405,7 @@ pub fn operation(method: &str) -> String {
 
 /// Whether a request is audited: everything but health and metrics.
 pub fn audited(req: &ApiRequest) -> bool {
-    !matches!(req.path.as_str(), "v1/sys/health" | "metrics")
+    !matches!(req.route(), Route::Health | Route::Metrics)
 }
 
 /// Count and log one device's failure to record an entry.

@@ -66,11 +66,22 @@ pub struct KafkaConfig {
     /// JVM maximum heap per broker (`-Xmx`), e.g. `"768m"`; small because three JVMs share a
     /// small machine.
     pub heap: String,
+    /// More JVM flags for every broker: [`LOCAL_JVM_FLAGS`] by default.
+    pub jvm_flags: Vec<String>,
 }
+
+/// The brokers' JIT and collector for a local cluster that shares a small machine with the
+/// nodes: the client compiler only (`-XX:TieredStopAtLevel=1`) and the serial collector. With
+/// the JVM's defaults (C2 and G1) each broker spends about 40 % of a core compiling for its first
+/// minute, and a fresh stack's writes are 2–3x slower than a minute later; with these its first
+/// five seconds already write at the warmed rate, and after three minutes the two are within
+/// noise (docs/benchmarks.md, "The local brokers' JIT"). A cluster of its own on dedicated
+/// machines wants the JVM's defaults.
+pub const LOCAL_JVM_FLAGS: &[&str] = &["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"];
 
 impl KafkaConfig {
     /// Defaults: jars cached in `$SECRETLOG_CACHE_DIR`, else `$HOME/.cache/secretlog/kafka-4.1.1`;
-    /// ports from 19092; 768 MiB heap per broker.
+    /// ports from 19092; 768 MiB heap per broker; [`LOCAL_JVM_FLAGS`].
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         KafkaConfig {
@@ -80,6 +91,7 @@ impl KafkaConfig {
             cache_dir: default_cache_dir(),
             base_port: DEFAULT_BASE_PORT,
             heap: "768m".to_string(),
+            jvm_flags: LOCAL_JVM_FLAGS.iter().map(|f| f.to_string()).collect(),
         }
     }
 

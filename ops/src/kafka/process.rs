@@ -173,7 +173,7 @@ pub(crate) fn live_pid(cfg: &KafkaConfig, n: u32) -> Option<u32> {
     read_pid(&cfg.pid_file(n)).filter(|pid| proc_alive(*pid, &cfg.properties_file(n)))
 }
 
-/// `java -Dlog4j2... -cp '<libs>/*'` with the configured heap.
+/// `java -Dlog4j2... -cp '<libs>/*'` with the configured heap and JVM flags.
 pub(crate) fn java_command(cfg: &KafkaConfig) -> Command {
     let java = std::env::var_os("JAVA_HOME")
         .map(|h| PathBuf::from(h).join("bin").join("java"))
@@ -181,6 +181,7 @@ pub(crate) fn java_command(cfg: &KafkaConfig) -> Command {
         .unwrap_or_else(|| PathBuf::from("java"));
     let mut cmd = Command::new(java);
     cmd.args(config::heap_args(&cfg.heap))
+        .args(&cfg.jvm_flags)
         .args(["-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"])
         .arg(format!("-Dlog4j2.configurationFile={}", cfg.log4j_file().display()))
         .arg("-cp")
@@ -242,4 +243,21 @@ pub(crate) fn describe(cmd: &Command) -> String {
         s.push_str(&a.to_string_lossy());
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brokers_start_with_the_heap_and_the_local_jit_and_collector() {
+        let cfg = KafkaConfig::new("/tmp/secretlog-test-java-command");
+        let cmd = java_command(&cfg);
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        for flag in ["-Xmx768m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError"] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
+        }
+        let classpath = args.iter().position(|a| a == "-cp").expect("a classpath");
+        assert!(args[..classpath].iter().all(|a| a.starts_with('-')), "flags before the classpath: {args:?}");
+    }
 }

@@ -55,6 +55,17 @@ fn key(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+impl Table {
+    /// `token`'s entry, a new one (expiring at `expires`) if it has none.
+    fn entry(&mut self, token: &str, expires: Instant) -> &mut Entry {
+        self.entries.entry(key(token)).or_insert_with(|| Entry {
+            position: ConsistencyToken::default(),
+            strong_until: None,
+            expires,
+        })
+    }
+}
+
 impl Sessions {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Sessions { table: Mutex::new(Table::default()), capacity: capacity.max(1), ttl }
@@ -70,14 +81,9 @@ impl Sessions {
             return;
         }
         let mut t = self.lock();
-        let ttl = self.ttl;
-        let e = t.entries.entry(key(token)).or_insert_with(|| Entry {
-            position: ConsistencyToken::default(),
-            strong_until: None,
-            expires: now + ttl,
-        });
+        let e = t.entry(token, now + self.ttl);
         e.position.merge(position);
-        e.expires = now + ttl;
+        e.expires = now + self.ttl;
         self.bound(&mut t, applied, now);
         metrics::gauge!("secretlog_reader_sessions").set(t.entries.len() as f64);
     }
@@ -87,11 +93,7 @@ impl Sessions {
     pub fn unknown(&self, token: &str, applied: &BTreeMap<i32, i64>, now: Instant) {
         let mut t = self.lock();
         let ttl = self.ttl;
-        let e = t.entries.entry(key(token)).or_insert_with(|| Entry {
-            position: ConsistencyToken::default(),
-            strong_until: None,
-            expires: now + ttl,
-        });
+        let e = t.entry(token, now + ttl);
         e.strong_until = Some(now + ttl);
         e.expires = now + ttl;
         self.bound(&mut t, applied, now);

@@ -423,16 +423,11 @@ pub(crate) fn test_request(method: &str, path: &str, body: &[u8]) -> ApiRequest 
         method: method.into(),
         path: path.into(),
         raw_path: path.into(),
-        raw_query: String::new(),
-        query: Default::default(),
         token: Some("t".into()),
-        index: None,
-        consistency: None,
         content_type: Some("application/json".into()),
         body: body.to_vec().into(),
         request_id: "r".into(),
-        forwarded: false,
-        parsed_route: Default::default(),
+        ..Default::default()
     }
 }
 

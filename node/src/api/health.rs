@@ -139,14 +139,8 @@ mod tests {
                 .filter_map(|p| p.split_once('='))
                 .map(|(a, b)| (a.into(), b.into()))
                 .collect(),
-            token: None,
-            index: None,
-            consistency: None,
-            content_type: None,
-            body: Default::default(),
             request_id: "r".into(),
-            forwarded: false,
-            parsed_route: Default::default(),
+            ..Default::default()
         }
     }
     fn input(role: Role) -> HealthInput {

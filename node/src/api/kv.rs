@@ -329,14 +329,8 @@ mod tests {
             raw_path: "v1/secret/data/x".into(),
             raw_query: query.into(),
             query: query.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).into_iter().collect(),
-            token: None,
-            index: None,
-            consistency: None,
-            content_type: None,
-            body: Default::default(),
             request_id: "r".into(),
-            forwarded: false,
-            parsed_route: Default::default(),
+            ..Default::default()
         }
     }
 

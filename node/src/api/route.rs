@@ -148,11 +148,6 @@ impl Route {
     pub fn is_rotation(self) -> bool {
         matches!(self, Route::KeyStatus | Route::Rotate | Route::RetireTerm | Route::Rewrap)
     }
-
-    /// Answered before the seal check, with no token.
-    pub fn is_unauthenticated(self) -> bool {
-        matches!(self, Route::Health | Route::Metrics | Route::Leader)
-    }
 }
 
 #[cfg(test)]

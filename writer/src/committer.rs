@@ -90,10 +90,22 @@ const PLANTED_BUG_FOR_TESTS: &str = "SECRETLOG_TEST_PLANTED_BUG";
 #[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
 const RESEND_FOR_TESTS: &str = "SECRETLOG_TEST_RESEND";
 
-/// The test hooks the environment asks for ([`PLANTED_BUG_FOR_TESTS`], [`RESEND_FOR_TESTS`]), in
-/// builds with the `planted-faults` feature, which only the end-to-end tests turn on.
+/// Set in tests only, never anywhere else: `N` makes the committer hold back every `N`th batch of
+/// plain data writes instead of sending it, treat its delivery as failed, and send its exact
+/// bytes once the barrier that resolved it is written — a produce delayed past the barrier (a
+/// request stuck behind a slow broker, a retry after a timeout; Jepsen's analysis of Kafka's
+/// transaction protocol saw delayed produces land in a later transaction). The barrier answers
+/// its writes "write refused", so every node must refuse the late records by the epoch rule
+/// (DESIGN.md, write path); with that check planted away (`skip-epoch-check`) the checker sees a
+/// refused write's value in the log.
+#[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
+const LATE_DELIVERY_FOR_TESTS: &str = "SECRETLOG_TEST_LATE_DELIVERY";
+
+/// The test hooks the environment asks for ([`PLANTED_BUG_FOR_TESTS`], [`RESEND_FOR_TESTS`],
+/// [`LATE_DELIVERY_FOR_TESTS`]), in builds with the `planted-faults` feature, which only the
+/// end-to-end tests turn on.
 #[cfg(feature = "planted-faults")]
-fn planted_faults() -> (Option<Planted>, Option<Resend>) {
+fn planted_faults() -> TestHooks {
     let planted = match std::env::var(PLANTED_BUG_FOR_TESTS).ok().as_deref() {
         Some("ack-before-commit") => {
             tracing::error!(
@@ -113,13 +125,38 @@ fn planted_faults() -> (Option<Planted>, Option<Resend>) {
         tracing::error!("{RESEND_FOR_TESTS}={every}: this writer SENDS RECORDS TWICE on purpose (tests only)");
         Resend { every, accepted: 0, pending: Vec::new() }
     });
-    (planted, resend)
+    let late =
+        std::env::var(LATE_DELIVERY_FOR_TESTS).ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).map(|every| {
+            tracing::error!(
+                "{LATE_DELIVERY_FOR_TESTS}={every}: this writer SENDS RECORDS AFTER THEIR BARRIER on purpose (tests only)"
+            );
+            Late { every, batches: 0, held: Vec::new() }
+        });
+    TestHooks { planted, resend, late }
 }
 
 /// Release builds: no test hook, and no environment variable read.
 #[cfg(not(feature = "planted-faults"))]
-fn planted_faults() -> (Option<Planted>, Option<Resend>) {
-    (None, None)
+fn planted_faults() -> TestHooks {
+    TestHooks::default()
+}
+
+/// The test hooks that are on (all off outside the end-to-end tests).
+#[derive(Default)]
+struct TestHooks {
+    planted: Option<Planted>,
+    resend: Option<Resend>,
+    late: Option<Late>,
+}
+
+/// The state of the late-delivery test hook ([`LATE_DELIVERY_FOR_TESTS`]).
+#[cfg_attr(not(feature = "planted-faults"), allow(dead_code))]
+struct Late {
+    every: u64,
+    /// Batches of plain data writes started so far.
+    batches: u64,
+    /// Records held back, sent once the barrier that resolves them is written.
+    held: Vec<Record>,
 }
 
 /// The state of the re-send test hook ([`RESEND_FOR_TESTS`]).
@@ -299,6 +336,8 @@ pub struct Committer {
     planted: Option<Planted>,
     /// Tests only ([`RESEND_FOR_TESTS`]).
     resend: Option<Resend>,
+    /// Tests only ([`LATE_DELIVERY_FOR_TESTS`]).
+    late: Option<Late>,
 }
 
 impl Committer {
@@ -308,7 +347,7 @@ impl Committer {
         cfg: CommitterConfig,
         fenced: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
-        let (planted, resend) = planted_faults();
+        let TestHooks { planted, resend, late } = planted_faults();
         let epoch = cfg.epoch;
         Committer {
             ctx,
@@ -321,6 +360,7 @@ impl Committer {
             fenced,
             planted,
             resend,
+            late,
         }
     }
 
@@ -384,6 +424,7 @@ impl Committer {
                     stopped = Stopped::Reclaim(why);
                     break;
                 }
+                self.send_held_back().await;
                 continue;
             }
             while !closed && carry.len() < self.cfg.max_batch {
@@ -533,6 +574,16 @@ impl Committer {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(format!("no barrier could be written: {last}"))
+    }
+
+    /// Tests only ([`LATE_DELIVERY_FOR_TESTS`]): send the records held back, now that a barrier
+    /// resolved their writes, before anything else is decided. No verdict is awaited: every node
+    /// must refuse them by their epoch.
+    async fn send_held_back(&mut self) {
+        let Some(late) = self.late.as_mut().filter(|l| !l.held.is_empty()) else { return };
+        let held = std::mem::take(&mut late.held);
+        let at = self.producer.send(&held, self.cfg.write_timeout).await;
+        tracing::warn!(?at, "test hook ({LATE_DELIVERY_FOR_TESTS}): records sent after their barrier");
     }
 
     /// Wait until the local state includes every earlier write to `key`.
@@ -757,6 +808,26 @@ impl Committer {
             }
         }
         self.open.extend(paths.iter().cloned());
+        if let Some(late) = self.late.as_mut().filter(|_| data_only) {
+            late.batches += 1;
+            if late.batches % late.every == 0 {
+                // TEST ONLY (LATE_DELIVERY_FOR_TESTS): not sent; its delivery "failed", so a
+                // barrier resolves it, and its bytes are sent after that barrier.
+                let verdicts = &self.ctx.materializer.verdicts;
+                let outcomes = records
+                    .iter()
+                    .map(|(r, id)| Outcome::Undelivered {
+                        event_id: *id,
+                        verdict: verdicts.register(*id, r.partition),
+                        why: format!("test hook ({LATE_DELIVERY_FOR_TESTS}): delivery held back"),
+                    })
+                    .collect();
+                late.held.extend(records.into_iter().map(|(r, _)| r));
+                let started = Instant::now();
+                flights.spawn(async move { Landed { waiting, paths, started, outcomes, first: None } });
+                return;
+            }
+        }
         // TEST ONLY (RESEND_FOR_TESTS): keep the first record's bytes; send the pending copies of
         // keys this batch holds again once it landed.
         let (first, again) = match self.resend.as_mut().filter(|_| !cmds.iter().any(|(_, c, _)| c.is_exclusive())) {

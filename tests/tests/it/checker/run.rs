@@ -40,6 +40,10 @@ pub struct RunOpts {
     /// `SECRETLOG_TEST_RESEND` for the writers: the first record of every Nth accepted batch is
     /// sent again after its key changed (writer/src/committer.rs); every node must refuse it.
     pub resend: Option<u32>,
+    /// `SECRETLOG_TEST_LATE_DELIVERY` for the writers: every Nth batch of data writes is held
+    /// back, resolved "refused" by a barrier, then sent (writer/src/committer.rs); every node must
+    /// refuse it by its epoch.
+    pub late: Option<u32>,
     /// Writers keep up to this many batches in flight at once (`--max-batches-in-flight`).
     pub in_flight: usize,
     /// A third reader in its own network namespace, delayed and cut (where the machine allows).
@@ -200,6 +204,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         .resend
         .map(|n| ("SECRETLOG_TEST_RESEND".to_string(), n.to_string()))
         .into_iter()
+        .chain(opts.late.map(|n| ("SECRETLOG_TEST_LATE_DELIVERY".to_string(), n.to_string())))
         .chain([("SECRETLOG_MAX_BATCHES_IN_FLIGHT".to_string(), opts.in_flight.to_string())]);
     // A planted bug goes to every node: the refusal rules run in every materializer.
     let every_node = opts.planted.map(|p| ("SECRETLOG_TEST_PLANTED_BUG".to_string(), p.to_string()));
@@ -529,6 +534,7 @@ pub async fn run(cluster: &'static Cluster, opts: RunOpts) -> Report {
         "writes_at_broker_kills": at_kills,
         "records_refused": refused_by_node,
         "resend_every": opts.resend,
+        "late_delivery_every": opts.late,
         "acknowledged": acked,
         "failed_writes": writes.len() - answered,
         "failed_writes_present": present_failed,

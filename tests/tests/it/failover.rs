@@ -166,7 +166,7 @@ async fn health_code(url: &str) -> u16 {
 }
 
 /// Wait until exactly one of the two writers leads, and make it `s.writer`.
-async fn leader_first(s: &mut Stack) {
+pub(crate) async fn leader_first(s: &mut Stack) {
     let leader_is_first = eventually(Duration::from_secs(30), "exactly one leader", || async {
         match (health_code(&s.writer.url).await, health_code(&s.standbys[0].url).await) {
             (200, 429) => Some(true),

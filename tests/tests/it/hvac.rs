@@ -1,5 +1,7 @@
 //! An unmodified Vault client library works against secretlog.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::harness::{Stack, StackOpts, call, shared};
@@ -34,21 +36,80 @@ async fn read_after_write(url: &str, token: &str, rounds: u32) -> (bool, String,
 
 /// [`read_after_write`] with the script's options (`--read-url`, `--strong`).
 async fn read_after_write_with(url: &str, token: &str, rounds: u32, opts: &[&str]) -> (bool, String, String) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/hvac_read_after_write.py");
-    let out = tokio::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(&script)
-        .arg(url)
-        .arg(rounds.to_string())
-        .args(opts)
-        .env("VAULT_TOKEN", token)
+    let out = read_after_write_script(url, token, rounds, opts)
         .output()
         .await
         .expect("running python3 (hvac is installed by .ci/run)");
+    script_outcome(out)
+}
+
+/// The read-after-write script's command line.
+fn read_after_write_script(url: &str, token: &str, rounds: u32, opts: &[&str]) -> tokio::process::Command {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/hvac_read_after_write.py");
+    let mut cmd = tokio::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    cmd.arg(&script).arg(url).arg(rounds.to_string()).args(opts).env("VAULT_TOKEN", token);
+    cmd
+}
+
+/// Its exit status, standard output and standard error.
+fn script_outcome(out: std::process::Output) -> (bool, String, String) {
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Issue #19, across a leader failover: hvac writing through a reader (forwarded to whichever
+/// writer leads) and reading back at once from it, no header, while the leader is killed with
+/// SIGKILL part way through (the script still running, about 570 rounds to go). The script
+/// retries a write that fails while no writer leads, as a client riding out a failover would;
+/// every read right after an acknowledged write must show it (620 rounds, 0 stale), and the last
+/// version the client was told it wrote is the new leader's current version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_reads_its_own_writes_across_a_leader_failover() {
+    let (cluster, _g) = shared();
+    let mut s =
+        Stack::start(cluster, StackOpts { name: "hvac-failover", readers: 1, standbys: 1, ..Default::default() }).await;
+    crate::failover::leader_first(&mut s).await;
+    // 620 rounds: the run does not end on a round that deletes the secret's metadata.
+    let mut child = read_after_write_script(&s.readers[0].url, &s.token, 620, &["--retry-writes", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running python3 (hvac is installed by .ci/run)");
+    // The script moves to a new secret every 50 rounds (`raw/s50`, ...): kill the leader once the
+    // first has been left behind.
+    let list = format!("{}/v1/secret/metadata/raw?list=true", s.writer.url);
+    crate::harness::eventually(Duration::from_secs(60), "50 rounds before the kill", || async {
+        let a = call("GET", &list, Some(&s.token), None, None).await;
+        a.body["data"]["keys"].as_array().is_some_and(|k| k.iter().any(|k| k != "s0")).then_some(())
+    })
+    .await;
+    s.writer.kill9();
+    assert!(child.try_wait().expect("the script's status").is_none(), "the script ended before the leader was killed");
+    let (ok, stdout, stderr) = script_outcome(child.wait_with_output().await.expect("the script ran"));
+    eprintln!("{stdout}");
+    assert!(
+        ok,
+        "stale answers across the failover:
+{stdout}
+{stderr}
+--- reader log ---
+{}",
+        s.readers[0].log_tail()
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(report["rounds"], 620, "{stdout}");
+    // Writes sent while no writer leads are held by the reader until one does (it never sent
+    // them), so the client may see no failure at all; any it does see, it retries.
+    eprintln!("[hvac-failover] writes the client retried: {}", report["writes_retried"]);
+    let (path, version) = (report["last"]["path"].as_str().expect("last path"), &report["last"]["version"]);
+    let new_leader = &s.standbys[0];
+    new_leader.wait_health(200, Duration::from_secs(30)).await;
+    let m = call("GET", &format!("{}/v1/secret/metadata/{path}", new_leader.url), Some(&s.token), None, None).await;
+    assert_eq!(&m.body["data"]["current_version"], version, "the new leader's {path}: {:?}", m.body);
 }
 
 /// Issue #19: a client that writes and reads back at once on the leader — hvac, sending no

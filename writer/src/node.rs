@@ -182,6 +182,9 @@ impl WriterNode {
             session_timeout_ms: self.cfg.election_session_timeout_ms,
             heartbeat_interval_ms: self.cfg.election_heartbeat_ms,
         };
+        // Made first, so that they connect while the election topic is made and joined: a writer
+        // alone is elected at once, and its first term starts with them.
+        self.prepare_next_term();
         while let Err(e) = crate::election::ensure_election_topic(&election.bootstrap, &election.topic).await {
             tracing::warn!(error = %e, "cannot create the election topic yet; retrying");
             tokio::select! {

@@ -248,31 +248,20 @@ fn renew_lease(
     })
 }
 
-/// The producer [`claim`] appends with (idempotent, acks=all).
-pub type ClaimProducer = rdkafka::producer::FutureProducer<secretlog_state::kafka::LogContext>;
-
-/// A producer for [`claim`]s, whose messages time out after `timeout`.
-pub fn claim_producer(bootstrap: &str, timeout: Duration) -> Result<ClaimProducer, WriterError> {
-    crate::producer::idempotent_config(bootstrap, timeout.as_millis() as u64)
-        .create_with_context(secretlog_state::kafka::LogContext)
-        .map_err(|e| WriterError::NotReady(format!("claim producer: {e}")))
-}
-
 /// Append this writer's claim to lead (its URL) to the election topic, replicated (acks=all), and
 /// return the claim's offset: the log-given part of the leader epoch (`crate::epoch`). Claims
-/// are never read back; their offsets only ever grow.
+/// are never read back; their offsets only ever grow. Appended by the term's own log producer
+/// (idempotent, acks=all), made ready before the election was won.
 pub async fn claim(
-    producer: &ClaimProducer,
+    producer: &crate::producer::LogProducer,
     topic: &str,
     leader_url: &str,
     timeout: Duration,
 ) -> Result<i64, WriterError> {
-    use rdkafka::producer::FutureRecord;
-    let record = FutureRecord::<[u8], [u8]>::to(topic).payload(leader_url.as_bytes()).partition(0);
-    match producer.send(record, timeout).await {
-        Ok(d) => Ok(d.offset),
-        Err((e, _)) => Err(WriterError::NotReady(format!("appending the leadership claim: {e}"))),
-    }
+    producer
+        .append_to(topic, 0, leader_url.as_bytes(), timeout)
+        .await
+        .map_err(|e| WriterError::NotReady(format!("appending the leadership claim: {e}")))
 }
 
 #[cfg(test)]

@@ -200,6 +200,22 @@ impl LogProducer {
             .collect()
     }
 
+    /// Append one record to partition `partition` of another topic (the election topic's
+    /// claims): its offset, or why its delivery failed.
+    pub async fn append_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<i64, String> {
+        let rec = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).partition(partition);
+        match self.producer.send(rec, timeout).await {
+            Ok(d) => Ok(d.offset),
+            Err((e, _)) => Err(e.to_string()),
+        }
+    }
+
     /// Whether librdkafka reports the producer unusable (a fatal idempotence error).
     pub fn fatal_error(&self) -> Option<String> {
         self.producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
@@ -215,9 +231,30 @@ pub fn transactional_ids_ever_used(base: &str, topic: &str) -> Vec<String> {
 /// One transactional producer per id of `ids`, created (connecting to the brokers) but not
 /// initialized, so that [`Fencers::fence`] later takes one round to the coordinator instead of
 /// waiting for new clients to connect first (about half a second, measured).
+///
+/// Plain producers, not rdkafka's threaded ones: an idle threaded producer's polling thread costs
+/// about 1 % of a core (its 100 ms poll spins through its last millisecond, rdkafka rounding the
+/// wait down to whole milliseconds). Nothing polls these but [`Fencers::drain`], called now and
+/// then while they wait, and the `init_transactions` that uses them.
 pub struct Fencers {
-    producers: Vec<FutureProducer<LogContext>>,
+    producers: Vec<rdkafka::producer::BaseProducer<FenceContext>>,
     timeout: Duration,
+}
+
+/// The fencers' client context: errors logged as every client's ([`LogContext`]); they send
+/// nothing, so there is no delivery report to handle.
+#[derive(Clone, Default)]
+pub struct FenceContext;
+
+impl rdkafka::ClientContext for FenceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        rdkafka::ClientContext::error(&LogContext, error, reason)
+    }
+}
+
+impl rdkafka::producer::ProducerContext for FenceContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
 }
 
 impl Fencers {
@@ -226,11 +263,21 @@ impl Fencers {
             .iter()
             .map(|id| {
                 producer_config(bootstrap, id, timeout.as_millis() as u64)
-                    .create_with_context(LogContext)
+                    .create_with_context(FenceContext)
                     .map_err(|source| WriterError::Kafka { step: "creating the producer", source })
             })
             .collect::<Result<_, _>>()?;
         Ok(Fencers { producers, timeout })
+    }
+
+    /// Serve what the waiting producers queued (errors, logs), without blocking.
+    pub fn drain(&self) {
+        for p in &self.producers {
+            // At most one event a call; an idle producer queues a few at most between calls.
+            for _ in 0..16 {
+                p.poll(Duration::ZERO);
+            }
+        }
     }
 
     /// Fence every id: `init_transactions` on each (all at once, on blocking threads), so the

@@ -239,6 +239,11 @@ impl WriterNode {
                 break;
             }
         }
+        // Sealed or shutting down: no next term to be ready for. (Closing a client blocks until
+        // its threads end.)
+        if let Some(ready) = self.ready.lock().expect("ready lock").take() {
+            tokio::task::spawn_blocking(move || drop(ready));
+        }
         let _ = join.await;
     }
 

@@ -327,21 +327,15 @@ impl WriterNode {
         let began = std::time::Instant::now();
         let log = &self.cfg.log;
         // The partitions this node's materializer is positioned on, or (not positioned yet) the
-        // topic's.
-        let partitions = match ctx.materializer.progress.borrow().partitions {
-            0 => None,
-            n => Some(n),
-        };
-        let partitions = match partitions {
-            Some(n) => n,
-            None => {
-                let (b, t) = (log.bootstrap.clone(), log.topic.clone());
-                tokio::task::spawn_blocking(move || {
-                    secretlog_state::kafka::partition_count(&b, &t, Duration::from_secs(5))
-                })
+        // topic's, asked of the brokers.
+        let positioned = ctx.materializer.progress.borrow().partitions;
+        let partitions = if positioned > 0 {
+            positioned
+        } else {
+            let (b, t) = (log.bootstrap.clone(), log.topic.clone());
+            tokio::task::spawn_blocking(move || secretlog_state::kafka::partition_count(&b, &t, Duration::from_secs(5)))
                 .await
                 .map_err(|e| WriterError::NotReady(e.to_string()))??
-            }
         };
         self.set_state(WriterState::Starting("fencing the previous leader".into()));
         // The epoch comes from the log: the offset of this claim, above every epoch applied here.

@@ -40,9 +40,9 @@ pub struct UpArgs {
     #[arg(long, env = "SECRETLOG_TOPIC", default_value = MUTATIONS_TOPIC)]
     pub topic: String,
     /// Partitions of the mutation topic when the stack creates it (an existing topic keeps its
-    /// own). Partitions spread the partition leaders, and so the produce load, over the brokers;
-    /// see docs/benchmarks.md, "Partitions and write throughput" (measured with the earlier,
-    /// transactional write path).
+    /// own). One by default: each partition a batch of writes touches costs the brokers a produce
+    /// request and every node a fetch (docs/benchmarks.md, "One partition"); more partitions spread
+    /// the partition leaders over the brokers and make a halt (per partition) smaller.
     #[arg(long, env = "SECRETLOG_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
           value_parser = clap::value_parser!(i32).range(1..=64))]
     pub partitions: i32,

@@ -8,13 +8,15 @@ use sha2::{Digest, Sha256};
 
 /// The mutation log.
 pub const MUTATIONS_TOPIC: &str = "secretlog.mutations";
-/// Partition count `secretlog up` creates the topic with: one per broker of the local
-/// three-broker cluster. Partitions are the unit of halting, and every partition a transaction
-/// touches costs the brokers a commit marker (replicated) and a produce request: with 32 records
-/// per transaction, 3 partitions gave 1.6x the transactions per second of 6 at two-thirds of
-/// the broker CPU per transaction (docs/benchmarks.md, "Writes: the transaction round"). Every
-/// reader consumes every partition, so more partitions than brokers buy secretlog nothing.
-pub const DEFAULT_PARTITIONS: i32 = 3;
+/// Partition count the topic is created with (`secretlog up`, `kafka create-topic`, reseed, the
+/// DR drill's site): one. Every partition a batch of writes touches costs the brokers a produce
+/// request and, per node following the log, a fetch, and every strong read asks each partition's
+/// end: on the local three-broker stack one partition gave 1.4-2.1x the acknowledged writes of
+/// three at 57 % of the CPU per write, and 1.7-1.9x the strong reads (docs/benchmarks.md,
+/// "One partition"). A secret store's writes are far below one partition's throughput, and every
+/// node consumes every partition, so more partitions buy a smaller halt (a partition is the unit
+/// of halting) and nothing else; `--partitions N` still creates N.
+pub const DEFAULT_PARTITIONS: i32 = 1;
 /// Record key of a control event (root token, leader epochs, later policies and tokens): a NUL
 /// byte and the control object's name. No valid secret key starts with NUL, so the two never
 /// collide.

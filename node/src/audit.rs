@@ -296,7 +296,7 @@ struct Opened {
 }
 
 /// Who each token is, as printed in `auth`, by its audit HMAC (never the token itself), while the
-/// node's tokens are as they were (`Progress::tokens_version`): a revocation, a renewal, a new
+/// node's tokens are as they were (`Progress::auth_version`): a revocation, a renewal, a new
 /// token or a new root token empties it.
 #[derive(Default)]
 struct AuthCache {
@@ -741,7 +741,7 @@ impl Auditor {
             return serde_json::value::to_raw_value(&Value::Null).map(Arc::from);
         };
         let client_token = self.redactor.hmac(token.as_bytes());
-        let version = self.ctx.as_ref().map(|c| c.materializer.progress.borrow().tokens_version);
+        let version = self.ctx.as_ref().map(|c| c.materializer.progress.borrow().auth_version);
         if let Some(v) = version {
             let cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
             if cache.version == v

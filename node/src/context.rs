@@ -27,6 +27,8 @@ pub struct ReadContext {
     /// Longest time since this node last confirmed it had applied the log's end for it to answer
     /// from its own state (see [`secretlog_state::freshness`]).
     pub max_staleness: Duration,
+    /// Token records and merged ACLs, kept while the node's tokens and policies are unchanged.
+    pub auth: Arc<crate::auth_cache::AuthCache>,
 }
 
 impl ReadContext {
@@ -68,6 +70,11 @@ impl ReadContext {
             self.consistency_wait.as_millis(),
             behind.join(", ")
         ))
+    }
+
+    /// Counts the applied changes to tokens and policies (what [`Self::auth`] is valid for).
+    pub fn auth_version(&self) -> u64 {
+        self.materializer.progress.borrow().auth_version
     }
 
     /// The mount table this node applied.

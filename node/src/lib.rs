@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth_cache;
 pub mod config;
 pub mod context;
 pub mod node;

@@ -88,6 +88,7 @@ pub async fn open_state(
             default_mount: Arc::new(secretlog_state::mounts::DefaultMount::new(&log.mount)),
             consistency_wait: Duration::from_secs(2),
             max_staleness: Duration::from_secs(10),
+            auth: Arc::default(),
         },
         join,
     ))

@@ -72,9 +72,10 @@ pub struct Progress {
     pub mounts: Arc<crate::mounts::Mounts>,
     /// The audit devices enabled through the log, as of `applied` (published like `mounts`).
     pub audit_devices: Arc<crate::audit_devices::AuditDevices>,
-    /// Counts the batches that changed a token or the root token: what the node knows of a
-    /// token is unchanged while this is (the audit log caches who a token is by it).
-    pub tokens_version: u64,
+    /// Counts the batches that changed a token, the root token or a policy: what the node knows
+    /// of a token and of what its policies grant is unchanged while this is (the API caches token
+    /// records and merged ACLs by it, the audit log who a token is).
+    pub auth_version: u64,
 }
 
 impl Progress {
@@ -622,7 +623,7 @@ impl Materializer {
         let staged_terms = staging.key_terms_changed.take();
         let staged_mounts = staging.mounts_changed.take();
         let staged_audit = staging.audit_changed.take();
-        let staged_tokens = std::mem::take(&mut staging.tokens_changed);
+        let staged_auth = std::mem::take(&mut staging.auth_changed);
         let staged_counts = staging.counts_changed.then(|| staging.counts.clone()).flatten();
         self.store.commit(staging.batch).await?;
         // Only once the batch is durable does the keyring follow it: a node never seals under a
@@ -673,8 +674,8 @@ impl Materializer {
             if let Some(a) = staged_audit {
                 prog.audit_devices = Arc::new(a);
             }
-            if staged_tokens {
-                prog.tokens_version += 1;
+            if staged_auth {
+                prog.auth_version += 1;
             }
         });
         // Only now, with the batch durable and its progress published, is any record of it
@@ -706,8 +707,8 @@ pub struct Staging {
     pub mounts_changed: Option<crate::mounts::Mounts>,
     /// The audit devices as this batch leaves them, when it changed them.
     pub audit_changed: Option<crate::audit_devices::AuditDevices>,
-    /// Whether this batch changed a token or the root token.
-    pub tokens_changed: bool,
+    /// Whether this batch changed a token, the root token or a policy.
+    pub auth_changed: bool,
 }
 
 impl Staging {
@@ -722,7 +723,7 @@ impl Staging {
             counts_changed: false,
             mounts_changed: None,
             audit_changed: None,
-            tokens_changed: false,
+            auth_changed: false,
         }
     }
 
@@ -822,23 +823,25 @@ impl Staging {
         }
         match &event.op {
             Operation::SetRootToken { token_hash } => {
-                self.tokens_changed = true;
+                self.auth_changed = true;
                 self.batch.writes.insert(keys::ROOT_TOKEN.to_vec(), Some(token_hash.to_vec()));
                 tracing::info!(partition, offset, "root token hash applied");
             }
             Operation::PutPolicy { name, policy } => {
+                self.auth_changed = true;
                 self.batch.writes.insert(keys::policy(name), Some(policy.as_bytes().to_vec()));
             }
             Operation::DeletePolicy { name } => {
+                self.auth_changed = true;
                 self.batch.writes.insert(keys::policy(name), None);
             }
             Operation::PutToken { token_hash, record } => {
-                self.tokens_changed = true;
+                self.auth_changed = true;
                 crate::auth_objects::index_accessor(self, store, token_hash, Some(record)).await?;
                 self.batch.writes.insert(keys::token(token_hash), Some(record.clone()));
             }
             Operation::RevokeToken { token_hash } => {
-                self.tokens_changed = true;
+                self.auth_changed = true;
                 crate::auth_objects::index_accessor(self, store, token_hash, None).await?;
                 self.batch.writes.insert(keys::token(token_hash), None);
             }
@@ -849,7 +852,7 @@ impl Staging {
                         "the token was not expired (or not there) when the tidy was decided".into(),
                     ))));
                 }
-                self.tokens_changed = true;
+                self.auth_changed = true;
                 crate::auth_objects::index_accessor(self, store, token_hash, None).await?;
                 self.batch.writes.insert(keys::token(token_hash), None);
                 metrics::counter!("secretlog_tokens_tidied_total").increment(1);

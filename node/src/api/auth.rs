@@ -5,6 +5,8 @@
 //! the root token's hash is `c/root_token`. Expiry is checked against this node's clock on every
 //! request. Policies live at `c/policy/<name>`.
 
+use std::sync::Arc;
+
 use secretlog_schemas::auth::TokenRecord;
 
 use super::{ApiError, ApiRequest, Route};
@@ -133,11 +135,21 @@ pub(crate) async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Iden
             return Err(ApiError::permission_denied());
         }
     }
-    let Some(raw) = ctx.store.get_raw(&keys::token(&hash)).await? else {
-        tracing::info!(request_id = %req.request_id, path = %req.path, "permission denied: unknown or revoked token");
-        return Err(ApiError::permission_denied());
+    // The version first: a record read after it is at least as new as it (see `AuthCache`).
+    let version = ctx.auth_version();
+    let record = match ctx.auth.token(version, &hash) {
+        Some(record) => record,
+        None => {
+            let Some(raw) = ctx.store.get_raw(&keys::token(&hash)).await? else {
+                tracing::info!(request_id = %req.request_id, path = %req.path, "permission denied: unknown or revoked token");
+                return Err(ApiError::permission_denied());
+            };
+            let record: Arc<TokenRecord> =
+                Arc::new(serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?);
+            ctx.auth.keep_token(version, hash, record.clone());
+            record
+        }
     };
-    let record: TokenRecord = serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?;
     if record.expired(now_ms()) {
         tracing::info!(request_id = %req.request_id, accessor = %record.accessor, "permission denied: token expired");
         return Err(ApiError::permission_denied());
@@ -150,11 +162,15 @@ pub(crate) async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Iden
             return Err(ApiError::permission_denied());
         }
     }
-    Ok(Identity::Token { hash, record })
+    Ok(Identity::Token { hash, record: TokenRecord::clone(&record) })
 }
 
 /// The merged ACL of a token's policies (policies that no longer exist grant nothing).
-pub(crate) async fn acl_of(ctx: &ReadContext, record: &TokenRecord) -> Result<Acl, ApiError> {
+pub(crate) async fn acl_of(ctx: &ReadContext, record: &TokenRecord) -> Result<Arc<Acl>, ApiError> {
+    let version = ctx.auth_version();
+    if let Some(acl) = ctx.auth.acl(version, &record.policies) {
+        return Ok(acl);
+    }
     let mut policies = Vec::new();
     for name in &record.policies {
         if let Some(text) = policy_text(ctx, name).await? {
@@ -166,7 +182,9 @@ pub(crate) async fn acl_of(ctx: &ReadContext, record: &TokenRecord) -> Result<Ac
             }
         }
     }
-    Ok(Acl::new(&policies))
+    let acl = Arc::new(Acl::new(&policies));
+    ctx.auth.keep_acl(version, &record.policies, acl.clone());
+    Ok(acl)
 }
 
 /// The endpoints a token uses on itself, which the `default` policy grants.

@@ -156,6 +156,26 @@ async fn the_policy_matrix_holds_on_the_writer_and_on_readers() {
     assert_eq!(policy.body["data"]["policy"], POLICY);
     let denied = call("GET", &format!("{reader}/v1/sys/policies/acl/app"), Some(&t), Some(&i), None).await;
     assert_eq!(denied.status, 403);
+    // Narrowing the policy takes effect from its index on, on nodes that have been answering the
+    // token from what they keep of its ACL (every node above did, many times).
+    let narrowed = call(
+        "PUT",
+        &format!("{}/v1/sys/policies/acl/app", s.writer.url),
+        Some(&s.token),
+        None,
+        Some(json!({ "policy": r#"path "secret/data/app/ro/*" { capabilities = ["read"] }"# })),
+    )
+    .await;
+    assert_eq!(narrowed.status, 204, "{:?}", narrowed.body);
+    let n = narrowed.index.expect("index");
+    for url in [s.writer.url.clone(), reader.clone()] {
+        let get = |path: &'static str| {
+            let (t, n, url) = (t.clone(), n.clone(), url.clone());
+            async move { call("GET", &format!("{url}/v1/secret/data/{path}"), Some(&t), Some(&n), None).await.status }
+        };
+        assert_eq!(get("app/x").await, 403, "{url}: the narrowed policy no longer reads app/x");
+        assert_eq!(get("app/ro/y").await, 200, "{url}: and still reads what it kept");
+    }
     // Deleting the policy takes the token's access away everywhere.
     let del = call("DELETE", &format!("{}/v1/sys/policies/acl/app", s.writer.url), Some(&s.token), None, None).await;
     assert_eq!(del.status, 204, "{:?}", del.body);

@@ -731,7 +731,7 @@ impl Staging {
     pub(crate) async fn stored_value(&self, store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
         match self.batch.writes.get(key) {
             Some(v) => Ok(v.clone()),
-            None => store.get_raw(key).await,
+            None => store.get_committed(key).await,
         }
     }
 
@@ -778,7 +778,7 @@ impl Staging {
     async fn meta(&self, store: &Store, mkey: &[u8]) -> Result<Option<SecretMeta>, NodeError> {
         match self.metas.get(mkey) {
             Some(m) => Ok(m.clone()),
-            None => match store.get_raw(mkey).await? {
+            None => match store.get_committed(mkey).await? {
                 Some(b) => Ok(Some(serde_json::from_slice::<SecretMeta>(&b).map_err(|e| NodeError::Corrupt {
                     key: String::from_utf8_lossy(mkey).into_owned(),
                     reason: e.to_string(),

@@ -545,14 +545,32 @@ impl Store {
         Ok((out, last))
     }
 
-    /// Raw read of a storage key, bypassing the cache (used to stage an apply batch).
     /// The revision of `record_key` ([`keys::revision`]): 0 for a key never written.
     pub async fn revision(&self, record_key: &[u8]) -> Result<u64, NodeError> {
         Ok(decode_revision(self.get_cached(keys::revision(record_key)).await?.as_deref()))
     }
 
+    /// Raw read of a storage key, bypassing the cache.
     pub async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
         Ok(self.db.get(key).await?.map(|b| b.to_vec()))
+    }
+
+    /// A storage key's committed value, for staging an apply: from the memory cache when it holds
+    /// the key (present or known absent), else from SlateDB without filling the cache — the commit
+    /// that follows writes through what the batch changed. The cache agrees with SlateDB outside
+    /// a commit (every commit writes through holding the fill lock exclusively, every fill holds it
+    /// shared), and a batch is staged before its commit, never during one. On the leader the keys
+    /// a write was decided on are cached already (the committer read them), so the write's own
+    /// apply reads nothing from SlateDB; on every node a key written recently is.
+    pub async fn get_committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
+        if let Some(entry) = self.cache.memory().get(key) {
+            let v = entry.value();
+            return Ok(match v.first() {
+                Some(&PRESENT) => Some(v[1..].to_vec()),
+                _ => None,
+            });
+        }
+        self.get_raw(key).await
     }
 
     /// Write state and partition positions atomically, then bring the cache up to date.

@@ -10,6 +10,8 @@
 //!   opening steps every node runs on a request, and [`node::open_state`];
 //! * [`context`] — an unsealed node's state ([`context::ReadContext`]) and its waits on the log;
 //! * [`audit`] — the audit log every node's handler goes through;
+//! * [`auth_cache`] — token records and merged ACLs kept while the node's tokens and policies are
+//!   unchanged ([`auth_cache::AuthCache`]);
 //! * [`unseal`] — the root key as Shamir shares and the unseal that collects them;
 //! * [`telemetry`] — logging and the Prometheus recorder;
 //! * [`config`] — the settings every node shares ([`config::LogConfig`], [`config::HttpConfig`],

@@ -144,8 +144,7 @@ pub(crate) async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Iden
                 tracing::info!(request_id = %req.request_id, path = %req.path, "permission denied: unknown or revoked token");
                 return Err(ApiError::permission_denied());
             };
-            let record: Arc<TokenRecord> =
-                Arc::new(serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?);
+            let record: Arc<TokenRecord> = Arc::new(serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?);
             ctx.auth.keep_token(version, hash, record.clone());
             record
         }

@@ -51,7 +51,6 @@ use futures::stream::FuturesUnordered;
 
 use secretlog_schemas::Keyring;
 use secretlog_schemas::audit::{self, AuditDeviceRecord};
-use secretlog_schemas::auth::TokenRecord;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -296,8 +295,8 @@ struct Opened {
 }
 
 /// Who each token is, as printed in `auth`, by its audit HMAC (never the token itself), while the
-/// node's tokens are as they were (`Progress::auth_version`): a revocation, a renewal, a new
-/// token or a new root token empties it.
+/// node's tokens and policies are as they were (`Progress::auth_version`): a revocation, a
+/// renewal, a new token, a new root token or a policy change empties it.
 #[derive(Default)]
 struct AuthCache {
     version: u64,
@@ -386,8 +385,7 @@ async fn lookup(ctx: &ReadContext, token: &str) -> Option<Identity> {
         return Some(Identity::Root);
     }
     let hash = ctx.keyring.token_hash(token);
-    let raw = ctx.store.get_raw(&secretlog_state::store::keys::token(&hash)).await.ok()??;
-    let record: TokenRecord = serde_json::from_slice(&raw).ok()?;
+    let record = crate::api::auth::token_record(ctx, &hash).await.ok()??;
     Some(Identity::Token { hash, record })
 }
 

@@ -11,9 +11,9 @@ pub const MUTATIONS_TOPIC: &str = "secretlog.mutations";
 /// Partition count the topic is created with (`secretlog up`, `kafka create-topic`, reseed, the
 /// DR drill's site): one. Every partition a batch of writes touches costs the brokers a produce
 /// request and, per node following the log, a fetch, and every strong read asks each partition's
-/// end: on the local three-broker stack one partition gave 1.4-2.1x the acknowledged writes of
-/// three at 57 % of the CPU per write, and 1.7-1.9x the strong reads (docs/benchmarks.md,
-/// "One partition"). A secret store's writes are far below one partition's throughput, and every
+/// end: on the local three-broker stack one partition gave 1.5-2.1x the acknowledged writes of
+/// three at 57-62 % of the CPU per write, and 1.7x the strong reads at 16 connections
+/// (docs/benchmarks.md, "One partition"). A secret store's writes are far below one partition's throughput, and every
 /// node consumes every partition, so more partitions buy a smaller halt (a partition is the unit
 /// of halting) and nothing else; `--partitions N` still creates N.
 pub const DEFAULT_PARTITIONS: i32 = 1;

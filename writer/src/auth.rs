@@ -141,7 +141,7 @@ async fn target(
 ) -> Result<Option<([u8; 32], TokenRecord)>, ApiError> {
     if own {
         return match who {
-            Identity::Token { hash, record } => Ok(Some((*hash, record.clone()))),
+            Identity::Token { hash, record } => Ok(Some((*hash, TokenRecord::clone(record)))),
             Identity::Root => Err(ApiError::bad_request("the root token cannot be renewed, revoked or looked up here")),
         };
     }

@@ -34,7 +34,7 @@ pub(crate) async fn policy_text(ctx: &ReadContext, name: &str) -> Result<Option<
 #[derive(Debug, Clone)]
 pub enum Identity {
     Root,
-    Token { hash: [u8; 32], record: TokenRecord },
+    Token { hash: [u8; 32], record: Arc<TokenRecord> },
 }
 
 impl Identity {
@@ -135,19 +135,9 @@ pub(crate) async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Iden
             return Err(ApiError::permission_denied());
         }
     }
-    // The version first: a record read after it is at least as new as it (see `AuthCache`).
-    let version = ctx.auth_version();
-    let record = match ctx.auth.token(version, &hash) {
-        Some(record) => record,
-        None => {
-            let Some(raw) = ctx.store.get_raw(&keys::token(&hash)).await? else {
-                tracing::info!(request_id = %req.request_id, path = %req.path, "permission denied: unknown or revoked token");
-                return Err(ApiError::permission_denied());
-            };
-            let record: Arc<TokenRecord> = Arc::new(serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?);
-            ctx.auth.keep_token(version, hash, record.clone());
-            record
-        }
+    let Some(record) = token_record(ctx, &hash).await? else {
+        tracing::info!(request_id = %req.request_id, path = %req.path, "permission denied: unknown or revoked token");
+        return Err(ApiError::permission_denied());
     };
     if record.expired(now_ms()) {
         tracing::info!(request_id = %req.request_id, accessor = %record.accessor, "permission denied: token expired");
@@ -161,7 +151,21 @@ pub(crate) async fn identify(ctx: &ReadContext, req: &ApiRequest) -> Result<Iden
             return Err(ApiError::permission_denied());
         }
     }
-    Ok(Identity::Token { hash, record: TokenRecord::clone(&record) })
+    Ok(Identity::Token { hash, record })
+}
+
+/// The record of the token hashed to `hash` in this node's state, expired or not, through the
+/// node's auth cache; `None` for a token this node does not hold.
+pub(crate) async fn token_record(ctx: &ReadContext, hash: &[u8; 32]) -> Result<Option<Arc<TokenRecord>>, ApiError> {
+    // The version first: a record read after it is at least as new as it (see `AuthCache`).
+    let version = ctx.auth_version();
+    if let Some(record) = ctx.auth.token(version, hash) {
+        return Ok(Some(record));
+    }
+    let Some(raw) = ctx.store.get_raw(&keys::token(hash)).await? else { return Ok(None) };
+    let record: Arc<TokenRecord> = Arc::new(serde_json::from_slice(&raw).map_err(|_| ApiError::internal())?);
+    ctx.auth.keep_token(version, *hash, record.clone());
+    Ok(Some(record))
 }
 
 /// The merged ACL of a token's policies (policies that no longer exist grant nothing).

@@ -85,6 +85,7 @@ def main():
     eventually(gone, "metadata deleted")
 
     approle_login(w, write_url, read_url)
+    legacy_policies(w, r)
     mount_management(w, r)
     audit_devices(w, r)
 
@@ -123,6 +124,45 @@ def approle_login(w, write_url, read_url):
         raise AssertionError("a single-use secret id logged in twice")
     except hvac.exceptions.InvalidRequest:
         pass
+
+
+def legacy_policies(w, r):
+    """hvac's older policy calls (`sys/policy/<name>`, which Vault still serves): write through one
+    reader, read and list on the other, a token limited by it, delete."""
+    text = 'path "secret/data/hvac/legacy" { capabilities = ["read"] }'
+    w.sys.create_or_update_policy(name="Hvac-Legacy", policy=text)
+    got = eventually(lambda: r.sys.read_policy("hvac-legacy"), "the policy on the other reader")
+    assert (got["data"]["name"], got["data"]["rules"]) == ("hvac-legacy", text), got
+    assert got["rules"] == text, "older clients read the rules from the top level"
+    listed = r.sys.list_policies()
+    assert "hvac-legacy" in listed["data"]["policies"] and listed["policies"] == listed["data"]["keys"], listed
+    try:
+        w.sys.create_or_update_policy(name="hvac-bad", policy='path "x" { capabilities = ["fly"] }')
+        raise AssertionError("an invalid policy accepted")
+    except hvac.exceptions.InvalidRequest:
+        pass
+
+    w.secrets.kv.v2.create_or_update_secret(path="hvac/legacy", secret={"k": "v"})
+    token = w.auth.token.create(policies=["hvac-legacy"], ttl="10m")["auth"]["client_token"]
+    limited = hvac.Client(url=r.url, token=token)
+    got = eventually(lambda: limited.secrets.kv.v2.read_secret_version(path="hvac/legacy",
+                                                                       raise_on_deleted_version=True),
+                     "a read allowed by the policy")
+    assert got["data"]["data"] == {"k": "v"}, got
+    try:
+        limited.secrets.kv.v2.create_or_update_secret(path="hvac/legacy", secret={"k": "w"})
+        raise AssertionError("a write the policy does not allow accepted")
+    except hvac.exceptions.Forbidden:
+        pass
+
+    w.sys.delete_policy("hvac-legacy")
+    def deleted():
+        try:
+            r.sys.read_policy("hvac-legacy")
+            return None
+        except hvac.exceptions.InvalidPath:
+            return True
+    eventually(deleted, "the policy gone on the other reader")
 
 
 def mount_management(w, r):

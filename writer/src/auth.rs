@@ -7,6 +7,7 @@
 
 use rand::Rng;
 use secretlog_node::api::auth::Identity;
+use secretlog_node::api::route::{PolicyPath, Route};
 use secretlog_node::api::tokens::lookup_data;
 use secretlog_node::api::{ApiError, ApiRequest, ApiResponse};
 use secretlog_node::context::ReadContext;
@@ -193,22 +194,35 @@ async fn by_accessor(ctx: &ReadContext, req: &ApiRequest) -> Result<Option<([u8;
 /// Handle a token or policy write, if `req` is one.
 pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Result<Option<Outcome>, ApiError> {
     let path = req.path.as_str();
-    if let Some(name) = path.strip_prefix("v1/sys/policies/acl/") {
+    if let Some(PolicyPath { name, legacy }) = PolicyPath::of(path)
+        && req.route() == Route::Policy
+    {
         let name = policy_name(name, req.method == "DELETE")?;
+        let mut reply = None;
         let op = match req.method.as_str() {
             "DELETE" => Operation::DeletePolicy { name: name.to_string() },
             "POST" | "PUT" => {
                 let b = body(req)?;
-                let text = b["policy"]
-                    .as_str()
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| ApiError::bad_request("'policy' parameter not supplied or empty"))?;
+                let given = |field: &str| b[field].as_str().filter(|t| !t.is_empty());
+                let text = match given("policy") {
+                    Some(text) => text,
+                    // Vault's older path still takes `rules`, and says it is deprecated.
+                    None if legacy && given("rules").is_some() => {
+                        reply = Some(json!({
+                            "request_id": req.request_id, "lease_id": "", "renewable": false, "lease_duration": 0,
+                            "data": null, "wrap_info": null,
+                            "warnings": ["'rules' is deprecated, please use 'policy' instead"], "auth": null,
+                        }));
+                        given("rules").unwrap_or_default()
+                    }
+                    None => return Err(ApiError::bad_request("'policy' parameter not supplied or empty")),
+                };
                 parse_policy(text).map_err(|e| ApiError::bad_request(format!("failed to parse policy: {}", e.0)))?;
                 Operation::PutPolicy { name: name.to_string(), policy: text.to_string() }
             }
             _ => return Ok(None),
         };
-        return Ok(Some(Outcome::Command(Command::Control { name: format!("policy/{name}"), op, body: None })));
+        return Ok(Some(Outcome::Command(Command::Control { name: format!("policy/{name}"), op, body: reply })));
     }
     let Some(action) = path.strip_prefix("v1/auth/token/") else { return Ok(None) };
     match action {

@@ -27,9 +27,9 @@ pub enum Route {
     Unseal,
     /// `sys/seal`.
     Seal,
-    /// `sys/policies/acl`: the list.
+    /// `sys/policies/acl`, or Vault's older `sys/policy`: the list.
     Policies,
-    /// `sys/policies/acl/<name>`.
+    /// `sys/policies/acl/<name>`, or Vault's older `sys/policy/<name>` ([`PolicyPath`]).
     Policy,
     /// `sys/mounts`: the list.
     Mounts,
@@ -113,7 +113,7 @@ impl Route {
             "seal-status" => Route::SealStatus,
             "unseal" => Route::Unseal,
             "seal" => Route::Seal,
-            "policies/acl" => Route::Policies,
+            "policies/acl" | "policy" => Route::Policies,
             "mounts" => Route::Mounts,
             "capabilities-self" => Route::CapabilitiesSelf,
             "capabilities" => Route::Capabilities,
@@ -127,7 +127,7 @@ impl Route {
             "secretlog/snapshots" => Route::Snapshots,
             "secretlog/restore" => Route::Restore,
             "auth" => Route::AuthMethods,
-            s if s.starts_with("policies/acl/") => Route::Policy,
+            s if s.starts_with("policies/acl/") || s.starts_with("policy/") => Route::Policy,
             s if s.starts_with("mounts/") => Route::Mount,
             s if s.starts_with("internal/ui/mounts") => Route::UiMounts,
             s if s.starts_with("audit/") => Route::AuditDevice,
@@ -150,8 +150,39 @@ impl Route {
     }
 }
 
+/// A path of the [`Route::Policies`] and [`Route::Policy`] routes, read.
+///
+/// Vault serves ACL policies under two prefixes: `sys/policies/acl/<name>` and the older
+/// `sys/policy/<name>`, which `hvac`'s `sys.create_or_update_policy`, `read_policy`,
+/// `list_policies` and `delete_policy` still call. The older one names the text `rules` (in
+/// answers; a write may send either) and answers a list with `policies` beside `keys`, both at
+/// the top level too (docs/compatibility.md#legacy-policy-paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyPath<'a> {
+    /// The name as the client sent it ("" for the list; not yet lower-cased).
+    pub name: &'a str,
+    /// Under `sys/policy`.
+    pub legacy: bool,
+}
+
+impl<'a> PolicyPath<'a> {
+    /// The policy path `path` names (after the leading `/`: `v1/sys/policy/app`), if any.
+    pub fn of(path: &'a str) -> Option<PolicyPath<'a>> {
+        let sys = path.strip_prefix("v1/sys/")?;
+        let (rest, legacy) = match sys.strip_prefix("policies/acl") {
+            Some(rest) => (rest, false),
+            None => (sys.strip_prefix("policy")?, true),
+        };
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
+        Some(PolicyPath { name: rest.strip_prefix('/').unwrap_or(rest), legacy })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::PolicyPath;
     use super::Route::{self, *};
 
     #[test]
@@ -166,6 +197,9 @@ mod tests {
             ("v1/sys/policies/acl", Policies),
             ("v1/sys/policies/acl/", Policy),
             ("v1/sys/policies/acl/app", Policy),
+            ("v1/sys/policy", Policies),
+            ("v1/sys/policy/app", Policy),
+            ("v1/sys/policyx", Mounted),
             ("v1/sys/mounts", Mounts),
             ("v1/sys/mounts/team", Mount),
             ("v1/sys/mounts/team/tune", Mount),
@@ -205,6 +239,22 @@ mod tests {
         ];
         for (path, route) in table {
             assert_eq!(Route::of(path), *route, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn a_policy_path_names_its_policy_under_either_prefix() {
+        let p = |name, legacy| Some(PolicyPath { name, legacy });
+        assert_eq!(PolicyPath::of("v1/sys/policies/acl/App"), p("App", false));
+        assert_eq!(PolicyPath::of("v1/sys/policies/acl"), p("", false));
+        assert_eq!(PolicyPath::of("v1/sys/policies/acl/"), p("", false));
+        assert_eq!(PolicyPath::of("v1/sys/policy/app"), p("app", true));
+        assert_eq!(PolicyPath::of("v1/sys/policy"), p("", true));
+        assert_eq!(PolicyPath::of("v1/sys/policyx"), None);
+        assert_eq!(PolicyPath::of("v1/sys/policies/aclx"), None);
+        assert_eq!(PolicyPath::of("v1/secret/data/sys/policy/a"), None);
+        for path in ["v1/sys/policy", "v1/sys/policy/a", "v1/sys/policies/acl", "v1/sys/policies/acl/a"] {
+            assert!(matches!(Route::of(path), Policies | Policy), "{path}: the route and the path agree");
         }
     }
 

@@ -148,7 +148,7 @@ fn token_auth_json() -> Value {
 
 /// Vault's older clients read some `sys/` answers from the top level, newer ones from `data`:
 /// Vault sends both, and so do we.
-fn legacy(req: &ApiRequest, data: Map<String, Value>) -> ApiResponse {
+pub(crate) fn legacy(req: &ApiRequest, data: Map<String, Value>) -> ApiResponse {
     let mut body =
         serde_json::to_value(Envelope::new(&req.request_id, Value::Object(data.clone()))).unwrap_or(Value::Null);
     if let Value::Object(b) = &mut body {

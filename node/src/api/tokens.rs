@@ -5,6 +5,7 @@ use secretlog_schemas::auth::TokenRecord;
 use serde_json::json;
 
 use super::response::vault_time;
+use super::route::PolicyPath;
 use super::{ApiError, ApiRequest, ApiResponse};
 use crate::context::ReadContext;
 use secretlog_state::materializer::now_ms;
@@ -62,10 +63,12 @@ pub(crate) async fn list_accessors(ctx: &ReadContext, req: &ApiRequest) -> Resul
     Ok(ApiResponse::data(&req.request_id, json!({ "keys": keys })))
 }
 
-/// `GET /v1/sys/policies/acl/:name` and `LIST /v1/sys/policies/acl`.
+/// `GET /v1/sys/policies/acl/:name` and `LIST /v1/sys/policies/acl`, and the same under Vault's
+/// older `sys/policy` ([`PolicyPath`]).
 pub(crate) async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<ApiResponse, ApiError> {
+    let PolicyPath { name, legacy } = PolicyPath::of(&req.path).ok_or_else(ApiError::not_found)?;
     // Names are lower-cased, as Vault does.
-    let name = req.path.strip_prefix("v1/sys/policies/acl").unwrap_or("").trim_matches('/').to_ascii_lowercase();
+    let name = name.trim_matches('/').to_ascii_lowercase();
     if name.is_empty() || req.method == "LIST" {
         // Vault lists the stored policies in order, then `root`.
         let mut names = ctx.store.policy_names().await?;
@@ -74,12 +77,24 @@ pub(crate) async fn read_policy(ctx: &ReadContext, req: &ApiRequest) -> Result<A
         names.sort();
         names.dedup();
         names.push("root".into());
+        if legacy {
+            let mut data = serde_json::Map::new();
+            data.insert("keys".into(), json!(names));
+            data.insert("policies".into(), json!(names));
+            return Ok(super::sys::legacy(req, data));
+        }
         return Ok(ApiResponse::data(&req.request_id, json!({ "keys": names })));
     }
-    match super::auth::policy_text(ctx, &name).await? {
-        Some(text) => Ok(ApiResponse::data(&req.request_id, json!({ "name": name, "policy": text }))),
-        None => Err(ApiError::not_found()),
+    // `root` has no rules to show: Vault answers it with an empty text.
+    let text = if name == "root" { Some(String::new()) } else { super::auth::policy_text(ctx, &name).await? };
+    let Some(text) = text else { return Err(ApiError::not_found()) };
+    if legacy {
+        let mut data = serde_json::Map::new();
+        data.insert("name".into(), json!(name));
+        data.insert("rules".into(), json!(text));
+        return Ok(super::sys::legacy(req, data));
     }
+    Ok(ApiResponse::data(&req.request_id, json!({ "name": name, "policy": text })))
 }
 
 #[cfg(test)]

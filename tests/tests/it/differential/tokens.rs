@@ -193,6 +193,10 @@ pub fn canonical(a: &Answer, openbao: bool, renewal: bool, own_lookup: bool) -> 
             }
         }
     }
+    // #legacy-policy-paths: a read under `sys/policy` carries its fields at the top level too.
+    if openbao && let Some(m) = body.as_object_mut() {
+        strip_policy_extensions(m);
+    }
     for part in ["auth", "data"] {
         let Some(m) = body.get_mut(part).and_then(Value::as_object_mut) else { continue };
         if own_lookup && let Some(Value::String(id)) = m.get_mut("id") {
@@ -214,21 +218,7 @@ pub fn canonical(a: &Answer, openbao: bool, renewal: bool, own_lookup: bool) -> 
             // #token-renewals: secretlog does not record when a token was last renewed.
             m.remove("last_renewal");
             m.remove("last_renewal_time");
-            // #policy-extensions: OpenBao's policy CAS and identity-template settings.
-            let policy_read = m.contains_key("name") && m.contains_key("policy");
-            for k in policy_read
-                .then_some([
-                    "cas_required",
-                    "version",
-                    "modified",
-                    "allow_slashes_in_identity_templates",
-                    "allow_wildcards_in_identity_templates",
-                ])
-                .into_iter()
-                .flatten()
-            {
-                m.remove(k);
-            }
+            strip_policy_extensions(m);
         }
         // Values that are random or of the moment: compared by presence.
         for k in ["client_token", "accessor"] {
@@ -263,6 +253,24 @@ pub fn canonical(a: &Answer, openbao: bool, renewal: bool, own_lookup: bool) -> 
         m.remove("orphan");
     }
     c
+}
+
+/// docs/compatibility.md#policy-extensions: OpenBao's policy CAS and identity-template
+/// settings, removed from the fields `m` of a policy read (`name` and `policy`, or `rules` under
+/// Vault's older `sys/policy`).
+fn strip_policy_extensions(m: &mut serde_json::Map<String, Value>) {
+    if !(m.contains_key("name") && (m.contains_key("policy") || m.contains_key("rules"))) {
+        return;
+    }
+    for k in [
+        "cas_required",
+        "version",
+        "modified",
+        "allow_slashes_in_identity_templates",
+        "allow_wildcards_in_identity_templates",
+    ] {
+        m.remove(k);
+    }
 }
 
 // ---- hand-written cases ----
@@ -311,6 +319,37 @@ pub fn curated() -> Vec<(&'static str, Vec<Step>)> {
                 step(Root, "DELETE", "sys/policies/acl/{p}-json", None),
                 step(Root, "GET", "sys/policies/acl/{p}-json", None),
                 step(Root, "DELETE", "sys/policies/acl/{p}-json", None),
+            ],
+        ),
+        (
+            "policies under Vault's older path (sys/policy, as hvac's policy calls use it)",
+            vec![
+                step(
+                    Root,
+                    "PUT",
+                    "sys/policy/{p}-Old",
+                    Some(json!({"policy": "path \"secret/data/{p}/o\" { capabilities = [\"read\"] }"})),
+                ),
+                step(Root, "GET", "sys/policy/{p}-old", None),
+                step(Root, "GET", "sys/policies/acl/{p}-old", None),
+                // The older field name, still taken, with a warning.
+                step(
+                    Root,
+                    "PUT",
+                    "sys/policy/{p}-rules",
+                    Some(json!({"rules": "path \"secret/data/{p}/r\" { capabilities = [\"list\"] }"})),
+                ),
+                step(Root, "GET", "sys/policies/acl/{p}-rules", None),
+                step(Root, "PUT", "sys/policy/{p}-none", Some(json!({}))),
+                step(Root, "PUT", "sys/policy/{p}-bad", Some(json!({"policy": "path {"}))),
+                step(Root, "GET", "sys/policy", None),
+                step(Root, "GET", "sys/policy/root", None),
+                step(Root, "GET", "sys/policies/acl/root", None),
+                step(Root, "GET", "sys/policy/{p}-missing", None),
+                step(Root, "DELETE", "sys/policy/root", None),
+                step(Root, "DELETE", "sys/policy/{p}-old", None),
+                step(Root, "GET", "sys/policy/{p}-old", None),
+                step(Root, "DELETE", "sys/policy/{p}-rules", None),
             ],
         ),
         (

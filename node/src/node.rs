@@ -57,6 +57,7 @@ pub async fn open_state(
         cache_disk_bytes: log.cache_disk_mb * 1024 * 1024,
     })
     .await?;
+    store.track_absent_keys();
     if let Some(url) = &log.object_store {
         let objects = secretlog_state::objects::Objects::open(url)?;
         if store.partitions().await?.is_empty() {

@@ -27,6 +27,7 @@ pub mod bootstrap;
 pub mod error;
 pub mod freshness;
 pub mod kafka;
+pub mod key_filter;
 pub mod materializer;
 pub mod model;
 pub mod mounts;

@@ -38,6 +38,7 @@ use slatedb::{Db, WriteBatch};
 use tokio::sync::RwLock;
 
 use crate::error::NodeError;
+use crate::key_filter::KeyFilter;
 use crate::model::KeyTerms;
 
 /// Where and how big.
@@ -85,6 +86,8 @@ pub struct LeaderRecord {
 
 /// The storage keys.
 pub mod keys {
+    /// Every secret's metadata key starts so ([`meta`]).
+    pub const META_PREFIX: &[u8] = b"s/";
     pub fn meta(mount: &str, path: &str) -> Vec<u8> {
         format!("s/{mount}/{path}").into_bytes()
     }
@@ -216,6 +219,9 @@ pub struct Store {
     db: Db,
     cache: HybridCache<Vec<u8>, Vec<u8>>,
     fill_lock: RwLock<()>,
+    /// Metadata and revision keys the store certainly lacks, once [`Store::track_absent_keys`]
+    /// has scanned the stored ones.
+    pub(crate) absent: KeyFilter,
 }
 
 /// SlateDB's compaction and garbage collection, set on purpose rather than inherited, so that a
@@ -339,7 +345,44 @@ impl Store {
             builder.build().await
         }
         .map_err(|e| NodeError::Cache(Box::new(e)))?;
-        Ok(Arc::new(Store { db, cache, fill_lock: RwLock::new(()) }))
+        Ok(Arc::new(Store { db, cache, fill_lock: RwLock::new(()), absent: KeyFilter::default() }))
+    }
+
+    /// Let reads of a metadata or revision key the store lacks skip SlateDB
+    /// ([`crate::key_filter`]): scan the stored ones in the background, then answer from the
+    /// filter. Nodes call it once after opening; tools that open a store briefly do not.
+    pub fn track_absent_keys(self: &Arc<Self>) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut scanned = 0u64;
+            for prefix in [keys::META_PREFIX, keys::REVISION_PREFIX] {
+                let Some(me) = store.upgrade() else { return };
+                let mut it = match me.db.scan_prefix(prefix, ..).await {
+                    Ok(it) => it,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "key filter: the scan failed; every read of a missing key asks the store");
+                        return;
+                    }
+                };
+                loop {
+                    match it.next().await {
+                        Ok(Some(kv)) => {
+                            me.absent.insert(&kv.key);
+                            scanned += 1;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "key filter: the scan failed; every read of a missing key asks the store");
+                            return;
+                        }
+                    }
+                }
+            }
+            let Some(me) = store.upgrade() else { return };
+            me.absent.set_ready();
+            tracing::info!(keys = scanned, took_ms = started.elapsed().as_millis() as u64, "key filter ready");
+        });
     }
 
     async fn get_cached(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, NodeError> {
@@ -353,6 +396,12 @@ impl Store {
         }
         metrics::counter!("secretlog_reader_cache_misses_total").increment(1);
         let _fill = self.fill_lock.read().await;
+        // Decided under the fill lock: a commit adds its keys to the filter before it writes.
+        if self.absent.absent(&key) {
+            metrics::counter!("secretlog_store_filtered_reads_total").increment(1);
+            self.cache.insert(key, vec![ABSENT]);
+            return Ok(None);
+        }
         let v = self.db.get(&key).await?;
         let cached = match &v {
             Some(b) => {
@@ -570,6 +619,10 @@ impl Store {
                 _ => None,
             });
         }
+        if self.absent.absent(key) {
+            metrics::counter!("secretlog_store_filtered_reads_total").increment(1);
+            return Ok(None);
+        }
         self.get_raw(key).await
     }
 
@@ -589,6 +642,12 @@ impl Store {
             wb.put(keys::partition(*p), st.encode());
         }
         let _exclusive = self.fill_lock.write().await;
+        // Into the filter before SlateDB: it must never call absent a key the store holds.
+        for (k, v) in &batch.writes {
+            if v.is_some() {
+                self.absent.insert(k);
+            }
+        }
         self.db.write(wb).await?;
         for (k, v) in batch.writes {
             let cached = match v {

@@ -377,18 +377,7 @@ fn normalise(v: &mut Value, openbao: bool, renewal: bool, own_lookup: bool) {
                 // #token-renewals.
                 m.remove("last_renewal");
                 m.remove("last_renewal_time");
-                // #policy-extensions.
-                if m.contains_key("name") && m.contains_key("policy") {
-                    for k in [
-                        "cas_required",
-                        "version",
-                        "modified",
-                        "allow_slashes_in_identity_templates",
-                        "allow_wildcards_in_identity_templates",
-                    ] {
-                        m.remove(k);
-                    }
-                }
+                crate::differential::compare::strip_policy_extensions(m);
             }
             // #token-orphans.
             if m.contains_key("client_token") || m.contains_key("creation_ttl") {

@@ -172,3 +172,21 @@ fn allow_documented(op: &Op, b: &mut Value, o: &mut Value) {
         }
     }
 }
+
+/// docs/compatibility.md#policy-extensions: OpenBao's policy CAS and identity-template
+/// settings, removed from the fields `m` of a policy read (`name` and `policy`, or `rules` under
+/// Vault's older `sys/policy`).
+pub fn strip_policy_extensions(m: &mut serde_json::Map<String, serde_json::Value>) {
+    if !(m.contains_key("name") && (m.contains_key("policy") || m.contains_key("rules"))) {
+        return;
+    }
+    for k in [
+        "cas_required",
+        "version",
+        "modified",
+        "allow_slashes_in_identity_templates",
+        "allow_wildcards_in_identity_templates",
+    ] {
+        m.remove(k);
+    }
+}

@@ -195,7 +195,7 @@ pub fn canonical(a: &Answer, openbao: bool, renewal: bool, own_lookup: bool) -> 
     }
     // #legacy-policy-paths: a read under `sys/policy` carries its fields at the top level too.
     if openbao && let Some(m) = body.as_object_mut() {
-        strip_policy_extensions(m);
+        compare::strip_policy_extensions(m);
     }
     for part in ["auth", "data"] {
         let Some(m) = body.get_mut(part).and_then(Value::as_object_mut) else { continue };
@@ -218,7 +218,7 @@ pub fn canonical(a: &Answer, openbao: bool, renewal: bool, own_lookup: bool) -> 
             // #token-renewals: secretlog does not record when a token was last renewed.
             m.remove("last_renewal");
             m.remove("last_renewal_time");
-            strip_policy_extensions(m);
+            compare::strip_policy_extensions(m);
         }
         // Values that are random or of the moment: compared by presence.
         for k in ["client_token", "accessor"] {
@@ -253,24 +253,6 @@ pub fn canonical(a: &Answer, openbao: bool, renewal: bool, own_lookup: bool) -> 
         m.remove("orphan");
     }
     c
-}
-
-/// docs/compatibility.md#policy-extensions: OpenBao's policy CAS and identity-template
-/// settings, removed from the fields `m` of a policy read (`name` and `policy`, or `rules` under
-/// Vault's older `sys/policy`).
-fn strip_policy_extensions(m: &mut serde_json::Map<String, Value>) {
-    if !(m.contains_key("name") && (m.contains_key("policy") || m.contains_key("rules"))) {
-        return;
-    }
-    for k in [
-        "cas_required",
-        "version",
-        "modified",
-        "allow_slashes_in_identity_templates",
-        "allow_wildcards_in_identity_templates",
-    ] {
-        m.remove(k);
-    }
 }
 
 // ---- hand-written cases ----

@@ -274,6 +274,11 @@ path "secret/data/{p}/shared" { capabilities = ["read"] }
 /// Hand-written cases: every token and policy endpoint, and the ACL rules one by one.
 pub fn curated() -> Vec<(&'static str, Vec<Step>)> {
     use Who::{Root, Token};
+    // A policy `{p}-name` written under Vault's older path, its text in `field`.
+    let legacy_put = |name: &str, field: &str, folder: &str, capability: &str| {
+        let text = format!("path \"secret/data/{{p}}/{folder}\" {{ capabilities = [\"{capability}\"] }}");
+        step(Root, "PUT", &format!("sys/policy/{{p}}-{name}"), Some(json!({ field: text })))
+    };
     let kv = |who, method: &str, rel: &str, body: Option<Value>| step(who, method, &format!("secret/{rel}"), body);
     let data = json!({"data": {"k": "v"}});
     let json_policy = json!({"path": {"secret/data/{p}/j/*": {"capabilities": ["read", "list"]}}}).to_string();
@@ -306,21 +311,11 @@ pub fn curated() -> Vec<(&'static str, Vec<Step>)> {
         (
             "policies under Vault's older path (sys/policy, as hvac's policy calls use it)",
             vec![
-                step(
-                    Root,
-                    "PUT",
-                    "sys/policy/{p}-Old",
-                    Some(json!({"policy": "path \"secret/data/{p}/o\" { capabilities = [\"read\"] }"})),
-                ),
+                legacy_put("Old", "policy", "o", "read"),
                 step(Root, "GET", "sys/policy/{p}-old", None),
                 step(Root, "GET", "sys/policies/acl/{p}-old", None),
                 // The older field name, still taken, with a warning.
-                step(
-                    Root,
-                    "PUT",
-                    "sys/policy/{p}-rules",
-                    Some(json!({"rules": "path \"secret/data/{p}/r\" { capabilities = [\"list\"] }"})),
-                ),
+                legacy_put("rules", "rules", "r", "list"),
                 step(Root, "GET", "sys/policies/acl/{p}-rules", None),
                 step(Root, "PUT", "sys/policy/{p}-none", Some(json!({}))),
                 step(Root, "PUT", "sys/policy/{p}-bad", Some(json!({"policy": "path {"}))),

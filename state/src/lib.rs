@@ -5,7 +5,8 @@
 //! * [`model`] — the KV v2 model and the pure function that applies an event ([`model::apply`]),
 //!   shared by the writer's validation and every node's materializer so the two never disagree;
 //! * [`store`] — the SlateDB store with the foyer cache in front, and its key layout
-//!   ([`store::keys`]);
+//!   ([`store::keys`]); [`key_filter`] — which keys it certainly lacks, answered without
+//!   SlateDB;
 //! * [`materializer`] — consumes the mutation log and applies it to the store exactly once, with
 //!   partition offsets committed atomically with the state they produced; [`materializer::Progress`]
 //!   is what it publishes;

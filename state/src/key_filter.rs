@@ -67,7 +67,8 @@ impl KeyFilter {
     }
 
     /// Whether the filter answers yet.
-    pub fn is_ready(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_ready(&self) -> bool {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).ready
     }
 
@@ -81,12 +82,14 @@ impl KeyFilter {
     }
 
     /// Keys added so far (the scan's and the commits').
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).bloom.len()
     }
 
     /// Whether no key was added.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -352,37 +352,32 @@ impl Store {
     /// ([`crate::key_filter`]): scan the stored ones in the background, then answer from the
     /// filter. Nodes call it once after opening; tools that open a store briefly do not.
     pub fn track_absent_keys(self: &Arc<Self>) {
-        let store = Arc::downgrade(self);
+        let store = self.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let mut scanned = 0u64;
-            for prefix in [keys::META_PREFIX, keys::REVISION_PREFIX] {
-                let Some(me) = store.upgrade() else { return };
-                let mut it = match me.db.scan_prefix(prefix, ..).await {
-                    Ok(it) => it,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "key filter: the scan failed; every read of a missing key asks the store");
-                        return;
-                    }
-                };
-                loop {
-                    match it.next().await {
-                        Ok(Some(kv)) => {
-                            me.absent.insert(&kv.key);
-                            scanned += 1;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "key filter: the scan failed; every read of a missing key asks the store");
-                            return;
-                        }
-                    }
+            match store.scan_into_key_filter().await {
+                Ok(keys) => {
+                    store.absent.set_ready();
+                    tracing::info!(keys, took_ms = started.elapsed().as_millis() as u64, "key filter ready");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "key filter: the scan failed; every read of a missing key asks the store")
                 }
             }
-            let Some(me) = store.upgrade() else { return };
-            me.absent.set_ready();
-            tracing::info!(keys = scanned, took_ms = started.elapsed().as_millis() as u64, "key filter ready");
         });
+    }
+
+    /// Add every stored metadata and revision key to the key filter: how many.
+    async fn scan_into_key_filter(&self) -> Result<u64, NodeError> {
+        let mut scanned = 0u64;
+        for prefix in [keys::META_PREFIX, keys::REVISION_PREFIX] {
+            let mut it = self.db.scan_prefix(prefix, ..).await?;
+            while let Some(kv) = it.next().await? {
+                self.absent.insert(&kv.key);
+                scanned += 1;
+            }
+        }
+        Ok(scanned)
     }
 
     async fn get_cached(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, NodeError> {

@@ -171,6 +171,14 @@ fn renew(record: &mut TokenRecord, increment: Option<u64>, now: i64) {
     record.renewed_ttl_secs = Some(((expire - now) / 1000).max(0) as u64);
 }
 
+/// Vault's answer that carries only a warning (no data).
+pub(crate) fn warning_body(req: &ApiRequest, warning: &str) -> Value {
+    json!({
+        "request_id": req.request_id, "lease_id": "", "renewable": false, "lease_duration": 0,
+        "data": null, "wrap_info": null, "warnings": [warning], "auth": null,
+    })
+}
+
 /// Go's multi-error text, as Vault wraps some token errors.
 fn multi(msg: &str) -> String {
     format!("1 error occurred:\n\t* {msg}\n\n")
@@ -204,18 +212,14 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
             "POST" | "PUT" => {
                 let b = body(req)?;
                 let given = |field: &str| b[field].as_str().filter(|t| !t.is_empty());
-                let text = match given("policy") {
-                    Some(text) => text,
+                let text = match (given("policy"), given("rules")) {
+                    (Some(text), _) => text,
                     // Vault's older path still takes `rules`, and says it is deprecated.
-                    None if legacy && given("rules").is_some() => {
-                        reply = Some(json!({
-                            "request_id": req.request_id, "lease_id": "", "renewable": false, "lease_duration": 0,
-                            "data": null, "wrap_info": null,
-                            "warnings": ["'rules' is deprecated, please use 'policy' instead"], "auth": null,
-                        }));
-                        given("rules").unwrap_or_default()
+                    (None, Some(text)) if legacy => {
+                        reply = Some(warning_body(req, "'rules' is deprecated, please use 'policy' instead"));
+                        text
                     }
-                    None => return Err(ApiError::bad_request("'policy' parameter not supplied or empty")),
+                    _ => return Err(ApiError::bad_request("'policy' parameter not supplied or empty")),
                 };
                 parse_policy(text).map_err(|e| ApiError::bad_request(format!("failed to parse policy: {}", e.0)))?;
                 Operation::PutPolicy { name: name.to_string(), policy: text.to_string() }
@@ -266,10 +270,7 @@ pub async fn handle(ctx: &ReadContext, req: &ApiRequest, who: &Identity) -> Resu
                 // Vault: 200 with a warning.
                 return Ok(Some(Outcome::Answer(ApiResponse::json(
                     200,
-                    &json!({
-                        "request_id": req.request_id, "lease_id": "", "renewable": false, "lease_duration": 0,
-                        "data": null, "wrap_info": null, "warnings": ["No token found with this accessor"], "auth": null,
-                    }),
+                    &warning_body(req, "No token found with this accessor"),
                 ))));
             };
             let op = Operation::RevokeToken { token_hash: hash };

@@ -23,7 +23,6 @@ use secretlog_node::context::ReadContext;
 use secretlog_schemas::Operation;
 use secretlog_state::materializer::now_ms;
 use secretlog_state::store::keys;
-use serde_json::json;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -51,12 +50,7 @@ struct Expired {
 impl Tidier {
     /// Answer `POST auth/token/tidy`: start a pass in the background, as Vault does.
     pub fn request(&self, req: &ApiRequest) -> ApiResponse {
-        let body = |warning: &str| {
-            json!({
-                "request_id": req.request_id, "lease_id": "", "renewable": false, "lease_duration": 0,
-                "data": null, "wrap_info": null, "warnings": [warning], "auth": null,
-            })
-        };
+        let body = |warning: &str| crate::auth::warning_body(req, warning);
         if self.running.load(Ordering::SeqCst) {
             return ApiResponse::json(200, &body("Tidy operation already in progress."));
         }

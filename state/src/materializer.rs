@@ -263,6 +263,7 @@ impl EndQueries {
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r);
+                metrics::histogram!("secretlog_reader_end_query_seconds").record(sent.elapsed().as_secs_f64());
                 match &ends {
                     Ok(ends) => tx.send_modify(|p| {
                         let consumed = p.consumed_all();

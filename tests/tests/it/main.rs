@@ -9,6 +9,7 @@ mod differential;
 mod dr;
 mod failover;
 mod forwarding;
+mod go_client;
 mod harness;
 mod hvac;
 mod integrity;

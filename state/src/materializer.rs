@@ -197,10 +197,19 @@ struct EndRound {
 /// first round *sent after it arrived* (so the ends it waits for include every write acknowledged
 /// before it arrived), and every read that arrives while a round is out shares the next one —
 /// one query per round trip, however many reads.
+///
+/// The rounds run one at a time on a thread of their own (`secretlog-ends`): the query blocks in
+/// librdkafka, and a thread that only waits for the next wanted round hands the answer to the
+/// waiting reads directly, with no task or blocking-pool hop per round. More rounds in flight
+/// (each read waiting about one round trip instead of one and a half) measured worse at 16
+/// connections: 1,263 strong reads/s with 4 vs 2,243 with 1 (docs/benchmarks.md), and 1.89 / 1.83
+/// vs 2.00 / 2.01x etcd with 2 vs 1.
 pub struct EndQueries {
     /// Rounds started so far; a round's query is sent after its number is taken.
     started: AtomicU64,
-    wanted: tokio::sync::Notify,
+    /// Whether a read is waiting for a round not yet started.
+    wanted: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
     done: watch::Sender<EndRound>,
 }
 
@@ -208,7 +217,8 @@ impl EndQueries {
     fn new() -> Self {
         EndQueries {
             started: AtomicU64::new(0),
-            wanted: tokio::sync::Notify::new(),
+            wanted: std::sync::Mutex::new(false),
+            wake: std::sync::Condvar::new(),
             done: watch::channel(EndRound { round: 0, ends: Err("no query yet".into()) }).0,
         }
     }
@@ -218,7 +228,8 @@ impl EndQueries {
     pub async fn after_now(&self, timeout: Duration) -> Result<Arc<BTreeMap<i32, i64>>, String> {
         let need = self.started.load(Ordering::SeqCst) + 1;
         let mut rx = self.done.subscribe();
-        self.wanted.notify_one();
+        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_one();
         match tokio::time::timeout(timeout, rx.wait_for(|r| r.round >= need)).await {
             Ok(Ok(r)) => r.ends.clone(),
             Ok(Err(_)) => Err("this node stopped reading the log".into()),
@@ -226,29 +237,38 @@ impl EndQueries {
         }
     }
 
+    /// Start the thread that answers rounds until `cancel`.
+    fn start(self: Arc<Self>, cfg: MaterializerConfig, tx: watch::Sender<Progress>, cancel: CancellationToken) {
+        let spawned = std::thread::Builder::new().name("secretlog-ends".into()).spawn(move || self.serve(cfg, tx, cancel));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "no thread for last-stable-offset queries: strong reads will fail");
+        }
+    }
+
     /// Answer rounds until `cancel`: each round queries every partition's last stable offset at
     /// once (one request per partition leader) and feeds the answer to the node's confirmations.
-    async fn serve(self: Arc<Self>, cfg: MaterializerConfig, tx: watch::Sender<Progress>, cancel: CancellationToken) {
-        let client: Arc<rdkafka::consumer::BaseConsumer<LogContext>> =
+    fn serve(&self, cfg: MaterializerConfig, tx: watch::Sender<Progress>, cancel: CancellationToken) {
+        let client: rdkafka::consumer::BaseConsumer<LogContext> =
             match crate::kafka::consumer_config(&cfg.bootstrap, &format!("secretlog-ends-{}", cfg.node_name))
                 .create_with_context(LogContext)
             {
-                Ok(c) => Arc::new(c),
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "no client for last-stable-offset queries: strong reads will fail");
                     return;
                 }
             };
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT));
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.wanted.notified() => {}
+            {
+                let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+                while !*wanted {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    wanted = self.wake.wait_timeout(wanted, CANCEL_CHECK).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                *wanted = false;
             }
-            // Reads that arrive while a round is out share the next one. More rounds in flight
-            // (each read waiting about one round trip instead of one and a half) measured worse at
-            // 16 connections: 1,263 strong reads/s with 4 vs 2,243 with 1 (docs/benchmarks.md).
-            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
             let round = self.started.fetch_add(1, Ordering::SeqCst) + 1;
             let partitions = tx.borrow().partitions;
             if partitions == 0 {
@@ -256,24 +276,17 @@ impl EndQueries {
                 self.publish(EndRound { round, ends });
                 continue;
             }
-            let (me, tx, c, topic) = (self.clone(), tx.clone(), client.clone(), cfg.topic.clone());
-            tokio::spawn(async move {
-                let sent = Instant::now();
-                let ends = tokio::task::spawn_blocking(move || query_ends(&c, &topic, partitions, QUERY_TIMEOUT))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
-                metrics::histogram!("secretlog_reader_end_query_seconds").record(sent.elapsed().as_secs_f64());
-                match &ends {
-                    Ok(ends) => tx.send_modify(|p| {
-                        let consumed = p.consumed_all();
-                        p.confirmations.answered(sent, ends, &consumed);
-                    }),
-                    Err(why) => tx.send_modify(|p| p.confirmations.failed(Instant::now(), why.clone())),
-                }
-                me.publish(EndRound { round, ends: ends.map(Arc::new) });
-                drop(permit);
-            });
+            let sent = Instant::now();
+            let ends = query_ends(&client, &cfg.topic, partitions, QUERY_TIMEOUT);
+            metrics::histogram!("secretlog_reader_end_query_seconds").record(sent.elapsed().as_secs_f64());
+            match &ends {
+                Ok(ends) => tx.send_modify(|p| {
+                    let consumed = p.consumed_all();
+                    p.confirmations.answered(sent, ends, &consumed);
+                }),
+                Err(why) => tx.send_modify(|p| p.confirmations.failed(Instant::now(), why.clone())),
+            }
+            self.publish(EndRound { round, ends: ends.map(Arc::new) });
         }
     }
 
@@ -290,8 +303,8 @@ impl EndQueries {
     }
 }
 
-/// Last-stable-offset queries a node keeps out at once.
-const ROUNDS_IN_FLIGHT: usize = 1;
+/// How often the query thread, while no read wants a round, checks whether the node stops.
+const CANCEL_CHECK: Duration = Duration::from_millis(250);
 
 /// How long one last-stable-offset query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -374,7 +387,7 @@ pub async fn spawn(
     let (tx, rx) = watch::channel(initial);
     let verdicts = Arc::new(Verdicts::default());
     let ends = Arc::new(EndQueries::new());
-    tokio::spawn(ends.clone().serve(cfg.clone(), tx.clone(), cancel.clone()));
+    ends.clone().start(cfg.clone(), tx.clone(), cancel.clone());
     let m = Materializer { cfg, store, keyring, tx, stored, verdicts: verdicts.clone() };
     let waiters = verdicts.clone();
     let join = tokio::spawn(async move {

@@ -239,7 +239,8 @@ impl EndQueries {
 
     /// Start the thread that answers rounds until `cancel`.
     fn start(self: Arc<Self>, cfg: MaterializerConfig, tx: watch::Sender<Progress>, cancel: CancellationToken) {
-        let spawned = std::thread::Builder::new().name("secretlog-ends".into()).spawn(move || self.serve(cfg, tx, cancel));
+        let spawned =
+            std::thread::Builder::new().name("secretlog-ends".into()).spawn(move || self.serve(cfg, tx, cancel));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "no thread for last-stable-offset queries: strong reads will fail");
         }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+	"github.com/hashicorp/vault/api/auth/approle"
 )
 
 func main() {
@@ -384,6 +385,63 @@ func run(ctx context.Context, addr, other string, rounds int) error {
 		return err
 	}
 
+	if err := check("AppRole: a role's id and a secret id, then the client's AppRole login on the other node", func() error {
+		mount := "approle-" + hex.EncodeToString(suffix)
+		if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, mount, &vault.EnableAuthOptions{Type: "approle"}); err != nil {
+			return err
+		}
+		if _, err := root.Logical().WriteWithContext(ctx, "auth/"+mount+"/role/app", map[string]any{
+			"token_policies": []string{policy},
+			"token_ttl":      "10m",
+		}); err != nil {
+			return err
+		}
+		rid, err := root.Logical().ReadWithContext(ctx, "auth/"+mount+"/role/app/role-id")
+		if err != nil {
+			return err
+		}
+		roleID, _ := rid.Data["role_id"].(string)
+		sid, err := root.Logical().WriteWithContext(ctx, "auth/"+mount+"/role/app/secret-id", nil)
+		if err != nil {
+			return err
+		}
+		secretID, _ := sid.Data["secret_id"].(string)
+		if roleID == "" || secretID == "" {
+			return fmt.Errorf("role id %q, secret id present %v", roleID, secretID != "")
+		}
+		login, err := approle.NewAppRoleAuth(roleID, &approle.SecretID{FromString: secretID}, approle.WithMountPath(mount))
+		if err != nil {
+			return err
+		}
+		c, err := client(other, "")
+		if err != nil {
+			return err
+		}
+		c.ClearToken()
+		s, err := c.Auth().Login(ctx, login)
+		if err != nil {
+			return err
+		}
+		if s.Auth == nil || !slices.Contains(s.Auth.TokenPolicies, policy) {
+			return fmt.Errorf("login answered %+v", s.Auth)
+		}
+		got, err := c.KVv2("secret").Get(ctx, base+"/api")
+		if err != nil {
+			return fmt.Errorf("reading with the AppRole token: %w", err)
+		}
+		if got.Data["key"] == nil {
+			return fmt.Errorf("read %v", got.Data)
+		}
+		_, err = c.Auth().Login(ctx, mustAppRole(roleID, "not-the-secret-id", mount))
+		var re *vault.ResponseError
+		if !errors.As(err, &re) || re.StatusCode != 400 || !slices.Contains(re.Errors, "invalid role or secret ID") {
+			return fmt.Errorf("a login with a wrong secret id answered %v, want 400 \"invalid role or secret ID\"", err)
+		}
+		return nil
+	}()); err != nil {
+		return err
+	}
+
 	if err := check("a revoked token is refused (403) on the other node", func() error {
 		c, err := client(addr, child)
 		if err != nil {
@@ -426,4 +484,13 @@ func run(ctx context.Context, addr, other string, rounds int) error {
 		return err
 	}
 	return nil
+}
+
+// mustAppRole is an AppRole login with the given ids (the helper refuses only empty ones).
+func mustAppRole(roleID, secretID, mount string) *approle.AppRoleAuth {
+	a, err := approle.NewAppRoleAuth(roleID, &approle.SecretID{FromString: secretID}, approle.WithMountPath(mount))
+	if err != nil {
+		panic(err)
+	}
+	return a
 }

@@ -2,12 +2,13 @@
 //! dev mode and against secretlog's readers: the same program (`tests/go/vaultapi`) must pass the
 //! same checks on both — KV v2 through the client's own helper (put, check-and-set, HTTP PATCH,
 //! versions, metadata put and patch, delete/undelete, rollback, destroy, list, metadata delete),
-//! policies, and a child token created on one node and used at once on another, renewed and
-//! revoked. No secretlog header is sent: the client knows nothing of secretlog.
+//! policies, a child token created on one node and used at once on another, renewed and revoked,
+//! and an AppRole login through the client's `auth/approle` helper on the other node. No
+//! secretlog header is sent: the client knows nothing of secretlog.
 //!
-//! The program is built once per test process with the `go` on the PATH (Go 1.21 or newer fetches
-//! the 1.24 toolchain its go.mod asks for by itself), else the toolchain `scripts/bootstrap` keeps
-//! in `~/.cache/secretlog/go` for a machine whose Go is older; `SECRETLOG_IT_GO` names another.
+//! The program is built once per test process: with `SECRETLOG_IT_GO` if set, else the toolchain
+//! `scripts/bootstrap` keeps in `~/.cache/secretlog/go` on a machine whose Go is older than 1.21,
+//! else the `go` on the PATH (1.21 or newer fetches the 1.24 toolchain its go.mod asks for).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

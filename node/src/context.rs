@@ -37,7 +37,7 @@ impl ReadContext {
         if position.0.is_empty() {
             return true;
         }
-        self.materializer.wait_for(self.consistency_wait, |p| position.is_reached_by(&p.applied)).await.0
+        self.materializer.wait_for(self.consistency_wait, |p| position.is_reached_by(&p.applied)).await
     }
 
     /// A linearizable read's wait: the partitions' last stable offsets from a query sent after
@@ -46,7 +46,7 @@ impl ReadContext {
     pub async fn wait_strong(&self) -> Result<(), String> {
         let started = Instant::now();
         // A node still positioning on the log (just started) has no partitions to ask about yet.
-        let (positioned, _) = self.materializer.wait_for(self.consistency_wait, |p| p.partitions > 0).await;
+        let positioned = self.materializer.wait_for(self.consistency_wait, |p| p.partitions > 0).await;
         if !positioned {
             return Err(format!(
                 "this node was not positioned on the log within {} ms",
@@ -56,10 +56,10 @@ impl ReadContext {
         let left = self.consistency_wait.saturating_sub(started.elapsed());
         let ends = self.materializer.ends.after_now(left).await?;
         let left = self.consistency_wait.saturating_sub(started.elapsed());
-        let (reached, p) = self.materializer.wait_for(left, |p| p.has_consumed(&ends)).await;
-        if reached {
+        if self.materializer.wait_for(left, |p| p.has_consumed(&ends)).await {
             return Ok(());
         }
+        let p = self.materializer.progress.borrow();
         let behind: Vec<String> = ends
             .iter()
             .filter(|(part, end)| p.consumed_at(**part) < **end)

@@ -134,11 +134,13 @@ impl ReplicatorNode {
     /// Archive the log once the materializer knows its partitions, until `cancel` (seal or
     /// shutdown); the next unsealed lifetime resumes after the newest segment in the store.
     async fn archive(&self, ctx: ReadContext, cancel: CancellationToken) {
-        let prog = tokio::select! {
+        let partitions = tokio::select! {
             _ = cancel.cancelled() => return,
-            (_, prog) = ctx.materializer.wait_for(Duration::from_secs(3600), |p| p.partitions > 0) => prog,
+            _ = ctx.materializer.wait_for(Duration::from_secs(3600), |p| p.partitions > 0) => {
+                ctx.materializer.progress.borrow().partitions
+            }
         };
-        if prog.partitions == 0 {
+        if partitions == 0 {
             return;
         }
         // Kafka or object storage being unreachable at start is an outage like any other: keep
@@ -170,7 +172,7 @@ impl ReplicatorNode {
         let res = crate::archive::run(
             &self.cfg.log.bootstrap,
             &self.cfg.log.topic,
-            prog.partitions,
+            partitions,
             self.objects.clone(),
             self.cfg.segment_max_records,
             Duration::from_millis(self.cfg.segment_flush_ms),

@@ -344,13 +344,11 @@ fn query_ends<C: rdkafka::consumer::ConsumerContext>(
 }
 
 impl MaterializerHandle {
-    /// Wait until `reached(progress)` holds, up to `timeout`. Returns the last progress seen and
-    /// whether the condition held.
-    pub async fn wait_for(&self, timeout: Duration, reached: impl Fn(&Progress) -> bool) -> (bool, Progress) {
+    /// Wait until `reached(progress)` holds, up to `timeout`; whether it did. (What the progress
+    /// is now: `self.progress.borrow()`, no copy.)
+    pub async fn wait_for(&self, timeout: Duration, reached: impl Fn(&Progress) -> bool) -> bool {
         let mut rx = self.progress.clone();
-        let ok = matches!(tokio::time::timeout(timeout, rx.wait_for(|p| reached(p))).await, Ok(Ok(_)));
-        let p = rx.borrow().clone();
-        (ok, p)
+        matches!(tokio::time::timeout(timeout, rx.wait_for(|p| reached(p))).await, Ok(Ok(_)))
     }
 }
 

@@ -589,14 +589,14 @@ impl Committer {
     /// Wait until the local state includes every earlier write to `key`.
     async fn wait_applied(&mut self, key: &[u8]) -> Result<(), WriterError> {
         let Some(&(p, off)) = self.inflight.get(key) else { return Ok(()) };
-        let (ok, prog) = self
+        let ok = self
             .ctx
             .materializer
             .wait_for(self.cfg.write_timeout, |prog| {
                 prog.applied.get(&p).is_some_and(|a| *a >= off) || prog.halted.contains_key(&p)
             })
             .await;
-        if prog.halted.contains_key(&p) {
+        if self.ctx.materializer.progress.borrow().halted.contains_key(&p) {
             return Err(WriterError::PartitionHalted { partition: p });
         }
         if !ok {

@@ -156,7 +156,7 @@ async fn applied_here(ctx: &ReadContext, resp: &ApiResponse, timeout: Duration) 
     let Some(token) = resp.header(HEADER_INDEX).and_then(|v| v.parse::<ConsistencyToken>().ok()) else {
         return false;
     };
-    ctx.materializer.wait_for(timeout, |p| token.is_reached_by(&p.applied)).await.0
+    ctx.materializer.wait_for(timeout, |p| token.is_reached_by(&p.applied)).await
 }
 
 /// `POST /v1/sys/rotate`: add the next key term; answer (204, as Vault) once this writer seals
@@ -207,7 +207,7 @@ async fn retire(
         return Ok(fence);
     }
     let marks = high_watermarks(cfg).await?;
-    let (caught_up, _) = ctx
+    let caught_up = ctx
         .materializer
         .wait_for(timeout, |p| marks.iter().all(|(part, hw)| p.applied.get(part).copied().unwrap_or(0) >= hw - 1))
         .await;

@@ -56,7 +56,7 @@ impl ReadContext {
         let Some(raw) = req.index.as_deref() else { return Ok(Freshness::Fresh) };
         let token: ConsistencyToken =
             raw.parse().map_err(|e: secretlog_schemas::topic::BadToken| ApiError::bad_request(e.to_string()))?;
-        let (reached, _) = self.materializer.wait_for(self.consistency_wait, |p| token.is_reached_by(&p.applied)).await;
+        let reached = self.materializer.wait_for(self.consistency_wait, |p| token.is_reached_by(&p.applied)).await;
         Ok(if reached { Freshness::Fresh } else { Freshness::Stale })
     }
 
@@ -81,7 +81,7 @@ impl ReadContext {
             Ok(()) => Freshness::Fresh,
             Err((why, true)) => Freshness::Unconfirmed(why),
             Err((why, false)) => {
-                let (ok, _) = self.materializer.wait_for(self.consistency_wait, |p| check(p).is_ok()).await;
+                let ok = self.materializer.wait_for(self.consistency_wait, |p| check(p).is_ok()).await;
                 if ok { Freshness::Fresh } else { Freshness::Unconfirmed(why) }
             }
         }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -499,13 +500,22 @@ impl Materializer {
                     continue;
                 }
             }
-            // Take whatever else is already fetched, without waiting.
+            // Take whatever else is already fetched, without waiting: one poll of the queue. Not
+            // `tokio::time::timeout(Duration::ZERO, ..)`, which waits for the timer's next
+            // millisecond tick when the queue is empty — every batch was applied ~1 ms late, the
+            // leader's own apply a fifth of a lone write's time (docs/benchmarks.md, "A batch is
+            // applied when it arrives").
             let mut eofs = Vec::new();
             while batch.len() < MAX_BATCH {
-                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m.detach()),
-                    Ok(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => eofs.push(p),
-                    _ => break,
+                match consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(m.detach()),
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => eofs.push(p),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        self.tx.send_modify(|p| p.consumer_error = Some(e.to_string()));
+                        break;
+                    }
+                    None => break,
                 }
             }
             self.apply_batch(&consumer, &mut states, batch).await?;

@@ -495,8 +495,7 @@ impl Materializer {
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    self.tx.send_modify(|p| p.consumer_error = Some(e.to_string()));
+                    self.consumer_failed(&e);
                     continue;
                 }
             }
@@ -511,8 +510,7 @@ impl Materializer {
                     Some(Ok(m)) => batch.push(m.detach()),
                     Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => eofs.push(p),
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        self.tx.send_modify(|p| p.consumer_error = Some(e.to_string()));
+                        self.consumer_failed(&e);
                         break;
                     }
                     None => break,
@@ -550,6 +548,13 @@ impl Materializer {
                 Ok(None)
             }
         }
+    }
+
+    /// Log a consumer error and report it in the node's progress (health shows it) until a batch
+    /// applies again.
+    fn consumer_failed(&self, e: &rdkafka::error::KafkaError) {
+        tracing::warn!(error = %e, "consumer error");
+        self.tx.send_modify(|p| p.consumer_error = Some(e.to_string()));
     }
 
     /// The consumer has delivered everything up to the end of partition `p`. That only sets a

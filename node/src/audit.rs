@@ -30,6 +30,7 @@
 
 mod file;
 mod kafka;
+mod redact;
 
 pub use secretlog_state::audit_devices::AuditDevices;
 
@@ -37,6 +38,8 @@ pub(crate) use file::BYTES_METRIC;
 pub(crate) use file::reopen_on_hangup;
 pub(crate) use file::{FileSink, Rotation};
 pub(crate) use kafka::KafkaSink;
+pub(crate) use redact::Redactor;
+use redact::json_string;
 
 #[cfg(test)]
 use std::io::Write;
@@ -49,10 +52,9 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 
-use secretlog_schemas::Keyring;
 use secretlog_schemas::audit::{self, AuditDeviceRecord};
+#[cfg(test)]
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::api::auth::Identity;
@@ -63,12 +65,6 @@ use secretlog_state::error::NodeError;
 
 /// Counter of audit entries that could not be written.
 pub(crate) const FAILURES_METRIC: &str = "secretlog_audit_failures_total";
-
-/// What replaces secrets when the node has no keyring to HMAC them with (a sealed node).
-const NO_KEY: &str = "hmac-sha256:unavailable-node-sealed";
-
-/// Keys whose values are always HMACed, wherever they appear.
-const SENSITIVE_KEYS: &[&str] = &["client_token", "token", "accessor"];
 
 /// Where entries go: one line per entry, written whole — an audit file ([`FileSink`]), or any
 /// writer (tests).
@@ -125,6 +121,7 @@ impl Sink {
 }
 
 /// An entry as one JSON line.
+#[cfg(test)]
 fn line_of(entry: &impl Serialize) -> serde_json::Result<Vec<u8>> {
     let mut line = Vec::with_capacity(1024);
     serde_json::to_writer(&mut line, entry)?;
@@ -132,20 +129,29 @@ fn line_of(entry: &impl Serialize) -> serde_json::Result<Vec<u8>> {
     Ok(line)
 }
 
-/// One entry, in the order of the module's example: written straight from the parts (the
-/// `auth` and `request` of a request's two entries are built once and printed twice).
-#[derive(Serialize)]
-struct Entry<'a> {
-    time: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    node: &'a str,
-    auth: &'a RawValue,
-    request: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+/// One entry as one JSON line, its fields in the order of the module's example, printed
+/// straight from its parts (`auth`, `request` and `response` are JSON texts: the `auth` and
+/// `request` of a request's two entries are printed once and written in both).
+fn entry_line(kind: &str, node: &str, auth: &str, request: &str, response: Option<(&str, &str)>) -> Vec<u8> {
+    let mut line = Vec::with_capacity(128 + auth.len() + request.len() + response.map_or(0, |(r, _)| r.len()));
+    line.extend_from_slice(b"{\"time\":");
+    json_string(&mut line, &now());
+    line.extend_from_slice(b",\"type\":");
+    json_string(&mut line, kind);
+    line.extend_from_slice(b",\"node\":");
+    json_string(&mut line, node);
+    line.extend_from_slice(b",\"auth\":");
+    line.extend_from_slice(auth.as_bytes());
+    line.extend_from_slice(b",\"request\":");
+    line.extend_from_slice(request.as_bytes());
+    if let Some((response, error)) = response {
+        line.extend_from_slice(b",\"response\":");
+        line.extend_from_slice(response.as_bytes());
+        line.extend_from_slice(b",\"error\":");
+        json_string(&mut line, error);
+    }
+    line.extend_from_slice(b"}\n");
+    line
 }
 
 /// One place entries go.
@@ -300,7 +306,7 @@ struct Opened {
 #[derive(Default)]
 struct AuthCache {
     version: u64,
-    entries: std::collections::HashMap<String, Arc<RawValue>>,
+    entries: std::collections::HashMap<String, Arc<str>>,
 }
 
 /// Tokens whose `auth` is kept at most; past it the cache starts again empty.
@@ -308,75 +314,6 @@ const AUTH_CACHE_ENTRIES: usize = 4096;
 
 /// How long a device that could not be opened waits before it is tried again.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
-
-/// HMACs tokens and secret values, under the keyring's audit key.
-#[derive(Clone)]
-pub(crate) struct Redactor {
-    keyring: Option<Arc<Keyring>>,
-}
-
-impl Redactor {
-    pub fn new(keyring: Option<Arc<Keyring>>) -> Self {
-        Redactor { keyring }
-    }
-
-    pub fn hmac(&self, data: &[u8]) -> String {
-        match &self.keyring {
-            Some(k) => k.audit_hmac(data),
-            None => NO_KEY.to_string(),
-        }
-    }
-
-    /// A JSON scalar's HMAC: a string's bytes, any other scalar's JSON text.
-    fn hmac_scalar(&self, v: &Value) -> Value {
-        match v {
-            Value::Null => Value::Null,
-            Value::String(s) => Value::String(self.hmac(s.as_bytes())),
-            other => Value::String(self.hmac(other.to_string().as_bytes())),
-        }
-    }
-
-    /// `v` with every scalar leaf HMACed (object keys and `null`s kept).
-    pub(crate) fn redact_all(&self, mut v: Value) -> Value {
-        self.walk(&mut v, true);
-        v
-    }
-
-    /// `v` with every scalar under a `data` key, and the value of every token or accessor key,
-    /// HMACed; all else kept.
-    pub fn redact(&self, mut v: Value) -> Value {
-        self.walk(&mut v, false);
-        v
-    }
-
-    /// Redact in place: entries are built from values parsed for the purpose, so nothing is
-    /// copied (this runs twice on every audited request).
-    fn walk(&self, v: &mut Value, secret: bool) {
-        match v {
-            Value::Object(m) => {
-                for (k, child) in m.iter_mut() {
-                    let secret = secret || k == "data" || SENSITIVE_KEYS.contains(&k.as_str());
-                    self.walk(child, secret);
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(|x| self.walk(x, secret)),
-            scalar if secret => *scalar = self.hmac_scalar(scalar),
-            _ => {}
-        }
-    }
-
-    /// A request body as the audit log shows it: JSON with every scalar HMACed, other bytes as
-    /// one HMAC, nothing for an empty body.
-    pub fn body(&self, body: &[u8]) -> Option<Value> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
-        Some(match serde_json::from_slice::<Value>(body) {
-            Ok(v) => self.redact_all(v),
-            Err(_) => Value::String(self.hmac(body)),
-        })
-    }
-}
 
 /// The identity a token names in this node's state, if any (expiry is the handler's business).
 async fn lookup(ctx: &ReadContext, token: &str) -> Option<Identity> {
@@ -390,14 +327,14 @@ async fn lookup(ctx: &ReadContext, token: &str) -> Option<Identity> {
 }
 
 /// Vault's name for what a request does.
-pub fn operation(method: &str) -> String {
+pub fn operation(method: &str) -> std::borrow::Cow<'static, str> {
     match method {
         "GET" | "HEAD" => "read".into(),
         "LIST" => "list".into(),
         "POST" | "PUT" => "update".into(),
         "PATCH" => "patch".into(),
         "DELETE" => "delete".into(),
-        other => other.to_ascii_lowercase(),
+        other => other.to_ascii_lowercase().into(),
     }
 }
 
@@ -608,26 +545,16 @@ impl Auditor {
             };
         }
         // Printed once, written in both entries.
-        let (auth, request) = match (
-            self.auth(&req).await,
-            serde_json::value::to_raw_value(&self.request_entry(&req, crate::api::remote_addr())),
-        ) {
-            (Ok(a), Ok(r)) => (a, r),
-            (Err(e), _) | (_, Err(e)) => {
+        let auth = match self.auth(&req).await {
+            Ok(a) => a,
+            Err(e) => {
                 tracing::error!(error = %e, "cannot print an audit entry");
                 return ApiError::internal().into();
             }
         };
-        let entry = Entry {
-            time: now(),
-            kind: "request",
-            node: &self.node,
-            auth: &*auth,
-            request: &request,
-            response: None,
-            error: None,
-        };
-        if let Err(e) = self.record(&devices, &entry, "request", &req.request_id).await
+        let request = self.request_entry(&req, crate::api::remote_addr());
+        let line = entry_line("request", &self.node, &auth, &request, None);
+        if let Err(e) = self.record(&devices, line, "request", &req.request_id).await
             && !self.fail_open
         {
             return ApiError::unavailable(format!("audit log unavailable: {e}")).into();
@@ -637,16 +564,9 @@ impl Auditor {
             Some(resp) => resp,
             None => inner(req).await,
         };
-        let entry = Entry {
-            time: now(),
-            kind: "response",
-            node: &self.node,
-            auth: &*auth,
-            request: &request,
-            response: Some(self.response_entry(&resp)),
-            error: Some(error_of(&resp)),
-        };
-        if let Err(e) = self.record(&devices, &entry, "response", &key).await
+        let response = self.response_entry(&resp);
+        let line = entry_line("response", &self.node, &auth, &request, Some((&response, &error_of(&resp))));
+        if let Err(e) = self.record(&devices, line, "response", &key).await
             && !self.fail_open
         {
             return ApiError::unavailable(format!(
@@ -688,14 +608,21 @@ impl Auditor {
     /// Kafka partition, in order). `Ok` as soon as one sink has recorded it; the others finish
     /// in the background. `Err` lists why each sink failed. Every failure is counted and logged
     /// (without the entry).
-    async fn record(
-        &self,
-        devices: &[Arc<Mounted>],
-        entry: &impl Serialize,
-        kind: &'static str,
-        key: &str,
-    ) -> Result<(), String> {
-        let line = line_of(entry).map_err(|e| e.to_string())?;
+    async fn record(&self, devices: &[Arc<Mounted>], line: Vec<u8>, kind: &'static str, key: &str) -> Result<(), String> {
+        let bytes = line.len() as u64;
+        if let [m] = devices {
+            // The usual case, one device: no set of futures to build for it.
+            return match m.device.start(&line, key).await {
+                Ok(()) => {
+                    sink_recorded(m, bytes);
+                    Ok(())
+                }
+                Err(e) => {
+                    sink_failed(m, kind, &e, self.fail_open);
+                    Err(format!("device {}/ ({}): {e}", m.path, m.device.describe()))
+                }
+            };
+        }
         let mut pending: FuturesUnordered<_> = devices
             .iter()
             .map(|m| {
@@ -704,7 +631,6 @@ impl Auditor {
             })
             .collect();
         let mut errors = Vec::new();
-        let bytes = line.len() as u64;
         while let Some((m, res)) = pending.next().await {
             match res {
                 Ok(()) => {
@@ -734,9 +660,9 @@ impl Auditor {
     /// Who is calling, as far as this node can tell before executing the request. Looked up
     /// quietly: a token this node has not applied yet (the request may wait for it) is no
     /// "permission denied" here — the handler decides that.
-    async fn auth(&self, req: &ApiRequest) -> serde_json::Result<Arc<RawValue>> {
+    async fn auth(&self, req: &ApiRequest) -> serde_json::Result<Arc<str>> {
         let Some(token) = req.token.as_deref().filter(|t| !t.is_empty()) else {
-            return serde_json::value::to_raw_value(&Value::Null).map(Arc::from);
+            return Ok(Arc::from("null"));
         };
         let client_token = self.redactor.hmac(token.as_bytes());
         let version = self.ctx.as_ref().map(|c| c.materializer.progress.borrow().auth_version);
@@ -748,8 +674,7 @@ impl Auditor {
                 return Ok(hit.clone());
             }
         }
-        let printed: Arc<RawValue> =
-            serde_json::value::to_raw_value(&self.lookup_auth(token, &client_token).await)?.into();
+        let printed: Arc<str> = serde_json::to_string(&self.lookup_auth(token, &client_token).await)?.into();
         if let Some(v) = version {
             let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
             if cache.version != v || cache.entries.len() >= AUTH_CACHE_ENTRIES {
@@ -781,45 +706,51 @@ impl Auditor {
         Value::Object(auth)
     }
 
-    fn request_entry(&self, req: &ApiRequest, remote: Option<SocketAddr>) -> Value {
-        let mut r = Map::new();
-        r.insert("id".into(), json!(req.request_id));
-        r.insert("operation".into(), json!(operation(&req.method)));
-        r.insert("method".into(), json!(req.method));
-        r.insert("path".into(), json!(req.path));
+    /// The `request` of a request's entries, as JSON text.
+    fn request_entry(&self, req: &ApiRequest, remote: Option<SocketAddr>) -> String {
+        let mut r = Vec::with_capacity(192 + req.path.len() + req.body.len());
+        r.extend_from_slice(b"{\"id\":");
+        json_string(&mut r, &req.request_id);
+        r.extend_from_slice(b",\"operation\":");
+        json_string(&mut r, &operation(&req.method));
+        r.extend_from_slice(b",\"method\":");
+        json_string(&mut r, &req.method);
+        r.extend_from_slice(b",\"path\":");
+        json_string(&mut r, &req.path);
         if let Some(a) = remote {
-            r.insert("remote_address".into(), json!(a.ip().to_string()));
-            r.insert("remote_port".into(), json!(a.port()));
+            r.extend_from_slice(b",\"remote_address\":");
+            json_string(&mut r, &a.ip().to_string());
+            r.extend_from_slice(b",\"remote_port\":");
+            r.extend_from_slice(itoa::Buffer::new().format(a.port()).as_bytes());
         }
-        r.insert("forwarded".into(), json!(req.forwarded));
-        if let Some(body) = self.redactor.body(&req.body) {
-            r.insert("data".into(), body);
+        r.extend_from_slice(if req.forwarded { b",\"forwarded\":true" } else { b",\"forwarded\":false" });
+        let before = r.len();
+        r.extend_from_slice(b",\"data\":");
+        if !self.redactor.body(&req.body, &mut r) {
+            r.truncate(before);
         }
-        Value::Object(r)
+        r.push(b'}');
+        String::from_utf8(r).expect("printed as JSON text")
     }
 
-    fn response_entry(&self, resp: &ApiResponse) -> Value {
-        let mut r = Map::new();
-        r.insert("status".into(), json!(resp.status));
+    /// The `response` of a request's answer entry, as JSON text.
+    fn response_entry(&self, resp: &ApiResponse) -> String {
+        let mut r = Vec::with_capacity(32 + resp.body.len() * 2);
+        r.extend_from_slice(b"{\"status\":");
+        r.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
         if !resp.body.is_empty() {
-            let body = match serde_json::from_slice::<Value>(&resp.body) {
-                Ok(Value::Object(mut m)) => {
-                    m.retain(|k, v| !v.is_null() && k != "errors");
-                    self.redactor.redact(Value::Object(m))
-                }
-                Ok(other) => self.redactor.redact_all(other),
-                Err(_) => Value::String(self.redactor.hmac(&resp.body)),
-            };
-            r.insert("body".into(), body);
+            r.extend_from_slice(b",\"body\":");
+            self.redactor.answer(&resp.body, &mut r);
         }
-        Value::Object(r)
+        r.push(b'}');
+        String::from_utf8(r).expect("printed as JSON text")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secretlog_schemas::RootKey;
+    use secretlog_schemas::{Keyring, RootKey};
 
     fn redactor() -> Redactor {
         Redactor::new(Some(Arc::new(Keyring::from_root(&RootKey::from_bytes([9; 32])))))
@@ -886,44 +817,6 @@ mod tests {
         let mut a = Auditor::new("test", sink, fail_open);
         a.redactor = redactor();
         Arc::new(a)
-    }
-
-    #[test]
-    fn redaction_hmacs_nested_data_and_tokens_and_keeps_keys() {
-        let r = redactor();
-        let v = json!({
-            "request_id": "x",
-            "lease_duration": 0,
-            "data": {"data": {"password": "hunter2", "n": {"pin": 1234, "ok": true, "l": ["a", null]}}},
-            "auth": {"client_token": "hvs.tok", "accessor": "acc", "policies": ["app"]},
-        });
-        let out = r.redact(v.clone());
-        let text = out.to_string();
-        for plain in ["hunter2", "1234", "hvs.tok", "\"acc\""] {
-            assert!(!text.contains(plain), "{plain} in {text}");
-        }
-        assert_eq!(out["request_id"], "x");
-        assert_eq!(out["lease_duration"], 0);
-        assert_eq!(out["auth"]["policies"], json!(["app"]));
-        assert_eq!(out["data"]["data"]["password"], json!(r.hmac(b"hunter2")));
-        assert_eq!(out["data"]["data"]["n"]["pin"], json!(r.hmac(b"1234")));
-        assert_eq!(out["data"]["data"]["n"]["l"][1], Value::Null);
-        assert_eq!(out["auth"]["client_token"], json!(r.hmac(b"hvs.tok")));
-        // A request body: every scalar, whatever its key.
-        let body = r.body(br#"{"data": {"k": "v"}, "options": {"cas": 3}, "token": "hvs.x"}"#).unwrap();
-        assert!(body.to_string().matches("hmac-sha256:").count() == 3, "{body}");
-        assert!(r.body(b"not json: hunter2").unwrap().as_str().unwrap().starts_with("hmac-sha256:"));
-        assert!(r.body(b"").is_none());
-    }
-
-    #[test]
-    fn hmac_is_stable_for_the_same_input_and_keyed() {
-        let (a, b) = (redactor(), redactor());
-        assert_eq!(a.hmac(b"hunter2"), b.hmac(b"hunter2"));
-        assert_ne!(a.hmac(b"hunter2"), a.hmac(b"hunter3"));
-        let other = Redactor::new(Some(Arc::new(Keyring::from_root(&RootKey::from_bytes([8; 32])))));
-        assert_ne!(a.hmac(b"hunter2"), other.hmac(b"hunter2"));
-        assert_eq!(Redactor::new(None).hmac(b"hunter2"), NO_KEY);
     }
 
     #[tokio::test]

@@ -608,7 +608,13 @@ impl Auditor {
     /// Kafka partition, in order). `Ok` as soon as one sink has recorded it; the others finish
     /// in the background. `Err` lists why each sink failed. Every failure is counted and logged
     /// (without the entry).
-    async fn record(&self, devices: &[Arc<Mounted>], line: Vec<u8>, kind: &'static str, key: &str) -> Result<(), String> {
+    async fn record(
+        &self,
+        devices: &[Arc<Mounted>],
+        line: Vec<u8>,
+        kind: &'static str,
+        key: &str,
+    ) -> Result<(), String> {
         let bytes = line.len() as u64;
         if let [m] = devices {
             // The usual case, one device: no set of futures to build for it.

@@ -126,13 +126,27 @@ pub(crate) fn spawn_node(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // Every node audits, next to its log (unless the caller's environment names a sink already).
-    if std::env::var_os("SECRETLOG_AUDIT_FILE").is_none() {
-        cmd.env("SECRETLOG_AUDIT_FILE", logs.join(format!("audit-{name}.log")));
-    }
+    cmd.envs(audit_env(&logs, name, |var| std::env::var_os(var).is_some()));
     let child = if attached { process::spawn_attached(cmd) } else { process::spawn_detached(cmd) }
         .with_context(|| format!("starting {name}"))?;
     Ok((child, log_path))
+}
+
+/// Bytes at which `secretlog up` rotates each node's audit file, and rotated files kept: a local
+/// stack's audit trail stays under 1 GiB a node (under read load an audited node writes some
+/// 40 MB a second, and an unrotated file once filled this machine's disk).
+const UP_AUDIT_MAX_BYTES: u64 = 256 << 20;
+const UP_AUDIT_KEEP: u32 = 3;
+
+/// The audit settings of a node `secretlog up` starts: every node audits to a file next to its log,
+/// rotated by size — each unless the caller's environment (`is_set`) says otherwise.
+fn audit_env(logs: &Path, name: &str, is_set: impl Fn(&str) -> bool) -> Vec<(&'static str, std::ffi::OsString)> {
+    let defaults = [
+        ("SECRETLOG_AUDIT_FILE", logs.join(format!("audit-{name}.log")).into_os_string()),
+        ("SECRETLOG_AUDIT_MAX_BYTES", UP_AUDIT_MAX_BYTES.to_string().into()),
+        ("SECRETLOG_AUDIT_KEEP", UP_AUDIT_KEEP.to_string().into()),
+    ];
+    defaults.into_iter().filter(|(var, _)| !is_set(var)).collect()
 }
 
 /// Poll a node's health until it answers `expect`, or fail naming the node and its log.
@@ -349,4 +363,24 @@ pub fn down(data_dir: &Path) -> anyhow::Result<()> {
     }
     crate::kafka::stop_detached(&KafkaConfig::new(&dir))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_audits_to_a_rotated_file_unless_the_environment_says_otherwise() {
+        let logs = Path::new("/data/logs");
+        let env = audit_env(logs, "reader-east", |_| false);
+        let get = |var: &str| env.iter().find(|(v, _)| *v == var).map(|(_, val)| val.to_string_lossy().into_owned());
+        assert_eq!(get("SECRETLOG_AUDIT_FILE").as_deref(), Some("/data/logs/audit-reader-east.log"));
+        assert_eq!(get("SECRETLOG_AUDIT_MAX_BYTES").as_deref(), Some("268435456"));
+        assert_eq!(get("SECRETLOG_AUDIT_KEEP").as_deref(), Some("3"));
+
+        // A caller's own setting is left to the node (it inherits the environment).
+        let env = audit_env(logs, "writer-1", |var| var == "SECRETLOG_AUDIT_MAX_BYTES");
+        let vars: Vec<&str> = env.iter().map(|(v, _)| *v).collect();
+        assert_eq!(vars, ["SECRETLOG_AUDIT_FILE", "SECRETLOG_AUDIT_KEEP"]);
+    }
 }

@@ -101,7 +101,35 @@ impl RootKey {
 
 struct TermKeys {
     seal: Zeroizing<[u8; 32]>,
-    mac: Zeroizing<[u8; 32]>,
+    mac: Keyed,
+}
+
+/// An HMAC-SHA256 key with its inner and outer pads already hashed, so that a MAC hashes only
+/// its input: keyed on every call, a MAC of a short input spent half its compressions hashing
+/// the pads again — and an audited read makes about six, every node verifies every record's.
+/// The hashed pads stand for the key, so they are overwritten when dropped, as key bytes are
+/// zeroized.
+struct Keyed(HmacSha256);
+
+impl Keyed {
+    fn new(key: &[u8; 32]) -> Keyed {
+        Keyed(<HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length"))
+    }
+
+    /// A MAC under this key, to be given its input.
+    fn start(&self) -> HmacSha256 {
+        self.0.clone()
+    }
+}
+
+impl Drop for Keyed {
+    fn drop(&mut self) {
+        let blank = <HmacSha256 as Mac>::new_from_slice(&[]).expect("HMAC takes any key length");
+        // SAFETY: `self.0` is a valid, aligned place of the written value's type, and the value
+        // it holds owns nothing (hash states are arrays and counters), so not dropping it leaks
+        // nothing. Volatile: the compiler may not drop the write as dead before the free.
+        unsafe { std::ptr::write_volatile(&mut self.0, blank) };
+    }
 }
 
 /// HKDF output for `info`, from the extracted pseudo-random key of the root key.
@@ -113,7 +141,10 @@ fn expand(prk: &[u8; 32], info: &str) -> Zeroizing<[u8; 32]> {
 }
 
 fn term_keys(prk: &[u8; 32], term: u32) -> TermKeys {
-    TermKeys { seal: expand(prk, &format!("term/{term}/seal")), mac: expand(prk, &format!("term/{term}/event-mac")) }
+    TermKeys {
+        seal: expand(prk, &format!("term/{term}/seal")),
+        mac: Keyed::new(&expand(prk, &format!("term/{term}/event-mac"))),
+    }
 }
 
 /// Terms whose keys are kept derived in memory (the newest ones); older terms are derived on
@@ -142,10 +173,10 @@ pub struct Keyring {
     cache: RwLock<BTreeMap<u32, Arc<TermKeys>>>,
     active: AtomicU32,
     retired: RwLock<BTreeSet<u32>>,
-    token: Zeroizing<[u8; 32]>,
-    audit: Zeroizing<[u8; 32]>,
-    secret_id: Zeroizing<[u8; 32]>,
-    forwarded: Zeroizing<[u8; 32]>,
+    token: Keyed,
+    audit: Keyed,
+    secret_id: Keyed,
+    forwarded: Keyed,
     key_check: [u8; 8],
 }
 
@@ -175,10 +206,10 @@ impl Keyring {
         let mut key_check = [0u8; 8];
         key_check.copy_from_slice(&check[..8]);
         let ring = Keyring {
-            token: expand(&p, "token-hash"),
-            audit: expand(&p, "audit-hmac"),
-            secret_id: expand(&p, "auth-secret-hash"),
-            forwarded: expand(&p, "forwarded-client"),
+            token: Keyed::new(&expand(&p, "token-hash")),
+            audit: Keyed::new(&expand(&p, "audit-hmac")),
+            secret_id: Keyed::new(&expand(&p, "auth-secret-hash")),
+            forwarded: Keyed::new(&expand(&p, "forwarded-client")),
             prk: p,
             cache: RwLock::new(BTreeMap::new()),
             active: AtomicU32::new(1),
@@ -262,7 +293,7 @@ impl Keyring {
     /// HMAC under the event-authentication key of `term` (any term but 0; see the type's doc).
     pub(crate) fn mac(&self, term: u32, parts: &[&[u8]]) -> Option<[u8; 32]> {
         let keys = self.keys(term)?;
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&keys.mac[..]).expect("HMAC takes any key length");
+        let mut mac = keys.mac.start();
         for p in parts {
             mac.update(p);
         }
@@ -271,7 +302,7 @@ impl Keyring {
 
     /// The keyed hash under which a token is stored and replicated; the token itself never is.
     pub fn token_hash(&self, token: &str) -> [u8; 32] {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.token[..]).expect("HMAC takes any key length");
+        let mut mac = self.token.start();
         mac.update(token.as_bytes());
         mac.finalize().into_bytes().into()
     }
@@ -282,7 +313,7 @@ impl Keyring {
     /// log itself reveals nothing, and an audit entry is never a usable token hash.
     pub fn audit_hmac(&self, data: &[u8]) -> String {
         const PREFIX: &str = "hmac-sha256:";
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.audit[..]).expect("HMAC takes any key length");
+        let mut mac = self.audit.start();
         mac.update(data);
         // Printed straight into one string: an audited read makes about six of these, and
         // `format!` over `hex::encode` cost as much as the HMAC itself (two allocations and the
@@ -299,7 +330,7 @@ impl Keyring {
     /// replicated, under a key of its own (HKDF label `auth-secret-hash`): a secret id's hash is
     /// never a token's, so neither can be presented as the other.
     pub fn secret_hash(&self, secret: &str) -> [u8; 32] {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.secret_id[..]).expect("HMAC takes any key length");
+        let mut mac = self.secret_id.start();
         mac.update(secret.as_bytes());
         mac.finalize().into_bytes().into()
     }
@@ -308,7 +339,7 @@ impl Keyring {
     /// (HKDF label `forwarded-client`); only nodes holding the root key can make one. `parts`
     /// are length-prefixed, so no two lists of parts give the same input.
     pub fn forwarded_tag(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.forwarded[..]).expect("HMAC takes any key length");
+        let mut mac = self.forwarded.start();
         for p in parts {
             mac.update(&(p.len() as u64).to_be_bytes());
             mac.update(p);
@@ -367,6 +398,19 @@ mod tests {
         assert_ne!(a.secret_hash("sid"), b.secret_hash("sid"));
         assert_ne!(a.forwarded_tag(&[b"ab", b"c"]), a.forwarded_tag(&[b"a", b"bc"]));
         assert_ne!(a.forwarded_tag(&[b"x"]), b.forwarded_tag(&[b"x"]));
+    }
+
+    #[test]
+    fn a_key_with_hashed_pads_gives_the_hmac_of_the_key_every_time() {
+        let key = [7u8; 32];
+        let keyed = Keyed::new(&key);
+        for input in [&b"s.token"[..], b"", &[0x5a; 200]] {
+            let expected =
+                <HmacSha256 as Mac>::new_from_slice(&key).unwrap().chain_update(input).finalize().into_bytes();
+            // Twice: a MAC never carries the previous one's input.
+            assert_eq!(keyed.start().chain_update(input).finalize().into_bytes(), expected);
+            assert_eq!(keyed.start().chain_update(input).finalize().into_bytes(), expected);
+        }
     }
 
     #[test]

@@ -349,6 +349,11 @@ fn sink_failed(m: &Mounted, kind: &str, error: &str, fail_open: bool) {
     tracing::error!(error, sink = %m.device.describe(), kind, fail_open, "cannot record an audit entry");
 }
 
+/// Why a device did not record an entry, naming it, for the refusal's message.
+fn device_error(m: &Mounted, error: &str) -> String {
+    format!("device {}/ ({}): {error}", m.path, m.device.describe())
+}
+
 /// Count the bytes of one entry a device recorded.
 fn sink_recorded(m: &Mounted, bytes: u64) {
     m.bytes.increment(bytes);
@@ -625,7 +630,7 @@ impl Auditor {
                 }
                 Err(e) => {
                     sink_failed(m, kind, &e, self.fail_open);
-                    Err(format!("device {}/ ({}): {e}", m.path, m.device.describe()))
+                    Err(device_error(m, &e))
                 }
             };
         }
@@ -656,7 +661,7 @@ impl Auditor {
                 }
                 Err(e) => {
                     sink_failed(&m, kind, &e, self.fail_open);
-                    errors.push(format!("device {}/ ({}): {e}", m.path, m.device.describe()));
+                    errors.push(device_error(&m, &e));
                 }
             }
         }

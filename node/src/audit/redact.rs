@@ -7,14 +7,14 @@
 //! the tree (its maps, strings and their drop) cost as much as the rest of the entry.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use secretlog_schemas::Keyring;
-use std::sync::Arc;
 
 /// What replaces secrets when the node has no keyring to HMAC them with (a sealed node).
-pub(crate) const NO_KEY: &str = "hmac-sha256:unavailable-node-sealed";
+const NO_KEY: &str = "hmac-sha256:unavailable-node-sealed";
 
 /// Keys whose values are always HMACed, wherever they appear.
 const SENSITIVE_KEYS: &[&str] = &["client_token", "token", "accessor"];
@@ -116,11 +116,14 @@ impl Redact<'_> {
         }
     }
 
-    /// A scalar other than a string or `null`, given as its JSON text.
-    fn scalar(mut self, text: &str) -> bool {
+    /// A scalar other than `null`: a string's text (`quoted`), or any other's JSON text. What is
+    /// HMACed is that text either way.
+    fn scalar(mut self, text: &str, quoted: bool) -> bool {
         self.start();
         if self.scope.hides_scalars() {
             json_string(self.out, &self.redactor.hmac(text.as_bytes()));
+        } else if quoted {
+            json_string(self.out, text);
         } else {
             self.out.extend_from_slice(text.as_bytes());
         }
@@ -150,31 +153,25 @@ impl<'de> Visitor<'de> for Redact<'_> {
     }
 
     fn visit_bool<E>(self, v: bool) -> Result<bool, E> {
-        Ok(self.scalar(if v { "true" } else { "false" }))
+        Ok(self.scalar(if v { "true" } else { "false" }, false))
     }
 
     fn visit_i64<E>(self, v: i64) -> Result<bool, E> {
-        Ok(self.scalar(itoa::Buffer::new().format(v)))
+        Ok(self.scalar(itoa::Buffer::new().format(v), false))
     }
 
     fn visit_u64<E>(self, v: u64) -> Result<bool, E> {
-        Ok(self.scalar(itoa::Buffer::new().format(v)))
+        Ok(self.scalar(itoa::Buffer::new().format(v), false))
     }
 
     fn visit_f64<E>(self, v: f64) -> Result<bool, E> {
         // As `serde_json` prints a parsed float (JSON has no infinities or NaN to meet here).
         let text = serde_json::Number::from_f64(v).map_or_else(|| "null".to_string(), |n| n.to_string());
-        Ok(self.scalar(&text))
+        Ok(self.scalar(&text, false))
     }
 
-    fn visit_str<E>(mut self, v: &str) -> Result<bool, E> {
-        self.start();
-        if self.scope.hides_scalars() {
-            json_string(self.out, &self.redactor.hmac(v.as_bytes()));
-        } else {
-            json_string(self.out, v);
-        }
-        Ok(false)
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+        Ok(self.scalar(v, true))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<bool, A::Error> {
@@ -195,12 +192,11 @@ impl<'de> Visitor<'de> for Redact<'_> {
         self.out.push(b'{');
         let mut comma = false;
         while let Some(key) = map.next_key_seed(Key)? {
-            let member = self.out.len();
-            let dropped = self.scope == Scope::Answer && key.as_ref() == "errors";
-            if dropped {
+            if self.scope == Scope::Answer && key.as_ref() == "errors" {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
+            let member = self.out.len();
             if comma {
                 self.out.push(b',');
             }

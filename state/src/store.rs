@@ -214,6 +214,32 @@ impl ApplyBatch {
 const ABSENT: u8 = 0;
 const PRESENT: u8 = 1;
 
+/// A value (or its absence) as the cache holds it.
+fn tagged(value: Option<&[u8]>) -> Vec<u8> {
+    match value {
+        Some(v) => {
+            let mut c = Vec::with_capacity(v.len() + 1);
+            c.push(PRESENT);
+            c.extend_from_slice(v);
+            c
+        }
+        None => vec![ABSENT],
+    }
+}
+
+/// What a cached entry says of its key: the value, or `None` for known absent.
+fn untag(cached: &[u8]) -> Option<Vec<u8>> {
+    match cached.first() {
+        Some(&PRESENT) => Some(cached[1..].to_vec()),
+        _ => None,
+    }
+}
+
+/// Cache properties of what a commit writes through: kept in memory, never copied to disk.
+fn written_through() -> foyer::HybridCacheProperties {
+    foyer::HybridCacheProperties::default().with_location(foyer::Location::InMem)
+}
+
 /// The local state store.
 pub struct Store {
     db: Db,
@@ -380,17 +406,25 @@ impl Store {
         Ok(scanned)
     }
 
+    /// A key's committed value through the cache. A hit in memory is answered without a lock;
+    /// everything slower — the disk tier, the key filter, SlateDB, and the fill that follows —
+    /// happens under the fill lock held shared, so no commit can land in between. Without it, a
+    /// read that found an older value on the disk tier could put it back in memory after a
+    /// commit had written the newer one through: foyer inserts what a load found
+    /// unconditionally, so that key would read old until evicted.
     async fn get_cached(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, NodeError> {
-        if let Ok(Some(entry)) = self.cache.get(&key).await {
+        if let Some(entry) = self.cache.memory().get(&key) {
             metrics::counter!("secretlog_reader_cache_hits_total").increment(1);
-            let v = entry.value();
-            return Ok(match v.first() {
-                Some(&PRESENT) => Some(v[1..].to_vec()),
-                _ => None,
-            });
+            return Ok(untag(entry.value()));
+        }
+        let _fill = self.fill_lock.read().await;
+        if self.cache.storage().may_contains(&key)
+            && let Ok(Some(entry)) = self.cache.get(&key).await
+        {
+            metrics::counter!("secretlog_reader_cache_hits_total").increment(1);
+            return Ok(untag(entry.value()));
         }
         metrics::counter!("secretlog_reader_cache_misses_total").increment(1);
-        let _fill = self.fill_lock.read().await;
         // Decided under the fill lock: a commit adds its keys to the filter before it writes.
         if self.absent.absent(&key) {
             metrics::counter!("secretlog_store_filtered_reads_total").increment(1);
@@ -398,16 +432,7 @@ impl Store {
             return Ok(None);
         }
         let v = self.db.get(&key).await?;
-        let cached = match &v {
-            Some(b) => {
-                let mut c = Vec::with_capacity(b.len() + 1);
-                c.push(PRESENT);
-                c.extend_from_slice(b);
-                c
-            }
-            None => vec![ABSENT],
-        };
-        self.cache.insert(key, cached);
+        self.cache.insert(key, tagged(v.as_deref()));
         Ok(v.map(|b| b.to_vec()))
     }
 
@@ -608,11 +633,7 @@ impl Store {
     /// apply reads nothing from SlateDB; on every node a key written recently is.
     pub async fn get_committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
         if let Some(entry) = self.cache.memory().get(key) {
-            let v = entry.value();
-            return Ok(match v.first() {
-                Some(&PRESENT) => Some(v[1..].to_vec()),
-                _ => None,
-            });
+            return Ok(untag(entry.value()));
         }
         if self.absent.absent(key) {
             metrics::counter!("secretlog_store_filtered_reads_total").increment(1);
@@ -644,17 +665,17 @@ impl Store {
             }
         }
         self.db.write(wb).await?;
+        // Written through to memory only: when such an entry is evicted it is dropped, not
+        // copied to the disk tier — SlateDB holds it, and under a stream of writes every commit
+        // would otherwise push as many evicted entries to disk as it inserts (a fifth of a
+        // following node's CPU per write). What reads fill may go to disk as before. A copy of
+        // an older value already on the disk tier (or on its way there) is deleted, or it would
+        // be found again once the new one leaves memory.
         for (k, v) in batch.writes {
-            let cached = match v {
-                Some(v) => {
-                    let mut c = Vec::with_capacity(v.len() + 1);
-                    c.push(PRESENT);
-                    c.extend_from_slice(&v);
-                    c
-                }
-                None => vec![ABSENT],
-            };
-            self.cache.insert(k, cached);
+            if self.cache.storage().may_contains(&k) {
+                self.cache.storage().delete(&k);
+            }
+            self.cache.insert_with_properties(k, tagged(v.as_deref()), written_through());
         }
         metrics::gauge!("secretlog_store_cache_memory_bytes").set(self.cache.memory().usage() as f64);
         Ok(())
@@ -754,5 +775,69 @@ impl Store {
             })
         })
         .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Commit 2 MiB of filler values (2,048 of 1 KiB): enough to push everything else out of a 1 MiB memory
+    /// cache.
+    async fn churn(store: &Store, round: u32) {
+        for chunk in 0..8 {
+            let mut b = ApplyBatch::default();
+            for i in 0..256 {
+                b.writes.insert(format!("v/secret/filler-{round}-{chunk}-{i}").into_bytes(), Some(vec![7; 1024]));
+            }
+            store.commit(b).await.unwrap();
+        }
+    }
+
+    async fn poll(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A key read into the cache and evicted lands on the disk tier; a commit that rewrites it
+    /// must not let that older copy be found once the new value has left memory too.
+    #[tokio::test]
+    async fn a_rewritten_key_never_reads_its_older_copy_from_the_disk_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            StoreConfig { dir: dir.path().to_path_buf(), cache_memory_bytes: 1 << 20, cache_disk_bytes: 16 << 20 };
+        let store = Store::open(&cfg).await.unwrap();
+        let key = b"v/secret/app/1".to_vec();
+        let put = |v: &[u8]| {
+            let mut b = ApplyBatch::default();
+            b.writes.insert(key.clone(), Some(v.to_vec()));
+            b
+        };
+        store.commit(put(b"old")).await.unwrap();
+        // Written through: memory only, so churn drops it without a disk copy.
+        churn(&store, 0).await;
+        assert!(store.cache.memory().get(&key).is_none(), "1 MiB of newer entries should have evicted it");
+        assert!(!store.cache.storage().may_contains(&key), "a written-through entry was copied to disk");
+        // Read back from SlateDB: a fill, which may go to disk when evicted.
+        assert_eq!(store.get_cached(key.clone()).await.unwrap().as_deref(), Some(&b"old"[..]));
+        churn(&store, 1).await;
+        poll("the filled entry never reached the disk tier", || store.cache.storage().may_contains(&key)).await;
+        assert_eq!(store.get_cached(key.clone()).await.unwrap().as_deref(), Some(&b"old"[..]), "from disk");
+
+        store.commit(put(b"new")).await.unwrap();
+        assert_eq!(store.get_cached(key.clone()).await.unwrap().as_deref(), Some(&b"new"[..]), "from memory");
+        churn(&store, 2).await;
+        assert!(store.cache.memory().get(&key).is_none(), "the new value should have left memory");
+        assert_eq!(
+            store.get_cached(key.clone()).await.unwrap().as_deref(),
+            Some(&b"new"[..]),
+            "not the disk's old copy"
+        );
+        assert_eq!(store.get_committed(&key).await.unwrap().as_deref(), Some(&b"new"[..]));
+        store.close().await.unwrap();
     }
 }

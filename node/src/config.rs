@@ -59,7 +59,8 @@ pub struct LogConfig {
     /// consumes only the log after it.
     #[arg(long, env = "SECRETLOG_OBJECT_STORE")]
     pub object_store: Option<String>,
-    /// On-disk cache size, MiB (0 disables the disk tier).
+    /// On-disk cache size, MiB: values that reads brought in, kept once memory evicts them (what
+    /// a commit writes through stays in memory only; SlateDB holds it). 0 disables the disk tier.
     #[arg(long, env = "SECRETLOG_CACHE_DISK_MB", default_value_t = 256)]
     pub cache_disk_mb: usize,
     /// Audit log: every request and response as a JSON line appended to this file, tokens and

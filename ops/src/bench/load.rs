@@ -102,6 +102,66 @@ where
     (h.len(), errors.load(Ordering::Relaxed), elapsed, h)
 }
 
+/// Run an open loop for `secs`: `conc` workers together offer `rate` operations a second, each
+/// worker sending its `i`-th when it is due (`rate / conc` a second each), whether or not its
+/// earlier ones were answered in time — a late answer delays the worker's next send, never the
+/// schedule. Two histograms: from each send to its answer (the service time), and from the time
+/// it was due (what a client on that schedule waits, the load generator's own delays included).
+/// Sends are as precise as tokio's timer, which rounds to the millisecond.
+pub(super) async fn open_loop<F, Fut>(
+    conc: usize,
+    rate: u64,
+    secs: u64,
+    op: F,
+) -> (u64, u64, f64, Histogram<u64>, Histogram<u64>)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let errors = Arc::new(AtomicU64::new(0));
+    let conc = conc.max(1);
+    let per_worker = Duration::from_secs_f64(conc as f64 / rate.max(1) as f64);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let (op, errors) = (op.clone(), errors.clone());
+        // Workers start evenly spread over one interval, so their sends interleave.
+        let first = started + per_worker.mul_f64(w as f64 / conc as f64);
+        tasks.push(tokio::spawn(async move {
+            let (mut sent, mut due) = (hist(), hist());
+            let mut i = 0u64;
+            loop {
+                let at = first + per_worker.mul_f64(i as f64);
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                let t = Instant::now();
+                if op(w, i).await {
+                    let now = Instant::now();
+                    sent.record((now - t).as_micros().max(1) as u64).ok();
+                    due.record((now - at).as_micros().max(1) as u64).ok();
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+            (sent, due)
+        }));
+    }
+    let (mut sent, mut due) = (hist(), hist());
+    for t in tasks {
+        if let Ok((s, d)) = t.await {
+            sent.add(s).ok();
+            due.add(d).ok();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    (sent.len(), errors.load(Ordering::Relaxed), elapsed, sent, due)
+}
+
 /// Summaries as a table.
 pub(super) fn table(results: &[Value]) -> comfy_table::Table {
     let mut t =
@@ -109,7 +169,10 @@ pub(super) fn table(results: &[Value]) -> comfy_table::Table {
     for r in results {
         t.add_row(vec![
             r["scenario"].as_str().unwrap_or("").to_string(),
-            r["concurrency"].to_string(),
+            match r["offered_per_sec"].as_u64() {
+                Some(rate) => format!("{} @ {rate}/s", r["concurrency"]),
+                None => r["concurrency"].to_string(),
+            },
             format!("{:.0}", r["ops_per_sec"].as_f64().unwrap_or(0.0)),
             format!("{:.2}", r["p50_ms"].as_f64().unwrap_or(0.0)),
             format!("{:.2}", r["p99_ms"].as_f64().unwrap_or(0.0)),
@@ -268,6 +331,36 @@ pub(super) async fn measure_reads_under(
     Ok(summary("reads", c, ops, errs, secs, &h))
 }
 
+/// Reads from the reader for `args.seconds` at a fixed offered `rate` over `c` connections (an
+/// open loop, [`open_loop`]), over `keys` preloaded secrets: the summary's latencies are from
+/// each send, and `p50/p99_from_due_ms` from when each read was due.
+pub(super) async fn measure_reads_at_rate(
+    args: &LoadArgs,
+    token: &str,
+    keys: usize,
+    c: usize,
+    rate: u64,
+) -> anyhow::Result<Value> {
+    let http = client(c)?;
+    let (r, t, n) = (args.reader.clone(), token.to_string(), keys as u64);
+    let (ops, errs, secs, sent, due) = open_loop(c, rate, args.seconds, move |worker, i| {
+        let (http, r, t) = (http.clone(), r.clone(), t.clone());
+        let key = read_key(worker, i, n);
+        async move {
+            match http.get(format!("{r}/v1/secret/data/{key}")).header("X-Vault-Token", t).send().await {
+                Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await;
+    let mut v = summary("reads_open_loop", c, ops, errs, secs, &sent);
+    v["offered_per_sec"] = json!(rate);
+    v["p50_from_due_ms"] = json!(due.value_at_quantile(0.50) as f64 / 1000.0);
+    v["p99_from_due_ms"] = json!(due.value_at_quantile(0.99) as f64 / 1000.0);
+    Ok(v)
+}
+
 /// Wait until the reader has every preloaded key (the last one written is enough: one writer,
 /// per-key order; every key is checked by the reads themselves too).
 pub(super) async fn wait_for_preloaded(reader: &str, token: &str, keys: usize) -> anyhow::Result<()> {
@@ -336,4 +429,37 @@ pub(super) async fn preload(writer: &str, token: &str, keys: usize, value: &str)
     }
     pb.finish();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every read due inside the window is sent, however fast or slow the answers: the count is
+    /// the schedule's, not the server's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_loop_sends_what_is_due_at_the_offered_rate() {
+        let (ops, errors, secs, sent, due) = open_loop(4, 2_000, 1, |_, _| async { true }).await;
+        assert_eq!((ops, errors), (2_000, 0), "4 workers × 500 sends due in one second");
+        assert!((0.9..1.5).contains(&secs), "the run took {secs} s");
+        assert_eq!((sent.len(), due.len()), (2_000, 2_000));
+    }
+
+    /// When answers are slower than the schedule, the wait from the due time grows with the
+    /// backlog while the service time stays what one answer takes: the open loop reports the
+    /// queue a closed loop would hide.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_overloaded_open_loop_reports_the_delay_from_the_due_time() {
+        let (ops, errors, secs, sent, due) = open_loop(2, 200, 1, |_, _| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            true
+        })
+        .await;
+        // 100 sends due per worker, 10 ms apart, each answered after 20 ms: about 2 s of work.
+        assert_eq!((ops, errors), (200, 0));
+        assert!(secs > 1.5, "late sends still go out: the run took {secs} s");
+        let (service, waited) = (sent.value_at_quantile(0.99), due.value_at_quantile(0.99));
+        assert!((20_000..200_000).contains(&service), "service time p99 {service} µs");
+        assert!(waited > 5 * service, "from the due time p99 {waited} µs, service p99 {service} µs");
+    }
 }

@@ -49,7 +49,10 @@ pub use load::LoadArgs;
 pub use peer::{PeerArgs, PeerRun, PeerSystem};
 pub use suite::SuiteArgs;
 
-use load::{append_results, measure_lag, measure_reads, measure_writes, preload, table, wait_for_preloaded};
+use load::{
+    append_results, measure_lag, measure_reads, measure_reads_at_rate, measure_writes, preload, table,
+    wait_for_preloaded,
+};
 
 /// The options of `secretlog bench`: those every scenario shares, and the scenario.
 #[derive(Debug, Clone, Args)]
@@ -77,6 +80,12 @@ pub enum Scenario {
         /// Skip preloading (the keys already exist from an earlier run).
         #[arg(long)]
         no_preload: bool,
+        /// Offered reads per second, in an open loop (each connection sends when its next read
+        /// is due, answered or not): latency at a fixed load, measured from the send and from
+        /// the time the read was due. Without it, each connection reads as fast as it is
+        /// answered (a closed loop: the rate the node can sustain).
+        #[arg(long)]
+        rate: Option<u64>,
     },
     /// Write-to-visible and acknowledged-to-visible latency at a fixed write rate.
     Lag {
@@ -125,13 +134,16 @@ pub async fn run(bench: BenchArgs) -> anyhow::Result<()> {
                 results.push(measure_writes(&args, &token, &value, c).await?);
             }
         }
-        Scenario::Reads { connections, keys, no_preload } => {
+        Scenario::Reads { connections, keys, no_preload, rate } => {
             if !no_preload {
                 preload(&args.writer, &token, *keys, &value).await?;
             }
             wait_for_preloaded(&args.reader, &token, *keys).await?;
             for &c in connections {
-                results.push(measure_reads(&args, &token, *keys, None, c).await?);
+                results.push(match rate {
+                    Some(rate) => measure_reads_at_rate(&args, &token, *keys, c, *rate).await?,
+                    None => measure_reads(&args, &token, *keys, None, c).await?,
+                });
             }
         }
         Scenario::Peer(peer) => {
@@ -146,5 +158,14 @@ pub async fn run(bench: BenchArgs) -> anyhow::Result<()> {
         Scenario::Lag { rate } => results.extend(measure_lag(&args, &token, &value, *rate).await?),
     }
     println!("{}", table(&results));
+    for r in results.iter().filter(|r| r.get("p99_from_due_ms").is_some()) {
+        println!(
+            "open loop at {}/s over {} connections: p50 / p99 from when each read was due {:.2} / {:.2} ms",
+            r["offered_per_sec"],
+            r["concurrency"],
+            r["p50_from_due_ms"].as_f64().unwrap_or(0.0),
+            r["p99_from_due_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
     append_results(args.out.as_deref(), &results)
 }

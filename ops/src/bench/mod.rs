@@ -84,7 +84,7 @@ pub enum Scenario {
         /// is due, answered or not): latency at a fixed load, measured from the send and from
         /// the time the read was due. Without it, each connection reads as fast as it is
         /// answered (a closed loop: the rate the node can sustain).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         rate: Option<u64>,
     },
     /// Write-to-visible and acknowledged-to-visible latency at a fixed write rate.

@@ -429,7 +429,7 @@ impl Store {
         // Decided under the fill lock: a commit adds its keys to the filter before it writes.
         if self.absent.absent(&key) {
             metrics::counter!("secretlog_store_filtered_reads_total").increment(1);
-            self.cache.insert(key, vec![ABSENT]);
+            self.cache.insert(key, tagged(None));
             return Ok(None);
         }
         let v = self.db.get(&key).await?;
@@ -564,7 +564,7 @@ impl Store {
     /// written before counts were kept). Read like staging reads ([`Store::get_committed`]):
     /// every batch that changes a value loads the counts, and every commit writes them through
     /// the memory cache, so this is a cache hit, not a SlateDB read per batch (3 % of a following
-    /// node's CPU under writes).
+    /// node's profile under writes).
     pub async fn sealed_per_term(&self) -> Result<TermCounts, NodeError> {
         match self.get_committed(keys::SEALED_PER_TERM).await? {
             Some(b) => serde_json::from_slice(&b)

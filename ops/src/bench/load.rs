@@ -316,19 +316,29 @@ pub(super) async fn measure_reads_under(
     let (ops, errs, secs, h) = closed_loop(c, secs, move |worker, i| {
         let (http, r, t, header) = (http.clone(), r.clone(), t.clone(), header.clone());
         let key = read_key_under(&p, worker, i, n);
-        async move {
-            let mut req = http.get(format!("{r}/v1/secret/data/{key}")).header("X-Vault-Token", t);
-            if let Some((name, value)) = header {
-                req = req.header(name, value);
-            }
-            match req.send().await {
-                Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
-                _ => false,
-            }
-        }
+        async move { read_secret(&http, &r, &key, &t, header).await }
     })
     .await;
     Ok(summary("reads", c, ops, errs, secs, &h))
+}
+
+/// One read of secret `key` from the node at `reader`, its whole answer received: whether it
+/// succeeded.
+async fn read_secret(
+    http: &reqwest::Client,
+    reader: &str,
+    key: &str,
+    token: &str,
+    header: Option<(&'static str, String)>,
+) -> bool {
+    let mut req = http.get(format!("{reader}/v1/secret/data/{key}")).header("X-Vault-Token", token);
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    match req.send().await {
+        Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+        _ => false,
+    }
 }
 
 /// Reads from the reader for `args.seconds` at a fixed offered `rate` over `c` connections (an
@@ -346,12 +356,7 @@ pub(super) async fn measure_reads_at_rate(
     let (ops, errs, secs, sent, due) = open_loop(c, rate, args.seconds, move |worker, i| {
         let (http, r, t) = (http.clone(), r.clone(), t.clone());
         let key = read_key(worker, i, n);
-        async move {
-            match http.get(format!("{r}/v1/secret/data/{key}")).header("X-Vault-Token", t).send().await {
-                Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
-                _ => false,
-            }
-        }
+        async move { read_secret(&http, &r, &key, &t, None).await }
     })
     .await;
     let mut v = summary("reads_open_loop", c, ops, errs, secs, &sent);
